@@ -1,0 +1,66 @@
+# podscope — every set-up step is here, idempotent, for a fresh Debian 12 / Ubuntu host as root.
+#   make run    install what is missing, build, start the agent on this host
+#   make test   install what is missing, build, run lint and the whole test suite
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+BUILD := build
+BPF_DIR := src/podscope/bpf
+CLANG ?= $(shell command -v clang-16 || command -v clang-19 || command -v clang)
+LISTEN ?= 127.0.0.1:9464
+ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
+
+# Debian packages and the command each one provides (checked before apt-get runs at all).
+APT_PKGS := clang-16:clang-16 libbpf-dev:/usr/include/bpf/libbpf.h bpftool:bpftool make:make \
+	python3-venv:/usr/share/doc/python3-venv iproute2:ip iptables:iptables \
+	nginx-light:nginx wrk:wrk apache2-utils:ab procps:ps
+BPF_SRCS := $(wildcard $(BPF_DIR)/*.bpf.c)
+BPF_OBJS := $(BPF_SRCS:.bpf.c=.bpf.o)
+BPF_HDRS := $(wildcard $(BPF_DIR)/*.h $(BPF_DIR)/include/*.h)
+
+.PHONY: all run test lint format deps bpf clean bench
+all: $(VENV)/.installed bpf
+
+run: all
+	$(VENV)/bin/podscope run --listen $(LISTEN)
+
+test: all
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+lint: all
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+bench: all
+	$(VENV)/bin/python bench/tcp_overhead.py
+
+deps: $(BUILD)/.deps
+
+$(BUILD)/.deps:
+	@missing=""; for pair in $(APT_PKGS); do pkg=$${pair%%:*}; probe=$${pair#*:}; \
+	  if [[ $$probe == /* ]]; then [ -e "$$probe" ] || missing="$$missing $$pkg"; \
+	  else command -v $$probe >/dev/null 2>&1 || missing="$$missing $$pkg"; fi; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "podscope set-up needs root to install:$$missing" >&2; exit 2; fi; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
+	@mkdir -p $(BUILD) && touch $@
+
+$(VENV)/.installed: pyproject.toml $(BUILD)/.deps
+	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	@touch $@
+
+$(BUILD)/vmlinux.h: | $(BUILD)/.deps
+	@mkdir -p $(BUILD)
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+bpf: $(BPF_OBJS)
+
+$(BPF_DIR)/%.bpf.o: $(BPF_DIR)/%.bpf.c $(BPF_HDRS) $(BUILD)/vmlinux.h
+	$(CLANG) -target bpf -D__TARGET_ARCH_$(ARCH) -g -O2 -Wall -Werror -mcpu=v3 \
+	  -I$(BUILD) -I$(BPF_DIR) -I$(BPF_DIR)/include -c $< -o $@
+
+clean:
+	rm -rf $(BUILD) $(BPF_OBJS)

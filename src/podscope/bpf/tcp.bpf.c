@@ -1,0 +1,442 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* TCP golden signals per pod, aggregated in the kernel.
+ *
+ * Cost model: nothing here runs per packet on the normal path. Counters come from the socket
+ * itself (bytes_acked, bytes_received, total_retrans, srtt) and are read at state changes and
+ * when user space runs the iter/tcp program (once per scrape, per network namespace). Only
+ * state changes, resets and packet drops have hooks, and those are rare by nature. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "maps.bpf.h"
+#include "core_fixes.bpf.h"
+#include "tcp.h"
+
+#define AF_INET	    2
+#define AF_INET6    10
+#define IPPROTO_TCP 6
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Settings, written by user space between open and load. */
+const volatile bool emit_close_events = false; /* one ring-buffer record per closed connection */
+const volatile bool kfree_skb_has_rx_sk = false; /* tracepoint carries the receiving socket (v6.12+) */
+
+/* Per-socket state, freed with the socket by the kernel. */
+struct sk_state {
+	__u64 start_ns;	 /* SYN sent (outbound only) */
+	__u64 est_ns;	 /* established; 0 when that happened before podscope started */
+	__u64 acked;	 /* bytes_acked already added to the pod's counters */
+	__u64 received;	 /* bytes_received already added */
+	__u32 retrans;	 /* total_retrans already added */
+	__u16 direction; /* enum tcp_direction */
+	__u16 family;
+	__u16 sport;
+	__u16 dport;
+	__u32 _pad;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sk_state);
+} tcp_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PODS);
+	__type(key, struct pod_key);
+	__type(value, struct tcp_pod_stats);
+} tcp_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_HISTS);
+	__type(key, struct hist_key);
+	__type(value, struct hist);
+} tcp_hists SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_LABELED);
+	__type(key, struct label_key);
+	__type(value, __u64);
+} tcp_labeled SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EVENTS_RINGBUF_SZ);
+} tcp_events SEC(".maps");
+
+DEFINE_ERR_MAP(tcp_errors);
+
+/* Zero values for lookup_or_init (kept off the 512-byte stack). */
+static const struct tcp_pod_stats zero_stats;
+static const struct hist zero_hist;
+static const __u64 zero_u64;
+
+/* So that the record type is in the object's BTF for user space. */
+const struct tcp_close_event *unused_close_event __attribute__((unused));
+const struct tcp_listener *unused_listener __attribute__((unused));
+const enum tcp_hist_id *unused_hist_id __attribute__((unused));
+const enum tcp_label_kind *unused_label_kind __attribute__((unused));
+
+static __always_inline bool sk_is_full(__u8 state)
+{
+	return state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
+}
+
+static __always_inline void pod_of_sk(const struct sock *sk, struct pod_key *key)
+{
+	key->cgroup_id = sk_cgroup_id(sk);
+	key->netns = skc_netns(&sk->__sk_common);
+	key->_pad = 0;
+}
+
+/* Any socket the tracepoints hand over: full, TIME_WAIT or a request (attributed to its listener). */
+static __always_inline void pod_of_any_sk(const struct sock *sk, struct pod_key *key)
+{
+	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
+
+	if (state == TCP_NEW_SYN_RECV) {
+		const struct sock *listener = BPF_CORE_READ((struct request_sock *)sk, __req_common.skc_listener);
+
+		if (listener) {
+			pod_of_sk(listener, key);
+			return;
+		}
+	}
+	if (sk_is_full(state)) {
+		pod_of_sk(sk, key);
+		return;
+	}
+	key->cgroup_id = 0;
+	key->netns = skc_netns(&sk->__sk_common);
+	key->_pad = 0;
+}
+
+static __always_inline struct tcp_pod_stats *pod_stats(const struct pod_key *key)
+{
+	return lookup_or_init(&tcp_stats, key, &zero_stats, &tcp_errors);
+}
+
+static __always_inline void hist_add(const struct pod_key *pod, __u32 id, __u64 value)
+{
+	struct hist_key key = { .pod = *pod, .hist = id };
+	struct hist *h = lookup_or_init(&tcp_hists, &key, &zero_hist, &tcp_errors);
+	__u32 slot;
+
+	if (!h)
+		return;
+	slot = log2_slot(value);
+	__sync_fetch_and_add(&h->slots[slot], 1);
+	__sync_fetch_and_add(&h->sum, value);
+}
+
+static __always_inline void labeled_add(const struct pod_key *pod, __u32 kind, __u32 value)
+{
+	struct label_key key = { .pod = *pod, .kind = kind, .value = value };
+	__u64 *v = lookup_or_init(&tcp_labeled, &key, &zero_u64, &tcp_errors);
+
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline void save_tuple(const struct sock *sk, struct sk_state *st)
+{
+	st->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	st->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	st->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (st->family == AF_INET6) {
+		BPF_CORE_READ_INTO(&st->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&st->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		BPF_CORE_READ_INTO(&st->saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO(&st->daddr, sk, __sk_common.skc_daddr);
+	}
+}
+
+/* Add what the socket counted since the last flush. xchg makes a flush from the iterator and
+ * one from a state change on another CPU count each byte once. */
+static __always_inline void flush_counters(const struct sock *sk, struct sk_state *st,
+					   struct tcp_pod_stats *s)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	__u64 acked = BPF_CORE_READ(tp, bytes_acked);
+	__u64 received = BPF_CORE_READ(tp, bytes_received);
+	__u32 retrans = BPF_CORE_READ(tp, total_retrans);
+	__u64 old;
+	__u32 old32;
+
+	old = __sync_lock_test_and_set(&st->acked, acked);
+	if (acked > old)
+		__sync_fetch_and_add(&s->sent_bytes, acked - old);
+	old = __sync_lock_test_and_set(&st->received, received);
+	if (received > old)
+		__sync_fetch_and_add(&s->received_bytes, received - old);
+	old32 = __sync_lock_test_and_set(&st->retrans, retrans);
+	if (retrans > old32)
+		__sync_fetch_and_add(&s->retransmits, retrans - old32);
+}
+
+static __always_inline void emit_close(const struct sock *sk, const struct pod_key *pod,
+				       const struct sk_state *st, __u64 now, __u64 sent,
+				       __u64 received, __u32 retrans)
+{
+	struct tcp_close_event *e = bpf_ringbuf_reserve(&tcp_events, sizeof(*e), 0);
+
+	if (!e) {
+		count_err(&tcp_errors, ERR_EVENTS_LOST);
+		return;
+	}
+	e->ts_ns = now;
+	e->cgroup_id = pod->cgroup_id;
+	e->netns = pod->netns;
+	e->duration_ns = st->est_ns ? now - st->est_ns : 0;
+	e->sent_bytes = sent;
+	e->received_bytes = received;
+	e->retransmits = retrans;
+	e->srtt_us = BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;
+	e->family = st->family;
+	e->direction = st->direction;
+	__builtin_memcpy(e->saddr, st->saddr, sizeof(e->saddr));
+	__builtin_memcpy(e->daddr, st->daddr, sizeof(e->daddr));
+	e->sport = st->sport;
+	e->dport = st->dport;
+	e->_pad = 0;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void on_connect_start(const struct sock *sk)
+{
+	struct sk_state *st = bpf_sk_storage_get(&tcp_socks, (void *)sk, 0,
+						 BPF_SK_STORAGE_GET_F_CREATE);
+
+	if (!st)
+		return;
+	st->start_ns = bpf_ktime_get_ns();
+	st->direction = TCP_DIR_OUTBOUND;
+}
+
+static __always_inline void on_established(const struct sock *sk, int oldstate)
+{
+	struct pod_key pod;
+	struct tcp_pod_stats *s;
+	struct sk_state *st;
+	__u64 now = bpf_ktime_get_ns();
+
+	pod_of_sk(sk, &pod);
+	s = pod_stats(&pod);
+	if (!s)
+		return;
+	st = bpf_sk_storage_get(&tcp_socks, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (oldstate == TCP_SYN_SENT) {
+		__sync_fetch_and_add(&s->opened_outbound, 1);
+		if (st && st->start_ns)
+			hist_add(&pod, TCP_HIST_CONNECT, (now - st->start_ns) / 1000);
+	} else {
+		__sync_fetch_and_add(&s->opened_inbound, 1);
+		if (st)
+			st->direction = TCP_DIR_INBOUND;
+	}
+	if (!st)
+		return;
+	st->est_ns = now;
+	/* Count payload only: the SYN's sequence number is already in bytes_acked here. */
+	st->acked = BPF_CORE_READ((struct tcp_sock *)sk, bytes_acked);
+	st->received = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
+	save_tuple(sk, st);
+}
+
+static __always_inline void on_close(const struct sock *sk, int oldstate)
+{
+	struct pod_key pod;
+	struct tcp_pod_stats *s;
+	struct sk_state *st;
+	__u64 now, acked0, received0;
+	__u32 retrans0, srtt;
+
+	if (oldstate == TCP_LISTEN || oldstate == TCP_CLOSE || oldstate == TCP_SYN_RECV ||
+	    oldstate == TCP_NEW_SYN_RECV)
+		return;
+	pod_of_sk(sk, &pod);
+	s = pod_stats(&pod);
+	if (!s)
+		return;
+	st = bpf_sk_storage_get(&tcp_socks, (void *)sk, 0, 0);
+	if (oldstate == TCP_SYN_SENT) {
+		__u32 err = BPF_CORE_READ(sk, sk_err);
+
+		if (!err)
+			err = BPF_CORE_READ(sk, sk_err_soft);
+		labeled_add(&pod, TCP_LABEL_CONNECT_FAILURE, err);
+		if (st)
+			flush_counters(sk, st, s); /* SYN retransmissions */
+		goto out;
+	}
+	__sync_fetch_and_add(&s->closed, 1);
+	if (!st)
+		return; /* opened before podscope and never seen by the iterator */
+	now = bpf_ktime_get_ns();
+	acked0 = st->acked;
+	received0 = st->received;
+	retrans0 = st->retrans;
+	flush_counters(sk, st, s);
+	if (st->est_ns)
+		hist_add(&pod, TCP_HIST_DURATION, (now - st->est_ns) / 1000);
+	srtt = BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;
+	if (srtt)
+		hist_add(&pod, TCP_HIST_RTT, srtt);
+	if (emit_close_events)
+		emit_close(sk, &pod, st, now, st->acked - acked0, st->received - received0,
+			   st->retrans - retrans0);
+out:
+	if (st)
+		bpf_sk_storage_delete(&tcp_socks, (void *)sk);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tcp_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	if (newstate == TCP_SYN_SENT)
+		on_connect_start(sk);
+	else if (newstate == TCP_ESTABLISHED &&
+		 (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV))
+		on_established(sk, oldstate);
+	else if (newstate == TCP_CLOSE)
+		on_close(sk, oldstate);
+	return 0;
+}
+
+static __always_inline void count_reset(const struct pod_key *pod, bool sent)
+{
+	struct tcp_pod_stats *s = pod_stats(pod);
+
+	if (!s)
+		return;
+	if (sent)
+		__sync_fetch_and_add(&s->resets_sent, 1);
+	else
+		__sync_fetch_and_add(&s->resets_received, 1);
+}
+
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(tcp_rst_send, const struct sock *sk, const struct sk_buff *skb)
+{
+	struct pod_key pod = {};
+
+	if (sk)
+		pod_of_any_sk(sk, &pod);
+	else if (skb)
+		pod.netns = dev_netns(BPF_CORE_READ(skb, dev));
+	count_reset(&pod, true);
+	return 0;
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(tcp_rst_recv, struct sock *sk)
+{
+	struct pod_key pod;
+
+	pod_of_any_sk(sk, &pod);
+	count_reset(&pod, false);
+	return 0;
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(tcp_drop, struct sk_buff *skb, void *location, int reason)
+{
+	struct pod_key pod = {};
+	struct sock *sk = BPF_CORE_READ(skb, sk);
+	struct tcp_pod_stats *s;
+	bool listener = false;
+
+	if (!sk && kfree_skb_has_rx_sk)
+		sk = (struct sock *)ctx[3];
+	if (sk) {
+		pod_of_any_sk(sk, &pod);
+		listener = BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN;
+	} else {
+		pod.netns = dev_netns(BPF_CORE_READ(skb, dev));
+	}
+	labeled_add(&pod, TCP_LABEL_DROP_REASON, reason);
+	if (!listener)
+		return 0;
+	s = pod_stats(&pod);
+	if (!s)
+		return 0;
+	__sync_fetch_and_add(&s->listen_drops, 1);
+	if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_TCP_LISTEN_OVERFLOW) &&
+	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_TCP_LISTEN_OVERFLOW))
+		__sync_fetch_and_add(&s->listen_overflows, 1);
+	return 0;
+}
+
+static __always_inline bool established_like(__u8 state)
+{
+	return state == TCP_ESTABLISHED || state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2 ||
+	       state == TCP_CLOSE_WAIT || state == TCP_LAST_ACK || state == TCP_CLOSING;
+}
+
+/* Run by user space once per network namespace at scrape time: writes one record per listener
+ * (queue depths) and brings the pod counters of live connections up to date. */
+SEC("iter/tcp")
+int tcp_iter(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct seq_file *seq = ctx->meta->seq;
+	struct tcp_sock *tp;
+	struct sock *sk;
+	struct sk_state *st;
+	struct tcp_pod_stats *s;
+	struct pod_key pod;
+	__u8 state;
+
+	if (!skc)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	sk = (struct sock *)tp;
+	state = sk->__sk_common.skc_state;
+	pod_of_sk(sk, &pod);
+	if (state == TCP_LISTEN) {
+		struct tcp_listener l = {
+			.cgroup_id = pod.cgroup_id,
+			.netns = pod.netns,
+			.family = sk->__sk_common.skc_family,
+			.port = sk->__sk_common.skc_num,
+			.accept_depth = sk->sk_ack_backlog,
+			.accept_limit = sk->sk_max_ack_backlog,
+			.syn_depth = tp->inet_conn.icsk_accept_queue.qlen.counter,
+		};
+		bpf_seq_write(seq, &l, sizeof(l));
+		return 0;
+	}
+	if (!established_like(state))
+		return 0;
+	st = bpf_sk_storage_get(&tcp_socks, tp, 0, 0);
+	if (st) {
+		s = pod_stats(&pod);
+		if (s)
+			flush_counters(sk, st, s);
+		return 0;
+	}
+	/* Established before podscope started: count from now on. */
+	st = bpf_sk_storage_get(&tcp_socks, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st)
+		return 0;
+	st->acked = tp->bytes_acked;
+	st->received = tp->bytes_received;
+	st->retrans = tp->total_retrans;
+	st->direction = TCP_DIR_UNKNOWN;
+	save_tuple(sk, st);
+	return 0;
+}

@@ -1,0 +1,70 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* TCP collector: the only definition of what tcp.bpf.c shares with collectors/tcp.py. */
+#ifndef PODSCOPE_TCP_H
+#define PODSCOPE_TCP_H
+
+#include "common.h"
+
+/* Counters per pod key. User space maps each field name to a metric. */
+struct tcp_pod_stats {
+	__u64 opened_outbound;
+	__u64 opened_inbound;
+	__u64 closed;
+	__u64 sent_bytes;
+	__u64 received_bytes;
+	__u64 retransmits;
+	__u64 resets_sent;
+	__u64 resets_received;
+	__u64 listen_overflows;
+	__u64 listen_drops;
+};
+
+enum tcp_hist_id {
+	TCP_HIST_CONNECT = 0,	 /* SYN sent -> established, microseconds */
+	TCP_HIST_DURATION = 1,	 /* established -> closed, microseconds */
+	TCP_HIST_RTT = 2,	 /* smoothed RTT at close, microseconds */
+};
+
+enum tcp_label_kind {
+	TCP_LABEL_CONNECT_FAILURE = 0, /* value: errno (0 = closed by the application) */
+	TCP_LABEL_DROP_REASON = 1,     /* value: enum skb_drop_reason */
+};
+
+enum tcp_direction {
+	TCP_DIR_UNKNOWN = 0,	/* established before podscope started */
+	TCP_DIR_OUTBOUND = 1,
+	TCP_DIR_INBOUND = 2,
+};
+
+/* One record per closed connection (only when record exports are on). */
+struct tcp_close_event {
+	__u64 ts_ns;		/* CLOCK_MONOTONIC (bpf_ktime_get_ns) */
+	__u64 cgroup_id;
+	__u64 duration_ns;	/* 0 when the start was not seen */
+	__u64 sent_bytes;	/* bytes acked by the peer while podscope watched */
+	__u64 received_bytes;
+	__u32 netns;
+	__u32 retransmits;
+	__u32 srtt_us;
+	__u16 family;		/* AF_INET / AF_INET6 */
+	__u16 direction;	/* enum tcp_direction */
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;		/* host byte order */
+	__u16 dport;
+	__u32 _pad;
+};
+
+/* One record per listening socket, written by the iter/tcp program to its seq_file. */
+struct tcp_listener {
+	__u64 cgroup_id;
+	__u32 netns;
+	__u16 family;
+	__u16 port;
+	__u32 accept_depth;	/* sk_ack_backlog */
+	__u32 accept_limit;	/* sk_max_ack_backlog */
+	__u32 syn_depth;	/* icsk_accept_queue.qlen: half-open requests */
+	__u32 _pad;
+};
+
+#endif
