@@ -1,0 +1,96 @@
+"""Wires collectors -> attribution -> sinks; life cycle, signals, shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client.core import Metric
+
+from . import features
+from .collectors.base import Collector
+from .collectors.tcp import TcpCollector
+from .config import Config
+from .metadata.store import MetadataStore
+from .sinks.files import CsvSink, JsonlSink, open_export
+from .sinks.prometheus import HttpServer, make_registry
+
+log = logging.getLogger("podscope.agent")
+
+
+class Agent:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.stop_event = threading.Event()
+        self.collectors: list[Collector] = []
+        self.files: list[JsonlSink | CsvSink] = []
+        self.http: HttpServer | None = None
+        self.store: MetadataStore | None = None
+
+    def _emit(self, kind: str, rec: dict[str, Any]) -> None:
+        for sink in self.files:
+            sink.record(kind, rec)
+
+    def metrics(self) -> Iterable[Metric]:
+        for c in self.collectors:
+            yield from c.metrics()
+
+    def start(self) -> None:
+        cg2 = features.preflight()
+        self.store = MetadataStore(cg2)
+        self.files = [open_export(spec) for spec in self.cfg.exports]
+        tcp = TcpCollector(self.store, emit=self._emit if self.files else None,
+                           records=bool(self.files), listener_refresh=self.cfg.listener_refresh)
+        self.collectors.append(tcp)
+        tcp.start()
+        addr = self.cfg.listen_addr()
+        if addr:
+            self.http = HttpServer(addr[0], addr[1], make_registry(self.metrics),
+                                   healthy=lambda: not self.stop_event.is_set())
+            self.http.start()
+            log.info("serving /metrics and /healthz on http://%s:%d", *self.http.address[:2])
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+        try:
+            self.start()
+            deadline = time.monotonic() + self.cfg.duration if self.cfg.duration else None
+            log.info("podscope running%s", f" for {self.cfg.duration:g}s" if deadline else "")
+            last_flush = time.monotonic()
+            while not self.stop_event.is_set():
+                if deadline and time.monotonic() >= deadline:
+                    break
+                got = 0
+                for c in self.collectors:
+                    got += c.poll(100 if len(self.collectors) == 1 else 20)
+                if not got and not self.files:
+                    self.stop_event.wait(0.1)
+                if time.monotonic() - last_flush > 1.0:
+                    for f in self.files:
+                        f.flush()
+                    last_flush = time.monotonic()
+            for c in self.collectors:  # last records before the programs go away
+                c.poll(0)
+        finally:
+            self.close()
+        return 0
+
+    def close(self) -> None:
+        self.stop_event.set()
+        if self.http:
+            self.http.close()
+            self.http = None
+        for c in self.collectors:
+            try:
+                c.close()
+            except Exception:
+                log.exception("closing collector %s", c.name)
+        self.collectors.clear()
+        for f in self.files:
+            f.close()
+        self.files.clear()

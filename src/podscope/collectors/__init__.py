@@ -1,0 +1,1 @@
+"""Collectors: the user-space half of each BPF program family."""

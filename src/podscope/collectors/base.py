@@ -1,0 +1,62 @@
+"""What every collector offers the agent. A collector knows its hooks, never the sinks."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from prometheus_client.core import Metric
+
+from ..metadata.store import LABEL_NAMES, Labels
+
+Record = dict[str, Any]
+Emit = Callable[[str, Record], None]
+
+HIST_SLOTS_DEFAULT = 40
+
+
+class Collector(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def metrics(self) -> Iterable[Metric]: ...
+
+    def poll(self, timeout_ms: int) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class Sums:
+    """Values keyed by (labels, extra label values), summed: recycled kernel ids that map to the
+    same labels become one series, never a duplicate."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[Labels, tuple[str, ...]], float] = defaultdict(float)
+
+    def add(self, labels: Labels, extra: tuple[str, ...], value: float) -> None:
+        self.values[(labels, extra)] += value
+
+
+def log2_histogram(family: Any, buckets: dict[tuple[Labels, tuple[str, ...]], list[int]],
+                   sums: dict[tuple[Labels, tuple[str, ...]], float], unit_seconds: float) -> Any:
+    """Fill a HistogramMetricFamily from log2 slots (slot 0: value 0; slot i: [2^(i-1), 2^i))."""
+    for key, slots in buckets.items():
+        labels, extra = key
+        cum = 0
+        out = []
+        last = len(slots) - 1
+        for i, n in enumerate(slots):
+            cum += n
+            if i == last:
+                break
+            le = (1 if i == 0 else 2 ** i) * unit_seconds
+            out.append((f"{le:.9g}", cum))
+        out.append(("+Inf", cum))
+        family.add_metric(list(labels) + list(extra), out, sums[key] * unit_seconds)
+    return family
+
+
+def label_names(*extra: str) -> Sequence[str]:
+    return list(LABEL_NAMES) + list(extra)

@@ -1,0 +1,270 @@
+"""TCP golden signals per pod (user side of bpf/tcp.bpf.c)."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import errno
+import ipaddress
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from .. import libbpf
+from ..metadata.namespaces import in_netns
+from ..metadata.store import Labels, MetadataStore
+from .base import Emit, Sums, label_names, log2_histogram
+
+log = logging.getLogger("podscope.tcp")
+
+# struct tcp_pod_stats field -> (metric, help, extra label values)
+_COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "opened_outbound": ("podscope_tcp_connections_opened_total",
+                        "TCP connections established, by direction", ("outbound",)),
+    "opened_inbound": ("podscope_tcp_connections_opened_total",
+                       "TCP connections established, by direction", ("inbound",)),
+    "closed": ("podscope_tcp_connections_closed_total", "Established TCP connections closed", ()),
+    "sent_bytes": ("podscope_tcp_sent_bytes_total", "TCP payload bytes sent and acknowledged", ()),
+    "received_bytes": ("podscope_tcp_received_bytes_total", "TCP payload bytes received", ()),
+    "retransmits": ("podscope_tcp_retransmits_total", "TCP segments retransmitted", ()),
+    "resets_sent": ("podscope_tcp_resets_sent_total", "TCP resets sent", ()),
+    "resets_received": ("podscope_tcp_resets_received_total", "TCP resets received", ()),
+    "listen_overflows": ("podscope_tcp_listen_overflows_total",
+                         "Connections dropped because a listener's accept queue was full", ()),
+    "listen_drops": ("podscope_tcp_listen_drops_total",
+                     "Packets to a listening socket that were dropped", ()),
+}
+_HISTS = {
+    "TCP_HIST_CONNECT": ("podscope_tcp_connect_duration_seconds",
+                         "Time from SYN sent to connection established"),
+    "TCP_HIST_DURATION": ("podscope_tcp_connection_duration_seconds",
+                          "Lifetime of TCP connections, established to closed"),
+    "TCP_HIST_RTT": ("podscope_tcp_rtt_seconds", "Smoothed round-trip time of connections at close"),
+}
+DIRECTIONS = {0: "unknown", 1: "outbound", 2: "inbound"}
+
+
+def errno_reason(code: int) -> str:
+    return "ABORTED" if code == 0 else errno.errorcode.get(code, f"E{code}")
+
+
+class TcpCollector:
+    name = "tcp"
+
+    def __init__(self, store: MetadataStore, emit: Emit | None = None, records: bool = False,
+                 listener_refresh: float = 0.5):
+        self.store = store
+        self.emit = emit
+        self.listener_refresh = listener_refresh
+        self.obj = libbpf.BpfObject(libbpf.bpf_object_path("tcp"), "tcp")
+        vmlinux = libbpf.Btf.vmlinux()
+        try:
+            try:
+                has_rx_sk = vmlinux.func_proto_params("btf_trace_kfree_skb") >= 5
+            except (KeyError, TypeError):
+                has_rx_sk = False
+            try:
+                self.drop_reasons = {v: k.removeprefix("SKB_DROP_REASON_")
+                                     for k, v in vmlinux.enum("skb_drop_reason").items()}
+            except KeyError:
+                self.drop_reasons = {}
+        finally:
+            vmlinux.close()
+        self.obj.set_rodata(emit_close_events=bool(records and emit),
+                            kfree_skb_has_rx_sk=has_rx_sk)
+        o = self.obj
+        self.PodKey = o.struct("pod_key")
+        self.Stats = o.struct("tcp_pod_stats")
+        self.HistKey = o.struct("hist_key")
+        self.Hist = o.struct("hist")
+        self.LabelKey = o.struct("label_key")
+        self.Event = o.struct("tcp_close_event")
+        self.Listener = o.struct("tcp_listener")
+        self.hist_ids = {v: k for k, v in o.btf.enum("tcp_hist_id").items()}
+        self.label_kinds = o.btf.enum("tcp_label_kind")
+        self._iter_link: libbpf.Link | None = None
+        self._ring: libbpf.RingBuffer | None = None
+        self._lock = threading.Lock()
+        self._listeners: list[Any] = []
+        self._listeners_at = 0.0
+        self._mono_to_wall = time.time() - time.monotonic()
+
+    # --- life cycle ---
+    def start(self) -> None:
+        o = self.obj
+        o.map("tcp_stats").check_types(self.PodKey, self.Stats)
+        o.map("tcp_hists").check_types(self.HistKey, self.Hist)
+        o.map("tcp_labeled").check_types(self.LabelKey, ct.c_uint64)
+        o.load()
+        for prog in o.programs():
+            if prog.section.startswith("iter/"):
+                self._iter_link = prog.attach_iter()
+            else:
+                prog.attach()
+        if self.emit is not None:
+            self._ring = libbpf.RingBuffer(o.map("tcp_events"), self._on_event)
+
+    def close(self) -> None:
+        if self._ring:
+            self._ring.close()
+            self._ring = None
+        self.obj.close()
+
+    def poll(self, timeout_ms: int) -> int:
+        if not self._ring:
+            return 0
+        return self._ring.poll(timeout_ms)
+
+    # --- records ---
+    def _on_event(self, data: bytes) -> None:
+        e = self.Event.from_buffer_copy(data[: ct.sizeof(self.Event)])
+        labels = self.store.labels(e.cgroup_id, e.netns)
+        if e.family == 10:
+            saddr = str(ipaddress.IPv6Address(bytes(e.saddr)))
+            daddr = str(ipaddress.IPv6Address(bytes(e.daddr)))
+        else:
+            saddr = str(ipaddress.IPv4Address(bytes(e.saddr)[:4]))
+            daddr = str(ipaddress.IPv4Address(bytes(e.daddr)[:4]))
+        rec = {
+            "time": round(e.ts_ns / 1e9 + self._mono_to_wall, 6),
+            **labels._asdict(),
+            "netns": e.netns,
+            "direction": DIRECTIONS.get(e.direction, "unknown"),
+            "src_addr": saddr, "src_port": e.sport, "dst_addr": daddr, "dst_port": e.dport,
+            "duration_seconds": round(e.duration_ns / 1e9, 9) if e.duration_ns else None,
+            "sent_bytes": e.sent_bytes, "received_bytes": e.received_bytes,
+            "retransmits": e.retransmits,
+            "srtt_seconds": round(e.srtt_us / 1e6, 6),
+        }
+        assert self.emit is not None
+        self.emit("tcp_connection", rec)
+
+    # --- iterator: live connections and listeners, per network namespace ---
+    def refresh(self, force: bool = False) -> list[Any]:
+        """Run iter/tcp in every network namespace (rate-limited); returns listener records."""
+        with self._lock:
+            if not force and time.monotonic() - self._listeners_at < self.listener_refresh:
+                return self._listeners
+            link = self._iter_link
+            if link is None:
+                return []
+            size = ct.sizeof(self.Listener)
+            out = []
+            for inode, info in self.store.namespaces().items():
+                raw = b""
+                for pid in info.pids[:3]:
+                    try:
+                        raw = in_netns(pid, inode, lambda: libbpf.iter_read(link))
+                        break
+                    except (ProcessLookupError, FileNotFoundError):
+                        continue
+                    except OSError as e:
+                        log.debug("iter/tcp in netns %s via pid %s: %s", inode, pid, e)
+                        continue
+                for off in range(0, len(raw) - size + 1, size):
+                    out.append(self.Listener.from_buffer_copy(raw, off))
+            self._listeners = out
+            self._listeners_at = time.monotonic()
+            return out
+
+    # --- metrics, read from the maps at scrape time ---
+    def metrics(self) -> Iterable[Metric]:
+        listeners = self.refresh()
+        labels_of = self.store.labels
+        o = self.obj
+
+        counters: dict[str, Sums] = defaultdict(Sums)
+        helps: dict[str, tuple[str, tuple[str, ...]]] = {}
+        for key, st in o.map("tcp_stats").items(self.PodKey, self.Stats):
+            lab = labels_of(key.cgroup_id, key.netns)
+            for field, (metric, help_, extra) in _COUNTERS.items():
+                counters[metric].add(lab, extra, getattr(st, field))
+        for field, (metric, help_, extra) in _COUNTERS.items():
+            helps[metric] = (help_, ("direction",) if extra else ())
+        for metric, (help_, extra_names) in helps.items():
+            fam = CounterMetricFamily(metric, help_, labels=label_names(*extra_names))
+            for (lab, extra), v in counters[metric].values.items():
+                fam.add_metric(list(lab) + list(extra), v)
+            yield fam
+
+        fails = CounterMetricFamily("podscope_tcp_connect_failures_total",
+                                    "Outbound connections that failed before being established",
+                                    labels=label_names("reason"))
+        drops = CounterMetricFamily("podscope_packet_drops_total",
+                                    "Packets dropped by the kernel, by drop reason",
+                                    labels=label_names("reason"))
+        fail_sums, drop_sums = Sums(), Sums()
+        k_fail = self.label_kinds["TCP_LABEL_CONNECT_FAILURE"]
+        k_drop = self.label_kinds["TCP_LABEL_DROP_REASON"]
+        for key, v in o.map("tcp_labeled").items(self.LabelKey, ct.c_uint64):
+            lab = labels_of(key.pod.cgroup_id, key.pod.netns)
+            if key.kind == k_fail:
+                fail_sums.add(lab, (errno_reason(key.value),), v.value)
+            elif key.kind == k_drop:
+                drop_sums.add(lab, (self.drop_reasons.get(key.value, str(key.value)),), v.value)
+        for fam, sums in ((fails, fail_sums), (drops, drop_sums)):
+            for (lab, extra), val in sums.values.items():
+                fam.add_metric(list(lab) + list(extra), val)
+            yield fam
+
+        buckets: dict[str, dict[tuple[Labels, tuple[str, ...]], list[int]]] = defaultdict(dict)
+        sums: dict[str, dict[tuple[Labels, tuple[str, ...]], float]] = defaultdict(dict)
+        for key, h in o.map("tcp_hists").items(self.HistKey, self.Hist):
+            name = self.hist_ids.get(key.hist)
+            if name not in _HISTS:
+                continue
+            k = (labels_of(key.pod.cgroup_id, key.pod.netns), ())
+            slots = list(h.slots)
+            if k in buckets[name]:
+                slots = [a + b for a, b in zip(buckets[name][k], slots, strict=True)]
+                sums[name][k] += h.sum
+            else:
+                sums[name][k] = h.sum
+            buckets[name][k] = slots
+        for name, (metric, help_) in _HISTS.items():
+            fam = HistogramMetricFamily(metric, help_, labels=label_names())
+            yield log2_histogram(fam, buckets[name], sums[name], 1e-6)
+
+        depth = GaugeMetricFamily("podscope_tcp_accept_queue_depth",
+                                  "Connections waiting in a listener's accept queue",
+                                  labels=label_names("port"))
+        limit = GaugeMetricFamily("podscope_tcp_accept_queue_limit",
+                                  "Accept queue limit of a listener (its backlog)",
+                                  labels=label_names("port"))
+        syn = GaugeMetricFamily("podscope_tcp_syn_queue_depth",
+                                "Half-open connections (SYN received) of a listener",
+                                labels=label_names("port"))
+        per: dict[tuple[Labels, str], list[int]] = {}
+        for li in listeners:
+            k2 = (labels_of(li.cgroup_id, li.netns), str(li.port))
+            acc = per.setdefault(k2, [0, 0, 0])
+            acc[0] += li.accept_depth
+            acc[1] += li.accept_limit
+            acc[2] += li.syn_depth
+        for (lab, port), (d, lim, s) in per.items():
+            depth.add_metric(list(lab) + [port], d)
+            limit.add_metric(list(lab) + [port], lim)
+            syn.add_metric(list(lab) + [port], s)
+        yield depth
+        yield limit
+        yield syn
+
+        errs = o.map("tcp_errors")
+        lost = CounterMetricFamily("podscope_events_lost_total",
+                                   "Records dropped because a ring buffer was full",
+                                   labels=["source"])
+        lost.add_metric(["tcp_connection"], errs.percpu_sum_u64(0))
+        yield lost
+        full = CounterMetricFamily("podscope_bpf_map_full_total",
+                                   "Updates refused because a BPF map was full", labels=["collector"])
+        full.add_metric(["tcp"], errs.percpu_sum_u64(1))
+        yield full

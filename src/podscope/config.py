@@ -1,0 +1,40 @@
+"""One typed configuration: defaults < config file (TOML) < command-line flags."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class Config:
+    listen: str | None = None  # HOST:PORT for /metrics and /healthz
+    duration: float | None = None  # seconds; None = until SIGINT/SIGTERM
+    exports: list[str] = field(default_factory=list)  # jsonl:PATH, csv:PATH
+    log_level: str = "info"
+    listener_refresh: float = 0.5  # seconds between iter/tcp passes
+
+    @classmethod
+    def load(cls, path: str | None, overrides: dict[str, Any]) -> Config:
+        data: dict[str, Any] = {}
+        if path:
+            try:
+                with open(path, "rb") as f:
+                    data = tomllib.load(f)
+            except (OSError, tomllib.TOMLDecodeError) as e:
+                raise ValueError(f"config file {path}: {e}") from None
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"config file {path}: unknown settings {sorted(unknown)}")
+        data.update({k: v for k, v in overrides.items() if v is not None and v != []})
+        return cls(**data)
+
+    def listen_addr(self) -> tuple[str, int] | None:
+        if not self.listen:
+            return None
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"--listen {self.listen!r}: expected HOST:PORT")
+        return host.strip("[]") or "0.0.0.0", int(port)

@@ -1,0 +1,1 @@
+"""Attribution: kernel ids (cgroup id, netns inode) -> container -> pod. Done here, once."""

@@ -1,0 +1,101 @@
+"""cgroup paths -> pod UID and container id, for the runtimes and cgroup drivers kubelet uses."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+
+_HEX64 = r"[0-9a-f]{64}"
+_UID = r"[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
+
+# Pod directory: systemd driver "kubepods-burstable-pod<uid with _>.slice", cgroupfs "pod<uid>".
+_POD_RE = re.compile(rf"(?:^|/)(?:kubepods(?:-[a-z]+)?-)?pod(?P<uid>{_UID})(?:\.slice)?(?:/|$)")
+# Container directory: "cri-containerd-<id>.scope", "crio-<id>.scope", "docker-<id>.scope",
+# cgroupfs "<id>" (any runtime), and "crio-conmon-<id>" (the monitor, not the container).
+_CTR_RE = re.compile(
+    rf"(?:^|/)(?:(?P<rt>cri-containerd|crio|docker|libpod)-)?(?P<id>{_HEX64})(?:\.scope)?$")
+_QOS_RE = re.compile(r"(?:^|/)kubepods(?:[-/.](?P<qos>burstable|besteffort))?")
+
+
+@dataclass(frozen=True)
+class CgroupRef:
+    """What a cgroup path says about its owner."""
+
+    path: str
+    pod_uid: str = ""
+    container_id: str = ""
+    runtime: str = ""
+    qos: str = ""
+
+    @property
+    def in_pod(self) -> bool:
+        return bool(self.pod_uid)
+
+
+def parse_cgroup_path(path: str) -> CgroupRef:
+    """Parse a cgroup path (v1 or v2, relative to the hierarchy root)."""
+    path = path.rstrip("/") or "/"
+    pod = _POD_RE.search(path)
+    ctr = _CTR_RE.search(path)
+    uid = pod.group("uid").replace("_", "-") if pod else ""
+    cid = ctr.group("id") if ctr else ""
+    runtime = {"cri-containerd": "containerd", "crio": "cri-o", "docker": "docker",
+               "libpod": "podman"}.get(ctr.group("rt") or "", "") if ctr else ""
+    qos = ""
+    if uid:
+        q = _QOS_RE.search(path)
+        qos = (q.group("qos") or "guaranteed") if q else ""
+    return CgroupRef(path=path, pod_uid=uid, container_id=cid, runtime=runtime, qos=qos)
+
+
+def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The cgroup v2 mount point ('/sys/fs/cgroup' on most nodes, '.../unified' on hybrid ones)."""
+    try:
+        with open(mountinfo) as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    return left.split()[4]
+    except OSError:
+        return None
+    return None
+
+
+class CgroupResolver:
+    """cgroup v2 id (the directory's inode number, as BPF sees it) -> path below the mount.
+
+    The tree is walked again when an unknown id shows up, at most once per `min_rescan` seconds."""
+
+    def __init__(self, root: str, min_rescan: float = 1.0):
+        self.root = root
+        self.min_rescan = min_rescan
+        self._paths: dict[int, str] = {}
+        self._last_scan = 0.0
+        self._lock = threading.Lock()
+
+    def _scan(self) -> None:
+        paths: dict[int, str] = {}
+        for dirpath, _dirs, _files in os.walk(self.root):
+            try:
+                ino = os.stat(dirpath).st_ino
+            except OSError:
+                continue
+            rel = "/" + os.path.relpath(dirpath, self.root) if dirpath != self.root else "/"
+            paths[ino] = rel
+        self._paths = paths
+        self._last_scan = time.monotonic()
+
+    def path(self, cgroup_id: int) -> str | None:
+        with self._lock:
+            p = self._paths.get(cgroup_id)
+            if p is None and time.monotonic() - self._last_scan >= self.min_rescan:
+                self._scan()
+                p = self._paths.get(cgroup_id)
+            return p
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._last_scan = 0.0

@@ -1,0 +1,74 @@
+"""Network namespaces of the node: inode -> a process inside it, and entering them."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
+
+
+@dataclass
+class NetnsInfo:
+    inode: int
+    pids: list[int] = field(default_factory=list)
+
+
+def proc_cgroup_v2(pid: int, proc: str = "/proc") -> str | None:
+    """The v2 ("0::") line of /proc/PID/cgroup."""
+    try:
+        with open(f"{proc}/{pid}/cgroup") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return line[3:].strip()
+    except OSError:
+        return None
+    return None
+
+
+def scan_netns(proc: str = "/proc") -> dict[int, NetnsInfo]:
+    """Every network namespace that has a process in it, with those processes."""
+    out: dict[int, NetnsInfo] = {}
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        try:
+            link = os.readlink(f"{proc}/{name}/ns/net")
+        except OSError:
+            continue
+        ino = int(link[link.index("[") + 1: -1])
+        out.setdefault(ino, NetnsInfo(ino)).pids.append(int(name))
+    return out
+
+
+def self_netns() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def in_netns(pid: int, inode: int, fn: Callable[[], T]) -> T:
+    """Run fn with the calling thread inside the network namespace of pid (checked by inode),
+    then return to the original namespace. Only this thread moves."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+        try:
+            if os.fstat(target).st_ino != inode:
+                raise ProcessLookupError(f"pid {pid} left network namespace {inode}")
+            if _libc.setns(target, CLONE_NEWNET):
+                e = ctypes.get_errno()
+                raise OSError(e, f"setns into network namespace {inode}: {os.strerror(e)}")
+        finally:
+            os.close(target)
+        try:
+            return fn()
+        finally:
+            if _libc.setns(own, CLONE_NEWNET):
+                e = ctypes.get_errno()
+                raise OSError(e, f"setns back to own network namespace: {os.strerror(e)}")
+    finally:
+        os.close(own)

@@ -1,0 +1,1 @@
+"""Sinks: where numbers and records go. A sink never knows which hooks exist."""
