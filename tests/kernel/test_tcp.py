@@ -77,3 +77,99 @@ def test_connections_and_bytes_per_pod(pods: PodNetwork, agent: AgentProc, tmp_p
     assert m.value("podscope_tcp_connect_duration_seconds_count", **cl) == N
     assert m.value("podscope_tcp_connection_duration_seconds_count", **sv) == N
     assert m.value("podscope_tcp_rtt_seconds_count", **cl) == N
+
+
+def test_retransmits_and_drops_match_netns_counters(pods: PodNetwork, agent: AgentProc,
+                                                    tmp_path: Path) -> None:
+    server = pods.pod("server", qos="guaranteed", driver="systemd")
+    client = pods.pod("client", qos="burstable", driver="systemd")
+    log = tmp_path / "server.jsonl"
+    start_server(server, 8080, 400_000, log)
+    # 2 % of the server pod's incoming packets are dropped, in its own namespace only
+    server.run(["iptables", "-A", "INPUT", "-p", "tcp", "-m", "statistic", "--mode", "random",
+                "--probability", "0.02", "-j", "DROP"])
+    before = agent.metrics()
+    ns_srv0, ns_cl0 = server.nstat(), client.nstat()
+    n = 40
+    out = json.loads(client.run(python_cmd("tcp_client.py", server.ip, 8080, n, 200_000)).stdout)
+    assert out["connections"] == n
+    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == n, timeout=30)
+
+    def settled() -> bool:
+        m = agent.metrics()
+        return all(m.value("podscope_tcp_connections_closed_total", k8s_pod_uid=p.uid)
+                   - before.value("podscope_tcp_connections_closed_total", k8s_pod_uid=p.uid) == n
+                   for p in (server, client))
+
+    assert wait_for(settled, timeout=30)
+    time.sleep(0.5)
+    m = agent.metrics()
+    ns_srv1, ns_cl1 = server.nstat(), client.nstat()
+    for pod, a, b in ((server, ns_srv0, ns_srv1), (client, ns_cl0, ns_cl1)):
+        want = b.get("TcpRetransSegs", 0) - a.get("TcpRetransSegs", 0)
+        got = (m.value("podscope_tcp_retransmits_total", k8s_pod_uid=pod.uid)
+               - before.value("podscope_tcp_retransmits_total", k8s_pod_uid=pod.uid))
+        print(pod.name, "retransmits podscope", got, "TcpRetransSegs", want)
+        assert got == want
+    # the client's data was dropped, so it retransmitted; the drops are the server's, by reason
+    assert ns_cl1["TcpRetransSegs"] - ns_cl0.get("TcpRetransSegs", 0) > 0
+    drops = m.value("podscope_packet_drops_total", k8s_pod_uid=server.uid, reason="NETFILTER_DROP")
+    ipt = server.run(["iptables", "-L", "INPUT", "-v", "-x", "-n"]).stdout.splitlines()[2].split()
+    print("drops podscope", drops, "iptables", ipt[0])
+    assert drops == int(ipt[0])
+    assert m.value("podscope_packet_drops_total", k8s_pod_uid=client.uid,
+                   reason="NETFILTER_DROP") == 0
+
+
+def test_accept_and_syn_queues(pods: PodNetwork, agent: AgentProc, tmp_path: Path) -> None:
+    import subprocess
+
+    server = pods.pod("server", qos="burstable", driver="cgroupfs")
+    client = pods.pod("client", qos="burstable", driver="cgroupfs")
+    # port 9090: backlog 4, never accepts -> the accept queue fills and overflows
+    start_server(server, 9090, 10, tmp_path / "unused", 4, "noaccept")
+    # port 9091: the client never sees the SYN-ACKs -> requests wait in the SYN queue
+    start_server(server, 9091, 10, tmp_path / "unused", 64, "noaccept")
+    client.run(["iptables", "-A", "INPUT", "-p", "tcp", "--sport", "9091", "--tcp-flags",
+                "SYN,ACK", "SYN,ACK", "-j", "DROP"])
+    ns0 = server.nstat()
+    before = agent.metrics()
+    flood = client.popen(python_cmd("syn_flood_client.py", server.ip, 9090, 20, 4.0),
+                         stdout=subprocess.PIPE, text=True)
+    half = client.popen(python_cmd("syn_flood_client.py", server.ip, 9091, 6, 4.0),
+                        stdout=subprocess.PIPE, text=True)
+    sv = {"k8s_pod_uid": server.uid, "port": "9090"}
+    seen_depth = seen_syn = seen_syn_full = 0.0
+    limit = 0.0
+    deadline = time.monotonic() + 3.5
+    while time.monotonic() < deadline:
+        m = agent.metrics()
+        seen_depth = max(seen_depth, m.value("podscope_tcp_accept_queue_depth", **sv))
+        seen_syn_full = max(seen_syn_full, m.value("podscope_tcp_syn_queue_depth", **sv))
+        seen_syn = max(seen_syn, m.value("podscope_tcp_syn_queue_depth", k8s_pod_uid=server.uid,
+                                         port="9091"))
+        limit = m.value("podscope_tcp_accept_queue_limit", **sv)
+        time.sleep(0.3)
+    flood.wait(30)
+    half.wait(30)
+    time.sleep(0.6)  # one more iterator pass
+    m = agent.metrics()
+    ns1 = server.nstat()
+    want = ns1.get("TcpExtListenOverflows", 0) - ns0.get("TcpExtListenOverflows", 0)
+    got = (m.value("podscope_tcp_listen_overflows_total", k8s_pod_uid=server.uid)
+           - before.value("podscope_tcp_listen_overflows_total", k8s_pod_uid=server.uid))
+    drops_want = ns1.get("TcpExtListenDrops", 0) - ns0.get("TcpExtListenDrops", 0)
+    drops_got = (m.value("podscope_tcp_listen_drops_total", k8s_pod_uid=server.uid)
+                 - before.value("podscope_tcp_listen_drops_total", k8s_pod_uid=server.uid))
+    # independent evidence from BPF: the listener's own drop counter, read by iter/tcp
+    listener_drops = m.value("podscope_tcp_listener_drops_total", **sv)
+    print("limit", limit, "depth", seen_depth, "syn", seen_syn, "overflows", got, want,
+          "drops", drops_got, drops_want, "listener", listener_drops)
+    assert limit == 4
+    assert seen_depth >= limit  # the kernel admits backlog + 1
+    assert seen_syn == 6
+    assert want > 0
+    assert got == want
+    assert drops_got == drops_want
+    assert listener_drops == drops_want
+    assert m.value("podscope_tcp_listen_overflows_total", k8s_pod_uid=client.uid) == 0

@@ -350,33 +350,35 @@ int BPF_PROG(tcp_rst_recv, struct sock *sk)
 	return 0;
 }
 
+/* Every packet the kernel drops, by drop reason. Listen-queue overflows are not among them: a SYN
+ * refused for a full accept queue is freed with consume_skb (no reason), so overflows come from
+ * the pod namespace's own LINUX_MIB_LISTENOVERFLOWS and per-listener sk_drops (iter/tcp). */
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(tcp_drop, struct sk_buff *skb, void *location, int reason)
 {
 	struct pod_key pod = {};
 	struct sock *sk = BPF_CORE_READ(skb, sk);
-	struct tcp_pod_stats *s;
-	bool listener = false;
 
 	if (!sk && kfree_skb_has_rx_sk)
 		sk = (struct sock *)ctx[3];
-	if (sk) {
+	if (sk)
 		pod_of_any_sk(sk, &pod);
-		listener = BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN;
-	} else {
+	else
 		pod.netns = dev_netns(BPF_CORE_READ(skb, dev));
-	}
 	labeled_add(&pod, TCP_LABEL_DROP_REASON, reason);
-	if (!listener)
-		return 0;
-	s = pod_stats(&pod);
-	if (!s)
-		return 0;
-	__sync_fetch_and_add(&s->listen_drops, 1);
-	if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_TCP_LISTEN_OVERFLOW) &&
-	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_TCP_LISTEN_OVERFLOW))
-		__sync_fetch_and_add(&s->listen_overflows, 1);
 	return 0;
+}
+
+/* sk_drops, or its NUMA-split form (v6.18, "net: add numa_drop_counters"). */
+static __always_inline __u32 sk_drop_count(const struct sock *sk)
+{
+	if (bpf_core_field_exists(struct sock, sk_drop_counters)) {
+		struct numa_drop_counters *ndc = BPF_CORE_READ(sk, sk_drop_counters);
+
+		if (ndc)
+			return BPF_CORE_READ(ndc, drops0.counter) + BPF_CORE_READ(ndc, drops1.counter);
+	}
+	return BPF_CORE_READ(sk, sk_drops.counter);
 }
 
 static __always_inline bool established_like(__u8 state)
@@ -416,6 +418,7 @@ int tcp_iter(struct bpf_iter__tcp *ctx)
 			.accept_depth = sk->sk_ack_backlog,
 			.accept_limit = sk->sk_max_ack_backlog,
 			.syn_depth = tp->inet_conn.icsk_accept_queue.qlen.counter,
+			.drops = sk_drop_count(sk),
 		};
 		bpf_seq_write(seq, &l, sizeof(l));
 		return 0;

@@ -15,8 +15,6 @@ struct tcp_pod_stats {
 	__u64 retransmits;
 	__u64 resets_sent;
 	__u64 resets_received;
-	__u64 listen_overflows;
-	__u64 listen_drops;
 };
 
 enum tcp_hist_id {
@@ -64,7 +62,7 @@ struct tcp_listener {
 	__u32 accept_depth;	/* sk_ack_backlog */
 	__u32 accept_limit;	/* sk_max_ack_backlog */
 	__u32 syn_depth;	/* icsk_accept_queue.qlen: half-open requests */
-	__u32 _pad;
+	__u32 drops;		/* sk_drops: packets this listener dropped (tcp_listendrop) */
 };
 
 #endif

@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 
 from .. import libbpf
-from ..metadata.namespaces import in_netns
+from ..metadata.namespaces import in_netns, read_netstat
 from ..metadata.store import Labels, MetadataStore
 from .base import Emit, Sums, label_names, log2_histogram
 
@@ -38,10 +38,14 @@ _COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "retransmits": ("podscope_tcp_retransmits_total", "TCP segments retransmitted", ()),
     "resets_sent": ("podscope_tcp_resets_sent_total", "TCP resets sent", ()),
     "resets_received": ("podscope_tcp_resets_received_total", "TCP resets received", ()),
-    "listen_overflows": ("podscope_tcp_listen_overflows_total",
-                         "Connections dropped because a listener's accept queue was full", ()),
-    "listen_drops": ("podscope_tcp_listen_drops_total",
-                     "Packets to a listening socket that were dropped", ()),
+}
+# Per pod network namespace, from the namespace's own MIB (exact; a SYN refused for a full accept
+# queue is freed without a drop reason, so no tracepoint sees it).
+_NETSTAT = {
+    "TcpExtListenOverflows": ("podscope_tcp_listen_overflows_total",
+                              "Connections refused because a listener's accept queue was full"),
+    "TcpExtListenDrops": ("podscope_tcp_listen_drops_total",
+                          "Packets to listening sockets that were dropped (overflows included)"),
 }
 _HISTS = {
     "TCP_HIST_CONNECT": ("podscope_tcp_connect_duration_seconds",
@@ -95,6 +99,7 @@ class TcpCollector:
         self._ring: libbpf.RingBuffer | None = None
         self._lock = threading.Lock()
         self._listeners: list[Any] = []
+        self._netstat: dict[int, dict[str, int]] = {}
         self._listeners_at = 0.0
         self._mono_to_wall = time.time() - time.monotonic()
 
@@ -159,11 +164,13 @@ class TcpCollector:
                 return []
             size = ct.sizeof(self.Listener)
             out = []
+            netstat = {}
             for inode, info in self.store.namespaces().items():
                 raw = b""
                 for pid in info.pids[:3]:
                     try:
                         raw = in_netns(pid, inode, lambda: libbpf.iter_read(link))
+                        netstat[inode] = read_netstat(pid)
                         break
                     except (ProcessLookupError, FileNotFoundError):
                         continue
@@ -173,6 +180,7 @@ class TcpCollector:
                 for off in range(0, len(raw) - size + 1, size):
                     out.append(self.Listener.from_buffer_copy(raw, off))
             self._listeners = out
+            self._netstat = netstat
             self._listeners_at = time.monotonic()
             return out
 
@@ -257,6 +265,26 @@ class TcpCollector:
         yield depth
         yield limit
         yield syn
+
+        ldrops = CounterMetricFamily("podscope_tcp_listener_drops_total",
+                                     "Packets a listening socket dropped (its sk_drops)",
+                                     labels=label_names("port"))
+        per_drops: Sums = Sums()
+        for li in listeners:
+            per_drops.add(labels_of(li.cgroup_id, li.netns), (str(li.port),), li.drops)
+        for (lab, extra), val in per_drops.values.items():
+            ldrops.add_metric(list(lab) + list(extra), val)
+        yield ldrops
+        with self._lock:
+            netstat = dict(self._netstat)
+        for field, (metric, help_) in _NETSTAT.items():
+            fam = CounterMetricFamily(metric, help_, labels=label_names())
+            ns_sums = Sums()
+            for inode, vals in netstat.items():
+                ns_sums.add(labels_of(0, inode), (), vals.get(field, 0))
+            for (lab, _), val in ns_sums.values.items():
+                fam.add_metric(list(lab), val)
+            yield fam
 
         errs = o.map("tcp_errors")
         lost = CounterMetricFamily("podscope_events_lost_total",

@@ -72,3 +72,16 @@ def in_netns(pid: int, inode: int, fn: Callable[[], T]) -> T:
                 raise OSError(e, f"setns back to own network namespace: {os.strerror(e)}")
     finally:
         os.close(own)
+
+
+def read_netstat(pid: int, proc: str = "/proc") -> dict[str, int]:
+    """The SNMP extension counters (TcpExt, IpExt, ...) of pid's network namespace."""
+    out: dict[str, int] = {}
+    with open(f"{proc}/{pid}/net/netstat") as f:
+        lines = f.read().splitlines()
+    for head, vals in zip(lines[::2], lines[1::2], strict=False):
+        prefix, _, names = head.partition(":")
+        _, _, values = vals.partition(":")
+        for n, v in zip(names.split(), values.split(), strict=False):
+            out[prefix + n] = int(v)
+    return out
