@@ -82,9 +82,9 @@ def preflight() -> str:
                     "CONFIG_DEBUG_INFO_BTF=y (every major distribution ships one since 2021)")
     try:
         libbpf.Btf.vmlinux().close()
-    except libbpf.BpfError as e:
-        raise Fatal(f"kernel BTF at {BTF_PATH} cannot be read ({e}): podscope needs "
-                    "CONFIG_DEBUG_INFO_BTF=y") from None
+    except libbpf.BpfError:
+        raise Fatal(f"kernel BTF at {BTF_PATH} is empty or not valid BTF: podscope needs "
+                    "a kernel built with CONFIG_DEBUG_INFO_BTF=y") from None
     cg2 = cgroup2_mount()
     if not cg2:
         raise Fatal("no cgroup2 file system is mounted: podscope attributes sockets and tasks by "

@@ -55,7 +55,7 @@ def _print_cb(level: int, fmt: bytes, va_list: int) -> int:
     if line:
         _recent_log.append(line)
         del _recent_log[:-200]
-        (log.warning if level == 0 else log.debug)(line)
+        log.debug(line)  # surfaced in the error of a failed call (see BpfObject.load)
     return 0
 
 

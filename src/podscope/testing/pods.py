@@ -185,6 +185,8 @@ class PodNetwork:
         _run("ip", "-n", ns, "link", "set", "eth0", "up")
         _run("ip", "-n", ns, "link", "set", "lo", "up")
         _run("ip", "-n", ns, "route", "add", "default", "via", self.gateway)
+        # like the pause container: a pod's namespace always has a process in it
+        pod.popen(["sleep", "infinity"])
         return pod
 
     def close(self) -> None:

@@ -1,0 +1,172 @@
+"""The agent as operators run it: attribution per cgroup driver and QoS, exports, check,
+shutdown, and the clear errors of an unusable host."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from podscope import libbpf
+from podscope.testing.pods import PodNetwork
+from tests.conftest import PODSCOPE, AgentProc, python_cmd
+from tests.kernel.test_tcp import start_server, wait_for
+
+
+def test_both_cgroup_drivers_and_qos_classes(pods: PodNetwork, agent: AgentProc,
+                                             tmp_path: Path) -> None:
+    server = pods.pod("server", qos="guaranteed", driver="systemd")
+    clients = [pods.pod("c1", qos="besteffort", driver="systemd"),
+               pods.pod("c2", qos="guaranteed", driver="cgroupfs"),
+               pods.pod("c3", qos="burstable", driver="cgroupfs")]
+    start_server(server, 8080, 1000, tmp_path / "srv.jsonl")
+    for i, c in enumerate(clients):
+        out = json.loads(c.run(python_cmd("tcp_client.py", server.ip, 8080, i + 2, 100)).stdout)
+        assert out["connections"] == i + 2
+    m = agent.metrics()
+    for i, c in enumerate(clients):
+        series = m.series("podscope_tcp_connections_opened_total", direction="outbound",
+                          k8s_pod_uid=c.uid)
+        assert len(series) == 1, series
+        assert series[0]["container_id"] == c.container_id
+        assert series[0]["cgroup"] == "/" + c.cgroup_rel
+        assert m.value("podscope_tcp_connections_opened_total", direction="outbound",
+                       k8s_pod_uid=c.uid) == i + 2
+    assert m.value("podscope_tcp_connections_opened_total", direction="inbound",
+                   k8s_pod_uid=server.uid, container_id=server.container_id) == 2 + 3 + 4
+
+
+def test_records_exported_one_per_connection(pods: PodNetwork, tmp_path: Path) -> None:
+    server = pods.pod("server")
+    client = pods.pod("client", driver="cgroupfs")
+    jl, cs = tmp_path / "conn.jsonl", tmp_path / "conn.csv"
+    a = AgentProc(["--export", f"jsonl:{jl}", "--export", f"csv:{cs}"], tmp_path)
+    try:
+        start_server(server, 8080, 5000, tmp_path / "srv.jsonl")
+        truth = json.loads(client.run(python_cmd("tcp_client.py", server.ip, 8080, 7, 700)).stdout)
+        time.sleep(1.5)
+    finally:
+        a.stop()
+    recs = [json.loads(x) for x in jl.read_text().splitlines()]
+    mine = [r for r in recs if r["k8s_pod_uid"] == client.uid]
+    theirs = [r for r in recs if r["k8s_pod_uid"] == server.uid]
+    assert len(mine) == 7 and len(theirs) == 7
+    assert all(r["direction"] == "outbound" and r["dst_addr"] == server.ip and r["dst_port"] == 8080
+               and r["src_addr"] == client.ip and r["src_port"] > 0 for r in mine)
+    assert all(r["direction"] == "inbound" and r["src_port"] == 8080 for r in theirs)
+    assert sum(r["sent_bytes"] for r in mine) == pytest.approx(truth["sent"], rel=0.01)
+    assert sum(r["received_bytes"] for r in mine) == pytest.approx(truth["received"], rel=0.01)
+    assert all(r["container_id"] == client.container_id and r["duration_seconds"] > 0
+               and r["srtt_seconds"] > 0 and r["retransmits"] == 0 for r in mine)
+    rows = list(csv.DictReader(cs.open()))
+    assert len(rows) == len(recs)
+    assert {r["k8s_pod_uid"] for r in rows} >= {client.uid, server.uid}
+
+
+def test_connect_failures_and_resets(pods: PodNetwork, agent: AgentProc) -> None:
+    client = pods.pod("client")
+    server = pods.pod("server")  # nothing listens: every SYN is answered with a reset
+    script = ("import socket\nn=0\nfor _ in range(5):\n    try:\n"
+              f"        socket.create_connection(('{server.ip}', 7777), timeout=5)\n"
+              "    except ConnectionRefusedError:\n        n+=1\nprint(n)\n")
+    assert client.run(["python3", "-c", script]).stdout.strip() == "5"
+    m = agent.metrics()
+    assert m.value("podscope_tcp_connect_failures_total", k8s_pod_uid=client.uid,
+                   reason="ECONNREFUSED") == 5
+    assert m.value("podscope_tcp_resets_received_total", k8s_pod_uid=client.uid) == 5
+    assert m.value("podscope_tcp_resets_sent_total", k8s_pod_uid=server.uid) == 5
+
+
+def _own_bpf_objects() -> tuple[int, int, int]:
+    progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True,
+                                      text=True, check=True).stdout or "[]")
+    maps = json.loads(subprocess.run(["bpftool", "-j", "map", "show"], capture_output=True,
+                                     text=True, check=True).stdout or "[]")
+    links = json.loads(subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True,
+                                      text=True, check=True).stdout or "[]")
+    mine = {"tcp_state", "tcp_rst_send", "tcp_rst_recv", "tcp_drop", "tcp_iter"}
+    return (sum(p.get("name") in mine for p in progs),
+            sum(str(m.get("name", "")).startswith("tcp_") for m in maps), len(links))
+
+
+def test_sigterm_exits_fast_and_leaves_nothing(tmp_path: Path) -> None:
+    progs0, maps0, links0 = _own_bpf_objects()
+    a = AgentProc([], tmp_path)
+    assert a.metrics().series("podscope_events_lost_total")
+    progs1, maps1, _ = _own_bpf_objects()
+    assert progs1 == progs0 + 5 and maps1 > maps0
+    took = a.stop()
+    assert took < 2.0, f"agent took {took:.2f}s to exit"
+    assert a.proc.returncode == 0
+    assert wait_for(lambda: _own_bpf_objects() == (progs0, maps0, links0), timeout=3)
+    assert not [p for p in os.listdir("/sys/fs/bpf") if "podscope" in p or p.startswith("tcp")]
+
+
+def test_duration_stops_by_itself(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    r = subprocess.run([PODSCOPE, "run", "--duration", "1"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 < 10
+
+
+def test_check_reports_this_kernel() -> None:
+    r = subprocess.run([PODSCOPE, "check"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.startswith("  ")}
+    assert " no " in lines["kprobes"] and "CONFIG_KPROBES" in lines["kprobes"]
+    assert " no " in lines["fentry"]
+    tcp = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("tcp ")]
+    assert len(tcp) >= 5 and all(" yes " in ln for ln in tcp)
+    assert "packet drops" in r.stdout and "default signals: all available" in r.stdout
+
+
+def _expect_clean_error(cmd: list[str], needle: str) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert needle in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_not_root_is_a_clear_error() -> None:
+    _expect_clean_error(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                         PODSCOPE, "run", "--duration", "1"], "must run as root")
+
+
+def test_no_btf_is_a_clear_error() -> None:
+    # a private mount namespace in which the kernel's BTF file is an empty file
+    _expect_clean_error(["unshare", "-m", "sh", "-c",
+                         f"mount --bind /dev/null /sys/kernel/btf/vmlinux && exec {PODSCOPE} run"],
+                        "CONFIG_DEBUG_INFO_BTF")
+
+
+def test_no_cgroup2_is_a_clear_error() -> None:
+    from podscope.metadata.cgroups import cgroup2_mount
+
+    mnt = cgroup2_mount()
+    assert mnt
+    _expect_clean_error(["unshare", "-m", "sh", "-c",
+                         f"umount -l {mnt} && exec {PODSCOPE} check"], "no cgroup2")
+
+
+def test_every_object_loads_and_every_default_program_attaches() -> None:
+    bpf_dir = Path(libbpf.bpf_object_path("tcp")).parent
+    objs = sorted(bpf_dir.glob("*.bpf.o"))
+    assert {o.name for o in objs} >= {"tcp.bpf.o", "features.bpf.o"}
+    for path in objs:
+        with libbpf.BpfObject(str(path)) as obj:
+            if obj.name == "features":  # probes that must fail here are turned off
+                for p in obj.programs():
+                    p.autoload = p.name in ("probe_ringbuf", "probe_syscall_tp")
+            obj.load()
+            for p in obj.programs():
+                if not p.autoload:
+                    continue
+                link = p.attach_iter() if p.section.startswith("iter/") else p.attach()
+                assert link.fd >= 0, p.name
