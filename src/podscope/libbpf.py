@@ -64,12 +64,12 @@ def lib() -> ct.CDLL:
     if _lib is not None:
         return _lib
     L = _load_lib()
-    P, I, U32, SZ, VP, CP = ct.c_void_p, ct.c_int, ct.c_uint32, ct.c_size_t, ct.c_void_p, ct.c_char_p
+    P, INT, U32, SZ, VP, CP = ct.c_void_p, ct.c_int, ct.c_uint32, ct.c_size_t, ct.c_void_p, ct.c_char_p
     sigs: dict[str, tuple[Any, list[Any]]] = {
         "libbpf_set_print": (P, [_PRINT_FN]),
-        "libbpf_num_possible_cpus": (I, []),
+        "libbpf_num_possible_cpus": (INT, []),
         "bpf_object__open_file": (P, [CP, VP]),
-        "bpf_object__load": (I, [P]),
+        "bpf_object__load": (INT, [P]),
         "bpf_object__close": (None, [P]),
         "bpf_object__btf": (P, [P]),
         "bpf_object__next_program": (P, [P, P]),
@@ -78,37 +78,37 @@ def lib() -> ct.CDLL:
         "bpf_object__next_map": (P, [P, P]),
         "bpf_program__name": (CP, [P]),
         "bpf_program__section_name": (CP, [P]),
-        "bpf_program__set_autoload": (I, [P, ct.c_bool]),
+        "bpf_program__set_autoload": (INT, [P, ct.c_bool]),
         "bpf_program__autoload": (ct.c_bool, [P]),
-        "bpf_program__fd": (I, [P]),
+        "bpf_program__fd": (INT, [P]),
         "bpf_program__attach": (P, [P]),
         "bpf_program__attach_iter": (P, [P, VP]),
-        "bpf_program__attach_perf_event": (P, [P, I]),
-        "bpf_program__attach_cgroup": (P, [P, I]),
-        "bpf_program__attach_uprobe": (P, [P, ct.c_bool, I, CP, SZ]),
-        "bpf_link__fd": (I, [P]),
-        "bpf_link__destroy": (I, [P]),
-        "bpf_iter_create": (I, [I]),
+        "bpf_program__attach_perf_event": (P, [P, INT]),
+        "bpf_program__attach_cgroup": (P, [P, INT]),
+        "bpf_program__attach_uprobe": (P, [P, ct.c_bool, INT, CP, SZ]),
+        "bpf_link__fd": (INT, [P]),
+        "bpf_link__destroy": (INT, [P]),
+        "bpf_iter_create": (INT, [INT]),
         "bpf_map__name": (CP, [P]),
-        "bpf_map__fd": (I, [P]),
-        "bpf_map__set_max_entries": (I, [P, U32]),
+        "bpf_map__fd": (INT, [P]),
+        "bpf_map__set_max_entries": (INT, [P, U32]),
         "bpf_map__max_entries": (U32, [P]),
         "bpf_map__key_size": (U32, [P]),
         "bpf_map__value_size": (U32, [P]),
-        "bpf_map__type": (I, [P]),
+        "bpf_map__type": (INT, [P]),
         "bpf_map__initial_value": (P, [P, ct.POINTER(SZ)]),
-        "bpf_map_lookup_elem": (I, [I, VP, VP]),
-        "bpf_map_update_elem": (I, [I, VP, VP, ct.c_uint64]),
-        "bpf_map_delete_elem": (I, [I, VP]),
-        "bpf_map_get_next_key": (I, [I, VP, VP]),
-        "bpf_map_lookup_batch": (I, [I, VP, VP, VP, VP, ct.POINTER(U32), VP]),
-        "ring_buffer__new": (P, [I, SAMPLE_FN, VP, VP]),
-        "ring_buffer__poll": (I, [P, I]),
-        "ring_buffer__consume": (I, [P]),
+        "bpf_map_lookup_elem": (INT, [INT, VP, VP]),
+        "bpf_map_update_elem": (INT, [INT, VP, VP, ct.c_uint64]),
+        "bpf_map_delete_elem": (INT, [INT, VP]),
+        "bpf_map_get_next_key": (INT, [INT, VP, VP]),
+        "bpf_map_lookup_batch": (INT, [INT, VP, VP, VP, VP, ct.POINTER(U32), VP]),
+        "ring_buffer__new": (P, [INT, SAMPLE_FN, VP, VP]),
+        "ring_buffer__poll": (INT, [P, INT]),
+        "ring_buffer__consume": (INT, [P]),
         "ring_buffer__free": (None, [P]),
         "btf__load_vmlinux_btf": (P, []),
         "btf__free": (None, [P]),
-        "btf__find_by_name_kind": (I, [P, CP, U32]),
+        "btf__find_by_name_kind": (INT, [P, CP, U32]),
         "btf__type_by_id": (P, [P, U32]),
         "btf__name_by_offset": (CP, [P, U32]),
         "btf__type_cnt": (U32, [P]),
@@ -121,6 +121,9 @@ def lib() -> ct.CDLL:
     L.libbpf_set_print(_print_cb)
     _lib = L
     return L
+
+
+_ENOTSUPP = 524  # kernel-internal "operation not supported" (no batch ops for this map type)
 
 
 def _errno() -> int:
@@ -357,8 +360,8 @@ class Map:
         """All entries, read with bpf_map_lookup_batch (one syscall per `batch` entries);
         falls back to key iteration where the map type has no batch support."""
         out: list[tuple[Any, Any]] = []
-        keys = (key_type * batch)()
-        values = (value_type * batch)()
+        keys: Any = (key_type * batch)()  # type: ignore[operator]
+        values: Any = (value_type * batch)()  # type: ignore[operator]
         in_tok = ct.c_uint64(0)
         out_tok = ct.c_uint64(0)
         first = True
@@ -367,9 +370,8 @@ class Map:
             ret = lib().bpf_map_lookup_batch(self.fd, None if first else ct.byref(in_tok),
                                              ct.byref(out_tok), keys, values, ct.byref(count), None)
             err = _errno() if ret else 0
-            if ret and err not in (errno_mod.ENOENT,):
-                if err in (errno_mod.EINVAL, errno_mod.ENOTSUPP if hasattr(errno_mod, "ENOTSUPP")
-                           else 524, 524) and first:
+            if ret and err != errno_mod.ENOENT:
+                if first and err in (errno_mod.EINVAL, _ENOTSUPP):
                     return self._items_slow(key_type, value_type)
                 raise BpfError(f"batch lookup in map {self.name}", err)
             for i in range(count.value):
@@ -469,7 +471,7 @@ def iter_read(link: Link, chunk: int = 1 << 16) -> bytes:
     if fd < 0:
         raise BpfError(f"creating iterator for {link.what}", _errno())
     try:
-        parts = []
+        parts: list[bytes] = []
         while True:
             b = os.read(fd, chunk)
             if not b:

@@ -194,9 +194,9 @@ class TcpCollector:
         helps: dict[str, tuple[str, tuple[str, ...]]] = {}
         for key, st in o.map("tcp_stats").items(self.PodKey, self.Stats):
             lab = labels_of(key.cgroup_id, key.netns)
-            for field, (metric, help_, extra) in _COUNTERS.items():
+            for field, (metric, _help, extra) in _COUNTERS.items():
                 counters[metric].add(lab, extra, getattr(st, field))
-        for field, (metric, help_, extra) in _COUNTERS.items():
+        for metric, help_, extra in _COUNTERS.values():
             helps[metric] = (help_, ("direction",) if extra else ())
         for metric, (help_, extra_names) in helps.items():
             fam = CounterMetricFamily(metric, help_, labels=label_names(*extra_names))
@@ -219,13 +219,13 @@ class TcpCollector:
                 fail_sums.add(lab, (errno_reason(key.value),), v.value)
             elif key.kind == k_drop:
                 drop_sums.add(lab, (self.drop_reasons.get(key.value, str(key.value)),), v.value)
-        for fam, sums in ((fails, fail_sums), (drops, drop_sums)):
-            for (lab, extra), val in sums.values.items():
-                fam.add_metric(list(lab) + list(extra), val)
-            yield fam
+        for cfam, csums in ((fails, fail_sums), (drops, drop_sums)):
+            for (lab, extra), val in csums.values.items():
+                cfam.add_metric(list(lab) + list(extra), val)
+            yield cfam
 
         buckets: dict[str, dict[tuple[Labels, tuple[str, ...]], list[int]]] = defaultdict(dict)
-        sums: dict[str, dict[tuple[Labels, tuple[str, ...]], float]] = defaultdict(dict)
+        hsums: dict[str, dict[tuple[Labels, tuple[str, ...]], float]] = defaultdict(dict)
         for key, h in o.map("tcp_hists").items(self.HistKey, self.Hist):
             name = self.hist_ids.get(key.hist)
             if name not in _HISTS:
@@ -234,13 +234,13 @@ class TcpCollector:
             slots = list(h.slots)
             if k in buckets[name]:
                 slots = [a + b for a, b in zip(buckets[name][k], slots, strict=True)]
-                sums[name][k] += h.sum
+                hsums[name][k] += h.sum
             else:
-                sums[name][k] = h.sum
+                hsums[name][k] = h.sum
             buckets[name][k] = slots
         for name, (metric, help_) in _HISTS.items():
-            fam = HistogramMetricFamily(metric, help_, labels=label_names())
-            yield log2_histogram(fam, buckets[name], sums[name], 1e-6)
+            hfam = HistogramMetricFamily(metric, help_, labels=label_names())
+            yield log2_histogram(hfam, buckets[name], hsums[name], 1e-6)
 
         depth = GaugeMetricFamily("podscope_tcp_accept_queue_depth",
                                   "Connections waiting in a listener's accept queue",

@@ -17,7 +17,7 @@ _POD_RE = re.compile(rf"(?:^|/)(?:kubepods(?:-[a-z]+)?-)?pod(?P<uid>{_UID})(?:\.
 # cgroupfs "<id>" (any runtime), and "crio-conmon-<id>" (the monitor, not the container).
 _CTR_RE = re.compile(
     rf"(?:^|/)(?:(?P<rt>cri-containerd|crio|docker|libpod)-)?(?P<id>{_HEX64})(?:\.scope)?$")
-_QOS_RE = re.compile(r"(?:^|/)kubepods(?:[-/.](?P<qos>burstable|besteffort))?")
+_QOS_RE = re.compile(r"kubepods[-/](?P<qos>burstable|besteffort)(?:\.slice)?/")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def parse_cgroup_path(path: str) -> CgroupRef:
     qos = ""
     if uid:
         q = _QOS_RE.search(path)
-        qos = (q.group("qos") or "guaranteed") if q else ""
+        qos = q.group("qos") if q else "guaranteed"
     return CgroupRef(path=path, pod_uid=uid, container_id=cid, runtime=runtime, qos=qos)
 
 

@@ -1,0 +1,95 @@
+"""Pure pieces: histograms, exports, config, /proc parsing, BTF-derived struct views."""
+
+from __future__ import annotations
+
+import csv
+import ctypes as ct
+import json
+from pathlib import Path
+
+import pytest
+from prometheus_client.core import HistogramMetricFamily
+
+from podscope import libbpf
+from podscope.collectors.base import log2_histogram
+from podscope.collectors.tcp import errno_reason
+from podscope.config import Config
+from podscope.metadata.namespaces import proc_cgroup_v2, read_netstat
+from podscope.metadata.store import Labels
+from podscope.sinks.files import SCHEMAS, open_export
+
+PROC = str(Path(__file__).resolve().parent.parent / "fixtures" / "proc")
+
+
+def test_log2_histogram_buckets_are_cumulative_and_in_seconds() -> None:
+    slots = [0] * 40
+    slots[0], slots[1], slots[11] = 2, 3, 5  # 0 us, 1 us, [1024, 2048) us
+    lab = Labels(k8s_pod_uid="u")
+    fam = log2_histogram(HistogramMetricFamily("h", "h", labels=list(Labels._fields)),
+                         {(lab, ()): slots}, {(lab, ()): 3 + 5 * 1500}, 1e-6)
+    by = {s.labels.get("le"): s.value for s in fam.samples if s.name == "h_bucket"}
+    assert by["1e-06"] == 2 and by["2e-06"] == 5 and by["0.002048"] == 10 and by["+Inf"] == 10
+    assert by["0.001024"] == 5
+    total = [s.value for s in fam.samples if s.name == "h_sum"][0]
+    assert total == pytest.approx(0.007503)
+
+
+def test_errno_reason_names() -> None:
+    assert errno_reason(111) == "ECONNREFUSED"
+    assert errno_reason(110) == "ETIMEDOUT"
+    assert errno_reason(0) == "ABORTED"
+
+
+def test_exports_jsonl_and_csv(tmp_path: Path) -> None:
+    rec = {k: i for i, k in enumerate(SCHEMAS["tcp_connection"])}
+    rec["duration_seconds"] = None
+    j = open_export(f"jsonl:{tmp_path / 'a.jsonl'}")
+    c = open_export(f"csv:{tmp_path / 'a.csv'}")
+    for s in (j, c):
+        s.record("tcp_connection", rec)
+        s.close()
+    assert json.loads((tmp_path / "a.jsonl").read_text())["type"] == "tcp_connection"
+    rows = list(csv.DictReader((tmp_path / "a.csv").open()))
+    assert rows[0]["src_port"] == str(rec["src_port"]) and rows[0]["duration_seconds"] == ""
+    with pytest.raises(ValueError, match="jsonl:PATH or csv:PATH"):
+        open_export("nonsense")
+    with pytest.raises(ValueError, match="unknown format"):
+        open_export("xml:/tmp/x")
+
+
+def test_config_file_and_flags(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('listen = "0.0.0.0:9464"\nexports = ["jsonl:/tmp/x"]\n')
+    cfg = Config.load(str(f), {"listen": "127.0.0.1:1", "duration": None, "exports": []})
+    assert cfg.listen_addr() == ("127.0.0.1", 1) and cfg.exports == ["jsonl:/tmp/x"]
+    f.write_text("bogus = 1\n")
+    with pytest.raises(ValueError, match="unknown settings"):
+        Config.load(str(f), {})
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        Config(listen="nope").listen_addr()
+
+
+def test_proc_parsing() -> None:
+    ns = read_netstat(4242, PROC)
+    assert ns["TcpExtListenOverflows"] == 17 and ns["IpExtInOctets"] == 123456
+    assert proc_cgroup_v2(4242, PROC).startswith("/kubepods.slice/")  # type: ignore[union-attr]
+
+
+def test_struct_views_come_from_btf_and_match_sizes() -> None:
+    with libbpf.BpfObject(libbpf.bpf_object_path("tcp")) as obj:
+        ev = obj.struct("tcp_close_event")
+        assert ct.sizeof(ev) == 96
+        assert ev.saddr.offset == ev.direction.offset + 2
+        assert ct.sizeof(obj.struct("pod_key")) == 16
+        assert ct.sizeof(obj.struct("hist")) == 41 * 8
+        # the header's fields, by name, in the user-space view
+        names = [f[0] for f in obj.struct("tcp_pod_stats")._fields_]
+        assert names[:3] == ["opened_outbound", "opened_inbound", "closed"]
+        assert obj.btf.enum("tcp_hist_id") == {"TCP_HIST_CONNECT": 0, "TCP_HIST_DURATION": 1,
+                                               "TCP_HIST_RTT": 2}
+        m = obj.map("tcp_stats")
+        m.check_types(obj.struct("pod_key"), obj.struct("tcp_pod_stats"))
+        with pytest.raises(TypeError, match="value is"):
+            m.check_types(obj.struct("pod_key"), ct.c_uint64)
+        with pytest.raises(KeyError, match="no const volatile setting"):
+            obj.set_rodata(no_such_setting=1)
