@@ -24,7 +24,11 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile bool emit_close_events = false; /* one ring-buffer record per closed connection */
 const volatile bool kfree_skb_has_rx_sk = false; /* tracepoint carries the receiving socket (v6.12+) */
 
-/* Per-socket state, freed with the socket by the kernel. */
+DEFINE_ERR_MAP(tcp_errors);
+
+/* Per-socket state, keyed by the socket's address, from SYN (or first sight) to close.
+ * A preallocated hash costs far less per connection than BPF_MAP_TYPE_SK_STORAGE, whose
+ * create/delete allocate and free through RCU (measured: bench/RESULTS.md). */
 struct sk_state {
 	__u64 start_ns;	 /* SYN sent (outbound only) */
 	__u64 est_ns;	 /* established; 0 when that happened before podscope started */
@@ -41,11 +45,39 @@ struct sk_state {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SOCKETS);
+	__type(key, __u64);
 	__type(value, struct sk_state);
 } tcp_socks SEC(".maps");
+
+static const struct sk_state zero_sk_state;
+
+static __always_inline struct sk_state *sk_state_get(const void *sk)
+{
+	__u64 key = (__u64)(unsigned long)sk;
+
+	return bpf_map_lookup_elem(&tcp_socks, &key);
+}
+
+/* A fresh state for a socket (replacing any left by a socket that lived at this address). */
+static __always_inline struct sk_state *sk_state_new(const void *sk)
+{
+	__u64 key = (__u64)(unsigned long)sk;
+
+	if (bpf_map_update_elem(&tcp_socks, &key, &zero_sk_state, BPF_ANY)) {
+		count_err(&tcp_errors, ERR_MAP_FULL);
+		return 0;
+	}
+	return bpf_map_lookup_elem(&tcp_socks, &key);
+}
+
+static __always_inline void sk_state_del(const void *sk)
+{
+	__u64 key = (__u64)(unsigned long)sk;
+
+	bpf_map_delete_elem(&tcp_socks, &key);
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -73,8 +105,6 @@ struct {
 	__uint(max_entries, EVENTS_RINGBUF_SZ);
 } tcp_events SEC(".maps");
 
-DEFINE_ERR_MAP(tcp_errors);
-
 /* Zero values for lookup_or_init (kept off the 512-byte stack). */
 static const struct tcp_pod_stats zero_stats;
 static const struct hist zero_hist;
@@ -101,13 +131,17 @@ static __always_inline void pod_of_sk(const struct sock *sk, struct pod_key *key
 /* Any socket the tracepoints hand over: full, TIME_WAIT or a request (attributed to its listener). */
 static __always_inline void pod_of_any_sk(const struct sock *sk, struct pod_key *key)
 {
-	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	__u8 state = sk->__sk_common.skc_state;
 
 	if (state == TCP_NEW_SYN_RECV) {
-		const struct sock *listener = BPF_CORE_READ((struct request_sock *)sk, __req_common.skc_listener);
+		/* a request sock starts with sock_common: skc_listener is its listener */
+		const struct sock *listener = sk->__sk_common.skc_listener;
 
+		/* the verifier sees a union member as a scalar: read through probe_read (rare path) */
 		if (listener) {
-			pod_of_sk(listener, key);
+			key->cgroup_id = BPF_CORE_READ(listener, sk_cgrp_data.cgroup, kn, id);
+			key->netns = BPF_CORE_READ(listener, __sk_common.skc_net.net, ns.inum);
+			key->_pad = 0;
 			return;
 		}
 	}
@@ -149,9 +183,9 @@ static __always_inline void labeled_add(const struct pod_key *pod, __u32 kind, _
 
 static __always_inline void save_tuple(const struct sock *sk, struct sk_state *st)
 {
-	st->family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	st->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	st->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	st->family = sk->__sk_common.skc_family;
+	st->sport = sk->__sk_common.skc_num;
+	st->dport = bpf_ntohs(sk->__sk_common.skc_dport);
 	if (st->family == AF_INET6) {
 		BPF_CORE_READ_INTO(&st->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
 		BPF_CORE_READ_INTO(&st->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
@@ -163,13 +197,12 @@ static __always_inline void save_tuple(const struct sock *sk, struct sk_state *s
 
 /* Add what the socket counted since the last flush. xchg makes a flush from the iterator and
  * one from a state change on another CPU count each byte once. */
-static __always_inline void flush_counters(const struct sock *sk, struct sk_state *st,
+static __always_inline void flush_counters(const struct tcp_sock *tp, struct sk_state *st,
 					   struct tcp_pod_stats *s)
 {
-	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
-	__u64 acked = BPF_CORE_READ(tp, bytes_acked);
-	__u64 received = BPF_CORE_READ(tp, bytes_received);
-	__u32 retrans = BPF_CORE_READ(tp, total_retrans);
+	__u64 acked = tp->bytes_acked;
+	__u64 received = tp->bytes_received;
+	__u32 retrans = tp->total_retrans;
 	__u64 old;
 	__u32 old32;
 
@@ -184,7 +217,7 @@ static __always_inline void flush_counters(const struct sock *sk, struct sk_stat
 		__sync_fetch_and_add(&s->retransmits, retrans - old32);
 }
 
-static __always_inline void emit_close(const struct sock *sk, const struct pod_key *pod,
+static __always_inline void emit_close(const struct tcp_sock *tp, const struct pod_key *pod,
 				       const struct sk_state *st, __u64 now, __u64 sent,
 				       __u64 received, __u32 retrans)
 {
@@ -201,7 +234,7 @@ static __always_inline void emit_close(const struct sock *sk, const struct pod_k
 	e->sent_bytes = sent;
 	e->received_bytes = received;
 	e->retransmits = retrans;
-	e->srtt_us = BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;
+	e->srtt_us = tp->srtt_us >> 3;
 	e->family = st->family;
 	e->direction = st->direction;
 	__builtin_memcpy(e->saddr, st->saddr, sizeof(e->saddr));
@@ -214,8 +247,7 @@ static __always_inline void emit_close(const struct sock *sk, const struct pod_k
 
 static __always_inline void on_connect_start(const struct sock *sk)
 {
-	struct sk_state *st = bpf_sk_storage_get(&tcp_socks, (void *)sk, 0,
-						 BPF_SK_STORAGE_GET_F_CREATE);
+	struct sk_state *st = sk_state_new(sk);
 
 	if (!st)
 		return;
@@ -228,19 +260,23 @@ static __always_inline void on_established(const struct sock *sk, int oldstate)
 	struct pod_key pod;
 	struct tcp_pod_stats *s;
 	struct sk_state *st;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
 	__u64 now = bpf_ktime_get_ns();
 
+	if (!tp)
+		return;
 	pod_of_sk(sk, &pod);
 	s = pod_stats(&pod);
 	if (!s)
 		return;
-	st = bpf_sk_storage_get(&tcp_socks, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (oldstate == TCP_SYN_SENT) {
+		st = sk_state_get(sk);
 		__sync_fetch_and_add(&s->opened_outbound, 1);
 		if (st && st->start_ns)
 			hist_add(&pod, TCP_HIST_CONNECT, (now - st->start_ns) / 1000);
 	} else {
 		__sync_fetch_and_add(&s->opened_inbound, 1);
+		st = sk_state_new(sk);
 		if (st)
 			st->direction = TCP_DIR_INBOUND;
 	}
@@ -248,8 +284,8 @@ static __always_inline void on_established(const struct sock *sk, int oldstate)
 		return;
 	st->est_ns = now;
 	/* Count payload only: the SYN's sequence number is already in bytes_acked here. */
-	st->acked = BPF_CORE_READ((struct tcp_sock *)sk, bytes_acked);
-	st->received = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
+	st->acked = tp->bytes_acked;
+	st->received = tp->bytes_received;
 	save_tuple(sk, st);
 }
 
@@ -260,23 +296,27 @@ static __always_inline void on_close(const struct sock *sk, int oldstate)
 	struct sk_state *st;
 	__u64 now, acked0, received0;
 	__u32 retrans0, srtt;
+	struct tcp_sock *tp;
 
 	if (oldstate == TCP_LISTEN || oldstate == TCP_CLOSE || oldstate == TCP_SYN_RECV ||
 	    oldstate == TCP_NEW_SYN_RECV)
+		return;
+	tp = bpf_skc_to_tcp_sock((void *)sk);
+	if (!tp)
 		return;
 	pod_of_sk(sk, &pod);
 	s = pod_stats(&pod);
 	if (!s)
 		return;
-	st = bpf_sk_storage_get(&tcp_socks, (void *)sk, 0, 0);
+	st = sk_state_get(sk);
 	if (oldstate == TCP_SYN_SENT) {
-		__u32 err = BPF_CORE_READ(sk, sk_err);
+		__u32 err = sk->sk_err;
 
 		if (!err)
-			err = BPF_CORE_READ(sk, sk_err_soft);
+			err = sk->sk_err_soft;
 		labeled_add(&pod, TCP_LABEL_CONNECT_FAILURE, err);
 		if (st)
-			flush_counters(sk, st, s); /* SYN retransmissions */
+			flush_counters(tp, st, s); /* SYN retransmissions */
 		goto out;
 	}
 	__sync_fetch_and_add(&s->closed, 1);
@@ -286,24 +326,24 @@ static __always_inline void on_close(const struct sock *sk, int oldstate)
 	acked0 = st->acked;
 	received0 = st->received;
 	retrans0 = st->retrans;
-	flush_counters(sk, st, s);
+	flush_counters(tp, st, s);
 	if (st->est_ns)
 		hist_add(&pod, TCP_HIST_DURATION, (now - st->est_ns) / 1000);
-	srtt = BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;
+	srtt = tp->srtt_us >> 3;
 	if (srtt)
 		hist_add(&pod, TCP_HIST_RTT, srtt);
 	if (emit_close_events)
-		emit_close(sk, &pod, st, now, st->acked - acked0, st->received - received0,
+		emit_close(tp, &pod, st, now, st->acked - acked0, st->received - received0,
 			   st->retrans - retrans0);
 out:
 	if (st)
-		bpf_sk_storage_delete(&tcp_socks, (void *)sk);
+		sk_state_del(sk);
 }
 
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(tcp_state, const struct sock *sk, const int oldstate, const int newstate)
 {
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	if (newstate == TCP_SYN_SENT)
 		on_connect_start(sk);
@@ -335,7 +375,7 @@ int BPF_PROG(tcp_rst_send, const struct sock *sk, const struct sk_buff *skb)
 	if (sk)
 		pod_of_any_sk(sk, &pod);
 	else if (skb)
-		pod.netns = dev_netns(BPF_CORE_READ(skb, dev));
+		pod.netns = dev_netns(skb->dev);
 	count_reset(&pod, true);
 	return 0;
 }
@@ -357,14 +397,14 @@ SEC("tp_btf/kfree_skb")
 int BPF_PROG(tcp_drop, struct sk_buff *skb, void *location, int reason)
 {
 	struct pod_key pod = {};
-	struct sock *sk = BPF_CORE_READ(skb, sk);
+	struct sock *sk = skb->sk;
 
 	if (!sk && kfree_skb_has_rx_sk)
 		sk = (struct sock *)ctx[3];
 	if (sk)
 		pod_of_any_sk(sk, &pod);
 	else
-		pod.netns = dev_netns(BPF_CORE_READ(skb, dev));
+		pod.netns = dev_netns(skb->dev);
 	labeled_add(&pod, TCP_LABEL_DROP_REASON, reason);
 	return 0;
 }
@@ -425,15 +465,21 @@ int tcp_iter(struct bpf_iter__tcp *ctx)
 	}
 	if (!established_like(state))
 		return 0;
-	st = bpf_sk_storage_get(&tcp_socks, tp, 0, 0);
+	st = sk_state_get(sk);
 	if (st) {
 		s = pod_stats(&pod);
 		if (s)
-			flush_counters(sk, st, s);
+			flush_counters(tp, st, s);
 		return 0;
 	}
 	/* Established before podscope started: count from now on. */
-	st = bpf_sk_storage_get(&tcp_socks, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	{
+		__u64 key = (__u64)(unsigned long)sk;
+
+		if (bpf_map_update_elem(&tcp_socks, &key, &zero_sk_state, BPF_NOEXIST))
+			return 0;
+		st = bpf_map_lookup_elem(&tcp_socks, &key);
+	}
 	if (!st)
 		return 0;
 	st->acked = tp->bytes_acked;

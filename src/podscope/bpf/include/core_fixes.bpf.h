@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
-/* Kernel differences, in one place. Each shim names the kernel change it covers. */
+/* Kernel differences, in one place. Each shim names the kernel change it covers.
+ * Callers pass BTF pointers (tp_btf and iterator arguments), so fields are read directly:
+ * plain loads, much cheaper than a bpf_probe_read_kernel() call per field. */
 #ifndef PODSCOPE_CORE_FIXES_BPF_H
 #define PODSCOPE_CORE_FIXES_BPF_H
 
@@ -29,7 +31,7 @@ static __always_inline __u64 sk_cgroup_id(const struct sock *sk)
 	struct cgroup *cgrp;
 
 	if (bpf_core_field_exists(struct sock_cgroup_data, cgroup)) {
-		cgrp = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+		cgrp = sk->sk_cgrp_data.cgroup;
 	} else {
 		struct sock_cgroup_data___old *d = (void *)&sk->sk_cgrp_data;
 		__u64 val = BPF_CORE_READ(d, val);
@@ -40,20 +42,20 @@ static __always_inline __u64 sk_cgroup_id(const struct sock *sk)
 	}
 	if (!cgrp)
 		return 0;
-	return BPF_CORE_READ(cgrp, kn, id);
+	return cgrp->kn->id;
 }
 
 /* Network namespace inode number of any socket, full or not (lives in sock_common). */
 static __always_inline __u32 skc_netns(const struct sock_common *skc)
 {
-	return BPF_CORE_READ(skc, skc_net.net, ns.inum);
+	return skc->skc_net.net->ns.inum;
 }
 
 static __always_inline __u32 dev_netns(const struct net_device *dev)
 {
 	if (!dev)
 		return 0;
-	return BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	return dev->nd_net.net->ns.inum;
 }
 
 #endif

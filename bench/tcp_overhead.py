@@ -1,0 +1,229 @@
+"""Overhead of the TCP collector on a real server: nginx in one test pod, wrk in another.
+
+Alternating rounds with the agent off and on (the agent scraped every second, as a busy
+Prometheus would); reports the median of per-round throughput ratios (on / off), the kernel
+time of podscope's BPF programs per request and per connection (kernel.bpf_stats_enabled),
+agent CPU seconds per 10k requests and the agent's peak RSS. Two workloads: keep-alive
+(many requests per connection) and one connection per request.
+
+    .venv/bin/python bench/tcp_overhead.py [--rounds 5] [--seconds 5] [--out bench/out/x.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from podscope.testing.pods import PodNetwork
+
+ROOT = Path(__file__).resolve().parent.parent
+PODSCOPE = str(Path(sys.executable).parent / "podscope")
+MY_PROGS = {"tcp_state", "tcp_rst_send", "tcp_rst_recv", "tcp_drop", "tcp_iter"}
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  server {{
+    listen 80 backlog=4096;
+    location / {{ return 200 "podscope bench payload 0123456789abcdef\\n"; }}
+  }}
+}}
+"""
+
+
+def bpf_prog_stats() -> tuple[int, int]:
+    """(run_time_ns, run_cnt) summed over podscope's programs."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    ns = cnt = 0
+    for p in json.loads(out or "[]"):
+        if p.get("name") in MY_PROGS:
+            ns += p.get("run_time_ns", 0)
+            cnt += p.get("run_cnt", 0)
+    return ns, cnt
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_hwm_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Agent:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen([PODSCOPE, "run", "--listen", f"127.0.0.1:{self.port}",
+                                      "--log-level", "warning"])
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.scrape()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("agent did not start") from None
+                time.sleep(0.1)
+        self._stop = threading.Event()
+        self.scrapes = 0
+        self.thread = threading.Thread(target=self._scraper, daemon=True)
+        self.thread.start()
+
+    def scrape(self) -> str:
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return str(r.read().decode())
+
+    def _scraper(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self.scrape()
+                self.scrapes += 1
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(10)
+
+
+def run_wrk(client, url: str, seconds: float, close: bool) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    cmd = ["wrk", "-t2", "-c32", f"-d{int(seconds)}s", "--latency"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    out = client.run(cmd + [url], timeout=seconds + 60).stdout
+    m = re.search(r"(\d+) requests in", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errs = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if not m or not rps:
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    return {"requests": int(m.group(1)), "rps": float(rps.group(1)),
+            "non2xx": int(errs.group(1)) if errs else 0}
+
+
+def scenario(net: PodNetwork, name: str, close: bool, rounds: int, seconds: float) -> dict:  # type: ignore[type-arg]
+    server = net.pod(f"ng{name[:2]}")
+    client = net.pod(f"wk{name[:2]}", driver="cgroupfs")
+    tmp = tempfile.mkdtemp(prefix="podscope-nginx-")
+    conf = Path(tmp) / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp))
+    server.popen(["nginx", "-e", f"{tmp}/error.log", "-c", str(conf)])
+    url = f"http://{server.ip}/"
+    deadline = time.monotonic() + 10
+    while client.run(["bash", "-c", f"exec 3<>/dev/tcp/{server.ip}/80"], check=False).returncode:
+        if time.monotonic() > deadline:
+            raise RuntimeError("nginx did not start")
+        time.sleep(0.1)
+    run_wrk(client, url, 2, close)  # warm-up
+    ratios, off_rps, on_rps = [], [], []
+    bpf_ns = bpf_cnt = 0
+    on_requests = 0
+    agent_cpu = 0.0
+    hwm = 0.0
+    for i in range(rounds):
+        order = ("off", "on") if i % 2 == 0 else ("on", "off")
+        got = {}
+        for mode in order:
+            if mode == "off":
+                got[mode] = run_wrk(client, url, seconds, close)
+                continue
+            agent = Agent()
+            ns0, cnt0 = bpf_prog_stats()
+            cpu0 = proc_cpu_seconds(agent.proc.pid)
+            got[mode] = run_wrk(client, url, seconds, close)
+            ns1, cnt1 = bpf_prog_stats()
+            agent.scrape()
+            agent_cpu += proc_cpu_seconds(agent.proc.pid) - cpu0
+            hwm = max(hwm, proc_hwm_mb(agent.proc.pid))
+            agent.stop()
+            bpf_ns += ns1 - ns0
+            bpf_cnt += cnt1 - cnt0
+            on_requests += got[mode]["requests"]
+        off_rps.append(got["off"]["rps"])
+        on_rps.append(got["on"]["rps"])
+        ratios.append(got["on"]["rps"] / got["off"]["rps"])
+        print(f"  {name} round {i + 1}: off {got['off']['rps']:.0f} rps, on {got['on']['rps']:.0f}"
+              f" rps, ratio {ratios[-1]:.4f}", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    conns = on_requests if close else rounds * 32
+    return {
+        "scenario": name, "rounds": rounds, "seconds_per_run": seconds,
+        "median_ratio_on_off": statistics.median(ratios), "ratios": ratios,
+        "off_rps": off_rps, "on_rps": on_rps,
+        "bpf_ns_per_request": bpf_ns / on_requests if on_requests else None,
+        "bpf_ns_per_connection": bpf_ns / conns if conns else None,
+        "bpf_program_runs_per_request": bpf_cnt / on_requests if on_requests else None,
+        "agent_cpu_seconds_per_10k_requests": agent_cpu / on_requests * 10_000,
+        "agent_peak_rss_mb": hwm,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "tcp_overhead.json"))
+    a = ap.parse_args()
+    with open("/proc/sys/kernel/bpf_stats_enabled") as f:
+        stats_before = f.read().strip()
+    with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
+        f.write("1")
+    try:
+        with PodNetwork() as net:
+            results = [scenario(net, "keepalive", False, a.rounds, a.seconds),
+                       scenario(net, "conn-per-request", True, a.rounds, a.seconds)]
+    finally:
+        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
+            f.write(stats_before)
+    machine = {"kernel": platform.release(), "cpus": os.cpu_count(),
+               "cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                            if ln.startswith("model name")), "?")}
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump({"machine": machine, "results": results}, f, indent=1)
+    print(json.dumps({"machine": machine, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
