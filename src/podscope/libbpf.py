@@ -86,6 +86,7 @@ def lib() -> ct.CDLL:
         "bpf_program__attach_perf_event": (P, [P, INT]),
         "bpf_program__attach_cgroup": (P, [P, INT]),
         "bpf_program__attach_uprobe": (P, [P, ct.c_bool, INT, CP, SZ]),
+        "bpf_program__attach_uprobe_opts": (P, [P, INT, CP, SZ, VP]),
         "bpf_link__fd": (INT, [P]),
         "bpf_link__destroy": (INT, [P]),
         "bpf_iter_create": (INT, [INT]),
@@ -405,6 +406,12 @@ class Map:
         return int(sum(vals))
 
 
+class _UprobeOpts(ct.Structure):
+    # struct bpf_uprobe_opts of libbpf 1.1 (libbpf checks .sz and accepts older, smaller opts)
+    _fields_ = [("sz", ct.c_size_t), ("ref_ctr_offset", ct.c_size_t), ("bpf_cookie", ct.c_uint64),
+                ("retprobe", ct.c_bool), ("func_name", ct.c_char_p)]
+
+
 class Link:
     def __init__(self, ptr: int, what: str):
         self.ptr = ptr
@@ -452,6 +459,7 @@ class Program:
         return self._link(lib().bpf_program__attach_iter(self.ptr, None), self.section)
 
     def attach_perf_event(self, pfd: int) -> Link:
+        """Attach to an open perf event; from then on the link owns pfd (closes it on destroy)."""
         return self._link(lib().bpf_program__attach_perf_event(self.ptr, pfd),
                           f"perf_event fd {pfd}")
 
@@ -459,10 +467,15 @@ class Program:
         return self._link(lib().bpf_program__attach_cgroup(self.ptr, cgroup_fd),
                           f"{self.section} on cgroup fd {cgroup_fd}")
 
-    def attach_uprobe(self, binary: str, offset: int, pid: int = -1, retprobe: bool = False) -> Link:
-        return self._link(lib().bpf_program__attach_uprobe(self.ptr, retprobe, pid, binary.encode(),
-                                                           offset),
-                          f"{'uretprobe' if retprobe else 'uprobe'} {binary}+{offset:#x}")
+    def attach_uprobe(self, binary: str, func: str | None = None, offset: int = 0, pid: int = -1,
+                      retprobe: bool = False) -> Link:
+        """uprobe on binary at func (resolved by libbpf from the ELF symbols) plus offset."""
+        opts = _UprobeOpts(sz=ct.sizeof(_UprobeOpts), retprobe=retprobe,
+                           func_name=func.encode() if func else None)
+        where = f"{binary}:{func or ''}+{offset:#x}"
+        return self._link(lib().bpf_program__attach_uprobe_opts(self.ptr, pid, binary.encode(),
+                                                                offset, ct.byref(opts)),
+                          f"{'uretprobe' if retprobe else 'uprobe'} {where}")
 
 
 def iter_read(link: Link, chunk: int = 1 << 16) -> bytes:
