@@ -173,3 +173,45 @@ def test_accept_and_syn_queues(pods: PodNetwork, agent: AgentProc, tmp_path: Pat
     assert drops_got == drops_want
     assert listener_drops == drops_want
     assert m.value("podscope_tcp_listen_overflows_total", k8s_pod_uid=client.uid) == 0
+
+
+def test_live_connection_opened_before_the_agent(pods: PodNetwork, tmp_path: Path) -> None:
+    """A long-lived connection that existed before podscope started: its bytes are counted
+    from the agent's start on, at scrape time, without waiting for it to close."""
+    import subprocess
+
+    server = pods.pod("server")
+    client = pods.pod("client")
+    srv = server.popen(python_cmd("stream_pair.py", "server", 7000), stdout=subprocess.PIPE,
+                       text=True)
+    assert srv.stdout is not None and srv.stdout.readline().strip() == "listening"
+    cl = client.popen(python_cmd("stream_pair.py", "client", server.ip, 7000),
+                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert cl.stdin is not None and cl.stdout is not None
+    assert cl.stdout.readline().strip() == "connected"
+
+    def send(n: int) -> None:
+        assert cl.stdin is not None and cl.stdout is not None
+        cl.stdin.write(f"{n}\n")
+        cl.stdin.flush()
+        assert cl.stdout.readline().strip() == f"sent {n}"
+
+    send(30_000)  # before podscope: not counted
+    agent = AgentProc([], tmp_path)
+    try:
+        first = agent.metrics()  # the iterator finds the connection and takes its baseline
+        assert first.value("podscope_tcp_sent_bytes_total", k8s_pod_uid=client.uid) == 0
+        send(123_456)
+        time.sleep(0.7)  # past the iterator's refresh interval
+        got = wait_for(lambda: agent.metrics().value("podscope_tcp_sent_bytes_total",
+                                                     k8s_pod_uid=client.uid) == 123_456)
+        m = agent.metrics()
+        assert got, m.value("podscope_tcp_sent_bytes_total", k8s_pod_uid=client.uid)
+        assert m.value("podscope_tcp_received_bytes_total", k8s_pod_uid=server.uid) == 123_456
+        assert m.value("podscope_tcp_connections_opened_total", k8s_pod_uid=client.uid) == 0
+        cl.stdin.close()
+        cl.wait(10)
+        assert wait_for(lambda: agent.metrics().value("podscope_tcp_connections_closed_total",
+                                                      k8s_pod_uid=client.uid) == 1)
+    finally:
+        agent.stop()
