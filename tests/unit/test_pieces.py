@@ -85,10 +85,13 @@ def test_struct_views_come_from_btf_and_match_sizes() -> None:
         # the header's fields, by name, in the user-space view
         names = [f[0] for f in obj.struct("tcp_pod_stats")._fields_]
         assert names[:3] == ["opened_outbound", "opened_inbound", "closed"]
-        assert obj.btf.enum("tcp_hist_id") == {"TCP_HIST_CONNECT": 0, "TCP_HIST_DURATION": 1,
-                                               "TCP_HIST_RTT": 2}
-        m = obj.map("tcp_stats")
-        m.check_types(obj.struct("pod_key"), obj.struct("tcp_pod_stats"))
+        pod = obj.struct("tcp_pod")
+        assert [f[0] for f in pod._fields_] == ["stats", "connect", "duration", "rtt"]
+        assert ct.sizeof(pod) == ct.sizeof(obj.struct("tcp_pod_stats")) + 3 * 41 * 8
+        assert obj.btf.enum("tcp_label_kind") == {"TCP_LABEL_CONNECT_FAILURE": 0,
+                                                  "TCP_LABEL_DROP_REASON": 1}
+        m = obj.map("tcp_pods")
+        m.check_types(obj.struct("pod_key"), pod)
         with pytest.raises(TypeError, match="value is"):
             m.check_types(obj.struct("pod_key"), ct.c_uint64)
         with pytest.raises(KeyError, match="no const volatile setting"):

@@ -61,15 +61,12 @@ static __always_inline struct sk_state *sk_state_get(const void *sk)
 }
 
 /* A fresh state for a socket (replacing any left by a socket that lived at this address). */
-static __always_inline struct sk_state *sk_state_new(const void *sk)
+static __always_inline void sk_state_put(const void *sk, const struct sk_state *st)
 {
 	__u64 key = (__u64)(unsigned long)sk;
 
-	if (bpf_map_update_elem(&tcp_socks, &key, &zero_sk_state, BPF_ANY)) {
+	if (bpf_map_update_elem(&tcp_socks, &key, st, BPF_ANY))
 		count_err(&tcp_errors, ERR_MAP_FULL);
-		return 0;
-	}
-	return bpf_map_lookup_elem(&tcp_socks, &key);
 }
 
 static __always_inline void sk_state_del(const void *sk)
@@ -83,15 +80,8 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_PODS);
 	__type(key, struct pod_key);
-	__type(value, struct tcp_pod_stats);
-} tcp_stats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_HISTS);
-	__type(key, struct hist_key);
-	__type(value, struct hist);
-} tcp_hists SEC(".maps");
+	__type(value, struct tcp_pod);
+} tcp_pods SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -106,14 +96,12 @@ struct {
 } tcp_events SEC(".maps");
 
 /* Zero values for lookup_or_init (kept off the 512-byte stack). */
-static const struct tcp_pod_stats zero_stats;
-static const struct hist zero_hist;
+static const struct tcp_pod zero_pod;
 static const __u64 zero_u64;
 
 /* So that the record type is in the object's BTF for user space. */
 const struct tcp_close_event *unused_close_event __attribute__((unused));
 const struct tcp_listener *unused_listener __attribute__((unused));
-const enum tcp_hist_id *unused_hist_id __attribute__((unused));
 const enum tcp_label_kind *unused_label_kind __attribute__((unused));
 
 static __always_inline bool sk_is_full(__u8 state)
@@ -154,20 +142,15 @@ static __always_inline void pod_of_any_sk(const struct sock *sk, struct pod_key 
 	key->_pad = 0;
 }
 
-static __always_inline struct tcp_pod_stats *pod_stats(const struct pod_key *key)
+static __always_inline struct tcp_pod *pod_get(const struct pod_key *key)
 {
-	return lookup_or_init(&tcp_stats, key, &zero_stats, &tcp_errors);
+	return lookup_or_init(&tcp_pods, key, &zero_pod, &tcp_errors);
 }
 
-static __always_inline void hist_add(const struct pod_key *pod, __u32 id, __u64 value)
+static __always_inline void hist_add(struct hist *h, __u64 value)
 {
-	struct hist_key key = { .pod = *pod, .hist = id };
-	struct hist *h = lookup_or_init(&tcp_hists, &key, &zero_hist, &tcp_errors);
-	__u32 slot;
+	__u32 slot = log2_slot(value);
 
-	if (!h)
-		return;
-	slot = log2_slot(value);
 	__sync_fetch_and_add(&h->slots[slot], 1);
 	__sync_fetch_and_add(&h->sum, value);
 }
@@ -247,18 +230,18 @@ static __always_inline void emit_close(const struct tcp_sock *tp, const struct p
 
 static __always_inline void on_connect_start(const struct sock *sk)
 {
-	struct sk_state *st = sk_state_new(sk);
+	struct sk_state st = {
+		.start_ns = bpf_ktime_get_ns(),
+		.direction = TCP_DIR_OUTBOUND,
+	};
 
-	if (!st)
-		return;
-	st->start_ns = bpf_ktime_get_ns();
-	st->direction = TCP_DIR_OUTBOUND;
+	sk_state_put(sk, &st);
 }
 
 static __always_inline void on_established(const struct sock *sk, int oldstate)
 {
 	struct pod_key pod;
-	struct tcp_pod_stats *s;
+	struct tcp_pod *p;
 	struct sk_state *st;
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
 	__u64 now = bpf_ktime_get_ns();
@@ -266,22 +249,29 @@ static __always_inline void on_established(const struct sock *sk, int oldstate)
 	if (!tp)
 		return;
 	pod_of_sk(sk, &pod);
-	s = pod_stats(&pod);
-	if (!s)
+	p = pod_get(&pod);
+	if (!p)
 		return;
-	if (oldstate == TCP_SYN_SENT) {
-		st = sk_state_get(sk);
-		__sync_fetch_and_add(&s->opened_outbound, 1);
-		if (st && st->start_ns)
-			hist_add(&pod, TCP_HIST_CONNECT, (now - st->start_ns) / 1000);
-	} else {
-		__sync_fetch_and_add(&s->opened_inbound, 1);
-		st = sk_state_new(sk);
-		if (st)
-			st->direction = TCP_DIR_INBOUND;
+	if (oldstate != TCP_SYN_SENT) {
+		/* inbound: the whole state in one map update */
+		struct sk_state fresh = {
+			.est_ns = now,
+			.acked = tp->bytes_acked,
+			.received = tp->bytes_received,
+			.direction = TCP_DIR_INBOUND,
+		};
+
+		__sync_fetch_and_add(&p->stats.opened_inbound, 1);
+		save_tuple(sk, &fresh);
+		sk_state_put(sk, &fresh);
+		return;
 	}
+	__sync_fetch_and_add(&p->stats.opened_outbound, 1);
+	st = sk_state_get(sk);
 	if (!st)
 		return;
+	if (st->start_ns)
+		hist_add(&p->connect, (now - st->start_ns) / 1000);
 	st->est_ns = now;
 	/* Count payload only: the SYN's sequence number is already in bytes_acked here. */
 	st->acked = tp->bytes_acked;
@@ -292,7 +282,7 @@ static __always_inline void on_established(const struct sock *sk, int oldstate)
 static __always_inline void on_close(const struct sock *sk, int oldstate)
 {
 	struct pod_key pod;
-	struct tcp_pod_stats *s;
+	struct tcp_pod *p;
 	struct sk_state *st;
 	__u64 now, acked0, received0;
 	__u32 retrans0, srtt;
@@ -305,8 +295,8 @@ static __always_inline void on_close(const struct sock *sk, int oldstate)
 	if (!tp)
 		return;
 	pod_of_sk(sk, &pod);
-	s = pod_stats(&pod);
-	if (!s)
+	p = pod_get(&pod);
+	if (!p)
 		return;
 	st = sk_state_get(sk);
 	if (oldstate == TCP_SYN_SENT) {
@@ -316,22 +306,22 @@ static __always_inline void on_close(const struct sock *sk, int oldstate)
 			err = sk->sk_err_soft;
 		labeled_add(&pod, TCP_LABEL_CONNECT_FAILURE, err);
 		if (st)
-			flush_counters(tp, st, s); /* SYN retransmissions */
+			flush_counters(tp, st, &p->stats); /* SYN retransmissions */
 		goto out;
 	}
-	__sync_fetch_and_add(&s->closed, 1);
+	__sync_fetch_and_add(&p->stats.closed, 1);
 	if (!st)
 		return; /* opened before podscope and never seen by the iterator */
 	now = bpf_ktime_get_ns();
 	acked0 = st->acked;
 	received0 = st->received;
 	retrans0 = st->retrans;
-	flush_counters(tp, st, s);
+	flush_counters(tp, st, &p->stats);
 	if (st->est_ns)
-		hist_add(&pod, TCP_HIST_DURATION, (now - st->est_ns) / 1000);
+		hist_add(&p->duration, (now - st->est_ns) / 1000);
 	srtt = tp->srtt_us >> 3;
 	if (srtt)
-		hist_add(&pod, TCP_HIST_RTT, srtt);
+		hist_add(&p->rtt, srtt);
 	if (emit_close_events)
 		emit_close(tp, &pod, st, now, st->acked - acked0, st->received - received0,
 			   st->retrans - retrans0);
@@ -357,14 +347,14 @@ int BPF_PROG(tcp_state, const struct sock *sk, const int oldstate, const int new
 
 static __always_inline void count_reset(const struct pod_key *pod, bool sent)
 {
-	struct tcp_pod_stats *s = pod_stats(pod);
+	struct tcp_pod *p = pod_get(pod);
 
-	if (!s)
+	if (!p)
 		return;
 	if (sent)
-		__sync_fetch_and_add(&s->resets_sent, 1);
+		__sync_fetch_and_add(&p->stats.resets_sent, 1);
 	else
-		__sync_fetch_and_add(&s->resets_received, 1);
+		__sync_fetch_and_add(&p->stats.resets_received, 1);
 }
 
 SEC("tp_btf/tcp_send_reset")
@@ -437,7 +427,7 @@ int tcp_iter(struct bpf_iter__tcp *ctx)
 	struct tcp_sock *tp;
 	struct sock *sk;
 	struct sk_state *st;
-	struct tcp_pod_stats *s;
+	struct tcp_pod *p;
 	struct pod_key pod;
 	__u8 state;
 
@@ -467,9 +457,9 @@ int tcp_iter(struct bpf_iter__tcp *ctx)
 		return 0;
 	st = sk_state_get(sk);
 	if (st) {
-		s = pod_stats(&pod);
-		if (s)
-			flush_counters(tp, st, s);
+		p = pod_get(&pod);
+		if (p)
+			flush_counters(tp, st, &p->stats);
 		return 0;
 	}
 	/* Established before podscope started: count from now on. */

@@ -17,10 +17,13 @@ struct tcp_pod_stats {
 	__u64 resets_received;
 };
 
-enum tcp_hist_id {
-	TCP_HIST_CONNECT = 0,	 /* SYN sent -> established, microseconds */
-	TCP_HIST_DURATION = 1,	 /* established -> closed, microseconds */
-	TCP_HIST_RTT = 2,	 /* smoothed RTT at close, microseconds */
+/* Everything kept per pod key, in one map value: one lookup per event. Histograms in
+ * microseconds. */
+struct tcp_pod {
+	struct tcp_pod_stats stats;
+	struct hist connect;	/* SYN sent -> established */
+	struct hist duration;	/* established -> closed */
+	struct hist rtt;	/* smoothed RTT at close */
 };
 
 enum tcp_label_kind {

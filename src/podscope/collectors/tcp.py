@@ -47,12 +47,13 @@ _NETSTAT = {
     "TcpExtListenDrops": ("podscope_tcp_listen_drops_total",
                           "Packets to listening sockets that were dropped (overflows included)"),
 }
+# struct tcp_pod histogram field -> metric
 _HISTS = {
-    "TCP_HIST_CONNECT": ("podscope_tcp_connect_duration_seconds",
+    "connect": ("podscope_tcp_connect_duration_seconds",
                          "Time from SYN sent to connection established"),
-    "TCP_HIST_DURATION": ("podscope_tcp_connection_duration_seconds",
+    "duration": ("podscope_tcp_connection_duration_seconds",
                           "Lifetime of TCP connections, established to closed"),
-    "TCP_HIST_RTT": ("podscope_tcp_rtt_seconds", "Smoothed round-trip time of connections at close"),
+    "rtt": ("podscope_tcp_rtt_seconds", "Smoothed round-trip time of connections at close"),
 }
 DIRECTIONS = {0: "unknown", 1: "outbound", 2: "inbound"}
 
@@ -87,13 +88,10 @@ class TcpCollector:
                             kfree_skb_has_rx_sk=has_rx_sk)
         o = self.obj
         self.PodKey = o.struct("pod_key")
-        self.Stats = o.struct("tcp_pod_stats")
-        self.HistKey = o.struct("hist_key")
-        self.Hist = o.struct("hist")
+        self.Pod = o.struct("tcp_pod")
         self.LabelKey = o.struct("label_key")
         self.Event = o.struct("tcp_close_event")
         self.Listener = o.struct("tcp_listener")
-        self.hist_ids = {v: k for k, v in o.btf.enum("tcp_hist_id").items()}
         self.label_kinds = o.btf.enum("tcp_label_kind")
         self._iter_link: libbpf.Link | None = None
         self._ring: libbpf.RingBuffer | None = None
@@ -106,8 +104,7 @@ class TcpCollector:
     # --- life cycle ---
     def start(self) -> None:
         o = self.obj
-        o.map("tcp_stats").check_types(self.PodKey, self.Stats)
-        o.map("tcp_hists").check_types(self.HistKey, self.Hist)
+        o.map("tcp_pods").check_types(self.PodKey, self.Pod)
         o.map("tcp_labeled").check_types(self.LabelKey, ct.c_uint64)
         o.load()
         for prog in o.programs():
@@ -192,10 +189,22 @@ class TcpCollector:
 
         counters: dict[str, Sums] = defaultdict(Sums)
         helps: dict[str, tuple[str, tuple[str, ...]]] = {}
-        for key, st in o.map("tcp_stats").items(self.PodKey, self.Stats):
+        buckets: dict[str, dict[tuple[Labels, tuple[str, ...]], list[int]]] = defaultdict(dict)
+        hsums: dict[str, dict[tuple[Labels, tuple[str, ...]], float]] = defaultdict(dict)
+        for key, pod in o.map("tcp_pods").items(self.PodKey, self.Pod):
             lab = labels_of(key.cgroup_id, key.netns)
             for field, (metric, _help, extra) in _COUNTERS.items():
-                counters[metric].add(lab, extra, getattr(st, field))
+                counters[metric].add(lab, extra, getattr(pod.stats, field))
+            k = (lab, ())
+            for name in _HISTS:
+                h = getattr(pod, name)
+                slots = list(h.slots)
+                if k in buckets[name]:  # recycled ids with the same labels: one series
+                    slots = [a + b for a, b in zip(buckets[name][k], slots, strict=True)]
+                    hsums[name][k] += h.sum
+                else:
+                    hsums[name][k] = h.sum
+                buckets[name][k] = slots
         for metric, help_, extra in _COUNTERS.values():
             helps[metric] = (help_, ("direction",) if extra else ())
         for metric, (help_, extra_names) in helps.items():
@@ -203,6 +212,9 @@ class TcpCollector:
             for (lab, extra), v in counters[metric].values.items():
                 fam.add_metric(list(lab) + list(extra), v)
             yield fam
+        for name, (metric, help_) in _HISTS.items():
+            hfam = HistogramMetricFamily(metric, help_, labels=label_names())
+            yield log2_histogram(hfam, buckets[name], hsums[name], 1e-6)
 
         fails = CounterMetricFamily("podscope_tcp_connect_failures_total",
                                     "Outbound connections that failed before being established",
@@ -223,24 +235,6 @@ class TcpCollector:
             for (lab, extra), val in csums.values.items():
                 cfam.add_metric(list(lab) + list(extra), val)
             yield cfam
-
-        buckets: dict[str, dict[tuple[Labels, tuple[str, ...]], list[int]]] = defaultdict(dict)
-        hsums: dict[str, dict[tuple[Labels, tuple[str, ...]], float]] = defaultdict(dict)
-        for key, h in o.map("tcp_hists").items(self.HistKey, self.Hist):
-            name = self.hist_ids.get(key.hist)
-            if name not in _HISTS:
-                continue
-            k = (labels_of(key.pod.cgroup_id, key.pod.netns), ())
-            slots = list(h.slots)
-            if k in buckets[name]:
-                slots = [a + b for a, b in zip(buckets[name][k], slots, strict=True)]
-                hsums[name][k] += h.sum
-            else:
-                hsums[name][k] = h.sum
-            buckets[name][k] = slots
-        for name, (metric, help_) in _HISTS.items():
-            hfam = HistogramMetricFamily(metric, help_, labels=label_names())
-            yield log2_histogram(hfam, buckets[name], hsums[name], 1e-6)
 
         depth = GaugeMetricFamily("podscope_tcp_accept_queue_depth",
                                   "Connections waiting in a listener's accept queue",

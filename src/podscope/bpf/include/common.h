@@ -15,12 +15,6 @@ struct pod_key {
 	__u32 _pad;
 };
 
-struct hist_key {
-	struct pod_key pod;
-	__u32 hist;
-	__u32 _pad;
-};
-
 struct hist {
 	__u64 slots[HIST_SLOTS];
 	__u64 sum; /* in the histogram's unit (microseconds unless its name says otherwise) */

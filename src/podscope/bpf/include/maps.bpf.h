@@ -8,7 +8,6 @@
 
 #define MAX_PODS	  4096	 /* (cgroup, netns) pairs per collector */
 #define MAX_SOCKETS	  65536	 /* TCP connections tracked at once (per node) */
-#define MAX_HISTS	  (MAX_PODS * 4)
 #define MAX_LABELED	  (MAX_PODS * 8)
 #define EVENTS_RINGBUF_SZ (1 << 20)
 
