@@ -38,6 +38,13 @@ class Sums:
     def add(self, labels: Labels, extra: tuple[str, ...], value: float) -> None:
         self.values[(labels, extra)] += value
 
+    def family(self, kind: type[Any], name: str, help_: str, *extra_names: str) -> Any:
+        """A CounterMetricFamily or GaugeMetricFamily with one sample per summed series."""
+        fam = kind(name, help_, labels=label_names(*extra_names))
+        for (labels, extra), v in self.values.items():
+            fam.add_metric(list(labels) + list(extra), v)
+        return fam
+
 
 def log2_histogram(family: Any, buckets: dict[tuple[Labels, tuple[str, ...]], list[int]],
                    sums: dict[tuple[Labels, tuple[str, ...]], float], unit_seconds: float) -> Any:

@@ -184,15 +184,27 @@ class TcpCollector:
     # --- metrics, read from the maps at scrape time ---
     def metrics(self) -> Iterable[Metric]:
         listeners = self.refresh()
-        labels_of = self.store.labels
-        o = self.obj
+        yield from self._pod_metrics()
+        yield from self._labeled_metrics()
+        yield from self._listener_metrics(listeners)
+        yield from self._netstat_metrics()
+        errs = self.obj.map("tcp_errors")
+        lost = CounterMetricFamily("podscope_events_lost_total",
+                                   "Records dropped because a ring buffer was full",
+                                   labels=["source"])
+        lost.add_metric(["tcp_connection"], errs.percpu_sum_u64(0))
+        yield lost
+        full = CounterMetricFamily("podscope_bpf_map_full_total",
+                                   "Updates refused because a BPF map was full", labels=["collector"])
+        full.add_metric(["tcp"], errs.percpu_sum_u64(1))
+        yield full
 
+    def _pod_metrics(self) -> Iterable[Metric]:
         counters: dict[str, Sums] = defaultdict(Sums)
-        helps: dict[str, tuple[str, tuple[str, ...]]] = {}
         buckets: dict[str, dict[tuple[Labels, tuple[str, ...]], list[int]]] = defaultdict(dict)
         hsums: dict[str, dict[tuple[Labels, tuple[str, ...]], float]] = defaultdict(dict)
-        for key, pod in o.map("tcp_pods").items(self.PodKey, self.Pod):
-            lab = labels_of(key.cgroup_id, key.netns)
+        for key, pod in self.obj.map("tcp_pods").items(self.PodKey, self.Pod):
+            lab = self.store.labels(key.cgroup_id, key.netns)
             for field, (metric, _help, extra) in _COUNTERS.items():
                 counters[metric].add(lab, extra, getattr(pod.stats, field))
             k = (lab, ())
@@ -205,88 +217,54 @@ class TcpCollector:
                 else:
                     hsums[name][k] = h.sum
                 buckets[name][k] = slots
-        for metric, help_, extra in _COUNTERS.values():
-            helps[metric] = (help_, ("direction",) if extra else ())
+        helps = {metric: (help_, ("direction",) if extra else ())
+                 for metric, help_, extra in _COUNTERS.values()}
         for metric, (help_, extra_names) in helps.items():
-            fam = CounterMetricFamily(metric, help_, labels=label_names(*extra_names))
-            for (lab, extra), v in counters[metric].values.items():
-                fam.add_metric(list(lab) + list(extra), v)
-            yield fam
+            yield counters[metric].family(CounterMetricFamily, metric, help_, *extra_names)
         for name, (metric, help_) in _HISTS.items():
             hfam = HistogramMetricFamily(metric, help_, labels=label_names())
             yield log2_histogram(hfam, buckets[name], hsums[name], 1e-6)
 
-        fails = CounterMetricFamily("podscope_tcp_connect_failures_total",
-                                    "Outbound connections that failed before being established",
-                                    labels=label_names("reason"))
-        drops = CounterMetricFamily("podscope_packet_drops_total",
-                                    "Packets dropped by the kernel, by drop reason",
-                                    labels=label_names("reason"))
-        fail_sums, drop_sums = Sums(), Sums()
+    def _labeled_metrics(self) -> Iterable[Metric]:
+        fails, drops = Sums(), Sums()
         k_fail = self.label_kinds["TCP_LABEL_CONNECT_FAILURE"]
         k_drop = self.label_kinds["TCP_LABEL_DROP_REASON"]
-        for key, v in o.map("tcp_labeled").items(self.LabelKey, ct.c_uint64):
-            lab = labels_of(key.pod.cgroup_id, key.pod.netns)
+        for key, v in self.obj.map("tcp_labeled").items(self.LabelKey, ct.c_uint64):
+            lab = self.store.labels(key.pod.cgroup_id, key.pod.netns)
             if key.kind == k_fail:
-                fail_sums.add(lab, (errno_reason(key.value),), v.value)
+                fails.add(lab, (errno_reason(key.value),), v.value)
             elif key.kind == k_drop:
-                drop_sums.add(lab, (self.drop_reasons.get(key.value, str(key.value)),), v.value)
-        for cfam, csums in ((fails, fail_sums), (drops, drop_sums)):
-            for (lab, extra), val in csums.values.items():
-                cfam.add_metric(list(lab) + list(extra), val)
-            yield cfam
+                drops.add(lab, (self.drop_reasons.get(key.value, str(key.value)),), v.value)
+        yield fails.family(CounterMetricFamily, "podscope_tcp_connect_failures_total",
+                           "Outbound connections that failed before being established", "reason")
+        yield drops.family(CounterMetricFamily, "podscope_packet_drops_total",
+                           "Packets dropped by the kernel, by drop reason", "reason")
 
-        depth = GaugeMetricFamily("podscope_tcp_accept_queue_depth",
-                                  "Connections waiting in a listener's accept queue",
-                                  labels=label_names("port"))
-        limit = GaugeMetricFamily("podscope_tcp_accept_queue_limit",
-                                  "Accept queue limit of a listener (its backlog)",
-                                  labels=label_names("port"))
-        syn = GaugeMetricFamily("podscope_tcp_syn_queue_depth",
-                                "Half-open connections (SYN received) of a listener",
-                                labels=label_names("port"))
-        per: dict[tuple[Labels, str], list[int]] = {}
+    def _listener_metrics(self, listeners: list[Any]) -> Iterable[Metric]:
+        # several sockets on one port (IPv4 + IPv6, SO_REUSEPORT) add up
+        fields = {
+            "accept_depth": (GaugeMetricFamily, "podscope_tcp_accept_queue_depth",
+                             "Connections waiting in a listener's accept queue"),
+            "accept_limit": (GaugeMetricFamily, "podscope_tcp_accept_queue_limit",
+                             "Accept queue limit of a listener (its backlog)"),
+            "syn_depth": (GaugeMetricFamily, "podscope_tcp_syn_queue_depth",
+                          "Half-open connections (SYN received) of a listener"),
+            "drops": (CounterMetricFamily, "podscope_tcp_listener_drops_total",
+                      "Packets a listening socket dropped (its sk_drops)"),
+        }
+        sums = {f: Sums() for f in fields}
         for li in listeners:
-            k2 = (labels_of(li.cgroup_id, li.netns), str(li.port))
-            acc = per.setdefault(k2, [0, 0, 0])
-            acc[0] += li.accept_depth
-            acc[1] += li.accept_limit
-            acc[2] += li.syn_depth
-        for (lab, port), (d, lim, s) in per.items():
-            depth.add_metric(list(lab) + [port], d)
-            limit.add_metric(list(lab) + [port], lim)
-            syn.add_metric(list(lab) + [port], s)
-        yield depth
-        yield limit
-        yield syn
+            key = (self.store.labels(li.cgroup_id, li.netns), (str(li.port),))
+            for f in fields:
+                sums[f].add(*key, getattr(li, f))
+        for f, (kind, metric, help_) in fields.items():
+            yield sums[f].family(kind, metric, help_, "port")
 
-        ldrops = CounterMetricFamily("podscope_tcp_listener_drops_total",
-                                     "Packets a listening socket dropped (its sk_drops)",
-                                     labels=label_names("port"))
-        per_drops: Sums = Sums()
-        for li in listeners:
-            per_drops.add(labels_of(li.cgroup_id, li.netns), (str(li.port),), li.drops)
-        for (lab, extra), val in per_drops.values.items():
-            ldrops.add_metric(list(lab) + list(extra), val)
-        yield ldrops
+    def _netstat_metrics(self) -> Iterable[Metric]:
         with self._lock:
             netstat = dict(self._netstat)
         for field, (metric, help_) in _NETSTAT.items():
-            fam = CounterMetricFamily(metric, help_, labels=label_names())
             ns_sums = Sums()
             for inode, vals in netstat.items():
-                ns_sums.add(labels_of(0, inode), (), vals.get(field, 0))
-            for (lab, _), val in ns_sums.values.items():
-                fam.add_metric(list(lab), val)
-            yield fam
-
-        errs = o.map("tcp_errors")
-        lost = CounterMetricFamily("podscope_events_lost_total",
-                                   "Records dropped because a ring buffer was full",
-                                   labels=["source"])
-        lost.add_metric(["tcp_connection"], errs.percpu_sum_u64(0))
-        yield lost
-        full = CounterMetricFamily("podscope_bpf_map_full_total",
-                                   "Updates refused because a BPF map was full", labels=["collector"])
-        full.add_metric(["tcp"], errs.percpu_sum_u64(1))
-        yield full
+                ns_sums.add(self.store.labels(0, inode), (), vals.get(field, 0))
+            yield ns_sums.family(CounterMetricFamily, metric, help_)
