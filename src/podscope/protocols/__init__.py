@@ -1,0 +1,1 @@
+"""Protocol parsers: pure functions over bytes, no BPF, no I/O."""
