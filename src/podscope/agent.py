@@ -61,7 +61,7 @@ class Agent:
             self.start()
             deadline = time.monotonic() + self.cfg.duration if self.cfg.duration else None
             log.info("podscope running%s", f" for {self.cfg.duration:g}s" if deadline else "")
-            last_flush = time.monotonic()
+            last_flush = last_maintain = time.monotonic()
             while not self.stop_event.is_set():
                 if deadline and time.monotonic() >= deadline:
                     break
@@ -70,10 +70,14 @@ class Agent:
                     got += c.poll(100 if len(self.collectors) == 1 else 20)
                 if not got and not self.files:
                     self.stop_event.wait(0.1)
+                if time.monotonic() - last_maintain > self.cfg.maintain_interval:
+                    for c in self.collectors:
+                        c.maintain()
+                    last_maintain = time.monotonic()
                 if time.monotonic() - last_flush > 1.0:
                     for f in self.files:
                         f.flush()
-                    last_flush = time.monotonic()
+                    last_flush = last_maintain = time.monotonic()
             for c in self.collectors:  # last records before the programs go away
                 c.poll(0)
         finally:

@@ -14,6 +14,7 @@ class Config:
     exports: list[str] = field(default_factory=list)  # jsonl:PATH, csv:PATH
     log_level: str = "info"
     listener_refresh: float = 0.5  # seconds between iter/tcp passes
+    maintain_interval: float = 30.0  # seconds between collector upkeep (stale state removal)
 
     @classmethod
     def load(cls, path: str | None, overrides: dict[str, Any]) -> Config:

@@ -215,3 +215,42 @@ def test_live_connection_opened_before_the_agent(pods: PodNetwork, tmp_path: Pat
                                                       k8s_pod_uid=client.uid) == 1)
     finally:
         agent.stop()
+
+
+def test_stale_socket_states_are_removed(pods: PodNetwork) -> None:
+    """A socket state whose close the kernel never reported is removed after two complete
+    iterator passes; live connections keep theirs."""
+    import ctypes as ct
+    import subprocess
+
+    from podscope.collectors.tcp import TcpCollector
+    from podscope.features import preflight
+    from podscope.metadata.store import MetadataStore
+
+    server = pods.pod("server")
+    client = pods.pod("client")
+    srv = server.popen(python_cmd("stream_pair.py", "server", 7000), stdout=subprocess.PIPE,
+                       text=True)
+    assert srv.stdout is not None and srv.stdout.readline().strip() == "listening"
+    col = TcpCollector(MetadataStore(preflight()))
+    col.start()
+    try:
+        cl = client.popen(python_cmd("stream_pair.py", "client", server.ip, 7000),
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert cl.stdout is not None and cl.stdout.readline().strip() == "connected"
+        socks = col.obj.map("tcp_socks")
+        live = {k.value for k, _ in socks.items(ct.c_uint64, col.SkState)}
+        assert len(live) >= 2  # both ends of the connection
+        fake = ct.c_uint64(0xFFFF_FFFF_DEAD_0000)
+        socks.update(fake, col.SkState())
+        col.maintain()
+        assert col.stale_removed == 0  # one complete pass is not proof
+        col.maintain()
+        keys = {k.value for k, _ in socks.items(ct.c_uint64, col.SkState)}
+        assert fake.value not in keys and col.stale_removed == 1
+        assert live <= keys
+        assert cl.stdin is not None
+        cl.stdin.close()
+        cl.wait(10)
+    finally:
+        col.close()

@@ -29,20 +29,6 @@ DEFINE_ERR_MAP(tcp_errors);
 /* Per-socket state, keyed by the socket's address, from SYN (or first sight) to close.
  * A preallocated hash costs far less per connection than BPF_MAP_TYPE_SK_STORAGE, whose
  * create/delete allocate and free through RCU (measured: bench/RESULTS.md). */
-struct sk_state {
-	__u64 start_ns;	 /* SYN sent (outbound only) */
-	__u64 est_ns;	 /* established; 0 when that happened before podscope started */
-	__u64 acked;	 /* bytes_acked already added to the pod's counters */
-	__u64 received;	 /* bytes_received already added */
-	__u32 retrans;	 /* total_retrans already added */
-	__u16 direction; /* enum tcp_direction */
-	__u16 family;
-	__u16 sport;
-	__u16 dport;
-	__u32 _pad;
-	__u8 saddr[16];
-	__u8 daddr[16];
-};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -52,6 +38,21 @@ struct {
 } tcp_socks SEC(".maps");
 
 static const struct sk_state zero_sk_state;
+
+/* The iterator pass user space is running (see tcp.h, struct sk_state.seen_pass). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} tcp_pass SEC(".maps");
+
+static __always_inline __u32 current_pass(void)
+{
+	__u32 zero = 0, *v = bpf_map_lookup_elem(&tcp_pass, &zero);
+
+	return v ? *v : 0;
+}
 
 static __always_inline struct sk_state *sk_state_get(const void *sk)
 {
@@ -233,6 +234,7 @@ static __always_inline void on_connect_start(const struct sock *sk)
 	struct sk_state st = {
 		.start_ns = bpf_ktime_get_ns(),
 		.direction = TCP_DIR_OUTBOUND,
+		.seen_pass = current_pass(),
 	};
 
 	sk_state_put(sk, &st);
@@ -259,6 +261,7 @@ static __always_inline void on_established(const struct sock *sk, int oldstate)
 			.acked = tp->bytes_acked,
 			.received = tp->bytes_received,
 			.direction = TCP_DIR_INBOUND,
+			.seen_pass = current_pass(),
 		};
 
 		__sync_fetch_and_add(&p->stats.opened_inbound, 1);
@@ -453,15 +456,18 @@ int tcp_iter(struct bpf_iter__tcp *ctx)
 		bpf_seq_write(seq, &l, sizeof(l));
 		return 0;
 	}
-	if (!established_like(state))
-		return 0;
 	st = sk_state_get(sk);
 	if (st) {
+		st->seen_pass = current_pass(); /* still alive: not garbage */
+		if (!established_like(state))
+			return 0;
 		p = pod_get(&pod);
 		if (p)
 			flush_counters(tp, st, &p->stats);
 		return 0;
 	}
+	if (!established_like(state))
+		return 0;
 	/* Established before podscope started: count from now on. */
 	{
 		__u64 key = (__u64)(unsigned long)sk;
@@ -476,6 +482,7 @@ int tcp_iter(struct bpf_iter__tcp *ctx)
 	st->received = tp->bytes_received;
 	st->retrans = tp->total_retrans;
 	st->direction = TCP_DIR_UNKNOWN;
+	st->seen_pass = current_pass();
 	save_tuple(sk, st);
 	return 0;
 }

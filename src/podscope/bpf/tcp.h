@@ -37,6 +37,25 @@ enum tcp_direction {
 	TCP_DIR_INBOUND = 2,
 };
 
+/* Per-socket state, keyed by the socket's address, from SYN (or first sight) to close.
+ * User space reads it only to remove entries whose close was never seen: the iterator stamps
+ * every live socket's entry with the pass it is running, so an entry missed by two complete
+ * passes belongs to a socket that no longer exists. */
+struct sk_state {
+	__u64 start_ns;	 /* SYN sent (outbound only) */
+	__u64 est_ns;	 /* established; 0 when that happened before podscope started */
+	__u64 acked;	 /* bytes_acked already added to the pod's counters */
+	__u64 received;	 /* bytes_received already added */
+	__u32 retrans;	 /* total_retrans already added */
+	__u16 direction; /* enum tcp_direction */
+	__u16 family;
+	__u16 sport;
+	__u16 dport;
+	__u32 seen_pass; /* last iterator pass that saw the socket alive */
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
 /* One record per closed connection (only when record exports are on). */
 struct tcp_close_event {
 	__u64 ts_ns;		/* CLOCK_MONOTONIC (bpf_ktime_get_ns) */

@@ -92,12 +92,16 @@ class TcpCollector:
         self.LabelKey = o.struct("label_key")
         self.Event = o.struct("tcp_close_event")
         self.Listener = o.struct("tcp_listener")
+        self.SkState = o.struct("sk_state")
         self.label_kinds = o.btf.enum("tcp_label_kind")
         self._iter_link: libbpf.Link | None = None
         self._ring: libbpf.RingBuffer | None = None
         self._lock = threading.Lock()
         self._listeners: list[Any] = []
         self._netstat: dict[int, dict[str, int]] = {}
+        self._pass = 0
+        self._complete_passes: list[int] = []
+        self.stale_removed = 0
         self._listeners_at = 0.0
         self._mono_to_wall = time.time() - time.monotonic()
 
@@ -105,6 +109,7 @@ class TcpCollector:
     def start(self) -> None:
         o = self.obj
         o.map("tcp_pods").check_types(self.PodKey, self.Pod)
+        o.map("tcp_socks").check_types(ct.c_uint64, self.SkState)
         o.map("tcp_labeled").check_types(self.LabelKey, ct.c_uint64)
         o.load()
         for prog in o.programs():
@@ -162,24 +167,44 @@ class TcpCollector:
             size = ct.sizeof(self.Listener)
             out = []
             netstat = {}
+            self._pass += 1
+            self.obj.map("tcp_pass").update(ct.c_uint32(0), ct.c_uint32(self._pass))
+            complete = True
             for inode, info in self.store.namespaces().items():
-                raw = b""
+                raw = None
                 for pid in info.pids[:3]:
                     try:
                         raw = in_netns(pid, inode, lambda: libbpf.iter_read(link))
                         netstat[inode] = read_netstat(pid)
                         break
-                    except (ProcessLookupError, FileNotFoundError):
-                        continue
                     except OSError as e:
                         log.debug("iter/tcp in netns %s via pid %s: %s", inode, pid, e)
                         continue
+                if raw is None:
+                    complete = False
+                    continue
                 for off in range(0, len(raw) - size + 1, size):
                     out.append(self.Listener.from_buffer_copy(raw, off))
+            if complete:
+                self._complete_passes = (self._complete_passes + [self._pass])[-2:]
             self._listeners = out
             self._netstat = netstat
             self._listeners_at = time.monotonic()
             return out
+
+    def maintain(self) -> None:
+        """Periodic upkeep: an iterator pass, then removal of socket states whose close was
+        never seen (the kernel can skip a program run; see KERNEL.md): an entry that two
+        complete passes over every network namespace did not stamp has no socket any more."""
+        self.refresh(force=True)
+        with self._lock:
+            if len(self._complete_passes) < 2:
+                return
+            threshold = self._complete_passes[0]
+            m = self.obj.map("tcp_socks")
+            for key, st in m.items(ct.c_uint64, self.SkState):
+                if st.seen_pass < threshold and m.delete(key):
+                    self.stale_removed += 1
 
     # --- metrics, read from the maps at scrape time ---
     def metrics(self) -> Iterable[Metric]:
@@ -198,6 +223,10 @@ class TcpCollector:
                                    "Updates refused because a BPF map was full", labels=["collector"])
         full.add_metric(["tcp"], errs.percpu_sum_u64(1))
         yield full
+        stale = CounterMetricFamily("podscope_tcp_stale_socket_states_removed_total",
+                                    "Per-socket states removed because their close was not seen")
+        stale.add_metric([], self.stale_removed)
+        yield stale
 
     def _pod_metrics(self) -> Iterable[Metric]:
         counters: dict[str, Sums] = defaultdict(Sums)
