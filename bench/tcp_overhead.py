@@ -142,7 +142,9 @@ def run_wrk(client, url: str, seconds: float, close: bool) -> dict[str, float]: 
             "non2xx": int(errs.group(1)) if errs else 0}
 
 
-def scenario(net: PodNetwork, name: str, close: bool, rounds: int, seconds: float) -> dict:  # type: ignore[type-arg]
+def scenario(net: PodNetwork, name: str, close: bool, rounds: int, seconds: float,  # type: ignore[type-arg]
+             aa: bool = False) -> dict:
+    """aa=True: an A/A control; the "on" runs start no agent, so the ratios show the noise."""
     server = net.pod(f"ng{name[:2]}")
     client = net.pod(f"wk{name[:2]}", driver="cgroupfs")
     runs = 0
@@ -177,7 +179,7 @@ def scenario(net: PodNetwork, name: str, close: bool, rounds: int, seconds: floa
         got = {}
         for mode in order:
             c = fresh_client()
-            if mode == "off":
+            if mode == "off" or aa:
                 time.sleep(1.0)  # the same pause the agent gets to settle
                 got[mode] = run_wrk(c, url, seconds, close)
                 continue
@@ -208,7 +210,8 @@ def scenario(net: PodNetwork, name: str, close: bool, rounds: int, seconds: floa
         "bpf_ns_per_request": bpf_ns / on_requests if on_requests else None,
         "bpf_ns_per_connection": bpf_ns / conns if conns else None,
         "bpf_program_runs_per_request": bpf_cnt / on_requests if on_requests else None,
-        "agent_cpu_seconds_per_10k_requests": agent_cpu / on_requests * 10_000,
+        "agent_cpu_seconds_per_10k_requests": agent_cpu / on_requests * 10_000 if on_requests
+        else None,
         "agent_peak_rss_mb": hwm,
     }
 
@@ -217,6 +220,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--aa", action="store_true",
+                    help="A/A control: keep-alive rounds where 'on' starts no agent (noise floor)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "tcp_overhead.json"))
     a = ap.parse_args()
     with open("/proc/sys/kernel/bpf_stats_enabled") as f:
@@ -225,8 +230,11 @@ def main() -> int:
         f.write("1")
     try:
         with PodNetwork() as net:
-            results = [scenario(net, "keepalive", False, a.rounds, a.seconds),
-                       scenario(net, "conn-per-request", True, a.rounds, a.seconds)]
+            if a.aa:
+                results = [scenario(net, "keepalive-A/A", False, a.rounds, a.seconds, aa=True)]
+            else:
+                results = [scenario(net, "keepalive", False, a.rounds, a.seconds),
+                           scenario(net, "conn-per-request", True, a.rounds, a.seconds)]
     finally:
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
             f.write(stats_before)
