@@ -170,3 +170,14 @@ def test_every_object_loads_and_every_default_program_attaches() -> None:
                     continue
                 link = p.attach_iter() if p.section.startswith("iter/") else p.attach()
                 assert link.fd >= 0, p.name
+
+
+def test_sigint_exits_cleanly_too(tmp_path: Path) -> None:
+    import signal
+
+    a = AgentProc([], tmp_path)
+    t0 = time.monotonic()
+    a.proc.send_signal(signal.SIGINT)
+    assert a.proc.wait(10) == 0
+    assert time.monotonic() - t0 < 2.0
+    assert "Traceback" not in a.log.read_text()
