@@ -322,25 +322,25 @@ class Map:
                 raise TypeError(f"map {self.name}: {what} is {size} bytes, "
                                 f"user-space type {t.__name__} is {ct.sizeof(t)}")
 
-    def lookup(self, key: ct._CData, value: ct._CData) -> bool:
-        if lib().bpf_map_lookup_elem(self.fd, ct.byref(key), ct.byref(value)) == 0:
+    def _found(self, ret: int, what: str) -> bool:
+        """True on success, False for a missing key, BpfError otherwise."""
+        if ret == 0:
             return True
         err = _errno()
         if err == errno_mod.ENOENT:
             return False
-        raise BpfError(f"lookup in map {self.name}", err)
+        raise BpfError(f"{what} map {self.name}", err)
+
+    def lookup(self, key: ct._CData, value: ct._CData) -> bool:
+        return self._found(lib().bpf_map_lookup_elem(self.fd, ct.byref(key), ct.byref(value)),
+                           "lookup in")
 
     def update(self, key: ct._CData, value: ct._CData, flags: int = 0) -> None:
         if lib().bpf_map_update_elem(self.fd, ct.byref(key), ct.byref(value), flags):
             raise BpfError(f"update of map {self.name}", _errno())
 
     def delete(self, key: ct._CData) -> bool:
-        if lib().bpf_map_delete_elem(self.fd, ct.byref(key)) == 0:
-            return True
-        err = _errno()
-        if err == errno_mod.ENOENT:
-            return False
-        raise BpfError(f"delete in map {self.name}", err)
+        return self._found(lib().bpf_map_delete_elem(self.fd, ct.byref(key)), "delete in")
 
     def keys(self, key_type: type[ct._CData]) -> Iterator[Any]:
         prev: Any = None

@@ -53,23 +53,19 @@ struct {
 
 const volatile __u32 probe_tgid = 0; /* only count events of this process (0: any) */
 
-static __always_inline void hit(__u32 slot)
-{
-	__u64 *v;
-
-	if (probe_tgid && (bpf_get_current_pid_tgid() >> 32) != probe_tgid)
-		return;
-	v = bpf_map_lookup_elem(&probe_hits, &slot);
-	if (v)
-		__sync_fetch_and_add(v, 1);
-}
-
 static __always_inline void hit_any(__u32 slot)
 {
 	__u64 *v = bpf_map_lookup_elem(&probe_hits, &slot);
 
 	if (v)
 		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline void hit(__u32 slot)
+{
+	if (probe_tgid && (bpf_get_current_pid_tgid() >> 32) != probe_tgid)
+		return;
+	hit_any(slot);
 }
 
 SEC("uprobe")
