@@ -13,6 +13,7 @@ from prometheus_client.core import Metric
 
 from . import features
 from .collectors.base import Collector
+from .collectors.http import HttpCollector
 from .collectors.tcp import TcpCollector
 from .config import Config
 from .metadata.store import MetadataStore
@@ -36,8 +37,16 @@ class Agent:
             sink.record(kind, rec)
 
     def metrics(self) -> Iterable[Metric]:
+        """Every collector's families; one family per name (podscope_events_lost_total and
+        friends are shared: their samples are merged)."""
+        merged: dict[str, Metric] = {}
         for c in self.collectors:
-            yield from c.metrics()
+            for fam in c.metrics():
+                if fam.name in merged:
+                    merged[fam.name].samples.extend(fam.samples)
+                else:
+                    merged[fam.name] = fam
+        return list(merged.values())
 
     def start(self) -> None:
         cg2 = features.preflight()
@@ -47,6 +56,14 @@ class Agent:
                            records=bool(self.files), listener_refresh=self.cfg.listener_refresh)
         self.collectors.append(tcp)
         tcp.start()
+        if self.cfg.http:
+            http = HttpCollector(self.store, emit=self._emit if self.files else None,
+                                 records=bool(self.files),
+                                 capture_headers=self.cfg.http_capture_headers,
+                                 route_budget=self.cfg.http_route_budget,
+                                 request_timeout=self.cfg.http_request_timeout)
+            self.collectors.append(http)
+            http.start()
         addr = self.cfg.listen_addr()
         if addr:
             self.http = HttpServer(addr[0], addr[1], make_registry(self.metrics),

@@ -15,6 +15,10 @@ class Config:
     log_level: str = "info"
     listener_refresh: float = 0.5  # seconds between iter/tcp passes
     maintain_interval: float = 30.0  # seconds between collector upkeep (stale state removal)
+    http: bool = True  # HTTP/1.x requests from socket syscalls
+    http_capture_headers: bool = False  # headers in records (redacted); streams HTTP to user space
+    http_route_budget: int = 100  # distinct http_route values per pod; the rest are "__other__"
+    http_request_timeout: float = 60.0  # seconds without a response: counted as unanswered
 
     @classmethod
     def load(cls, path: str | None, overrides: dict[str, Any]) -> Config:

@@ -103,7 +103,9 @@ def lib() -> ct.CDLL:
         "bpf_map_delete_elem": (INT, [INT, VP]),
         "bpf_map_get_next_key": (INT, [INT, VP, VP]),
         "bpf_map_lookup_batch": (INT, [INT, VP, VP, VP, VP, ct.POINTER(U32), VP]),
+        "bpf_map_lookup_and_delete_batch": (INT, [INT, VP, VP, VP, VP, ct.POINTER(U32), VP]),
         "ring_buffer__new": (P, [INT, SAMPLE_FN, VP, VP]),
+        "ring_buffer__add": (INT, [P, INT, SAMPLE_FN, VP]),
         "ring_buffer__poll": (INT, [P, INT]),
         "ring_buffer__consume": (INT, [P]),
         "ring_buffer__free": (None, [P]),
@@ -357,9 +359,11 @@ class Map:
             prev = nxt
 
     def items(self, key_type: type[ct._CData], value_type: type[ct._CData],
-              batch: int = 1024) -> list[tuple[Any, Any]]:
+              batch: int = 1024, delete: bool = False) -> list[tuple[Any, Any]]:
         """All entries, read with bpf_map_lookup_batch (one syscall per `batch` entries);
-        falls back to key iteration where the map type has no batch support."""
+        falls back to key iteration where the map type has no batch support. delete=True
+        empties the map as it goes (bpf_map_lookup_and_delete_batch)."""
+        fn = lib().bpf_map_lookup_and_delete_batch if delete else lib().bpf_map_lookup_batch
         out: list[tuple[Any, Any]] = []
         keys: Any = (key_type * batch)()  # type: ignore[operator]
         values: Any = (value_type * batch)()  # type: ignore[operator]
@@ -368,12 +372,16 @@ class Map:
         first = True
         while True:
             count = ct.c_uint32(batch)
-            ret = lib().bpf_map_lookup_batch(self.fd, None if first else ct.byref(in_tok),
-                                             ct.byref(out_tok), keys, values, ct.byref(count), None)
+            ret = fn(self.fd, None if first else ct.byref(in_tok), ct.byref(out_tok), keys, values,
+                     ct.byref(count), None)
             err = _errno() if ret else 0
             if ret and err != errno_mod.ENOENT:
                 if first and err in (errno_mod.EINVAL, _ENOTSUPP):
-                    return self._items_slow(key_type, value_type)
+                    out = self._items_slow(key_type, value_type)
+                    if delete:
+                        for k, _v in out:
+                            self.delete(k)
+                    return out
                 raise BpfError(f"batch lookup in map {self.name}", err)
             for i in range(count.value):
                 k = key_type()
@@ -499,8 +507,12 @@ class RingBuffer:
 
     def __init__(self, m: Map, handler: Callable[[bytes], None]):
         self.map = m
-        self.handler = handler
+        self._cbs: list[Any] = []
+        self.ptr = lib().ring_buffer__new(m.fd, self._callback(m, handler), None, None)
+        if not self.ptr:
+            raise BpfError(f"creating ring buffer reader for map {m.name}", _errno())
 
+    def _callback(self, m: Map, handler: Callable[[bytes], None]) -> Any:
         def _cb(_ctx: int, data: int, size: int) -> int:
             try:
                 handler(ct.string_at(data, size))
@@ -508,10 +520,15 @@ class RingBuffer:
                 log.exception("ring buffer %s handler failed", m.name)
             return 0
 
-        self._cb = SAMPLE_FN(_cb)
-        self.ptr = lib().ring_buffer__new(m.fd, self._cb, None, None)
-        if not self.ptr:
-            raise BpfError(f"creating ring buffer reader for map {m.name}", _errno())
+        cb = SAMPLE_FN(_cb)
+        self._cbs.append(cb)  # kept alive as long as the reader
+        return cb
+
+    def add(self, m: Map, handler: Callable[[bytes], None]) -> None:
+        """Drain another ring buffer map in the same poll."""
+        ret = lib().ring_buffer__add(self.ptr, m.fd, self._callback(m, handler), None)
+        if ret:
+            raise BpfError(f"adding ring buffer {m.name} to the reader of {self.map.name}", ret)
 
     def poll(self, timeout_ms: int) -> int:
         n = lib().ring_buffer__poll(self.ptr, timeout_ms)

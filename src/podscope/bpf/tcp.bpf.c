@@ -148,14 +148,6 @@ static __always_inline struct tcp_pod *pod_get(const struct pod_key *key)
 	return lookup_or_init(&tcp_pods, key, &zero_pod, &tcp_errors);
 }
 
-static __always_inline void hist_add(struct hist *h, __u64 value)
-{
-	__u32 slot = log2_slot(value);
-
-	__sync_fetch_and_add(&h->slots[slot], 1);
-	__sync_fetch_and_add(&h->sum, value);
-}
-
 static __always_inline void labeled_add(const struct pod_key *pod, __u32 kind, __u32 value)
 {
 	struct label_key key = { .pod = *pod, .kind = kind, .value = value };

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes as ct
 import os
 import re
 import threading
@@ -64,6 +65,14 @@ def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> str | None:
     return None
 
 
+_FILEID_KERNFS = 0xFE
+_libc = ct.CDLL(None, use_errno=True)
+
+
+class _KernfsHandle(ct.Structure):
+    _fields_ = [("handle_bytes", ct.c_uint), ("handle_type", ct.c_int), ("id", ct.c_uint64)]
+
+
 class CgroupResolver:
     """cgroup v2 id (the directory's inode number, as BPF sees it) -> path below the mount.
 
@@ -75,6 +84,7 @@ class CgroupResolver:
         self._paths: dict[int, str] = {}
         self._last_scan = 0.0
         self._lock = threading.Lock()
+        self._mount_fd: int | None = None
 
     def _scan(self) -> None:
         paths: dict[int, str] = {}
@@ -88,9 +98,33 @@ class CgroupResolver:
         self._paths = paths
         self._last_scan = time.monotonic()
 
+    def _by_handle(self, cgroup_id: int) -> str | None:
+        """One directory by its id: cgroup2 (kernfs) file handles carry the id, so
+        open_by_handle_at finds a cgroup created after the last walk at once."""
+        fh = _KernfsHandle(8, _FILEID_KERNFS, cgroup_id)
+        try:
+            if self._mount_fd is None:
+                self._mount_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            fd = _libc.open_by_handle_at(self._mount_fd, ct.byref(fh), os.O_RDONLY)
+            if fd < 0:
+                return None
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
+        except OSError:
+            return None
+        rel = os.path.relpath(target, self.root)
+        return "/" if rel == "." else "/" + rel
+
     def path(self, cgroup_id: int) -> str | None:
         with self._lock:
             p = self._paths.get(cgroup_id)
+            if p is None:
+                p = self._by_handle(cgroup_id)
+                if p is not None:
+                    self._paths[cgroup_id] = p
+                    return p
             if p is None and time.monotonic() - self._last_scan >= self.min_rescan:
                 self._scan()
                 p = self._paths.get(cgroup_id)

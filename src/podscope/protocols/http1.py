@@ -232,6 +232,26 @@ class MessageStream:
         self.offset += pos
         return out
 
+    def skip(self, n: int) -> list[Message]:
+        """n bytes went by that were not captured (beyond the kernel's chunk size, or sent with
+        sendfile). Fine inside a body of known length or one delimited by close; anywhere else
+        the stream cannot be followed: HttpParseError("truncated")."""
+        if n <= 0:
+            return []
+        if self.cur is None or self.buf:
+            raise HttpParseError("truncated")
+        kind, _ = self._framing
+        if kind == "close":
+            self.cur.body_len += n
+            self.offset += n
+            return []
+        if kind != "length" or n > self._left:
+            raise HttpParseError("truncated")
+        self._left -= n
+        self.cur.body_len += n
+        self.offset += n
+        return [self._finish(0)] if not self._left else []
+
     def _finish(self, pos: int) -> Message:
         assert self.cur is not None
         msg = self.cur
@@ -265,14 +285,24 @@ class Exchange:
         self.responses = MessageStream(is_request=False)
         self.pending: deque[Message] = deque()
 
-    def client_bytes(self, data: bytes) -> None:
-        for m in self.requests.feed(data):
-            self.pending.append(m)
-            self.responses.request_methods.append(m.head.method)
+    def client_bytes(self, data: bytes, skipped: int = 0) -> list[Message]:
+        """Bytes from the client (then `skipped` bytes that were not captured); returns the
+        requests they completed."""
+        done = self.requests.feed(data) if data else []
+        done += self.requests.skip(skipped)
+        for m in done:
+            self.add_request(m)
+        return done
 
-    def server_bytes(self, data: bytes) -> list[Pair]:
+    def add_request(self, m: Message) -> None:
+        self.pending.append(m)
+        self.responses.request_methods.append(m.head.method)
+
+    def server_bytes(self, data: bytes, skipped: int = 0) -> list[Pair]:
         out = []
-        for m in self.responses.feed(data):
+        done = self.responses.feed(data) if data else []
+        done += self.responses.skip(skipped)
+        for m in done:
             if 100 <= m.head.status < 200 and m.head.status != 101:
                 continue  # interim (100 Continue, 103 Early Hints): the final response follows
             req = self.pending.popleft() if self.pending else None

@@ -18,6 +18,12 @@ SCHEMAS: dict[str, list[str]] = {
         "dst_port", "duration_seconds", "sent_bytes", "received_bytes", "retransmits",
         "srtt_seconds",
     ],
+    "http_request": [
+        "time", "k8s_pod_uid", "container_id", "k8s_namespace_name", "k8s_pod_name",
+        "k8s_container_name", "cgroup", "role", "peer_addr", "peer_port", "local_port", "method",
+        "path", "route", "status", "duration_seconds", "request_bytes", "response_bytes",
+        "connection_id", "pid", "capture", "request_headers", "response_headers",
+    ],
 }
 
 
@@ -63,7 +69,9 @@ class CsvSink:
 
     def record(self, kind: str, rec: dict[str, Any]) -> None:
         with self._lock:
-            self._writer(kind).writerow({k: "" if v is None else v for k, v in rec.items()})
+            self._writer(kind).writerow({k: "" if v is None else json.dumps(v)
+                                         if isinstance(v, (list, dict)) else v
+                                         for k, v in rec.items()})
 
     def flush(self) -> None:
         with self._lock:

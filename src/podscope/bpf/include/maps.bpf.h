@@ -69,4 +69,12 @@ static __always_inline __u32 log2_slot(__u64 v)
 	return slot < HIST_SLOTS ? slot : HIST_SLOTS - 1;
 }
 
+static __always_inline void hist_add(struct hist *h, __u64 value)
+{
+	__u32 slot = log2_slot(value);
+
+	__sync_fetch_and_add(&h->slots[slot], 1);
+	__sync_fetch_and_add(&h->sum, value);
+}
+
 #endif

@@ -1,0 +1,833 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* HTTP/1.x requests from socket syscalls, paired and timed in the kernel.
+ *
+ * Hooks: tp_btf/sock_recv_length and tp_btf/sock_send_length fire inside the read/write,
+ * readv/writev, recvfrom/sendto and recvmsg/sendmsg syscalls on sockets only, with the socket and
+ * the byte count. The syscall's own arguments (buffer, iovec, msghdr) come from its saved
+ * registers (bpf_task_pt_regs). Unlike syscall tracepoints, nothing runs for the syscalls of
+ * files, pipes or epoll, and no process pays the syscall-tracing slow path.
+ *
+ * Cost model, per data syscall on a TCP socket: one hash lookup. For a connection that carries
+ * HTTP/1.x: an 8-byte read of the buffer to see whether a message starts; at a request head the
+ * method and path (<= 64 bytes); at a response head the head itself (<= 512 bytes) to find the
+ * status and the body's framing. A completed request adds to an in-kernel histogram. Nothing
+ * goes to user space per request unless records are asked for. Connections the kernel cannot
+ * follow (pipelining, header capture) are streamed to user space, which parses them fully. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "maps.bpf.h"
+#include "core_fixes.bpf.h"
+#include "http.h"
+
+#define AF_INET6    10
+#define IPPROTO_TCP 6
+#define PF_KTHREAD  0x00200000
+
+#define HTTP_MAX_CONNS 32768
+#define HTTP_MAX_AGG   16384
+#define HEAD_MASK      (2 * HTTP_HEAD_MAX - 1)
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Settings, written by user space between open and load. */
+const volatile bool emit_records = false; /* one ring-buffer record per request */
+const volatile bool stream_all = false;	  /* stream every HTTP connection (header capture) */
+const volatile __u32 max_tries = 16;	  /* data syscalls without an HTTP head before giving up */
+
+/* Syscall numbers whose arguments name the buffer (asm/unistd_64.h of each architecture). */
+#if defined(__TARGET_ARCH_x86)
+#define NR_read	    0
+#define NR_write    1
+#define NR_readv    19
+#define NR_writev   20
+#define NR_sendto   44
+#define NR_recvfrom 45
+#define NR_sendmsg  46
+#define NR_recvmsg  47
+#define SYSCALL_NR(r)	((long)(r)->orig_ax)
+#define SYSCALL_ARG2(r) ((r)->si)
+#define SYSCALL_ARG3(r) ((r)->dx)
+#elif defined(__TARGET_ARCH_arm64)
+#define NR_readv    65
+#define NR_writev   66
+#define NR_read	    63
+#define NR_write    64
+#define NR_sendto   206
+#define NR_recvfrom 207
+#define NR_sendmsg  211
+#define NR_recvmsg  212
+#define SYSCALL_NR(r)	((long)(r)->syscallno)
+#define SYSCALL_ARG2(r) ((r)->regs[1])
+#define SYSCALL_ARG3(r) ((r)->regs[2])
+#else
+#error "podscope: http.bpf.c knows the syscall numbers of x86 and arm64 only"
+#endif
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HTTP_C_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} http_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, HTTP_MAX_CONNS);
+	__type(key, __u64);
+	__type(value, struct http_conn);
+} http_conns SEC(".maps");
+
+/* Two aggregate maps: the kernel adds to the one http_cfg[0] names, user space drains the other. */
+#define DEFINE_AGG_MAP(name)                                                                       \
+	struct {                                                                                   \
+		__uint(type, BPF_MAP_TYPE_HASH);                                                    \
+		__uint(max_entries, HTTP_MAX_AGG);                                                  \
+		__type(key, struct http_agg_key);                                                   \
+		__type(value, struct http_agg);                                                     \
+	} name SEC(".maps")
+DEFINE_AGG_MAP(http_agg0);
+DEFINE_AGG_MAP(http_agg1);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} http_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EVENTS_RINGBUF_SZ);
+} http_records SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 * EVENTS_RINGBUF_SZ);
+} http_stream SEC(".maps");
+
+/* Per-CPU scratch space: far larger than the 512-byte stack. */
+struct scratch {
+	__u8 head[2 * HTTP_HEAD_MAX]; /* twice the size: a masked index plus a small offset stays inside */
+	struct iovec iov[HTTP_IOV_MAX];
+	struct http_agg agg;
+	struct http_conn conn;
+	struct http_stream_event ev; /* followed by data: one contiguous ring-buffer record */
+	__u8 data[2 * HTTP_CHUNK_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} http_scratch SEC(".maps");
+
+/* So that the record types are in the object's BTF for user space. */
+const struct http_record *unused_record __attribute__((unused));
+const struct http_stream_event *unused_stream_event __attribute__((unused));
+const enum http_counter *unused_counter __attribute__((unused));
+const enum http_method *unused_method __attribute__((unused));
+const enum http_stream_kind *unused_stream_kind __attribute__((unused));
+const enum http_phase *unused_phase __attribute__((unused));
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&http_counters, &which);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline struct scratch *scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&http_scratch, &zero);
+}
+
+/* Where the syscall's data is: the iovec list (a single buffer is a list of one). */
+struct io_desc {
+	__u64 iov_ptr; /* user address of the iovec array; 0 for a single buffer */
+	__u64 base;    /* first buffer */
+	__u64 len;
+	__u64 cnt;
+};
+
+static __always_inline bool io_desc_get(struct io_desc *d)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct pt_regs *r;
+	struct iovec first;
+	long nr;
+
+	if (t->flags & PF_KTHREAD)
+		return false; /* a kernel socket (NFS, iSCSI...): no user buffer */
+	r = (struct pt_regs *)bpf_task_pt_regs(t);
+	if (!r)
+		return false;
+	nr = SYSCALL_NR(r);
+	switch (nr) {
+	case NR_read:
+	case NR_write:
+	case NR_recvfrom:
+	case NR_sendto:
+		d->iov_ptr = 0;
+		d->base = SYSCALL_ARG2(r);
+		d->len = SYSCALL_ARG3(r);
+		d->cnt = 1;
+		return true;
+	case NR_readv:
+	case NR_writev:
+		d->iov_ptr = SYSCALL_ARG2(r);
+		d->cnt = SYSCALL_ARG3(r);
+		break;
+	case NR_recvmsg:
+	case NR_sendmsg: {
+		struct user_msghdr m;
+
+		if (bpf_probe_read_user(&m, sizeof(m), (void *)SYSCALL_ARG2(r)))
+			return false;
+		d->iov_ptr = (__u64)(unsigned long)m.msg_iov;
+		d->cnt = m.msg_iovlen;
+		break;
+	}
+	default:
+		return false; /* sendfile, splice, io_uring: bytes are counted, not read */
+	}
+	if (!d->cnt || bpf_probe_read_user(&first, sizeof(first), (void *)d->iov_ptr))
+		return false;
+	d->base = (__u64)(unsigned long)first.iov_base;
+	d->len = first.iov_len;
+	return true;
+}
+
+/* The first 8 bytes of the data as a little-endian word, 0 when unreadable. */
+static __always_inline __u64 peek8(const struct io_desc *d, int ret)
+{
+	__u64 w = 0;
+
+	if (ret < 8 || d->len < 8)
+		return 0;
+	bpf_probe_read_user(&w, sizeof(w), (void *)d->base);
+	return w;
+}
+
+#define W4(a, b, c, d)                                                                             \
+	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24)
+#define W8(a, b, c, d, e, f, g, h) (W4(a, b, c, d) | W4(e, f, g, h) << 32)
+#define M4 0xffffffffULL
+#define M5 0xffffffffffULL
+#define M6 0xffffffffffffULL
+#define M7 0xffffffffffffffULL
+#define M8 0xffffffffffffffffULL
+
+/* enum http_method of a request head, with the offset of the target; 0xff: not a request. */
+static __always_inline __u8 method_of(__u64 w, __u32 *target)
+{
+	if ((w & M4) == W4('G', 'E', 'T', ' ')) {
+		*target = 4;
+		return HTTP_M_GET;
+	}
+	if ((w & M5) == W8('P', 'O', 'S', 'T', ' ', 0, 0, 0)) {
+		*target = 5;
+		return HTTP_M_POST;
+	}
+	if ((w & M4) == W4('P', 'U', 'T', ' ')) {
+		*target = 4;
+		return HTTP_M_PUT;
+	}
+	if ((w & M5) == W8('H', 'E', 'A', 'D', ' ', 0, 0, 0)) {
+		*target = 5;
+		return HTTP_M_HEAD;
+	}
+	if ((w & M7) == W8('D', 'E', 'L', 'E', 'T', 'E', ' ', 0)) {
+		*target = 7;
+		return HTTP_M_DELETE;
+	}
+	if ((w & M6) == W8('P', 'A', 'T', 'C', 'H', ' ', 0, 0)) {
+		*target = 6;
+		return HTTP_M_PATCH;
+	}
+	if (w == W8('O', 'P', 'T', 'I', 'O', 'N', 'S', ' ')) {
+		*target = 8;
+		return HTTP_M_OPTIONS;
+	}
+	if (w == W8('C', 'O', 'N', 'N', 'E', 'C', 'T', ' ')) {
+		*target = 8;
+		return HTTP_M_CONNECT;
+	}
+	if ((w & M6) == W8('T', 'R', 'A', 'C', 'E', ' ', 0, 0)) {
+		*target = 6;
+		return HTTP_M_TRACE;
+	}
+	return 0xff;
+}
+
+static __always_inline bool is_response(__u64 w)
+{
+	return (w & M7) == W8('H', 'T', 'T', 'P', '/', '1', '.', 0);
+}
+
+/* ---- head scanning (bpf_loop callbacks: verified once, whatever the head's length) ---- */
+
+struct scan_ctx {
+	__u8 *buf;
+	__u32 n;	 /* bytes in buf */
+	__u32 head_len;	 /* offset after "\r\n\r\n", 0 if not within n */
+	__u64 clen;	 /* Content-Length value */
+	__u8 has_clen;
+	__u8 chunked;
+};
+
+static __always_inline bool lower_eq(const __u8 *p, const char *s, int n)
+{
+	for (int i = 0; i < n; i++)
+		if ((p[i] | 0x20) != s[i])
+			return false;
+	return true;
+}
+
+static long scan_line(__u32 i, struct scan_ctx *cx)
+{
+	__u8 *b = cx->buf;
+	__u32 j = i & (HTTP_HEAD_MAX - 1);
+
+	if (i + 1 >= cx->n)
+		return 1;
+	if (b[j] != '\n')
+		return 0;
+	/* a line starts at j + 1 */
+	if (b[j + 1] == '\r' || b[j + 1] == '\n') {
+		cx->head_len = i + (b[j + 1] == '\r' ? 3 : 2);
+		return 1;
+	}
+	if ((b[j + 1] | 0x20) == 'c' && lower_eq(&b[j + 1], "content-length:", 15)) {
+		__u64 v = 0;
+		__u32 k = j + 16;
+		int d;
+
+		/* up to 1 space and 19 digits; bounded by the slack after HTTP_HEAD_MAX */
+		if (b[k & HEAD_MASK] == ' ')
+			k++;
+		for (d = 0; d < 19; d++) {
+			__u8 ch = b[(k + d) & HEAD_MASK];
+
+			if (ch < '0' || ch > '9')
+				break;
+			v = v * 10 + (ch - '0');
+		}
+		if (d > 0) {
+			cx->clen = v;
+			cx->has_clen = 1;
+		}
+	} else if ((b[j + 1] | 0x20) == 't' && lower_eq(&b[j + 1], "transfer-encoding:", 18)) {
+		__u32 k = j + 19;
+
+		if (b[k & HEAD_MASK] == ' ')
+			k++;
+		if (lower_eq(&b[k & (HTTP_HEAD_MAX - 1)], "chunked", 7))
+			cx->chunked = 1;
+	}
+	return 0;
+}
+
+/* Copy up to HTTP_HEAD_MAX bytes of the first buffer into s->head and scan them. */
+static __always_inline int scan_head(struct scratch *s, const struct io_desc *d, int ret,
+				     struct scan_ctx *cx)
+{
+	__u32 n = ret;
+
+	if (n > d->len)
+		n = d->len;
+	if (n > HTTP_HEAD_MAX)
+		n = HTTP_HEAD_MAX;
+	if (bpf_probe_read_user(s->head, n, (void *)d->base)) {
+		count(HTTP_C_UNREADABLE);
+		return -1;
+	}
+	s->head[n & HEAD_MASK] = 0; /* a terminator: a cut line never matches */
+	cx->buf = s->head;
+	cx->n = n;
+	cx->head_len = 0;
+	cx->clen = 0;
+	cx->has_clen = 0;
+	cx->chunked = 0;
+	bpf_loop(HTTP_HEAD_MAX, scan_line, cx, 0);
+	return 0;
+}
+
+/* ---- connections ---- */
+
+static __always_inline void conn_init(struct http_conn *c, const struct sock *sk, __u8 role)
+{
+	c->id = bpf_get_socket_cookie((void *)sk);
+	c->pod.cgroup_id = bpf_get_current_cgroup_id(); /* the process doing the I/O */
+	c->pod.netns = skc_netns(&sk->__sk_common);
+	c->role = role;
+	c->family = sk->__sk_common.skc_family;
+	c->local_port = sk->__sk_common.skc_num;
+	c->peer_port = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (c->family == AF_INET6)
+		BPF_CORE_READ_INTO(&c->peer_addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	else
+		BPF_CORE_READ_INTO(&c->peer_addr, sk, __sk_common.skc_daddr);
+}
+
+static __always_inline void conn_reset_exchange(struct http_conn *c)
+{
+	c->phase = HTTP_PHASE_IDLE;
+	c->req_start = 0;
+	c->resp_start = 0;
+	c->req_bytes = 0;
+	c->resp_bytes = 0;
+	c->resp_expect = 0;
+	c->status = 0;
+	c->framing = HTTP_FRAMING_UNKNOWN;
+}
+
+/* Method and target: target bytes go to c->path (query included, for records); the hash covers
+ * the path only (up to '?'), which is what routes are made of. */
+static __always_inline void read_target(struct http_conn *c, const struct io_desc *d, int ret,
+					__u32 off)
+{
+	__u64 h = 14695981039346656037ULL; /* FNV-1a */
+	__u32 n = ret, i, plen = 0;
+	bool in_path = true;
+
+	if (n > d->len)
+		n = d->len;
+	if (n <= off) {
+		c->path_len = 0;
+		c->path_hash = h;
+		return;
+	}
+	n -= off;
+	if (n > HTTP_PATH_MAX)
+		n = HTTP_PATH_MAX;
+	bpf_probe_read_user(c->path, n, (void *)(d->base + off));
+	for (i = 0; i < HTTP_PATH_MAX; i++) {
+		__u8 ch;
+
+		if (i >= n)
+			break;
+		ch = c->path[i];
+		if (ch == ' ' || ch == '\r' || ch == '\n')
+			break;
+		if (ch == '?' || ch == '#')
+			in_path = false;
+		if (in_path) {
+			h = (h ^ ch) * 1099511628211ULL;
+			plen = i + 1;
+		}
+	}
+	c->path_len = i;
+	c->path_hash = h ^ plen;
+}
+
+static __always_inline void *agg_map(void)
+{
+	__u32 zero = 0, *slot = bpf_map_lookup_elem(&http_cfg, &zero);
+
+	return (slot && *slot) ? (void *)&http_agg1 : (void *)&http_agg0;
+}
+
+/* The current exchange ended at end_ns: add it to the aggregates (and records), start afresh. */
+static __always_inline void finish(struct http_conn *c, __u64 end_ns)
+{
+	struct http_agg_key k = {};
+	struct http_agg *a;
+	struct scratch *s;
+	void *m = agg_map();
+	__u64 dur = end_ns > c->req_start ? end_ns - c->req_start : 0;
+
+	k.pod = c->pod;
+	k.path_hash = c->path_hash;
+	k.status = c->phase == HTTP_PHASE_RESPONSE ? c->status : 0;
+	k.method = c->method;
+	k.role = c->role;
+	k.family = c->family;
+	if (c->role == HTTP_ROLE_CLIENT) {
+		__builtin_memcpy(k.peer_addr, c->peer_addr, sizeof(k.peer_addr));
+		k.peer_port = c->peer_port;
+	}
+	a = bpf_map_lookup_elem(m, &k);
+	if (!a && (s = scratch())) {
+		__builtin_memset(&s->agg, 0, sizeof(s->agg));
+		__builtin_memcpy(s->agg.path, c->path, sizeof(s->agg.path));
+		s->agg.path_len = c->path_len;
+		bpf_map_update_elem(m, &k, &s->agg, BPF_NOEXIST); /* EEXIST: another CPU was first */
+		a = bpf_map_lookup_elem(m, &k);
+		if (!a)
+			count(HTTP_C_MAP_FULL);
+	}
+	if (a) {
+		hist_add(&a->duration, dur);
+		__sync_fetch_and_add(&a->req_bytes, c->req_bytes);
+		__sync_fetch_and_add(&a->resp_bytes, c->resp_bytes);
+	}
+	if (emit_records) {
+		struct http_record *r = bpf_ringbuf_reserve(&http_records, sizeof(*r), 0);
+
+		if (r) {
+			r->conn_id = c->id;
+			r->cgroup_id = c->pod.cgroup_id;
+			r->netns = c->pod.netns;
+			r->req_start = c->req_start;
+			r->resp_start = c->resp_start;
+			r->end_ns = end_ns;
+			r->req_bytes = c->req_bytes;
+			r->resp_bytes = c->resp_bytes;
+			r->pid = c->pid;
+			r->status = k.status;
+			r->path_len = c->path_len;
+			r->local_port = c->local_port;
+			r->peer_port = c->peer_port;
+			r->method = c->method;
+			r->role = c->role;
+			r->family = c->family;
+			r->framing = c->framing;
+			r->_pad = 0;
+			__builtin_memcpy(r->peer_addr, c->peer_addr, sizeof(r->peer_addr));
+			__builtin_memcpy(r->path, c->path, sizeof(r->path));
+			bpf_ringbuf_submit(r, 0);
+		} else {
+			count(HTTP_C_RECORDS_LOST);
+		}
+	}
+	conn_reset_exchange(c);
+}
+
+/* ---- streaming (user space parses) ---- */
+
+static __always_inline void stream_emit(struct http_conn *c, const struct io_desc *d, int ret,
+					bool inbound, __u8 kind)
+{
+	struct scratch *s = scratch();
+	struct http_stream_event *ev;
+	__u32 cap = 0, left;
+	long err;
+
+	if (!s)
+		return;
+	ev = &s->ev;
+	left = ret > 0 ? ret : 0;
+	if (left > HTTP_CHUNK_MAX)
+		left = HTTP_CHUNK_MAX;
+	if (d && kind == HTTP_S_DATA) {
+		for (int i = 0; i < HTTP_IOV_MAX; i++) {
+			struct iovec v;
+			__u32 take;
+
+			if (i >= d->cnt || !left)
+				break;
+			if (i == 0) {
+				v.iov_base = (void *)d->base;
+				v.iov_len = d->len;
+			} else if (bpf_probe_read_user(&v, sizeof(v),
+						       (void *)(d->iov_ptr + i * sizeof(v)))) {
+				break;
+			}
+			take = v.iov_len < left ? v.iov_len : left;
+			if (take > HTTP_CHUNK_MAX)
+				take = HTTP_CHUNK_MAX;
+			if (bpf_probe_read_user(&s->data[cap & (HTTP_CHUNK_MAX - 1)], take,
+						v.iov_base))
+				break;
+			cap += take;
+			left -= take;
+		}
+	}
+	if (cap > HTTP_CHUNK_MAX)
+		cap = HTTP_CHUNK_MAX;
+	ev->conn_id = c->id;
+	ev->cgroup_id = c->pod.cgroup_id;
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->netns = c->pod.netns;
+	ev->pid = bpf_get_current_pid_tgid() >> 32;
+	ev->len = ret > 0 ? ret : 0;
+	ev->captured = cap;
+	ev->kind = kind;
+	ev->inbound = inbound;
+	ev->role = c->role;
+	ev->family = c->family;
+	ev->local_port = c->local_port;
+	ev->peer_port = c->peer_port;
+	__builtin_memcpy(ev->peer_addr, c->peer_addr, sizeof(ev->peer_addr));
+	ev->method = c->method;
+	err = bpf_ringbuf_output(&http_stream, ev, sizeof(*ev) + cap, 0);
+	if (err)
+		count(HTTP_C_STREAM_LOST);
+}
+
+/* Hand a connection to user space from this syscall on. A request still waiting for its response
+ * goes first, as a seed: its method and target, its start and its size so far. */
+static __always_inline void to_stream(struct http_conn *c, const struct io_desc *d, int ret,
+				      bool inbound)
+{
+	struct scratch *s;
+
+	c->mode = HTTP_MODE_STREAM;
+	if (c->phase == HTTP_PHASE_REQUEST && (s = scratch())) {
+		__builtin_memcpy(s->data, c->path, HTTP_PATH_MAX);
+		s->ev.conn_id = c->id;
+		s->ev.cgroup_id = c->pod.cgroup_id;
+		s->ev.ts_ns = c->req_start;
+		s->ev.netns = c->pod.netns;
+		s->ev.pid = c->pid;
+		s->ev.len = c->req_bytes;
+		s->ev.captured = c->path_len;
+		s->ev.kind = HTTP_S_SEED;
+		s->ev.inbound = c->role == HTTP_ROLE_SERVER;
+		s->ev.role = c->role;
+		s->ev.family = c->family;
+		s->ev.method = c->method;
+		s->ev.local_port = c->local_port;
+		s->ev.peer_port = c->peer_port;
+		__builtin_memcpy(s->ev.peer_addr, c->peer_addr, sizeof(s->ev.peer_addr));
+		if (bpf_ringbuf_output(&http_stream, &s->ev,
+				       sizeof(s->ev) + (c->path_len & (HTTP_PATH_MAX - 1 | HTTP_PATH_MAX)), 0))
+			count(HTTP_C_STREAM_LOST);
+	}
+	conn_reset_exchange(c);
+	count(HTTP_C_STREAMED);
+	stream_emit(c, d, ret, inbound, HTTP_S_DATA);
+}
+
+/* ---- the in-kernel state machine ---- */
+
+/* Bytes in the request direction (server: read; client: write). */
+static __always_inline void on_request_bytes(struct http_conn *c, const struct io_desc *d,
+					     bool have, int ret, bool inbound, __u64 now)
+{
+	struct scan_ctx cx = {};
+	struct scratch *s;
+	__u32 target = 0;
+	__u8 method = 0xff;
+
+	if (have)
+		method = method_of(peek8(d, ret), &target);
+	if (method == 0xff) {
+		if (c->phase == HTTP_PHASE_REQUEST)
+			c->req_bytes += ret; /* body */
+		return;
+	}
+	if (c->phase == HTTP_PHASE_REQUEST || stream_all) {
+		/* a second request before the first was answered (pipelining across syscalls),
+		 * or header capture: user space takes over */
+		to_stream(c, d, ret, inbound);
+		return;
+	}
+	if (c->phase == HTTP_PHASE_RESPONSE)
+		finish(c, c->last_ns); /* the previous response ran until now */
+	s = scratch();
+	if (!s || scan_head(s, d, ret, &cx))
+		return;
+	if (cx.head_len && cx.head_len + 8 <= cx.n && !cx.has_clen && !cx.chunked) {
+		__u64 w = 0;
+		__u32 t2;
+
+		/* bytes after a body-less head: another request in the same write? */
+		__builtin_memcpy(&w, &s->head[cx.head_len & (HTTP_HEAD_MAX - 1)], sizeof(w));
+		if (method_of(w, &t2) != 0xff) {
+			to_stream(c, d, ret, inbound);
+			return;
+		}
+	}
+	c->method = method;
+	c->phase = HTTP_PHASE_REQUEST;
+	c->req_start = now;
+	c->last_ns = now;
+	c->req_bytes = ret;
+	c->pid = bpf_get_current_pid_tgid() >> 32;
+	read_target(c, d, ret, target);
+}
+
+static __always_inline bool chunked_end(const struct io_desc *d, int ret)
+{
+	__u64 tail = 0;
+
+	/* the terminating "0\r\n\r\n" at the end of this syscall's data (first buffer only) */
+	if (ret < 5 || d->len < (__u64)ret)
+		return false;
+	if (bpf_probe_read_user(&tail, 5, (void *)(d->base + ret - 5)))
+		return false;
+	return tail == W8('0', '\r', '\n', '\r', '\n', 0, 0, 0);
+}
+
+static __always_inline bool chunked_end_iov(const struct io_desc *d, int ret)
+{
+	struct iovec v;
+	__u64 tail = 0;
+	__u32 last;
+
+	if (!d->iov_ptr || d->cnt <= 1)
+		return chunked_end(d, ret);
+	/* writev/sendmsg: the last buffer ends the data when the whole list was sent */
+	last = d->cnt - 1;
+	if (last >= 1024)
+		return false;
+	if (bpf_probe_read_user(&v, sizeof(v), (void *)(d->iov_ptr + last * sizeof(v))))
+		return false;
+	if (v.iov_len < 5 ||
+	    bpf_probe_read_user(&tail, 5, (void *)((unsigned long)v.iov_base + v.iov_len - 5)))
+		return false;
+	return tail == W8('0', '\r', '\n', '\r', '\n', 0, 0, 0);
+}
+
+/* Bytes in the response direction (server: write; client: read). */
+static __always_inline void on_response_bytes(struct http_conn *c, const struct io_desc *d,
+					      bool have, int ret, bool inbound, __u64 now)
+{
+	struct scan_ctx cx = {};
+	struct scratch *s;
+	__u8 st[4] = {};
+
+	if (c->phase == HTTP_PHASE_RESPONSE) {
+		c->resp_bytes += ret;
+		c->last_ns = now;
+		if ((c->framing == HTTP_FRAMING_LENGTH && c->resp_bytes >= c->resp_expect) ||
+		    (c->framing == HTTP_FRAMING_CHUNKED && have && chunked_end_iov(d, ret)))
+			finish(c, now);
+		return;
+	}
+	if (c->phase != HTTP_PHASE_REQUEST || !have || !is_response(peek8(d, ret)))
+		return; /* no request is waiting: not ours */
+	s = scratch();
+	if (!s || scan_head(s, d, ret, &cx))
+		return;
+	__builtin_memcpy(st, &s->head[9], 3);
+	if (s->head[8] != ' ' || st[0] < '1' || st[0] > '5' || st[1] < '0' || st[1] > '9' ||
+	    st[2] < '0' || st[2] > '9') {
+		count(HTTP_C_BAD_STATUS_LINE);
+		return;
+	}
+	c->status = (st[0] - '0') * 100 + (st[1] - '0') * 10 + (st[2] - '0');
+	if (c->status < 200 && c->status != 101) {
+		c->status = 0;
+		c->resp_bytes += ret; /* 100 Continue, 103 Early Hints: the final response follows */
+		return;
+	}
+	c->phase = HTTP_PHASE_RESPONSE;
+	c->resp_start = now;
+	c->last_ns = now;
+	c->resp_bytes += ret;
+	if (!cx.head_len) {
+		count(HTTP_C_HEAD_TOO_LARGE);
+		c->framing = HTTP_FRAMING_UNKNOWN;
+	} else if (c->method == HTTP_M_HEAD || c->status == 204 || c->status == 304 ||
+		   c->status == 101) {
+		c->framing = HTTP_FRAMING_EMPTY;
+	} else if (cx.chunked) {
+		c->framing = HTTP_FRAMING_CHUNKED;
+	} else if (cx.has_clen) {
+		c->framing = HTTP_FRAMING_LENGTH;
+		c->resp_expect = cx.head_len + cx.clen;
+	}
+	if (c->framing == HTTP_FRAMING_EMPTY ||
+	    (c->framing == HTTP_FRAMING_LENGTH && c->resp_bytes >= c->resp_expect) ||
+	    (c->framing == HTTP_FRAMING_CHUNKED && chunked_end_iov(d, ret))) {
+		bool upgraded = c->status == 101;
+
+		finish(c, now);
+		if (upgraded)
+			c->mode = HTTP_MODE_OFF; /* WebSocket, h2c: no longer HTTP/1.x */
+	}
+}
+
+static __always_inline int on_data(struct sock *sk, int ret, bool inbound)
+{
+	__u64 key = (__u64)(unsigned long)sk;
+	struct http_conn *c;
+	struct io_desc d = {};
+	__u64 now, w;
+	__u32 target;
+	bool have;
+	__u8 role;
+
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	c = bpf_map_lookup_elem(&http_conns, &key);
+	if (ret <= 0) {
+		/* end of file from the peer: a response delimited by the close is complete */
+		if (ret == 0 && inbound && c && c->mode == HTTP_MODE_KERNEL &&
+		    c->role == HTTP_ROLE_CLIENT && c->phase != HTTP_PHASE_IDLE)
+			finish(c, c->phase == HTTP_PHASE_RESPONSE ? c->last_ns : bpf_ktime_get_ns());
+		return 0;
+	}
+	if (c && c->mode == HTTP_MODE_OFF)
+		return 0;
+	have = io_desc_get(&d);
+	if (c && c->mode == HTTP_MODE_STREAM) {
+		stream_emit(c, have ? &d : 0, ret, inbound, HTTP_S_DATA);
+		return 0;
+	}
+	if (!c || c->mode == HTTP_MODE_NEW) {
+		w = have ? peek8(&d, ret) : 0;
+		if (method_of(w, &target) != 0xff)
+			role = inbound ? HTTP_ROLE_SERVER : HTTP_ROLE_CLIENT;
+		else if (is_response(w))
+			role = inbound ? HTTP_ROLE_CLIENT : HTTP_ROLE_SERVER;
+		else
+			role = 0;
+		if (!c) {
+			struct scratch *s = scratch();
+
+			if (!s)
+				return 0;
+			__builtin_memset(&s->conn, 0, sizeof(s->conn));
+			bpf_map_update_elem(&http_conns, &key, &s->conn, BPF_NOEXIST);
+			c = bpf_map_lookup_elem(&http_conns, &key);
+			if (!c) {
+				count(HTTP_C_MAP_FULL);
+				return 0;
+			}
+		}
+		if (!role) {
+			if (++c->tries >= max_tries)
+				c->mode = HTTP_MODE_OFF;
+			return 0;
+		}
+		conn_init(c, sk, role);
+		c->mode = HTTP_MODE_KERNEL;
+	}
+	now = bpf_ktime_get_ns();
+	if ((c->role == HTTP_ROLE_SERVER) == inbound)
+		on_request_bytes(c, &d, have, ret, inbound, now);
+	else
+		on_response_bytes(c, &d, have, ret, inbound, now);
+	return 0;
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(http_recv, struct sock *sk, int ret, int flags)
+{
+	if (flags & 2 /* MSG_PEEK: the same bytes will be read again */)
+		return 0;
+	return on_data(sk, ret, true);
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(http_send, struct sock *sk, int ret, int flags)
+{
+	return on_data(sk, ret, false);
+}
+
+/* The socket is destroyed: whatever is in flight ends here. */
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(http_close, struct sock *sk)
+{
+	__u64 key = (__u64)(unsigned long)sk;
+	struct http_conn *c = bpf_map_lookup_elem(&http_conns, &key);
+
+	if (!c)
+		return 0;
+	if (c->mode == HTTP_MODE_KERNEL && c->phase != HTTP_PHASE_IDLE)
+		finish(c, c->phase == HTTP_PHASE_RESPONSE ? c->last_ns : bpf_ktime_get_ns());
+	else if (c->mode == HTTP_MODE_STREAM)
+		stream_emit(c, 0, 0, false, HTTP_S_CLOSE);
+	bpf_map_delete_elem(&http_conns, &key);
+	return 0;
+}

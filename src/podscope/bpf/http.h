@@ -1,0 +1,166 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* HTTP/1.x collector: the only definition of what http.bpf.c shares with collectors/http.py. */
+#ifndef PODSCOPE_HTTP_H
+#define PODSCOPE_HTTP_H
+
+#include "common.h"
+
+#define HTTP_PATH_MAX  64   /* bytes of the request target kept (query cut off) */
+#define HTTP_HEAD_MAX  512  /* bytes of a message head the kernel scans (power of 2) */
+#define HTTP_CHUNK_MAX 8192 /* bytes of one syscall's data streamed to user space (power of 2) */
+#define HTTP_IOV_MAX   8    /* iovec entries looked at per readv/writev/recvmsg/sendmsg */
+
+enum http_role {
+	HTTP_ROLE_SERVER = 1, /* the pod received the request */
+	HTTP_ROLE_CLIENT = 2, /* the pod sent the request */
+};
+
+/* How the kernel handles a connection. */
+enum http_mode {
+	HTTP_MODE_NEW = 0,    /* no HTTP head seen yet */
+	HTTP_MODE_KERNEL = 1, /* parsed, paired and timed in the kernel */
+	HTTP_MODE_STREAM = 2, /* every syscall's bytes go to user space (pipelining, header capture) */
+	HTTP_MODE_OFF = 3,    /* not HTTP/1.x: only the lookup is paid */
+};
+
+enum http_phase {
+	HTTP_PHASE_IDLE = 0,
+	HTTP_PHASE_REQUEST = 1,	 /* request head seen, waiting for the final response */
+	HTTP_PHASE_RESPONSE = 2, /* final response head seen, body in progress */
+};
+
+enum http_framing {
+	HTTP_FRAMING_UNKNOWN = 0, /* ends at the next request or when the connection closes */
+	HTTP_FRAMING_LENGTH = 1,  /* Content-Length */
+	HTTP_FRAMING_CHUNKED = 2,
+	HTTP_FRAMING_EMPTY = 3, /* HEAD, 204, 304 */
+};
+
+enum http_method {
+	HTTP_M_OTHER = 0,
+	HTTP_M_GET,
+	HTTP_M_HEAD,
+	HTTP_M_POST,
+	HTTP_M_PUT,
+	HTTP_M_DELETE,
+	HTTP_M_OPTIONS,
+	HTTP_M_PATCH,
+	HTTP_M_CONNECT,
+	HTTP_M_TRACE,
+};
+
+/* Counters of the collector itself (per-CPU array, index = enum). */
+enum http_counter {
+	HTTP_C_RECORDS_LOST = 0,    /* http_records ring buffer full */
+	HTTP_C_STREAM_LOST = 1,	    /* http_stream ring buffer full: that connection is dropped */
+	HTTP_C_MAP_FULL = 2,	    /* a connection or aggregate could not be stored */
+	HTTP_C_BAD_STATUS_LINE = 3, /* "HTTP/1." without a three-digit status */
+	HTTP_C_HEAD_TOO_LARGE = 4,  /* response head longer than HTTP_HEAD_MAX: framing unknown */
+	HTTP_C_UNREADABLE = 5,	    /* the syscall's buffer could not be read */
+	HTTP_C_STREAMED = 6,	    /* connections handed to user space */
+	HTTP_C_MAX = 7,
+};
+
+/* Aggregates per (pod, role, method, status, path, peer), double-buffered: the kernel adds to
+ * slot http_cfg[0], user space drains the other one. status 0 = the request got no response. */
+struct http_agg_key {
+	struct pod_key pod;
+	__u64 path_hash;
+	__u8 peer_addr[16]; /* client role: the server's address (IPv4 in the first 4 bytes) */
+	__u16 peer_port;    /* client role: the server's port */
+	__u16 status;
+	__u8 method;	    /* enum http_method */
+	__u8 role;	    /* enum http_role */
+	__u8 family;	    /* 2 or 10 */
+	__u8 _pad;
+};
+
+struct http_agg {
+	struct hist duration; /* nanoseconds */
+	__u64 req_bytes;
+	__u64 resp_bytes;
+	__u32 path_len;
+	__u32 _pad;
+	__u8 path[HTTP_PATH_MAX]; /* the path (without query) this hash stands for */
+};
+
+/* Per connection, keyed by the socket's address, from first HTTP data to close. */
+struct http_conn {
+	__u64 id; /* socket cookie: never reused */
+	struct pod_key pod;
+	__u64 req_start; /* ns: the read (server) or write (client) that carried the request head */
+	__u64 resp_start;
+	__u64 last_ns; /* last byte of the current message */
+	__u64 req_bytes;
+	__u64 resp_bytes;
+	__u64 resp_expect; /* total response bytes when the framing says so (head + Content-Length) */
+	__u64 path_hash;
+	__u32 pid;
+	__u16 status;
+	__u16 path_len;
+	__u8 mode;    /* enum http_mode */
+	__u8 role;    /* enum http_role */
+	__u8 phase;   /* enum http_phase */
+	__u8 framing; /* enum http_framing */
+	__u8 method;
+	__u8 tries; /* data syscalls seen before the first HTTP head */
+	__u8 family;
+	__u8 _pad;
+	__u16 local_port;
+	__u16 peer_port;
+	__u8 peer_addr[16];
+	__u8 path[HTTP_PATH_MAX];
+};
+
+/* One record per completed request (only when record exports or `trace` are on). */
+struct http_record {
+	__u64 conn_id;
+	__u64 cgroup_id;
+	__u64 req_start; /* CLOCK_MONOTONIC ns */
+	__u64 resp_start;
+	__u64 end_ns;
+	__u64 req_bytes;
+	__u64 resp_bytes;
+	__u32 netns;
+	__u32 pid;
+	__u16 status; /* 0: no response (connection closed first) */
+	__u16 path_len;
+	__u16 local_port;
+	__u16 peer_port;
+	__u8 method;
+	__u8 role;
+	__u8 family;
+	__u8 framing;
+	__u32 _pad;
+	__u8 peer_addr[16];
+	__u8 path[HTTP_PATH_MAX]; /* the target as sent, query included, cut at HTTP_PATH_MAX */
+};
+
+enum http_stream_kind {
+	HTTP_S_DATA = 0,
+	HTTP_S_CLOSE = 1,
+	HTTP_S_SEED = 2, /* a request the kernel saw before streaming began: ts_ns = its start,
+			  * len = its bytes so far, data = its target, method set */
+};
+
+/* Streamed data of a connection in HTTP_MODE_STREAM, followed by `captured` bytes. */
+struct http_stream_event {
+	__u64 conn_id;
+	__u64 cgroup_id;
+	__u64 ts_ns;
+	__u32 netns;
+	__u32 pid;
+	__u32 len;	/* bytes the syscall moved */
+	__u32 captured; /* bytes that follow this header (<= len; 0 for sendfile and friends) */
+	__u8 kind;	/* enum http_stream_kind */
+	__u8 inbound;	/* 1: the pod read these bytes; 0: it wrote them */
+	__u8 role;
+	__u8 family;
+	__u16 local_port;
+	__u16 peer_port;
+	__u8 peer_addr[16];
+	__u8 method; /* HTTP_S_SEED only */
+	__u8 _pad[7];
+};
+
+#endif

@@ -1,0 +1,471 @@
+"""HTTP/1.x requests per pod (user side of bpf/http.bpf.c).
+
+The kernel pairs and times requests and adds them to double-buffered aggregate maps; this side
+drains those maps about once a second into cumulative histograms (route templates and the
+per-pod route budget are applied here), turns records into dicts for the sinks, and parses the
+connections the kernel streams (pipelining, header capture) with protocols.http1."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+
+from .. import libbpf
+from ..metadata.store import Labels, MetadataStore
+from ..protocols import http1
+from ..protocols.routes import RouteBudget, redact_headers, redact_target, template_path
+from .base import Emit, label_names
+
+log = logging.getLogger("podscope.http")
+
+ROLE_SERVER, ROLE_CLIENT = 1, 2
+ROLES = {ROLE_SERVER: "server", ROLE_CLIENT: "client"}
+METHODS = {0: "_OTHER", 1: "GET", 2: "HEAD", 3: "POST", 4: "PUT", 5: "DELETE", 6: "OPTIONS",
+           7: "PATCH", 8: "CONNECT", 9: "TRACE"}
+METHOD_IDS = {v: k for k, v in METHODS.items()}
+FRAMINGS = {0: "unknown", 1: "length", 2: "chunked", 3: "empty"}
+# kernel counters (enum http_counter) that are parse errors, by reason
+_KERNEL_PARSE_ERRORS = {"HTTP_C_BAD_STATUS_LINE": "bad_status_line",
+                        "HTTP_C_HEAD_TOO_LARGE": "head_too_large",
+                        "HTTP_C_UNREADABLE": "unreadable_buffer"}
+HIST_UNIT = 1e-9  # kernel histograms are in nanoseconds
+
+
+def _addr(family: int, raw: bytes) -> str:
+    if family == 10:
+        a6 = ipaddress.IPv6Address(raw)
+        return str(a6.ipv4_mapped or a6)
+    return str(ipaddress.IPv4Address(raw[:4]))
+
+
+# (labels, role, method, status, route, server_address, server_port)
+AggKey = tuple[Labels, int, str, int, str, str, int]
+
+
+@dataclass
+class Agg:
+    slots: list[int]
+    sum_ns: int = 0
+    req_bytes: int = 0
+    resp_bytes: int = 0
+
+
+@dataclass
+class _Direction:
+    """Offsets of one direction's stream -> the time the bytes moved."""
+    pos: int = 0
+    chunks: deque[tuple[int, int]] = field(default_factory=deque)  # (end offset, ts_ns)
+
+    def add(self, n: int, ts: int) -> None:
+        self.pos += n
+        self.chunks.append((self.pos, ts))
+        if len(self.chunks) > 4096:
+            self.chunks.popleft()
+
+    def time_of(self, offset: int) -> int:
+        """Time of the chunk that carried the byte at `offset`."""
+        for end, ts in self.chunks:
+            if end > offset:
+                return ts
+        return self.chunks[-1][1] if self.chunks else 0
+
+    def forget_before(self, offset: int) -> None:
+        while len(self.chunks) > 1 and self.chunks[0][0] <= offset:
+            self.chunks.popleft()
+
+
+@dataclass
+class _Stream:
+    """A connection the kernel streams to user space."""
+    conn_id: int
+    role: int
+    cgroup_id: int
+    netns: int
+    family: int
+    local_port: int
+    peer_addr: str
+    peer_port: int
+    pid: int
+    ex: http1.Exchange = field(default_factory=http1.Exchange)
+    req: _Direction = field(default_factory=_Direction)
+    resp: _Direction = field(default_factory=_Direction)
+    broken: bool = False  # after a parse error: wait for the next request head
+    last_ts: int = 0
+    seeds: dict[int, tuple[int, int]] = field(default_factory=dict)  # id(msg) -> (start, bytes)
+
+
+class HttpCollector:
+    name = "http"
+
+    def __init__(self, store: MetadataStore, emit: Emit | None = None, records: bool = False,
+                 capture_headers: bool = False, route_budget: int = 100,
+                 request_timeout: float = 60.0):
+        self.store = store
+        self.emit = emit
+        self.records = bool(records and emit)
+        self.capture_headers = capture_headers
+        self.request_timeout = request_timeout
+        self.budget = RouteBudget(route_budget)
+        self.obj = libbpf.BpfObject(libbpf.bpf_object_path("http"), "http")
+        self.obj.set_rodata(emit_records=self.records, stream_all=capture_headers)
+        o = self.obj
+        self.AggKey = o.struct("http_agg_key")
+        self.Agg = o.struct("http_agg")
+        self.Conn = o.struct("http_conn")
+        self.Record = o.struct("http_record")
+        self.StreamEv = o.struct("http_stream_event")
+        self.counters = o.btf.enum("http_counter")
+        self.stream_kinds = o.btf.enum("http_stream_kind")
+        self.phases = o.btf.enum("http_phase")
+        self._lock = threading.Lock()
+        self._aggs: dict[AggKey, Agg] = {}
+        self._routes: dict[bytes, str] = {}
+        self._slot = 0
+        self._drained_at = 0.0
+        self._streams: dict[int, _Stream] = {}
+        self.parse_errors: dict[str, int] = {}
+        self.unanswered: dict[tuple[Labels, str, str], int] = {}
+        self._ring: libbpf.RingBuffer | None = None
+        self._mono_to_wall = time.time() - time.monotonic()
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    # --- life cycle ---
+    def start(self) -> None:
+        o = self.obj
+        for name in ("http_agg0", "http_agg1"):
+            o.map(name).check_types(self.AggKey, self.Agg)
+        o.map("http_conns").check_types(ct.c_uint64, self.Conn)
+        o.load()
+        for prog in o.programs():
+            prog.attach()
+        self._ring = libbpf.RingBuffer(o.map("http_stream"), self._on_stream)
+        if self.records:
+            self._ring.add(o.map("http_records"), self._on_record)
+
+    def close(self) -> None:
+        if self._ring:
+            self._ring.close()
+            self._ring = None
+        self.obj.close()
+
+    def poll(self, timeout_ms: int) -> int:
+        n = self._ring.poll(timeout_ms) if self._ring else 0
+        if time.monotonic() - self._drained_at >= 1.0:
+            self.drain()
+        return n
+
+    def maintain(self) -> None:
+        self.drain()
+        self.expire()
+
+    # --- aggregates ---
+    def drain(self) -> None:
+        """Flip the kernel to the other aggregate map and fold the idle one into the totals."""
+        with self._lock:
+            old = self._slot
+            self._slot ^= 1
+            self.obj.map("http_cfg").update(ct.c_uint32(0), ct.c_uint32(self._slot))
+            time.sleep(0.002)  # programs that picked the old map before the flip finish
+            m = self.obj.map(f"http_agg{old}")
+            for k, v in m.items(self.AggKey, self.Agg, delete=True):
+                self._fold(k, v)
+            self._drained_at = time.monotonic()
+
+    def _route(self, labels: Labels, raw: bytes) -> str:
+        route = self._routes.get(raw)
+        if route is None:
+            route = template_path(raw.decode("latin-1"))
+            if len(self._routes) > 100_000:
+                self._routes.clear()
+            self._routes[raw] = route
+        return self.budget.route(labels, route)
+
+    def _fold(self, k: Any, v: Any) -> None:
+        labels = self.store.labels(k.pod.cgroup_id, k.pod.netns)
+        method = METHODS.get(k.method, "_OTHER")
+        hist = v.duration
+        if k.status == 0:
+            key_u = (labels, ROLES.get(k.role, "?"), "no_response")
+            self.unanswered[key_u] = self.unanswered.get(key_u, 0) + sum(hist.slots)
+            return
+        route = self._route(labels, bytes(v.path[: v.path_len]))
+        addr, port = ("", 0)
+        if k.role == ROLE_CLIENT:
+            addr, port = _addr(k.family, bytes(k.peer_addr)), k.peer_port
+        self._add((labels, k.role, method, k.status, route, addr, port), list(hist.slots),
+                  hist.sum, v.req_bytes, v.resp_bytes)
+
+    def _add(self, key: AggKey, slots: list[int], sum_ns: int, req: int, resp: int) -> None:
+        a = self._aggs.get(key)
+        if a is None:
+            self._aggs[key] = Agg(slots, sum_ns, req, resp)
+            return
+        a.slots = [x + y for x, y in zip(a.slots, slots, strict=True)]
+        a.sum_ns += sum_ns
+        a.req_bytes += req
+        a.resp_bytes += resp
+
+    def _add_one(self, labels: Labels, role: int, method: str, status: int, target: str,
+                 addr: str, port: int, dur_ns: int, req: int, resp: int) -> None:
+        if status == 0:
+            key_u = (labels, ROLES.get(role, "?"), "no_response")
+            self.unanswered[key_u] = self.unanswered.get(key_u, 0) + 1
+            return
+        route = self.budget.route(labels, template_path(target))
+        slots = [0] * 40
+        slot = 0 if dur_ns <= 0 else min(dur_ns.bit_length(), 39)
+        slots[slot] = 1
+        self._add((labels, role, method, status, route, addr, port), slots, dur_ns, req, resp)
+
+    def expire(self) -> None:
+        """Requests waiting longer than request_timeout: counted as unanswered (reason timeout)
+        and forgotten, in the kernel's connection table and in streamed connections."""
+        limit = int(self.request_timeout * 1e9)
+        now = time.monotonic_ns()
+        m = self.obj.map("http_conns")
+        req_phase = self.phases["HTTP_PHASE_REQUEST"]
+        for key, c in m.items(ct.c_uint64, self.Conn):
+            if c.phase == req_phase and c.req_start and now - c.req_start > limit and m.delete(key):
+                with self._lock:
+                    self._timeout(self.store.labels(c.pod.cgroup_id, c.pod.netns), c.role)
+        with self._lock:
+            for cid, st in list(self._streams.items()):
+                if st.ex.pending and now - st.req.time_of(st.ex.pending[0].start) > limit:
+                    for _ in st.ex.pending:
+                        self._timeout(self.store.labels(st.cgroup_id, st.netns), st.role)
+                    del self._streams[cid]
+
+    def _timeout(self, labels: Labels, role: int) -> None:
+        key = (labels, ROLES.get(role, "?"), "timeout")
+        self.unanswered[key] = self.unanswered.get(key, 0) + 1
+
+    # --- records from the kernel ---
+    def _on_record(self, data: bytes) -> None:
+        r = self.Record.from_buffer_copy(data[: ct.sizeof(self.Record)])
+        target = bytes(r.path[: r.path_len]).decode("latin-1")
+        self._publish(
+            labels=self.store.labels(r.cgroup_id, r.netns), role=r.role,
+            method=METHODS.get(r.method, "_OTHER"), target=target, status=r.status,
+            start=r.req_start, end=r.end_ns, req_bytes=r.req_bytes, resp_bytes=r.resp_bytes,
+            family=r.family, peer=bytes(r.peer_addr), peer_port=r.peer_port,
+            local_port=r.local_port, conn_id=r.conn_id, pid=r.pid, mode="kernel")
+
+    def _publish(self, *, labels: Labels, role: int, method: str, target: str, status: int,
+                 start: int, end: int, req_bytes: int, resp_bytes: int, family: int,
+                 peer: bytes | str, peer_port: int, local_port: int, conn_id: int, pid: int,
+                 mode: str, headers: dict[str, list[tuple[str, str]]] | None = None) -> None:
+        peer_addr = peer if isinstance(peer, str) else _addr(family, peer)
+        rec: dict[str, Any] = {
+            "time": round(start / 1e9 + self._mono_to_wall, 6),
+            **labels._asdict(),
+            "role": ROLES.get(role, "?"),
+            "peer_addr": peer_addr, "peer_port": peer_port, "local_port": local_port,
+            "method": method, "path": redact_target(target),
+            "route": template_path(target), "status": status or None,
+            "duration_seconds": round(max(end - start, 0) / 1e9, 9),
+            "request_bytes": req_bytes, "response_bytes": resp_bytes,
+            "connection_id": conn_id, "pid": pid, "capture": mode,
+        }
+        if headers is not None:
+            rec["request_headers"] = redact_headers(headers.get("request", []))
+            rec["response_headers"] = redact_headers(headers.get("response", []))
+        if self.emit is not None:
+            self.emit("http_request", rec)
+        for fn in self.listeners:
+            fn(rec)
+
+    # --- streamed connections ---
+    def _error(self, reason: str) -> None:
+        self.parse_errors[reason] = self.parse_errors.get(reason, 0) + 1
+
+    def _on_stream(self, data: bytes) -> None:
+        hdr = ct.sizeof(self.StreamEv)
+        ev = self.StreamEv.from_buffer_copy(data[:hdr])
+        payload = data[hdr: hdr + ev.captured]
+        with self._lock:
+            st = self._streams.get(ev.conn_id)
+            if st is None:
+                if ev.kind == self.stream_kinds["HTTP_S_CLOSE"]:
+                    return
+                st = self._streams[ev.conn_id] = _Stream(
+                    ev.conn_id, ev.role, ev.cgroup_id, ev.netns, ev.family, ev.local_port,
+                    _addr(ev.family, bytes(ev.peer_addr)), ev.peer_port, ev.pid)
+            try:
+                self._stream_event(st, ev, payload)
+            except http1.HttpParseError as e:
+                self._error(e.reason)
+                self._restart(st)
+
+    def _restart(self, st: _Stream) -> None:
+        """Forget what was in flight (counted as unparsed); resume at the next request head."""
+        st.ex = http1.Exchange()
+        st.req, st.resp = _Direction(), _Direction()
+        st.seeds.clear()
+        st.broken = True
+
+    def _stream_event(self, st: _Stream, ev: Any, payload: bytes) -> None:
+        kinds = self.stream_kinds
+        st.last_ts = ev.ts_ns
+        if ev.kind == kinds["HTTP_S_SEED"]:
+            target = payload.decode("latin-1")
+            method = METHODS.get(ev.method, "_OTHER")
+            msg = http1.Message(http1.Head(True, "1.1", method=method, target=target))
+            st.ex.add_request(msg)
+            st.seeds[id(msg)] = (ev.ts_ns, ev.len)
+            return
+        if ev.kind == kinds["HTTP_S_CLOSE"]:
+            for pair in st.ex.close():
+                self._pair(st, pair)
+            del self._streams[st.conn_id]
+            return
+        is_request = (st.role == ROLE_SERVER) == bool(ev.inbound)
+        if st.broken:
+            if not (is_request and http1.looks_like_http1(payload[:16])
+                    and not payload.startswith(b"HTTP/")):
+                return
+            st.broken = False
+        skipped = ev.len - len(payload)
+        if is_request:
+            st.req.add(ev.len, ev.ts_ns)
+            st.ex.client_bytes(payload, skipped)
+        else:
+            st.resp.add(ev.len, ev.ts_ns)
+            for pair in st.ex.server_bytes(payload, skipped):
+                self._pair(st, pair)
+
+    def _pair(self, st: _Stream, pair: http1.Pair) -> None:
+        req, resp = pair.request, pair.response
+        seed = st.seeds.pop(id(req), None)
+        if seed is not None:
+            start, req_bytes = seed
+        else:
+            start, req_bytes = st.req.time_of(req.start), req.end - req.start
+        if resp is not None:
+            end = st.resp.time_of(max(resp.end - 1, resp.start))
+            status, resp_bytes = resp.head.status, resp.end - resp.start
+            st.resp.forget_before(resp.start)
+        else:
+            end, status, resp_bytes = st.last_ts, 0, 0
+        st.req.forget_before(req.start)
+        labels = self.store.labels(st.cgroup_id, st.netns)
+        addr, port = (st.peer_addr, st.peer_port) if st.role == ROLE_CLIENT else ("", 0)
+        method = req.head.method if req.head.method in METHOD_IDS else "_OTHER"
+        self._add_one(labels, st.role, method, status, req.head.target, addr, port,
+                      end - start, req_bytes, resp_bytes)
+        if self.records or self.listeners:
+            headers = None
+            if self.capture_headers:
+                headers = {"request": req.head.headers,
+                           "response": resp.head.headers if resp else []}
+            self._publish(labels=labels, role=st.role, method=method, target=req.head.target,
+                          status=status, start=start, end=end, req_bytes=req_bytes,
+                          resp_bytes=resp_bytes, family=st.family, peer=st.peer_addr,
+                          peer_port=st.peer_port, local_port=st.local_port, conn_id=st.conn_id,
+                          pid=st.pid, mode="stream", headers=headers)
+
+    # --- metrics ---
+    def metrics(self) -> Iterable[Metric]:
+        self.drain()
+        server = HistogramMetricFamily(
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests: request head read to last response byte written",
+            labels=label_names("http_request_method", "http_response_status_code", "http_route",
+                               "network_protocol_version"))
+        client = HistogramMetricFamily(
+            "http_client_request_duration_seconds",
+            "Duration of HTTP client requests: request head written to last response byte read",
+            labels=label_names("http_request_method", "http_response_status_code", "http_route",
+                               "network_protocol_version", "server_address", "server_port"))
+        with self._lock:
+            aggs = [(k, Agg(list(a.slots), a.sum_ns, a.req_bytes, a.resp_bytes))
+                    for k, a in self._aggs.items()]
+            unanswered = dict(self.unanswered)
+            errors = dict(self.parse_errors)
+            overflow = dict(self.budget.overflow)
+        for (labels, role, method, status, route, addr, port), a in aggs:
+            buckets, cum = [], 0
+            for i, n in enumerate(a.slots[:-1]):
+                cum += n
+                buckets.append((f"{(2 ** i) * HIST_UNIT:.9g}", cum))
+            buckets.append(("+Inf", cum + a.slots[-1]))
+            values = list(labels) + [method, str(status), route, "1.1"]
+            if role == ROLE_CLIENT:
+                client.add_metric(values + [addr, str(port)], buckets, a.sum_ns * HIST_UNIT)
+            else:
+                server.add_metric(values, buckets, a.sum_ns * HIST_UNIT)
+        yield server
+        yield client
+        for role_name, fam_role in (("server", "server"), ("client", "client")):
+            size = CounterMetricFamily(
+                f"podscope_http_{fam_role}_response_bytes_total",
+                f"Bytes of HTTP responses ({role_name} side), head included",
+                labels=label_names("http_request_method", "http_response_status_code",
+                                   "http_route"))
+            rq = CounterMetricFamily(
+                f"podscope_http_{fam_role}_request_bytes_total",
+                f"Bytes of HTTP requests ({role_name} side), head included",
+                labels=label_names("http_request_method", "http_response_status_code",
+                                   "http_route"))
+            sums: dict[tuple[str, ...], list[int]] = {}
+            for (labels, role, method, status, route, _a, _p), a in aggs:
+                if ROLES.get(role) != role_name:
+                    continue
+                k = tuple(labels) + (method, str(status), route)
+                s = sums.setdefault(k, [0, 0])
+                s[0] += a.req_bytes
+                s[1] += a.resp_bytes
+            for k, (rqb, rsb) in sums.items():
+                rq.add_metric(list(k), rqb)
+                size.add_metric(list(k), rsb)
+            yield rq
+            yield size
+        un = CounterMetricFamily("podscope_http_requests_unanswered_total",
+                                 "HTTP requests that got no response: the connection closed first, "
+                                 "or none came within the request timeout",
+                                 labels=label_names("role", "reason"))
+        for (labels, role_name, reason), n in unanswered.items():
+            un.add_metric(list(labels) + [role_name, reason], n)
+        yield un
+        over = CounterMetricFamily("podscope_http_routes_over_budget_total",
+                                   "Requests counted as http_route=\"__other__\" because the pod "
+                                   "had used its route budget", labels=label_names())
+        for owner, n in overflow.items():
+            if isinstance(owner, Labels):
+                over.add_metric(list(owner), n)
+        yield over
+        cnt = self.obj.map("http_counters")
+        kernel = {name: cnt.percpu_sum_u64(v) for name, v in self.counters.items()
+                  if name != "HTTP_C_MAX"}
+        pe = CounterMetricFamily("podscope_http_parse_errors_total",
+                                 "HTTP data that could not be parsed (counted, never fatal)",
+                                 labels=["reason"])
+        for cname, reason in _KERNEL_PARSE_ERRORS.items():
+            errors[reason] = errors.get(reason, 0) + kernel.get(cname, 0)
+        for reason, n in sorted(errors.items()):
+            pe.add_metric([reason], n)
+        yield pe
+        lost = CounterMetricFamily("podscope_events_lost_total",
+                                   "Records dropped because a ring buffer was full",
+                                   labels=["source"])
+        lost.add_metric(["http_records"], kernel.get("HTTP_C_RECORDS_LOST", 0))
+        lost.add_metric(["http_stream"], kernel.get("HTTP_C_STREAM_LOST", 0))
+        yield lost
+        full = CounterMetricFamily("podscope_bpf_map_full_total",
+                                   "Updates refused because a BPF map was full",
+                                   labels=["collector"])
+        full.add_metric(["http"], kernel.get("HTTP_C_MAP_FULL", 0))
+        yield full
+        streamed = CounterMetricFamily("podscope_http_connections_streamed_total",
+                                       "HTTP connections handed to user space for parsing "
+                                       "(pipelining, header capture)")
+        streamed.add_metric([], kernel.get("HTTP_C_STREAMED", 0))
+        yield streamed
