@@ -1,4 +1,4 @@
-"""podscope command line: run, check."""
+"""podscope command line: run, check, trace."""
 
 from __future__ import annotations
 
@@ -17,10 +17,23 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--listen", metavar="HOST:PORT", help="serve /metrics and /healthz here")
     r.add_argument("--duration", type=float, metavar="SECONDS", help="stop by itself after this")
     r.add_argument("--export", action="append", default=[], dest="exports",
-                   metavar="jsonl:PATH|csv:PATH", help="write one record per closed connection")
+                   metavar="jsonl:PATH|csv:PATH",
+                   help="write one record per closed connection and per HTTP request")
+    r.add_argument("--http-headers", action="store_const", const=True, default=None,
+                   dest="http_capture_headers",
+                   help="HTTP records carry headers (credentials redacted)")
     r.add_argument("--config", metavar="FILE", help="TOML config file")
     r.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     sub.add_parser("check", help="which signals this kernel supports, and why not")
+    t = sub.add_parser("trace", help="live stream of requests")
+    t.add_argument("protocol", choices=["http"])
+    t.add_argument("--pod", help="pod name, namespace/name, pod UID or container id prefix")
+    t.add_argument("--min-duration", metavar="DURATION", help="only slower requests (50ms, 1s)")
+    t.add_argument("--status", metavar="CODES", help="only these statuses: 404,5xx,none")
+    t.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this")
+    t.add_argument("--json", action="store_true", help="one JSON object per line")
+    t.add_argument("--headers", action="store_true",
+                   help="include request and response headers (credentials redacted)")
     return p
 
 
@@ -35,11 +48,18 @@ def main(argv: list[str] | None = None) -> int:
             report = features.check()
             print(features.format_report(report))
             return 0 if report.default_ok else 1
+        if args.cmd == "trace":
+            from . import trace
+
+            logging.basicConfig(level=logging.WARNING, format="podscope: %(message)s")
+            return trace.run(args.pod, args.min_duration, args.status, args.duration, args.json,
+                             args.headers)
         from .agent import Agent
         from .config import Config
 
         cfg = Config.load(args.config, {"listen": args.listen, "duration": args.duration,
-                                        "exports": args.exports, "log_level": args.log_level})
+                                        "exports": args.exports, "log_level": args.log_level,
+                                        "http_capture_headers": args.http_capture_headers})
         logging.basicConfig(level=cfg.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return Agent(cfg).run()

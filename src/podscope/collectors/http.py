@@ -250,6 +250,9 @@ class HttpCollector:
 
     # --- records from the kernel ---
     def _on_record(self, data: bytes) -> None:
+        if len(data) < ct.sizeof(self.Record):
+            self._error("short_event")
+            return
         r = self.Record.from_buffer_copy(data[: ct.sizeof(self.Record)])
         target = bytes(r.path[: r.path_len]).decode("latin-1")
         self._publish(
@@ -289,6 +292,9 @@ class HttpCollector:
 
     def _on_stream(self, data: bytes) -> None:
         hdr = ct.sizeof(self.StreamEv)
+        if len(data) < hdr:
+            self._error("short_event")
+            return
         ev = self.StreamEv.from_buffer_copy(data[:hdr])
         payload = data[hdr: hdr + ev.captured]
         with self._lock:

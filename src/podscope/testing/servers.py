@@ -1,0 +1,55 @@
+"""Real servers inside test pods (used by tests and benchmarks)."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .pods import Pod
+
+NGINX_CONF = """
+worker_processes {workers};
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  server {{
+    listen {port} backlog=4096;
+{locations}
+  }}
+}}
+"""
+# Tiny fixed responses: the worst case for per-request overhead.
+DEFAULT_LOCATIONS = """
+    location = /ok {{ return 200 "podscope bench payload 0123456789abcdef\\n"; }}
+    location = /missing {{ return 404; }}
+    location = /error {{ return 500; }}
+    location / {{ return 200 "podscope bench payload 0123456789abcdef\\n"; }}
+"""
+
+
+def start_nginx(pod: Pod, port: int = 80, workers: int = 1,
+                locations: str = DEFAULT_LOCATIONS) -> subprocess.Popen[bytes]:
+    """nginx in the pod, serving `locations`; returns once it accepts connections."""
+    tmp = tempfile.mkdtemp(prefix="podscope-nginx-")
+    conf = Path(tmp) / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, workers=workers,
+                                      locations=locations.replace("{{", "{").replace("}}", "}")))
+    proc = pod.popen(["nginx", "-e", f"{tmp}/error.log", "-c", str(conf)])
+    deadline = time.monotonic() + 10
+    while pod.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
+                  check=False).returncode:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"nginx did not start: {(Path(tmp) / 'error.log').read_text()}")
+        time.sleep(0.1)
+    return proc

@@ -1,0 +1,106 @@
+"""`podscope trace http`: a live stream of requests, one line each (or JSON lines).
+
+It loads its own instance of the HTTP programs with records on, so it works beside a running
+agent or alone."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+from . import features
+from .collectors.http import HttpCollector
+from .metadata.store import MetadataStore
+
+_DUR = re.compile(r"^\s*([0-9.]+)\s*(ns|us|µs|ms|s|m)?\s*$")
+_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """'50ms' -> 0.05; a bare number is seconds."""
+    m = _DUR.match(text)
+    if not m:
+        raise ValueError(f"--min-duration {text!r}: expected a number with ns, us, ms, s or m")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def status_filter(spec: str) -> Callable[[int | None], bool]:
+    """'404,5xx,none' -> a predicate on a record's status (None: no response)."""
+    exact: set[int] = set()
+    classes: set[int] = set()
+    none = False
+    for part in spec.split(","):
+        p = part.strip().lower()
+        if p == "none":
+            none = True
+        elif re.fullmatch(r"[1-5]xx", p):
+            classes.add(int(p[0]))
+        elif re.fullmatch(r"\d{3}", p):
+            exact.add(int(p))
+        else:
+            raise ValueError(f"--status {part!r}: expected a code (404), a class (5xx) or none")
+
+    def ok(status: int | None) -> bool:
+        if status is None:
+            return none
+        return status in exact or status // 100 in classes
+
+    return ok
+
+
+def pod_matches(rec: dict[str, Any], want: str) -> bool:
+    ns, sep, name = want.rpartition("/")
+    if sep:
+        return bool(rec.get("k8s_namespace_name") == ns and rec.get("k8s_pod_name") == name)
+    return want in (rec.get("k8s_pod_name"), rec.get("k8s_pod_uid")) or bool(
+        rec.get("container_id") and str(rec["container_id"]).startswith(want))
+
+
+def format_line(rec: dict[str, Any]) -> str:
+    t = time.strftime("%H:%M:%S", time.localtime(rec["time"])) + f".{int(rec['time'] % 1 * 1e3):03d}"
+    pod = rec.get("k8s_pod_name") or rec.get("k8s_pod_uid") or rec.get("cgroup") or "-"
+    status = rec["status"] if rec["status"] is not None else "---"
+    peer = f"{rec['peer_addr']}:{rec['peer_port']}"
+    return (f"{t} {rec['role']:<6} {pod[:36]:<36} {rec['method']:<7} {status} "
+            f"{rec['duration_seconds'] * 1e3:9.3f}ms {rec['request_bytes']:>8}B "
+            f"{rec['response_bytes']:>9}B {peer:<21} {rec['path']}")
+
+
+def run(pod: str | None, min_duration: str | None, status: str | None, duration: float | None,
+        as_json: bool, capture_headers: bool = False, out: IO[str] = sys.stdout) -> int:
+    min_s = parse_duration(min_duration) if min_duration else 0.0
+    status_ok = status_filter(status) if status else None
+    cg2 = features.preflight()
+    store = MetadataStore(cg2)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def show(rec: dict[str, Any]) -> None:
+        if rec["duration_seconds"] < min_s:
+            return
+        if status_ok is not None and not status_ok(rec["status"]):
+            return
+        if pod and not pod_matches(rec, pod):
+            return
+        out.write((json.dumps(rec) if as_json else format_line(rec)) + "\n")
+        out.flush()
+
+    col = HttpCollector(store, emit=lambda _kind, rec: show(rec), records=True,
+                        capture_headers=capture_headers)
+    try:
+        col.start()
+        print("tracing HTTP requests (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + duration if duration else None
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            col.poll(100)
+        col.poll(0)
+    finally:
+        col.close()
+    return 0
