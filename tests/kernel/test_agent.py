@@ -52,7 +52,8 @@ def test_records_exported_one_per_connection(pods: PodNetwork, tmp_path: Path) -
         time.sleep(1.5)
     finally:
         a.stop()
-    recs = [json.loads(x) for x in jl.read_text().splitlines()]
+    recs = [r for x in jl.read_text().splitlines()
+            if (r := json.loads(x))["type"] == "tcp_connection"]
     mine = [r for r in recs if r["k8s_pod_uid"] == client.uid]
     theirs = [r for r in recs if r["k8s_pod_uid"] == server.uid]
     assert len(mine) == 7 and len(theirs) == 7
