@@ -90,10 +90,10 @@ def free_port() -> int:
 
 
 class Agent:
-    def __init__(self) -> None:
+    def __init__(self, args: list[str] | None = None) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen([PODSCOPE, "run", "--listen", f"127.0.0.1:{self.port}",
-                                      "--log-level", "warning"])
+                                      "--log-level", "warning", *(args or [])])
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -49,12 +49,12 @@ _recent_log: list[str] = []
 
 @_PRINT_FN
 def _print_cb(level: int, fmt: bytes, va_list: int) -> int:
-    buf = ct.create_string_buffer(4096)
+    buf = ct.create_string_buffer(1 << 18)  # a verifier log arrives as one message
     _libc.vsnprintf(buf, ct.c_size_t(len(buf)), fmt, ct.c_void_p(va_list))
     line = buf.value.decode(errors="replace").rstrip()
     if line:
         _recent_log.append(line)
-        del _recent_log[:-200]
+        del _recent_log[:-2000]
         log.debug(line)  # surfaced in the error of a failed call (see BpfObject.load)
     return 0
 

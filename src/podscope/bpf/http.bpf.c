@@ -271,72 +271,111 @@ static __always_inline bool is_response(__u64 w)
 	return (w & M7) == W8('H', 'T', 'T', 'P', '/', '1', '.', 0);
 }
 
-/* ---- head scanning (bpf_loop callbacks: verified once, whatever the head's length) ---- */
+/* ---- head scanning: 8 bytes per step, a closer look only at line starts ---- */
 
 struct scan_ctx {
-	__u8 *buf;
-	__u32 n;	 /* bytes in buf */
-	__u32 head_len;	 /* offset after "\r\n\r\n", 0 if not within n */
-	__u64 clen;	 /* Content-Length value */
+	__u32 n;	/* bytes copied to s->head */
+	__u32 head_len; /* offset after the empty line, 0 if not within n */
+	__u64 clen;	/* Content-Length value */
 	__u8 has_clen;
 	__u8 chunked;
+	__u8 want_fields; /* responses: look for Content-Length and Transfer-Encoding */
 };
 
-static __always_inline bool lower_eq(const __u8 *p, const char *s, int n)
+static __always_inline __u64 load8(const struct scratch *s, __u32 off)
 {
-	for (int i = 0; i < n; i++)
-		if ((p[i] | 0x20) != s[i])
-			return false;
-	return true;
+	return *(const __u64 *)&s->head[off & HEAD_MASK];
 }
 
-static long scan_line(__u32 i, struct scan_ctx *cx)
-{
-	__u8 *b = cx->buf;
-	__u32 j = i & (HTTP_HEAD_MAX - 1);
+#define LOWER8 0x2020202020202020ULL
 
-	if (i + 1 >= cx->n)
+/* Content-Length's value at p (after the name): optional spaces, then up to 19 digits. */
+static __always_inline void parse_clen(const struct scratch *s, __u32 p, struct scan_ctx *cx)
+{
+	__u64 v = 0;
+	int d;
+
+	if (s->head[p & HEAD_MASK] == ' ')
+		p++;
+	for (d = 0; d < 19; d++) {
+		__u8 ch = s->head[(p + d) & HEAD_MASK];
+
+		if (ch < '0' || ch > '9')
+			break;
+		v = v * 10 + (ch - '0');
+	}
+	if (d > 0) {
+		cx->clen = v;
+		cx->has_clen = 1;
+	}
+}
+
+/* A line starts at p. Returns 1 at the empty line that ends the head. A global function: the
+ * verifier checks it once, not at every call site. */
+__noinline int scan_line_at(const struct scratch *s, __u32 p, struct scan_ctx *cx)
+{
+	__u8 c0;
+
+	if (!s || !cx)
 		return 1;
-	if (b[j] != '\n')
-		return 0;
-	/* a line starts at j + 1 */
-	if (b[j + 1] == '\r' || b[j + 1] == '\n') {
-		cx->head_len = i + (b[j + 1] == '\r' ? 3 : 2);
+	c0 = s->head[p & HEAD_MASK];
+	if (c0 == '\r' || c0 == '\n') {
+		cx->head_len = p + (c0 == '\r' ? 2 : 1);
 		return 1;
 	}
-	if ((b[j + 1] | 0x20) == 'c' && lower_eq(&b[j + 1], "content-length:", 15)) {
-		__u64 v = 0;
-		__u32 k = j + 16;
-		int d;
+	if (!cx->want_fields)
+		return 0;
+	c0 |= 0x20;
+	if (c0 == 'c' && (load8(s, p) | LOWER8) == W8('c', 'o', 'n', 't', 'e', 'n', 't', '-') &&
+	    ((load8(s, p + 8) | LOWER8) & M7) == W8('l', 'e', 'n', 'g', 't', 'h', ':', 0)) {
+		parse_clen(s, p + 15, cx);
+	} else if (c0 == 't' &&
+		   (load8(s, p) | LOWER8) == W8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r') &&
+		   (load8(s, p + 8) | LOWER8) == W8('-', 'e', 'n', 'c', 'o', 'd', 'i', 'n') &&
+		   ((load8(s, p + 16) | LOWER8) & 0xffff) == W4('g', ':', 0, 0)) {
+		__u32 v = p + 18;
 
-		/* up to 1 space and 19 digits; bounded by the slack after HTTP_HEAD_MAX */
-		if (b[k & HEAD_MASK] == ' ')
-			k++;
-		for (d = 0; d < 19; d++) {
-			__u8 ch = b[(k + d) & HEAD_MASK];
-
-			if (ch < '0' || ch > '9')
-				break;
-			v = v * 10 + (ch - '0');
-		}
-		if (d > 0) {
-			cx->clen = v;
-			cx->has_clen = 1;
-		}
-	} else if ((b[j + 1] | 0x20) == 't' && lower_eq(&b[j + 1], "transfer-encoding:", 18)) {
-		__u32 k = j + 19;
-
-		if (b[k & HEAD_MASK] == ' ')
-			k++;
-		if (lower_eq(&b[k & (HTTP_HEAD_MAX - 1)], "chunked", 7))
+		if (s->head[v & HEAD_MASK] == ' ')
+			v++;
+		if (((load8(s, v) | LOWER8) & M7) == W8('c', 'h', 'u', 'n', 'k', 'e', 'd', 0))
 			cx->chunked = 1;
 	}
 	return 0;
 }
 
-/* Copy up to HTTP_HEAD_MAX bytes of the first buffer into s->head and scan them. */
-static __always_inline int scan_head(struct scratch *s, const struct io_desc *d, int ret,
-				     struct scan_ctx *cx)
+/* One 8-byte word of the head (a bpf_loop callback: verified once, whatever the length). */
+static long scan_word(__u32 w, struct scan_ctx *cx)
+{
+	const struct scratch *s = scratch(); /* this CPU's: the one the caller filled */
+	__u32 off = w * 8;
+	__u64 v, x;
+
+	if (!s || off >= cx->n)
+		return 1;
+	v = load8(s, off);
+	x = v ^ 0x0a0a0a0a0a0a0a0aULL; /* '\n' bytes become 0 */
+	if (!((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL))
+		return 0;
+	for (int k = 0; k < 8; k++) {
+		__u32 p = off + k + 1;
+
+		if (((v >> (k * 8)) & 0xff) != '\n')
+			continue;
+		if (p >= cx->n || scan_line_at(s, p, cx))
+			return 1;
+	}
+	return 0;
+}
+
+/* Find the end of the head (and, for responses, the body's framing) in s->head[0..n). */
+static __always_inline void scan_words(struct scan_ctx *cx)
+{
+	bpf_loop(HTTP_HEAD_MAX / 8, scan_word, cx, 0);
+}
+
+/* Copy up to HTTP_HEAD_MAX bytes of the syscall's first buffer into s->head. */
+static __always_inline int fetch_head(struct scratch *s, const struct io_desc *d, int ret,
+				      struct scan_ctx *cx)
 {
 	__u32 n = ret;
 
@@ -344,18 +383,20 @@ static __always_inline int scan_head(struct scratch *s, const struct io_desc *d,
 		n = d->len;
 	if (n > HTTP_HEAD_MAX)
 		n = HTTP_HEAD_MAX;
-	if (bpf_probe_read_user(s->head, n, (void *)d->base)) {
-		count(HTTP_C_UNREADABLE);
+	if (n < 8 || bpf_probe_read_user(s->head, n, (void *)d->base)) {
+		if (n >= 8)
+			count(HTTP_C_UNREADABLE);
 		return -1;
 	}
-	s->head[n & HEAD_MASK] = 0; /* a terminator: a cut line never matches */
-	cx->buf = s->head;
+	/* zeros after the data: a line cut at n never matches */
+	*(__u64 *)&s->head[n & HEAD_MASK] = 0;
+	*(__u64 *)&s->head[(n + 8) & HEAD_MASK] = 0;
+	*(__u64 *)&s->head[(n + 16) & HEAD_MASK] = 0;
 	cx->n = n;
 	cx->head_len = 0;
 	cx->clen = 0;
 	cx->has_clen = 0;
 	cx->chunked = 0;
-	bpf_loop(HTTP_HEAD_MAX, scan_line, cx, 0);
 	return 0;
 }
 
@@ -390,28 +431,20 @@ static __always_inline void conn_reset_exchange(struct http_conn *c)
 
 /* Method and target: target bytes go to c->path (query included, for records); the hash covers
  * the path only (up to '?'), which is what routes are made of. */
-static __always_inline void read_target(struct http_conn *c, const struct io_desc *d, int ret,
-					__u32 off)
+static __always_inline void read_target(struct http_conn *c, const struct scratch *s,
+					const struct scan_ctx *cx, __u32 off)
 {
 	__u64 h = 14695981039346656037ULL; /* FNV-1a */
-	__u32 n = ret, i, plen = 0;
+	__u32 i, plen = 0;
 	bool in_path = true;
 
-	if (n > d->len)
-		n = d->len;
-	if (n <= off) {
-		c->path_len = 0;
-		c->path_hash = h;
-		return;
-	}
-	n -= off;
-	if (n > HTTP_PATH_MAX)
-		n = HTTP_PATH_MAX;
-	bpf_probe_read_user(c->path, n, (void *)(d->base + off));
+#pragma unroll
+	for (i = 0; i < HTTP_PATH_MAX / 8; i++)
+		*(__u64 *)&c->path[i * 8] = load8(s, off + i * 8);
 	for (i = 0; i < HTTP_PATH_MAX; i++) {
 		__u8 ch;
 
-		if (i >= n)
+		if (off + i >= cx->n)
 			break;
 		ch = c->path[i];
 		if (ch == ' ' || ch == '\r' || ch == '\n')
@@ -604,37 +637,35 @@ static __always_inline void on_request_bytes(struct http_conn *c, const struct i
 {
 	struct scan_ctx cx = {};
 	struct scratch *s;
-	__u32 target = 0;
-	__u8 method = 0xff;
+	__u32 target = 0, t2;
+	__u8 method;
 
-	if (have)
-		method = method_of(peek8(d, ret), &target);
-	if (method == 0xff) {
-		if (c->phase == HTTP_PHASE_REQUEST)
-			c->req_bytes += ret; /* body */
+	if (c->phase == HTTP_PHASE_REQUEST) {
+		/* body bytes, unless a second request comes before the first was answered
+		 * (pipelining across syscalls): then user space takes over */
+		if (have && method_of(peek8(d, ret), &target) != 0xff)
+			to_stream(c, d, ret, inbound);
+		else
+			c->req_bytes += ret;
 		return;
 	}
-	if (c->phase == HTTP_PHASE_REQUEST || stream_all) {
-		/* a second request before the first was answered (pipelining across syscalls),
-		 * or header capture: user space takes over */
-		to_stream(c, d, ret, inbound);
+	if (!have || !(s = scratch()) || fetch_head(s, d, ret, &cx))
+		return;
+	method = method_of(load8(s, 0), &target);
+	if (method == 0xff)
+		return;
+	if (stream_all) {
+		to_stream(c, d, ret, inbound); /* header capture: user space parses everything */
 		return;
 	}
 	if (c->phase == HTTP_PHASE_RESPONSE)
 		finish(c, c->last_ns); /* the previous response ran until now */
-	s = scratch();
-	if (!s || scan_head(s, d, ret, &cx))
+	/* another request right after this one's head, in the same syscall: pipelining */
+	scan_words(&cx);
+	if (cx.head_len && cx.head_len + 8 <= cx.n &&
+	    method_of(load8(s, cx.head_len), &t2) != 0xff) {
+		to_stream(c, d, ret, inbound);
 		return;
-	if (cx.head_len && cx.head_len + 8 <= cx.n && !cx.has_clen && !cx.chunked) {
-		__u64 w = 0;
-		__u32 t2;
-
-		/* bytes after a body-less head: another request in the same write? */
-		__builtin_memcpy(&w, &s->head[cx.head_len & (HTTP_HEAD_MAX - 1)], sizeof(w));
-		if (method_of(w, &t2) != 0xff) {
-			to_stream(c, d, ret, inbound);
-			return;
-		}
 	}
 	c->method = method;
 	c->phase = HTTP_PHASE_REQUEST;
@@ -642,7 +673,7 @@ static __always_inline void on_request_bytes(struct http_conn *c, const struct i
 	c->last_ns = now;
 	c->req_bytes = ret;
 	c->pid = bpf_get_current_pid_tgid() >> 32;
-	read_target(c, d, ret, target);
+	read_target(c, s, &cx, target);
 }
 
 static __always_inline bool chunked_end(const struct io_desc *d, int ret)
@@ -693,11 +724,12 @@ static __always_inline void on_response_bytes(struct http_conn *c, const struct 
 			finish(c, now);
 		return;
 	}
-	if (c->phase != HTTP_PHASE_REQUEST || !have || !is_response(peek8(d, ret)))
+	if (c->phase != HTTP_PHASE_REQUEST || !have)
 		return; /* no request is waiting: not ours */
-	s = scratch();
-	if (!s || scan_head(s, d, ret, &cx))
+	if (!(s = scratch()) || fetch_head(s, d, ret, &cx) || !is_response(load8(s, 0)))
 		return;
+	cx.want_fields = 1;
+	scan_words(&cx);
 	__builtin_memcpy(st, &s->head[9], 3);
 	if (s->head[8] != ' ' || st[0] < '1' || st[0] > '5' || st[1] < '0' || st[1] > '9' ||
 	    st[2] < '0' || st[2] > '9') {

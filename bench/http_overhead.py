@@ -1,0 +1,164 @@
+"""Overhead of podscope with the HTTP collector (TCP + HTTP, the default agent) on real servers.
+
+Workloads, each in two test pods, alternating rounds with the agent off and on:
+  nginx-tiny    nginx returning a 40-byte body, wrk keep-alive (-t2 -c32): the worst case
+  handler-1ms   Python http.server doing ~1 ms of CPU work per request, wrk keep-alive (-c8)
+  nginx-records nginx-tiny again with one record per request exported (--export jsonl): agent CPU
+                and ring-buffer losses at the highest request rate
+
+Reports per workload: median throughput ratio on/off, p99 latency ratio, BPF run time per
+request (kernel.bpf_stats_enabled), agent CPU per 10k requests, events lost, agent peak RSS.
+Usage: python bench/http_overhead.py [--rounds N] [--seconds S] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tcp_overhead import Agent, proc_cpu_seconds, proc_hwm_mb  # noqa: E402
+
+from podscope.testing.pods import Pod, PodNetwork  # noqa: E402
+from podscope.testing.servers import start_nginx  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MY_PROGS = {"tcp_state", "tcp_rst_send", "tcp_rst_recv", "tcp_drop", "tcp_iter",
+            "http_recv", "http_send", "http_close"}
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def bpf_prog_stats() -> tuple[int, int]:
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    ns = cnt = 0
+    for p in json.loads(out or "[]"):
+        if p.get("name") in MY_PROGS:
+            ns += p.get("run_time_ns", 0)
+            cnt += p.get("run_cnt", 0)
+    return ns, cnt
+
+
+def wrk(client: Pod, url: str, seconds: float, conns: int, threads: int) -> dict[str, float]:
+    out = client.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{int(seconds)}s", "--latency", url],
+                     timeout=seconds + 60).stdout
+    n = re.search(r"(\d+) requests in", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    if not n or not rps or not p99:
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    errs = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"requests": int(n.group(1)), "rps": float(rps.group(1)),
+            "p99_s": float(p99.group(1)) * _UNITS[p99.group(2)],
+            "non2xx": int(errs.group(1)) if errs else 0}
+
+
+def lost_events(text: str) -> int:
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith("podscope_events_lost_total{"))
+
+
+def scenario(net: PodNetwork, name: str, rounds: int, seconds: float) -> dict[str, Any]:
+    server = net.pod(f"s{name[:6]}")
+    client = net.pod(f"c{name[:6]}", driver="cgroupfs")
+    agent_args: list[str] = []
+    if name.startswith("nginx"):
+        start_nginx(server)
+        url, conns, threads = f"http://{server.ip}/ok", 32, 2
+    else:
+        p = server.popen([sys.executable, str(ROOT / "tests" / "fixtures" / "http_server.py"),
+                          "8080"], stdout=subprocess.PIPE, text=True)
+        assert p.stdout is not None and p.stdout.readline().strip() == "listening"
+        url, conns, threads = f"http://{server.ip}:8080/work/1000", 8, 2
+    tmp = tempfile.mkdtemp(prefix="podscope-bench-")
+    if name.endswith("records"):
+        agent_args = ["--export", f"jsonl:{tmp}/records.jsonl"]
+    wrk(client, url, 2, conns, threads)  # warm-up
+    ratios, p99_ratios, off_rps, on_rps = [], [], [], []
+    bpf_ns = bpf_cnt = on_requests = lost = 0
+    agent_cpu = hwm = 0.0
+    for i in range(rounds):
+        got: dict[str, dict[str, float]] = {}
+        for mode in (("off", "on") if i % 2 == 0 else ("on", "off")):
+            if mode == "off":
+                time.sleep(1.0)
+                got[mode] = wrk(client, url, seconds, conns, threads)
+                continue
+            agent = Agent(agent_args)
+            time.sleep(1.0)
+            ns0, cnt0 = bpf_prog_stats()
+            cpu0 = proc_cpu_seconds(agent.proc.pid)
+            got[mode] = wrk(client, url, seconds, conns, threads)
+            ns1, cnt1 = bpf_prog_stats()
+            time.sleep(0.5)  # let the agent drain what is in flight
+            lost += lost_events(agent.scrape())
+            agent_cpu += proc_cpu_seconds(agent.proc.pid) - cpu0
+            hwm = max(hwm, proc_hwm_mb(agent.proc.pid))
+            agent.stop()
+            bpf_ns += ns1 - ns0
+            bpf_cnt += cnt1 - cnt0
+            on_requests += int(got[mode]["requests"])
+            if os.path.exists(f"{tmp}/records.jsonl"):
+                os.unlink(f"{tmp}/records.jsonl")
+        off_rps.append(got["off"]["rps"])
+        on_rps.append(got["on"]["rps"])
+        ratios.append(got["on"]["rps"] / got["off"]["rps"])
+        p99_ratios.append(got["on"]["p99_s"] / got["off"]["p99_s"])
+        print(f"  {name} round {i + 1}: off {got['off']['rps']:.0f} rps, on {got['on']['rps']:.0f}"
+              f" rps, ratio {ratios[-1]:.4f}, p99 ratio {p99_ratios[-1]:.3f}", flush=True)
+    return {
+        "scenario": name, "rounds": rounds, "seconds_per_run": seconds,
+        "median_ratio_on_off": statistics.median(ratios), "ratios": ratios,
+        "median_p99_latency_ratio_on_off": statistics.median(p99_ratios),
+        "off_rps": off_rps, "on_rps": on_rps,
+        "bpf_ns_per_request": bpf_ns / on_requests if on_requests else None,
+        "bpf_program_runs_per_request": bpf_cnt / on_requests if on_requests else None,
+        "agent_cpu_seconds_per_10k_requests": agent_cpu / on_requests * 10_000
+        if on_requests else None,
+        "requests_per_agent_cpu_second": on_requests / agent_cpu if agent_cpu else None,
+        "events_lost": lost,
+        "agent_peak_rss_mb": hwm,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--only", action="append", default=[],
+                    choices=["nginx-tiny", "handler-1ms", "nginx-records"])
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "http_overhead.json"))
+    a = ap.parse_args()
+    with open("/proc/sys/kernel/bpf_stats_enabled") as f:
+        stats_before = f.read().strip()
+    with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
+        f.write("1")
+    try:
+        with PodNetwork() as net:
+            results = [scenario(net, name, a.rounds, a.seconds)
+                       for name in (a.only or ["nginx-tiny", "handler-1ms", "nginx-records"])]
+    finally:
+        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
+            f.write(stats_before)
+    machine = {"kernel": platform.release(), "cpus": os.cpu_count(),
+               "cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                            if ln.startswith("model name")), "?")}
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump({"machine": machine, "results": results}, f, indent=1)
+    print(json.dumps({"machine": machine, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
