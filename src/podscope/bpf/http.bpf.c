@@ -83,13 +83,21 @@ struct {
 /* Two aggregate maps: the kernel adds to the one http_cfg[0] names, user space drains the other. */
 #define DEFINE_AGG_MAP(name)                                                                       \
 	struct {                                                                                   \
-		__uint(type, BPF_MAP_TYPE_HASH);                                                    \
+		__uint(type, BPF_MAP_TYPE_PERCPU_HASH);                                             \
+		__uint(map_flags, BPF_F_NO_PREALLOC); /* memory grows with use, not with CPUs */    \
 		__uint(max_entries, HTTP_MAX_AGG);                                                  \
 		__type(key, struct http_agg_key);                                                   \
 		__type(value, struct http_agg);                                                     \
 	} name SEC(".maps")
 DEFINE_AGG_MAP(http_agg0);
 DEFINE_AGG_MAP(http_agg1);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, HTTP_MAX_AGG);
+	__type(key, __u64);
+	__type(value, struct http_path);
+} http_paths SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -113,6 +121,7 @@ struct scratch {
 	__u8 head[2 * HTTP_HEAD_MAX]; /* twice the size: a masked index plus a small offset stays inside */
 	struct iovec iov[HTTP_IOV_MAX];
 	struct http_agg agg;
+	struct http_path path;
 	struct http_conn conn;
 	struct http_stream_event ev; /* followed by data: one contiguous ring-buffer record */
 	__u8 data[2 * HTTP_CHUNK_MAX];
@@ -348,20 +357,22 @@ static long scan_word(__u32 w, struct scan_ctx *cx)
 {
 	const struct scratch *s = scratch(); /* this CPU's: the one the caller filled */
 	__u32 off = w * 8;
-	__u64 v, x;
+	__u64 v, x, t;
 
 	if (!s || off >= cx->n)
 		return 1;
 	v = load8(s, off);
 	x = v ^ 0x0a0a0a0a0a0a0a0aULL; /* '\n' bytes become 0 */
-	if (!((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL))
-		return 0;
-	for (int k = 0; k < 8; k++) {
-		__u32 p = off + k + 1;
+	t = (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
+	/* one step per '\n': the lowest flagged byte's index from a multiply (no ctz in BPF) */
+	for (int i = 0; i < 8 && t; i++) {
+		__u64 low = t & -t;
+		__u32 p = off + (((low >> 7) * 0x0001020304050607ULL) >> 56);
 
-		if (((v >> (k * 8)) & 0xff) != '\n')
+		t &= t - 1;
+		if (s->head[p & HEAD_MASK] != '\n') /* a false match above a real one */
 			continue;
-		if (p >= cx->n || scan_line_at(s, p, cx))
+		if (p + 1 >= cx->n || scan_line_at(s, p + 1, cx))
 			return 1;
 	}
 	return 0;
@@ -489,17 +500,19 @@ static __always_inline void finish(struct http_conn *c, __u64 end_ns)
 	a = bpf_map_lookup_elem(m, &k);
 	if (!a && (s = scratch())) {
 		__builtin_memset(&s->agg, 0, sizeof(s->agg));
-		__builtin_memcpy(s->agg.path, c->path, sizeof(s->agg.path));
-		s->agg.path_len = c->path_len;
-		bpf_map_update_elem(m, &k, &s->agg, BPF_NOEXIST); /* EEXIST: another CPU was first */
+		bpf_map_update_elem(m, &k, &s->agg, BPF_NOEXIST);
 		a = bpf_map_lookup_elem(m, &k);
 		if (!a)
 			count(HTTP_C_MAP_FULL);
+		__builtin_memcpy(s->path.path, c->path, sizeof(s->path.path));
+		s->path.len = c->path_len;
+		bpf_map_update_elem(&http_paths, &k.path_hash, &s->path, BPF_ANY);
 	}
-	if (a) {
-		hist_add(&a->duration, dur);
-		__sync_fetch_and_add(&a->req_bytes, c->req_bytes);
-		__sync_fetch_and_add(&a->resp_bytes, c->resp_bytes);
+	if (a) { /* this CPU's copy: plain adds */
+		a->duration.slots[log2_slot(dur)] += 1;
+		a->duration.sum += dur;
+		a->req_bytes += c->req_bytes;
+		a->resp_bytes += c->resp_bytes;
 	}
 	if (emit_records) {
 		struct http_record *r = bpf_ringbuf_reserve(&http_records, sizeof(*r), 0);

@@ -61,8 +61,9 @@ enum http_counter {
 	HTTP_C_MAX = 7,
 };
 
-/* Aggregates per (pod, role, method, status, path, peer), double-buffered: the kernel adds to
- * slot http_cfg[0], user space drains the other one. status 0 = the request got no response. */
+/* Aggregates per (pod, role, method, status, path, peer), per CPU (no atomics, no shared cache
+ * lines) and double-buffered: the kernel adds to slot http_cfg[0], user space drains the other
+ * one. status 0 = the request got no response. */
 struct http_agg_key {
 	struct pod_key pod;
 	__u64 path_hash;
@@ -79,9 +80,12 @@ struct http_agg {
 	struct hist duration; /* nanoseconds */
 	__u64 req_bytes;
 	__u64 resp_bytes;
-	__u32 path_len;
-	__u32 _pad;
-	__u8 path[HTTP_PATH_MAX]; /* the path (without query) this hash stands for */
+};
+
+/* The path a path_hash stands for (written when an aggregate for it is created). */
+struct http_path {
+	__u32 len;
+	__u8 path[HTTP_PATH_MAX];
 };
 
 /* Per connection, keyed by the socket's address, from first HTTP data to close. */

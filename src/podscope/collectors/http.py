@@ -38,6 +38,7 @@ _KERNEL_PARSE_ERRORS = {"HTTP_C_BAD_STATUS_LINE": "bad_status_line",
                         "HTTP_C_HEAD_TOO_LARGE": "head_too_large",
                         "HTTP_C_UNREADABLE": "unreadable_buffer"}
 HIST_UNIT = 1e-9  # kernel histograms are in nanoseconds
+UNKNOWN_ROUTE = "__unknown__"  # the path of a hash was evicted before it was read
 
 
 def _addr(family: int, raw: bytes) -> str:
@@ -120,6 +121,9 @@ class HttpCollector:
         o = self.obj
         self.AggKey = o.struct("http_agg_key")
         self.Agg = o.struct("http_agg")
+        self.Path = o.struct("http_path")
+        self.ncpus = libbpf.num_possible_cpus()
+        self.AggPerCpu = self.Agg * self.ncpus
         self.Conn = o.struct("http_conn")
         self.Record = o.struct("http_record")
         self.StreamEv = o.struct("http_stream_event")
@@ -128,7 +132,7 @@ class HttpCollector:
         self.phases = o.btf.enum("http_phase")
         self._lock = threading.Lock()
         self._aggs: dict[AggKey, Agg] = {}
-        self._routes: dict[bytes, str] = {}
+        self._routes: dict[int, str] = {}
         self._slot = 0
         self._drained_at = 0.0
         self._streams: dict[int, _Stream] = {}
@@ -143,6 +147,7 @@ class HttpCollector:
         o = self.obj
         for name in ("http_agg0", "http_agg1"):
             o.map(name).check_types(self.AggKey, self.Agg)
+        o.map("http_paths").check_types(ct.c_uint64, self.Path)
         o.map("http_conns").check_types(ct.c_uint64, self.Conn)
         o.load()
         for prog in o.programs():
@@ -176,33 +181,43 @@ class HttpCollector:
             self.obj.map("http_cfg").update(ct.c_uint32(0), ct.c_uint32(self._slot))
             time.sleep(0.002)  # programs that picked the old map before the flip finish
             m = self.obj.map(f"http_agg{old}")
-            for k, v in m.items(self.AggKey, self.Agg, delete=True):
-                self._fold(k, v)
+            for k, per_cpu in m.items(self.AggKey, self.AggPerCpu, delete=True):
+                self._fold(k, per_cpu)
             self._drained_at = time.monotonic()
 
-    def _route(self, labels: Labels, raw: bytes) -> str:
-        route = self._routes.get(raw)
+    def _route(self, labels: Labels, path_hash: int) -> str:
+        """The route of a path hash: the path from http_paths, templated (cached)."""
+        route = self._routes.get(path_hash)
         if route is None:
-            route = template_path(raw.decode("latin-1"))
+            p = self.Path()
+            if self.obj.map("http_paths").lookup(ct.c_uint64(path_hash), p):
+                route = template_path(bytes(p.path[: min(p.len, len(p.path))]).decode("latin-1"))
+            else:
+                return self.budget.route(labels, UNKNOWN_ROUTE)  # evicted: not cached
             if len(self._routes) > 100_000:
                 self._routes.clear()
-            self._routes[raw] = route
+            self._routes[path_hash] = route
         return self.budget.route(labels, route)
 
-    def _fold(self, k: Any, v: Any) -> None:
+    def _fold(self, k: Any, per_cpu: Any) -> None:
         labels = self.store.labels(k.pod.cgroup_id, k.pod.netns)
         method = METHODS.get(k.method, "_OTHER")
-        hist = v.duration
+        slots = [0] * len(per_cpu[0].duration.slots)
+        sum_ns = req = resp = 0
+        for v in per_cpu:
+            slots = [a + b for a, b in zip(slots, v.duration.slots, strict=True)]
+            sum_ns += v.duration.sum
+            req += v.req_bytes
+            resp += v.resp_bytes
         if k.status == 0:
             key_u = (labels, ROLES.get(k.role, "?"), "no_response")
-            self.unanswered[key_u] = self.unanswered.get(key_u, 0) + sum(hist.slots)
+            self.unanswered[key_u] = self.unanswered.get(key_u, 0) + sum(slots)
             return
-        route = self._route(labels, bytes(v.path[: v.path_len]))
+        route = self._route(labels, k.path_hash)
         addr, port = ("", 0)
         if k.role == ROLE_CLIENT:
             addr, port = _addr(k.family, bytes(k.peer_addr)), k.peer_port
-        self._add((labels, k.role, method, k.status, route, addr, port), list(hist.slots),
-                  hist.sum, v.req_bytes, v.resp_bytes)
+        self._add((labels, k.role, method, k.status, route, addr, port), slots, sum_ns, req, resp)
 
     def _add(self, key: AggKey, slots: list[int], sum_ns: int, req: int, resp: int) -> None:
         a = self._aggs.get(key)
