@@ -16,6 +16,7 @@ from .collectors.base import Collector
 from .collectors.http import HttpCollector
 from .collectors.tcp import TcpCollector
 from .config import Config
+from .libbpf import BpfError
 from .metadata.store import MetadataStore
 from .sinks.files import CsvSink, JsonlSink, open_export
 from .sinks.prometheus import HttpServer, make_registry
@@ -62,8 +63,12 @@ class Agent:
                                  capture_headers=self.cfg.http_capture_headers,
                                  route_budget=self.cfg.http_route_budget,
                                  request_timeout=self.cfg.http_request_timeout)
-            self.collectors.append(http)
-            http.start()
+            try:
+                http.start()
+                self.collectors.append(http)
+            except BpfError as e:  # optional: the TCP signals go on without it
+                http.close()
+                log.error("HTTP collector disabled: %s (%s)", e, features.HTTP_HINT)
         addr = self.cfg.listen_addr()
         if addr:
             self.http = HttpServer(addr[0], addr[1], make_registry(self.metrics),

@@ -158,17 +158,31 @@ TCP_SIGNALS: dict[str, list[str]] = {
 }
 
 
-def probe_tcp_signals() -> list[Signal]:
+# Signal -> programs of http.bpf.o it needs.
+HTTP_SIGNALS: dict[str, list[str]] = {
+    "http/1.x requests (tp_btf sock_recv_length/sock_send_length)": ["http_recv", "http_send"],
+    "http requests ended by connection close": ["http_close"],
+}
+HTTP_HINT = ("HTTP needs the sock:sock_recv_length and sock:sock_send_length tracepoints and "
+             "bpf_task_pt_regs (Linux 6.x); without them podscope runs with TCP signals only")
+
+
+def probe_signals(family: str, table: dict[str, list[str]], hint: str = "") -> list[Signal]:
+    """Load `family`.bpf.o and attach each program: which signals of `table` work here."""
     results: dict[str, tuple[str, str | None]] = {}
+
+    def failed(e: Exception) -> list[Signal]:
+        return [Signal(s, [], False, f"{e}" + (f" ({hint})" if hint else "")) for s in table]
+
     try:
-        obj = libbpf.BpfObject(libbpf.bpf_object_path("tcp"), "tcp")
+        obj = libbpf.BpfObject(libbpf.bpf_object_path(family), family)
     except libbpf.BpfError as e:
-        return [Signal(s, [], False, str(e)) for s in TCP_SIGNALS]
+        return failed(e)
     try:
         try:
             obj.load()
         except libbpf.BpfError as e:
-            return [Signal(s, [], False, str(e)) for s in TCP_SIGNALS]
+            return failed(e)
         for p in obj.programs():
             try:
                 if p.section.startswith("iter/"):
@@ -177,11 +191,11 @@ def probe_tcp_signals() -> list[Signal]:
                     p.attach()
                 results[p.name] = (p.section, None)
             except libbpf.BpfError as e:
-                results[p.name] = (p.section, str(e))
+                results[p.name] = (p.section, str(e) + (f" ({hint})" if hint else ""))
     finally:
         obj.close()
     out = []
-    for sig, progs in TCP_SIGNALS.items():
+    for sig, progs in table.items():
         hooks = [results[p][0] for p in progs if p in results]
         errs = [results[p][1] for p in progs if p in results and results[p][1]]
         missing = [p for p in progs if p not in results]
@@ -190,9 +204,14 @@ def probe_tcp_signals() -> list[Signal]:
     return out
 
 
+def probe_tcp_signals() -> list[Signal]:
+    return probe_signals("tcp", TCP_SIGNALS)
+
+
 def check() -> Report:
     preflight()
-    return Report(probes=probe_all(), signals=probe_tcp_signals())
+    return Report(probes=probe_all(),
+                  signals=probe_tcp_signals() + probe_signals("http", HTTP_SIGNALS, HTTP_HINT))
 
 
 def format_report(r: Report) -> str:

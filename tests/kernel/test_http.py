@@ -132,7 +132,7 @@ def test_python_server_status_mix_and_latency(pods: PodNetwork, tmp_path: Path,
         agent.stop()
 
 
-def test_pipelining_chunked_large_body_and_fd_reuse(pods: PodNetwork, tmp_path: Path) -> None:
+def test_pipelining_framing_and_fd_reuse(pods: PodNetwork, tmp_path: Path) -> None:
     server = pods.pod("server")
     client = pods.pod("client")
     start_py_server(server)
@@ -173,6 +173,25 @@ def test_pipelining_chunked_large_body_and_fd_reuse(pods: PodNetwork, tmp_path: 
         for r in recs + crecs:
             assert (r["method"], r["request_bytes"], r["response_bytes"]) == (
                 "POST", out["request_bytes"], out["response_bytes"])
+
+        # 100 Continue is not the answer: one record with the final status and every byte
+        exp.write_text("")
+        out = json.loads(client.run(python_cmd("http_raw.py", "continue", server.ip, 8080,
+                                               30000)).stdout)
+        assert (out["interim"], out["status"]) == (100, 200)
+        recs = wait_records(exp, 1, **srv) + wait_records(exp, 1, role="client",
+                                                          k8s_pod_uid=client.uid)
+        assert [(r["status"], r["request_bytes"], r["response_bytes"]) for r in recs] == [
+            (200, out["request_bytes"], out["response_bytes"])] * 2
+
+        # a response without a length, ended by the connection's close
+        exp.write_text("")
+        out = json.loads(client.run(python_cmd("http_raw.py", "close", server.ip, 8080,
+                                               70000)).stdout)
+        recs = wait_records(exp, 1, **srv) + wait_records(exp, 1, role="client",
+                                                          k8s_pod_uid=client.uid)
+        assert [(r["status"], r["response_bytes"]) for r in recs] == [
+            (200, out["response_bytes"])] * 2
 
         # a closed fd reused for a new connection: nothing pairs across the two
         exp.write_text("")

@@ -769,7 +769,8 @@ static __always_inline void on_response_bytes(struct http_conn *c, const struct 
 		c->framing = HTTP_FRAMING_CHUNKED;
 	} else if (cx.has_clen) {
 		c->framing = HTTP_FRAMING_LENGTH;
-		c->resp_expect = cx.head_len + cx.clen;
+		/* interim responses (100 Continue) already counted come first */
+		c->resp_expect = c->resp_bytes - ret + cx.head_len + cx.clen;
 	}
 	if (c->framing == HTTP_FRAMING_EMPTY ||
 	    (c->framing == HTTP_FRAMING_LENGTH && c->resp_bytes >= c->resp_expect) ||
