@@ -35,6 +35,7 @@ lint: all
 
 bench: all
 	$(VENV)/bin/python bench/tcp_overhead.py
+	$(VENV)/bin/python bench/http_overhead.py
 
 deps: $(BUILD)/.deps
 

@@ -1,4 +1,4 @@
-"""Markdown table of bench/tcp_overhead.py JSON outputs (one column per scenario and run).
+"""Markdown table of bench/tcp_overhead.py and bench/http_overhead.py JSON outputs (one column per scenario and run).
 
     .venv/bin/python bench/report.py bench/out/tcp_overhead.json [more.json ...]
 """
@@ -28,11 +28,16 @@ def main(paths: list[str]) -> int:
         ("per-round ratios", lambda r: " ".join(f"{x:.3f}" for x in r["ratios"])),
         ("median req/s off / on", lambda r: f"{statistics.median(r['off_rps']):.0f} / "
                                             f"{statistics.median(r['on_rps']):.0f}"),
+        ("median p99 latency ratio on/off",
+         lambda r: fmt(r.get("median_p99_latency_ratio_on_off"), ".3f")),
         ("BPF ns per request", lambda r: fmt(r["bpf_ns_per_request"], ".2f")),
         ("BPF program runs per request", lambda r: fmt(r["bpf_program_runs_per_request"], ".4f")),
-        ("BPF ns per connection", lambda r: fmt(r["bpf_ns_per_connection"], ".0f")),
+        ("BPF ns per connection", lambda r: fmt(r.get("bpf_ns_per_connection"), ".0f")),
         ("agent CPU s per 10k requests", lambda r: fmt(r["agent_cpu_seconds_per_10k_requests"],
                                                        ".4f")),
+        ("requests per agent CPU second", lambda r: fmt(r.get("requests_per_agent_cpu_second"),
+                                                        ".0f")),
+        ("events lost", lambda r: fmt(r.get("events_lost"), "d")),
         ("agent peak RSS (MB)", lambda r: fmt(r["agent_peak_rss_mb"] or None, ".1f")),
     ]
     print("| | " + " | ".join(name for name, _ in cols) + " |")
