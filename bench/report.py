@@ -1,4 +1,4 @@
-"""Markdown table of bench/tcp_overhead.py and bench/http_overhead.py JSON outputs (one column per scenario and run).
+"""Markdown table of bench/tcp_overhead.py and bench/http_overhead.py JSON outputs
 
     .venv/bin/python bench/report.py bench/out/tcp_overhead.json [more.json ...]
 """
