@@ -352,14 +352,12 @@ __noinline int scan_line_at(const struct scratch *s, __u32 p, struct scan_ctx *c
 	return 0;
 }
 
-/* One 8-byte word of the head (a bpf_loop callback: verified once, whatever the length). */
-static long scan_word(__u32 w, struct scan_ctx *cx)
+/* The lines starting in the 8 bytes at off. Returns 1 when the scan is over. */
+static __always_inline long scan_word_at(const struct scratch *s, __u32 off, struct scan_ctx *cx)
 {
-	const struct scratch *s = scratch(); /* this CPU's: the one the caller filled */
-	__u32 off = w * 8;
 	__u64 v, x, t;
 
-	if (!s || off >= cx->n)
+	if (off >= cx->n)
 		return 1;
 	v = load8(s, off);
 	x = v ^ 0x0a0a0a0a0a0a0a0aULL; /* '\n' bytes become 0 */
@@ -367,21 +365,40 @@ static long scan_word(__u32 w, struct scan_ctx *cx)
 	/* one step per '\n': the lowest flagged byte's index from a multiply (no ctz in BPF) */
 	for (int i = 0; i < 8 && t; i++) {
 		__u64 low = t & -t;
-		__u32 p = off + (((low >> 7) * 0x0001020304050607ULL) >> 56);
+		__u32 p = off + (((low >> 7) * 0x0001020304050607ULL) >> 56) + 1;
+		__u8 c0;
 
 		t &= t - 1;
-		if (s->head[p & HEAD_MASK] != '\n') /* a false match above a real one */
+		if (s->head[(p - 1) & HEAD_MASK] != '\n') /* a false match above a real one */
 			continue;
-		if (p + 1 >= cx->n || scan_line_at(s, p + 1, cx))
+		if (p >= cx->n)
+			return 1;
+		/* most lines cannot matter: only the empty line, Content-*, Transfer-* */
+		c0 = s->head[p & HEAD_MASK];
+		if ((c0 == '\r' || c0 == '\n' || (cx->want_fields && ((c0 | 0x20) == 'c' ||
+							       (c0 | 0x20) == 't'))) &&
+		    scan_line_at(s, p, cx))
 			return 1;
 	}
 	return 0;
 }
 
+/* 32 bytes of the head (a bpf_loop callback: verified once, whatever the length). */
+static long scan_block(__u32 b, struct scan_ctx *cx)
+{
+	const struct scratch *s = scratch(); /* this CPU's: the one the caller filled */
+	__u32 off = b * 32;
+
+	if (!s)
+		return 1;
+	return scan_word_at(s, off, cx) || scan_word_at(s, off + 8, cx) ||
+	       scan_word_at(s, off + 16, cx) || scan_word_at(s, off + 24, cx);
+}
+
 /* Find the end of the head (and, for responses, the body's framing) in s->head[0..n). */
 static __always_inline void scan_words(struct scan_ctx *cx)
 {
-	bpf_loop(HTTP_HEAD_MAX / 8, scan_word, cx, 0);
+	bpf_loop(HTTP_HEAD_MAX / 32, scan_block, cx, 0);
 }
 
 /* Copy up to HTTP_HEAD_MAX bytes of the syscall's first buffer into s->head. */
