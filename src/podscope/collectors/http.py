@@ -141,6 +141,12 @@ class HttpCollector:
         self._ring: libbpf.RingBuffer | None = None
         self._mono_to_wall = time.time() - time.monotonic()
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._rec_size = ct.sizeof(self.Record)
+        self._rec_path_off = self.Record.path.offset
+        self._rec_peer_off = self.Record.peer_addr.offset
+        self._label_cache: dict[tuple[int, int], Labels] = {}
+        self._addr_cache: dict[tuple[int, bytes], str] = {}
+        self._target_cache: dict[str, tuple[str, str]] = {}
 
     # --- life cycle ---
     def start(self) -> None:
@@ -184,6 +190,7 @@ class HttpCollector:
             for k, per_cpu in m.items(self.AggKey, self.AggPerCpu, delete=True):
                 self._fold(k, per_cpu)
             self._drained_at = time.monotonic()
+            self._label_cache.clear()
 
     def _route(self, labels: Labels, path_hash: int) -> str:
         """The route of a path hash: the path from http_paths, templated (cached)."""
@@ -265,30 +272,57 @@ class HttpCollector:
 
     # --- records from the kernel ---
     def _on_record(self, data: bytes) -> None:
-        if len(data) < ct.sizeof(self.Record):
+        if len(data) < self._rec_size:
             self._error("short_event")
             return
-        r = self.Record.from_buffer_copy(data[: ct.sizeof(self.Record)])
-        target = bytes(r.path[: r.path_len]).decode("latin-1")
+        r = self.Record.from_buffer_copy(data[: self._rec_size])
+        po, ao = self._rec_path_off, self._rec_peer_off
+        target = data[po: po + min(r.path_len, 64)].decode("latin-1")
         self._publish(
-            labels=self.store.labels(r.cgroup_id, r.netns), role=r.role,
+            labels=self._labels(r.cgroup_id, r.netns), role=r.role,
             method=METHODS.get(r.method, "_OTHER"), target=target, status=r.status,
             start=r.req_start, end=r.end_ns, req_bytes=r.req_bytes, resp_bytes=r.resp_bytes,
-            family=r.family, peer=bytes(r.peer_addr), peer_port=r.peer_port,
+            family=r.family, peer=data[ao: ao + 16], peer_port=r.peer_port,
             local_port=r.local_port, conn_id=r.conn_id, pid=r.pid, mode="kernel")
+
+    def _labels(self, cgroup_id: int, netns: int) -> Labels:
+        """store.labels, memoized until the next drain (about a second)."""
+        key = (cgroup_id, netns)
+        lab = self._label_cache.get(key)
+        if lab is None:
+            lab = self._label_cache[key] = self.store.labels(cgroup_id, netns)
+        return lab
+
+    def _peer(self, family: int, raw: bytes) -> str:
+        key = (family, raw)
+        s = self._addr_cache.get(key)
+        if s is None:
+            if len(self._addr_cache) > 10_000:
+                self._addr_cache.clear()
+            s = self._addr_cache[key] = _addr(family, raw)
+        return s
+
+    def _target(self, target: str) -> tuple[str, str]:
+        """(redacted target, route template) of a request target, memoized."""
+        got = self._target_cache.get(target)
+        if got is None:
+            if len(self._target_cache) > 10_000:
+                self._target_cache.clear()
+            got = self._target_cache[target] = (redact_target(target), template_path(target))
+        return got
 
     def _publish(self, *, labels: Labels, role: int, method: str, target: str, status: int,
                  start: int, end: int, req_bytes: int, resp_bytes: int, family: int,
                  peer: bytes | str, peer_port: int, local_port: int, conn_id: int, pid: int,
                  mode: str, headers: dict[str, list[tuple[str, str]]] | None = None) -> None:
-        peer_addr = peer if isinstance(peer, str) else _addr(family, peer)
+        peer_addr = peer if isinstance(peer, str) else self._peer(family, peer)
+        path, route = self._target(target)
         rec: dict[str, Any] = {
             "time": round(start / 1e9 + self._mono_to_wall, 6),
             **labels._asdict(),
             "role": ROLES.get(role, "?"),
             "peer_addr": peer_addr, "peer_port": peer_port, "local_port": local_port,
-            "method": method, "path": redact_target(target),
-            "route": template_path(target), "status": status or None,
+            "method": method, "path": path, "route": route, "status": status or None,
             "duration_seconds": round(max(end - start, 0) / 1e9, 9),
             "request_bytes": req_bytes, "response_bytes": resp_bytes,
             "connection_id": conn_id, "pid": pid, "capture": mode,

@@ -11,6 +11,8 @@ import os
 import threading
 from typing import IO, Any
 
+import orjson
+
 SCHEMAS: dict[str, list[str]] = {
     "tcp_connection": [
         "time", "k8s_pod_uid", "container_id", "k8s_namespace_name", "k8s_pod_name",
@@ -28,15 +30,17 @@ SCHEMAS: dict[str, list[str]] = {
 
 
 class JsonlSink:
+    """One JSON object per line (orjson: a record costs about a tenth of json.dumps here)."""
+
     def __init__(self, path: str):
         self.path = path
-        self._f: IO[str] = open(path, "a", buffering=1 << 16)  # noqa: SIM115
+        self._f: IO[bytes] = open(path, "ab", buffering=1 << 16)  # noqa: SIM115
         self._lock = threading.Lock()
 
     def record(self, kind: str, rec: dict[str, Any]) -> None:
-        line = json.dumps({"type": kind, **rec}, separators=(",", ":"))
+        line = orjson.dumps({"type": kind, **rec}, option=orjson.OPT_APPEND_NEWLINE)
         with self._lock:
-            self._f.write(line + "\n")
+            self._f.write(line)
 
     def flush(self) -> None:
         with self._lock:
