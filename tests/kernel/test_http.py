@@ -104,7 +104,8 @@ def test_python_server_status_mix_and_latency(pods: PodNetwork, tmp_path: Path,
         plan = [["GET", "/status/200", 13], ["GET", "/status/404", 7], ["GET", "/status/500", 5],
                 ["DELETE", "/users/42", 3], ["GET", "/sleep/50", 21],
                 ["PUT", "/upload", 2, 70000], ["GET", "/status/204", 2],
-                ["GET", "/status/304", 2], ["HEAD", "/chunked/3", 2], ["GET", "/chunked/4", 2]]
+                ["GET", "/status/304", 2], ["HEAD", "/chunked/3", 2], ["GET", "/chunked/4", 2],
+                ["GET", "/split", 3], ["GET", "/status/201", 1]]
         truth = Counter(json.loads(client.run(
             python_cmd("http_client.py", server.ip, 8080, json.dumps(plan))).stdout))
         assert truth.pop("_connections") == 1

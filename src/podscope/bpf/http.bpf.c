@@ -777,7 +777,7 @@ static __always_inline void on_response_bytes(struct http_conn *c, const struct 
 	c->last_ns = now;
 	c->resp_bytes += ret;
 	if (!cx.head_len) {
-		count(HTTP_C_HEAD_TOO_LARGE);
+		count(HTTP_C_HEAD_INCOMPLETE);
 		c->framing = HTTP_FRAMING_UNKNOWN;
 	} else if (c->method == HTTP_M_HEAD || c->status == 204 || c->status == 304 ||
 		   c->status == 101) {

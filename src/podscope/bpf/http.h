@@ -55,7 +55,8 @@ enum http_counter {
 	HTTP_C_STREAM_LOST = 1,	    /* http_stream ring buffer full: that connection is dropped */
 	HTTP_C_MAP_FULL = 2,	    /* a connection or aggregate could not be stored */
 	HTTP_C_BAD_STATUS_LINE = 3, /* "HTTP/1." without a three-digit status */
-	HTTP_C_HEAD_TOO_LARGE = 4,  /* response head longer than HTTP_HEAD_MAX: framing unknown */
+	HTTP_C_HEAD_INCOMPLETE = 4, /* response head not within one syscall's first HTTP_HEAD_MAX bytes:
+				     * framing unknown, the response ends at the next request or close */
 	HTTP_C_UNREADABLE = 5,	    /* the syscall's buffer could not be read */
 	HTTP_C_STREAMED = 6,	    /* connections handed to user space */
 	HTTP_C_MAX = 7,

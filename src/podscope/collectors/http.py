@@ -35,7 +35,7 @@ METHOD_IDS = {v: k for k, v in METHODS.items()}
 FRAMINGS = {0: "unknown", 1: "length", 2: "chunked", 3: "empty"}
 # kernel counters (enum http_counter) that are parse errors, by reason
 _KERNEL_PARSE_ERRORS = {"HTTP_C_BAD_STATUS_LINE": "bad_status_line",
-                        "HTTP_C_HEAD_TOO_LARGE": "head_too_large",
+                        "HTTP_C_HEAD_INCOMPLETE": "response_head_incomplete",
                         "HTTP_C_UNREADABLE": "unreadable_buffer"}
 HIST_UNIT = 1e-9  # kernel histograms are in nanoseconds
 UNKNOWN_ROUTE = "__unknown__"  # the path of a hash was evicted before it was read
