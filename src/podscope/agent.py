@@ -62,7 +62,8 @@ class Agent:
                                  records=bool(self.files),
                                  capture_headers=self.cfg.http_capture_headers,
                                  route_budget=self.cfg.http_route_budget,
-                                 request_timeout=self.cfg.http_request_timeout)
+                                 request_timeout=self.cfg.http_request_timeout,
+                                 hooks=self.cfg.http_hooks)
             try:
                 http.start()
                 self.collectors.append(http)

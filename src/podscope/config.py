@@ -19,6 +19,7 @@ class Config:
     http_capture_headers: bool = False  # headers in records (redacted); streams HTTP to user space
     http_route_budget: int = 100  # distinct http_route values per pod; the rest are "__other__"
     http_request_timeout: float = 60.0  # seconds without a response: counted as unanswered
+    http_hooks: str = "auto"  # socket (tp_btf sock_*_length) | syscalls (syscall tracepoints)
 
     @classmethod
     def load(cls, path: str | None, overrides: dict[str, Any]) -> Config:

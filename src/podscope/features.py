@@ -34,7 +34,7 @@ class Probe:
 class Signal:
     name: str
     hooks: list[str]
-    ok: bool
+    ok: bool | None  # None: not available, but a fallback provides the signal
     detail: str = ""
 
 
@@ -45,7 +45,7 @@ class Report:
 
     @property
     def default_ok(self) -> bool:
-        return all(s.ok for s in self.signals)
+        return all(s.ok is not False for s in self.signals)
 
 
 def _mounted(path: str, fstype: str) -> bool:
@@ -158,10 +158,16 @@ TCP_SIGNALS: dict[str, list[str]] = {
 }
 
 
-# Signal -> programs of http.bpf.o it needs.
+# Signal -> programs of http.bpf.o it needs: the socket tracepoints, and the fallback.
 HTTP_SIGNALS: dict[str, list[str]] = {
     "http/1.x requests (tp_btf sock_recv_length/sock_send_length)": ["http_recv", "http_send"],
     "http requests ended by connection close": ["http_close"],
+}
+HTTP_FALLBACK_SIGNALS: dict[str, list[str]] = {
+    "http/1.x requests (fallback: syscall tracepoints)": [
+        f"http_sx_{n}" for n in ("read", "readv", "recvfrom", "recvmsg", "write", "writev",
+                                 "sendto", "sendmsg")],
+    "http requests ended by connection close (fallback)": ["http_sx_close"],
 }
 HTTP_HINT = ("HTTP needs the sock:sock_recv_length and sock:sock_send_length tracepoints and "
              "bpf_task_pt_regs (Linux 6.x); without them podscope runs with TCP signals only")
@@ -178,6 +184,9 @@ def probe_signals(family: str, table: dict[str, list[str]], hint: str = "") -> l
         obj = libbpf.BpfObject(libbpf.bpf_object_path(family), family)
     except libbpf.BpfError as e:
         return failed(e)
+    wanted = {p for progs in table.values() for p in progs}
+    for prog in obj.programs():  # load only what the table names (each program costs load time)
+        prog.autoload = prog.name in wanted or not prog.section.startswith(("tp_btf/", "tracepoint/"))
     try:
         try:
             obj.load()
@@ -211,7 +220,20 @@ def probe_tcp_signals() -> list[Signal]:
 def check() -> Report:
     preflight()
     return Report(probes=probe_all(),
-                  signals=probe_tcp_signals() + probe_signals("http", HTTP_SIGNALS, HTTP_HINT))
+                  signals=probe_tcp_signals() + probe_http_signals())
+
+
+def probe_http_signals() -> list[Signal]:
+    """The socket tracepoints; where they fail, whether the syscall-tracepoint fallback works."""
+    out = probe_signals("http", HTTP_SIGNALS, HTTP_HINT)
+    if all(s.ok for s in out):
+        return out
+    fallback = probe_signals("http", HTTP_FALLBACK_SIGNALS)
+    if all(s.ok for s in fallback):  # HTTP works, through the fallback
+        for s in out:
+            s.ok = None
+            s.detail += " (the syscall-tracepoint fallback below is used)"
+    return out + fallback
 
 
 def format_report(r: Report) -> str:

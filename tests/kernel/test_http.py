@@ -89,16 +89,21 @@ def test_nginx_with_ab_and_http_client_exact_counts(pods: PodNetwork, tmp_path: 
         agent.stop()
 
 
-@pytest.mark.parametrize("capture", ["kernel", "stream"])
+@pytest.mark.parametrize("capture", ["kernel", "stream", "syscalls"])
 def test_python_server_status_mix_and_latency(pods: PodNetwork, tmp_path: Path,
                                                capture: str) -> None:
     """The same exact counts whether the kernel pairs (default) or user space parses every byte
-    (header capture streams the connection)."""
+    (header capture streams the connection), and with the syscall-tracepoint hooks that kernels
+    without the socket tracepoints use."""
     server = pods.pod("server")
     client = pods.pod("client")
     start_py_server(server)
     exp = tmp_path / "http.jsonl"
     args = ["--export", f"jsonl:{exp}"] + (["--http-headers"] if capture == "stream" else [])
+    if capture == "syscalls":
+        cfg = tmp_path / "podscope.toml"
+        cfg.write_text('http_hooks = "syscalls"\n')
+        args += ["--config", str(cfg)]
     agent = AgentProc(args, tmp_path)
     try:
         plan = [["GET", "/status/200", 13], ["GET", "/status/404", 7], ["GET", "/status/500", 5],
@@ -112,7 +117,7 @@ def test_python_server_status_mix_and_latency(pods: PodNetwork, tmp_path: Path,
         total = sum(truth.values())
         recs = wait_records(exp, total, role="server", k8s_pod_uid=server.uid)
         assert len(recs) == total
-        assert {r["capture"] for r in recs} == {capture}
+        assert {r["capture"] for r in recs} == {"stream" if capture == "stream" else "kernel"}
         m = agent.metrics()
         assert by_method_status(m, SERVER_HIST, k8s_pod_uid=server.uid) == truth
         assert by_method_status(m, CLIENT_HIST, k8s_pod_uid=client.uid) == truth
@@ -129,6 +134,10 @@ def test_python_server_status_mix_and_latency(pods: PodNetwork, tmp_path: Path,
         assert all(r["peer_addr"] == server.ip and r["peer_port"] == 8080 for r in client_recs)
         if capture == "stream":
             assert m.value("podscope_http_connections_streamed_total") >= 2
+        if capture == "syscalls":  # ids that are not socket cookies
+            assert all(r["connection_id"] >= 1 << 63 for r in recs)
+        else:
+            assert all(r["connection_id"] < 1 << 63 for r in recs)
     finally:
         agent.stop()
 

@@ -48,8 +48,10 @@ const volatile __u32 max_tries = 16;	  /* data syscalls without an HTTP head bef
 #define NR_sendmsg  46
 #define NR_recvmsg  47
 #define SYSCALL_NR(r)	((long)(r)->orig_ax)
+#define SYSCALL_ARG1(r) ((r)->di)
 #define SYSCALL_ARG2(r) ((r)->si)
 #define SYSCALL_ARG3(r) ((r)->dx)
+#define SYSCALL_ARG4(r) ((r)->r10)
 #elif defined(__TARGET_ARCH_arm64)
 #define NR_readv    65
 #define NR_writev   66
@@ -60,8 +62,10 @@ const volatile __u32 max_tries = 16;	  /* data syscalls without an HTTP head bef
 #define NR_sendmsg  211
 #define NR_recvmsg  212
 #define SYSCALL_NR(r)	((long)(r)->syscallno)
+#define SYSCALL_ARG1(r) ((r)->orig_x0)
 #define SYSCALL_ARG2(r) ((r)->regs[1])
 #define SYSCALL_ARG3(r) ((r)->regs[2])
+#define SYSCALL_ARG4(r) ((r)->regs[3])
 #else
 #error "podscope: http.bpf.c knows the syscall numbers of x86 and arm64 only"
 #endif
@@ -430,15 +434,30 @@ static __always_inline int fetch_head(struct scratch *s, const struct io_desc *d
 
 /* ---- connections ---- */
 
-static __always_inline void conn_init(struct http_conn *c, const struct sock *sk, __u8 role)
+/* Connection ids where no socket cookie can be had (the syscall-tracepoint hooks): the high bit
+ * keeps them apart from cookies. */
+__u64 next_conn_id = 0;
+
+/* btf: sk is a BTF pointer (tp_btf hooks, direct loads); otherwise an address found through the
+ * fd table (syscall tracepoints), read with probe reads. A constant at every call site. */
+static __always_inline void conn_init(struct http_conn *c, const struct sock *sk, __u8 role,
+				      bool btf)
 {
-	c->id = bpf_get_socket_cookie((void *)sk);
 	c->pod.cgroup_id = bpf_get_current_cgroup_id(); /* the process doing the I/O */
-	c->pod.netns = skc_netns(&sk->__sk_common);
 	c->role = role;
-	c->family = sk->__sk_common.skc_family;
-	c->local_port = sk->__sk_common.skc_num;
-	c->peer_port = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (btf) {
+		c->id = bpf_get_socket_cookie((void *)sk);
+		c->pod.netns = skc_netns(&sk->__sk_common);
+		c->family = sk->__sk_common.skc_family;
+		c->local_port = sk->__sk_common.skc_num;
+		c->peer_port = bpf_ntohs(sk->__sk_common.skc_dport);
+	} else {
+		c->id = (1ULL << 63) | __sync_fetch_and_add(&next_conn_id, 1);
+		c->pod.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+		c->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+		c->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
+		c->peer_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	}
 	if (c->family == AF_INET6)
 		BPF_CORE_READ_INTO(&c->peer_addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
 	else
@@ -661,15 +680,19 @@ static __always_inline void to_stream(struct http_conn *c, const struct io_desc 
 
 /* ---- the in-kernel state machine ---- */
 
-/* Bytes in the request direction (server: read; client: write). */
-static __always_inline void on_request_bytes(struct http_conn *c, const struct io_desc *d,
-					     bool have, int ret, bool inbound, __u64 now)
+/* Bytes in the request direction (server: read; client: write). A global function, like
+ * on_response_bytes: the verifier checks it once instead of in every program (load time). */
+__noinline int on_request_bytes(struct http_conn *c, const struct io_desc *d, int have, int ret,
+				int inbound)
 {
+	__u64 now = bpf_ktime_get_ns();
 	struct scan_ctx cx = {};
 	struct scratch *s;
 	__u32 target = 0, t2;
 	__u8 method;
 
+	if (!c || !d)
+		return 0;
 	if (c->phase == HTTP_PHASE_REQUEST) {
 		/* body bytes, unless a second request comes before the first was answered
 		 * (pipelining across syscalls): then user space takes over */
@@ -677,16 +700,16 @@ static __always_inline void on_request_bytes(struct http_conn *c, const struct i
 			to_stream(c, d, ret, inbound);
 		else
 			c->req_bytes += ret;
-		return;
+		return 0;
 	}
 	if (!have || !(s = scratch()) || fetch_head(s, d, ret, &cx))
-		return;
+		return 0;
 	method = method_of(load8(s, 0), &target);
 	if (method == 0xff)
-		return;
+		return 0;
 	if (stream_all) {
 		to_stream(c, d, ret, inbound); /* header capture: user space parses everything */
-		return;
+		return 0;
 	}
 	if (c->phase == HTTP_PHASE_RESPONSE)
 		finish(c, c->last_ns); /* the previous response ran until now */
@@ -695,7 +718,7 @@ static __always_inline void on_request_bytes(struct http_conn *c, const struct i
 	if (cx.head_len && cx.head_len + 8 <= cx.n &&
 	    method_of(load8(s, cx.head_len), &t2) != 0xff) {
 		to_stream(c, d, ret, inbound);
-		return;
+		return 0;
 	}
 	c->method = method;
 	c->phase = HTTP_PHASE_REQUEST;
@@ -704,6 +727,7 @@ static __always_inline void on_request_bytes(struct http_conn *c, const struct i
 	c->req_bytes = ret;
 	c->pid = bpf_get_current_pid_tgid() >> 32;
 	read_target(c, s, &cx, target);
+	return 0;
 }
 
 static __always_inline bool chunked_end(const struct io_desc *d, int ret)
@@ -739,38 +763,40 @@ static __always_inline bool chunked_end_iov(const struct io_desc *d, int ret)
 }
 
 /* Bytes in the response direction (server: write; client: read). */
-static __always_inline void on_response_bytes(struct http_conn *c, const struct io_desc *d,
-					      bool have, int ret, bool inbound, __u64 now)
+__noinline int on_response_bytes(struct http_conn *c, const struct io_desc *d, int have, int ret)
 {
+	__u64 now = bpf_ktime_get_ns();
 	struct scan_ctx cx = {};
 	struct scratch *s;
 	__u8 st[4] = {};
 
+	if (!c || !d)
+		return 0;
 	if (c->phase == HTTP_PHASE_RESPONSE) {
 		c->resp_bytes += ret;
 		c->last_ns = now;
 		if ((c->framing == HTTP_FRAMING_LENGTH && c->resp_bytes >= c->resp_expect) ||
 		    (c->framing == HTTP_FRAMING_CHUNKED && have && chunked_end_iov(d, ret)))
 			finish(c, now);
-		return;
+		return 0;
 	}
 	if (c->phase != HTTP_PHASE_REQUEST || !have)
-		return; /* no request is waiting: not ours */
+		return 0; /* no request is waiting: not ours */
 	if (!(s = scratch()) || fetch_head(s, d, ret, &cx) || !is_response(load8(s, 0)))
-		return;
+		return 0;
 	cx.want_fields = 1;
 	scan_words(&cx);
 	__builtin_memcpy(st, &s->head[9], 3);
 	if (s->head[8] != ' ' || st[0] < '1' || st[0] > '5' || st[1] < '0' || st[1] > '9' ||
 	    st[2] < '0' || st[2] > '9') {
 		count(HTTP_C_BAD_STATUS_LINE);
-		return;
+		return 0;
 	}
 	c->status = (st[0] - '0') * 100 + (st[1] - '0') * 10 + (st[2] - '0');
 	if (c->status < 200 && c->status != 101) {
 		c->status = 0;
 		c->resp_bytes += ret; /* 100 Continue, 103 Early Hints: the final response follows */
-		return;
+		return 0;
 	}
 	c->phase = HTTP_PHASE_RESPONSE;
 	c->resp_start = now;
@@ -798,20 +824,21 @@ static __always_inline void on_response_bytes(struct http_conn *c, const struct 
 		if (upgraded)
 			c->mode = HTTP_MODE_OFF; /* WebSocket, h2c: no longer HTTP/1.x */
 	}
+	return 0;
 }
 
-static __always_inline int on_data(struct sock *sk, int ret, bool inbound)
+static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool btf)
 {
 	__u64 key = (__u64)(unsigned long)sk;
 	struct http_conn *c;
 	struct io_desc d = {};
-	__u64 now, w;
 	__u32 target;
 	bool have;
+	__u64 w;
 	__u8 role;
 
-	if (sk->sk_protocol != IPPROTO_TCP)
-		return 0;
+	if (btf && sk->sk_protocol != IPPROTO_TCP)
+		return 0; /* the syscall path checked it while finding the socket */
 	c = bpf_map_lookup_elem(&http_conns, &key);
 	if (ret <= 0) {
 		/* end of file from the peer: a response delimited by the close is complete */
@@ -853,14 +880,13 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound)
 				c->mode = HTTP_MODE_OFF;
 			return 0;
 		}
-		conn_init(c, sk, role);
+		conn_init(c, sk, role, btf);
 		c->mode = HTTP_MODE_KERNEL;
 	}
-	now = bpf_ktime_get_ns();
 	if ((c->role == HTTP_ROLE_SERVER) == inbound)
-		on_request_bytes(c, &d, have, ret, inbound, now);
+		on_request_bytes(c, &d, have, ret, inbound);
 	else
-		on_response_bytes(c, &d, have, ret, inbound, now);
+		on_response_bytes(c, &d, have, ret);
 	return 0;
 }
 
@@ -869,18 +895,83 @@ int BPF_PROG(http_recv, struct sock *sk, int ret, int flags)
 {
 	if (flags & 2 /* MSG_PEEK: the same bytes will be read again */)
 		return 0;
-	return on_data(sk, ret, true);
+	return on_data(sk, ret, true, true);
 }
 
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(http_send, struct sock *sk, int ret, int flags)
 {
-	return on_data(sk, ret, false);
+	return on_data(sk, ret, false, true);
 }
 
-/* The socket is destroyed: whatever is in flight ends here. */
-SEC("tp_btf/tcp_destroy_sock")
-int BPF_PROG(http_close, struct sock *sk)
+/* ---- fallback for kernels without the sock_*_length tracepoints: syscall tracepoints ----
+ * Loaded only when chosen (user space turns autoload on). Each fires for every read/write/...
+ * of every process; the fd is looked up in the task's fd table and only TCP sockets go on. */
+
+#define S_IFMT	 00170000
+#define S_IFSOCK 0140000
+#define SOCK_STREAM 1
+
+static __always_inline struct sock *fd_tcp_sock(long fd)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct file **fds, *f = 0;
+	struct socket *so;
+	struct sock *sk;
+
+	if (fd < 0 || fd > 0xfffff)
+		return 0;
+	fds = BPF_CORE_READ(t, files, fdt, fd);
+	if (!fds || bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return 0;
+	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return 0;
+	so = BPF_CORE_READ(f, private_data);
+	if (!so || BPF_CORE_READ(so, type) != SOCK_STREAM)
+		return 0;
+	sk = BPF_CORE_READ(so, sk);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	return sk;
+}
+
+static __always_inline int on_syscall_exit(long ret, bool inbound, int peek_arg)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs(t);
+	struct sock *sk;
+	long flags = 0;
+
+	if (ret < 0 || !r)
+		return 0;
+	if (peek_arg == 3)
+		flags = SYSCALL_ARG3(r);
+	else if (peek_arg == 4)
+		flags = SYSCALL_ARG4(r);
+	if (flags & 2 /* MSG_PEEK */)
+		return 0;
+	sk = fd_tcp_sock(SYSCALL_ARG1(r));
+	if (!sk)
+		return 0;
+	return on_data(sk, ret, inbound, false);
+}
+
+#define SYSCALL_EXIT_PROG(name, inbound, peek_arg)                                                 \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                                                 \
+	int http_sx_##name(struct trace_event_raw_sys_exit *ctx)                                    \
+	{                                                                                          \
+		return on_syscall_exit(ctx->ret, inbound, peek_arg);                                \
+	}
+SYSCALL_EXIT_PROG(read, true, 0)
+SYSCALL_EXIT_PROG(readv, true, 0)
+SYSCALL_EXIT_PROG(recvfrom, true, 4)
+SYSCALL_EXIT_PROG(recvmsg, true, 3)
+SYSCALL_EXIT_PROG(write, false, 0)
+SYSCALL_EXIT_PROG(writev, false, 0)
+SYSCALL_EXIT_PROG(sendto, false, 0)
+SYSCALL_EXIT_PROG(sendmsg, false, 0)
+
+static __always_inline int on_destroy(const void *sk)
 {
 	__u64 key = (__u64)(unsigned long)sk;
 	struct http_conn *c = bpf_map_lookup_elem(&http_conns, &key);
@@ -893,4 +984,17 @@ int BPF_PROG(http_close, struct sock *sk)
 		stream_emit(c, 0, 0, false, HTTP_S_CLOSE);
 	bpf_map_delete_elem(&http_conns, &key);
 	return 0;
+}
+
+/* The socket is destroyed: whatever is in flight ends here. */
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(http_close, struct sock *sk)
+{
+	return on_destroy(sk);
+}
+
+SEC("tracepoint/tcp/tcp_destroy_sock")
+int http_sx_close(struct trace_event_raw_tcp_event_sk *ctx)
+{
+	return on_destroy(ctx->skaddr);
 }

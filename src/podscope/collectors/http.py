@@ -109,7 +109,7 @@ class HttpCollector:
 
     def __init__(self, store: MetadataStore, emit: Emit | None = None, records: bool = False,
                  capture_headers: bool = False, route_budget: int = 100,
-                 request_timeout: float = 60.0):
+                 request_timeout: float = 60.0, hooks: str = "auto"):
         self.store = store
         self.emit = emit
         self.records = bool(records and emit)
@@ -118,6 +118,9 @@ class HttpCollector:
         self.budget = RouteBudget(route_budget)
         self.obj = libbpf.BpfObject(libbpf.bpf_object_path("http"), "http")
         self.obj.set_rodata(emit_records=self.records, stream_all=capture_headers)
+        self.hooks = self._choose_hooks(hooks)
+        for prog in self.obj.programs():
+            prog.autoload = (prog.section.startswith("tracepoint/")) == (self.hooks == "syscalls")
         o = self.obj
         self.AggKey = o.struct("http_agg_key")
         self.Agg = o.struct("http_agg")
@@ -148,6 +151,27 @@ class HttpCollector:
         self._addr_cache: dict[tuple[int, bytes], str] = {}
         self._target_cache: dict[str, tuple[str, str]] = {}
 
+    @staticmethod
+    def _choose_hooks(hooks: str) -> str:
+        """"socket": tp_btf/sock_{recv,send}_length, which fire for socket I/O only. "syscalls":
+        the read/write/... syscall tracepoints (every process's every such syscall pays), for
+        kernels without the socket tracepoints. "auto": socket where the kernel has them."""
+        if hooks not in ("auto", "socket", "syscalls"):
+            raise ValueError(f"http_hooks {hooks!r}: expected auto, socket or syscalls")
+        if hooks != "auto":
+            return hooks
+        vmlinux = libbpf.Btf.vmlinux()
+        try:
+            for tp in ("btf_trace_sock_recv_length", "btf_trace_sock_send_length"):
+                vmlinux.find(tp, libbpf.KIND_TYPEDEF)
+            return "socket"
+        except KeyError:
+            log.info("no sock_recv_length/sock_send_length tracepoints: HTTP uses the syscall "
+                     "tracepoints (read, write, ...), which cost every such syscall a little")
+            return "syscalls"
+        finally:
+            vmlinux.close()
+
     # --- life cycle ---
     def start(self) -> None:
         o = self.obj
@@ -157,7 +181,8 @@ class HttpCollector:
         o.map("http_conns").check_types(ct.c_uint64, self.Conn)
         o.load()
         for prog in o.programs():
-            prog.attach()
+            if prog.autoload:
+                prog.attach()
         self._ring = libbpf.RingBuffer(o.map("http_stream"), self._on_stream)
         if self.records:
             self._ring.add(o.map("http_records"), self._on_record)
