@@ -5,6 +5,7 @@ Workloads, each in two test pods, alternating rounds with the agent off and on:
   handler-1ms   Python http.server doing ~1 ms of CPU work per request, wrk keep-alive (-c1)
   nginx-records nginx-tiny again with one record per request exported (--export jsonl): agent CPU
                 and ring-buffer losses at the highest request rate
+  nginx-syscalls nginx-tiny with http_hooks = "syscalls" (the fallback hooks), for comparison
 
 Reports per workload: median throughput ratio on/off, p99 latency ratio, BPF run time per
 request (kernel.bpf_stats_enabled), agent CPU per 10k requests, events lost, agent peak RSS.
@@ -36,7 +37,9 @@ from podscope.testing.servers import start_nginx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MY_PROGS = {"tcp_state", "tcp_rst_send", "tcp_rst_recv", "tcp_drop", "tcp_iter",
-            "http_recv", "http_send", "http_close"}
+            "http_recv", "http_send", "http_close", "http_sx_close"} | {
+    f"http_sx_{n}" for n in ("read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto",
+                             "sendmsg")}
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
@@ -101,6 +104,9 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float) -> dict[st
     tmp = tempfile.mkdtemp(prefix="podscope-bench-")
     if name.endswith("records"):
         agent_args = ["--export", f"jsonl:{tmp}/records.jsonl"]
+    if name.endswith("syscalls"):
+        Path(f"{tmp}/podscope.toml").write_text('http_hooks = "syscalls"\n')
+        agent_args = ["--config", f"{tmp}/podscope.toml"]
     wrk(client, url, 2, conns, threads)  # warm-up
     ratios, p99_ratios, off_rps, on_rps = [], [], [], []
     on_requests = lost = 0
@@ -160,7 +166,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--only", action="append", default=[],
-                    choices=["nginx-tiny", "handler-1ms", "nginx-records"])
+                    choices=["nginx-tiny", "handler-1ms", "nginx-records", "nginx-syscalls"])
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "http_overhead.json"))
     a = ap.parse_args()
     with PodNetwork() as net:
