@@ -1,0 +1,316 @@
+"""HTTP/2 (and gRPC over it) from the captured byte streams of one connection. Pure, no I/O.
+
+`H2Connection` takes each direction's bytes as the syscalls delivered them, parses frames, decodes
+header blocks with the `hpack` library (one decoder per direction), and returns a finished
+`H2Request` per stream. A connection whose start was not seen has no dynamic table: header fields
+that refer to it are reported as unknown, never guessed, and the request's `outcome` says so
+("full", "partial", "none"). Malformed input raises `H2Error` with a short `reason`; the caller
+counts it and starts the connection over. State is bounded: streams, header blocks and the
+dynamic tables have caps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hpack import Decoder, HPACKError
+from hpack.table import HeaderTable
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+UNKNOWN = "__unknown__"
+
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
+    CONTINUATION = range(10)
+END_STREAM, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x4, 0x8, 0x20
+SETTINGS_HEADER_TABLE_SIZE = 0x1
+
+MAX_FRAME = 1 << 24  # the protocol's own limit (24-bit length)
+MAX_HEADER_BLOCK = 256 * 1024  # one header block, CONTINUATIONs included
+MAX_TABLE = 64 * 1024  # dynamic table size we are willing to mirror
+MAX_STREAMS = 4096  # open streams tracked per connection
+
+
+class H2Error(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Table(HeaderTable):
+    """An HPACK table that, when the connection's start was not seen, answers references to
+    entries it never saw with a marker instead of failing the whole header block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.synced = True
+        self.misses = 0
+
+    def get_by_index(self, index: int) -> tuple[bytes, bytes]:
+        try:
+            return super().get_by_index(index)
+        except HPACKError:
+            if self.synced:
+                raise
+            self.misses += 1
+            return (UNKNOWN.encode(), UNKNOWN.encode())
+
+
+@dataclass
+class H2Request:
+    stream_id: int
+    method: str = UNKNOWN
+    path: str = UNKNOWN
+    authority: str = ""
+    status: int = 0  # 0: none (reset, or not decoded)
+    grpc_status: int | None = None
+    grpc_message: str = ""
+    content_type: str = ""
+    req_bytes: int = 0  # DATA payload, both ways
+    resp_bytes: int = 0
+    start_ns: int = 0
+    end_ns: int = 0
+    reset: bool = False
+    outcome: str = "full"  # full | partial | none
+    _req_done: bool = False
+    _resp_done: bool = False
+
+    @property
+    def is_grpc(self) -> bool:
+        return self.content_type.startswith("application/grpc")
+
+
+@dataclass
+class _Direction:
+    is_client: bool
+    buf: bytearray = field(default_factory=bytearray)
+    table: _Table = field(default_factory=_Table)
+    decoder: Decoder = field(init=False)
+    preface_left: int = 0
+    skip: int = 0  # DATA payload bytes still to pass (not captured)
+    block: bytearray = field(default_factory=bytearray)  # header block being assembled
+    block_stream: int = 0
+    block_flags: int = 0
+
+    def __post_init__(self) -> None:
+        self.decoder = Decoder()
+        self.decoder.header_table = self.table
+        self.decoder.max_allowed_table_size = MAX_TABLE
+
+
+class H2Connection:
+    """role: "server" (this side received the preface) or "client". seen_start: False when the
+    capture began mid-connection (no preface seen): decoding is then partial where it must be."""
+
+    def __init__(self, role: str, seen_start: bool = True):
+        self.role = role
+        self.client = _Direction(True)
+        self.server = _Direction(False)
+        if seen_start:
+            self.client.preface_left = len(PREFACE)
+        else:
+            for d in (self.client, self.server):
+                d.table.synced = False
+        self.streams: dict[int, H2Request] = {}
+
+    # --- input ---
+    def feed(self, from_client: bool, data: bytes, ts: int, uncaptured: int = 0) -> list[H2Request]:
+        """Bytes one side sent (then `uncaptured` bytes that were not copied). Returns the
+        requests these bytes finished."""
+        d = self.client if from_client else self.server
+        out: list[H2Request] = []
+        if d.preface_left:
+            take = min(d.preface_left, len(data))
+            if PREFACE[len(PREFACE) - d.preface_left:][:take] != data[:take]:
+                raise H2Error("bad_preface")
+            d.preface_left -= take
+            data = data[take:]
+        d.buf += data
+        self._frames(d, ts, out)
+        if uncaptured:
+            self._gap(d, uncaptured)
+        return out
+
+    def _gap(self, d: _Direction, n: int) -> None:
+        """Bytes we did not see: only DATA payload can be passed over."""
+        if d.buf:
+            raise H2Error("truncated")
+        if n > d.skip:
+            raise H2Error("truncated")
+        d.skip -= n
+
+    def _frames(self, d: _Direction, ts: int, out: list[H2Request]) -> None:
+        buf = d.buf
+        pos = 0
+        while True:
+            if d.skip:
+                take = min(d.skip, len(buf) - pos)
+                d.skip -= take
+                pos += take
+                if d.skip:
+                    break
+            if len(buf) - pos < 9:
+                break
+            length = int.from_bytes(buf[pos:pos + 3], "big")
+            ftype, flags = buf[pos + 3], buf[pos + 4]
+            sid = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+            if length > MAX_FRAME:
+                raise H2Error("frame_too_large")
+            if ftype == DATA and len(buf) - pos < 9 + length:
+                # DATA payload is only counted: do not wait for (or keep) its bytes
+                avail = len(buf) - pos - 9
+                self._data(d, sid, flags, length, ts, out, complete=False)
+                d.skip = length - avail
+                pos = len(buf)
+                break
+            if len(buf) - pos < 9 + length:
+                if length > MAX_HEADER_BLOCK:
+                    raise H2Error("frame_too_large")
+                break
+            payload = bytes(buf[pos + 9:pos + 9 + length])
+            pos += 9 + length
+            self._frame(d, ftype, flags, sid, payload, ts, out)
+        del buf[:pos]
+        if len(buf) > MAX_HEADER_BLOCK + 9:
+            raise H2Error("frame_too_large")
+
+    # --- frames ---
+    def _frame(self, d: _Direction, ftype: int, flags: int, sid: int, payload: bytes, ts: int,
+               out: list[H2Request]) -> None:
+        if d.block and ftype != CONTINUATION:
+            raise H2Error("continuation_expected")
+        if ftype == DATA:
+            self._data(d, sid, flags, len(payload), ts, out, complete=True)
+        elif ftype in (HEADERS, PUSH_PROMISE):
+            if ftype == PUSH_PROMISE:
+                return  # a promised stream's headers: not a request of this client
+            frag = _strip(payload, flags, ftype)
+            d.block = bytearray(frag)
+            d.block_stream, d.block_flags = sid, flags
+            if flags & END_HEADERS:
+                self._headers(d, ts, out)
+        elif ftype == CONTINUATION:
+            if not d.block or sid != d.block_stream:
+                raise H2Error("unexpected_continuation")
+            d.block += payload
+            if len(d.block) > MAX_HEADER_BLOCK:
+                raise H2Error("headers_too_large")
+            if flags & END_HEADERS:
+                self._headers(d, ts, out)
+        elif ftype == RST_STREAM:
+            st = self.streams.pop(sid, None)
+            if st is not None:
+                st.reset = True
+                st.end_ns = ts
+                out.append(st)
+        elif ftype == SETTINGS and not flags & 0x1:
+            for i in range(0, len(payload) - 5, 6):
+                ident = int.from_bytes(payload[i:i + 2], "big")
+                if ident == SETTINGS_HEADER_TABLE_SIZE:
+                    value = int.from_bytes(payload[i + 2:i + 6], "big")
+                    # the sender's decoder limit: binds the other side's encoder
+                    other = self.server if d.is_client else self.client
+                    other.decoder.max_allowed_table_size = min(value, MAX_TABLE)
+        elif ftype == GOAWAY and len(payload) >= 4:
+            last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+            for sid2 in [s for s in self.streams if s > last]:
+                st = self.streams.pop(sid2)
+                st.reset = True
+                st.end_ns = ts
+                out.append(st)
+
+    def _data(self, d: _Direction, sid: int, flags: int, length: int, ts: int,
+              out: list[H2Request], complete: bool) -> None:
+        st = self.streams.get(sid)
+        if st is None:
+            return
+        if d.is_client:
+            st.req_bytes += length
+        else:
+            st.resp_bytes += length
+        if flags & END_STREAM:
+            self._end(d, st, ts, out)
+
+    def _headers(self, d: _Direction, ts: int, out: list[H2Request]) -> None:
+        sid, flags, block = d.block_stream, d.block_flags, bytes(d.block)
+        d.block = bytearray()
+        misses = d.table.misses
+        try:
+            headers = d.decoder.decode(block, raw=True)
+        except HPACKError:
+            if d.table.synced:
+                raise H2Error("hpack") from None
+            headers = None
+        if headers is None:
+            outcome = "none"
+        else:
+            outcome = "partial" if d.table.misses > misses else "full"
+        st = self.streams.get(sid)
+        if d.is_client and st is None:
+            if len(self.streams) >= MAX_STREAMS:
+                raise H2Error("too_many_streams")
+            st = self.streams[sid] = H2Request(sid, start_ns=ts, outcome=outcome)
+        if st is None:
+            return  # the server speaks on a stream whose request we never saw
+        if outcome != "full" and st.outcome != "none":
+            st.outcome = outcome
+        for name, value in headers or []:
+            n, v = name.decode("latin-1"), value.decode("latin-1")
+            if n == ":method":
+                st.method = v
+            elif n == ":path":
+                st.path = v
+            elif n == ":authority":
+                st.authority = v
+            elif n == ":status" and v.isdigit():
+                st.status = int(v)
+            elif n == "grpc-status" and v.isdigit():
+                st.grpc_status = int(v)
+            elif n == "grpc-message":
+                st.grpc_message = v
+            elif n == "content-type" and not st.content_type:
+                st.content_type = v
+        if flags & END_STREAM:
+            self._end(d, st, ts, out)
+
+    def _end(self, d: _Direction, st: H2Request, ts: int, out: list[H2Request]) -> None:
+        if d.is_client:
+            st._req_done = True
+        else:
+            st._resp_done = True
+            st.end_ns = ts
+        if st._resp_done:  # a response that ends first ends the exchange (the server is done)
+            self.streams.pop(st.stream_id, None)
+            out.append(st)
+
+    def close(self, ts: int) -> list[H2Request]:
+        """The connection ended: what is still open did not finish."""
+        out = []
+        for st in self.streams.values():
+            st.reset = True
+            st.end_ns = ts
+            out.append(st)
+        self.streams.clear()
+        return out
+
+
+def _strip(payload: bytes, flags: int, ftype: int) -> bytes:
+    """The header block fragment of a HEADERS frame (padding and priority removed)."""
+    pos, end = 0, len(payload)
+    if flags & PADDED:
+        if not payload:
+            raise H2Error("bad_padding")
+        end -= payload[0]
+        pos = 1
+    if ftype == HEADERS and flags & PRIORITY_FLAG:
+        pos += 5
+    if end < pos:
+        raise H2Error("bad_padding")
+    return payload[pos:end]
+
+
+def grpc_service_method(path: str) -> tuple[str, str]:
+    """'/pkg.Service/Method' -> ('pkg.Service', 'Method'); unknown parts stay UNKNOWN."""
+    parts = path.split("/")
+    if len(parts) == 3 and not parts[0] and parts[1] and parts[2]:
+        return parts[1], parts[2]
+    return UNKNOWN, UNKNOWN

@@ -1,0 +1,158 @@
+"""HTTP/2 framing and HPACK state per connection (protocols.http2), table-driven, plus fuzz."""
+
+from __future__ import annotations
+
+from hpack import Encoder
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from podscope.protocols.http2 import (
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    HEADERS,
+    PREFACE,
+    RST_STREAM,
+    SETTINGS,
+    UNKNOWN,
+    H2Connection,
+    H2Error,
+    grpc_service_method,
+)
+
+
+def frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + sid.to_bytes(4, "big") + payload
+
+
+class Peer:
+    def __init__(self) -> None:
+        self.enc = Encoder()
+
+    def headers(self, sid: int, hdrs: list[tuple[str, str]], end: bool = False) -> bytes:
+        return frame(HEADERS, END_HEADERS | (END_STREAM if end else 0), sid, self.enc.encode(hdrs))
+
+
+def grpc_req(c: Peer, sid: int, method: str) -> bytes:
+    return c.headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", method),
+                           (":authority", "svc:50051"), ("content-type", "application/grpc"),
+                           ("te", "trailers")]) + frame(DATA, END_STREAM, sid, b"\0\0\0\0\3abc")
+
+
+def grpc_resp(s: Peer, sid: int, status: int) -> bytes:
+    resp = s.headers(sid, [(":status", "200"), ("content-type", "application/grpc")])
+    resp += frame(DATA, 0, sid, b"\0\0\0\0\2ok")
+    return resp + s.headers(sid, [("grpc-status", str(status)), ("grpc-message", "m")], end=True)
+
+
+def grpc_call(c: Peer, s: Peer, sid: int, method: str, status: int) -> tuple[bytes, bytes]:
+    return grpc_req(c, sid, method), grpc_resp(s, sid, status)
+
+
+def test_grpc_unary_calls_and_concurrent_streams() -> None:
+    conn = H2Connection("server")
+    c, s = Peer(), Peer()
+    assert conn.feed(True, PREFACE + frame(SETTINGS, 0, 0, b""), 1) == []
+    r1, r3 = grpc_req(c, 1, "/pkg.Greeter/Hello"), grpc_req(c, 3, "/pkg.Greeter/Bye")
+    p3, p1 = grpc_resp(s, 3, 5), grpc_resp(s, 1, 0)  # answered out of order
+    conn.feed(True, r1 + r3, 10)  # two streams in flight
+    done = conn.feed(False, p3, 20) + conn.feed(False, p1, 30)
+    assert [(d.stream_id, d.path, d.grpc_status, d.status, d.outcome) for d in done] == [
+        (3, "/pkg.Greeter/Bye", 5, 200, "full"), (1, "/pkg.Greeter/Hello", 0, 200, "full")]
+    assert [(d.start_ns, d.end_ns, d.req_bytes, d.resp_bytes) for d in done] == [
+        (10, 20, 8, 7), (10, 30, 8, 7)]
+    assert done[0].is_grpc and grpc_service_method(done[0].path) == ("pkg.Greeter", "Bye")
+    assert not conn.streams
+
+
+def test_trailers_only_reset_and_split_frames() -> None:
+    conn = H2Connection("server")
+    c, s = Peer(), Peer()
+    req = PREFACE + c.headers(1, [(":method", "GET"), (":path", "/a"), (":scheme", "http"),
+                                  (":authority", "x")], end=True)
+    for i in range(len(req)):  # one byte at a time
+        conn.feed(True, req[i:i + 1], 5)
+    done = conn.feed(False, s.headers(1, [(":status", "200"), ("content-type", "application/grpc"),
+                                          ("grpc-status", "5")], end=True), 9)
+    assert [(d.method, d.path, d.grpc_status) for d in done] == [("GET", "/a", 5)]
+    conn.feed(True, c.headers(3, [(":method", "GET"), (":path", "/b")], end=True), 11)
+    done = conn.feed(False, frame(RST_STREAM, 0, 3, b"\0\0\0\x08"), 12)
+    assert done[0].reset and done[0].status == 0
+
+
+def test_large_data_is_counted_not_kept() -> None:
+    conn = H2Connection("server")
+    c = Peer()
+    conn.feed(True, PREFACE + c.headers(1, [(":method", "POST"), (":path", "/up")]), 1)
+    hdr = frame(DATA, END_STREAM, 1, b"x" * 100000)[:9]
+    conn.feed(True, hdr + b"x" * 1000, 2, uncaptured=99000)
+    assert conn.streams[1].req_bytes == 100000 and not conn.client.buf
+
+
+def test_mid_connection_start_decodes_what_it_can_and_never_guesses() -> None:
+    c, s = Peer(), Peer()
+    early = [grpc_call(c, s, sid, "/pkg.Svc/Warm", 0) for sid in (1, 3)]  # fills dynamic tables
+    assert early
+    conn = H2Connection("server", seen_start=False)
+    # the path is now an indexed dynamic entry the late observer never saw
+    r5, p5 = grpc_call(c, s, 5, "/pkg.Svc/Warm", 0)
+    conn.feed(True, r5, 1)
+    (d,) = conn.feed(False, p5, 2)
+    assert d.outcome == "partial" and d.path == UNKNOWN
+    # a new path is sent as a literal with indexing: decoded, and indexed for later
+    r7, p7 = grpc_call(c, s, 7, "/pkg.Svc/Fresh", 9)
+    conn.feed(True, r7, 3)
+    (d,) = conn.feed(False, p7, 4)
+    assert d.path == "/pkg.Svc/Fresh"  # a literal with a static-table name: decoded
+    # "grpc-status: 9" is a literal too, but its name is a dynamic entry this observer never
+    # saw: unknown, not guessed
+    assert d.grpc_status is None and d.outcome == "partial"
+    r9, p9 = grpc_call(c, s, 9, "/pkg.Svc/Fresh", 0)
+    conn.feed(True, r9, 5)
+    (d,) = conn.feed(False, p9, 6)
+    assert d.path == "/pkg.Svc/Fresh"  # from the part of the table this observer saw
+
+
+def test_header_flood_is_bounded() -> None:
+    conn = H2Connection("server")
+    conn.feed(True, PREFACE, 0)
+    try:
+        conn.feed(True, frame(HEADERS, 0, 1, b"\x00" * 1000) +
+                  b"".join(frame(9, 0, 1, b"\x00" * 16000) for _ in range(20)), 1)
+    except H2Error as e:
+        assert e.reason == "headers_too_large"
+    else:
+        raise AssertionError("no limit")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=120)), max_size=10), st.booleans())
+def test_fuzz_only_h2error(chunks: list[tuple[bool, bytes]], seen: bool) -> None:
+    conn = H2Connection("server", seen_start=seen)
+    c, s = Peer(), Peer()
+    req, resp = grpc_call(c, s, 1, "/a.B/C", 0)
+    base = [(True, PREFACE if seen else b""), (True, req), (False, resp)]
+    for from_client, data in base[:1] + chunks + base[1:]:
+        try:
+            conn.feed(from_client, data, 1)
+        except H2Error:
+            conn = H2Connection("server", seen_start=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_fuzz_mutated_frames(data: st.DataObject) -> None:
+    c, s = Peer(), Peer()
+    req, resp = grpc_call(c, s, 1, "/a.B/C", 13)
+    stream = bytearray(PREFACE + req)
+    for _ in range(data.draw(st.integers(0, 6))):
+        i = data.draw(st.integers(0, len(stream) - 1))
+        stream[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(stream)))
+    conn = H2Connection("server")
+    try:
+        conn.feed(True, bytes(stream[:cut]), 1)
+        conn.feed(True, bytes(stream[cut:]), 2)
+        conn.feed(False, resp, 3)
+    except H2Error:
+        pass
