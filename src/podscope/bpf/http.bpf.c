@@ -284,6 +284,12 @@ static __always_inline bool is_response(__u64 w)
 	return (w & M7) == W8('H', 'T', 'T', 'P', '/', '1', '.', 0);
 }
 
+/* The start of the HTTP/2 client preface, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n". */
+static __always_inline bool is_h2_preface(__u64 w)
+{
+	return w == W8('P', 'R', 'I', ' ', '*', ' ', 'H', 'T');
+}
+
 /* ---- head scanning: 8 bytes per step, a closer look only at line starts ---- */
 
 struct scan_ctx {
@@ -584,6 +590,34 @@ static __always_inline void finish(struct http_conn *c, __u64 end_ns)
 
 /* ---- streaming (user space parses) ---- */
 
+struct iov_ctx {
+	__u64 iov_ptr;
+	__u64 cnt;
+	__u32 cap;  /* bytes copied so far */
+	__u32 left; /* bytes still to copy */
+};
+
+/* One iovec entry's bytes into s->data (a bpf_loop callback). */
+static long copy_iov(__u32 i, struct iov_ctx *x)
+{
+	struct scratch *s = scratch();
+	struct iovec v;
+	__u32 take;
+
+	if (!s || i >= x->cnt || !x->left)
+		return 1;
+	if (bpf_probe_read_user(&v, sizeof(v), (void *)(x->iov_ptr + i * sizeof(v))))
+		return 1;
+	take = v.iov_len < x->left ? v.iov_len : x->left;
+	if (take > HTTP_CHUNK_MAX)
+		take = HTTP_CHUNK_MAX;
+	if (bpf_probe_read_user(&s->data[x->cap & (HTTP_CHUNK_MAX - 1)], take, v.iov_base))
+		return 1;
+	x->cap += take;
+	x->left -= take;
+	return 0;
+}
+
 static __always_inline void stream_emit(struct http_conn *c, const struct io_desc *d, int ret,
 					bool inbound, __u8 kind)
 {
@@ -599,27 +633,19 @@ static __always_inline void stream_emit(struct http_conn *c, const struct io_des
 	if (left > HTTP_CHUNK_MAX)
 		left = HTTP_CHUNK_MAX;
 	if (d && kind == HTTP_S_DATA) {
-		for (int i = 0; i < HTTP_IOV_MAX; i++) {
-			struct iovec v;
-			__u32 take;
+		if (!d->iov_ptr) {
+			__u32 take = d->len < left ? d->len : left;
 
-			if (i >= d->cnt || !left)
-				break;
-			if (i == 0) {
-				v.iov_base = (void *)d->base;
-				v.iov_len = d->len;
-			} else if (bpf_probe_read_user(&v, sizeof(v),
-						       (void *)(d->iov_ptr + i * sizeof(v)))) {
-				break;
-			}
-			take = v.iov_len < left ? v.iov_len : left;
 			if (take > HTTP_CHUNK_MAX)
 				take = HTTP_CHUNK_MAX;
-			if (bpf_probe_read_user(&s->data[cap & (HTTP_CHUNK_MAX - 1)], take,
-						v.iov_base))
-				break;
-			cap += take;
-			left -= take;
+			if (!bpf_probe_read_user(s->data, take, (void *)d->base))
+				cap = take;
+		} else {
+			/* gRPC and friends write many small buffers at once */
+			struct iov_ctx x = { .iov_ptr = d->iov_ptr, .cnt = d->cnt, .left = left };
+
+			bpf_loop(HTTP_IOV_STREAM_MAX, copy_iov, &x, 0);
+			cap = x.cap;
 		}
 	}
 	if (cap > HTTP_CHUNK_MAX)
@@ -639,6 +665,8 @@ static __always_inline void stream_emit(struct http_conn *c, const struct io_des
 	ev->peer_port = c->peer_port;
 	__builtin_memcpy(ev->peer_addr, c->peer_addr, sizeof(ev->peer_addr));
 	ev->method = c->method;
+	ev->proto = c->proto;
+	ev->sk = c->sk;
 	err = bpf_ringbuf_output(&http_stream, ev, sizeof(*ev) + cap, 0);
 	if (err)
 		count(HTTP_C_STREAM_LOST);
@@ -652,6 +680,7 @@ static __always_inline void to_stream(struct http_conn *c, const struct io_desc 
 	struct scratch *s;
 
 	c->mode = HTTP_MODE_STREAM;
+	c->proto = HTTP_PROTO_1;
 	if (c->phase == HTTP_PHASE_REQUEST && (s = scratch())) {
 		__builtin_memcpy(s->data, c->path, HTTP_PATH_MAX);
 		s->ev.conn_id = c->id;
@@ -666,6 +695,8 @@ static __always_inline void to_stream(struct http_conn *c, const struct io_desc 
 		s->ev.role = c->role;
 		s->ev.family = c->family;
 		s->ev.method = c->method;
+		s->ev.proto = HTTP_PROTO_1;
+		s->ev.sk = c->sk;
 		s->ev.local_port = c->local_port;
 		s->ev.peer_port = c->peer_port;
 		__builtin_memcpy(s->ev.peer_addr, c->peer_addr, sizeof(s->ev.peer_addr));
@@ -821,10 +852,28 @@ __noinline int on_response_bytes(struct http_conn *c, const struct io_desc *d, i
 		bool upgraded = c->status == 101;
 
 		finish(c, now);
-		if (upgraded)
-			c->mode = HTTP_MODE_OFF; /* WebSocket, h2c: no longer HTTP/1.x */
+		if (upgraded) { /* WebSocket or h2c: look at the connection afresh (h2c: a preface) */
+			c->mode = HTTP_MODE_NEW;
+			c->tries = 0;
+		}
 	}
 	return 0;
+}
+
+static __always_inline struct http_conn *conn_new(__u64 key)
+{
+	struct scratch *s = scratch();
+	struct http_conn *c;
+
+	if (!s)
+		return 0;
+	__builtin_memset(&s->conn, 0, sizeof(s->conn));
+	s->conn.sk = key;
+	bpf_map_update_elem(&http_conns, &key, &s->conn, BPF_NOEXIST);
+	c = bpf_map_lookup_elem(&http_conns, &key);
+	if (!c)
+		count(HTTP_C_MAP_FULL);
+	return c;
 }
 
 static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool btf)
@@ -856,25 +905,25 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 	}
 	if (!c || c->mode == HTTP_MODE_NEW) {
 		w = have ? peek8(&d, ret) : 0;
+		if (is_h2_preface(w)) {
+			/* HTTP/2: user space decodes it (HPACK state lives there) */
+			if (!c && !(c = conn_new(key)))
+				return 0;
+			conn_init(c, sk, inbound ? HTTP_ROLE_SERVER : HTTP_ROLE_CLIENT, btf);
+			c->mode = HTTP_MODE_STREAM;
+			c->proto = HTTP_PROTO_2;
+			count(HTTP_C_STREAMED);
+			stream_emit(c, &d, ret, inbound, HTTP_S_DATA);
+			return 0;
+		}
 		if (method_of(w, &target) != 0xff)
 			role = inbound ? HTTP_ROLE_SERVER : HTTP_ROLE_CLIENT;
 		else if (is_response(w))
 			role = inbound ? HTTP_ROLE_CLIENT : HTTP_ROLE_SERVER;
 		else
 			role = 0;
-		if (!c) {
-			struct scratch *s = scratch();
-
-			if (!s)
-				return 0;
-			__builtin_memset(&s->conn, 0, sizeof(s->conn));
-			bpf_map_update_elem(&http_conns, &key, &s->conn, BPF_NOEXIST);
-			c = bpf_map_lookup_elem(&http_conns, &key);
-			if (!c) {
-				count(HTTP_C_MAP_FULL);
-				return 0;
-			}
-		}
+		if (!c && !(c = conn_new(key)))
+			return 0;
 		if (!role) {
 			if (++c->tries >= max_tries)
 				c->mode = HTTP_MODE_OFF;

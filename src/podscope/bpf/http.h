@@ -9,6 +9,7 @@
 #define HTTP_HEAD_MAX  512  /* bytes of a message head the kernel scans (power of 2) */
 #define HTTP_CHUNK_MAX 8192 /* bytes of one syscall's data streamed to user space (power of 2) */
 #define HTTP_IOV_MAX   8    /* iovec entries looked at per readv/writev/recvmsg/sendmsg */
+#define HTTP_IOV_STREAM_MAX 256 /* iovec entries copied per syscall of a streamed connection */
 
 enum http_role {
 	HTTP_ROLE_SERVER = 1, /* the pod received the request */
@@ -21,6 +22,13 @@ enum http_mode {
 	HTTP_MODE_KERNEL = 1, /* parsed, paired and timed in the kernel */
 	HTTP_MODE_STREAM = 2, /* every syscall's bytes go to user space (pipelining, header capture) */
 	HTTP_MODE_OFF = 3,    /* not HTTP/1.x: only the lookup is paid */
+};
+
+/* What a streamed connection carries. */
+enum http_proto {
+	HTTP_PROTO_1 = 1,	  /* HTTP/1.x (pipelining, header capture) */
+	HTTP_PROTO_2 = 2,	  /* HTTP/2 from its client preface */
+	HTTP_PROTO_2_MIDWAY = 3, /* HTTP/2 frames on a connection whose start was not seen */
 };
 
 enum http_phase {
@@ -92,6 +100,7 @@ struct http_path {
 /* Per connection, keyed by the socket's address, from first HTTP data to close. */
 struct http_conn {
 	__u64 id; /* socket cookie: never reused */
+	__u64 sk; /* the key: the socket's address */
 	struct pod_key pod;
 	__u64 req_start; /* ns: the read (server) or write (client) that carried the request head */
 	__u64 resp_start;
@@ -110,7 +119,7 @@ struct http_conn {
 	__u8 method;
 	__u8 tries; /* data syscalls seen before the first HTTP head */
 	__u8 family;
-	__u8 _pad;
+	__u8 proto; /* enum http_proto, in HTTP_MODE_STREAM */
 	__u16 local_port;
 	__u16 peer_port;
 	__u8 peer_addr[16];
@@ -165,7 +174,9 @@ struct http_stream_event {
 	__u16 peer_port;
 	__u8 peer_addr[16];
 	__u8 method; /* HTTP_S_SEED only */
-	__u8 _pad[7];
+	__u8 proto;  /* enum http_proto */
+	__u8 _pad[6];
+	__u64 sk;    /* the socket's address: the key of http_conns */
 };
 
 #endif

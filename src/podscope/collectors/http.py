@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 
 from .. import libbpf
 from ..metadata.store import Labels, MetadataStore
-from ..protocols import http1
+from ..protocols import http1, http2
 from ..protocols.routes import RouteBudget, redact_headers, redact_target, template_path
 from .base import Emit, label_names
 
@@ -41,6 +41,13 @@ HIST_UNIT = 1e-9  # kernel histograms are in nanoseconds
 UNKNOWN_ROUTE = "__unknown__"  # the path of a hash was evicted before it was read
 
 
+def _one(dur_ns: int) -> list[int]:
+    """The log2 slots of a single duration (as the kernel's log2_slot)."""
+    slots = [0] * 40
+    slots[0 if dur_ns <= 0 else min(dur_ns.bit_length(), 39)] = 1
+    return slots
+
+
 def _addr(family: int, raw: bytes) -> str:
     if family == 10:
         a6 = ipaddress.IPv6Address(raw)
@@ -49,7 +56,11 @@ def _addr(family: int, raw: bytes) -> str:
 
 
 # (labels, role, method, status, route, server_address, server_port)
-AggKey = tuple[Labels, int, str, int, str, str, int]
+# (labels, role, method, status, route, server_address, server_port, protocol version)
+AggKey = tuple[Labels, int, str, int, str, str, int, str]
+# (labels, role, service, method, grpc status code, server_address, server_port)
+RpcKey = tuple[Labels, int, str, str, str, str, int]
+PROTO_H1, PROTO_H2, PROTO_H2_MIDWAY = 1, 2, 3
 
 
 @dataclass
@@ -102,6 +113,16 @@ class _Stream:
     broken: bool = False  # after a parse error: wait for the next request head
     last_ts: int = 0
     seeds: dict[int, tuple[int, int]] = field(default_factory=dict)  # id(msg) -> (start, bytes)
+    h2: http2.H2Connection | None = None
+
+
+def _buckets(slots: list[int]) -> list[tuple[str, float]]:
+    out, cum = [], 0
+    for i, n in enumerate(slots[:-1]):
+        cum += n
+        out.append((f"{(2 ** i) * HIST_UNIT:.9g}", float(cum)))
+    out.append(("+Inf", float(cum + slots[-1])))
+    return out
 
 
 class HttpCollector:
@@ -135,6 +156,8 @@ class HttpCollector:
         self.phases = o.btf.enum("http_phase")
         self._lock = threading.Lock()
         self._aggs: dict[AggKey, Agg] = {}
+        self._rpcs: dict[RpcKey, Agg] = {}
+        self.h2_outcomes: dict[tuple[Labels, str], int] = {}
         self._routes: dict[int, str] = {}
         self._slot = 0
         self._drained_at = 0.0
@@ -249,12 +272,15 @@ class HttpCollector:
         addr, port = ("", 0)
         if k.role == ROLE_CLIENT:
             addr, port = _addr(k.family, bytes(k.peer_addr)), k.peer_port
-        self._add((labels, k.role, method, k.status, route, addr, port), slots, sum_ns, req, resp)
+        self._add((labels, k.role, method, k.status, route, addr, port, "1.1"), slots, sum_ns, req,
+                  resp)
 
-    def _add(self, key: AggKey, slots: list[int], sum_ns: int, req: int, resp: int) -> None:
-        a = self._aggs.get(key)
+    def _add(self, key: AggKey | RpcKey, slots: list[int], sum_ns: int, req: int, resp: int,
+             into: dict[Any, Agg] | None = None) -> None:
+        aggs: dict[Any, Agg] = self._aggs if into is None else into
+        a = aggs.get(key)
         if a is None:
-            self._aggs[key] = Agg(slots, sum_ns, req, resp)
+            aggs[key] = Agg(slots, sum_ns, req, resp)
             return
         a.slots = [x + y for x, y in zip(a.slots, slots, strict=True)]
         a.sum_ns += sum_ns
@@ -262,16 +288,16 @@ class HttpCollector:
         a.resp_bytes += resp
 
     def _add_one(self, labels: Labels, role: int, method: str, status: int, target: str,
-                 addr: str, port: int, dur_ns: int, req: int, resp: int) -> None:
+                 addr: str, port: int, dur_ns: int, req: int, resp: int,
+                 version: str = "1.1") -> None:
         if status == 0:
             key_u = (labels, ROLES.get(role, "?"), "no_response")
             self.unanswered[key_u] = self.unanswered.get(key_u, 0) + 1
             return
-        route = self.budget.route(labels, template_path(target))
-        slots = [0] * 40
-        slot = 0 if dur_ns <= 0 else min(dur_ns.bit_length(), 39)
-        slots[slot] = 1
-        self._add((labels, role, method, status, route, addr, port), slots, dur_ns, req, resp)
+        route = http2.UNKNOWN if target == http2.UNKNOWN else template_path(target)
+        route = self.budget.route(labels, route)
+        self._add((labels, role, method, status, route, addr, port, version), _one(dur_ns),
+                  dur_ns, req, resp)
 
     def expire(self) -> None:
         """Requests waiting longer than request_timeout: counted as unanswered (reason timeout)
@@ -339,7 +365,9 @@ class HttpCollector:
     def _publish(self, *, labels: Labels, role: int, method: str, target: str, status: int,
                  start: int, end: int, req_bytes: int, resp_bytes: int, family: int,
                  peer: bytes | str, peer_port: int, local_port: int, conn_id: int, pid: int,
-                 mode: str, headers: dict[str, list[tuple[str, str]]] | None = None) -> None:
+                 mode: str, headers: dict[str, list[tuple[str, str]]] | None = None,
+                 protocol: str = "1.1", grpc_status: int | None = None,
+                 decode: str = "full") -> None:
         peer_addr = peer if isinstance(peer, str) else self._peer(family, peer)
         path, route = self._target(target)
         rec: dict[str, Any] = {
@@ -351,6 +379,7 @@ class HttpCollector:
             "duration_seconds": round(max(end - start, 0) / 1e9, 9),
             "request_bytes": req_bytes, "response_bytes": resp_bytes,
             "connection_id": conn_id, "pid": pid, "capture": mode,
+            "protocol": protocol, "grpc_status": grpc_status, "decode": decode,
         }
         if headers is not None:
             rec["request_headers"] = redact_headers(headers.get("request", []))
@@ -379,11 +408,21 @@ class HttpCollector:
                 st = self._streams[ev.conn_id] = _Stream(
                     ev.conn_id, ev.role, ev.cgroup_id, ev.netns, ev.family, ev.local_port,
                     _addr(ev.family, bytes(ev.peer_addr)), ev.peer_port, ev.pid)
+                if ev.proto in (PROTO_H2, PROTO_H2_MIDWAY):
+                    st.h2 = http2.H2Connection(ROLES.get(ev.role, "server"),
+                                               seen_start=ev.proto == PROTO_H2)
             try:
-                self._stream_event(st, ev, payload)
+                if st.h2 is not None:
+                    self._h2_event(st, ev, payload)
+                else:
+                    self._stream_event(st, ev, payload)
             except http1.HttpParseError as e:
                 self._error(e.reason)
                 self._restart(st)
+            except http2.H2Error as e:
+                self._error("http2_" + e.reason)
+                # start over without the dynamic tables: decode what can be decoded
+                st.h2 = http2.H2Connection(ROLES.get(st.role, "server"), seen_start=False)
 
     def _restart(self, st: _Stream) -> None:
         """Forget what was in flight (counted as unparsed); resume at the next request head."""
@@ -421,6 +460,52 @@ class HttpCollector:
             st.resp.add(ev.len, ev.ts_ns)
             for pair in st.ex.server_bytes(payload, skipped):
                 self._pair(st, pair)
+
+    def _h2_event(self, st: _Stream, ev: Any, payload: bytes) -> None:
+        assert st.h2 is not None
+        kinds = self.stream_kinds
+        if ev.kind == kinds["HTTP_S_CLOSE"]:
+            done = st.h2.close(ev.ts_ns)
+            del self._streams[st.conn_id]
+        elif ev.kind == kinds["HTTP_S_DATA"]:
+            from_client = (st.role == ROLE_SERVER) == bool(ev.inbound)
+            done = st.h2.feed(from_client, payload, ev.ts_ns, ev.len - len(payload))
+        else:
+            return
+        for req in done:
+            self._h2_request(st, req)
+
+    def _h2_request(self, st: _Stream, r: http2.H2Request) -> None:
+        labels = self.store.labels(st.cgroup_id, st.netns)
+        key_o = (labels, r.outcome)
+        self.h2_outcomes[key_o] = self.h2_outcomes.get(key_o, 0) + 1
+        addr, port = (st.peer_addr, st.peer_port) if st.role == ROLE_CLIENT else ("", 0)
+        dur = max(r.end_ns - r.start_ns, 0)
+        if r.is_grpc or (r.grpc_status is not None):
+            service, method = http2.grpc_service_method(r.path)
+            if r.grpc_status is not None:
+                code = str(r.grpc_status)
+            elif r.reset:
+                code = "CANCELLED_OR_RESET"
+            else:
+                code = http2.UNKNOWN
+            if r.reset and r.grpc_status is None:
+                key_u = (labels, ROLES.get(st.role, "?"), "reset")
+                self.unanswered[key_u] = self.unanswered.get(key_u, 0) + 1
+            else:
+                self._add((labels, st.role, service, method, code, addr, port), _one(dur), dur,
+                          r.req_bytes, r.resp_bytes, into=self._rpcs)
+        else:
+            method = r.method if r.method in METHOD_IDS else "_OTHER"
+            self._add_one(labels, st.role, method, 0 if r.reset else r.status, r.path, addr,
+                          port, dur, r.req_bytes, r.resp_bytes, version="2")
+        if self.records or self.listeners:
+            self._publish(labels=labels, role=st.role, method=r.method, target=r.path,
+                          status=0 if r.reset else r.status, start=r.start_ns, end=r.end_ns,
+                          req_bytes=r.req_bytes, resp_bytes=r.resp_bytes, family=st.family,
+                          peer=st.peer_addr, peer_port=st.peer_port, local_port=st.local_port,
+                          conn_id=st.conn_id, pid=st.pid, mode="stream", protocol="2",
+                          grpc_status=r.grpc_status, decode=r.outcome)
 
     def _pair(self, st: _Stream, pair: http1.Pair) -> None:
         req, resp = pair.request, pair.response
@@ -469,15 +554,14 @@ class HttpCollector:
             aggs = [(k, Agg(list(a.slots), a.sum_ns, a.req_bytes, a.resp_bytes))
                     for k, a in self._aggs.items()]
             unanswered = dict(self.unanswered)
+            rpcs = [(k, Agg(list(a.slots), a.sum_ns, a.req_bytes, a.resp_bytes))
+                    for k, a in self._rpcs.items()]
+            outcomes = dict(self.h2_outcomes)
             errors = dict(self.parse_errors)
             overflow = dict(self.budget.overflow)
-        for (labels, role, method, status, route, addr, port), a in aggs:
-            buckets, cum = [], 0
-            for i, n in enumerate(a.slots[:-1]):
-                cum += n
-                buckets.append((f"{(2 ** i) * HIST_UNIT:.9g}", cum))
-            buckets.append(("+Inf", cum + a.slots[-1]))
-            values = list(labels) + [method, str(status), route, "1.1"]
+        for (labels, role, method, status, route, addr, port, version), a in aggs:
+            buckets = _buckets(a.slots)
+            values = list(labels) + [method, str(status), route, version]
             if role == ROLE_CLIENT:
                 client.add_metric(values + [addr, str(port)], buckets, a.sum_ns * HIST_UNIT)
             else:
@@ -496,7 +580,7 @@ class HttpCollector:
                 labels=label_names("http_request_method", "http_response_status_code",
                                    "http_route"))
             sums: dict[tuple[str, ...], list[int]] = {}
-            for (labels, role, method, status, route, _a, _p), a in aggs:
+            for (labels, role, method, status, route, _a, _p, _v), a in aggs:
                 if ROLES.get(role) != role_name:
                     continue
                 k = tuple(labels) + (method, str(status), route)
@@ -508,6 +592,31 @@ class HttpCollector:
                 size.add_metric(list(k), rsb)
             yield rq
             yield size
+        rpc_names = ("rpc_system", "rpc_service", "rpc_method", "rpc_grpc_status_code")
+        rpc_server = HistogramMetricFamily(
+            "rpc_server_duration_seconds",
+            "Duration of RPCs served (gRPC): request headers read to the end of the response",
+            labels=label_names(*rpc_names))
+        rpc_client = HistogramMetricFamily(
+            "rpc_client_duration_seconds",
+            "Duration of RPCs made (gRPC): request headers written to the end of the response",
+            labels=label_names(*rpc_names, "server_address", "server_port"))
+        for (labels, role, service, rmethod, code, addr, port), a in rpcs:
+            values = list(labels) + ["grpc", service, rmethod, code]
+            if role == ROLE_CLIENT:
+                rpc_client.add_metric(values + [addr, str(port)], _buckets(a.slots),
+                                      a.sum_ns * HIST_UNIT)
+            else:
+                rpc_server.add_metric(values, _buckets(a.slots), a.sum_ns * HIST_UNIT)
+        yield rpc_server
+        yield rpc_client
+        dec = CounterMetricFamily("podscope_http2_decode_total",
+                                  "HTTP/2 requests by how much of their headers could be decoded "
+                                  "(partial, none: the connection's start was not seen)",
+                                  labels=label_names("outcome"))
+        for (labels, outcome), n in outcomes.items():
+            dec.add_metric(list(labels) + [outcome], n)
+        yield dec
         un = CounterMetricFamily("podscope_http_requests_unanswered_total",
                                  "HTTP requests that got no response: the connection closed first, "
                                  "or none came within the request timeout",

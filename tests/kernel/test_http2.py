@@ -1,0 +1,64 @@
+"""HTTP/2 and gRPC against real grpcio servers and clients in test pods (root, real BPF)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+from podscope.testing.pods import Pod, PodNetwork
+from tests.conftest import AgentProc, Metrics, python_cmd
+from tests.kernel.test_http import records, wait_records
+
+CODES = {"OK": "0", "NOT_FOUND": "5", "INTERNAL": "13"}
+
+
+def start_grpc_server(pod: Pod, port: int = 50051) -> None:
+    p = pod.popen(python_cmd("grpc_server.py", port), stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "listening"
+
+
+def rpc_counts(m: Metrics, name: str, **labels: str) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for s in m.samples:
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+            assert s.labels["rpc_system"] == "grpc" and s.labels["rpc_service"] == "demo.Echo"
+            out[f"{s.labels['rpc_method']} {s.labels['rpc_grpc_status_code']}"] += int(s.value)
+    return out
+
+
+def test_grpc_unary_mix_and_server_streaming(pods: PodNetwork, tmp_path: Path) -> None:
+    server = pods.pod("server")
+    client = pods.pod("client")
+    start_grpc_server(server)
+    exp = tmp_path / "r.jsonl"
+    agent = AgentProc(["--export", f"jsonl:{exp}"], tmp_path)
+    try:
+        plan = {"ok": 17, "notfound": 5, "internal": 3}
+        out = json.loads(client.run(python_cmd("grpc_client.py", server.ip, 50051,
+                                               json.dumps(plan))).stdout)
+        assert out["stream_parts"] == 5
+        truth = Counter({f"{k.split()[0]} {CODES[k.split()[1]]}": v for k, v in out.items()
+                         if k.startswith(("Unary", "Stream"))})
+        assert truth == Counter({"Unary 0": 17, "Unary 5": 5, "Unary 13": 3, "Stream 0": 1})
+        time.sleep(1.0)
+        m = agent.metrics()
+        assert rpc_counts(m, "rpc_server_duration_seconds_count", k8s_pod_uid=server.uid) == truth
+        assert rpc_counts(m, "rpc_client_duration_seconds_count", k8s_pod_uid=client.uid,
+                          server_address=server.ip, server_port="50051") == truth
+        # the streaming call: one record per side, its whole duration
+        for pod, role in ((server, "server"), (client, "client")):
+            recs = [r for r in wait_records(exp, 26, role=role, k8s_pod_uid=pod.uid)
+                    if r["path"] == "/demo.Echo/Stream"]
+            assert len(recs) == 1, recs
+            assert 0.15 <= recs[0]["duration_seconds"] <= out["stream_seconds"] + 0.01
+            assert recs[0]["protocol"] == "2" and recs[0]["decode"] == "full"
+        assert m.value("podscope_http2_decode_total", k8s_pod_uid=server.uid,
+                       outcome="full") == 26
+        assert not [r for r in records(exp) if r.get("protocol") == "2"
+                    and r["decode"] != "full"]
+    finally:
+        agent.stop()
