@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 
 from podscope.testing.pods import Pod, PodNetwork
+from podscope.testing.servers import start_nginx
 from tests.conftest import AgentProc, Metrics, python_cmd
 from tests.kernel.test_http import records, wait_records
 
@@ -60,5 +62,42 @@ def test_grpc_unary_mix_and_server_streaming(pods: PodNetwork, tmp_path: Path) -
                        outcome="full") == 26
         assert not [r for r in records(exp) if r.get("protocol") == "2"
                     and r["decode"] != "full"]
+    finally:
+        agent.stop()
+
+
+H2_LOCATIONS = """
+    location = /ok {{ return 200 "podscope h2 payload\\n"; }}
+    location = /missing {{ return 404; }}
+"""
+
+
+def test_h2load_against_nginx_h2c_exact_count(pods: PodNetwork, tmp_path: Path) -> None:
+    server = pods.pod("server")
+    client = pods.pod("client", driver="cgroupfs")
+    start_nginx(server, port="8080 http2", locations=H2_LOCATIONS)
+    agent = AgentProc([], tmp_path)
+    try:
+        out = client.run(["h2load", "-n", "300", "-c", "3", "-m", "10",
+                          f"http://{server.ip}:8080/ok"]).stdout
+        done = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", out)
+        assert done, out
+        assert int(done.group(4)) == 300
+        status = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+        assert status and int(status.group(1)) == 300, out
+        out = client.run(["h2load", "-n", "40", "-c", "2", "-m", "5",
+                          f"http://{server.ip}:8080/missing"]).stdout
+        assert "40 succeeded" in out or re.search(r"40 done", out), out
+        time.sleep(1.0)
+        m = agent.metrics()
+        for pod, name, extra in ((server, "http_server_request_duration_seconds_count", {}),
+                                 (client, "http_client_request_duration_seconds_count",
+                                  {"server_address": server.ip, "server_port": "8080"})):
+            assert m.value(name, k8s_pod_uid=pod.uid, network_protocol_version="2",
+                           http_request_method="GET", http_response_status_code="200",
+                           http_route="/ok", **extra) == 300
+            assert m.value(name, k8s_pod_uid=pod.uid, network_protocol_version="2",
+                           http_response_status_code="404", **extra) == 40
+        assert m.value("podscope_http2_decode_total", k8s_pod_uid=server.uid, outcome="full") == 340
     finally:
         agent.stop()

@@ -38,12 +38,15 @@ DEFAULT_LOCATIONS = """
 """
 
 
-def start_nginx(pod: Pod, port: int = 80, workers: int = 1,
+def start_nginx(pod: Pod, port: int | str = 80, workers: int = 1,
                 locations: str = DEFAULT_LOCATIONS) -> subprocess.Popen[bytes]:
-    """nginx in the pod, serving `locations`; returns once it accepts connections."""
+    """nginx in the pod, serving `locations`; returns once it accepts connections. `port` may
+    carry listen options ("8080 http2": HTTP/2 over cleartext, prior knowledge)."""
+    listen = str(port)
+    port = int(listen.split()[0])
     tmp = tempfile.mkdtemp(prefix="podscope-nginx-")
     conf = Path(tmp) / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, workers=workers,
+    conf.write_text(NGINX_CONF.format(tmp=tmp, port=listen, workers=workers,
                                       locations=locations.replace("{{", "{").replace("}}", "}")))
     proc = pod.popen(["nginx", "-e", f"{tmp}/error.log", "-c", str(conf)])
     deadline = time.monotonic() + 10
