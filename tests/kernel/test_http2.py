@@ -101,3 +101,39 @@ def test_h2load_against_nginx_h2c_exact_count(pods: PodNetwork, tmp_path: Path) 
         assert m.value("podscope_http2_decode_total", k8s_pod_uid=server.uid, outcome="full") == 340
     finally:
         agent.stop()
+
+
+def test_agent_started_during_a_busy_grpc_connection(pods: PodNetwork, tmp_path: Path) -> None:
+    server = pods.pod("server")
+    client = pods.pod("client")
+    start_grpc_server(server)
+    plan = {"ok": 20, "notfound": 4}
+    p = client.popen(python_cmd("grpc_client.py", server.ip, 50051, json.dumps(plan), "wait"),
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdin is not None
+    assert p.stdout.readline().strip() == "ready"  # the connection exists, its tables are filled
+    exp = tmp_path / "r.jsonl"
+    agent = AgentProc(["--export", f"jsonl:{exp}"], tmp_path)
+    try:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        out = json.loads(p.stdout.readline())
+        assert out["Unary OK"] == 20 and out["Unary NOT_FOUND"] == 4
+        time.sleep(1.0)
+        m = agent.metrics()
+        assert agent.proc.poll() is None
+        calls = 20 + 4 + 1
+        for pod in (server, client):
+            outcomes = {o: m.value("podscope_http2_decode_total", k8s_pod_uid=pod.uid, outcome=o)
+                        for o in ("full", "partial", "none")}
+            assert outcomes["partial"] > 0, outcomes
+            # every call after the first frame the kernel recognised is counted once
+            assert calls - 2 <= sum(outcomes.values()) <= calls, outcomes
+        recs = records(exp, role="server", k8s_pod_uid=server.uid)
+        assert all(r["decode"] in ("full", "partial", "none") for r in recs)
+        # the streaming call's path was new after the agent started: a literal, decoded
+        assert [r["path"] for r in recs].count("/demo.Echo/Stream") == 1
+        assert "__unknown__" in {r["path"] for r in recs}  # and the rest is said to be unknown
+    finally:
+        agent.stop()
+        p.wait(10)

@@ -145,6 +145,8 @@ const enum http_counter *unused_counter __attribute__((unused));
 const enum http_method *unused_method __attribute__((unused));
 const enum http_stream_kind *unused_stream_kind __attribute__((unused));
 const enum http_phase *unused_phase __attribute__((unused));
+const enum http_mode *unused_mode __attribute__((unused));
+const enum http_proto *unused_proto __attribute__((unused));
 
 static __always_inline void count(__u32 which)
 {
@@ -288,6 +290,54 @@ static __always_inline bool is_response(__u64 w)
 static __always_inline bool is_h2_preface(__u64 w)
 {
 	return w == W8('P', 'R', 'I', ' ', '*', ' ', 'H', 'T');
+}
+
+/* A plausible HTTP/2 frame header (RFC 9113 section 4.1, 6): known type, flags of that type,
+ * the stream rules of that type, a length within the default maximum. */
+static __always_inline bool h2_frame_ok(const __u8 *h)
+{
+	__u32 len = (__u32)h[0] << 16 | (__u32)h[1] << 8 | h[2];
+	__u32 sid = (__u32)h[5] << 24 | (__u32)h[6] << 16 | (__u32)h[7] << 8 | h[8];
+	__u8 flags = h[4];
+
+	if (len > 16384 || (sid & 0x80000000))
+		return false;
+	switch (h[3]) {
+	case 0: /* DATA */
+		return sid && !(flags & ~0x09);
+	case 1: /* HEADERS */
+		return sid && len && !(flags & ~0x2d);
+	case 3: /* RST_STREAM */
+		return sid && len == 4 && !flags;
+	case 4: /* SETTINGS */
+		return !sid && len % 6 == 0 && !(flags & ~0x01);
+	case 6: /* PING */
+		return !sid && len == 8 && !(flags & ~0x01);
+	case 7: /* GOAWAY */
+		return !sid && len >= 8 && !flags;
+	case 8: /* WINDOW_UPDATE */
+		return len == 4 && !flags;
+	}
+	return false;
+}
+
+/* HTTP/2 frames on a connection whose start podscope did not see: the syscall's data must
+ * start with a plausible frame, and hold a second plausible one right after it if it is longer. */
+static __always_inline bool looks_like_h2_midway(const struct io_desc *d, int ret)
+{
+	__u8 h[16] = {};
+	__u32 len;
+
+	if (ret < 9 || d->len < 9 || bpf_probe_read_user(h, 9, (void *)d->base) || !h2_frame_ok(h))
+		return false;
+	len = 9 + ((__u32)h[0] << 16 | (__u32)h[1] << 8 | h[2]);
+	if ((__u32)ret < len)
+		return false; /* a write holds whole frames; a read may not: wait for a better one */
+	if ((__u32)ret >= len + 9 && d->len >= len + 9) {
+		if (bpf_probe_read_user(h, 9, (void *)(d->base + len)) || !h2_frame_ok(h))
+			return false;
+	}
+	return true;
 }
 
 /* ---- head scanning: 8 bytes per step, a closer look only at line starts ---- */
@@ -915,6 +965,20 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 			count(HTTP_C_STREAMED);
 			stream_emit(c, &d, ret, inbound, HTTP_S_DATA);
 			return 0;
+		}
+		if (!c || c->mode == HTTP_MODE_NEW) {
+			if (have && !is_response(w) && method_of(w, &target) == 0xff &&
+			    looks_like_h2_midway(&d, ret)) {
+				if (!c && !(c = conn_new(key)))
+					return 0;
+				/* the role is unknown from a frame: user space works it out */
+				conn_init(c, sk, 0, btf);
+				c->mode = HTTP_MODE_STREAM;
+				c->proto = HTTP_PROTO_2_MIDWAY;
+				count(HTTP_C_STREAMED);
+				stream_emit(c, &d, ret, inbound, HTTP_S_DATA);
+				return 0;
+			}
 		}
 		if (method_of(w, &target) != 0xff)
 			role = inbound ? HTTP_ROLE_SERVER : HTTP_ROLE_CLIENT;

@@ -114,6 +114,7 @@ class _Stream:
     last_ts: int = 0
     seeds: dict[int, tuple[int, int]] = field(default_factory=dict)  # id(msg) -> (start, bytes)
     h2: http2.H2Connection | None = None
+    midway_sk: int = 0  # an HTTP/2 connection seen mid-way: its kernel key, to turn it off
 
 
 def _buckets(slots: list[int]) -> list[tuple[str, float]]:
@@ -154,6 +155,7 @@ class HttpCollector:
         self.counters = o.btf.enum("http_counter")
         self.stream_kinds = o.btf.enum("http_stream_kind")
         self.phases = o.btf.enum("http_phase")
+        self.modes = o.btf.enum("http_mode")
         self._lock = threading.Lock()
         self._aggs: dict[AggKey, Agg] = {}
         self._rpcs: dict[RpcKey, Agg] = {}
@@ -408,9 +410,15 @@ class HttpCollector:
                 st = self._streams[ev.conn_id] = _Stream(
                     ev.conn_id, ev.role, ev.cgroup_id, ev.netns, ev.family, ev.local_port,
                     _addr(ev.family, bytes(ev.peer_addr)), ev.peer_port, ev.pid)
-                if ev.proto in (PROTO_H2, PROTO_H2_MIDWAY):
-                    st.h2 = http2.H2Connection(ROLES.get(ev.role, "server"),
-                                               seen_start=ev.proto == PROTO_H2)
+                if ev.proto == PROTO_H2:
+                    st.h2 = http2.H2Connection(ROLES.get(ev.role, "server"))
+                elif ev.proto == PROTO_H2_MIDWAY:
+                    # which side is the client is not known from a frame: guess from the ports
+                    # (servers listen on the lower one), the first header block settles it
+                    st.role = ROLE_SERVER if ev.local_port < ev.peer_port else ROLE_CLIENT
+                    st.midway_sk = ev.sk
+                    st.h2 = http2.H2Connection(ROLES[st.role], seen_start=False,
+                                               role_known=False)
             try:
                 if st.h2 is not None:
                     self._h2_event(st, ev, payload)
@@ -420,9 +428,7 @@ class HttpCollector:
                 self._error(e.reason)
                 self._restart(st)
             except http2.H2Error as e:
-                self._error("http2_" + e.reason)
-                # start over without the dynamic tables: decode what can be decoded
-                st.h2 = http2.H2Connection(ROLES.get(st.role, "server"), seen_start=False)
+                self._h2_error(st, e)
 
     def _restart(self, st: _Stream) -> None:
         """Forget what was in flight (counted as unparsed); resume at the next request head."""
@@ -460,6 +466,30 @@ class HttpCollector:
             st.resp.add(ev.len, ev.ts_ns)
             for pair in st.ex.server_bytes(payload, skipped):
                 self._pair(st, pair)
+
+    def _h2_error(self, st: _Stream, e: http2.H2Error) -> None:
+        assert st.h2 is not None
+        if e.reason == "role_swapped":  # the guess about a mid-way connection was wrong
+            st.role = ROLE_CLIENT if st.role == ROLE_SERVER else ROLE_SERVER
+            st.h2 = http2.H2Connection(ROLES[st.role], seen_start=False)
+            return
+        if st.midway_sk and not st.h2.decoded:
+            # frames that only looked like HTTP/2: tell the kernel to stop streaming them
+            self._error("http2_not_http2")
+            self._turn_off(st.midway_sk)
+            self._streams.pop(st.conn_id, None)
+            return
+        self._error("http2_" + e.reason)
+        # start over without the dynamic tables: decode what can be decoded
+        st.h2 = http2.H2Connection(ROLES.get(st.role, "server"), seen_start=False)
+
+    def _turn_off(self, sk: int) -> None:
+        m = self.obj.map("http_conns")
+        c = self.Conn()
+        key = ct.c_uint64(sk)
+        if m.lookup(key, c):
+            c.mode = self.modes["HTTP_MODE_OFF"]
+            m.update(key, c)
 
     def _h2_event(self, st: _Stream, ev: Any, payload: bytes) -> None:
         assert st.h2 is not None

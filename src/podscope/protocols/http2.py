@@ -101,8 +101,12 @@ class H2Connection:
     """role: "server" (this side received the preface) or "client". seen_start: False when the
     capture began mid-connection (no preface seen): decoding is then partial where it must be."""
 
-    def __init__(self, role: str, seen_start: bool = True):
+    def __init__(self, role: str, seen_start: bool = True, role_known: bool = True):
         self.role = role
+        # False: a connection seen mid-way, its direction guessed; the first decoded header
+        # block confirms it (H2Error("role_swapped") when it was wrong)
+        self.role_known = role_known
+        self.decoded = 0  # requests finished
         self.client = _Direction(True)
         self.server = _Direction(False)
         if seen_start:
@@ -244,6 +248,13 @@ class H2Connection:
             outcome = "none"
         else:
             outcome = "partial" if d.table.misses > misses else "full"
+            if not self.role_known:
+                names = {n for n, _ in headers}
+                if (b":status" in names and d.is_client) or (b":method" in names
+                                                              and not d.is_client):
+                    raise H2Error("role_swapped")
+                if names & {b":status", b":method"}:
+                    self.role_known = True
         st = self.streams.get(sid)
         if d.is_client and st is None:
             if len(self.streams) >= MAX_STREAMS:
@@ -280,6 +291,7 @@ class H2Connection:
             st.end_ns = ts
         if st._resp_done:  # a response that ends first ends the exchange (the server is done)
             self.streams.pop(st.stream_id, None)
+            self.decoded += 1
             out.append(st)
 
     def close(self, ts: int) -> list[H2Request]:
