@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from podscope.collectors.http import HttpCollector
 from podscope.metadata.store import MetadataStore
+from podscope.protocols.http2 import PREFACE
 
 REQ = b"GET /a/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n"
 RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
@@ -24,7 +25,7 @@ def collector(records: list[dict[str, Any]]) -> HttpCollector:
 
 
 def event(c: HttpCollector, kind: str, inbound: bool, data: bytes, length: int | None = None,
-          ts: int = 1000, conn: int = 7, method: int = 0) -> bytes:
+          ts: int = 1000, conn: int = 7, method: int = 0, proto: int = 1, gap: int = 0) -> bytes:
     ev = c.StreamEv()
     ev.conn_id = conn
     ev.ts_ns = ts
@@ -35,6 +36,8 @@ def event(c: HttpCollector, kind: str, inbound: bool, data: bytes, length: int |
     ev.role = 1  # server
     ev.family = 2
     ev.method = method
+    ev.proto = proto
+    ev.gap = gap
     return bytes(ev) + data
 
 
@@ -96,3 +99,38 @@ def test_fuzz_stream_events_never_raise(events: list[tuple[str, bool, bytes, int
     # truncated and malformed raw events too
     c._on_stream(b"")
     c._on_stream(bytes(ct.sizeof(c.StreamEv) - 1))
+
+
+def test_http2_grpc_through_the_collector_and_a_lost_event() -> None:
+    from tests.unit.test_http2 import Peer, grpc_call
+
+    recs: list[dict[str, Any]] = []
+    c = collector(recs)
+    cl, sv = Peer(), Peer()
+    req, resp = grpc_call(cl, sv, 1, "/demo.Echo/Unary", 5)
+    c._on_stream(event(c, "HTTP_S_DATA", True, PREFACE + req, ts=100, proto=2))
+    c._on_stream(event(c, "HTTP_S_DATA", False, resp, ts=400, proto=2))
+    assert [(r["protocol"], r["path"], r["grpc_status"], r["decode"]) for r in recs] == [
+        ("2", "/demo.Echo/Unary", 5, "full")]
+    assert c._rpcs and not c._aggs
+    # events were lost: the decoder starts over without its tables, and says so
+    req, resp = grpc_call(cl, sv, 3, "/demo.Echo/Unary", 0)
+    c._on_stream(event(c, "HTTP_S_DATA", True, req, ts=500, proto=2, gap=1))
+    c._on_stream(event(c, "HTTP_S_DATA", False, resp, ts=600, proto=2))
+    assert recs[-1]["decode"] == "partial" and recs[-1]["path"] == "__unknown__"
+    assert c.parse_errors["stream_events_lost"] == 1
+    c._on_stream(event(c, "HTTP_S_CLOSE", False, b"", proto=2))
+    assert not c._streams
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=150), st.integers(0, 1 << 16),
+                          st.sampled_from([2, 3]), st.integers(0, 1)), max_size=12))
+def test_fuzz_http2_stream_events_never_raise(events: list[tuple[bool, bytes, int, int, int]]) -> None:
+    recs: list[dict[str, Any]] = []
+    c = collector(recs)
+    c._turn_off = lambda sk: None  # type: ignore[method-assign]  # no kernel map here
+    for inbound, data, extra, proto, gap in events:
+        c._on_stream(event(c, "HTTP_S_DATA", inbound, PREFACE[:len(data) % 30] + data,
+                           length=len(data) + extra, proto=proto, gap=gap))
+    c._on_stream(event(c, "HTTP_S_CLOSE", False, b"", proto=2))

@@ -717,9 +717,14 @@ static __always_inline void stream_emit(struct http_conn *c, const struct io_des
 	ev->method = c->method;
 	ev->proto = c->proto;
 	ev->sk = c->sk;
+	ev->gap = c->stream_gap;
 	err = bpf_ringbuf_output(&http_stream, ev, sizeof(*ev) + cap, 0);
-	if (err)
+	if (err) {
 		count(HTTP_C_STREAM_LOST);
+		c->stream_gap = 1; /* user space resets this connection at its next event */
+	} else {
+		c->stream_gap = 0;
+	}
 }
 
 /* Hand a connection to user space from this syscall on. A request still waiting for its response

@@ -124,6 +124,8 @@ struct http_conn {
 	__u16 peer_port;
 	__u8 peer_addr[16];
 	__u8 path[HTTP_PATH_MAX];
+	__u8 stream_gap; /* a stream event was lost: the next one says so */
+	__u8 _pad2[7];
 };
 
 /* One record per completed request (only when record exports or `trace` are on). */
@@ -175,7 +177,8 @@ struct http_stream_event {
 	__u8 peer_addr[16];
 	__u8 method; /* HTTP_S_SEED only */
 	__u8 proto;  /* enum http_proto */
-	__u8 _pad[6];
+	__u8 gap;    /* 1: events of this connection were lost before this one */
+	__u8 _pad[5];
 	__u64 sk;    /* the socket's address: the key of http_conns */
 };
 

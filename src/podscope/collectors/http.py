@@ -38,7 +38,8 @@ _KERNEL_PARSE_ERRORS = {"HTTP_C_BAD_STATUS_LINE": "bad_status_line",
                         "HTTP_C_HEAD_INCOMPLETE": "response_head_incomplete",
                         "HTTP_C_UNREADABLE": "unreadable_buffer"}
 HIST_UNIT = 1e-9  # kernel histograms are in nanoseconds
-UNKNOWN_ROUTE = "__unknown__"  # the path of a hash was evicted before it was read
+UNKNOWN_ROUTE = "__unknown__"
+MAX_STREAMED_CONNS = 20_000  # connections parsed in user space at once (bounded memory)  # the path of a hash was evicted before it was read
 
 
 def _one(dur_ns: int) -> list[int]:
@@ -407,6 +408,11 @@ class HttpCollector:
             if st is None:
                 if ev.kind == self.stream_kinds["HTTP_S_CLOSE"]:
                     return
+                if len(self._streams) >= MAX_STREAMED_CONNS:
+                    # closes were lost (or too many at once): drop the longest idle one
+                    idle = min(self._streams.values(), key=lambda x: x.last_ts)
+                    del self._streams[idle.conn_id]
+                    self._error("streamed_connections_evicted")
                 st = self._streams[ev.conn_id] = _Stream(
                     ev.conn_id, ev.role, ev.cgroup_id, ev.netns, ev.family, ev.local_port,
                     _addr(ev.family, bytes(ev.peer_addr)), ev.peer_port, ev.pid)
@@ -419,6 +425,12 @@ class HttpCollector:
                     st.midway_sk = ev.sk
                     st.h2 = http2.H2Connection(ROLES[st.role], seen_start=False,
                                                role_known=False)
+            if ev.gap:  # events of this connection were lost: its parse state is void
+                self._error("stream_events_lost")
+                if st.h2 is not None:
+                    st.h2 = http2.H2Connection(ROLES.get(st.role, "server"), seen_start=False)
+                else:
+                    self._restart(st)
             try:
                 if st.h2 is not None:
                     self._h2_event(st, ev, payload)
