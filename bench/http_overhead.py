@@ -6,6 +6,7 @@ Workloads, each in two test pods, alternating rounds with the agent off and on:
   nginx-records nginx-tiny again with one record per request exported (--export jsonl): agent CPU
                 and ring-buffer losses at the highest request rate
   nginx-syscalls nginx-tiny with http_hooks = "syscalls" (the fallback hooks), for comparison
+  nginx-h2      nginx over HTTP/2 cleartext, h2load -c8 -m10: every byte decoded in user space
 
 Reports per workload: median throughput ratio on/off, p99 latency ratio, BPF run time per
 request (kernel.bpf_stats_enabled), agent CPU per 10k requests, events lost, agent peak RSS.
@@ -82,6 +83,19 @@ def wrk(client: Pod, url: str, seconds: float, conns: int, threads: int) -> dict
             "non2xx": int(errs.group(1)) if errs else 0}
 
 
+def h2load(client: Pod, url: str, seconds: float, conns: int, streams: int) -> dict[str, float]:
+    out = client.run(["h2load", "-c", str(conns), "-m", str(streams), "-D", str(int(seconds)),
+                      url], timeout=seconds + 60).stdout
+    rps = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+    if not rps or not done or not mean:
+        raise RuntimeError(f"cannot parse h2load output:\n{out}")
+    # h2load reports no percentiles: the mean request time stands in for the p99 column
+    return {"requests": int(done.group(2)), "rps": float(rps.group(1)),
+            "p99_s": float(mean.group(1)) * _UNITS[mean.group(2)], "non2xx": 0}
+
+
 def lost_events(text: str) -> int:
     return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
                if line.startswith("podscope_events_lost_total{"))
@@ -92,7 +106,13 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float) -> dict[st
     server = net.pod(f"s{tag}")
     client = net.pod(f"c{tag}", driver="cgroupfs")
     agent_args: list[str] = []
-    if name.startswith("nginx"):
+    if name == "nginx-h2":
+        start_nginx(server, port="8080 http2")
+        url = f"http://{server.ip}:8080/ok"
+
+        def load(secs: float) -> dict[str, float]:
+            return h2load(client, url, secs, 8, 10)
+    elif name.startswith("nginx"):
         start_nginx(server)
         url, conns, threads = f"http://{server.ip}/ok", 32, 2
     else:
@@ -101,13 +121,16 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float) -> dict[st
         assert p.stdout is not None and p.stdout.readline().strip() == "listening"
         # one connection: a Python server's threads would queue on the GIL, not on the work
         url, conns, threads = f"http://{server.ip}:8080/work/1000", 1, 1
+    if name != "nginx-h2":
+        def load(secs: float) -> dict[str, float]:
+            return wrk(client, url, secs, conns, threads)
     tmp = tempfile.mkdtemp(prefix="podscope-bench-")
     if name.endswith("records"):
         agent_args = ["--export", f"jsonl:{tmp}/records.jsonl"]
     if name.endswith("syscalls"):
         Path(f"{tmp}/podscope.toml").write_text('http_hooks = "syscalls"\n')
         agent_args = ["--config", f"{tmp}/podscope.toml"]
-    wrk(client, url, 2, conns, threads)  # warm-up
+    load(2)  # warm-up
     ratios, p99_ratios, off_rps, on_rps = [], [], [], []
     on_requests = lost = 0
     agent_cpu = hwm = 0.0
@@ -116,12 +139,12 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float) -> dict[st
         for mode in (("off", "on") if i % 2 == 0 else ("on", "off")):
             if mode == "off":
                 time.sleep(1.0)
-                got[mode] = wrk(client, url, seconds, conns, threads)
+                got[mode] = load(seconds)
                 continue
             agent = Agent(agent_args)
             time.sleep(1.0)
             cpu0 = proc_cpu_seconds(agent.proc.pid)
-            got[mode] = wrk(client, url, seconds, conns, threads)
+            got[mode] = load(seconds)
             time.sleep(0.5)  # let the agent drain what is in flight
             lost += lost_events(agent.scrape())
             agent_cpu += proc_cpu_seconds(agent.proc.pid) - cpu0
@@ -142,7 +165,7 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float) -> dict[st
         agent = Agent(agent_args)
         time.sleep(1.0)
         ns0, cnt0 = bpf_prog_stats()
-        prof = wrk(client, url, seconds, conns, threads)
+        prof = load(seconds)
         ns1, cnt1 = bpf_prog_stats()
         agent.stop()
     bpf_ns, bpf_cnt = ns1 - ns0, cnt1 - cnt0
@@ -166,7 +189,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--only", action="append", default=[],
-                    choices=["nginx-tiny", "handler-1ms", "nginx-records", "nginx-syscalls"])
+                    choices=["nginx-tiny", "handler-1ms", "nginx-records", "nginx-syscalls",
+                             "nginx-h2"])
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "http_overhead.json"))
     a = ap.parse_args()
     with PodNetwork() as net:

@@ -24,7 +24,8 @@ SCHEMAS: dict[str, list[str]] = {
         "time", "k8s_pod_uid", "container_id", "k8s_namespace_name", "k8s_pod_name",
         "k8s_container_name", "cgroup", "role", "peer_addr", "peer_port", "local_port", "method",
         "path", "route", "status", "duration_seconds", "request_bytes", "response_bytes",
-        "connection_id", "pid", "capture", "request_headers", "response_headers",
+        "connection_id", "pid", "capture", "protocol", "grpc_status", "decode",
+        "request_headers", "response_headers",
     ],
 }
 
