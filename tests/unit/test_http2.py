@@ -156,3 +156,21 @@ def test_fuzz_mutated_frames(data: st.DataObject) -> None:
         conn.feed(False, resp, 3)
     except H2Error:
         pass
+
+
+def test_midway_guess_corrected_by_a_preface() -> None:
+    """A server's SETTINGS can come before the client's preface: the connection is first taken
+    for one seen mid-way; the preface then makes it a fully decoded one."""
+    conn = H2Connection("server", seen_start=False, role_known=False)
+    conn.feed(False, frame(SETTINGS, 0, 0, b""), 1)
+    c, s = Peer(), Peer()
+    conn.feed(True, PREFACE + grpc_req(c, 1, "/a.B/C"), 2)
+    (d,) = conn.feed(False, grpc_resp(s, 1, 0), 3)
+    assert (d.path, d.grpc_status, d.outcome) == ("/a.B/C", 0, "full")
+    wrong = H2Connection("client", seen_start=False, role_known=False)
+    try:
+        wrong.feed(False, PREFACE, 1)  # the preface came from what it took for the server
+    except H2Error as e:
+        assert e.reason == "role_swapped"
+    else:
+        raise AssertionError("not detected")

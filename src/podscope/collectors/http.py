@@ -38,8 +38,8 @@ _KERNEL_PARSE_ERRORS = {"HTTP_C_BAD_STATUS_LINE": "bad_status_line",
                         "HTTP_C_HEAD_INCOMPLETE": "response_head_incomplete",
                         "HTTP_C_UNREADABLE": "unreadable_buffer"}
 HIST_UNIT = 1e-9  # kernel histograms are in nanoseconds
-UNKNOWN_ROUTE = "__unknown__"
-MAX_STREAMED_CONNS = 20_000  # connections parsed in user space at once (bounded memory)  # the path of a hash was evicted before it was read
+UNKNOWN_ROUTE = "__unknown__"  # the path of a hash was evicted before it was read
+MAX_STREAMED_CONNS = 20_000  # connections parsed in user space at once (bounded memory)
 
 
 def _one(dur_ns: int) -> list[int]:
@@ -440,7 +440,7 @@ class HttpCollector:
                 self._error(e.reason)
                 self._restart(st)
             except http2.H2Error as e:
-                self._h2_error(st, e)
+                self._h2_error(st, e, ev, payload)
 
     def _restart(self, st: _Stream) -> None:
         """Forget what was in flight (counted as unparsed); resume at the next request head."""
@@ -479,11 +479,16 @@ class HttpCollector:
             for pair in st.ex.server_bytes(payload, skipped):
                 self._pair(st, pair)
 
-    def _h2_error(self, st: _Stream, e: http2.H2Error) -> None:
+    def _h2_error(self, st: _Stream, e: http2.H2Error, ev: Any, payload: bytes) -> None:
         assert st.h2 is not None
         if e.reason == "role_swapped":  # the guess about a mid-way connection was wrong
             st.role = ROLE_CLIENT if st.role == ROLE_SERVER else ROLE_SERVER
             st.h2 = http2.H2Connection(ROLES[st.role], seen_start=False)
+            try:  # the same bytes again, read the right way round
+                self._h2_event(st, ev, payload)
+            except http2.H2Error as e2:
+                self._h2_error(st, e2 if e2.reason != "role_swapped" else http2.H2Error("role"),
+                               ev, b"")
             return
         if st.midway_sk and not st.h2.decoded:
             # frames that only looked like HTTP/2: tell the kernel to stop streaming them

@@ -109,6 +109,7 @@ class H2Connection:
         self.decoded = 0  # requests finished
         self.client = _Direction(True)
         self.server = _Direction(False)
+        self.seen_start = seen_start
         if seen_start:
             self.client.preface_left = len(PREFACE)
         else:
@@ -122,6 +123,13 @@ class H2Connection:
         requests these bytes finished."""
         d = self.client if from_client else self.server
         out: list[H2Request] = []
+        if not self.seen_start and not d.buf and data.startswith(PREFACE):
+            # taken for mid-way (a server's SETTINGS can come first), but this is the start
+            if not from_client:
+                raise H2Error("role_swapped")
+            self.seen_start = self.role_known = True
+            self.client.table.synced = self.server.table.synced = True
+            data = data[len(PREFACE):]
         if d.preface_left:
             take = min(d.preface_left, len(data))
             if PREFACE[len(PREFACE) - d.preface_left:][:take] != data[:take]:
