@@ -174,3 +174,23 @@ def test_midway_guess_corrected_by_a_preface() -> None:
         assert e.reason == "role_swapped"
     else:
         raise AssertionError("not detected")
+
+
+def test_decoded_block_cache_follows_the_table() -> None:
+    """The same all-indexed block means something else once the table changed: never a stale
+    answer from the cache."""
+    conn = H2Connection("server")
+    conn.feed(True, PREFACE, 0)
+
+    def req(sid: int, block: bytes) -> str:
+        conn.feed(True, frame(HEADERS, END_HEADERS | END_STREAM, sid, block), sid)
+        return conn.streams[sid].path
+
+    lit = Encoder()
+    first = lit.encode([(":method", "GET"), (":path", "/one")])  # inserts ":path: /one"
+    assert req(1, first) == "/one"
+    assert req(3, b"\x82\xbe") == "/one"  # GET, dynamic index 62
+    assert req(5, b"\x82\xbe") == "/one"  # the same block again: cached, still right
+    second = lit.encode([(":method", "GET"), (":path", "/two")])  # inserts ":path: /two"
+    assert req(7, second) == "/two"
+    assert req(9, b"\x82\xbe") == "/two"  # index 62 is now the newer entry

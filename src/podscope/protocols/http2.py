@@ -12,6 +12,7 @@ dynamic tables have caps.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hpack import Decoder, HPACKError
 from hpack.table import HeaderTable
@@ -41,9 +42,23 @@ class _Table(HeaderTable):
     entries it never saw with a marker instead of failing the whole header block."""
 
     def __init__(self) -> None:
+        self.version = 0  # changes whenever the dynamic table may have
         super().__init__()
         self.synced = True
         self.misses = 0
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.version += 1
+        super().add(name, value)
+
+    @property
+    def maxsize(self) -> int:
+        return int(HeaderTable.maxsize.fget(self))  # type: ignore[attr-defined]
+
+    @maxsize.setter
+    def maxsize(self, newmax: int) -> None:
+        self.version += 1
+        HeaderTable.maxsize.fset(self, newmax)  # type: ignore[attr-defined]
 
     def get_by_index(self, index: int) -> tuple[bytes, bytes]:
         try:
@@ -88,6 +103,9 @@ class _Direction:
     preface_left: int = 0
     skip: int = 0  # DATA payload bytes still to pass (not captured)
     block: bytearray = field(default_factory=bytearray)  # header block being assembled
+    # header blocks that left the table unchanged, by (bytes, table version): steady traffic
+    # repeats the same all-indexed blocks, and decoding them again gives the same headers
+    cache: dict[tuple[bytes, int], tuple[Any, int]] = field(default_factory=dict)
     block_stream: int = 0
     block_flags: int = 0
 
@@ -129,6 +147,8 @@ class H2Connection:
                 raise H2Error("role_swapped")
             self.seen_start = self.role_known = True
             self.client.table.synced = self.server.table.synced = True
+            self.client.cache.clear()
+            self.server.cache.clear()
             data = data[len(PREFACE):]
         if d.preface_left:
             take = min(d.preface_left, len(data))
@@ -246,12 +266,22 @@ class H2Connection:
         sid, flags, block = d.block_stream, d.block_flags, bytes(d.block)
         d.block = bytearray()
         misses = d.table.misses
-        try:
-            headers = d.decoder.decode(block, raw=True)
-        except HPACKError:
-            if d.table.synced:
-                raise H2Error("hpack") from None
-            headers = None
+        key = (block, d.table.version)
+        hit = d.cache.get(key)
+        if hit is not None:
+            headers, missed = hit
+            d.table.misses += missed
+        else:
+            try:
+                headers = d.decoder.decode(block, raw=True)
+            except HPACKError:
+                if d.table.synced:
+                    raise H2Error("hpack") from None
+                headers = None
+            if d.table.version == key[1]:
+                if len(d.cache) >= 256:
+                    d.cache.clear()
+                d.cache[key] = (headers, d.table.misses - misses)
         if headers is None:
             outcome = "none"
         else:
