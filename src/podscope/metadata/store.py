@@ -55,6 +55,8 @@ class MetadataStore:
         if inode in self._netns_refs:
             return self._netns_refs[inode]
         info = self.namespaces().get(inode)
+        if info is None:  # a namespace newer than the last scan: look again (rate-limited)
+            info = self.namespaces(max_age=0.2).get(inode)
         owner: CgroupRef | None = None
         if info:
             uids: set[str] = set()
