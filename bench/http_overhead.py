@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -31,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tcp_overhead import Agent, proc_cpu_seconds, proc_hwm_mb  # noqa: E402
+from tcp_overhead import (  # noqa: E402
+    Agent,
+    bpf_prog_stats,
+    proc_cpu_seconds,
+    proc_hwm_mb,
+    write_results,
+)
 
 from podscope.testing.pods import Pod, PodNetwork  # noqa: E402
 from podscope.testing.servers import start_nginx  # noqa: E402
@@ -42,17 +46,6 @@ MY_PROGS = {"tcp_state", "tcp_rst_send", "tcp_rst_recv", "tcp_drop", "tcp_iter",
     f"http_sx_{n}" for n in ("read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto",
                              "sendmsg")}
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
-
-
-def bpf_prog_stats() -> tuple[int, int]:
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
-                         check=True).stdout
-    ns = cnt = 0
-    for p in json.loads(out or "[]"):
-        if p.get("name") in MY_PROGS:
-            ns += p.get("run_time_ns", 0)
-            cnt += p.get("run_cnt", 0)
-    return ns, cnt
 
 
 @contextlib.contextmanager
@@ -164,9 +157,9 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float) -> dict[st
     with bpf_stats():
         agent = Agent(agent_args)
         time.sleep(1.0)
-        ns0, cnt0 = bpf_prog_stats()
+        ns0, cnt0 = bpf_prog_stats(MY_PROGS)
         prof = load(seconds)
-        ns1, cnt1 = bpf_prog_stats()
+        ns1, cnt1 = bpf_prog_stats(MY_PROGS)
         agent.stop()
     bpf_ns, bpf_cnt = ns1 - ns0, cnt1 - cnt0
     return {
@@ -196,13 +189,7 @@ def main() -> int:
     with PodNetwork() as net:
         results = [scenario(net, name, a.rounds, a.seconds)
                    for name in (a.only or ["nginx-tiny", "handler-1ms", "nginx-records"])]
-    machine = {"kernel": platform.release(), "cpus": os.cpu_count(),
-               "cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                            if ln.startswith("model name")), "?")}
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump({"machine": machine, "results": results}, f, indent=1)
-    print(json.dumps({"machine": machine, "results": results}, indent=1))
+    write_results(a.out, results)
     return 0
 
 

@@ -16,54 +16,31 @@ import json
 import os
 import platform
 import re
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
 from podscope.testing.pods import PodNetwork
+from podscope.testing.servers import start_nginx
 
 ROOT = Path(__file__).resolve().parent.parent
 PODSCOPE = str(Path(sys.executable).parent / "podscope")
 SCRAPE_INTERVAL = 5.0  # seconds; Prometheus' default is 15 s
 MY_PROGS = {"tcp_state", "tcp_rst_send", "tcp_rst_recv", "tcp_drop", "tcp_iter"}
 
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path {tmp}/body;
-  proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fcgi;
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
-  server {{
-    listen 80 backlog=4096;
-    location / {{ return 200 "podscope bench payload 0123456789abcdef\\n"; }}
-  }}
-}}
-"""
-
-
-def bpf_prog_stats() -> tuple[int, int]:
-    """(run_time_ns, run_cnt) summed over podscope's programs."""
+def bpf_prog_stats(progs: set[str] = MY_PROGS) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) summed over the named programs (podscope's)."""
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
                          check=True).stdout
     ns = cnt = 0
     for p in json.loads(out or "[]"):
-        if p.get("name") in MY_PROGS:
+        if p.get("name") in progs:
             ns += p.get("run_time_ns", 0)
             cnt += p.get("run_cnt", 0)
     return ns, cnt
@@ -158,16 +135,8 @@ def scenario(net: PodNetwork, name: str, close: bool, rounds: int, seconds: floa
             client = net.pod(f"wk{name[:2]}{runs}", driver="cgroupfs")
         return client
 
-    tmp = tempfile.mkdtemp(prefix="podscope-nginx-")
-    conf = Path(tmp) / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp))
-    server.popen(["nginx", "-e", f"{tmp}/error.log", "-c", str(conf)])
+    start_nginx(server)
     url = f"http://{server.ip}/"
-    deadline = time.monotonic() + 10
-    while client.run(["bash", "-c", f"exec 3<>/dev/tcp/{server.ip}/80"], check=False).returncode:
-        if time.monotonic() > deadline:
-            raise RuntimeError("nginx did not start")
-        time.sleep(0.1)
     run_wrk(client, url, 2, close)  # warm-up
     ratios, off_rps, on_rps = [], [], []
     bpf_ns = bpf_cnt = 0
@@ -201,7 +170,6 @@ def scenario(net: PodNetwork, name: str, close: bool, rounds: int, seconds: floa
         ratios.append(got["on"]["rps"] / got["off"]["rps"])
         print(f"  {name} round {i + 1}: off {got['off']['rps']:.0f} rps, on {got['on']['rps']:.0f}"
               f" rps, ratio {ratios[-1]:.4f}", flush=True)
-    shutil.rmtree(tmp, ignore_errors=True)
     conns = on_requests if close else rounds * 32
     return {
         "scenario": name, "rounds": rounds, "seconds_per_run": seconds,
@@ -238,14 +206,19 @@ def main() -> int:
     finally:
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
             f.write(stats_before)
+    write_results(a.out, results)
+    return 0
+
+
+def write_results(path: str, results: list[dict]) -> None:  # type: ignore[type-arg]
+    """The results with the machine they ran on: to `path` (JSON) and to stdout."""
     machine = {"kernel": platform.release(), "cpus": os.cpu_count(),
                "cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
                             if ln.startswith("model name")), "?")}
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
         json.dump({"machine": machine, "results": results}, f, indent=1)
     print(json.dumps({"machine": machine, "results": results}, indent=1))
-    return 0
 
 
 if __name__ == "__main__":

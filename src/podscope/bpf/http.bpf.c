@@ -123,7 +123,6 @@ struct {
 /* Per-CPU scratch space: far larger than the 512-byte stack. */
 struct scratch {
 	__u8 head[2 * HTTP_HEAD_MAX]; /* twice the size: a masked index plus a small offset stays inside */
-	struct iovec iov[HTTP_IOV_MAX];
 	struct http_agg agg;
 	struct http_path path;
 	struct http_conn conn;

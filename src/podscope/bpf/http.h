@@ -8,7 +8,6 @@
 #define HTTP_PATH_MAX  64   /* bytes of the request target kept (query cut off) */
 #define HTTP_HEAD_MAX  512  /* bytes of a message head the kernel scans (power of 2) */
 #define HTTP_CHUNK_MAX 8192 /* bytes of one syscall's data streamed to user space (power of 2) */
-#define HTTP_IOV_MAX   8    /* iovec entries looked at per readv/writev/recvmsg/sendmsg */
 #define HTTP_IOV_STREAM_MAX 256 /* iovec entries copied per syscall of a streamed connection */
 
 enum http_role {

@@ -53,18 +53,19 @@ def log2_histogram(family: Any, buckets: dict[tuple[Labels, tuple[str, ...]], li
     """Fill a HistogramMetricFamily from log2 slots (slot 0: value 0; slot i: [2^(i-1), 2^i))."""
     for key, slots in buckets.items():
         labels, extra = key
-        cum = 0
-        out = []
-        last = len(slots) - 1
-        for i, n in enumerate(slots):
-            cum += n
-            if i == last:
-                break
-            le = (1 if i == 0 else 2 ** i) * unit_seconds
-            out.append((f"{le:.9g}", cum))
-        out.append(("+Inf", cum))
-        family.add_metric(list(labels) + list(extra), out, sums[key] * unit_seconds)
+        family.add_metric(list(labels) + list(extra), log2_buckets(slots, unit_seconds),
+                          sums[key] * unit_seconds)
     return family
+
+
+def log2_buckets(slots: Sequence[int], unit_seconds: float) -> list[tuple[str, float]]:
+    """Cumulative (le, count) pairs of log2 slots; slot i's upper bound is 2^i units."""
+    out, cum = [], 0
+    for i, n in enumerate(slots[:-1]):
+        cum += n
+        out.append((f"{(2 ** i) * unit_seconds:.9g}", float(cum)))
+    out.append(("+Inf", float(cum + slots[-1])))
+    return out
 
 
 def label_names(*extra: str) -> Sequence[str]:

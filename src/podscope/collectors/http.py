@@ -23,7 +23,7 @@ from .. import libbpf
 from ..metadata.store import Labels, MetadataStore
 from ..protocols import http1, http2
 from ..protocols.routes import RouteBudget, redact_headers, redact_target, template_path
-from .base import Emit, label_names
+from .base import Emit, label_names, log2_buckets
 
 log = logging.getLogger("podscope.http")
 
@@ -116,15 +116,6 @@ class _Stream:
     seeds: dict[int, tuple[int, int]] = field(default_factory=dict)  # id(msg) -> (start, bytes)
     h2: http2.H2Connection | None = None
     midway_sk: int = 0  # an HTTP/2 connection seen mid-way: its kernel key, to turn it off
-
-
-def _buckets(slots: list[int]) -> list[tuple[str, float]]:
-    out, cum = [], 0
-    for i, n in enumerate(slots[:-1]):
-        cum += n
-        out.append((f"{(2 ** i) * HIST_UNIT:.9g}", float(cum)))
-    out.append(("+Inf", float(cum + slots[-1])))
-    return out
 
 
 class HttpCollector:
@@ -523,7 +514,7 @@ class HttpCollector:
             self._h2_request(st, req)
 
     def _h2_request(self, st: _Stream, r: http2.H2Request) -> None:
-        labels = self.store.labels(st.cgroup_id, st.netns)
+        labels = self._labels(st.cgroup_id, st.netns)
         key_o = (labels, r.outcome)
         self.h2_outcomes[key_o] = self.h2_outcomes.get(key_o, 0) + 1
         addr, port = (st.peer_addr, st.peer_port) if st.role == ROLE_CLIENT else ("", 0)
@@ -568,7 +559,7 @@ class HttpCollector:
         else:
             end, status, resp_bytes = st.last_ts, 0, 0
         st.req.forget_before(req.start)
-        labels = self.store.labels(st.cgroup_id, st.netns)
+        labels = self._labels(st.cgroup_id, st.netns)
         addr, port = (st.peer_addr, st.peer_port) if st.role == ROLE_CLIENT else ("", 0)
         method = req.head.method if req.head.method in METHOD_IDS else "_OTHER"
         self._add_one(labels, st.role, method, status, req.head.target, addr, port,
@@ -607,7 +598,7 @@ class HttpCollector:
             errors = dict(self.parse_errors)
             overflow = dict(self.budget.overflow)
         for (labels, role, method, status, route, addr, port, version), a in aggs:
-            buckets = _buckets(a.slots)
+            buckets = log2_buckets(a.slots, HIST_UNIT)
             values = list(labels) + [method, str(status), route, version]
             if role == ROLE_CLIENT:
                 client.add_metric(values + [addr, str(port)], buckets, a.sum_ns * HIST_UNIT)
@@ -651,10 +642,10 @@ class HttpCollector:
         for (labels, role, service, rmethod, code, addr, port), a in rpcs:
             values = list(labels) + ["grpc", service, rmethod, code]
             if role == ROLE_CLIENT:
-                rpc_client.add_metric(values + [addr, str(port)], _buckets(a.slots),
+                rpc_client.add_metric(values + [addr, str(port)], log2_buckets(a.slots, HIST_UNIT),
                                       a.sum_ns * HIST_UNIT)
             else:
-                rpc_server.add_metric(values, _buckets(a.slots), a.sum_ns * HIST_UNIT)
+                rpc_server.add_metric(values, log2_buckets(a.slots, HIST_UNIT), a.sum_ns * HIST_UNIT)
         yield rpc_server
         yield rpc_client
         dec = CounterMetricFamily("podscope_http2_decode_total",

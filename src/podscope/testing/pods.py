@@ -19,7 +19,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,7 @@ class Pod:
     ip: str
     cgroup_rel: str
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)  # run after the processes
 
     @property
     def cgroup_dir(self) -> str:
@@ -120,13 +121,16 @@ class Pod:
                 with open(os.path.join(self.cgroup_dir, "cgroup.procs")) as f:
                     pids = [int(x) for x in f.read().split()]
             except FileNotFoundError:
-                return
+                break
             if not pids:
-                return
+                break
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.05)
+        for fn in self.cleanups:
+            fn()
+        self.cleanups.clear()
 
 
 class PodNetwork:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 import time
@@ -49,6 +50,7 @@ def start_nginx(pod: Pod, port: int | str = 80, workers: int = 1,
     conf.write_text(NGINX_CONF.format(tmp=tmp, port=listen, workers=workers,
                                       locations=locations.replace("{{", "{").replace("}}", "}")))
     proc = pod.popen(["nginx", "-e", f"{tmp}/error.log", "-c", str(conf)])
+    pod.cleanups.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
     deadline = time.monotonic() + 10
     while pod.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
                   check=False).returncode:
