@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hpack import Encoder
+from hpack import Decoder, Encoder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -194,3 +194,50 @@ def test_decoded_block_cache_follows_the_table() -> None:
     second = lit.encode([(":method", "GET"), (":path", "/two")])  # inserts ":path: /two"
     assert req(7, second) == "/two"
     assert req(9, b"\x82\xbe") == "/two"  # index 62 is now the newer entry
+
+
+def test_cached_blocks_keep_the_dynamic_table_in_step() -> None:
+    """A block with literals that add to the table (nginx's responses) is cached by its bytes;
+    a hit must add the same entries, so that a later block referring to them decodes right."""
+    conn = H2Connection("server")
+    ref = Decoder()
+    conn.feed(True, PREFACE + frame(SETTINGS, 0, 0, b""), 1)
+    got = []
+    blocks = []
+    for i in range(1, 40, 2):
+        path = f"/p/{i % 3}".encode()
+        # :method GET, :scheme http (static), :path and x-tag as literals with indexing
+        blocks.append(b"\x82\x86" + bytes([0x44, len(path)]) + path
+                      + bytes([0x40, 5]) + b"x-tag" + bytes([1]) + b"v")
+    # then one all-indexed block: index 62 = the newest entry (x-tag), 63 = the last :path
+    blocks.append(b"\x82\x86\xbe\xbf")
+    for n, block in enumerate(blocks):
+        sid = 2 * n + 1
+        ref.decode(block)
+        conn.feed(True, frame(HEADERS, END_HEADERS | END_STREAM, sid, block), sid)
+        out = conn.feed(False, frame(HEADERS, END_HEADERS | END_STREAM, sid, b"\x88"), sid + 1)
+        got += [(r.path, r.outcome) for r in out]
+    assert got == [(f"/p/{i % 3}", "full") for i in range(1, 40, 2)] + [("/p/0", "full")]
+    # the three distinct request blocks and the response block were decoded once each
+    assert len(conn.blocks) == 4
+    conn.client.table.flush()
+    assert list(conn.client.table.dynamic_entries) == list(ref.header_table.dynamic_entries)
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 300)), max_size=60),
+       st.integers(0, 600))
+def test_deferred_table_entries_end_as_added_ones(adds: list[tuple[int, int]], size: int) -> None:
+    """Deferred adds, flushed, leave the table as adding them one by one does (evictions and
+    entries larger than the whole table included)."""
+    from podscope.protocols.http2 import _Table
+    direct, lazy = _Table(), _Table()
+    for t in (direct, lazy):
+        t.maxsize = size
+        t.add(b"old", b"x" * 40)
+    entries = [(b"n%d" % n, b"v" * length) for n, length in adds]
+    for name, value in entries:
+        direct.add(name, value)
+    lazy.defer(entries)
+    lazy.flush()
+    assert list(lazy.dynamic_entries) == list(direct.dynamic_entries)
+    assert lazy._current_size == direct._current_size

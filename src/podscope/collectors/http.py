@@ -23,6 +23,7 @@ from .. import libbpf
 from ..metadata.store import Labels, MetadataStore
 from ..protocols import http1, http2
 from ..protocols.routes import RouteBudget, redact_headers, redact_target, template_path
+from .base import HIST_SLOTS_DEFAULT as SLOTS
 from .base import Emit, label_names, log2_buckets
 
 log = logging.getLogger("podscope.http")
@@ -42,11 +43,9 @@ UNKNOWN_ROUTE = "__unknown__"  # the path of a hash was evicted before it was re
 MAX_STREAMED_CONNS = 20_000  # connections parsed in user space at once (bounded memory)
 
 
-def _one(dur_ns: int) -> list[int]:
-    """The log2 slots of a single duration (as the kernel's log2_slot)."""
-    slots = [0] * 40
-    slots[0 if dur_ns <= 0 else min(dur_ns.bit_length(), 39)] = 1
-    return slots
+def _slot(dur_ns: int) -> int:
+    """The log2 slot of a duration (as the kernel's log2_slot)."""
+    return 0 if dur_ns <= 0 else min(dur_ns.bit_length(), SLOTS - 1)
 
 
 def _addr(family: int, raw: bytes) -> str:
@@ -156,6 +155,8 @@ class HttpCollector:
         self._slot = 0
         self._drained_at = 0.0
         self._streams: dict[int, _Stream] = {}
+        self._h2_blocks: http2.BlockCache = {}  # shared by all HTTP/2 connections
+        self._templates: dict[str, str] = {}  # target -> route template, for streamed requests
         self.parse_errors: dict[str, int] = {}
         self.unanswered: dict[tuple[Labels, str, str], int] = {}
         self._ring: libbpf.RingBuffer | None = None
@@ -281,6 +282,18 @@ class HttpCollector:
         a.req_bytes += req
         a.resp_bytes += resp
 
+    def _add_sample(self, key: AggKey | RpcKey, dur_ns: int, req: int, resp: int,
+                    into: dict[Any, Agg] | None = None) -> None:
+        """One request (the per-request path of streamed connections)."""
+        aggs: dict[Any, Agg] = self._aggs if into is None else into
+        a = aggs.get(key)
+        if a is None:
+            a = aggs[key] = Agg([0] * SLOTS)
+        a.slots[_slot(dur_ns)] += 1
+        a.sum_ns += dur_ns
+        a.req_bytes += req
+        a.resp_bytes += resp
+
     def _add_one(self, labels: Labels, role: int, method: str, status: int, target: str,
                  addr: str, port: int, dur_ns: int, req: int, resp: int,
                  version: str = "1.1") -> None:
@@ -288,10 +301,15 @@ class HttpCollector:
             key_u = (labels, ROLES.get(role, "?"), "no_response")
             self.unanswered[key_u] = self.unanswered.get(key_u, 0) + 1
             return
-        route = http2.UNKNOWN if target == http2.UNKNOWN else template_path(target)
+        route = self._templates.get(target)
+        if route is None:
+            route = http2.UNKNOWN if target == http2.UNKNOWN else template_path(target)
+            if len(self._templates) >= 4096:
+                self._templates.clear()
+            self._templates[target] = route
         route = self.budget.route(labels, route)
-        self._add((labels, role, method, status, route, addr, port, version), _one(dur_ns),
-                  dur_ns, req, resp)
+        self._add_sample((labels, role, method, status, route, addr, port, version), dur_ns, req,
+                         resp)
 
     def expire(self) -> None:
         """Requests waiting longer than request_timeout: counted as unanswered (reason timeout)
@@ -408,18 +426,20 @@ class HttpCollector:
                     ev.conn_id, ev.role, ev.cgroup_id, ev.netns, ev.family, ev.local_port,
                     _addr(ev.family, bytes(ev.peer_addr)), ev.peer_port, ev.pid)
                 if ev.proto == PROTO_H2:
-                    st.h2 = http2.H2Connection(ROLES.get(ev.role, "server"))
+                    st.h2 = http2.H2Connection(ROLES.get(ev.role, "server"),
+                                                 blocks=self._h2_blocks)
                 elif ev.proto == PROTO_H2_MIDWAY:
                     # which side is the client is not known from a frame: guess from the ports
                     # (servers listen on the lower one), the first header block settles it
                     st.role = ROLE_SERVER if ev.local_port < ev.peer_port else ROLE_CLIENT
                     st.midway_sk = ev.sk
                     st.h2 = http2.H2Connection(ROLES[st.role], seen_start=False,
-                                               role_known=False)
+                                               role_known=False, blocks=self._h2_blocks)
             if ev.gap:  # events of this connection were lost: its parse state is void
                 self._error("stream_events_lost")
                 if st.h2 is not None:
-                    st.h2 = http2.H2Connection(ROLES.get(st.role, "server"), seen_start=False)
+                    st.h2 = http2.H2Connection(ROLES.get(st.role, "server"), seen_start=False,
+                                               blocks=self._h2_blocks)
                 else:
                     self._restart(st)
             try:
@@ -474,7 +494,8 @@ class HttpCollector:
         assert st.h2 is not None
         if e.reason == "role_swapped":  # the guess about a mid-way connection was wrong
             st.role = ROLE_CLIENT if st.role == ROLE_SERVER else ROLE_SERVER
-            st.h2 = http2.H2Connection(ROLES[st.role], seen_start=False)
+            st.h2 = http2.H2Connection(ROLES[st.role], seen_start=False,
+                                       blocks=self._h2_blocks)
             try:  # the same bytes again, read the right way round
                 self._h2_event(st, ev, payload)
             except http2.H2Error as e2:
@@ -489,7 +510,8 @@ class HttpCollector:
             return
         self._error("http2_" + e.reason)
         # start over without the dynamic tables: decode what can be decoded
-        st.h2 = http2.H2Connection(ROLES.get(st.role, "server"), seen_start=False)
+        st.h2 = http2.H2Connection(ROLES.get(st.role, "server"), seen_start=False,
+                                   blocks=self._h2_blocks)
 
     def _turn_off(self, sk: int) -> None:
         m = self.obj.map("http_conns")
@@ -531,8 +553,8 @@ class HttpCollector:
                 key_u = (labels, ROLES.get(st.role, "?"), "reset")
                 self.unanswered[key_u] = self.unanswered.get(key_u, 0) + 1
             else:
-                self._add((labels, st.role, service, method, code, addr, port), _one(dur), dur,
-                          r.req_bytes, r.resp_bytes, into=self._rpcs)
+                self._add_sample((labels, st.role, service, method, code, addr, port), dur,
+                                 r.req_bytes, r.resp_bytes, into=self._rpcs)
         else:
             method = r.method if r.method in METHOD_IDS else "_OTHER"
             self._add_one(labels, st.role, method, 0 if r.reset else r.status, r.path, addr,

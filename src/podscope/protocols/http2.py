@@ -11,11 +11,14 @@ dynamic tables have caps.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from hpack import Decoder, HPACKError
-from hpack.table import HeaderTable
+from hpack.table import HeaderTable, table_entry_size
+
+STATIC_ENTRIES = len(HeaderTable.STATIC_TABLE)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 UNKNOWN = "__unknown__"
@@ -24,11 +27,20 @@ DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDO
     CONTINUATION = range(10)
 END_STREAM, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x4, 0x8, 0x20
 SETTINGS_HEADER_TABLE_SIZE = 0x1
+_FRAME_HEADER = struct.Struct(">BHBBI")  # length (24 bits: 8 + 16), type, flags, stream id
 
 MAX_FRAME = 1 << 24  # the protocol's own limit (24-bit length)
 MAX_HEADER_BLOCK = 256 * 1024  # one header block, CONTINUATIONs included
 MAX_TABLE = 64 * 1024  # dynamic table size we are willing to mirror
 MAX_STREAMS = 4096  # open streams tracked per connection
+MAX_CACHED_BLOCKS = 4096  # decoded header blocks kept (BlockCache)
+
+# Decoded header blocks that refer only to the static table and to literals: such a block is a
+# pure function of its bytes, whatever connection carried it. Steady traffic repeats the same
+# blocks (nginx's responses differ only in `date`, once a second), so one cache can serve all
+# connections: the decoded headers, and the entries the block adds to the dynamic table (replayed
+# on a hit: nginx adds its response headers every time).
+BlockCache = dict[bytes, tuple["_Summary", list[tuple[bytes, bytes]]]]
 
 
 class H2Error(Exception):
@@ -46,10 +58,39 @@ class _Table(HeaderTable):
         super().__init__()
         self.synced = True
         self.misses = 0
+        self.dynamic_refs = 0  # look-ups that reached the dynamic table
+        self.added: list[tuple[bytes, bytes]] = []  # entries added (cleared by the caller)
+
+        self.pending: list[tuple[bytes, bytes]] = []  # adds not applied yet (defer)
 
     def add(self, name: bytes, value: bytes) -> None:
         self.version += 1
+        self.added.append((name, value))
         super().add(name, value)
+
+    def defer(self, adds: list[tuple[bytes, bytes]]) -> None:
+        """Entries a cached header block adds: applied only when a block is decoded (flush).
+        Most of them are evicted before anything refers to them."""
+        self.version += len(adds)
+        self.pending += adds
+        if len(self.pending) > 1024:
+            self.flush()
+
+    def flush(self) -> None:
+        """Apply the deferred entries. After any sequence of adds an HPACK table holds the
+        longest run of newest entries that fits its size, so only that run is added."""
+        pending, self.pending = self.pending, []
+        size = keep = 0
+        for name, value in reversed(pending):
+            size += table_entry_size(name, value)
+            if size > self._maxsize:
+                break
+            keep += 1
+        if keep < len(pending):  # the older ones, and everything in the table, are evicted
+            self.dynamic_entries.clear()
+            self._current_size = 0
+        for name, value in pending[len(pending) - keep:]:
+            HeaderTable.add(self, name, value)
 
     @property
     def maxsize(self) -> int:
@@ -58,9 +99,12 @@ class _Table(HeaderTable):
     @maxsize.setter
     def maxsize(self, newmax: int) -> None:
         self.version += 1
+        self.dynamic_refs += 1  # a size update: the block's effect depends on the table
         HeaderTable.maxsize.fset(self, newmax)  # type: ignore[attr-defined]
 
     def get_by_index(self, index: int) -> tuple[bytes, bytes]:
+        if index > STATIC_ENTRIES:
+            self.dynamic_refs += 1
         try:
             return super().get_by_index(index)
         except HPACKError:
@@ -103,9 +147,9 @@ class _Direction:
     preface_left: int = 0
     skip: int = 0  # DATA payload bytes still to pass (not captured)
     block: bytearray = field(default_factory=bytearray)  # header block being assembled
-    # header blocks that left the table unchanged, by (bytes, table version): steady traffic
-    # repeats the same all-indexed blocks, and decoding them again gives the same headers
-    cache: dict[tuple[bytes, int], tuple[Any, int]] = field(default_factory=dict)
+    # header blocks that refer to the dynamic table, by (bytes, table version), when they left
+    # the table unchanged (all-indexed requests from a warmed-up client); see H2Connection.blocks
+    cache: dict[tuple[bytes, int], tuple[_Summary | None, int]] = field(default_factory=dict)
     block_stream: int = 0
     block_flags: int = 0
 
@@ -115,12 +159,45 @@ class _Direction:
         self.decoder.max_allowed_table_size = MAX_TABLE
 
 
+@dataclass(frozen=True)
+class _Summary:
+    """What a decoded header block says about its stream: the H2Request fields it sets."""
+    fields: tuple[tuple[str, Any], ...]
+    content_type: str
+    has_status: bool
+    has_method: bool
+
+
+_FIELDS = {":method": "method", ":path": "path", ":authority": "authority",
+           "grpc-message": "grpc_message"}
+
+
+def _summarize(headers: Any) -> _Summary:
+    fields: list[tuple[str, Any]] = []
+    content_type = ""
+    names = set()
+    for name, value in headers:
+        n, v = name.decode("latin-1"), value.decode("latin-1")
+        names.add(n)
+        if n in _FIELDS:
+            fields.append((_FIELDS[n], v))
+        elif n == ":status" and v.isdigit():
+            fields.append(("status", int(v)))
+        elif n == "grpc-status" and v.isdigit():
+            fields.append(("grpc_status", int(v)))
+        elif n == "content-type" and not content_type:
+            content_type = v
+    return _Summary(tuple(fields), content_type, ":status" in names, ":method" in names)
+
+
 class H2Connection:
     """role: "server" (this side received the preface) or "client". seen_start: False when the
     capture began mid-connection (no preface seen): decoding is then partial where it must be."""
 
-    def __init__(self, role: str, seen_start: bool = True, role_known: bool = True):
+    def __init__(self, role: str, seen_start: bool = True, role_known: bool = True,
+                 blocks: BlockCache | None = None):
         self.role = role
+        self.blocks: BlockCache = {} if blocks is None else blocks
         # False: a connection seen mid-way, its direction guessed; the first decoded header
         # block confirms it (H2Error("role_swapped") when it was wrong)
         self.role_known = role_known
@@ -182,9 +259,9 @@ class H2Connection:
                     break
             if len(buf) - pos < 9:
                 break
-            length = int.from_bytes(buf[pos:pos + 3], "big")
-            ftype, flags = buf[pos + 3], buf[pos + 4]
-            sid = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+            hi, lo, ftype, flags, sid = _FRAME_HEADER.unpack_from(buf, pos)
+            length = hi << 16 | lo
+            sid &= 0x7FFFFFFF
             if length > MAX_FRAME:
                 raise H2Error("frame_too_large")
             if ftype == DATA and len(buf) - pos < 9 + length:
@@ -198,6 +275,10 @@ class H2Connection:
                 if length > MAX_HEADER_BLOCK:
                     raise H2Error("frame_too_large")
                 break
+            if ftype == DATA and not d.block:
+                pos += 9 + length
+                self._data(d, sid, flags, length, ts, out, complete=True)
+                continue
             payload = bytes(buf[pos + 9:pos + 9 + length])
             pos += 9 + length
             self._frame(d, ftype, flags, sid, payload, ts, out)
@@ -265,33 +346,45 @@ class H2Connection:
     def _headers(self, d: _Direction, ts: int, out: list[H2Request]) -> None:
         sid, flags, block = d.block_stream, d.block_flags, bytes(d.block)
         d.block = bytearray()
-        misses = d.table.misses
-        key = (block, d.table.version)
-        hit = d.cache.get(key)
-        if hit is not None:
-            headers, missed = hit
-            d.table.misses += missed
+        table = d.table
+        misses = table.misses
+        pure = self.blocks.get(block)
+        summary: _Summary | None
+        if pure is not None:
+            summary, adds = pure
+            if adds:
+                table.defer(adds)
+        elif (hit := d.cache.get((block, table.version))) is not None:
+            summary, missed = hit
+            table.misses += missed
         else:
+            table.flush()
+            version, refs = table.version, table.dynamic_refs
+            table.added = []
             try:
-                headers = d.decoder.decode(block, raw=True)
+                summary = _summarize(d.decoder.decode(block, raw=True))
             except HPACKError:
-                if d.table.synced:
+                if table.synced:
                     raise H2Error("hpack") from None
-                headers = None
-            if d.table.version == key[1]:
+                summary = None
+            if summary is not None and table.dynamic_refs == refs:
+                if len(self.blocks) >= MAX_CACHED_BLOCKS:
+                    self.blocks.clear()
+                self.blocks[block] = (summary, table.added)
+            elif table.version == version:
                 if len(d.cache) >= 256:
                     d.cache.clear()
-                d.cache[key] = (headers, d.table.misses - misses)
-        if headers is None:
+                d.cache[(block, version)] = (summary, table.misses - misses)
+            table.added = []
+        if summary is None:
             outcome = "none"
         else:
-            outcome = "partial" if d.table.misses > misses else "full"
+            outcome = "partial" if table.misses > misses else "full"
             if not self.role_known:
-                names = {n for n, _ in headers}
-                if (b":status" in names and d.is_client) or (b":method" in names
-                                                              and not d.is_client):
+                if (summary.has_status and d.is_client) or (summary.has_method
+                                                            and not d.is_client):
                     raise H2Error("role_swapped")
-                if names & {b":status", b":method"}:
+                if summary.has_status or summary.has_method:
                     self.role_known = True
         st = self.streams.get(sid)
         if d.is_client and st is None:
@@ -302,22 +395,11 @@ class H2Connection:
             return  # the server speaks on a stream whose request we never saw
         if outcome != "full" and st.outcome != "none":
             st.outcome = outcome
-        for name, value in headers or []:
-            n, v = name.decode("latin-1"), value.decode("latin-1")
-            if n == ":method":
-                st.method = v
-            elif n == ":path":
-                st.path = v
-            elif n == ":authority":
-                st.authority = v
-            elif n == ":status" and v.isdigit():
-                st.status = int(v)
-            elif n == "grpc-status" and v.isdigit():
-                st.grpc_status = int(v)
-            elif n == "grpc-message":
-                st.grpc_message = v
-            elif n == "content-type" and not st.content_type:
-                st.content_type = v
+        if summary is not None:
+            for attr, value in summary.fields:
+                setattr(st, attr, value)
+            if summary.content_type and not st.content_type:
+                st.content_type = summary.content_type
         if flags & END_STREAM:
             self._end(d, st, ts, out)
 
