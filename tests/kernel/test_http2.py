@@ -103,6 +103,40 @@ def test_h2load_against_nginx_h2c_exact_count(pods: PodNetwork, tmp_path: Path) 
         agent.stop()
 
 
+def test_h2c_upgrade_from_http1(pods: PodNetwork, tmp_path: Path) -> None:
+    """nghttp -u: an HTTP/1.1 request with `Upgrade: h2c`, 101, then HTTP/2 on the same
+    connection (an `h2` library server). The upgrade exchange is counted as what went over the
+    wire in HTTP/1.1 (101); the later streams are HTTP/2, decoded from the start."""
+    server = pods.pod("server")
+    client = pods.pod("client")
+    p = server.popen(python_cmd("h2c_server.py", 8080), stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "listening"
+    agent = AgentProc([], tmp_path)
+    try:
+        paths = ["/first"] + ["/status/404"] * 3 + ["/status/503"] * 2 + ["/ok"] * 4
+        # distinct URIs (nghttp fetches a URI once)
+        out = client.run(["nghttp", "-u", "-v"] + [f"http://{server.ip}:8080{x}?n={i}"
+                                                   for i, x in enumerate(paths)]).stdout
+        assert "HTTP/1.1 101 Switching Protocols" in out, out
+        # nghttp's own view: every response, stream 1 (the upgrade request's) included
+        seen = Counter(re.findall(r"recv \(stream_id=(\d+)\) :status: (\d+)", out))
+        h2_truth = Counter(code for sid, code in seen if sid != "1")
+        assert h2_truth == Counter({"404": 3, "503": 2, "200": 4}), out
+        time.sleep(1.0)
+        m = agent.metrics()
+        for pod, name in ((server, "http_server_request_duration_seconds_count"),
+                          (client, "http_client_request_duration_seconds_count")):
+            assert m.value(name, k8s_pod_uid=pod.uid, network_protocol_version="1.1",
+                           http_response_status_code="101", http_route="/first") == 1
+            for code, n in h2_truth.items():
+                assert m.value(name, k8s_pod_uid=pod.uid, network_protocol_version="2",
+                               http_response_status_code=code) == n, (pod.name, code)
+            assert m.value("podscope_http2_decode_total", k8s_pod_uid=pod.uid,
+                           outcome="full") == 9
+    finally:
+        agent.stop()
+
+
 def test_agent_started_during_a_busy_grpc_connection(pods: PodNetwork, tmp_path: Path) -> None:
     server = pods.pod("server")
     client = pods.pod("client")
