@@ -6,7 +6,10 @@ Workloads, each in two test pods, alternating rounds with the agent off and on:
   nginx-records nginx-tiny again with one record per request exported (--export jsonl): agent CPU
                 and ring-buffer losses at the highest request rate
   nginx-syscalls nginx-tiny with http_hooks = "syscalls" (the fallback hooks), for comparison
-  nginx-h2      nginx over HTTP/2 cleartext, h2load -c8 -m10: every byte decoded in user space
+  nginx-h2      nginx over HTTP/2 cleartext, h2load -c8 -m10 as fast as it goes: HTTP/2 is
+                decoded in user space (frames, HPACK), so this is the agent's capacity
+  nginx-h2-8k   the same at a fixed 8000 requests/s (h2load --rps 1000 per connection): agent
+                CPU per request when it keeps up
 
 Reports per workload: median throughput ratio on/off, p99 latency ratio, BPF run time per
 request (kernel.bpf_stats_enabled), agent CPU per 10k requests, events lost, agent peak RSS.
@@ -76,9 +79,11 @@ def wrk(client: Pod, url: str, seconds: float, conns: int, threads: int) -> dict
             "non2xx": int(errs.group(1)) if errs else 0}
 
 
-def h2load(client: Pod, url: str, seconds: float, conns: int, streams: int) -> dict[str, float]:
+def h2load(client: Pod, url: str, seconds: float, conns: int, streams: int,
+           rps_per_conn: int = 0) -> dict[str, float]:
+    rate = ["--rps", str(rps_per_conn)] if rps_per_conn else []
     out = client.run(["h2load", "-c", str(conns), "-m", str(streams), "-D", str(int(seconds)),
-                      url], timeout=seconds + 60).stdout
+                      *rate, url], timeout=seconds + 60).stdout
     rps = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
@@ -99,12 +104,13 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float) -> dict[st
     server = net.pod(f"s{tag}")
     client = net.pod(f"c{tag}", driver="cgroupfs")
     agent_args: list[str] = []
-    if name == "nginx-h2":
+    if name.startswith("nginx-h2"):
         start_nginx(server, port="8080 http2")
         url = f"http://{server.ip}:8080/ok"
+        rate = 1000 if name == "nginx-h2-8k" else 0
 
         def load(secs: float) -> dict[str, float]:
-            return h2load(client, url, secs, 8, 10)
+            return h2load(client, url, secs, 8, 10, rate)
     elif name.startswith("nginx"):
         start_nginx(server)
         url, conns, threads = f"http://{server.ip}/ok", 32, 2
@@ -114,7 +120,7 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float) -> dict[st
         assert p.stdout is not None and p.stdout.readline().strip() == "listening"
         # one connection: a Python server's threads would queue on the GIL, not on the work
         url, conns, threads = f"http://{server.ip}:8080/work/1000", 1, 1
-    if name != "nginx-h2":
+    if not name.startswith("nginx-h2"):
         def load(secs: float) -> dict[str, float]:
             return wrk(client, url, secs, conns, threads)
     tmp = tempfile.mkdtemp(prefix="podscope-bench-")
@@ -183,7 +189,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--only", action="append", default=[],
                     choices=["nginx-tiny", "handler-1ms", "nginx-records", "nginx-syscalls",
-                             "nginx-h2"])
+                             "nginx-h2", "nginx-h2-8k"])
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "http_overhead.json"))
     a = ap.parse_args()
     with PodNetwork() as net:
