@@ -125,6 +125,32 @@ def test_header_flood_is_bounded() -> None:
         raise AssertionError("no limit")
 
 
+def test_block_caches_hold_only_small_blocks() -> None:
+    """Distinct large header blocks (a client sending big cookies) are decoded, not kept."""
+    conn = H2Connection("server")
+    conn.feed(True, PREFACE, 0)
+    for i in range(1, 200, 2):
+        value = (b"%d-" % i) + b"c" * 2000
+        # :method GET, :path /, then `cookie` (static name 32) as a literal without indexing
+        block = b"\x82\x84\x0f\x11" + _hpack_len(len(value)) + value
+        conn.feed(True, frame(HEADERS, END_HEADERS | END_STREAM, i, block), i)
+    assert len(conn.client.table.dynamic_entries) == 0
+    assert not conn.blocks and not conn.client.cache
+    assert len(conn.streams) == 100
+
+
+def _hpack_len(n: int) -> bytes:
+    """An HPACK string length (7-bit prefix, no Huffman)."""
+    if n < 127:
+        return bytes([n])
+    out, n = [0x7F], n - 127
+    while n >= 128:
+        out.append(n % 128 | 0x80)
+        n //= 128
+    out.append(n)
+    return bytes(out)
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.binary(max_size=120)), max_size=10), st.booleans())
 def test_fuzz_only_h2error(chunks: list[tuple[bool, bytes]], seen: bool) -> None:

@@ -34,6 +34,7 @@ MAX_HEADER_BLOCK = 256 * 1024  # one header block, CONTINUATIONs included
 MAX_TABLE = 64 * 1024  # dynamic table size we are willing to mirror
 MAX_STREAMS = 4096  # open streams tracked per connection
 MAX_CACHED_BLOCKS = 4096  # decoded header blocks kept (BlockCache)
+MAX_CACHED_BLOCK_BYTES = 1024  # larger blocks are decoded every time (caches stay < 5 MB)
 
 # Decoded header blocks that refer only to the static table and to literals: such a block is a
 # pure function of its bytes, whatever connection carried it. Steady traffic repeats the same
@@ -367,7 +368,9 @@ class H2Connection:
                 if table.synced:
                     raise H2Error("hpack") from None
                 summary = None
-            if summary is not None and table.dynamic_refs == refs:
+            if len(block) > MAX_CACHED_BLOCK_BYTES:
+                pass
+            elif summary is not None and table.dynamic_refs == refs:
                 if len(self.blocks) >= MAX_CACHED_BLOCKS:
                     self.blocks.clear()
                 self.blocks[block] = (summary, table.added)
