@@ -130,7 +130,9 @@ def test_h2c_upgrade_from_http1(pods: PodNetwork, tmp_path: Path) -> None:
                            http_response_status_code="101", http_route="/first") == 1
             for code, n in h2_truth.items():
                 assert m.value(name, k8s_pod_uid=pod.uid, network_protocol_version="2",
-                               http_response_status_code=code) == n, (pod.name, code)
+                               http_response_status_code=code) == n, (
+                    pod.name, code, [s for s in m.samples if "http2" in s.name
+                                     or ("parse_errors" in s.name and s.value)])
             assert m.value("podscope_http2_decode_total", k8s_pod_uid=pod.uid,
                            outcome="full") == 9
     finally:

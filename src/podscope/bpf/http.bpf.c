@@ -668,7 +668,7 @@ static long copy_iov(__u32 i, struct iov_ctx *x)
 }
 
 static __always_inline void stream_emit(struct http_conn *c, const struct io_desc *d, int ret,
-					bool inbound, __u8 kind)
+					bool inbound, __u8 kind, __u16 skip)
 {
 	struct scratch *s = scratch();
 	struct http_stream_event *ev;
@@ -717,6 +717,7 @@ static __always_inline void stream_emit(struct http_conn *c, const struct io_des
 	ev->proto = c->proto;
 	ev->sk = c->sk;
 	ev->gap = c->stream_gap;
+	ev->skip = skip;
 	err = bpf_ringbuf_output(&http_stream, ev, sizeof(*ev) + cap, 0);
 	if (err) {
 		count(HTTP_C_STREAM_LOST);
@@ -760,7 +761,7 @@ static __always_inline void to_stream(struct http_conn *c, const struct io_desc 
 	}
 	conn_reset_exchange(c);
 	count(HTTP_C_STREAMED);
-	stream_emit(c, d, ret, inbound, HTTP_S_DATA);
+	stream_emit(c, d, ret, inbound, HTTP_S_DATA, 0);
 }
 
 /* ---- the in-kernel state machine ---- */
@@ -909,6 +910,17 @@ __noinline int on_response_bytes(struct http_conn *c, const struct io_desc *d, i
 		if (upgraded) { /* WebSocket or h2c: look at the connection afresh (h2c: a preface) */
 			c->mode = HTTP_MODE_NEW;
 			c->tries = 0;
+			/* h2c whose server SETTINGS came in the same buffer as the 101: HTTP/2 from here,
+			 * or the stream's first frames (and HPACK table entries) would be missed */
+			if (cx.head_len && cx.head_len + 9 <= cx.n && cx.head_len <= HTTP_HEAD_MAX - 9 &&
+			    s->head[(cx.head_len + 3) & (HTTP_HEAD_MAX - 1)] == 4 &&
+			    h2_frame_ok(&s->head[cx.head_len & (HTTP_HEAD_MAX - 1)])) {
+				c->mode = HTTP_MODE_STREAM;
+				c->proto = HTTP_PROTO_2;
+				count(HTTP_C_STREAMED);
+				stream_emit(c, d, ret, c->role == HTTP_ROLE_CLIENT, HTTP_S_DATA,
+					    cx.head_len);
+			}
 		}
 	}
 	return 0;
@@ -954,7 +966,7 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 		return 0;
 	have = io_desc_get(&d);
 	if (c && c->mode == HTTP_MODE_STREAM) {
-		stream_emit(c, have ? &d : 0, ret, inbound, HTTP_S_DATA);
+		stream_emit(c, have ? &d : 0, ret, inbound, HTTP_S_DATA, 0);
 		return 0;
 	}
 	if (!c || c->mode == HTTP_MODE_NEW) {
@@ -967,7 +979,7 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 			c->mode = HTTP_MODE_STREAM;
 			c->proto = HTTP_PROTO_2;
 			count(HTTP_C_STREAMED);
-			stream_emit(c, &d, ret, inbound, HTTP_S_DATA);
+			stream_emit(c, &d, ret, inbound, HTTP_S_DATA, 0);
 			return 0;
 		}
 		if (!c || c->mode == HTTP_MODE_NEW) {
@@ -980,7 +992,7 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 				c->mode = HTTP_MODE_STREAM;
 				c->proto = HTTP_PROTO_2_MIDWAY;
 				count(HTTP_C_STREAMED);
-				stream_emit(c, &d, ret, inbound, HTTP_S_DATA);
+				stream_emit(c, &d, ret, inbound, HTTP_S_DATA, 0);
 				return 0;
 			}
 		}
@@ -1098,7 +1110,7 @@ static __always_inline int on_destroy(const void *sk)
 	if (c->mode == HTTP_MODE_KERNEL && c->phase != HTTP_PHASE_IDLE)
 		finish(c, c->phase == HTTP_PHASE_RESPONSE ? c->last_ns : bpf_ktime_get_ns());
 	else if (c->mode == HTTP_MODE_STREAM)
-		stream_emit(c, 0, 0, false, HTTP_S_CLOSE);
+		stream_emit(c, 0, 0, false, HTTP_S_CLOSE, 0);
 	bpf_map_delete_elem(&http_conns, &key);
 	return 0;
 }

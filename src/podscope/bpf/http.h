@@ -177,7 +177,9 @@ struct http_stream_event {
 	__u8 method; /* HTTP_S_SEED only */
 	__u8 proto;  /* enum http_proto */
 	__u8 gap;    /* 1: events of this connection were lost before this one */
-	__u8 _pad[5];
+	__u8 _pad1;
+	__u16 skip;  /* leading captured bytes that are not the stream's (the 101 head before h2c) */
+	__u8 _pad[2];
 	__u64 sk;    /* the socket's address: the key of http_conns */
 };
 

@@ -529,7 +529,8 @@ class HttpCollector:
             del self._streams[st.conn_id]
         elif ev.kind == kinds["HTTP_S_DATA"]:
             from_client = (st.role == ROLE_SERVER) == bool(ev.inbound)
-            done = st.h2.feed(from_client, payload, ev.ts_ns, ev.len - len(payload))
+            uncaptured = ev.len - len(payload)
+            done = st.h2.feed(from_client, payload[ev.skip:], ev.ts_ns, uncaptured)
         else:
             return
         for req in done:
