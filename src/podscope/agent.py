@@ -17,6 +17,7 @@ from .collectors.http import HttpCollector
 from .collectors.tcp import TcpCollector
 from .config import Config
 from .libbpf import BpfError
+from .metadata import kube
 from .metadata.store import MetadataStore
 from .sinks.files import CsvSink, JsonlSink, open_export
 from .sinks.prometheus import HttpServer, make_registry
@@ -32,6 +33,7 @@ class Agent:
         self.files: list[JsonlSink | CsvSink] = []
         self.http: HttpServer | None = None
         self.store: MetadataStore | None = None
+        self.kube: kube.KubeWatcher | None = None
 
     def _emit(self, kind: str, rec: dict[str, Any]) -> None:
         for sink in self.files:
@@ -41,8 +43,11 @@ class Agent:
         """Every collector's families; one family per name (podscope_events_lost_total and
         friends are shared: their samples are merged)."""
         merged: dict[str, Metric] = {}
-        for c in self.collectors:
-            for fam in c.metrics():
+        sources: list[Iterable[Metric]] = [c.metrics() for c in self.collectors]
+        if self.store is not None:
+            sources.append(self.store.metrics())
+        for source in sources:
+            for fam in source:
                 if fam.name in merged:
                     merged[fam.name].samples.extend(fam.samples)
                 else:
@@ -51,7 +56,15 @@ class Agent:
 
     def start(self) -> None:
         cg2 = features.preflight()
-        self.store = MetadataStore(cg2)
+        cfg = self.cfg
+        self.store = MetadataStore(cg2, node=kube.node_name(cfg.node_name), grace=cfg.pod_grace)
+        if cfg.kubernetes == "on" or (cfg.kubernetes == "auto"
+                                      and kube.cluster_configured(cfg.kubeconfig)):
+            self.kube = kube.KubeWatcher(self.store.node, self.store.set_pods,
+                                         self.store.pod_event, kubeconfig=cfg.kubeconfig)
+            self.store.api = self.kube
+            self.kube.start()
+            log.info("watching the pods of node %s in the Kubernetes API", self.store.node)
         self.files = [open_export(spec) for spec in self.cfg.exports]
         tcp = TcpCollector(self.store, emit=self._emit if self.files else None,
                            records=bool(self.files), listener_refresh=self.cfg.listener_refresh)
@@ -84,7 +97,7 @@ class Agent:
             self.start()
             deadline = time.monotonic() + self.cfg.duration if self.cfg.duration else None
             log.info("podscope running%s", f" for {self.cfg.duration:g}s" if deadline else "")
-            last_flush = last_maintain = time.monotonic()
+            last_flush = last_maintain = last_retire = time.monotonic()
             while not self.stop_event.is_set():
                 if deadline and time.monotonic() >= deadline:
                     break
@@ -93,6 +106,12 @@ class Agent:
                     got += c.poll(100 if len(self.collectors) == 1 else 20)
                 if not got and not self.files:
                     self.stop_event.wait(0.1)
+                if time.monotonic() - last_retire > 1.0:
+                    gone = self.store.retire() if self.store else set()
+                    if gone:
+                        for c in self.collectors:
+                            c.forget_pods(gone)
+                    last_retire = time.monotonic()
                 if time.monotonic() - last_maintain > self.cfg.maintain_interval:
                     for c in self.collectors:
                         c.maintain()
@@ -109,6 +128,9 @@ class Agent:
 
     def close(self) -> None:
         self.stop_event.set()
+        if self.kube:
+            self.kube.stop()
+            self.kube = None
         if self.http:
             self.http.close()
             self.http = None

@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
                    dest="http_capture_headers",
                    help="HTTP records carry headers (credentials redacted)")
     r.add_argument("--config", metavar="FILE", help="TOML config file")
+    r.add_argument("--node-name", help="this node's name (default: $NODE_NAME, the host name)")
+    r.add_argument("--kubeconfig", metavar="FILE",
+                   help="Kubernetes API access (default: in-cluster, $KUBECONFIG, ~/.kube/config)")
     r.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     sub.add_parser("check", help="which signals this kernel supports, and why not")
     t = sub.add_parser("trace", help="live stream of requests")
@@ -59,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = Config.load(args.config, {"listen": args.listen, "duration": args.duration,
                                         "exports": args.exports, "log_level": args.log_level,
-                                        "http_capture_headers": args.http_capture_headers})
+                                        "http_capture_headers": args.http_capture_headers,
+                                        "node_name": args.node_name,
+                                        "kubeconfig": args.kubeconfig})
         logging.basicConfig(level=cfg.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return Agent(cfg).run()

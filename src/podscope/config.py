@@ -20,6 +20,10 @@ class Config:
     http_route_budget: int = 100  # distinct http_route values per pod; the rest are "__other__"
     http_request_timeout: float = 60.0  # seconds without a response: counted as unanswered
     http_hooks: str = "auto"  # socket (tp_btf sock_*_length) | syscalls (syscall tracepoints)
+    node_name: str = ""  # this node's name (default: $NODE_NAME, then the host name)
+    kubernetes: str = "auto"  # auto (when in a pod or a kubeconfig exists) | on | off
+    kubeconfig: str = ""  # default: in-cluster service account, $KUBECONFIG, ~/.kube/config
+    pod_grace: float = 60.0  # seconds a deleted pod's series stay before they disappear
 
     @classmethod
     def load(cls, path: str | None, overrides: dict[str, Any]) -> Config:
@@ -36,6 +40,10 @@ class Config:
             raise ValueError(f"config file {path}: unknown settings {sorted(unknown)}")
         data.update({k: v for k, v in overrides.items() if v is not None and v != []})
         return cls(**data)
+
+    def __post_init__(self) -> None:
+        if self.kubernetes not in ("auto", "on", "off"):
+            raise ValueError(f"kubernetes = {self.kubernetes!r}: expected auto, on or off")
 
     def listen_addr(self) -> tuple[str, int] | None:
         if not self.listen:

@@ -27,6 +27,10 @@ class Collector(Protocol):
 
     def maintain(self) -> None: ...
 
+    def forget_pods(self, uids: set[str]) -> None:
+        """These pods are gone (deleted, past the grace period): drop their series."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -48,6 +48,13 @@ def _slot(dur_ns: int) -> int:
     return 0 if dur_ns <= 0 else min(dur_ns.bit_length(), SLOTS - 1)
 
 
+def _identity(labels: Labels) -> Labels:
+    """Who a series is without the names from the API (which can come later): the key of
+    per-pod budgets."""
+    return labels._replace(k8s_namespace_name="", k8s_pod_name="", k8s_container_name="",
+                           k8s_workload_kind="", k8s_workload_name="")
+
+
 def _addr(family: int, raw: bytes) -> str:
     if family == 10:
         a6 = ipaddress.IPv6Address(raw)
@@ -243,11 +250,11 @@ class HttpCollector:
             if self.obj.map("http_paths").lookup(ct.c_uint64(path_hash), p):
                 route = template_path(bytes(p.path[: min(p.len, len(p.path))]).decode("latin-1"))
             else:
-                return self.budget.route(labels, UNKNOWN_ROUTE)  # evicted: not cached
+                return self.budget.route(_identity(labels), UNKNOWN_ROUTE)  # evicted: not cached
             if len(self._routes) > 100_000:
                 self._routes.clear()
             self._routes[path_hash] = route
-        return self.budget.route(labels, route)
+        return self.budget.route(_identity(labels), route)
 
     def _fold(self, k: Any, per_cpu: Any) -> None:
         labels = self.store.labels(k.pod.cgroup_id, k.pod.netns)
@@ -307,7 +314,7 @@ class HttpCollector:
             if len(self._templates) >= 4096:
                 self._templates.clear()
             self._templates[target] = route
-        route = self.budget.route(labels, route)
+        route = self.budget.route(_identity(labels), route)
         self._add_sample((labels, role, method, status, route, addr, port, version), dur_ns, req,
                          resp)
 
@@ -598,6 +605,49 @@ class HttpCollector:
                           peer_port=st.peer_port, local_port=st.local_port, conn_id=st.conn_id,
                           pid=st.pid, mode="stream", headers=headers)
 
+    def forget_pods(self, uids: set[str]) -> None:
+        with self._lock:
+            tables: list[dict[Any, Any]] = [self._aggs, self._rpcs, self.h2_outcomes,
+                                            self.unanswered]
+            for d in tables:
+                for k in [k for k in d if k[0].k8s_pod_uid in uids]:
+                    del d[k]
+            self._label_cache.clear()
+            self.budget.forget(lambda owner: isinstance(owner, Labels)
+                               and owner.k8s_pod_uid in uids)
+
+    def _live(self, labels: Labels) -> Labels | None:
+        """Labels with today's names; None for a pod gone for good."""
+        if labels.k8s_pod_uid and self.store.retired(labels.k8s_pod_uid):
+            return None
+        return self.store.renamed(labels)
+
+    def _renamed_aggs(self, items: list[tuple[Any, Agg]]) -> list[tuple[Any, Agg]]:
+        out: dict[Any, Agg] = {}
+        for k, a in items:
+            lab = self._live(k[0])
+            if lab is None:
+                continue
+            k2 = (lab,) + tuple(k[1:])
+            b = out.get(k2)
+            if b is None:
+                out[k2] = a
+            else:
+                b.slots = [x + y for x, y in zip(b.slots, a.slots, strict=True)]
+                b.sum_ns += a.sum_ns
+                b.req_bytes += a.req_bytes
+                b.resp_bytes += a.resp_bytes
+        return list(out.items())
+
+    def _renamed_counts(self, counts: dict[Any, int]) -> dict[Any, int]:
+        out: dict[Any, int] = {}
+        for k, n in counts.items():
+            lab = self._live(k[0])
+            if lab is not None:
+                k2 = (lab,) + tuple(k[1:])
+                out[k2] = out.get(k2, 0) + n
+        return out
+
     # --- metrics ---
     def metrics(self) -> Iterable[Metric]:
         self.drain()
@@ -620,6 +670,10 @@ class HttpCollector:
             outcomes = dict(self.h2_outcomes)
             errors = dict(self.parse_errors)
             overflow = dict(self.budget.overflow)
+        # names as the metadata store knows them now (a pod first seen while the API was away
+        # was labelled by UID): series of the same pod merge
+        aggs, rpcs = self._renamed_aggs(aggs), self._renamed_aggs(rpcs)
+        outcomes, unanswered = self._renamed_counts(outcomes), self._renamed_counts(unanswered)
         for (labels, role, method, status, route, addr, port, version), a in aggs:
             buckets = log2_buckets(a.slots, HIST_UNIT)
             values = list(labels) + [method, str(status), route, version]
@@ -688,9 +742,9 @@ class HttpCollector:
         over = CounterMetricFamily("podscope_http_routes_over_budget_total",
                                    "Requests counted as http_route=\"__other__\" because the pod "
                                    "had used its route budget", labels=label_names())
-        for owner, n in overflow.items():
-            if isinstance(owner, Labels):
-                over.add_metric(list(owner), n)
+        for owner, n in self._renamed_counts({(o,): n for o, n in overflow.items()
+                                              if isinstance(o, Labels)}).items():
+            over.add_metric(list(owner[0]), n)
         yield over
         cnt = self.obj.map("http_counters")
         kernel = {name: cnt.percpu_sum_u64(v) for name, v in self.counters.items()

@@ -206,6 +206,20 @@ class TcpCollector:
                 if st.seen_pass < threshold and m.delete(key):
                     self.stale_removed += 1
 
+    def forget_pods(self, uids: set[str]) -> None:
+        """Deleted pods past their grace period: their kernel aggregates go."""
+        for name, key_type, value_type in (("tcp_pods", self.PodKey, self.Pod),
+                                           ("tcp_labeled", self.LabelKey, ct.c_uint64)):
+            m = self.obj.map(name)
+            for key, _ in list(m.items(key_type, value_type)):
+                pk = key if name == "tcp_pods" else key.pod
+                if self.store.labels(pk.cgroup_id, pk.netns).k8s_pod_uid in uids:
+                    m.delete(key)
+
+    def _retired(self, lab: Labels) -> bool:
+        """A pod gone for good whose sockets still reported something: not shown."""
+        return bool(lab.k8s_pod_uid) and self.store.retired(lab.k8s_pod_uid)
+
     # --- metrics, read from the maps at scrape time ---
     def metrics(self) -> Iterable[Metric]:
         listeners = self.refresh()
@@ -234,6 +248,8 @@ class TcpCollector:
         hsums: dict[str, dict[tuple[Labels, tuple[str, ...]], float]] = defaultdict(dict)
         for key, pod in self.obj.map("tcp_pods").items(self.PodKey, self.Pod):
             lab = self.store.labels(key.cgroup_id, key.netns)
+            if self._retired(lab):
+                continue
             for field, (metric, _help, extra) in _COUNTERS.items():
                 counters[metric].add(lab, extra, getattr(pod.stats, field))
             k = (lab, ())
@@ -260,6 +276,8 @@ class TcpCollector:
         k_drop = self.label_kinds["TCP_LABEL_DROP_REASON"]
         for key, v in self.obj.map("tcp_labeled").items(self.LabelKey, ct.c_uint64):
             lab = self.store.labels(key.pod.cgroup_id, key.pod.netns)
+            if self._retired(lab):
+                continue
             if key.kind == k_fail:
                 fails.add(lab, (errno_reason(key.value),), v.value)
             elif key.kind == k_drop:

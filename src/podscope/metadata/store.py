@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from typing import NamedTuple
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
 from .cgroups import CgroupRef, CgroupResolver, parse_cgroup_path
+from .kube import KubeWatcher, PodMeta
 from .namespaces import NetnsInfo, proc_cgroup_v2, scan_netns
 
 
@@ -21,6 +25,9 @@ class Labels(NamedTuple):
     k8s_namespace_name: str = ""
     k8s_pod_name: str = ""
     k8s_container_name: str = ""
+    k8s_node_name: str = ""
+    k8s_workload_kind: str = ""
+    k8s_workload_name: str = ""
     cgroup: str = ""
 
 
@@ -29,8 +36,14 @@ _MAX_CACHE = 65536
 
 
 class MetadataStore:
-    def __init__(self, cgroup2_root: str | None, proc: str = "/proc", netns_ttl: float = 2.0):
+    def __init__(self, cgroup2_root: str | None, proc: str = "/proc", netns_ttl: float = 2.0,
+                 node: str = "", grace: float = 60.0):
         self.proc = proc
+        self.node = node
+        self.grace = grace  # seconds a deleted pod's series stay (their last increments scraped)
+        self._pods: dict[str, PodMeta] = {}  # from the Kubernetes API, by UID
+        self._retired: dict[str, float] = {}  # UIDs of pods gone for good -> when
+        self.api: KubeWatcher | None = None  # when there is a cluster
         self.resolver = CgroupResolver(cgroup2_root) if cgroup2_root else None
         self.netns_ttl = netns_ttl
         self._lock = threading.Lock()
@@ -87,14 +100,97 @@ class MetadataStore:
         self._by_cgroup[cgroup_id] = ref
         return ref
 
+    # --- pods from the Kubernetes API ---
+    def set_pods(self, pods: list[PodMeta]) -> None:
+        """A full list: pods missing from it were deleted while we were not watching."""
+        now = time.monotonic()
+        with self._lock:
+            fresh = {p.uid: p for p in pods}
+            for uid, old in self._pods.items():
+                if uid not in fresh:
+                    fresh[uid] = old if old.deleted_at else _deleted(old, now)
+            self._pods = fresh
+
+    def pod_event(self, kind: str, pod: PodMeta) -> None:
+        with self._lock:
+            if kind == "DELETED":
+                pod = _deleted(pod, pod.deleted_at or time.monotonic())
+            self._pods[pod.uid] = pod
+
+    def metrics(self) -> Iterable[Metric]:
+        if self.api is None:
+            return
+        up = GaugeMetricFamily("podscope_metadata_api_up",
+                               "1 when the last list or watch of pods reached the Kubernetes API")
+        up.add_metric([], 1.0 if self.api.up else 0.0)
+        yield up
+        pods = GaugeMetricFamily("podscope_metadata_pods",
+                                 "Pods of this node known from the Kubernetes API", labels=["state"])
+        deleted = sum(1 for p in list(self._pods.values()) if p.deleted_at is not None)
+        pods.add_metric(["live"], len(self._pods) - deleted)
+        pods.add_metric(["deleted"], deleted)
+        yield pods
+        lists = CounterMetricFamily("podscope_metadata_api_lists_total",
+                                    "Full lists of the node's pods (the first, then after a 410 "
+                                    "Gone or an error)")
+        lists.add_metric([], self.api.lists)
+        yield lists
+        errors = CounterMetricFamily("podscope_metadata_api_errors_total",
+                                     "Failed attempts to list or watch pods")
+        errors.add_metric([], self.api.errors)
+        yield errors
+
+    def pod(self, uid: str) -> PodMeta | None:
+        return self._pods.get(uid)
+
+    def retire(self) -> set[str]:
+        """Pods deleted more than `grace` seconds ago: forgotten, and returned so that
+        collectors drop their series. A pod whose UID is retired never comes back."""
+        now = time.monotonic()
+        gone: set[str] = set()
+        with self._lock:
+            for uid, p in list(self._pods.items()):
+                if p.deleted_at is not None and now - p.deleted_at >= self.grace:
+                    del self._pods[uid]
+                    self._retired[uid] = now
+                    gone.add(uid)
+            for uid, at in list(self._retired.items()):
+                if now - at > 3600:  # its cgroups are long gone
+                    del self._retired[uid]
+        return gone
+
+    def retired(self, uid: str) -> bool:
+        return uid in self._retired
+
     def labels(self, cgroup_id: int, netns: int) -> Labels:
         ref = self.cgroup_ref(cgroup_id)
         if ref is not None and ref.in_pod:
-            return Labels(k8s_pod_uid=ref.pod_uid, container_id=ref.container_id, cgroup=ref.path)
+            return self._pod_labels(ref.pod_uid, ref.container_id, ref.path)
         owner = self._netns_owner(netns) if netns else None
         if owner is not None:
             # The namespace is one pod's: the pod is known, the container is not.
-            return Labels(k8s_pod_uid=owner.pod_uid)
+            return self._pod_labels(owner.pod_uid, "", "")
         if ref is not None:
-            return Labels(container_id=ref.container_id, cgroup=ref.path)
-        return Labels(cgroup=f"id:{cgroup_id}" if cgroup_id else "")
+            return Labels(container_id=ref.container_id, cgroup=ref.path, k8s_node_name=self.node)
+        return Labels(cgroup=f"id:{cgroup_id}" if cgroup_id else "", k8s_node_name=self.node)
+
+    def renamed(self, labels: Labels) -> Labels:
+        """The same series with the names the API gives now (labels made earlier may have had
+        only the UID)."""
+        if not labels.k8s_pod_uid:
+            return labels
+        return self._pod_labels(labels.k8s_pod_uid, labels.container_id, labels.cgroup)
+
+    def _pod_labels(self, uid: str, cid: str, path: str) -> Labels:
+        p = self._pods.get(uid)
+        if p is None:  # not (yet) known to the API, or the API is away: the UID says who
+            return Labels(k8s_pod_uid=uid, container_id=cid, cgroup=path, k8s_node_name=self.node)
+        return Labels(k8s_pod_uid=uid, container_id=cid, k8s_namespace_name=p.namespace,
+                      k8s_pod_name=p.name, k8s_container_name=p.containers.get(cid, "") if cid
+                      else "", k8s_node_name=self.node, k8s_workload_kind=p.workload_kind,
+                      k8s_workload_name=p.workload_name, cgroup=path)
+
+
+def _deleted(p: PodMeta, at: float) -> PodMeta:
+    return PodMeta(p.uid, p.namespace, p.name, p.node, p.workload_kind, p.workload_name,
+                   p.containers, at)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 OTHER = "__other__"
 REDACTED = "<redacted>"
@@ -77,6 +78,14 @@ class RouteBudget:
         self._routes: OrderedDict[object, set[str]] = OrderedDict()
         self.overflow: dict[object, int] = {}
         self._lock = threading.Lock()
+
+    def forget(self, gone: Callable[[object], bool]) -> None:
+        """Drop the owners (pods gone for good) that `gone` names."""
+        with self._lock:
+            for owner in [o for o in self._routes if gone(o)]:
+                del self._routes[owner]
+            for owner in [o for o in self.overflow if gone(o)]:
+                del self.overflow[owner]
 
     def route(self, owner: object, route: str) -> str:
         with self._lock:

@@ -62,10 +62,28 @@ class Pod:
     cgroup_rel: str
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
     cleanups: list[Callable[[], None]] = field(default_factory=list)  # run after the processes
+    containers: dict[str, str] = field(default_factory=dict)  # name -> container id
+    dirs: list[str] = field(default_factory=list)  # cgroup directories only this pod uses
 
     @property
     def cgroup_dir(self) -> str:
         return os.path.join(self.net.cg2, self.cgroup_rel)
+
+    def container_dir(self, container: str | None = None) -> str:
+        """The cgroup directory of a container (the first one by default)."""
+        if container is None:
+            return self.cgroup_dir
+        cid = self.containers[container]
+        return os.path.join(self.net.cg2, cgroup_path(self.uid, cid, self.qos, self.driver))
+
+    def add_container(self, name: str) -> str:
+        """A second (third, ...) container: its own cgroup in the pod, the pod's network."""
+        cid = secrets.token_hex(32)
+        self.containers[name] = cid
+        d = self.container_dir(name)
+        os.mkdir(d)
+        self.dirs.append(d)
+        return cid
 
     @property
     def cgroup_id(self) -> int:
@@ -75,23 +93,25 @@ class Pod:
     def netns_inode(self) -> int:
         return os.stat(f"/run/netns/{self.netns}").st_ino
 
-    def _enter(self) -> None:
-        with open(os.path.join(self.cgroup_dir, "cgroup.procs"), "w") as f:
+    def _enter(self, container: str | None = None) -> None:
+        with open(os.path.join(self.container_dir(container), "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
 
-    def popen(self, cmd: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
-        """Start a process inside the pod: its cgroup and its network namespace."""
+    def popen(self, cmd: Sequence[str], container: str | None = None,
+              **kw: Any) -> subprocess.Popen[Any]:
+        """Start a process inside the pod: a container's cgroup and the pod's network."""
         p = subprocess.Popen(["ip", "netns", "exec", self.netns, *cmd],
-                             preexec_fn=self._enter, **kw)
+                             preexec_fn=lambda: self._enter(container), **kw)
         self.procs.append(p)
         return p
 
     def run(self, cmd: Sequence[str], timeout: float = 120, check: bool = True,
-            **kw: Any) -> subprocess.CompletedProcess[Any]:
+            container: str | None = None, **kw: Any) -> subprocess.CompletedProcess[Any]:
         kw.setdefault("capture_output", True)
         kw.setdefault("text", True)
-        return subprocess.run(["ip", "netns", "exec", self.netns, *cmd], preexec_fn=self._enter,
-                              timeout=timeout, check=check, **kw)
+        return subprocess.run(["ip", "netns", "exec", self.netns, *cmd],
+                              preexec_fn=lambda: self._enter(container), timeout=timeout,
+                              check=check, **kw)
 
     def nstat(self) -> dict[str, int]:
         """The namespace's own SNMP/netstat counters (absolute values)."""
@@ -116,18 +136,20 @@ class Pod:
                 p.kill()
                 p.wait()
         # Anything the processes started themselves (nginx workers, ...): by PID, from the cgroup.
-        for _ in range(50):
-            try:
-                with open(os.path.join(self.cgroup_dir, "cgroup.procs")) as f:
-                    pids = [int(x) for x in f.read().split()]
-            except FileNotFoundError:
-                break
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.05)
+        for name in list(self.containers):
+            procs_file = os.path.join(self.container_dir(name), "cgroup.procs")
+            for _ in range(50):
+                try:
+                    with open(procs_file) as f:
+                        pids = [int(x) for x in f.read().split()]
+                except FileNotFoundError:
+                    break
+                if not pids:
+                    break
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.05)
         for fn in self.cleanups:
             fn()
         self.cleanups.clear()
@@ -146,6 +168,7 @@ class PodNetwork:
         self.subnet_id = int(self.tag, 16) % 250 + 1
         self.gateway = f"{SUBNET}.{self.subnet_id}.1"
         self.pods: list[Pod] = []
+        self._count = 0  # pods made (addresses are never reused)
         self._made_dirs: list[str] = []
         self._up = False
 
@@ -166,21 +189,27 @@ class PodNetwork:
             self.close()
             raise
 
-    def pod(self, name: str, qos: str = "burstable", driver: str = "systemd") -> Pod:
-        idx = len(self.pods) + 2
+    def pod(self, name: str, qos: str = "burstable", driver: str = "systemd",
+            container: str = "main") -> Pod:
+        self._count += 1
+        idx = self._count + 1
         uid = str(uuid.uuid4())
         cid = secrets.token_hex(32)
         ns = f"ps{self.tag}-{name}"
         rel = cgroup_path(uid, cid, qos, driver)
-        pod = Pod(self, name, uid, cid, qos, driver, ns, f"{SUBNET}.{self.subnet_id}.{idx}", rel)
+        pod = Pod(self, name, uid, cid, qos, driver, ns, f"{SUBNET}.{self.subnet_id}.{idx}", rel,
+                  containers={container: cid})
         self.pods.append(pod)
-        # cgroup directories, remembering which ones this network made (to remove them later)
+        # cgroup directories, remembering which ones this network made (to remove them later);
+        # the pod's own directory and its containers' are the pod's
         parts = rel.split("/")
         for i in range(1, len(parts) + 1):
             d = os.path.join(self.cg2, *parts[:i])
             if not os.path.isdir(d):
                 os.mkdir(d)
                 self._made_dirs.append(d)
+                if i >= len(parts) - 1:
+                    pod.dirs.append(d)
         host_if = f"psv{self.tag}{idx:02d}"
         _run("ip", "netns", "add", ns)
         _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
@@ -193,6 +222,16 @@ class PodNetwork:
         pod.popen(["sleep", "infinity"])
         return pod
 
+    def remove(self, pod: Pod) -> None:
+        """Tear one pod down as the kubelet does: processes, network namespace, cgroups."""
+        pod.stop()
+        _run("ip", "netns", "del", pod.netns, check=False)
+        for d in sorted(pod.dirs, key=len, reverse=True):
+            _rmdir(d)
+            if d in self._made_dirs:
+                self._made_dirs.remove(d)
+        self.pods.remove(pod)
+
     def close(self) -> None:
         errors = []
         for pod in self.pods:
@@ -203,16 +242,12 @@ class PodNetwork:
             r = _run("ip", "netns", "del", pod.netns, check=False)
             if r.returncode and "No such file" not in r.stderr:
                 errors.append(f"ip netns del {pod.netns}: {r.stderr.strip()}")
+        for pod in self.pods:
+            for d in pod.dirs:
+                if d not in self._made_dirs:
+                    self._made_dirs.append(d)  # a second container's directory
         for d in sorted(self._made_dirs, key=len, reverse=True):
-            for _ in range(40):
-                try:
-                    os.rmdir(d)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)  # the last process may still be leaving
-            else:
+            if not _rmdir(d):
                 errors.append(f"cgroup {d} not removed")
         self._made_dirs.clear()
         if self._up:
@@ -221,6 +256,18 @@ class PodNetwork:
         self.pods.clear()
         if errors:
             raise RuntimeError("; ".join(errors))
+
+
+def _rmdir(d: str) -> bool:
+    for _ in range(40):
+        try:
+            os.rmdir(d)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            time.sleep(0.05)  # the last process may still be leaving
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,116 @@
+"""Kubernetes identity on every per-pod series: real pods (netns + kubelet-named cgroups), a test
+API server speaking list/watch to the agent's official client (root, real BPF)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from podscope.testing.kubeapi import KubeAPIServer, pod_object_for
+from podscope.testing.pods import Pod, PodNetwork
+from tests.conftest import AgentProc, Metrics, python_cmd
+
+NODE = "test-node-1"
+NAMES = ("k8s_namespace_name", "k8s_pod_name", "k8s_container_name", "k8s_workload_kind",
+         "k8s_workload_name", "k8s_node_name")
+
+
+def start_http_server(pod: Pod, container: str | None = None, port: int = 8080) -> None:
+    p = pod.popen(python_cmd("http_server.py", port), container=container,
+                  stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "listening"
+
+
+def http_requests(pod: Pod, server: Pod, n: int, container: str | None = None,
+                  path: str = "/status/200") -> None:
+    out = pod.run(python_cmd("http_client.py", server.ip, 8080, json.dumps([["GET", path, n]])),
+                  container=container)
+    assert json.loads(out.stdout)["GET 200"] == n
+
+
+def wait_metrics(agent: AgentProc, cond: Callable[[Metrics], bool], timeout: float = 15) -> Metrics:
+    deadline = time.monotonic() + timeout
+    while True:
+        m = agent.metrics()
+        if cond(m) or time.monotonic() > deadline:
+            return m
+        time.sleep(0.3)
+
+
+def per_pod_samples(m: Metrics, uid: str) -> list[tuple[str, dict[str, str]]]:
+    return [(s.name, s.labels) for s in m.samples if s.labels.get("k8s_pod_uid") == uid]
+
+
+def test_every_per_pod_series_carries_kubernetes_names(pods: PodNetwork, tmp_path: Path) -> None:
+    web = pods.pod("web", container="app")  # a Deployment's pod with two containers
+    web.add_container("sidecar")
+    db = pods.pod("db", qos="guaranteed", driver="cgroupfs")
+    ds = pods.pod("ds", qos="besteffort")
+    job = pods.pod("job", driver="cgroupfs")
+    bare = pods.pod("bare")
+    want = {
+        web.uid: ("shop", "web-6b9f7c-x2x9z", ("ReplicaSet", "web-6b9f7c"), "Deployment", "web"),
+        db.uid: ("shop", "db-0", ("StatefulSet", "db"), "StatefulSet", "db"),
+        ds.uid: ("kube-system", "node-agent-4kq2p", ("DaemonSet", "node-agent"), "DaemonSet",
+                 "node-agent"),
+        job.uid: ("ops", "backup-28912345-zt7f2", ("Job", "backup-28912345"), "CronJob",
+                  "backup"),
+        bare.uid: ("default", "debug", None, "", ""),
+    }
+    api = KubeAPIServer().start()
+    try:
+        for pod in (web, db, ds, job, bare):
+            ns, name, owner, _k, _n = want[pod.uid]
+            obj = pod_object_for(pod, ns, NODE, owner=owner,
+                                 labels={"pod-template-hash": "6b9f7c"} if pod is web else None)
+            obj["metadata"]["name"] = name
+            api.add_pod(obj)
+        # a pod of another node with the same UID shape must not matter
+        api.add_pod(pod_object_for(pods.pod("elsewhere"), "shop", "other-node"))
+        start_http_server(web, container="app")
+        start_http_server(db)
+        agent = AgentProc(["--node-name", NODE, "--kubeconfig",
+                           str(api.write_kubeconfig(tmp_path / "kubeconfig"))], tmp_path)
+        try:
+            m = wait_metrics(agent, lambda m: m.value("podscope_metadata_api_up") == 1)
+            assert m.value("podscope_metadata_pods", state="live") == 5
+            http_requests(web, db, 7, container="sidecar")  # the sidecar calls db
+            http_requests(job, web, 5)
+            http_requests(bare, web, 3)
+            http_requests(ds, db, 2)
+            m = wait_metrics(agent, lambda m: m.value(
+                "http_server_request_duration_seconds_count", k8s_pod_uid=web.uid) == 8)
+        finally:
+            agent.stop()
+    finally:
+        api.stop()
+    checked = 0
+    for uid, (ns, name, _owner, kind, wname) in want.items():
+        samples = per_pod_samples(m, uid)
+        assert samples, f"no series for pod {name}"
+        for metric, labels in samples:
+            got = tuple(labels[k] for k in NAMES)
+            assert got[:2] == (ns, name) and got[3:] == (kind, wname, NODE), (metric, labels)
+            checked += 1
+    assert checked > 50
+    # the two containers of one pod: told apart where the signal is per cgroup
+    def web_value(name: str, **kw: str) -> float:
+        return m.value(name, k8s_pod_uid=web.uid, **kw)
+
+    assert web_value("http_server_request_duration_seconds_count", k8s_container_name="app") == 8
+    assert web_value("http_client_request_duration_seconds_count",
+                     k8s_container_name="sidecar") == 7
+    assert web_value("podscope_tcp_connections_opened_total", direction="outbound",
+                     k8s_container_name="sidecar") == 1
+    assert web_value("podscope_tcp_connections_opened_total", direction="inbound",
+                     k8s_container_name="app") == 2
+    assert web_value("podscope_tcp_connections_opened_total", k8s_container_name="sidecar",
+                     direction="inbound") == 0
+    # and one series for the pod where the signal is per network namespace
+    ns_series = [lab for name, lab in per_pod_samples(m, web.uid)
+                 if name == "podscope_tcp_listen_overflows_total"]
+    assert len(ns_series) == 1 and ns_series[0]["k8s_container_name"] == ""
+    assert ns_series[0]["k8s_pod_name"] == "web-6b9f7c-x2x9z"
