@@ -108,9 +108,10 @@ class Agent:
                     self.stop_event.wait(0.1)
                 if time.monotonic() - last_retire > 1.0:
                     gone = self.store.retire() if self.store else set()
-                    if gone:
+                    if gone and self.store:
                         for c in self.collectors:
                             c.forget_pods(gone)
+                        self.store.forget_netns(self.store.netns_of(gone))
                     last_retire = time.monotonic()
                 if time.monotonic() - last_maintain > self.cfg.maintain_interval:
                     for c in self.collectors:

@@ -114,3 +114,75 @@ def test_every_per_pod_series_carries_kubernetes_names(pods: PodNetwork, tmp_pat
                  if name == "podscope_tcp_listen_overflows_total"]
     assert len(ns_series) == 1 and ns_series[0]["k8s_container_name"] == ""
     assert ns_series[0]["k8s_pod_name"] == "web-6b9f7c-x2x9z"
+
+
+def test_deleted_pod_leaves_after_grace_and_its_ids_never_name_a_new_pod(
+        pods: PodNetwork, tmp_path: Path) -> None:
+    client = pods.pod("client")
+    old = pods.pod("old")
+    api = KubeAPIServer().start()
+    cfg = tmp_path / "podscope.toml"
+    cfg.write_text("pod_grace = 6.0\n")
+    try:
+        api.add_pod(pod_object_for(client, "shop", NODE, owner=("StatefulSet", "client")))
+        old_obj = pod_object_for(old, "shop", NODE, owner=("StatefulSet", "old"))
+        old_obj["metadata"]["name"] = "old-0"
+        api.add_pod(old_obj)
+        start_http_server(old)
+        # packets the old pod drops before any socket sees them: keyed by its netns alone
+        old.run(["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "9999", "-j", "DROP"])
+        agent = AgentProc(["--node-name", NODE, "--config", str(cfg), "--kubeconfig",
+                           str(api.write_kubeconfig(tmp_path / "kubeconfig"))], tmp_path)
+        try:
+            wait_metrics(agent, lambda m: m.value("podscope_metadata_api_up") == 1)
+            http_requests(client, old, 9)
+            client.run(["python3", "-c", f"import socket; socket.create_connection(('{old.ip}',"
+                        " 9999), timeout=1.5)"], check=False)
+            m = wait_metrics(agent, lambda m: m.value(
+                "http_server_request_duration_seconds_count", k8s_pod_uid=old.uid) == 9)
+            assert m.value("podscope_tcp_connections_opened_total", k8s_pod_uid=old.uid,
+                           k8s_pod_name="old-0", direction="inbound") == 1
+            assert m.value("podscope_packet_drops_total", k8s_pod_uid=old.uid,
+                           reason="NETFILTER_DROP") >= 2
+            old_netns, old_uid = old.netns_inode, old.uid
+            # the kubelet tears the pod down, the API says it is gone, and a new pod comes up
+            # at once: the kernel hands it the freed netns inode
+            pods.remove(old)
+            api.delete_pod(old_uid)
+            t_deleted = time.monotonic()
+            time.sleep(1.0)  # the kernel frees a namespace in the background
+            new = pods.pod("new")
+            api.add_pod(pod_object_for(new, "shop", NODE, owner=("StatefulSet", "new")))
+            start_http_server(new)
+            http_requests(client, new, 4)
+            m = wait_metrics(agent, lambda m: m.value(
+                "http_server_request_duration_seconds_count", k8s_pod_uid=new.uid) == 4)
+            # within the grace period the old pod's last numbers are still there, named
+            assert time.monotonic() - t_deleted < 5.0
+            assert m.value("podscope_metadata_pods", state="deleted") == 1
+            assert m.value("http_server_request_duration_seconds_count", k8s_pod_uid=old_uid,
+                           k8s_pod_name="old-0") == 9
+            reused = new.netns_inode == old_netns
+            # and never as the new pod's
+            for _ in range(3):
+                for _name, labels in per_pod_samples(m, new.uid):
+                    assert labels["k8s_pod_name"] == "new" and labels["k8s_workload_name"] == "new"
+                assert m.value("podscope_packet_drops_total", k8s_pod_uid=new.uid,
+                               reason="NETFILTER_DROP") == 0
+                assert m.value("http_server_request_duration_seconds_count",
+                               k8s_pod_uid=new.uid) == 4
+                assert m.value("podscope_tcp_connections_opened_total", k8s_pod_uid=new.uid,
+                               direction="inbound") == 1
+                m = agent.metrics()
+            # after the grace period the old pod's series are gone
+            m = wait_metrics(agent, lambda m: not per_pod_samples(m, old_uid), timeout=10)
+            assert not per_pod_samples(m, old_uid)
+            assert time.monotonic() - t_deleted >= 6.0
+            assert not [s for s in m.samples if s.labels.get("k8s_pod_name") == "old-0"]
+            assert m.value("podscope_metadata_pods", state="deleted") == 0
+            assert m.value("http_server_request_duration_seconds_count", k8s_pod_uid=new.uid) == 4
+            print(f"netns inode reused by the new pod: {reused}")
+        finally:
+            agent.stop()
+    finally:
+        api.stop()

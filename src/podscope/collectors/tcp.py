@@ -216,12 +216,30 @@ class TcpCollector:
                 if self.store.labels(pk.cgroup_id, pk.netns).k8s_pod_uid in uids:
                     m.delete(key)
 
+    def _drop_recycled_netns(self) -> None:
+        """A namespace inode now names another pod: aggregates keyed by that inode alone (no pod
+        cgroup: packets without a socket, sockets of processes outside pods) were the old
+        pod's, and must not become the new one's."""
+        self.store.namespaces()
+        inodes = self.store.take_recycled_netns()
+        if not inodes:
+            return
+        for name, key_type, value_type in (("tcp_pods", self.PodKey, self.Pod),
+                                           ("tcp_labeled", self.LabelKey, ct.c_uint64)):
+            m = self.obj.map(name)
+            for key, _ in list(m.items(key_type, value_type)):
+                pk = key if name == "tcp_pods" else key.pod
+                ref = self.store.cgroup_ref(pk.cgroup_id)
+                if pk.netns in inodes and not (ref and ref.in_pod):
+                    m.delete(key)
+
     def _retired(self, lab: Labels) -> bool:
         """A pod gone for good whose sockets still reported something: not shown."""
         return bool(lab.k8s_pod_uid) and self.store.retired(lab.k8s_pod_uid)
 
     # --- metrics, read from the maps at scrape time ---
     def metrics(self) -> Iterable[Metric]:
+        self._drop_recycled_netns()
         listeners = self.refresh()
         yield from self._pod_metrics()
         yield from self._labeled_metrics()

@@ -51,17 +51,38 @@ class MetadataStore:
         self._netns: dict[int, NetnsInfo] = {}
         self._netns_refs: dict[int, CgroupRef | None] = {}
         self._netns_at = 0.0
+        # Network namespace inode numbers are reused once a namespace is gone. The pod each
+        # inode last belonged to, and the inodes that now belong to another pod (collectors
+        # drop what they keyed by the inode alone before the switch: it was the old pod's).
+        self._netns_last: dict[int, str] = {}
+        self._recycled: set[int] = set()
 
     # --- network namespaces ---
     def namespaces(self, max_age: float | None = None) -> dict[int, NetnsInfo]:
         """Network namespaces with processes (rescanned when older than max_age seconds)."""
         age = self.netns_ttl if max_age is None else max_age
+        rescanned = False
         with self._lock:
             if time.monotonic() - self._netns_at >= age:
                 self._netns = scan_netns(self.proc)
                 self._netns_refs.clear()
                 self._netns_at = time.monotonic()
-            return dict(self._netns)
+                rescanned = True
+            found = dict(self._netns)
+        if rescanned:  # a pod's namespace whose inode now names another pod: notice it now
+            for inode in [i for i in self._netns_last if i in found]:
+                self._netns_owner(inode)
+        return found
+
+    def take_recycled_netns(self) -> set[int]:
+        """Inodes that named one pod's network namespace and now name another's."""
+        with self._lock:
+            out, self._recycled = self._recycled, set()
+        return out
+
+    def netns_of(self, uids: set[str]) -> set[int]:
+        """Namespace inodes last seen belonging to these pods and to no other pod since."""
+        return {i for i, uid in self._netns_last.items() if uid in uids}
 
     def _netns_owner(self, inode: int) -> CgroupRef | None:
         """The pod all processes of a network namespace belong to (None when not one pod)."""
@@ -83,6 +104,17 @@ class MetadataStore:
                     owner = ref
             if len(uids) != 1 or owner is None:
                 owner = None
+        if owner is not None:
+            prev = self._netns_last.get(inode)
+            if prev is not None and prev != owner.pod_uid:
+                with self._lock:
+                    self._recycled.add(inode)
+            if len(self._netns_last) >= _MAX_CACHE:
+                self._netns_last.clear()
+            self._netns_last[inode] = owner.pod_uid
+        elif info is None and inode in self._netns_last:
+            # the namespace is gone: what was keyed by it is still its pod's (until retired)
+            owner = CgroupRef(path="", pod_uid=self._netns_last[inode])
         self._netns_refs[inode] = owner
         return owner
 
@@ -158,6 +190,13 @@ class MetadataStore:
                 if now - at > 3600:  # its cgroups are long gone
                     del self._retired[uid]
         return gone
+
+    def forget_netns(self, inodes: set[int]) -> None:
+        """Collectors dropped what these inodes keyed: they name nobody now."""
+        with self._lock:
+            for inode in inodes:
+                self._netns_last.pop(inode, None)
+                self._netns_refs.pop(inode, None)
 
     def retired(self, uid: str) -> bool:
         return uid in self._retired
