@@ -186,3 +186,60 @@ def test_deleted_pod_leaves_after_grace_and_its_ids_never_name_a_new_pod(
             agent.stop()
     finally:
         api.stop()
+
+
+def test_api_outage_of_30s_with_an_expired_version(pods: PodNetwork, tmp_path: Path) -> None:
+    """The API server stops for 30 s during traffic; meanwhile a pod starts, and the history
+    is compacted, so the agent's resourceVersion has expired when the API is back. Counting goes
+    on throughout; the new pod is labelled by UID until its names come back."""
+    client = pods.pod("client")
+    server = pods.pod("server")
+    api = KubeAPIServer().start()
+    try:
+        for pod in (client, server):
+            api.add_pod(pod_object_for(pod, "shop", NODE, owner=("StatefulSet", pod.name)))
+        start_http_server(server)
+        agent = AgentProc(["--node-name", NODE, "--kubeconfig",
+                           str(api.write_kubeconfig(tmp_path / "kubeconfig"))], tmp_path)
+        try:
+            wait_metrics(agent, lambda m: m.value("podscope_metadata_api_up") == 1)
+            http_requests(client, server, 5)
+            port = api.port
+            api.stop()
+            t_stop = time.monotonic()
+            m = wait_metrics(agent, lambda m: m.value("podscope_metadata_api_up") == 0)
+            assert m.value("podscope_metadata_api_up") == 0
+            # during the outage: traffic goes on, and a pod the agent has not heard of starts
+            late = pods.pod("late")
+            start_http_server(late)
+            api.add_pod(pod_object_for(late, "ops", NODE, owner=("StatefulSet", "late")))
+            api.compact()  # the version the agent holds is gone from the history
+            http_requests(client, server, 6)
+            http_requests(client, late, 3)
+            m = wait_metrics(agent, lambda m: m.value(
+                "http_server_request_duration_seconds_count", k8s_pod_uid=late.uid) == 3)
+            assert m.value("http_server_request_duration_seconds_count", k8s_pod_uid=server.uid,
+                           k8s_pod_name="server") == 11  # names kept from before
+            late_series = per_pod_samples(m, late.uid)
+            assert late_series and all(lab["k8s_pod_name"] == "" for _n, lab in late_series)
+            assert agent.proc.poll() is None
+            time.sleep(max(0.0, 30 - (time.monotonic() - t_stop)))
+            api.port = port
+            api.start()
+            m = wait_metrics(agent, lambda m: m.value("podscope_metadata_api_up") == 1 and m.value(
+                "http_server_request_duration_seconds_count", k8s_pod_uid=late.uid,
+                k8s_pod_name="late") == 3, timeout=40)
+            # one series per pod and route again: the UID-only ones became the named ones
+            assert m.value("http_server_request_duration_seconds_count", k8s_pod_uid=late.uid,
+                           k8s_pod_name="late", k8s_namespace_name="ops") == 3
+            assert not [lab for _n, lab in per_pod_samples(m, late.uid) if not lab["k8s_pod_name"]]
+            assert m.value("http_server_request_duration_seconds_count", k8s_pod_uid=server.uid,
+                           k8s_pod_name="server") == 11
+            assert m.value("http_client_request_duration_seconds_count", k8s_pod_uid=client.uid,
+                           k8s_pod_name="client") == 14
+            assert m.value("podscope_metadata_api_lists_total") >= 2
+            assert m.value("podscope_metadata_api_errors_total") >= 1
+        finally:
+            agent.stop()
+    finally:
+        api.stop()
