@@ -57,7 +57,8 @@ class Agent:
     def start(self) -> None:
         cg2 = features.preflight()
         cfg = self.cfg
-        self.store = MetadataStore(cg2, node=kube.node_name(cfg.node_name), grace=cfg.pod_grace)
+        self.store = MetadataStore(cg2, proc=cfg.proc_root, node=kube.node_name(cfg.node_name),
+                                   grace=cfg.pod_grace)
         if cfg.kubernetes == "on" or (cfg.kubernetes == "auto"
                                       and kube.cluster_configured(cfg.kubeconfig)):
             self.kube = kube.KubeWatcher(self.store.node, self.store.set_pods,

@@ -24,6 +24,7 @@ class Config:
     kubernetes: str = "auto"  # auto (when in a pod or a kubeconfig exists) | on | off
     kubeconfig: str = ""  # default: in-cluster service account, $KUBECONFIG, ~/.kube/config
     pod_grace: float = 60.0  # seconds a deleted pod's series stay before they disappear
+    proc_root: str = "/proc"  # the host's /proc (in a DaemonSet: mounted at /host/proc)
 
     @classmethod
     def load(cls, path: str | None, overrides: dict[str, Any]) -> Config:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -136,7 +137,7 @@ def test_deleted_pod_leaves_after_grace_and_its_ids_never_name_a_new_pod(
         try:
             wait_metrics(agent, lambda m: m.value("podscope_metadata_api_up") == 1)
             http_requests(client, old, 9)
-            client.run(["python3", "-c", f"import socket; socket.create_connection(('{old.ip}',"
+            client.run([sys.executable, "-c", f"import socket; socket.create_connection(('{old.ip}',"
                         " 9999), timeout=1.5)"], check=False)
             m = wait_metrics(agent, lambda m: m.value(
                 "http_server_request_duration_seconds_count", k8s_pod_uid=old.uid) == 9)

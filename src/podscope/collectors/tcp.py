@@ -174,8 +174,9 @@ class TcpCollector:
                 raw = None
                 for pid in info.pids[:3]:
                     try:
-                        raw = in_netns(pid, inode, lambda: libbpf.iter_read(link))
-                        netstat[inode] = read_netstat(pid)
+                        raw = in_netns(pid, inode, lambda: libbpf.iter_read(link),
+                                       self.store.proc)
+                        netstat[inode] = read_netstat(pid, self.store.proc)
                         break
                     except OSError as e:
                         log.debug("iter/tcp in netns %s via pid %s: %s", inode, pid, e)

@@ -50,12 +50,12 @@ def self_netns() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
 
 
-def in_netns(pid: int, inode: int, fn: Callable[[], T]) -> T:
+def in_netns(pid: int, inode: int, fn: Callable[[], T], proc: str = "/proc") -> T:
     """Run fn with the calling thread inside the network namespace of pid (checked by inode),
     then return to the original namespace. Only this thread moves."""
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+        target = os.open(f"{proc}/{pid}/ns/net", os.O_RDONLY)
         try:
             if os.fstat(target).st_ino != inode:
                 raise ProcessLookupError(f"pid {pid} left network namespace {inode}")
