@@ -96,3 +96,37 @@ def test_struct_views_come_from_btf_and_match_sizes() -> None:
             m.check_types(obj.struct("pod_key"), ct.c_uint64)
         with pytest.raises(KeyError, match="no const volatile setting"):
             obj.set_rodata(no_such_setting=1)
+
+
+def test_render_matches_prometheus_client() -> None:
+    """sinks.prometheus.render is read back by the official parser as generate_latest's text."""
+    from prometheus_client import generate_latest
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from podscope.sinks.prometheus import make_registry, render
+
+    def families() -> list:  # type: ignore[type-arg]
+        c = CounterMetricFamily("podscope_x", "help with \\ and\nnewline", labels=["a", "b"])
+        c.add_metric(['va"l', "back\\slash\nnl"], 3)
+        c.add_metric(["", "π"], 0.5)
+        g = GaugeMetricFamily("podscope_g", "g")
+        g.add_metric([], float("inf"))
+        h = HistogramMetricFamily("podscope_h_seconds", "h", labels=["pod"])
+        h.add_metric(["p1"], [("0.001", 1.0), ("0.002", 3.0), ("+Inf", 4.0)], 0.25)
+        return [c, g, h]
+
+    ours = list(text_string_to_metric_families(render(families()).decode()))
+    ref = list(text_string_to_metric_families(
+        generate_latest(make_registry(families)).decode()))
+    def view(fams: list) -> list:  # type: ignore[type-arg]
+        return [(f.name, f.type, f.documentation,
+                 sorted((s.name, sorted(s.labels.items()), s.value) for s in f.samples))
+                for f in fams]
+
+    assert view(ours) == view(ref)
+    assert len(ours) == 3 and len(ours[2].samples) == 5

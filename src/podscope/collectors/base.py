@@ -6,7 +6,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from prometheus_client.core import Metric
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.samples import Sample
 
 from ..metadata.store import LABEL_NAMES, Labels
 
@@ -52,24 +53,68 @@ class Sums:
         return fam
 
 
+class Histogram(HistogramMetricFamily):
+    """HistogramMetricFamily with a cheaper add_metric: one label dict per series, copied per
+    bucket (a node with hundreds of pods has tens of thousands of bucket samples per scrape)."""
+
+    def add_metric(self, labels: Sequence[str], buckets: Sequence[Any],
+                   sum_value: float | None, timestamp: Any = None) -> None:
+        base = dict(zip(self._labelnames, labels, strict=True))
+        name = self.name + "_bucket"
+        for le, value in buckets:
+            d = base.copy()
+            d["le"] = le
+            self.samples.append(Sample(name, d, value, timestamp, None))
+        if sum_value is not None:
+            self.samples.append(Sample(self.name + "_count", base, buckets[-1][1], timestamp))
+            self.samples.append(Sample(self.name + "_sum", base, sum_value, timestamp))
+
+
+def top_slot(all_slots: Iterable[Sequence[int]]) -> int:
+    """The highest log2 slot any series of a family has used: buckets above it are all equal
+    to +Inf, in every series, and are left out (the set only grows while the agent runs)."""
+    top = 0
+    for slots in all_slots:
+        for i in range(len(slots) - 1, top, -1):
+            if slots[i]:
+                top = i
+                break
+    return top
+
+
 def log2_histogram(family: Any, buckets: dict[tuple[Labels, tuple[str, ...]], list[int]],
                    sums: dict[tuple[Labels, tuple[str, ...]], float], unit_seconds: float) -> Any:
     """Fill a HistogramMetricFamily from log2 slots (slot 0: value 0; slot i: [2^(i-1), 2^i))."""
+    top = top_slot(buckets.values())
     for key, slots in buckets.items():
         labels, extra = key
-        family.add_metric(list(labels) + list(extra), log2_buckets(slots, unit_seconds),
+        family.add_metric(list(labels) + list(extra), log2_buckets(slots, unit_seconds, top),
                           sums[key] * unit_seconds)
     return family
 
 
-def log2_buckets(slots: Sequence[int], unit_seconds: float) -> list[tuple[str, float]]:
-    """Cumulative (le, count) pairs of log2 slots; slot i's upper bound is 2^i units."""
+def log2_buckets(slots: Sequence[int], unit_seconds: float,
+                 top: int | None = None) -> list[tuple[str, float]]:
+    """Cumulative (le, count) pairs of log2 slots; slot i's upper bound is 2^i units. With
+    `top`, buckets end at slot top + 1 (then +Inf)."""
+    last = len(slots) - 1 if top is None else min(top + 2, len(slots) - 1)
     out, cum = [], 0
-    for i, n in enumerate(slots[:-1]):
-        cum += n
-        out.append((f"{(2 ** i) * unit_seconds:.9g}", float(cum)))
-    out.append(("+Inf", float(cum + slots[-1])))
+    for i in range(last):
+        cum += slots[i]
+        out.append((_LE[unit_seconds][i], float(cum)))
+    out.append(("+Inf", float(sum(slots))))
     return out
+
+
+class _LeTable(dict[float, list[str]]):
+    """The `le` strings of each unit, formatted once."""
+
+    def __missing__(self, unit: float) -> list[str]:
+        v = self[unit] = [f"{(2 ** i) * unit:.9g}" for i in range(64)]
+        return v
+
+
+_LE = _LeTable()
 
 
 def label_names(*extra: str) -> Sequence[str]:

@@ -17,14 +17,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from .. import libbpf
 from ..metadata.store import Labels, MetadataStore
 from ..protocols import http1, http2
 from ..protocols.routes import RouteBudget, redact_headers, redact_target, template_path
 from .base import HIST_SLOTS_DEFAULT as SLOTS
-from .base import Emit, label_names, log2_buckets
+from .base import Emit, Histogram, label_names, log2_buckets, top_slot
 
 log = logging.getLogger("podscope.http")
 
@@ -651,12 +651,12 @@ class HttpCollector:
     # --- metrics ---
     def metrics(self) -> Iterable[Metric]:
         self.drain()
-        server = HistogramMetricFamily(
+        server = Histogram(
             "http_server_request_duration_seconds",
             "Duration of HTTP server requests: request head read to last response byte written",
             labels=label_names("http_request_method", "http_response_status_code", "http_route",
                                "network_protocol_version"))
-        client = HistogramMetricFamily(
+        client = Histogram(
             "http_client_request_duration_seconds",
             "Duration of HTTP client requests: request head written to last response byte read",
             labels=label_names("http_request_method", "http_response_status_code", "http_route",
@@ -674,8 +674,9 @@ class HttpCollector:
         # was labelled by UID): series of the same pod merge
         aggs, rpcs = self._renamed_aggs(aggs), self._renamed_aggs(rpcs)
         outcomes, unanswered = self._renamed_counts(outcomes), self._renamed_counts(unanswered)
+        top = top_slot(a.slots for _k, a in aggs)
         for (labels, role, method, status, route, addr, port, version), a in aggs:
-            buckets = log2_buckets(a.slots, HIST_UNIT)
+            buckets = log2_buckets(a.slots, HIST_UNIT, top)
             values = list(labels) + [method, str(status), route, version]
             if role == ROLE_CLIENT:
                 client.add_metric(values + [addr, str(port)], buckets, a.sum_ns * HIST_UNIT)
@@ -708,21 +709,23 @@ class HttpCollector:
             yield rq
             yield size
         rpc_names = ("rpc_system", "rpc_service", "rpc_method", "rpc_grpc_status_code")
-        rpc_server = HistogramMetricFamily(
+        rpc_server = Histogram(
             "rpc_server_duration_seconds",
             "Duration of RPCs served (gRPC): request headers read to the end of the response",
             labels=label_names(*rpc_names))
-        rpc_client = HistogramMetricFamily(
+        rpc_client = Histogram(
             "rpc_client_duration_seconds",
             "Duration of RPCs made (gRPC): request headers written to the end of the response",
             labels=label_names(*rpc_names, "server_address", "server_port"))
+        top = top_slot(a.slots for _k, a in rpcs)
         for (labels, role, service, rmethod, code, addr, port), a in rpcs:
             values = list(labels) + ["grpc", service, rmethod, code]
             if role == ROLE_CLIENT:
-                rpc_client.add_metric(values + [addr, str(port)], log2_buckets(a.slots, HIST_UNIT),
-                                      a.sum_ns * HIST_UNIT)
+                rpc_client.add_metric(values + [addr, str(port)],
+                                      log2_buckets(a.slots, HIST_UNIT, top), a.sum_ns * HIST_UNIT)
             else:
-                rpc_server.add_metric(values, log2_buckets(a.slots, HIST_UNIT), a.sum_ns * HIST_UNIT)
+                rpc_server.add_metric(values, log2_buckets(a.slots, HIST_UNIT, top),
+                                      a.sum_ns * HIST_UNIT)
         yield rpc_server
         yield rpc_client
         dec = CounterMetricFamily("podscope_http2_decode_total",

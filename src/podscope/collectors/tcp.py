@@ -15,14 +15,13 @@ from typing import Any
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 
 from .. import libbpf
 from ..metadata.namespaces import in_netns, read_netstat
 from ..metadata.store import Labels, MetadataStore
-from .base import Emit, Sums, label_names, log2_histogram
+from .base import Emit, Histogram, Sums, label_names, log2_histogram
 
 log = logging.getLogger("podscope.tcp")
 
@@ -41,6 +40,8 @@ _COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 # Per pod network namespace, from the namespace's own MIB (exact; a SYN refused for a full accept
 # queue is freed without a drop reason, so no tracepoint sees it).
+INLINE_PASS_MAX_SECONDS = 0.1  # slower passes run in the background, not in a scrape
+
 _NETSTAT = {
     "TcpExtListenOverflows": ("podscope_tcp_listen_overflows_total",
                               "Connections refused because a listener's accept queue was full"),
@@ -103,6 +104,10 @@ class TcpCollector:
         self._complete_passes: list[int] = []
         self.stale_removed = 0
         self._listeners_at = 0.0
+        self._pass_lock = threading.Lock()  # one iterator pass at a time
+        self._pass_seconds = 0.0  # how long the last pass over every namespace took
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
         self._mono_to_wall = time.time() - time.monotonic()
 
     # --- life cycle ---
@@ -119,8 +124,17 @@ class TcpCollector:
                 prog.attach()
         if self.emit is not None:
             self._ring = libbpf.RingBuffer(o.map("tcp_events"), self._on_event)
+        self._refresher = threading.Thread(target=self._refresh_loop, name="podscope-iter",
+                                           daemon=True)
+        self._refresher.start()
 
     def close(self) -> None:
+        self._stop.set()
+        if self._refresher:
+            with self._pass_lock:  # not while a pass uses the iterator link
+                pass
+            self._refresher.join(5)
+            self._refresher = None
         if self._ring:
             self._ring.close()
             self._ring = None
@@ -157,13 +171,21 @@ class TcpCollector:
 
     # --- iterator: live connections and listeners, per network namespace ---
     def refresh(self, force: bool = False) -> list[Any]:
-        """Run iter/tcp in every network namespace (rate-limited); returns listener records."""
-        with self._lock:
+        """Run iter/tcp in every network namespace; returns listener records. A scrape runs a
+        pass itself when the last one is older than listener_refresh and passes are cheap (few
+        namespaces). On a node with many namespaces a pass takes long (the iterator walks the
+        whole socket table once per namespace): then a background thread runs them, at most
+        a fifth of the time, and scrapes read its last results."""
+        if not force and (time.monotonic() - self._listeners_at < self.listener_refresh
+                          or self._pass_seconds > INLINE_PASS_MAX_SECONDS):
+            return self._listeners
+        with self._pass_lock:
             if not force and time.monotonic() - self._listeners_at < self.listener_refresh:
-                return self._listeners
+                return self._listeners  # another thread just did it
             link = self._iter_link
-            if link is None:
+            if link is None or self._stop.is_set():
                 return []
+            t0 = time.monotonic()
             size = ct.sizeof(self.Listener)
             out = []
             netstat = {}
@@ -186,18 +208,29 @@ class TcpCollector:
                     continue
                 for off in range(0, len(raw) - size + 1, size):
                     out.append(self.Listener.from_buffer_copy(raw, off))
-            if complete:
-                self._complete_passes = (self._complete_passes + [self._pass])[-2:]
-            self._listeners = out
-            self._netstat = netstat
-            self._listeners_at = time.monotonic()
+            with self._lock:
+                if complete:
+                    self._complete_passes = (self._complete_passes + [self._pass])[-2:]
+                self._listeners = out
+                self._netstat = netstat
+                self._listeners_at = time.monotonic()
+            self._pass_seconds = time.monotonic() - t0
             return out
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(max(self.listener_refresh, 4 * self._pass_seconds)):
+            if self._pass_seconds > INLINE_PASS_MAX_SECONDS:
+                try:
+                    self.refresh(force=True)
+                except Exception:  # noqa: BLE001 (keep refreshing; the next pass may work)
+                    log.exception("iter/tcp pass")
 
     def maintain(self) -> None:
         """Periodic upkeep: an iterator pass, then removal of socket states whose close was
         never seen (the kernel can skip a program run; see KERNEL.md): an entry that two
         complete passes over every network namespace did not stamp has no socket any more."""
-        self.refresh(force=True)
+        if self._pass_seconds <= INLINE_PASS_MAX_SECONDS:  # else the background thread does
+            self.refresh(force=True)
         with self._lock:
             if len(self._complete_passes) < 2:
                 return
@@ -286,7 +319,7 @@ class TcpCollector:
         for metric, (help_, extra_names) in helps.items():
             yield counters[metric].family(CounterMetricFamily, metric, help_, *extra_names)
         for name, (metric, help_) in _HISTS.items():
-            hfam = HistogramMetricFamily(metric, help_, labels=label_names())
+            hfam = Histogram(metric, help_, labels=label_names())
             yield log2_histogram(hfam, buckets[name], hsums[name], 1e-6)
 
     def _labeled_metrics(self) -> Iterable[Metric]:

@@ -162,6 +162,8 @@ class KubeWatcher:
             backoff = min(backoff * 2, self.max_backoff)
 
     def _failed(self, msg: str) -> None:
+        if self._stop.wait(0.2):
+            return  # the agent is stopping (a signal can cut the watch's read short)
         if self.up or msg != self.last_error:
             log.warning("%s (retrying; metrics go on, labelled by pod UID)", msg)
         self.up = False
