@@ -22,8 +22,9 @@ CASES = [
      f"crio-{CID}.scope", UID, CID, "cri-o", "burstable"),
     (f"/kubepods.slice/kubepods-pod{U_}.slice/docker-{CID}.scope", UID, CID, "docker",
      "guaranteed"),
-    # cgroupfs driver (any runtime)
+    # cgroupfs driver (containerd, Docker: the bare id; CRI-O: crio-<id>)
     (f"/kubepods/burstable/pod{UID}/{CID}", UID, CID, "", "burstable"),
+    (f"/kubepods/burstable/pod{UID}/crio-{CID}", UID, CID, "cri-o", "burstable"),
     (f"/kubepods/besteffort/pod{UID}/{CID}", UID, CID, "", "besteffort"),
     (f"/kubepods/pod{UID}/{CID}", UID, CID, "", "guaranteed"),
     # cgroup v1 hierarchy paths look the same below the controller mount
@@ -60,3 +61,32 @@ def test_cgroup2_mount_from_mountinfo(tmp_path) -> None:  # type: ignore[no-unty
     assert cgroup2_mount(str(mi)) == "/sys/fs/cgroup/unified"
     mi.write_text("30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n")
     assert cgroup2_mount(str(mi)) is None
+
+
+V1_LINES = (f"12:pids:/kubepods/burstable/pod{UID}/{CID}\n"
+            f"4:memory:/kubepods/burstable/pod{UID}/{CID}\n"
+            f"1:name=systemd:/kubepods/burstable/pod{UID}/{CID}\n")
+
+
+@pytest.mark.parametrize(("content", "uid", "cid"), [
+    # cgroup v2 only
+    (f"0::/kubepods.slice/kubepods-pod{U_}.slice/cri-containerd-{CID}.scope\n", UID, CID),
+    # cgroup v1 only: no unified line
+    (V1_LINES, UID, CID),
+    # hybrid: the unified hierarchy has systemd's own tree, the pod is in the v1 ones
+    (V1_LINES + "0::/system.slice/containerd.service\n", UID, CID),
+    # a process in a private cgroup namespace sees paths relative to it
+    (f"0::/../../kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{U_}.slice/"
+     f"crio-{CID}.scope\n", UID, CID),
+    # not in a pod
+    ("0::/system.slice/sshd.service\n", "", ""),
+])
+def test_process_pod_on_v2_v1_and_hybrid_nodes(tmp_path, content: str, uid: str,  # type: ignore[no-untyped-def]
+                                               cid: str) -> None:
+    from podscope.metadata.store import proc_pod_ref
+
+    (tmp_path / "77").mkdir()
+    (tmp_path / "77" / "cgroup").write_text(content)
+    ref = proc_pod_ref(77, str(tmp_path))
+    assert ref is not None and (ref.pod_uid, ref.container_id) == (uid, cid)
+    assert proc_pod_ref(78, str(tmp_path)) is None  # no such process

@@ -21,14 +21,26 @@ class NetnsInfo:
 
 def proc_cgroup_v2(pid: int, proc: str = "/proc") -> str | None:
     """The v2 ("0::") line of /proc/PID/cgroup."""
+    paths = proc_cgroups(pid, proc)
+    return paths[0][0] if paths and paths[0][1] == "" else None
+
+
+def proc_cgroups(pid: int, proc: str = "/proc") -> list[tuple[str, str]]:
+    """(path, controllers) of every line of /proc/PID/cgroup, the v2 line ("0::", controllers
+    "") first. On cgroup v1 and hybrid nodes the pod may show only in the v1 lines
+    ("4:memory:/kubepods/burstable/pod.../...")."""
     try:
         with open(f"{proc}/{pid}/cgroup") as f:
-            for line in f:
-                if line.startswith("0::"):
-                    return line[3:].strip()
+            lines = f.read().splitlines()
     except OSError:
-        return None
-    return None
+        return []
+    out = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            out.append((parts[2].strip(), parts[1]))
+    out.sort(key=lambda pc: pc[1] != "")
+    return out
 
 
 def scan_netns(proc: str = "/proc") -> dict[int, NetnsInfo]:

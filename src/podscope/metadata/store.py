@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from .cgroups import CgroupRef, CgroupResolver, parse_cgroup_path
 from .kube import KubeWatcher, PodMeta
-from .namespaces import NetnsInfo, proc_cgroup_v2, scan_netns
+from .namespaces import NetnsInfo, proc_cgroups, scan_netns
 
 
 class Labels(NamedTuple):
@@ -95,10 +95,9 @@ class MetadataStore:
         if info:
             uids: set[str] = set()
             for pid in info.pids[:64]:
-                path = proc_cgroup_v2(pid, self.proc)
-                if path is None:
+                ref = proc_pod_ref(pid, self.proc)
+                if ref is None:
                     continue
-                ref = parse_cgroup_path(path)
                 uids.add(ref.pod_uid)
                 if ref.pod_uid and owner is None:
                     owner = ref
@@ -228,6 +227,16 @@ class MetadataStore:
                       k8s_pod_name=p.name, k8s_container_name=p.containers.get(cid, "") if cid
                       else "", k8s_node_name=self.node, k8s_workload_kind=p.workload_kind,
                       k8s_workload_name=p.workload_name, cgroup=path)
+
+
+def proc_pod_ref(pid: int, proc: str = "/proc") -> CgroupRef | None:
+    """What a process's cgroups say about it: the v2 path, or on cgroup v1 / hybrid nodes the
+    first v1 hierarchy that names a pod (None: no such process)."""
+    paths = proc_cgroups(pid, proc)
+    if not paths:
+        return None
+    refs = [parse_cgroup_path(path) for path, _ in paths]
+    return next((r for r in refs if r.pod_uid), refs[0])
 
 
 def _deleted(p: PodMeta, at: float) -> PodMeta:
