@@ -18,6 +18,7 @@ from .collectors.tcp import TcpCollector
 from .config import Config
 from .libbpf import BpfError
 from .metadata import kube
+from .metadata.docker import DockerNames
 from .metadata.store import MetadataStore
 from .sinks.files import CsvSink, JsonlSink, open_export
 from .sinks.prometheus import HttpServer, make_registry
@@ -66,6 +67,11 @@ class Agent:
             self.store.api = self.kube
             self.kube.start()
             log.info("watching the pods of node %s in the Kubernetes API", self.store.node)
+        else:
+            docker = DockerNames(cfg.docker_socket)
+            if docker.available():
+                self.store.docker = docker
+                log.info("container names from the Docker Engine API at %s", cfg.docker_socket)
         self.files = [open_export(spec) for spec in self.cfg.exports]
         tcp = TcpCollector(self.store, emit=self._emit if self.files else None,
                            records=bool(self.files), listener_refresh=self.cfg.listener_refresh)

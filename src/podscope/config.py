@@ -25,6 +25,7 @@ class Config:
     kubeconfig: str = ""  # default: in-cluster service account, $KUBECONFIG, ~/.kube/config
     pod_grace: float = 60.0  # seconds a deleted pod's series stay before they disappear
     proc_root: str = "/proc"  # the host's /proc (in a DaemonSet: mounted at /host/proc)
+    docker_socket: str = "/var/run/docker.sock"  # container names outside Kubernetes
 
     @classmethod
     def load(cls, path: str | None, overrides: dict[str, Any]) -> Config:

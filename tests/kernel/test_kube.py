@@ -244,3 +244,73 @@ def test_api_outage_of_30s_with_an_expired_version(pods: PodNetwork, tmp_path: P
             agent.stop()
     finally:
         api.stop()
+
+
+def test_without_a_cluster_series_carry_container_and_process(tmp_path: Path) -> None:
+    """A Docker-style container on a plain host (its cgroup named as the Docker engine names
+    it under systemd, the host's network): series carry the container id, the engine's name for
+    it, the process and the cgroup; no Kubernetes names."""
+    import os
+    import secrets
+    import urllib.request
+
+    from podscope.metadata.cgroups import cgroup2_mount
+    from podscope.testing.dockerapi import DockerAPIServer
+    from tests.conftest import free_port
+
+    cg2 = cgroup2_mount()
+    assert cg2
+    cid = secrets.token_hex(32)
+    made = []
+    for part in ("system.slice", f"system.slice/docker-{cid}.scope"):
+        d = os.path.join(cg2, part)
+        if not os.path.isdir(d):
+            os.mkdir(d)
+            made.append(d)
+    cgdir = os.path.join(cg2, f"system.slice/docker-{cid}.scope")
+
+    def enter() -> None:
+        with open(os.path.join(cgdir, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+
+    port = free_port()
+    server = subprocess.Popen(python_cmd("http_server.py", port), preexec_fn=enter,
+                              stdout=subprocess.PIPE, text=True)
+    cfg = tmp_path / "podscope.toml"
+    cfg.write_text(f'kubernetes = "off"\ndocker_socket = "{tmp_path}/docker.sock"\n')
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        with open(f"/proc/{server.pid}/comm") as f:
+            comm = f.read().strip()
+        with DockerAPIServer(str(tmp_path / "docker.sock")) as engine:
+            engine.containers[cid] = "shop-frontend"
+            agent = AgentProc(["--config", str(cfg), "--node-name", NODE], tmp_path)
+            try:
+                for _ in range(6):
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status/200") as r:
+                        assert r.status == 200
+                m = wait_metrics(agent, lambda m: m.value(
+                    "http_server_request_duration_seconds_count", container_id=cid) == 6)
+            finally:
+                agent.stop()
+        series = [s for s in m.samples if s.labels.get("container_id") == cid]
+        assert {s.name for s in series} >= {"http_server_request_duration_seconds_count",
+                                             "podscope_tcp_connections_opened_total"}
+        for s in series:
+            assert s.labels["container_name"] == "shop-frontend", s
+            assert s.labels["process_name"] == comm, s
+            assert s.labels["cgroup"] == f"/system.slice/docker-{cid}.scope"
+            assert s.labels["k8s_pod_uid"] == s.labels["k8s_pod_name"] == ""
+            assert s.labels["k8s_node_name"] == NODE
+        assert m.value("http_server_request_duration_seconds_count", container_id=cid) == 6
+        assert "podscope_metadata_api_up" not in {s.name for s in m.samples}
+    finally:
+        server.terminate()
+        server.wait(10)
+        for d in reversed(made):
+            for _ in range(40):
+                try:
+                    os.rmdir(d)
+                    break
+                except OSError:
+                    time.sleep(0.05)

@@ -170,3 +170,20 @@ def test_labels_before_and_after_the_api_knows_the_pod() -> None:
     assert (lab.k8s_pod_name, lab.k8s_container_name) == ("name", "app")
     bare = lab._replace(k8s_pod_name="", k8s_namespace_name="", k8s_container_name="")
     assert store.renamed(bare) == lab
+
+
+def test_docker_names_from_the_engine_socket(tmp_path: Path) -> None:
+    from podscope.metadata.docker import DockerNames
+    from podscope.testing.dockerapi import DockerAPIServer
+
+    assert DockerNames(str(tmp_path / "missing.sock")).name(CID) == ""  # no engine: no names
+    with DockerAPIServer(str(tmp_path / "docker.sock")) as engine:
+        engine.containers[CID] = "web-frontend"
+        names = DockerNames(str(tmp_path / "docker.sock"), min_interval=0.2)
+        assert names.name(CID) == "web-frontend"
+        assert names.name("b" * 64) == ""  # unknown: asked again, at most every 0.2 s
+        asked = engine.requests
+        assert names.name("b" * 64) == "" and engine.requests == asked
+        engine.containers["b" * 64] = "late"
+        time.sleep(0.25)
+        assert names.name("b" * 64) == "late"

@@ -15,6 +15,7 @@ from typing import NamedTuple
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .cgroups import CgroupRef, CgroupResolver, parse_cgroup_path
+from .docker import DockerNames
 from .kube import KubeWatcher, PodMeta
 from .namespaces import NetnsInfo, proc_cgroups, scan_netns
 
@@ -28,6 +29,8 @@ class Labels(NamedTuple):
     k8s_node_name: str = ""
     k8s_workload_kind: str = ""
     k8s_workload_name: str = ""
+    container_name: str = ""  # outside Kubernetes: the Docker container's name
+    process_name: str = ""  # the command of the processes in the cgroup (outside pods)
     cgroup: str = ""
 
 
@@ -44,6 +47,8 @@ class MetadataStore:
         self._pods: dict[str, PodMeta] = {}  # from the Kubernetes API, by UID
         self._retired: dict[str, float] = {}  # UIDs of pods gone for good -> when
         self.api: KubeWatcher | None = None  # when there is a cluster
+        self.docker: DockerNames | None = None  # container names on plain Docker hosts
+        self._comm: dict[int, tuple[float, str]] = {}  # cgroup id -> (when, process name)
         self.resolver = CgroupResolver(cgroup2_root) if cgroup2_root else None
         self.netns_ttl = netns_ttl
         self._lock = threading.Lock()
@@ -209,8 +214,33 @@ class MetadataStore:
             # The namespace is one pod's: the pod is known, the container is not.
             return self._pod_labels(owner.pod_uid, "", "")
         if ref is not None:
-            return Labels(container_id=ref.container_id, cgroup=ref.path, k8s_node_name=self.node)
+            name = self.docker.name(ref.container_id) if self.docker else ""
+            return Labels(container_id=ref.container_id, cgroup=ref.path, k8s_node_name=self.node,
+                          container_name=name, process_name=self._process_name(cgroup_id, ref))
         return Labels(cgroup=f"id:{cgroup_id}" if cgroup_id else "", k8s_node_name=self.node)
+
+    def _process_name(self, cgroup_id: int, ref: CgroupRef) -> str:
+        """The command of the cgroup's first process (rechecked every 30 s; processes exec).
+        The root cgroup and the node's slices hold many programs: no name there."""
+        if ref.path in ("/", "") or ref.path.endswith(".slice") or not self.resolver:
+            return ""
+        now = time.monotonic()
+        hit = self._comm.get(cgroup_id)
+        if hit is not None and now - hit[0] < 30:
+            return hit[1]
+        name = ""
+        try:
+            with open(f"{self.resolver.root}{ref.path}/cgroup.procs") as f:
+                first = f.readline().strip()
+            if first:
+                with open(f"{self.proc}/{first}/comm") as f:
+                    name = f.read().strip()
+        except OSError:
+            pass
+        if len(self._comm) >= _MAX_CACHE:
+            self._comm.clear()
+        self._comm[cgroup_id] = (now, name)
+        return name
 
     def renamed(self, labels: Labels) -> Labels:
         """The same series with the names the API gives now (labels made earlier may have had
