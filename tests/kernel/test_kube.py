@@ -314,3 +314,68 @@ def test_without_a_cluster_series_carry_container_and_process(tmp_path: Path) ->
                     break
                 except OSError:
                     time.sleep(0.05)
+
+
+def test_pod_named_by_its_hostname_where_cgroups_say_nothing(tmp_path: Path) -> None:
+    """A pod's processes in cgroups that name no pod (as on a node whose pods live in cgroup v1
+    hierarchies podscope cannot read): the UTS nodename kubelet gives the pod's containers,
+    matched against the API's pods of this node, attributes the pod's network namespace."""
+    import os
+    import secrets
+
+    from podscope.metadata.cgroups import cgroup2_mount
+    from podscope.testing.kubeapi import pod_object
+
+    cg2 = cgroup2_mount()
+    assert cg2
+    tag = secrets.token_hex(3)
+    ns, cgdir = f"psuts{tag}", os.path.join(cg2, f"podscope-test-{tag}")
+    os.mkdir(cgdir)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+
+    def enter() -> None:
+        with open(os.path.join(cgdir, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+
+    script = ("import socket, sys, time\n"
+              "ls = socket.create_server(('127.0.0.1', 8080))\n"
+              "c = socket.create_connection(('127.0.0.1', 8080)); s, _ = ls.accept()\n"
+              "c.sendall(b'x'); s.recv(1); print('ready', flush=True); sys.stdin.read()\n")
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c",
+                             f'hostname api-7f9c-abcde && exec "{sys.executable}" -c "$0"', script],
+                            preexec_fn=enter, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    api = KubeAPIServer().start()
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        uid = api.add_pod(pod_object("api-7f9c-abcde", "shop", NODE, owner=(
+            "ReplicaSet", "api-7f9c"), labels={"pod-template-hash": "7f9c"}))["metadata"]["uid"]
+        api.add_pod(pod_object("other", "shop", NODE))
+        agent = AgentProc(["--node-name", NODE, "--kubeconfig",
+                           str(api.write_kubeconfig(tmp_path / "kubeconfig"))], tmp_path)
+        try:
+            m = wait_metrics(agent, lambda m: m.value(
+                "podscope_tcp_listener_drops_total", k8s_pod_uid=uid) == 0 and any(
+                s.labels.get("k8s_pod_uid") == uid for s in m.samples))
+        finally:
+            agent.stop()
+        series = per_pod_samples(m, uid)
+        assert series, "the namespace was not attributed"
+        for _name, labels in series:
+            assert (labels["k8s_pod_name"], labels["k8s_workload_kind"],
+                    labels["k8s_workload_name"]) == ("api-7f9c-abcde", "Deployment", "api")
+        assert m.value("podscope_tcp_accept_queue_limit", k8s_pod_uid=uid, port="8080") > 0
+    finally:
+        api.stop()
+        if proc.stdin:
+            proc.stdin.close()
+        proc.kill()
+        proc.wait(10)
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+        for _ in range(40):
+            try:
+                os.rmdir(cgdir)
+                break
+            except OSError:
+                time.sleep(0.05)

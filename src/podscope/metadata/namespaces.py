@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWUTS = 0x04000000
 _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
 
@@ -83,6 +84,34 @@ def in_netns(pid: int, inode: int, fn: Callable[[], T], proc: str = "/proc") -> 
                 e = ctypes.get_errno()
                 raise OSError(e, f"setns back to own network namespace: {os.strerror(e)}")
     finally:
+        os.close(own)
+
+
+def uts_nodename(pid: int, proc: str = "/proc") -> str | None:
+    """The host name a process sees (its UTS namespace's nodename): kubelet sets it to the pod's
+    name. Read by entering the namespace with this thread only, and coming back."""
+    try:
+        own = os.open("/proc/thread-self/ns/uts", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        target = os.open(f"{proc}/{pid}/ns/uts", os.O_RDONLY)
+    except OSError:
+        os.close(own)
+        return None
+    try:
+        if os.fstat(target).st_ino == os.fstat(own).st_ino:
+            return os.uname().nodename
+        if _libc.setns(target, CLONE_NEWUTS):
+            return None
+        try:
+            return os.uname().nodename
+        finally:
+            if _libc.setns(own, CLONE_NEWUTS):
+                e = ctypes.get_errno()
+                raise OSError(e, f"setns back to own UTS namespace: {os.strerror(e)}")
+    finally:
+        os.close(target)
         os.close(own)
 
 

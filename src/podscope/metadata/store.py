@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from .cgroups import CgroupRef, CgroupResolver, parse_cgroup_path
 from .docker import DockerNames
 from .kube import KubeWatcher, PodMeta
-from .namespaces import NetnsInfo, proc_cgroups, scan_netns
+from .namespaces import NetnsInfo, proc_cgroups, scan_netns, uts_nodename
 
 
 class Labels(NamedTuple):
@@ -108,6 +108,8 @@ class MetadataStore:
                     owner = ref
             if len(uids) != 1 or owner is None:
                 owner = None
+            if owner is None and not any(uids) and info.pids:
+                owner = self._owner_by_hostname(info.pids[0])
         if owner is not None:
             prev = self._netns_last.get(inode)
             if prev is not None and prev != owner.pod_uid:
@@ -121,6 +123,19 @@ class MetadataStore:
             owner = CgroupRef(path="", pod_uid=self._netns_last[inode])
         self._netns_refs[inode] = owner
         return owner
+
+    def _owner_by_hostname(self, pid: int) -> CgroupRef | None:
+        """Extra evidence where the cgroups name no pod (e.g. a v1-only node whose v1 paths are
+        not readable): the UTS nodename kubelet gives a pod's containers is the pod's name. Used
+        only when exactly one live pod of this node in the API has that name."""
+        if not self._pods:
+            return None
+        nodename = uts_nodename(pid, self.proc)
+        if not nodename or nodename == self.node:
+            return None
+        found = [p for p in list(self._pods.values())
+                 if p.name == nodename and p.deleted_at is None]
+        return CgroupRef(path="", pod_uid=found[0].uid) if len(found) == 1 else None
 
     # --- cgroups ---
     def cgroup_ref(self, cgroup_id: int) -> CgroupRef | None:
