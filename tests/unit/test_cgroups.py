@@ -90,3 +90,26 @@ def test_process_pod_on_v2_v1_and_hybrid_nodes(tmp_path, content: str, uid: str,
     ref = proc_pod_ref(77, str(tmp_path))
     assert ref is not None and (ref.pod_uid, ref.container_id) == (uid, cid)
     assert proc_pod_ref(78, str(tmp_path)) is None  # no such process
+
+
+def test_pid_namespace_names_its_container_or_pod(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Task-side evidence: a PID namespace whose processes are all in one container is that
+    container's; shared by a pod's containers (shareProcessNamespace), the pod's."""
+    import os
+
+    from podscope.metadata.store import MetadataStore
+
+    c2, c3 = "5a" * 32, "6b" * 32
+    procs = {10: (1001, CID), 11: (1001, CID), 20: (1002, c2), 21: (1002, c3), 30: (1003, None)}
+    for pid, (pidns, cid) in procs.items():
+        (tmp_path / str(pid) / "ns").mkdir(parents=True)
+        os.symlink(f"pid:[{pidns}]", tmp_path / str(pid) / "ns" / "pid")
+        path = (f"/kubepods.slice/kubepods-pod{U_}.slice/cri-containerd-{cid}.scope" if cid
+                else "/system.slice/cron.service")
+        (tmp_path / str(pid) / "cgroup").write_text(f"0::{path}\n")
+    store = MetadataStore(None, proc=str(tmp_path), node="n1")
+    one = store.pidns_labels(1001)
+    assert one is not None and (one.k8s_pod_uid, one.container_id) == (UID, CID)
+    shared = store.pidns_labels(1002)
+    assert shared is not None and (shared.k8s_pod_uid, shared.container_id) == (UID, "")
+    assert store.pidns_labels(1003) is None and store.pidns_labels(999) is None

@@ -44,6 +44,21 @@ def proc_cgroups(pid: int, proc: str = "/proc") -> list[tuple[str, str]]:
     return out
 
 
+def scan_ns(kind: str, proc: str = "/proc") -> dict[int, NetnsInfo]:
+    """Every namespace of a kind ("net", "pid", "uts") that has a process in it, with them."""
+    out: dict[int, NetnsInfo] = {}
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        try:
+            link = os.readlink(f"{proc}/{name}/ns/{kind}")
+        except OSError:
+            continue
+        ino = int(link[link.index("[") + 1: -1])
+        out.setdefault(ino, NetnsInfo(ino)).pids.append(int(name))
+    return out
+
+
 def scan_netns(proc: str = "/proc") -> dict[int, NetnsInfo]:
     """Every network namespace that has a process in it, with those processes."""
     out: dict[int, NetnsInfo] = {}

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from .cgroups import CgroupRef, CgroupResolver, parse_cgroup_path
 from .docker import DockerNames
 from .kube import KubeWatcher, PodMeta
-from .namespaces import NetnsInfo, proc_cgroups, scan_netns, uts_nodename
+from .namespaces import NetnsInfo, proc_cgroups, scan_netns, scan_ns, uts_nodename
 
 
 class Labels(NamedTuple):
@@ -123,6 +123,22 @@ class MetadataStore:
             owner = CgroupRef(path="", pod_uid=self._netns_last[inode])
         self._netns_refs[inode] = owner
         return owner
+
+    def pidns_labels(self, inode: int) -> Labels | None:
+        """Labels for what only a PID namespace identifies (task events on nodes where the v2
+        cgroup of every task is the root): a container has its own PID namespace, so when all
+        of the namespace's processes are in one container, that container; one pod, the pod."""
+        info = scan_ns("pid", self.proc).get(inode)
+        if info is None:
+            return None
+        refs = [r for r in (proc_pod_ref(pid, self.proc) for pid in info.pids[:64]) if r]
+        uids = {r.pod_uid for r in refs}
+        if len(uids) != 1 or not refs[0].pod_uid:
+            return None
+        cids = {r.container_id for r in refs}
+        if len(cids) == 1:
+            return self._pod_labels(refs[0].pod_uid, refs[0].container_id, refs[0].path)
+        return self._pod_labels(refs[0].pod_uid, "", "")
 
     def _owner_by_hostname(self, pid: int) -> CgroupRef | None:
         """Extra evidence where the cgroups name no pod (e.g. a v1-only node whose v1 paths are
