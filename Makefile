@@ -36,6 +36,7 @@ lint: all
 bench: all
 	$(VENV)/bin/python bench/tcp_overhead.py
 	$(VENV)/bin/python bench/http_overhead.py
+	$(VENV)/bin/python bench/metadata_scale.py
 
 deps: $(BUILD)/.deps
 
