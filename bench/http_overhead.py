@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -124,6 +125,7 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float) -> dict[st
         def load(secs: float) -> dict[str, float]:
             return wrk(client, url, secs, conns, threads)
     tmp = tempfile.mkdtemp(prefix="podscope-bench-")
+    server.cleanups.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
     if name.endswith("records"):
         agent_args = ["--export", f"jsonl:{tmp}/records.jsonl"]
     if name.endswith("syscalls"):
