@@ -22,6 +22,7 @@ from .metadata.docker import DockerNames
 from .metadata.store import MetadataStore
 from .sinks.files import CsvSink, JsonlSink, open_export
 from .sinks.prometheus import HttpServer, make_registry
+from .sinks.pushgateway import PushgatewaySink
 
 log = logging.getLogger("podscope.agent")
 
@@ -35,6 +36,7 @@ class Agent:
         self.http: HttpServer | None = None
         self.store: MetadataStore | None = None
         self.kube: kube.KubeWatcher | None = None
+        self.push: PushgatewaySink | None = None
 
     def _emit(self, kind: str, rec: dict[str, Any]) -> None:
         for sink in self.files:
@@ -47,6 +49,8 @@ class Agent:
         sources: list[Iterable[Metric]] = [c.metrics() for c in self.collectors]
         if self.store is not None:
             sources.append(self.store.metrics())
+        if self.push is not None:
+            sources.append(self.push.metrics())
         for source in sources:
             for fam in source:
                 if fam.name in merged:
@@ -90,6 +94,12 @@ class Agent:
             except BpfError as e:  # optional: the TCP signals go on without it
                 http.close()
                 log.error("HTTP collector disabled: %s (%s)", e, features.HTTP_HINT)
+        if cfg.pushgateway:
+            self.push = PushgatewaySink(cfg.pushgateway, self.metrics, instance=self.store.node,
+                                        interval=cfg.push_interval,
+                                        delete_on_exit=cfg.push_delete_on_exit)
+            self.push.start()
+            log.info("pushing to %s every %gs", self.push.url, cfg.push_interval)
         addr = self.cfg.listen_addr()
         if addr:
             self.http = HttpServer(addr[0], addr[1], make_registry(self.metrics),
@@ -136,6 +146,9 @@ class Agent:
 
     def close(self) -> None:
         self.stop_event.set()
+        if self.push:
+            self.push.close()  # before the collectors: the last push reads their maps
+            self.push = None
         if self.kube:
             self.kube.stop()
             self.kube = None

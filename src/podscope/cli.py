@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
                    dest="http_capture_headers",
                    help="HTTP records carry headers (credentials redacted)")
     r.add_argument("--config", metavar="FILE", help="TOML config file")
+    r.add_argument("--pushgateway", metavar="URL", help="push every metric to this Pushgateway")
+    r.add_argument("--push-interval", type=float, metavar="SECONDS",
+                   help="seconds between pushes (15)")
     r.add_argument("--node-name", help="this node's name (default: $NODE_NAME, the host name)")
     r.add_argument("--kubeconfig", metavar="FILE",
                    help="Kubernetes API access (default: in-cluster, $KUBECONFIG, ~/.kube/config)")
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                                         "exports": args.exports, "log_level": args.log_level,
                                         "http_capture_headers": args.http_capture_headers,
                                         "node_name": args.node_name,
+                                        "pushgateway": args.pushgateway,
+                                        "push_interval": args.push_interval,
                                         "kubeconfig": args.kubeconfig})
         logging.basicConfig(level=cfg.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")

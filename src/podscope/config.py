@@ -26,6 +26,9 @@ class Config:
     pod_grace: float = 60.0  # seconds a deleted pod's series stay before they disappear
     proc_root: str = "/proc"  # the host's /proc (in a DaemonSet: mounted at /host/proc)
     docker_socket: str = "/var/run/docker.sock"  # container names outside Kubernetes
+    pushgateway: str = ""  # URL of a Prometheus Pushgateway to push every metric to
+    push_interval: float = 15.0  # seconds between pushes
+    push_delete_on_exit: bool = True  # delete this node's group from the gateway at shutdown
 
     @classmethod
     def load(cls, path: str | None, overrides: dict[str, Any]) -> Config:

@@ -58,3 +58,48 @@ def start_nginx(pod: Pod, port: int | str = 80, workers: int = 1,
             raise RuntimeError(f"nginx did not start: {(Path(tmp) / 'error.log').read_text()}")
         time.sleep(0.1)
     return proc
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, log: Path,
+               timeout: float = 30) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError(f"{what} did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+
+
+def start_pushgateway(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    """Debian's prometheus-pushgateway on 127.0.0.1:port (its state in workdir); the caller
+    stops it by its PID."""
+    log = workdir / f"pushgateway-{port}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}",
+                                 f"--persistence.file={workdir}/pushgateway.data"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    _wait_http(f"http://127.0.0.1:{port}/-/ready", proc, "prometheus-pushgateway", log)
+    return proc
+
+
+def start_prometheus(port: int, workdir: Path, config: str) -> subprocess.Popen[bytes]:
+    """Debian's prometheus on 127.0.0.1:port with this configuration (YAML), its TSDB in
+    workdir; the caller stops it by its PID."""
+    (workdir / "prometheus.yml").write_text(config)
+    log = workdir / f"prometheus-{port}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(["prometheus", f"--config.file={workdir}/prometheus.yml",
+                                 f"--storage.tsdb.path={workdir}/tsdb",
+                                 f"--web.listen-address=127.0.0.1:{port}",
+                                 "--web.enable-lifecycle"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    _wait_http(f"http://127.0.0.1:{port}/-/ready", proc, "prometheus", log)
+    return proc
