@@ -43,8 +43,8 @@ class Metrics:
 
 
 class AgentProc:
-    def __init__(self, args: list[str], tmp: Path):
-        self.port = free_port()
+    def __init__(self, args: list[str], tmp: Path, port: int | None = None):
+        self.port = port or free_port()
         self.log = tmp / f"agent-{self.port}.log"
         self._logf = open(self.log, "w")  # noqa: SIM115
         self.proc = subprocess.Popen([PODSCOPE, "run", "--listen", f"127.0.0.1:{self.port}", *args],

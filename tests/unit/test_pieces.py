@@ -130,3 +130,13 @@ def test_render_matches_prometheus_client() -> None:
 
     assert view(ours) == view(ref)
     assert len(ours) == 3 and len(ours[2].samples) == 5
+
+
+def test_pushgateway_group_path() -> None:
+    from podscope.sinks.pushgateway import group_path
+
+    assert group_path("podscope", {"instance": "node-1"}) == "/metrics/job/podscope/instance/node-1"
+    # a '/' or an empty value needs the base64 form of the grouping key
+    assert group_path("podscope", {"instance": "a/b"}) == \
+        "/metrics/job/podscope/instance@base64/YS9i"
+    assert group_path("podscope", {"instance": ""}) == "/metrics/job/podscope/instance@base64/="

@@ -1,0 +1,126 @@
+"""Debian's real Prometheus scraping the agent and a real Pushgateway the agent pushes to:
+PromQL returns what the workload did (root, real BPF, real pods)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from podscope.testing.pods import PodNetwork
+from podscope.testing.servers import start_prometheus, start_pushgateway
+from tests.conftest import AgentProc, free_port, python_cmd
+from tests.kernel.test_tcp import start_server, wait_for
+
+NODE = "prom-node-1"
+PROM_CONFIG = """
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: podscope-agent
+    static_configs:
+      - targets: ["127.0.0.1:{agent}"]
+  - job_name: pushgateway
+    honor_labels: true
+    static_configs:
+      - targets: ["127.0.0.1:{gateway}"]
+"""
+
+
+def query(port: int, promql: str) -> list[dict[str, Any]]:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    with urllib.request.urlopen(url, timeout=10) as r:
+        body = json.loads(r.read())
+    assert body["status"] == "success", body
+    return list(body["data"]["result"])
+
+
+def scalar(port: int, promql: str) -> float | None:
+    res = query(port, promql)
+    return float(res[0]["value"][1]) if res else None
+
+
+def wait_query(port: int, promql: str, want: float, timeout: float = 30) -> None:
+    got = wait_for(lambda: scalar(port, promql) == want, timeout=timeout, step=0.5)
+    assert got, f"{promql}: {scalar(port, promql)}, wanted {want}"
+
+
+def test_prometheus_scrapes_agent_and_pushgateway(pods: PodNetwork, tmp_path: Path) -> None:
+    server, client = pods.pod("server"), pods.pod("client", driver="cgroupfs")
+    p = server.popen(python_cmd("http_server.py", 8080), stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "listening"
+    start_server(server, 9000, 100_000, tmp_path / "tcp.jsonl")  # bulk data, some of it dropped
+    start_server(server, 9090, 10, tmp_path / "unused", 8, "noaccept")  # never accepts
+    gw_port, prom_port, agent_port = free_port(), free_port(), free_port()
+    gw = start_pushgateway(gw_port, tmp_path)
+    prom = None
+    agent = None
+    try:
+        agent = AgentProc(["--pushgateway", f"http://127.0.0.1:{gw_port}", "--push-interval", "1",
+                           "--node-name", NODE], tmp_path, port=agent_port)
+        prom = start_prometheus(prom_port, tmp_path, PROM_CONFIG.format(agent=agent_port,
+                                                                        gateway=gw_port))
+        ns0 = client.nstat()
+        # the workload: 17 HTTP requests; 3 connections left in an accept queue; bulk transfers
+        # into a server that drops 3 % of what it receives (the client retransmits)
+        out = client.run(python_cmd("http_client.py", server.ip, 8080,
+                                    json.dumps([["GET", "/status/200", 12],
+                                                ["GET", "/status/503", 5]])))
+        assert json.loads(out.stdout) == {"GET 200": 12, "GET 503": 5, "_connections": 1}
+        holder = client.popen([sys.executable, "-c", (
+            "import socket, time\n"
+            f"c = [socket.create_connection(('{server.ip}', 9090)) for _ in range(3)]\n"
+            "print('ok', flush=True); time.sleep(120)")], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
+        server.run(["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "9000", "-m", "statistic",
+                    "--mode", "random", "--probability", "0.03", "-j", "DROP"])
+        out = client.run(python_cmd("tcp_client.py", server.ip, 9000, 10, 300_000))
+        assert json.loads(out.stdout)["connections"] == 10
+        wait_for(lambda: len((tmp_path / "tcp.jsonl").read_text().splitlines()) == 10, 30)
+        time.sleep(1.5)  # the closes are in the kernel's counters; one more iterator pass
+        retrans = client.nstat().get("TcpRetransSegs", 0) - ns0.get("TcpRetransSegs", 0)
+        assert retrans > 0
+
+        srv = f'k8s_pod_uid="{server.uid}"'
+        cl = f'k8s_pod_uid="{client.uid}"'
+        # (the bulk transfers are HTTP uploads too: 10 requests to /upload)
+        route = 'http_route="/status/{id}"'
+        # scraped from the agent
+        wait_query(prom_port, f'sum(http_server_request_duration_seconds_count{{{srv},{route},'
+                              f'job="podscope-agent"}})', 17)
+        wait_query(prom_port, f'sum(http_server_request_duration_seconds_count{{{srv},'
+                              f'job="podscope-agent",http_route="/upload"}})', 10)
+        wait_query(prom_port, f'sum(http_server_request_duration_seconds_count{{{srv},'
+                              f'job="podscope-agent",http_response_status_code="503"}})', 5)
+        wait_query(prom_port, f'sum(http_client_request_duration_seconds_count{{{cl},{route},'
+                              f'job="podscope-agent"}})', 17)
+        wait_query(prom_port, f'sum(podscope_tcp_retransmits_total{{{cl},job="podscope-agent"}})',
+                   retrans)
+        wait_query(prom_port, f'max(podscope_tcp_accept_queue_depth{{{srv},port="9090",'
+                              f'job="podscope-agent"}})', 3)
+        # the same numbers through the Pushgateway (labels kept: honor_labels)
+        wait_query(prom_port, f'sum(http_server_request_duration_seconds_count{{{srv},{route},'
+                              f'job="podscope",instance="{NODE}"}})', 17)
+        wait_query(prom_port, f'sum(podscope_tcp_retransmits_total{{{cl},job="podscope",'
+                              f'instance="{NODE}"}})', retrans)
+        wait_query(prom_port, f'max(podscope_tcp_accept_queue_depth{{{srv},port="9090",'
+                              f'job="podscope",instance="{NODE}"}})', 3)
+        # histograms work in PromQL: a p99 (since the start) from the kernel's log2 buckets
+        p99 = scalar(prom_port, 'histogram_quantile(0.99, sum by (le) ('
+                                f'http_server_request_duration_seconds_bucket{{{srv},{route},'
+                                'job="podscope-agent"}))')
+        assert p99 is not None and 0 < p99 < 1.0
+        holder.kill()
+    finally:
+        if agent is not None:
+            agent.stop()
+        for proc in (prom, gw):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
