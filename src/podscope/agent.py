@@ -76,7 +76,8 @@ class Agent:
             if docker.available():
                 self.store.docker = docker
                 log.info("container names from the Docker Engine API at %s", cfg.docker_socket)
-        self.files = [open_export(spec) for spec in self.cfg.exports]
+        self.files = [open_export(spec, cfg.export_max_bytes, cfg.export_keep)
+                      for spec in self.cfg.exports]
         tcp = TcpCollector(self.store, emit=self._emit if self.files else None,
                            records=bool(self.files), listener_refresh=self.cfg.listener_refresh)
         self.collectors.append(tcp)

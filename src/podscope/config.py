@@ -12,6 +12,8 @@ class Config:
     listen: str | None = None  # HOST:PORT for /metrics and /healthz
     duration: float | None = None  # seconds; None = until SIGINT/SIGTERM
     exports: list[str] = field(default_factory=list)  # jsonl:PATH, csv:PATH
+    export_max_bytes: int = 100 * 1024 * 1024  # an export file rotates past this size (0: never)
+    export_keep: int = 5  # rotated export files kept (PATH.1 ... PATH.N)
     log_level: str = "info"
     listener_refresh: float = 0.5  # seconds between iter/tcp passes
     maintain_interval: float = 30.0  # seconds between collector upkeep (stale state removal)

@@ -140,3 +140,46 @@ def test_pushgateway_group_path() -> None:
     assert group_path("podscope", {"instance": "a/b"}) == \
         "/metrics/job/podscope/instance@base64/YS9i"
     assert group_path("podscope", {"instance": ""}) == "/metrics/job/podscope/instance@base64/="
+
+
+def test_records_doc_lists_every_column_in_order() -> None:
+    """docs/records.md and SCHEMAS (the CSV columns) cannot drift apart."""
+    import re
+
+    from podscope.metadata.store import LABEL_NAMES
+    from podscope.sinks.files import IDENTITY
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "records.md").read_text()
+    sections = re.split(r"^## ", doc, flags=re.M)
+
+    def columns(title: str) -> list[str]:
+        sec = next(s for s in sections if s.startswith(title))
+        return re.findall(r"^\| `([a-z0-9_]+)` \|", sec, flags=re.M)
+
+    assert columns("Identity") == IDENTITY
+    assert set(IDENTITY) == set(LABEL_NAMES)  # every label of a series is in its records
+    for kind in SCHEMAS:
+        cols = columns(f"`{kind}`")
+        assert ["time", *IDENTITY, *cols[1:]] == SCHEMAS[kind], kind
+
+
+def test_exports_rotate_by_size(tmp_path: Path) -> None:
+    rec = {k: "x" * 10 for k in SCHEMAS["http_request"]}
+    j = open_export(f"jsonl:{tmp_path / 'r.jsonl'}", max_bytes=2000, keep=2)
+    c = open_export(f"csv:{tmp_path / 'r.csv'}", max_bytes=2000, keep=2)
+    for _ in range(40):
+        j.record("http_request", rec)
+        c.record("http_request", rec)
+    j.close()
+    c.close()
+    for name in ("r.jsonl", "r.csv"):
+        files = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(name))
+        assert files == [name, f"{name}.1", f"{name}.2"], files  # two old ones kept, no more
+        for p in tmp_path.glob(name + "*"):
+            assert p.stat().st_size < 2000 + 600
+    # every CSV file starts with the header, and every JSON line is whole
+    for p in tmp_path.glob("r.csv*"):
+        with p.open() as f:
+            assert next(csv.reader(f)) == SCHEMAS["http_request"]
+    for p in tmp_path.glob("r.jsonl*"):
+        assert all(json.loads(line)["type"] == "http_request" for line in p.read_text().splitlines())

@@ -1,7 +1,10 @@
-"""Record exports: JSON lines and CSV, one file per run, one schema per record type.
+"""Record exports: JSON lines and CSV, one schema per record type (documented in
+docs/records.md; a test keeps the two in step).
 
 CSV columns are fixed per record type (SCHEMAS); a CSV file holds one record type, and a
-second type goes to PATH with the type inserted before the extension."""
+second type goes to PATH with the type inserted before the extension. Files rotate by size:
+past `max_bytes` the file becomes PATH.1 (PATH.1 becomes PATH.2, ...; `keep` old files are
+kept) and a new PATH starts (a CSV one with its header)."""
 
 from __future__ import annotations
 
@@ -9,20 +12,22 @@ import csv
 import json
 import os
 import threading
+from collections.abc import Callable
 from typing import IO, Any
 
 import orjson
 
+IDENTITY = ["k8s_pod_uid", "container_id", "k8s_namespace_name", "k8s_pod_name",
+            "k8s_container_name", "k8s_node_name", "k8s_workload_kind", "k8s_workload_name",
+            "container_name", "process_name", "cgroup"]
 SCHEMAS: dict[str, list[str]] = {
     "tcp_connection": [
-        "time", "k8s_pod_uid", "container_id", "k8s_namespace_name", "k8s_pod_name",
-        "k8s_container_name", "cgroup", "netns", "direction", "src_addr", "src_port", "dst_addr",
+        "time", *IDENTITY, "netns", "direction", "src_addr", "src_port", "dst_addr",
         "dst_port", "duration_seconds", "sent_bytes", "received_bytes", "retransmits",
         "srtt_seconds",
     ],
     "http_request": [
-        "time", "k8s_pod_uid", "container_id", "k8s_namespace_name", "k8s_pod_name",
-        "k8s_container_name", "cgroup", "role", "peer_addr", "peer_port", "local_port", "method",
+        "time", *IDENTITY, "role", "peer_addr", "peer_port", "local_port", "method",
         "path", "route", "status", "duration_seconds", "request_bytes", "response_bytes",
         "connection_id", "pid", "capture", "protocol", "grpc_status", "decode",
         "request_headers", "response_headers",
@@ -30,72 +35,118 @@ SCHEMAS: dict[str, list[str]] = {
 }
 
 
+class _Rotating:
+    """A file that starts over past max_bytes, keeping `keep` old ones (PATH.1 newest)."""
+
+    def __init__(self, path: str, max_bytes: int, keep: int, binary: bool,
+                 on_new: Callable[[IO[Any]], None] | None = None):
+        self.path, self.max_bytes, self.keep, self.binary = path, max_bytes, keep, binary
+        self.on_new = on_new
+        self.rotations = 0
+        self._open()
+
+    def _open(self) -> None:
+        new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
+        if self.binary:
+            self.f: IO[Any] = open(self.path, "ab", buffering=1 << 16)  # noqa: SIM115
+        else:
+            self.f = open(self.path, "a", newline="")  # noqa: SIM115
+        self.size = os.path.getsize(self.path)
+        if new and self.on_new:
+            self.on_new(self.f)
+
+    def wrote(self) -> None:
+        """Call after each record: rotates when the file is past its size."""
+        self.size = self.f.tell()
+        if self.max_bytes and self.size >= self.max_bytes:
+            self.f.close()
+            for i in range(self.keep - 1, 0, -1):
+                if os.path.exists(f"{self.path}.{i}"):
+                    os.replace(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+            if self.keep:
+                os.replace(self.path, f"{self.path}.1")
+            else:
+                os.unlink(self.path)
+            self.rotations += 1
+            self._open()
+
+    def close(self) -> None:
+        self.f.close()
+
+
 class JsonlSink:
     """One JSON object per line (orjson: a record costs about a tenth of json.dumps here)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, max_bytes: int = 0, keep: int = 5):
         self.path = path
-        self._f: IO[bytes] = open(path, "ab", buffering=1 << 16)  # noqa: SIM115
+        self._file = _Rotating(path, max_bytes, keep, binary=True)
         self._lock = threading.Lock()
 
     def record(self, kind: str, rec: dict[str, Any]) -> None:
         line = orjson.dumps({"type": kind, **rec}, option=orjson.OPT_APPEND_NEWLINE)
         with self._lock:
-            self._f.write(line)
+            self._file.f.write(line)
+            self._file.wrote()
 
     def flush(self) -> None:
         with self._lock:
-            self._f.flush()
+            self._file.f.flush()
 
     def close(self) -> None:
         with self._lock:
-            self._f.close()
+            self._file.close()
 
 
 class CsvSink:
-    def __init__(self, path: str):
+    def __init__(self, path: str, max_bytes: int = 0, keep: int = 5):
         self.path = path
-        self._files: dict[str, tuple[IO[str], Any]] = {}
+        self.max_bytes, self.keep = max_bytes, keep
+        self._files: dict[str, _Rotating] = {}
+        self._writers: dict[str, tuple[IO[Any], Any]] = {}  # kind -> (file, its DictWriter)
         self._lock = threading.Lock()
 
-    def _writer(self, kind: str) -> Any:
-        if kind not in self._files:
+    def _writer(self, kind: str) -> tuple[_Rotating, Any]:
+        rf = self._files.get(kind)
+        if rf is None:
             path = self.path
             if self._files:
                 root, ext = os.path.splitext(self.path)
                 path = f"{root}.{kind}{ext or '.csv'}"
-            new = not os.path.exists(path) or os.path.getsize(path) == 0
-            f = open(path, "a", newline="")  # noqa: SIM115
-            w = csv.DictWriter(f, fieldnames=SCHEMAS[kind], extrasaction="ignore")
-            if new:
-                w.writeheader()
-            self._files[kind] = (f, w)
-        return self._files[kind][1]
+            rf = self._files[kind] = _Rotating(
+                path, self.max_bytes, self.keep, binary=False,
+                on_new=lambda f: csv.DictWriter(f, fieldnames=SCHEMAS[kind]).writeheader())
+        f, w = self._writers.get(kind, (None, None))
+        if f is not rf.f:  # new, or rotated
+            w = csv.DictWriter(rf.f, fieldnames=SCHEMAS[kind], extrasaction="ignore")
+            self._writers[kind] = (rf.f, w)
+        return rf, w
 
     def record(self, kind: str, rec: dict[str, Any]) -> None:
         with self._lock:
-            self._writer(kind).writerow({k: "" if v is None else json.dumps(v)
-                                         if isinstance(v, (list, dict)) else v
-                                         for k, v in rec.items()})
+            rf, w = self._writer(kind)
+            w.writerow({k: "" if v is None else json.dumps(v) if isinstance(v, (list, dict))
+                        else v for k, v in rec.items()})
+            rf.wrote()
 
     def flush(self) -> None:
         with self._lock:
-            for f, _ in self._files.values():
-                f.flush()
+            for rf in self._files.values():
+                rf.f.flush()
 
     def close(self) -> None:
         with self._lock:
-            for f, _ in self._files.values():
-                f.close()
+            for rf in self._files.values():
+                rf.close()
             self._files.clear()
+            self._writers.clear()
 
 
-def open_export(spec: str) -> JsonlSink | CsvSink:
+def open_export(spec: str, max_bytes: int = 0, keep: int = 5) -> JsonlSink | CsvSink:
     kind, sep, path = spec.partition(":")
     if not sep or not path:
         raise ValueError(f"--export {spec!r}: expected jsonl:PATH or csv:PATH")
     if kind == "jsonl":
-        return JsonlSink(path)
+        return JsonlSink(path, max_bytes, keep)
     if kind == "csv":
-        return CsvSink(path)
+        return CsvSink(path, max_bytes, keep)
     raise ValueError(f"--export {spec!r}: unknown format {kind!r} (jsonl or csv)")
