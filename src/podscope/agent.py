@@ -37,10 +37,13 @@ class Agent:
         self.store: MetadataStore | None = None
         self.kube: kube.KubeWatcher | None = None
         self.push: PushgatewaySink | None = None
+        self.otlp: Any = None  # sinks.otlp.OtlpSink (imported only when used: OpenTelemetry is big)
 
     def _emit(self, kind: str, rec: dict[str, Any]) -> None:
         for sink in self.files:
             sink.record(kind, rec)
+        if self.otlp is not None:
+            self.otlp.record(kind, rec)
 
     def metrics(self) -> Iterable[Metric]:
         """Every collector's families; one family per name (podscope_events_lost_total and
@@ -51,6 +54,8 @@ class Agent:
             sources.append(self.store.metrics())
         if self.push is not None:
             sources.append(self.push.metrics())
+        if self.otlp is not None:
+            sources.append(self.otlp.metrics())
         for source in sources:
             for fam in source:
                 if fam.name in merged:
@@ -78,13 +83,19 @@ class Agent:
                 log.info("container names from the Docker Engine API at %s", cfg.docker_socket)
         self.files = [open_export(spec, cfg.export_max_bytes, cfg.export_keep)
                       for spec in self.cfg.exports]
-        tcp = TcpCollector(self.store, emit=self._emit if self.files else None,
-                           records=bool(self.files), listener_refresh=self.cfg.listener_refresh)
+        if cfg.otlp:
+            from .sinks.otlp import OtlpSink
+
+            self.otlp = OtlpSink(cfg.otlp, self.metrics, node=self.store.node,
+                                 interval=cfg.otlp_interval)
+        records = bool(self.files) or self.otlp is not None
+        tcp = TcpCollector(self.store, emit=self._emit if records else None,
+                           records=records, listener_refresh=self.cfg.listener_refresh)
         self.collectors.append(tcp)
         tcp.start()
         if self.cfg.http:
-            http = HttpCollector(self.store, emit=self._emit if self.files else None,
-                                 records=bool(self.files),
+            http = HttpCollector(self.store, emit=self._emit if records else None,
+                                 records=records,
                                  capture_headers=self.cfg.http_capture_headers,
                                  route_budget=self.cfg.http_route_budget,
                                  request_timeout=self.cfg.http_request_timeout,
@@ -95,6 +106,9 @@ class Agent:
             except BpfError as e:  # optional: the TCP signals go on without it
                 http.close()
                 log.error("HTTP collector disabled: %s (%s)", e, features.HTTP_HINT)
+        if self.otlp is not None:
+            self.otlp.start()
+            log.info("exporting spans and metrics to %s (OTLP/HTTP)", cfg.otlp)
         if cfg.pushgateway:
             self.push = PushgatewaySink(cfg.pushgateway, self.metrics, instance=self.store.node,
                                         interval=cfg.push_interval,
@@ -150,6 +164,9 @@ class Agent:
         if self.push:
             self.push.close()  # before the collectors: the last push reads their maps
             self.push = None
+        if self.otlp:
+            self.otlp.close()
+            self.otlp = None
         if self.kube:
             self.kube.stop()
             self.kube = None

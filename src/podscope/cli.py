@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--pushgateway", metavar="URL", help="push every metric to this Pushgateway")
     r.add_argument("--push-interval", type=float, metavar="SECONDS",
                    help="seconds between pushes (15)")
+    r.add_argument("--otlp", metavar="URL",
+                   help="OTLP/HTTP endpoint (http://collector:4318): spans and metrics")
     r.add_argument("--node-name", help="this node's name (default: $NODE_NAME, the host name)")
     r.add_argument("--kubeconfig", metavar="FILE",
                    help="Kubernetes API access (default: in-cluster, $KUBECONFIG, ~/.kube/config)")
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "http_capture_headers": args.http_capture_headers,
                                         "node_name": args.node_name,
                                         "pushgateway": args.pushgateway,
+                                        "otlp": args.otlp,
                                         "push_interval": args.push_interval,
                                         "kubeconfig": args.kubeconfig})
         logging.basicConfig(level=cfg.log_level.upper(),

@@ -31,6 +31,8 @@ class Config:
     pushgateway: str = ""  # URL of a Prometheus Pushgateway to push every metric to
     push_interval: float = 15.0  # seconds between pushes
     push_delete_on_exit: bool = True  # delete this node's group from the gateway at shutdown
+    otlp: str = ""  # OTLP/HTTP endpoint (http://collector:4318): spans per request, metrics
+    otlp_interval: float = 15.0  # seconds between OTLP metric exports
 
     @classmethod
     def load(cls, path: str | None, overrides: dict[str, Any]) -> Config:

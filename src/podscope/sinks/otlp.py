@@ -1,0 +1,285 @@
+"""OpenTelemetry export over OTLP/HTTP (protobuf), with the OpenTelemetry SDK's data model and
+exporters: one span per request record, and every metric family every `interval` seconds.
+
+Each pod (container, or process outside Kubernetes) is an OpenTelemetry resource with the k8s
+resource attributes (`k8s.namespace.name`, `k8s.pod.name`, `k8s.pod.uid`,
+`k8s.container.name`, `k8s.node.name`, `k8s.deployment.name`/..., `container.id`,
+`service.name`): the exporter groups spans and data points by resource. Spans carry the HTTP and
+RPC semantic-convention attributes; their status is an error for a 5xx answer on the server
+side, a 4xx/5xx on the client side, and the gRPC codes the conventions name.
+
+Spans go through the SDK's BatchSpanProcessor (bounded queue: when the collector is slow or
+away, spans are dropped and counted, never piled up).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    MetricExportResult,
+    MetricsData,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from prometheus_client.core import Metric as PromMetric
+
+from .. import __version__
+from ..metadata.store import LABEL_NAMES
+
+log = logging.getLogger("podscope.otlp")
+
+SCOPE = InstrumentationScope("podscope", __version__)
+
+# Prometheus names of the semantic-convention metrics -> their OpenTelemetry names
+METRIC_NAMES = {
+    "http_server_request_duration_seconds": "http.server.request.duration",
+    "http_client_request_duration_seconds": "http.client.request.duration",
+    "rpc_server_duration_seconds": "rpc.server.duration",
+    "rpc_client_duration_seconds": "rpc.client.duration",
+}
+ATTRIBUTE_NAMES = {
+    "http_request_method": "http.request.method",
+    "http_response_status_code": "http.response.status_code",
+    "http_route": "http.route",
+    "network_protocol_version": "network.protocol.version",
+    "server_address": "server.address",
+    "server_port": "server.port",
+    "rpc_system": "rpc.system",
+    "rpc_service": "rpc.service",
+    "rpc_method": "rpc.method",
+    "rpc_grpc_status_code": "rpc.grpc.status_code",
+}
+_WORKLOAD_ATTR = {"Deployment": "k8s.deployment.name", "StatefulSet": "k8s.statefulset.name",
+                  "DaemonSet": "k8s.daemonset.name", "ReplicaSet": "k8s.replicaset.name",
+                  "Job": "k8s.job.name", "CronJob": "k8s.cronjob.name"}
+# gRPC codes that are errors on the server side (semantic conventions): UNKNOWN,
+# DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS; on the client, all but OK
+_GRPC_SERVER_ERRORS = {2, 4, 12, 13, 14, 15}
+
+
+def resource_of(labels: dict[str, str], node: str) -> Resource:
+    attrs: dict[str, str] = {"k8s.node.name": labels.get("k8s_node_name") or node}
+    for src, dst in (("k8s_namespace_name", "k8s.namespace.name"),
+                     ("k8s_pod_name", "k8s.pod.name"), ("k8s_pod_uid", "k8s.pod.uid"),
+                     ("k8s_container_name", "k8s.container.name"),
+                     ("container_id", "container.id"), ("container_name", "container.name"),
+                     ("process_name", "process.executable.name"), ("cgroup", "podscope.cgroup")):
+        if labels.get(src):
+            attrs[dst] = labels[src]
+    kind, name = labels.get("k8s_workload_kind", ""), labels.get("k8s_workload_name", "")
+    if kind in _WORKLOAD_ATTR and name:
+        attrs[_WORKLOAD_ATTR[kind]] = name
+    attrs["service.name"] = (name or labels.get("k8s_pod_name") or labels.get("container_name")
+                             or labels.get("process_name") or "unknown_service")
+    if labels.get("k8s_namespace_name"):
+        attrs["service.namespace"] = labels["k8s_namespace_name"]
+    return Resource(attrs)
+
+
+def span_status(rec: dict[str, Any]) -> Status:
+    status, grpc = rec.get("status"), rec.get("grpc_status")
+    server = rec.get("role") == "server"
+    if grpc is not None:
+        bad = grpc in _GRPC_SERVER_ERRORS if server else grpc != 0
+        return Status(StatusCode.ERROR, f"grpc status {grpc}") if bad else Status(StatusCode.UNSET)
+    if not status:
+        return Status(StatusCode.ERROR, "no response")
+    if status >= 500 or (not server and status >= 400):
+        return Status(StatusCode.ERROR)
+    return Status(StatusCode.UNSET)
+
+
+def span_of(rec: dict[str, Any], resource: Resource) -> ReadableSpan:
+    server = rec.get("role") == "server"
+    start = int(rec["time"] * 1e9)
+    end = start + int((rec.get("duration_seconds") or 0) * 1e9)
+    grpc = rec.get("grpc_status") is not None
+    path = str(rec.get("path") or "")
+    attrs: dict[str, Any] = {
+        "network.protocol.name": "http",
+        "network.protocol.version": str(rec.get("protocol") or "1.1"),
+        "network.peer.address": str(rec.get("peer_addr") or ""),
+        "network.peer.port": int(rec.get("peer_port") or 0),
+    }
+    if grpc:
+        service, _, method = path.lstrip("/").partition("/")
+        attrs.update({"rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
+                      "rpc.grpc.status_code": int(rec["grpc_status"])})
+        name = f"{service}/{method}"
+    else:
+        method = str(rec.get("method") or "_OTHER")
+        route = str(rec.get("route") or "")
+        attrs.update({"http.request.method": method, "url.path": path.split("?", 1)[0]})
+        if route:
+            attrs["http.route"] = route
+        if rec.get("status"):
+            attrs["http.response.status_code"] = int(rec["status"])
+        name = f"{method} {route}" if route else method
+    if server:
+        attrs["server.port"] = int(rec.get("local_port") or 0)
+        attrs["client.address"] = attrs["network.peer.address"]
+    else:
+        attrs["server.address"] = attrs["network.peer.address"]
+        attrs["server.port"] = attrs["network.peer.port"]
+    ctx = SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1, is_remote=False,
+                      trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    return ReadableSpan(name, context=ctx, resource=resource, attributes=attrs,
+                        kind=SpanKind.SERVER if server else SpanKind.CLIENT,
+                        status=span_status(rec), start_time=start, end_time=end,
+                        instrumentation_scope=SCOPE)
+
+
+class OtlpSink:
+    def __init__(self, url: str, source: Callable[[], Iterable[PromMetric]], node: str,
+                 interval: float = 15.0, timeout: float = 10.0):
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"--otlp {url!r}: expected an http:// or https:// URL (OTLP/HTTP)")
+        base = url.rstrip("/")
+        self.node = node
+        self.source = source
+        self.interval = interval
+        self.spans = BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{base}/v1/traces",
+                                                         timeout=timeout),
+                                        max_queue_size=8192, schedule_delay_millis=1000)
+        self.metric_exporter = OTLPMetricExporter(endpoint=f"{base}/v1/metrics", timeout=timeout)
+        self.exports = {"ok": 0, "error": 0}
+        self._resources: dict[tuple[str, ...], Resource] = {}
+        self._start_ns = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _resource(self, labels: dict[str, str]) -> Resource:
+        key = tuple(labels.get(n, "") for n in LABEL_NAMES)
+        r = self._resources.get(key)
+        if r is None:
+            if len(self._resources) > 10_000:
+                self._resources.clear()
+            r = self._resources[key] = resource_of(labels, self.node)
+        return r
+
+    # --- records -> spans ---
+    def record(self, kind: str, rec: dict[str, Any]) -> None:
+        if kind != "http_request":
+            return
+        labels = {n: str(rec.get(n) or "") for n in LABEL_NAMES}
+        self.spans.on_end(span_of(rec, self._resource(labels)))
+
+    def flush(self) -> None:
+        pass  # the span processor sends on its own schedule
+
+    # --- metrics ---
+    def start(self) -> None:
+        self._start_ns = time.time_ns()
+        self._thread = threading.Thread(target=self._run, name="podscope-otlp", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.export_metrics()
+
+    def export_metrics(self) -> bool:
+        try:
+            data = self.metrics_data(self.source())
+            ok = self.metric_exporter.export(data) == MetricExportResult.SUCCESS
+        except Exception:  # noqa: BLE001 (an export must never stop the agent)
+            log.exception("OTLP metrics export")
+            ok = False
+        self.exports["ok" if ok else "error"] += 1
+        return ok
+
+    def metrics_data(self, families: Iterable[PromMetric]) -> MetricsData:
+        now = time.time_ns()
+        per_resource: dict[int, tuple[Resource, dict[str, Metric]]] = {}
+        ident = set(LABEL_NAMES)
+        for fam in families:
+            if fam.type not in ("counter", "gauge", "histogram"):
+                continue
+            name = METRIC_NAMES.get(fam.name, fam.name)
+            points: dict[int, list[Any]] = {}
+            hist: dict[tuple[int, tuple[tuple[str, str], ...]], dict[str, Any]] = {}
+            for s in fam.samples:
+                labels = s.labels
+                res = self._resource(labels) if ident & labels.keys() else self._resource({})
+                rid = id(res)
+                per_resource.setdefault(rid, (res, {}))
+                attrs = {ATTRIBUTE_NAMES.get(k, k): v for k, v in labels.items()
+                         if k not in ident and k != "le"}
+                if fam.type == "histogram":
+                    h = hist.setdefault((rid, tuple(sorted(attrs.items()))),
+                                        {"attrs": attrs, "le": [], "sum": 0.0, "count": 0})
+                    if s.name.endswith("_bucket"):
+                        h["le"].append((float(labels["le"]), s.value))
+                    elif s.name.endswith("_sum"):
+                        h["sum"] = s.value
+                    elif s.name.endswith("_count"):
+                        h["count"] = int(s.value)
+                    continue
+                if s.name.endswith("_created"):
+                    continue
+                points.setdefault(rid, []).append(NumberDataPoint(
+                    attributes=attrs, start_time_unix_nano=self._start_ns, time_unix_nano=now,
+                    value=s.value))
+            for (rid, _k), h in hist.items():
+                les = sorted(h["le"])
+                bounds = [le for le, _ in les if le != float("inf")]
+                cum = [int(v) for _, v in les]
+                counts = [b - a for a, b in zip([0, *cum[:-1]], cum, strict=True)]
+                points.setdefault(rid, []).append(HistogramDataPoint(
+                    attributes=h["attrs"], start_time_unix_nano=self._start_ns,
+                    time_unix_nano=now, count=h["count"], sum=h["sum"], bucket_counts=counts,
+                    explicit_bounds=bounds, min=float("nan"), max=float("nan"),
+                    exemplars=[]))
+            for rid, pts in points.items():
+                unit = "s" if fam.name.endswith("_seconds") else "1"
+                if fam.type == "counter":
+                    data: Any = Sum(data_points=pts, is_monotonic=True,
+                                    aggregation_temporality=AggregationTemporality.CUMULATIVE)
+                elif fam.type == "gauge":
+                    data = Gauge(data_points=pts)
+                else:
+                    data = Histogram(data_points=pts,
+                                     aggregation_temporality=AggregationTemporality.CUMULATIVE)
+                per_resource[rid][1][name] = Metric(name=name, description=fam.documentation,
+                                                    unit=unit, data=data)
+        return MetricsData(resource_metrics=[
+            ResourceMetrics(resource=res, scope_metrics=[ScopeMetrics(
+                scope=SCOPE, metrics=list(metrics.values()), schema_url="")], schema_url="")
+            for res, metrics in per_resource.values() if metrics])
+
+    def metrics(self) -> Iterable[PromMetric]:
+        from prometheus_client.core import CounterMetricFamily
+
+        fam = CounterMetricFamily("podscope_otlp_metric_exports",
+                                  "OTLP metric exports, by result", labels=["result"])
+        for result, n in self.exports.items():
+            fam.add_metric([result], n)
+        yield fam
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+            self._thread = None
+        self.export_metrics()  # the last state
+        self.spans.shutdown()  # sends what is queued
+        self.metric_exporter.shutdown()
