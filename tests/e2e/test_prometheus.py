@@ -12,12 +12,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from podscope.testing.kubeapi import KubeAPIServer, pod_object_for
 from podscope.testing.pods import PodNetwork
 from podscope.testing.servers import start_prometheus, start_pushgateway
 from tests.conftest import AgentProc, free_port, python_cmd
 from tests.kernel.test_tcp import start_server, wait_for
 
 NODE = "prom-node-1"
+DASHBOARDS = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards"
 PROM_CONFIG = """
 global:
   scrape_interval: 1s
@@ -51,19 +53,44 @@ def wait_query(port: int, promql: str, want: float, timeout: float = 30) -> None
     assert got, f"{promql}: {scalar(port, promql)}, wanted {want}"
 
 
+def check_dashboards(prom_port: int) -> None:
+    """Every panel query of every Grafana dashboard returns at least one series."""
+    exprs = []
+    for f in sorted(DASHBOARDS.glob("*.json")):
+        for panel in json.loads(f.read_text())["panels"]:
+            exprs += [(f.name, panel["title"], t["expr"]) for t in panel.get("targets", [])]
+    assert len(exprs) >= 40
+    empty = []
+    for name, title, expr in exprs:
+        promql = (expr.replace("$__rate_interval", "1m").replace("$namespace", ".*")
+                  .replace("$pod", ".*"))
+        if not wait_for(lambda q=promql: query(prom_port, q), timeout=20, step=1.0):
+            empty.append(f"{name} / {title}: {expr}")
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
 def test_prometheus_scrapes_agent_and_pushgateway(pods: PodNetwork, tmp_path: Path) -> None:
     server, client = pods.pod("server"), pods.pod("client", driver="cgroupfs")
     p = server.popen(python_cmd("http_server.py", 8080), stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None and p.stdout.readline().strip() == "listening"
     start_server(server, 9000, 100_000, tmp_path / "tcp.jsonl")  # bulk data, some of it dropped
     start_server(server, 9090, 10, tmp_path / "unused", 8, "noaccept")  # never accepts
+    g = server.popen(python_cmd("grpc_server.py", 50051), stdout=subprocess.PIPE, text=True)
+    assert g.stdout is not None and g.stdout.readline().strip() == "listening"
     gw_port, prom_port, agent_port = free_port(), free_port(), free_port()
     gw = start_pushgateway(gw_port, tmp_path)
+    api = KubeAPIServer().start()
+    api.add_pod(pod_object_for(server, "shop", NODE, owner=("StatefulSet", "backend")))
+    api.add_pod(pod_object_for(client, "shop", NODE, owner=("DaemonSet", "loadgen")))
+    cfg = tmp_path / "podscope.toml"
+    cfg.write_text("http_route_budget = 3\n")  # so that the over-budget panel has data
     prom = None
     agent = None
     try:
         agent = AgentProc(["--pushgateway", f"http://127.0.0.1:{gw_port}", "--push-interval", "1",
-                           "--node-name", NODE], tmp_path, port=agent_port)
+                           "--node-name", NODE, "--config", str(cfg), "--kubeconfig",
+                           str(api.write_kubeconfig(tmp_path / "kubeconfig"))],
+                          tmp_path, port=agent_port)
         prom = start_prometheus(prom_port, tmp_path, PROM_CONFIG.format(agent=agent_port,
                                                                         gateway=gw_port))
         ns0 = client.nstat()
@@ -116,8 +143,24 @@ def test_prometheus_scrapes_agent_and_pushgateway(pods: PodNetwork, tmp_path: Pa
                                 f'http_server_request_duration_seconds_bucket{{{srv},{route},'
                                 'job="podscope-agent"}))')
         assert p99 is not None and 0 < p99 < 1.0
+        # more of what the dashboards show, once the routes above are in the budget: routes
+        # past it, a request whose client gives up, a refused connection, gRPC calls
+        client.run(python_cmd("http_client.py", server.ip, 8080, json.dumps(
+            [["GET", "/bytes/10", 1], ["GET", "/work/10", 1], ["GET", "/chunked/2", 1]])))
+        client.run([sys.executable, "-c", (
+            "import socket, time\n"
+            f"s = socket.create_connection(('{server.ip}', 8080))\n"
+            "s.sendall(b'GET /sleep/1500 HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); time.sleep(0.3)\n"
+            "s.close()\n"
+            f"try:\n    socket.create_connection(('{server.ip}', 9999), timeout=3)\n"
+            "except ConnectionRefusedError:\n    pass\n")])
+        out = client.run(python_cmd("grpc_client.py", server.ip, 50051,
+                                    json.dumps({"ok": 4, "internal": 1})))
+        assert json.loads(out.stdout)["Unary INTERNAL"] == 1
+        check_dashboards(prom_port)
         holder.kill()
     finally:
+        api.stop()
         if agent is not None:
             agent.stop()
         for proc in (prom, gw):
