@@ -6,9 +6,11 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from importlib import resources
 from typing import Any
 
+import orjson
 from prometheus_client.core import Metric
 
 from . import features
@@ -20,6 +22,7 @@ from .libbpf import BpfError
 from .metadata import kube
 from .metadata.docker import DockerNames
 from .metadata.store import MetadataStore
+from .overview import Overview
 from .sinks.files import CsvSink, JsonlSink, open_export
 from .sinks.prometheus import HttpServer, make_registry
 from .sinks.pushgateway import PushgatewaySink
@@ -37,6 +40,7 @@ class Agent:
         self.store: MetadataStore | None = None
         self.kube: kube.KubeWatcher | None = None
         self.push: PushgatewaySink | None = None
+        self.overview: Overview | None = None
         self.otlp: Any = None  # sinks.otlp.OtlpSink (imported only when used: OpenTelemetry is big)
 
     def _emit(self, kind: str, rec: dict[str, Any]) -> None:
@@ -117,10 +121,25 @@ class Agent:
             log.info("pushing to %s every %gs", self.push.url, cfg.push_interval)
         addr = self.cfg.listen_addr()
         if addr:
+            self.overview = Overview(self.metrics, self.store)
             self.http = HttpServer(addr[0], addr[1], make_registry(self.metrics),
-                                   healthy=lambda: not self.stop_event.is_set())
+                                   healthy=lambda: not self.stop_event.is_set(),
+                                   pages=self._pages())
             self.http.start()
             log.info("serving /metrics and /healthz on http://%s:%d", *self.http.address[:2])
+
+    def _pages(self) -> dict[str, Callable[[], tuple[bytes, str]]]:
+        """The web page (shipped in the package) and the JSON API behind it (and `top`)."""
+        index = (resources.files("podscope") / "web" / "index.html").read_bytes()
+
+        def page() -> tuple[bytes, str]:
+            return index, "text/html; charset=utf-8"
+
+        def overview() -> tuple[bytes, str]:
+            assert self.overview is not None
+            return orjson.dumps(self.overview.snapshot()), "application/json"
+
+        return {"/": page, "/index.html": page, "/api/v1/overview": overview}
 
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):

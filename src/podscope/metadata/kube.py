@@ -39,6 +39,7 @@ class PodMeta:
     workload_name: str = ""
     containers: Mapping[str, str] = field(default_factory=dict)  # container id -> name
     deleted_at: float | None = None  # monotonic time the API said it was deleted
+    ips: tuple[str, ...] = ()  # status.podIPs (empty for host-network pods: not the pod's own)
 
 
 def container_id(raw: str) -> str:
@@ -80,11 +81,16 @@ def pod_meta(obj: Mapping[str, Any], deleted_at: float | None = None) -> PodMeta
             if last:
                 containers[container_id(last)] = cs.get("name", "")
     kind, name = workload(meta)
+    spec = obj.get("spec") or {}
+    ips: tuple[str, ...] = ()
+    if not spec.get("hostNetwork"):
+        ips = tuple(str(a.get("ip")) for a in status.get("podIPs") or [] if a.get("ip"))
+        if not ips and status.get("podIP"):
+            ips = (str(status["podIP"]),)
     return PodMeta(uid=str(meta.get("uid", "")), namespace=str(meta.get("namespace", "")),
-                   name=str(meta.get("name", "")),
-                   node=str((obj.get("spec") or {}).get("nodeName", "")),
+                   name=str(meta.get("name", "")), node=str(spec.get("nodeName", "")),
                    workload_kind=kind, workload_name=name, containers=containers,
-                   deleted_at=deleted_at)
+                   deleted_at=deleted_at, ips=ips)
 
 
 def node_name(configured: str = "") -> str:

@@ -207,6 +207,13 @@ class MetadataStore:
         errors.add_metric([], self.api.errors)
         yield errors
 
+    def pod_by_ip(self, ip: str) -> PodMeta | None:
+        """The live pod of this node with that address (service-map edges)."""
+        for p in list(self._pods.values()):
+            if ip in p.ips and p.deleted_at is None:
+                return p
+        return None
+
     def pod(self, uid: str) -> PodMeta | None:
         return self._pods.get(uid)
 
@@ -302,4 +309,4 @@ def proc_pod_ref(pid: int, proc: str = "/proc") -> CgroupRef | None:
 
 def _deleted(p: PodMeta, at: float) -> PodMeta:
     return PodMeta(p.uid, p.namespace, p.name, p.node, p.workload_kind, p.workload_name,
-                   p.containers, at)
+                   p.containers, at, p.ips)

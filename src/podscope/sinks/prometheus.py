@@ -74,10 +74,17 @@ def make_registry(source: Callable[[], Iterable[Metric]]) -> CollectorRegistry:
     return reg
 
 
+Page = Callable[[], tuple[bytes, str]]  # -> (body, content type)
+
+
 class HttpServer:
+    """Read-only: GET (and HEAD) of /metrics, /healthz and the `pages` (the web page and its
+    JSON API); everything else is 404, other methods 405."""
+
     def __init__(self, host: str, port: int, registry: CollectorRegistry,
-                 healthy: Callable[[], bool]):
+                 healthy: Callable[[], bool], pages: dict[str, Page] | None = None):
         reg = registry
+        extra = dict(pages or {})
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
@@ -93,11 +100,24 @@ class HttpServer:
                 elif path == "/healthz":
                     ok = healthy()
                     self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n", "text/plain")
+                elif path in extra:
+                    try:
+                        body, ctype = extra[path]()
+                    except Exception as e:  # a page error must not kill the agent
+                        log.exception("page %s failed", path)
+                        self._send(500, f"failed: {e}\n".encode(), "text/plain")
+                        return
+                    self._send(200, body, ctype)
                 else:
                     self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
 
             def do_HEAD(self) -> None:  # noqa: N802
                 self.do_GET()
+
+            def _read_only(self) -> None:
+                self._send(405, b"read-only: GET only\n", "text/plain")
+
+            do_POST = do_PUT = do_DELETE = do_PATCH = _read_only  # noqa: N815
 
             def _send(self, code: int, body: bytes, ctype: str) -> None:
                 self.send_response(code)

@@ -61,8 +61,11 @@ def pod_object(name: str, namespace: str, node: str, uid: str | None = None,
 def pod_object_for(pod: Pod, namespace: str, node: str, owner: tuple[str, str] | None = None,
                    labels: dict[str, str] | None = None) -> Obj:
     """The API's view of a test pod (testing.pods): same UID, same container ids."""
-    return pod_object(pod.name, namespace, node, uid=pod.uid,
-                      containers=list(pod.containers.items()), owner=owner, labels=labels)
+    obj = pod_object(pod.name, namespace, node, uid=pod.uid,
+                     containers=list(pod.containers.items()), owner=owner, labels=labels)
+    obj["status"]["podIP"] = pod.ip
+    obj["status"]["podIPs"] = [{"ip": pod.ip}]
+    return obj
 
 
 def _status(code: int, reason: str, message: str) -> Obj:

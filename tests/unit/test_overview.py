@@ -1,0 +1,57 @@
+"""The overview's arithmetic: keys, quantiles, rates over a window of snapshots."""
+
+from __future__ import annotations
+
+import math
+
+from podscope.overview import pod_key, quantile
+
+
+def test_pod_key_prefers_names() -> None:
+    assert pod_key({"k8s_namespace_name": "shop", "k8s_pod_name": "web-0",
+                    "k8s_pod_uid": "u"}) == "shop/web-0"
+    assert pod_key({"k8s_pod_uid": "u1"}) == "pod:u1"
+    assert pod_key({"container_id": "a" * 64, "container_name": "db"}) == "container:db"
+    assert pod_key({"cgroup": "/system.slice/nginx.service", "process_name": "nginx"}) == \
+        "node:nginx"
+    assert pod_key({"cgroup": "/"}) == "node:(root cgroup)"
+    assert pod_key({}) == ""
+
+
+def test_quantile_interpolates_like_prometheus() -> None:
+    b = {0.001: 10.0, 0.002: 90.0, 0.004: 100.0, math.inf: 100.0}
+    assert quantile(0.5, b) == 0.001 + 0.001 * (50 - 10) / 80
+    assert quantile(0.99, b) == 0.002 + 0.002 * (99 - 90) / 10
+    assert quantile(0.5, {math.inf: 0.0}) is None
+    assert quantile(0.5, {}) is None
+    # everything above the highest finite bucket: the highest finite bound
+    assert quantile(0.9, {0.001: 0.0, math.inf: 5.0}) == 0.001
+
+
+def test_rates_and_window_quantiles_across_trimmed_buckets() -> None:
+    import time
+
+    from prometheus_client.core import HistogramMetricFamily
+
+    from podscope.metadata.store import MetadataStore
+    from podscope.overview import Overview
+
+    labels = ["k8s_namespace_name", "k8s_pod_name", "http_response_status_code"]
+    state = {"buckets": [("0.001", 5.0), ("+Inf", 5.0)], "sum": 0.004}
+
+    def source():  # type: ignore[no-untyped-def]
+        h = HistogramMetricFamily("http_server_request_duration_seconds", "d", labels=labels)
+        h.add_metric(["shop", "web-0", "200"], state["buckets"], state["sum"])
+        return [h]
+
+    ov = Overview(source, MetadataStore(None, node="n"), window=10)
+    first = ov.snapshot()
+    assert first["pods"][0]["requests_total"] == 5
+    assert abs(first["pods"][0]["p99_seconds"] - 0.00099) < 1e-12  # from 0, as Prometheus
+    time.sleep(0.6)
+    # three slower requests; the exposition now shows a bucket it left out before
+    state["buckets"] = [("0.001", 5.0), ("0.002", 8.0), ("+Inf", 8.0)]
+    second = ov.snapshot()["pods"][0]
+    assert second["requests_total"] == 8
+    assert 3 / 0.7 < second["requests_per_second"] < 3 / 0.6
+    assert 0.001 < second["p99_seconds"] <= 0.002  # the window's requests, not all of them
