@@ -33,6 +33,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="Kubernetes API access (default: in-cluster, $KUBECONFIG, ~/.kube/config)")
     r.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     sub.add_parser("check", help="which signals this kernel supports, and why not")
+    tp = sub.add_parser("top", help="live table of pods and their golden signals")
+    tp.add_argument("--agent", metavar="URL",
+                    help="a running agent (default: 127.0.0.1:9464 if it answers, else the "
+                         "probes are loaded here)")
+    tp.add_argument("--local", action="store_true",
+                    help="load the probes here even if an agent runs (as root)")
+    tp.add_argument("--sort", default="requests",
+                    help="requests, errors, p99, retransmits, drops, queue, name, total")
+    tp.add_argument("--interval", type=float, default=2.0, metavar="SECONDS")
+    tp.add_argument("--once", action="store_true", help="print one table and exit")
+    tp.add_argument("--json", action="store_true", help="with --once: the overview as JSON")
     t = sub.add_parser("trace", help="live stream of requests")
     t.add_argument("protocol", choices=["http"])
     t.add_argument("--pod", help="pod name, namespace/name, pod UID or container id prefix")
@@ -56,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
             report = features.check()
             print(features.format_report(report))
             return 0 if report.default_ok else 1
+        if args.cmd == "top":
+            from . import top
+
+            logging.basicConfig(level=logging.WARNING, format="podscope: %(message)s")
+            return top.run(args.agent, args.sort, args.interval, args.once, args.json,
+                           local=args.local)
         if args.cmd == "trace":
             from . import trace
 
