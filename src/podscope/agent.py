@@ -146,6 +146,15 @@ class Agent:
             signal.signal(sig, lambda *_: self.stop_event.set())
         try:
             self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self.serve()
+
+    def serve(self) -> int:
+        """The agent's loop (after start()): drain ring buffers, retire deleted pods, upkeep,
+        flush files; until stop_event or cfg.duration. Closes everything at the end."""
+        try:
             deadline = time.monotonic() + self.cfg.duration if self.cfg.duration else None
             log.info("podscope running%s", f" for {self.cfg.duration:g}s" if deadline else "")
             last_flush = last_maintain = last_retire = time.monotonic()
@@ -171,7 +180,7 @@ class Agent:
                 if time.monotonic() - last_flush > 1.0:
                     for f in self.files:
                         f.flush()
-                    last_flush = last_maintain = time.monotonic()
+                    last_flush = time.monotonic()
             for c in self.collectors:  # last records before the programs go away
                 c.poll(0)
         finally:

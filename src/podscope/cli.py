@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     tp.add_argument("--interval", type=float, default=2.0, metavar="SECONDS")
     tp.add_argument("--once", action="store_true", help="print one table and exit")
     tp.add_argument("--json", action="store_true", help="with --once: the overview as JSON")
+    d = sub.add_parser("demo", help="three demo pods with traffic, and the agent watching them")
+    d.add_argument("--listen", default="127.0.0.1:9464", metavar="HOST:PORT")
+    d.add_argument("--duration", type=float, metavar="SECONDS", help="stop by itself after this")
     t = sub.add_parser("trace", help="live stream of requests")
     t.add_argument("protocol", choices=["http"])
     t.add_argument("--pod", help="pod name, namespace/name, pod UID or container id prefix")
@@ -67,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
             report = features.check()
             print(features.format_report(report))
             return 0 if report.default_ok else 1
+        if args.cmd == "demo":
+            from . import demo
+
+            logging.basicConfig(level=logging.WARNING, format="podscope: %(message)s")
+            return demo.run(args.listen, args.duration)
         if args.cmd == "top":
             from . import top
 

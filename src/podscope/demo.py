@@ -1,0 +1,84 @@
+"""`podscope demo`: a small shop in three test pods (loadgen -> frontend -> backend over HTTP
+and gRPC, some errors on purpose), registered in a local test Kubernetes API so everything has
+names, and the agent watching it. Prints where to look; removes everything on exit (Ctrl-C, or
+after --duration)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .agent import Agent
+from .config import Config
+from .testing.kubeapi import KubeAPIServer, pod_object_for
+from .testing.pods import Pod, PodNetwork
+
+NODE = "demo-node"
+
+
+def _app(pod: Pod, *args: object) -> subprocess.Popen[str]:
+    p = pod.popen([sys.executable, "-m", "podscope.testing.demo_apps", *map(str, args)],
+                  stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    line = p.stdout.readline().strip()
+    if line not in ("listening", "running"):
+        raise RuntimeError(f"demo app {args[0]} did not start (exit {p.poll()})")
+    return p
+
+
+def run(listen: str, duration: float | None) -> int:
+    try:
+        import grpc  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError:
+        print("podscope demo needs grpcio (pip install grpcio; `make run` installs it)",
+              file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="podscope-demo-") as tmp, PodNetwork() as net, \
+            KubeAPIServer() as api:
+        backend = net.pod("backend")
+        frontend = net.pod("frontend")
+        loadgen = net.pod("loadgen", driver="cgroupfs")
+        objs: list[tuple[Pod, str, tuple[str, str], dict[str, Any]]] = [
+            (backend, "backend-0", ("StatefulSet", "backend"), {}),
+            (frontend, "frontend-7d9f8-x2kq5", ("ReplicaSet", "frontend-7d9f8"),
+             {"pod-template-hash": "7d9f8"}),
+            (loadgen, "loadgen-4tz8p", ("DaemonSet", "loadgen"), {}),
+        ]
+        for pod, name, owner, labels in objs:
+            obj = pod_object_for(pod, "shop", NODE, owner=owner, labels=labels)
+            obj["metadata"]["name"] = name
+            api.add_pod(obj)
+        _app(backend, "backend", 8080, 50051)
+        cfg = Config(listen=listen, node_name=NODE, duration=duration,
+                     kubeconfig=str(api.write_kubeconfig(Path(tmp) / "kubeconfig")))
+        agent = Agent(cfg)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: agent.stop_event.set())
+        try:
+            agent.start()  # before the apps connect: every connection is seen from its start
+        except BaseException:
+            agent.close()
+            raise
+        _app(frontend, "frontend", 8080, backend.ip, 8080, 50051)
+        _app(loadgen, "loadgen", frontend.ip, 8080, 20)
+        host, _, port = listen.rpartition(":")
+        base = f"http://{host or '127.0.0.1'}:{port}"
+        print(f"""
+podscope demo: three pods in namespace "shop" on node {NODE}
+  loadgen-4tz8p  --HTTP-->  frontend-7d9f8-x2kq5  --HTTP and gRPC-->  backend-0
+  (about 5 % of the backend's answers fail on purpose)
+
+Look at:
+  {base}/                  the page: pods, service map, latency
+  {base}/metrics           Prometheus metrics
+  podscope top --agent {base}
+  podscope trace http --pod shop/backend-0
+
+Ctrl-C stops the demo and removes its pods.""", flush=True)
+        agent.serve()
+    print("podscope demo: stopped, pods removed", flush=True)
+    return 0

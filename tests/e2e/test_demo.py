@@ -1,0 +1,50 @@
+"""`podscope demo`: the first thing a newcomer runs. Its pods talk, the agent sees the chain,
+and everything is gone when it stops (root, real BPF, real pods)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+
+from tests.conftest import PODSCOPE, free_port
+from tests.kernel.test_tcp import wait_for
+
+
+def test_demo_shows_the_chain_and_cleans_up() -> None:
+    port = free_port()
+    demo = subprocess.Popen([PODSCOPE, "demo", "--duration", "15", "--listen",
+                             f"127.0.0.1:{port}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        def edges() -> dict[tuple[str, str], float]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/overview",
+                                            timeout=5) as r:
+                    view = json.loads(r.read())
+            except OSError:
+                return {}
+            return {(e["from"], e["to"]): e["requests_total"] for e in view["edges"]}
+
+        want = {("shop/loadgen-4tz8p", "shop/frontend-7d9f8-x2kq5"),
+                ("shop/frontend-7d9f8-x2kq5", "shop/backend-0")}
+        assert wait_for(lambda: want <= {k for k, v in edges().items() if v >= 10},
+                        timeout=40, step=1.0), edges()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert 'rpc_server_duration_seconds_count{' in text and 'k8s_pod_name="backend-0"' in text
+        out, _ = demo.communicate(timeout=60)
+        assert demo.returncode == 0, out
+        assert f"http://127.0.0.1:{port}/" in out and "podscope top" in out
+        assert "pods removed" in out
+    finally:
+        if demo.poll() is None:
+            demo.terminate()
+            demo.wait(60)
+    time.sleep(0.5)
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "-loadgen" not in left and "-backend" not in left, left
+    procs = subprocess.run(["pgrep", "-f", "podscope.testing.demo_apps"], capture_output=True,
+                           text=True).stdout
+    assert not procs.strip(), procs
