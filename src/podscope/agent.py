@@ -16,6 +16,7 @@ from prometheus_client.core import Metric
 from . import features
 from .collectors.base import Collector
 from .collectors.http import HttpCollector
+from .collectors.kernel import KernelCollector
 from .collectors.tcp import TcpCollector
 from .config import Config
 from .libbpf import BpfError
@@ -110,6 +111,16 @@ class Agent:
             except BpfError as e:  # optional: the TCP signals go on without it
                 http.close()
                 log.error("HTTP collector disabled: %s (%s)", e, features.HTTP_HINT)
+        if cfg.kernel:
+            kern = KernelCollector(self.store, emit=self._emit if records else None,
+                                   records=records)
+            try:
+                kern.start()
+                self.collectors.append(kern)
+            except BpfError as e:  # optional, like HTTP
+                kern.close()
+                log.error("kernel failures collector disabled: %s (it needs the syscall "
+                          "tracepoints, tracefs at /sys/kernel/tracing)", e)
         if self.otlp is not None:
             self.otlp.start()
             log.info("exporting spans and metrics to %s (OTLP/HTTP)", cfg.otlp)

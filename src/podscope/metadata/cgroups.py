@@ -65,6 +65,23 @@ def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> str | None:
     return None
 
 
+def v1_mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[str, str]:
+    """cgroup v1 controller -> its hierarchy's mount point."""
+    out: dict[str, str] = {}
+    try:
+        with open(mountinfo) as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields = right.split()
+                if len(fields) >= 3 and fields[0] == "cgroup":
+                    for opt in fields[2].split(","):
+                        if opt in ("pids", "memory", "cpu", "cpuacct"):
+                            out.setdefault(opt, left.split()[4])
+    except OSError:
+        pass
+    return out
+
+
 _FILEID_KERNFS = 0xFE
 _libc = ct.CDLL(None, use_errno=True)
 

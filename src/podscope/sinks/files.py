@@ -26,6 +26,10 @@ SCHEMAS: dict[str, list[str]] = {
         "dst_port", "duration_seconds", "sent_bytes", "received_bytes", "retransmits",
         "srtt_seconds",
     ],
+    "kernel_event": [
+        "time", *IDENTITY, "event", "pid", "tid", "comm", "errno", "signal", "core_dumped",
+        "syscall",
+    ],
     "http_request": [
         "time", *IDENTITY, "role", "peer_addr", "peer_port", "local_port", "method",
         "path", "route", "status", "duration_seconds", "request_bytes", "response_bytes",

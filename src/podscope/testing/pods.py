@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..metadata.cgroups import cgroup2_mount
+from ..metadata.cgroups import cgroup2_mount, v1_mounts
 
 SUBNET = "10.213"  # test hosts only ever live inside namespaces made here
 
@@ -64,6 +64,7 @@ class Pod:
     cleanups: list[Callable[[], None]] = field(default_factory=list)  # run after the processes
     containers: dict[str, str] = field(default_factory=dict)  # name -> container id
     dirs: list[str] = field(default_factory=list)  # cgroup directories only this pod uses
+    v1_dirs: dict[str, list[str]] = field(default_factory=dict)  # container -> v1 cgroup dirs
 
     @property
     def cgroup_dir(self) -> str:
@@ -96,6 +97,41 @@ class Pod:
     def _enter(self, container: str | None = None) -> None:
         with open(os.path.join(self.container_dir(container), "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
+        for d in self.v1_dirs.get(container or next(iter(self.containers)), []):
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+
+    def set_limit(self, controller: str, name: str, value: str,
+                  container: str | None = None) -> str:
+        """Write a cgroup limit (pids.max, memory.max / memory.limit_in_bytes, cpu.max /
+        cpu.cfs_quota_us, ...) for a container, as kubelet would. On nodes where the controller
+        lives in a cgroup v1 hierarchy (hybrid ones), the container gets a directory there with
+        the same path, and processes started afterwards join it. Returns the file written."""
+        container = container or next(iter(self.containers))
+        rel = cgroup_path(self.uid, self.containers[container], self.qos, self.driver)
+        root = v1_mounts().get(controller)
+        if root is None:  # cgroup v2: the controller must be enabled down the path
+            parts = rel.split("/")
+            for i in range(len(parts)):
+                parent = os.path.join(self.net.cg2, *parts[:i])
+                with open(os.path.join(parent, "cgroup.subtree_control"), "w") as f:
+                    f.write(f"+{controller}")
+            path = os.path.join(self.net.cg2, rel, name)
+        else:
+            made = []
+            parts = rel.split("/")
+            for i in range(1, len(parts) + 1):
+                d = os.path.join(root, *parts[:i])
+                if not os.path.isdir(d):
+                    os.mkdir(d)
+                    made.append(d)
+            d = os.path.join(root, rel)
+            self.v1_dirs.setdefault(container, []).append(d)
+            self.net.v1_made.extend(made)
+            path = os.path.join(d, name)
+        with open(path, "w") as f:
+            f.write(value)
+        return path
 
     def popen(self, cmd: Sequence[str], container: str | None = None,
               **kw: Any) -> subprocess.Popen[Any]:
@@ -170,6 +206,7 @@ class PodNetwork:
         self.pods: list[Pod] = []
         self._count = 0  # pods made (addresses are never reused)
         self._made_dirs: list[str] = []
+        self.v1_made: list[str] = []  # cgroup v1 directories made by Pod.set_limit
         self._up = False
 
     def __enter__(self) -> PodNetwork:
@@ -246,9 +283,11 @@ class PodNetwork:
             for d in pod.dirs:
                 if d not in self._made_dirs:
                     self._made_dirs.append(d)  # a second container's directory
-        for d in sorted(self._made_dirs, key=len, reverse=True):
+        for d in sorted(self._made_dirs, key=len, reverse=True) + sorted(
+                self.v1_made, key=len, reverse=True):
             if not _rmdir(d):
                 errors.append(f"cgroup {d} not removed")
+        self.v1_made.clear()
         self._made_dirs.clear()
         if self._up:
             _run("ip", "link", "del", self.bridge, check=False)

@@ -1,0 +1,269 @@
+"""Kernel and runtime failures per pod (kernel.bpf.c), and the cgroup files beside them.
+
+From BPF: process creation and mount failures by errno, OOM kills by victim, processes ended by
+a signal. From each container's cgroup files at scrape time (v2, or the v1 hierarchies on v1-only
+and hybrid nodes): pids.current / pids.max / pids.events, cpu.stat throttling, memory.events
+oom_kill, memory.stat page faults."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import errno
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .. import libbpf
+from ..metadata.cgroups import parse_cgroup_path, v1_mounts
+from ..metadata.store import Labels, MetadataStore
+from .base import Emit, Sums
+
+log = logging.getLogger("podscope.kernel")
+
+def errno_name(code: int) -> str:
+    return errno.errorcode.get(code, f"E{code}")
+
+
+def signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"SIG{sig}"
+
+
+def _read_kv(path: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+                    out[parts[0]] = int(parts[1])
+    except OSError:
+        pass
+    return out
+
+
+def _read_value(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+class CgroupFiles:
+    """The limits and counters the kernel keeps per container cgroup."""
+
+    def __init__(self, v2_root: str | None, rescan: float = 10.0):
+        self.v2 = v2_root
+        self.v1 = v1_mounts()
+        self.rescan = rescan
+        self._containers: list[tuple[str, int]] = []  # (path below the roots, v2 cgroup id)
+        self._at = -1e9
+
+    def containers(self) -> list[tuple[str, int]]:
+        if time.monotonic() - self._at < self.rescan:
+            return self._containers
+        found: list[tuple[str, int]] = []
+        if self.v2:
+            for dirpath, _dirs, _files in os.walk(self.v2):
+                rel = "/" + os.path.relpath(dirpath, self.v2)
+                ref = parse_cgroup_path(rel)
+                if ref.container_id:
+                    try:
+                        found.append((rel, os.stat(dirpath).st_ino))
+                    except OSError:
+                        continue
+        self._containers, self._at = found, time.monotonic()
+        return found
+
+    def _file(self, controller: str, rel: str, name: str) -> str | None:
+        """The v2 file when the v2 hierarchy has the controller, else the v1 hierarchy's."""
+        if self.v2:
+            p = f"{self.v2}{rel}/{name}"
+            if os.path.exists(p):
+                return p
+        root = self.v1.get(controller)
+        if root:
+            p = f"{root}{rel}/{name}"
+            if os.path.exists(p):
+                return p
+        return None
+
+    def read(self, rel: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if p := self._file("pids", rel, "pids.current"):
+            v = _read_value(p)
+            if v and v.isdigit():
+                out["pids_current"] = int(v)
+        if p := self._file("pids", rel, "pids.max"):
+            v = _read_value(p)
+            if v and v.isdigit():
+                out["pids_limit"] = int(v)
+        if p := self._file("pids", rel, "pids.events"):
+            out["pids_limit_hits"] = _read_kv(p).get("max", 0)
+        st = {}
+        if self.v2:  # every v2 cgroup has a cpu.stat; the throttling lines need the controller
+            st = _read_kv(f"{self.v2}{rel}/cpu.stat")
+        if "nr_periods" not in st and (root := self.v1.get("cpu")):
+            st = _read_kv(f"{root}{rel}/cpu.stat")
+        if st:
+            if "nr_periods" in st:
+                out["cpu_periods"] = st["nr_periods"]
+                out["cpu_throttled_periods"] = st.get("nr_throttled", 0)
+                if "throttled_usec" in st:  # v2
+                    out["cpu_throttled_seconds"] = st["throttled_usec"] / 1e6
+                elif "throttled_time" in st:  # v1, nanoseconds
+                    out["cpu_throttled_seconds"] = st["throttled_time"] / 1e9
+        if p := self._file("memory", rel, "memory.events"):
+            out["oom_kill_events"] = _read_kv(p).get("oom_kill", 0)
+        elif p := self._file("memory", rel, "memory.oom_control"):
+            out["oom_kill_events"] = _read_kv(p).get("oom_kill", 0)
+        if p := self._file("memory", rel, "memory.stat"):
+            st = _read_kv(p)
+            if "pgfault" in st:
+                out["page_faults"] = st["pgfault"]
+                out["page_faults_major"] = st.get("pgmajfault", 0)
+        return out
+
+
+_CGROUP_METRICS = {
+    "pids_current": (GaugeMetricFamily, "podscope_pids_current",
+                     "Tasks in the container's cgroup (pids.current)"),
+    "pids_limit": (GaugeMetricFamily, "podscope_pids_limit",
+                   "The container cgroup's pids.max (absent when unlimited)"),
+    "pids_limit_hits": (CounterMetricFamily, "podscope_pids_limit_hits_total",
+                        "Forks refused because pids.max was reached (pids.events max)"),
+    "cpu_periods": (CounterMetricFamily, "podscope_cpu_periods_total",
+                    "CFS enforcement periods of the container's cgroup (cpu.stat nr_periods)"),
+    "cpu_throttled_periods": (CounterMetricFamily, "podscope_cpu_throttled_periods_total",
+                              "Periods in which the cgroup was throttled (cpu.stat nr_throttled)"),
+    "cpu_throttled_seconds": (CounterMetricFamily, "podscope_cpu_throttled_seconds_total",
+                              "Time the cgroup spent throttled (cpu.stat)"),
+    "oom_kill_events": (CounterMetricFamily, "podscope_memory_oom_kill_events_total",
+                        "OOM kills the cgroup itself recorded (memory.events oom_kill)"),
+    "page_faults": (CounterMetricFamily, "podscope_page_faults_total",
+                    "Page faults of the cgroup's tasks (memory.stat pgfault)"),
+    "page_faults_major": (CounterMetricFamily, "podscope_page_faults_major_total",
+                          "Major page faults (memory.stat pgmajfault)"),
+}
+
+
+class KernelCollector:
+    name = "kernel"
+
+    def __init__(self, store: MetadataStore, emit: Emit | None = None, records: bool = False):
+        self.store = store
+        self.emit = emit
+        self.obj = libbpf.BpfObject(libbpf.bpf_object_path("kernel"), "kernel")
+        self.obj.set_rodata(emit_records=bool(records and emit))
+        o = self.obj
+        self.LabelKey = o.struct("label_key")
+        self.Event = o.struct("kernel_event")
+        kinds = o.btf.enum("kernel_kind")
+        self.kinds = {v: k.removeprefix("KERNEL_").lower() for k, v in kinds.items()}
+        self.files = CgroupFiles(store.resolver.root if store.resolver else None)
+        self._ring: libbpf.RingBuffer | None = None
+        self._lock = threading.Lock()
+        self._mono_to_wall = time.time() - time.monotonic()
+
+    def start(self) -> None:
+        o = self.obj
+        o.map("kernel_counts").check_types(self.LabelKey, ct.c_uint64)
+        o.load()
+        for prog in o.programs():
+            if prog.autoload:
+                prog.attach()
+        if self.emit is not None:
+            self._ring = libbpf.RingBuffer(o.map("kernel_events"), self._on_event)
+
+    def close(self) -> None:
+        if self._ring:
+            self._ring.close()
+            self._ring = None
+        self.obj.close()
+
+    def poll(self, timeout_ms: int) -> int:
+        return self._ring.poll(timeout_ms) if self._ring else 0
+
+    def maintain(self) -> None:
+        pass
+
+    def forget_pods(self, uids: set[str]) -> None:
+        m = self.obj.map("kernel_counts")
+        for key, _ in list(m.items(self.LabelKey, ct.c_uint64)):
+            if self.store.labels(key.pod.cgroup_id, key.pod.netns).k8s_pod_uid in uids:
+                m.delete(key)
+
+    def _on_event(self, data: bytes) -> None:
+        e = self.Event.from_buffer_copy(data[: ct.sizeof(self.Event)])
+        labels = self.store.labels(e.cgroup_id, e.netns)
+        kind = self.kinds.get(e.kind, str(e.kind))
+        rec: dict[str, Any] = {
+            "time": round(e.ts_ns / 1e9 + self._mono_to_wall, 6),
+            **labels._asdict(),
+            "event": kind, "pid": e.tgid, "tid": e.pid,
+            "comm": bytes(e.comm).split(b"\0", 1)[0].decode(errors="replace"),
+            "errno": errno_name(e.value) if kind in ("fork_failure", "mount_failure") else None,
+            "signal": signal_name(e.value) if kind == "signal_exit" else None,
+            "core_dumped": bool(e.core_dumped) if kind == "signal_exit" else None,
+            "syscall": e.syscall or None,
+        }
+        assert self.emit is not None
+        self.emit("kernel_event", rec)
+
+    def metrics(self) -> Iterable[Metric]:
+        forks, mounts, ooms, sigs = Sums(), Sums(), Sums(), Sums()
+        for key, v in self.obj.map("kernel_counts").items(self.LabelKey, ct.c_uint64):
+            lab = self.store.labels(key.pod.cgroup_id, key.pod.netns)
+            if lab.k8s_pod_uid and self.store.retired(lab.k8s_pod_uid):
+                continue
+            kind = self.kinds.get(key.kind)
+            if kind == "fork_failure":
+                forks.add(lab, (errno_name(key.value),), v.value)
+            elif kind == "mount_failure":
+                mounts.add(lab, (errno_name(key.value),), v.value)
+            elif kind == "oom_kill":
+                ooms.add(lab, (), v.value)
+            elif kind == "signal_exit":
+                sigs.add(lab, (signal_name(key.value),), v.value)
+        yield forks.family(CounterMetricFamily, "podscope_process_fork_failures_total",
+                           "clone/clone3/fork/vfork calls that failed, by errno (EAGAIN: the "
+                           "pids limit)", "errno")
+        yield mounts.family(CounterMetricFamily, "podscope_mount_failures_total",
+                            "mount/fsmount/move_mount/open_tree calls that failed, by errno",
+                            "errno")
+        yield ooms.family(CounterMetricFamily, "podscope_oom_kills_total",
+                          "Tasks the OOM killer chose, by the victim's pod and container")
+        yield sigs.family(CounterMetricFamily, "podscope_process_signal_exits_total",
+                          "Processes that ended because of a signal", "signal")
+        yield from self._cgroup_metrics()
+        errs = self.obj.map("kernel_errors")
+        lost = CounterMetricFamily("podscope_events_lost_total",
+                                   "Records dropped because a ring buffer was full",
+                                   labels=["source"])
+        lost.add_metric(["kernel_events"], errs.percpu_sum_u64(0))
+        yield lost
+        full = CounterMetricFamily("podscope_bpf_map_full_total",
+                                   "Updates refused because a BPF map was full",
+                                   labels=["collector"])
+        full.add_metric(["kernel"], errs.percpu_sum_u64(1))
+        yield full
+
+    def _cgroup_metrics(self) -> Iterable[Metric]:
+        sums = {k: Sums() for k in _CGROUP_METRICS}
+        for rel, cgroup_id in self.files.containers():
+            lab: Labels = self.store.labels(cgroup_id, 0)
+            if lab.k8s_pod_uid and self.store.retired(lab.k8s_pod_uid):
+                continue
+            for k, v in self.files.read(rel).items():
+                sums[k].add(lab, (), v)
+        for k, (kind, name, help_) in _CGROUP_METRICS.items():
+            yield sums[k].family(kind, name, help_)

@@ -1,0 +1,90 @@
+"""Kernel and runtime failures per pod, against the workload's own counts and the cgroup's own
+files (root, real BPF, real pods)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from podscope.testing.pods import PodNetwork
+from tests.conftest import AgentProc, Metrics, python_cmd
+from tests.kernel.test_tcp import wait_for
+
+
+def settle(agent: AgentProc, name: str, want: float, **labels: str) -> Metrics:
+    wait_for(lambda: agent.metrics().value(name, **labels) >= want, timeout=10)
+    return agent.metrics()
+
+
+def test_fork_failures_at_the_pids_limit(pods: PodNetwork, agent: AgentProc) -> None:
+    pod = pods.pod("forker")
+    limit_file = pod.set_limit("pids", "pids.max", "20")
+    out = json.loads(pod.run(python_cmd("kernel_workload.py", "forks", 50)).stdout)
+    failed = out.get("EAGAIN", 0)
+    assert failed > 0 and out["started"] + failed == 50
+    events = Path(limit_file).with_name("pids.events").read_text().split()
+    limit_hits = int(events[events.index("max") + 1])
+    m = settle(agent, "podscope_process_fork_failures_total", failed, k8s_pod_uid=pod.uid)
+    assert m.value("podscope_process_fork_failures_total", k8s_pod_uid=pod.uid,
+                   errno="EAGAIN") == failed
+    assert m.value("podscope_process_fork_failures_total", k8s_pod_uid=pod.uid) == failed
+    # the cgroup's own account agrees, and is exported beside it
+    assert limit_hits == failed
+    assert m.value("podscope_pids_limit_hits_total", k8s_pod_uid=pod.uid) == limit_hits
+    assert m.value("podscope_pids_limit", k8s_pod_uid=pod.uid) == 20
+
+
+def test_mount_failures_by_errno(pods: PodNetwork, agent: AgentProc) -> None:
+    pod = pods.pod("mounter")
+    out = json.loads(pod.run(python_cmd("kernel_workload.py", "mounts")).stdout)
+    assert "mounted" not in out and sum(out.values()) == 4
+    m = settle(agent, "podscope_mount_failures_total", 4, k8s_pod_uid=pod.uid)
+    got = {s.labels["errno"]: s.value for s in m.samples
+           if s.name == "podscope_mount_failures_total" and s.labels["k8s_pod_uid"] == pod.uid}
+    assert got == {k: float(v) for k, v in out.items()}
+
+
+def test_oom_kill_counted_for_the_pod_and_container(pods: PodNetwork,
+                                                    agent: AgentProc) -> None:
+    pod = pods.pod("hungry")
+    name = ("memory.max" if not os.path.isdir("/sys/fs/cgroup/memory")
+            else "memory.limit_in_bytes")
+    limit = pod.set_limit("memory", name, str(64 << 20))
+    r = pod.run(python_cmd("kernel_workload.py", "oom", 400), check=False)
+    assert r.returncode == -9, (r.returncode, r.stdout, r.stderr)  # SIGKILL from the OOM killer
+    ctl = Path(limit).with_name("memory.events" if name == "memory.max" else "memory.oom_control")
+    kills = int(dict(line.split() for line in ctl.read_text().splitlines())["oom_kill"])
+    assert kills == 1
+    m = settle(agent, "podscope_oom_kills_total", 1, k8s_pod_uid=pod.uid)
+    assert m.value("podscope_oom_kills_total", k8s_pod_uid=pod.uid,
+                   container_id=pod.container_id) == kills
+    assert m.value("podscope_memory_oom_kill_events_total", k8s_pod_uid=pod.uid) == kills
+    # a process killed by the OOM killer also ended by a signal
+    assert m.value("podscope_process_signal_exits_total", k8s_pod_uid=pod.uid,
+                   signal="SIGKILL") >= 1
+
+
+def test_signal_exit_and_cpu_throttling(pods: PodNetwork, agent: AgentProc) -> None:
+    pod = pods.pod("crashy")
+    r = pod.run(["sh", "-c", "kill -SEGV $$"], check=False)
+    assert r.returncode == -11
+    m = settle(agent, "podscope_process_signal_exits_total", 1, k8s_pod_uid=pod.uid)
+    assert m.value("podscope_process_signal_exits_total", k8s_pod_uid=pod.uid,
+                   signal="SIGSEGV") == 1
+    # a CPU quota of 20 %: the cgroup's own cpu.stat and podscope's numbers are the same file
+    v1 = os.path.isdir("/sys/fs/cgroup/cpu")
+    if v1:
+        pod.set_limit("cpu", "cpu.cfs_period_us", "100000")
+        stat = pod.set_limit("cpu", "cpu.cfs_quota_us", "20000")
+    else:
+        stat = pod.set_limit("cpu", "cpu.max", "20000 100000")
+    out = json.loads(pod.run(python_cmd("kernel_workload.py", "burn", 1.5)).stdout)
+    assert out["loops"] > 0
+    time.sleep(0.3)
+    st = dict(line.split() for line in Path(stat).with_name("cpu.stat").read_text().splitlines())
+    m = agent.metrics()
+    throttled = m.value("podscope_cpu_throttled_periods_total", k8s_pod_uid=pod.uid)
+    assert throttled == int(st["nr_throttled"]) > 5
+    assert m.value("podscope_cpu_throttled_seconds_total", k8s_pod_uid=pod.uid) > 0.5
