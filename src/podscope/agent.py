@@ -17,6 +17,7 @@ from . import features
 from .collectors.base import Collector
 from .collectors.http import HttpCollector
 from .collectors.kernel import KernelCollector
+from .collectors.sched import SchedCollector
 from .collectors.tcp import TcpCollector
 from .config import Config
 from .libbpf import BpfError
@@ -121,6 +122,15 @@ class Agent:
                 kern.close()
                 log.error("kernel failures collector disabled: %s (it needs the syscall "
                           "tracepoints, tracefs at /sys/kernel/tracing)", e)
+        if cfg.cpu:
+            sched = SchedCollector(self.store)
+            try:
+                sched.start()
+                self.collectors.append(sched)
+            except BpfError as e:
+                sched.close()
+                log.error("CPU collector disabled: %s (it needs tp_btf/sched_switch and "
+                          "task-local storage, Linux 5.11+)", e)
         if self.otlp is not None:
             self.otlp.start()
             log.info("exporting spans and metrics to %s (OTLP/HTTP)", cfg.otlp)

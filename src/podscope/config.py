@@ -22,6 +22,7 @@ class Config:
     http_route_budget: int = 100  # distinct http_route values per pod; the rest are "__other__"
     http_request_timeout: float = 60.0  # seconds without a response: counted as unanswered
     kernel: bool = True  # fork/mount failures, OOM kills, fatal signals, cgroup limits
+    cpu: bool = True  # context switches, off-CPU time, run-queue delay of pod containers
     http_hooks: str = "auto"  # socket (tp_btf sock_*_length) | syscalls (syscall tracepoints)
     node_name: str = ""  # this node's name (default: $NODE_NAME, then the host name)
     kubernetes: str = "auto"  # auto (when in a pod or a kubeconfig exists) | on | off

@@ -88,3 +88,25 @@ def test_signal_exit_and_cpu_throttling(pods: PodNetwork, agent: AgentProc) -> N
     throttled = m.value("podscope_cpu_throttled_periods_total", k8s_pod_uid=pod.uid)
     assert throttled == int(st["nr_throttled"]) > 5
     assert m.value("podscope_cpu_throttled_seconds_total", k8s_pod_uid=pod.uid) > 0.5
+
+
+def test_runqueue_delay_of_two_pods_on_one_cpu(pods: PodNetwork, agent: AgentProc) -> None:
+    a, b = pods.pod("cpu-a"), pods.pod("cpu-b")
+    wait_for(lambda: agent.metrics().value("podscope_cpu_watched_containers") >= 2, timeout=10)
+    procs = [p.popen(["taskset", "-c", "0", *python_cmd("kernel_workload.py", "burn", 2.0)],
+                     stdout=__import__("subprocess").PIPE, text=True) for p in (a, b)]
+    for p in procs:
+        assert p.wait(30) == 0
+    time.sleep(0.3)
+    m = agent.metrics()
+    for pod in (a, b):
+        n = m.value("podscope_cpu_runqueue_delay_seconds_count", k8s_pod_uid=pod.uid)
+        waited = m.value("podscope_cpu_runqueue_delay_seconds_sum", k8s_pod_uid=pod.uid)
+        preempted = m.value("podscope_cpu_context_switches_total", k8s_pod_uid=pod.uid,
+                            reason="involuntary")
+        off = m.value("podscope_cpu_off_seconds_total", k8s_pod_uid=pod.uid,
+                      reason="involuntary")
+        print(pod.name, "runq", n, waited, "preempted", preempted, "off", off)
+        # sharing one CPU for 2 s, each waited for the other about half of the time
+        assert n > 10 and preempted > 10
+        assert 0.4 < waited < 2.0 and 0.4 < off < 2.0

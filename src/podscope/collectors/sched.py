@@ -1,0 +1,141 @@
+"""CPU per pod and container (sched.bpf.c): context switches and off-CPU time by reason, and the
+run-queue delay histogram. Only the containers of pods are watched: user space lists the pod
+container cgroups (below the kubepods trees, about once a second) and gives each a slot."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .. import libbpf
+from ..metadata.cgroups import parse_cgroup_path
+from ..metadata.store import Labels, MetadataStore
+from .base import Histogram, Sums, label_names, log2_histogram
+
+log = logging.getLogger("podscope.sched")
+
+
+def pod_containers(root: str) -> dict[int, str]:
+    """cgroup id -> path of every pod container cgroup (below the kubepods trees only)."""
+    out: dict[int, str] = {}
+    try:
+        tops = [e.path for e in os.scandir(root)
+                if e.is_dir(follow_symlinks=False) and e.name.startswith("kubepods")]
+    except OSError:
+        return out
+    for top in tops:
+        for dirpath, _dirs, _files in os.walk(top):
+            rel = "/" + os.path.relpath(dirpath, root)
+            ref = parse_cgroup_path(rel)
+            if ref.container_id and ref.pod_uid:
+                try:
+                    out[os.stat(dirpath).st_ino] = rel
+                except OSError:
+                    continue
+    return out
+
+
+class SchedCollector:
+    name = "sched"
+
+    def __init__(self, store: MetadataStore, refresh: float = 1.0):
+        self.store = store
+        self.refresh_interval = refresh
+        self.obj = libbpf.BpfObject(libbpf.bpf_object_path("sched"), "sched")
+        self.Stats = self.obj.struct("sched_stats")
+        self.slots: dict[int, int] = {}  # cgroup id -> slot
+        self._free: list[int] = []
+        self._max = 0
+        self._at = -1e9
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        o = self.obj
+        o.map("sched_stats").check_types(ct.c_uint32, self.Stats)
+        o.load()
+        self._max = o.map("sched_watch").max_entries
+        self._free = list(range(self._max - 1, -1, -1))
+        for prog in o.programs():
+            prog.attach()
+        self.refresh(force=True)
+
+    def refresh(self, force: bool = False) -> None:
+        """Watch the pod containers that exist now; forget the ones gone."""
+        if not force and time.monotonic() - self._at < self.refresh_interval:
+            return
+        if not self.store.resolver:
+            return
+        with self._lock:
+            self._at = time.monotonic()
+            now = pod_containers(self.store.resolver.root)
+            watch, stats = self.obj.map("sched_watch"), self.obj.map("sched_stats")
+            for cid in [c for c in self.slots if c not in now]:
+                slot = self.slots.pop(cid)
+                watch.delete(ct.c_uint64(cid))
+                self._free.append(slot)
+            for cid in now:
+                if cid in self.slots or not self._free:
+                    continue
+                slot = self._free.pop()
+                stats.update(ct.c_uint32(slot), self.Stats())  # a reused slot starts at zero
+                watch.update(ct.c_uint64(cid), ct.c_uint32(slot))
+                self.slots[cid] = slot
+
+    def poll(self, timeout_ms: int) -> int:
+        self.refresh()
+        return 0
+
+    def maintain(self) -> None:
+        pass
+
+    def forget_pods(self, uids: set[str]) -> None:
+        self.refresh(force=True)  # their cgroups are gone: their slots are freed
+
+    def close(self) -> None:
+        self.obj.close()
+
+    def metrics(self) -> Iterable[Metric]:
+        self.refresh()
+        switches, off = Sums(), Sums()
+        runq: dict[tuple[Labels, tuple[str, ...]], list[int]] = {}
+        runq_sum: dict[tuple[Labels, tuple[str, ...]], float] = {}
+        stats = self.obj.map("sched_stats")
+        with self._lock:
+            slots = dict(self.slots)
+        for cid, slot in slots.items():
+            v = self.Stats()
+            if not stats.lookup(ct.c_uint32(slot), v):
+                continue
+            lab = self.store.labels(cid, 0)
+            switches.add(lab, ("voluntary",), v.switches_voluntary)
+            switches.add(lab, ("involuntary",), v.switches_involuntary)
+            off.add(lab, ("voluntary",), v.off_voluntary_ns / 1e9)
+            off.add(lab, ("involuntary",), v.off_involuntary_ns / 1e9)
+            key = (lab, ())
+            s = list(v.runq.slots)
+            if key in runq:
+                s = [a + b for a, b in zip(runq[key], s, strict=True)]
+                runq_sum[key] += v.runq.sum
+            else:
+                runq_sum[key] = v.runq.sum
+            runq[key] = s
+        yield switches.family(CounterMetricFamily, "podscope_cpu_context_switches_total",
+                              "Context switches of the container's tasks: voluntary (blocked) "
+                              "or involuntary (preempted)", "reason")
+        yield off.family(CounterMetricFamily, "podscope_cpu_off_seconds_total",
+                         "Time the container's tasks spent off the CPU, by why they left it",
+                         "reason")
+        hist = Histogram("podscope_cpu_runqueue_delay_seconds",
+                         "Time from runnable (woken, or preempted) to running",
+                         labels=label_names())
+        yield log2_histogram(hist, runq, runq_sum, 1e-6)
+        watched = GaugeMetricFamily("podscope_cpu_watched_containers",
+                                      "Pod containers the CPU collector watches")
+        watched.add_metric([], len(slots))
+        yield watched
