@@ -124,6 +124,26 @@ requests = dashboard("podscope-requests", "podscope / requests (RED per route)",
     ]),
 ])
 
+kernel = dashboard("podscope-kernel", "podscope / kernel errors and CPU", [
+    ("Failures the application cannot see", [
+        panel("Fork failures by errno (EAGAIN: pids limit)", rate("podscope_process_fork_failures_total", by=BY + ", errno"), legend=L + " {{errno}}"),
+        panel("Mount failures by errno", rate("podscope_mount_failures_total", by=BY + ", errno"), legend=L + " {{errno}}"),
+        panel("OOM kills", f"sum by ({BY}, k8s_container_name) (increase(podscope_oom_kills_total{q('')}[{R}]))", legend=L + " {{k8s_container_name}}"),
+        panel("Processes ended by a signal", rate("podscope_process_signal_exits_total", by=BY + ", signal"), legend=L + " {{signal}}"),
+        panel("PIDs in use / limit", [(f"sum by ({BY}) (podscope_pids_current{q('')})", L + " current"), (f"sum by ({BY}) (podscope_pids_limit{q('')})", L + " limit")]),
+        panel("Forks refused at the pids limit", rate("podscope_pids_limit_hits_total"), legend=L),
+        panel("OOM kills the cgroup recorded", f"sum by ({BY}) (podscope_memory_oom_kill_events_total{q('')})", legend=L),
+    ]),
+    ("CPU", [
+        panel("Throttled (share of time)", rate("podscope_cpu_throttled_seconds_total"), "percentunit", legend=L),
+        panel("Throttled periods / periods", rate("podscope_cpu_throttled_periods_total") + " / " + rate("podscope_cpu_periods_total"), "percentunit", legend=L),
+        panel("Run-queue delay p99", quant(0.99, "podscope_cpu_runqueue_delay_seconds_bucket"), "s", legend=L),
+        panel("Off-CPU time by reason", rate("podscope_cpu_off_seconds_total", by=BY + ", reason"), "percentunit", legend=L + " {{reason}}"),
+        panel("Context switches per second", rate("podscope_cpu_context_switches_total", by=BY + ", reason"), legend=L + " {{reason}}"),
+        panel("Page faults per second", [(rate("podscope_page_faults_total"), L + " all"), (rate("podscope_page_faults_major_total"), L + " major")]),
+    ]),
+])
+
 agent = dashboard("podscope-agent", "podscope / agent health", [
     ("Agent", [
         panel("Events lost per second", f"sum by (source) (rate(podscope_events_lost_total[{R}]))", legend="{{source}}"),
@@ -136,7 +156,8 @@ agent = dashboard("podscope-agent", "podscope / agent health", [
         panel("Pushgateway pushes per second", f"sum by (result) (rate(podscope_pushgateway_pushes_total[{R}]))", legend="{{result}}"),
     ]),
 ])
-for name, d in (("overview", overview), ("tcp", tcp), ("requests", requests), ("agent", agent)):
+for name, d in (("overview", overview), ("tcp", tcp), ("requests", requests),
+                ("kernel", kernel), ("agent", agent)):
     with open(os.path.join(OUT, f"podscope-{name}.json"), "w") as f:
         json.dump(d, f, indent=1)
         f.write("\n")

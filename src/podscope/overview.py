@@ -38,6 +38,9 @@ class _PodTotals:
     resets: float = 0.0
     accept_queue: float = 0.0
     accept_limit: float = 0.0
+    kernel_errors: float = 0.0  # fork and mount failures, OOM kills, fatal signals
+    throttled: float = 0.0  # seconds
+    runq: dict[float, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -152,6 +155,14 @@ class Overview:
                     p.accept_queue = max(p.accept_queue, s.value)
                 elif name == "podscope_tcp_accept_queue_limit":
                     p.accept_limit = max(p.accept_limit, s.value)
+                elif name in ("podscope_process_fork_failures", "podscope_mount_failures",
+                              "podscope_oom_kills", "podscope_process_signal_exits"):
+                    p.kernel_errors += s.value
+                elif name == "podscope_cpu_throttled_seconds":
+                    p.throttled += s.value
+                elif name == "podscope_cpu_runqueue_delay_seconds" and s.name.endswith("_bucket"):
+                    le = float(labels["le"])
+                    p.runq[le] = p.runq.get(le, 0.0) + s.value
         return {"pods": pods, "info": info, "edges": edges}
 
     def snapshot(self) -> dict[str, Any]:
@@ -210,6 +221,12 @@ class Overview:
                 "connections_per_second": rate(p.connections, o.connections if o else 0.0),
                 "resets_per_second": rate(p.resets, o.resets if o else 0.0),
                 "accept_queue_depth": p.accept_queue, "accept_queue_limit": p.accept_limit,
+                "kernel_errors_total": p.kernel_errors,
+                "kernel_errors_per_second": rate(p.kernel_errors,
+                                                 o.kernel_errors if o else 0.0),
+                "throttled_ratio": rate(p.throttled, o.throttled if o else 0.0),
+                "runqueue_p99_seconds": quantile(0.99, window_buckets(
+                    p.runq, o.runq if o else None)),
             })
         edges_out = []
         for (src, dst), e in cur["edges"].items():

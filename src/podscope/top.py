@@ -3,7 +3,8 @@
 It reads /api/v1/overview from a running agent (`--agent URL`; by default the local one at
 127.0.0.1:9464 when it answers), or, without one, loads the probes itself (as root) and computes
 the same overview in-process. Sort with `--sort`, or press the column's key while it runs
-(r requests, e errors, p p99, t retransmits, d drops, q queue, n name; x quits).
+(r requests, e errors, p p99, t retransmits, d drops, q queue, k kernel errors,
+u run-queue p99, n name; x quits).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ SORTS = {
     "requests": "requests_per_second", "errors": "error_ratio", "p99": "p99_seconds",
     "retransmits": "retransmits_per_second", "drops": "drops_per_second",
     "queue": "accept_queue_depth", "name": "id", "total": "requests_total",
+    "kernel": "kernel_errors_total", "runqueue": "runqueue_p99_seconds",
 }
 KEYS = {"r": "requests", "e": "errors", "p": "p99", "t": "retransmits", "d": "drops",
-        "q": "queue", "n": "name"}
+        "q": "queue", "n": "name", "k": "kernel", "u": "runqueue"}
 DEFAULT_AGENT = "http://127.0.0.1:9464"
 
 
@@ -51,7 +53,8 @@ def table(view: dict[str, Any], sort: str) -> Table:
     for col, just in (("POD", "left"), ("WORKLOAD", "left"), ("REQ/S", "right"),
                       ("REQUESTS", "right"), ("ERR%", "right"), ("P99", "right"),
                       ("RETRANS/S", "right"), ("DROPS/S", "right"), ("CONN/S", "right"),
-                      ("ACCEPT Q", "right")):
+                      ("ACCEPT Q", "right"), ("KERNEL ERR", "right"), ("THROTTLED", "right"),
+                      ("RUNQ P99", "right")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for p in rows:
         err = 100 * p["error_ratio"]
@@ -62,7 +65,10 @@ def table(view: dict[str, Any], sort: str) -> Table:
                   f"[red]{err:.1f}[/red]" if err >= 5 else f"{err:.1f}",
                   _seconds(p["p99_seconds"]),
                   f"{p['retransmits_per_second']:.1f}", f"{p['drops_per_second']:.1f}",
-                  f"{p['connections_per_second']:.1f}", queue)
+                  f"{p['connections_per_second']:.1f}", queue,
+                  f"[red]{p['kernel_errors_total']:.0f}[/red]" if p["kernel_errors_total"]
+                  else "0", f"{100 * p['throttled_ratio']:.0f}%",
+                  _seconds(p["runqueue_p99_seconds"]))
     return t
 
 

@@ -157,6 +157,22 @@ def test_prometheus_scrapes_agent_and_pushgateway(pods: PodNetwork, tmp_path: Pa
         out = client.run(python_cmd("grpc_client.py", server.ip, 50051,
                                     json.dumps({"ok": 4, "internal": 1})))
         assert json.loads(out.stdout)["Unary INTERNAL"] == 1
+        # kernel errors and CPU: limits as kubelet sets them, then a workload that hits them
+        v1 = Path("/sys/fs/cgroup/memory").is_dir()
+        server.set_limit("pids", "pids.max", "30")
+        server.set_limit("memory", "memory.limit_in_bytes" if v1 else "memory.max", str(48 << 20))
+        if Path("/sys/fs/cgroup/cpu").is_dir():
+            server.set_limit("cpu", "cpu.cfs_quota_us", "50000")
+        else:
+            server.set_limit("cpu", "cpu.max", "50000 100000")
+        out = json.loads(server.run(python_cmd("kernel_workload.py", "forks", 40)).stdout)
+        assert out.get("EAGAIN", 0) > 0
+        assert server.run(python_cmd("kernel_workload.py", "oom", 200), check=False
+                          ).returncode == -9
+        assert server.run(["sh", "-c", "kill -SEGV $$"], check=False).returncode == -11
+        assert "mounted" not in json.loads(
+            server.run(python_cmd("kernel_workload.py", "mounts")).stdout)
+        server.run(python_cmd("kernel_workload.py", "burn", 0.5))
         check_dashboards(prom_port)
         holder.kill()
     finally:

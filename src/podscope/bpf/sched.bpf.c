@@ -2,10 +2,11 @@
 /* CPU per pod and container: context switches, off-CPU time (voluntary: blocked; involuntary:
  * preempted) and run-queue delay (runnable to running).
  *
- * Cost: sched_switch and sched_wakeup fire at the highest rates in the kernel. Each run reads the
- * task's cgroup id and looks it up in sched_watch, which user space fills with the containers of
- * pods only; every other task stops there. Watched tasks keep their state in task-local storage
- * (no hash on the hot path) and add into their container's slot with atomic adds. */
+ * Cost: sched_switch and sched_wakeup fire at the highest rates in the kernel. The task leaving
+ * the CPU is looked up by its cgroup id in sched_watch, which user space fills with the
+ * containers of pods only; only those get task-local storage, and the storage is all the woken
+ * or incoming task is checked for. Other tasks stop after one lookup each. Watched tasks add
+ * into their container's slot with atomic adds. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -39,20 +40,13 @@ struct {
 	__type(value, struct sched_task);
 } sched_tasks SEC(".maps");
 
-static __always_inline __u32 *watched(struct task_struct *t)
-{
-	__u64 id = BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
-
-	return bpf_map_lookup_elem(&sched_watch, &id);
-}
-
+/* Only a watched task that left the CPU has task-local storage: for the task being woken or
+ * switched in, its storage is the test (no cgroup read, no hash lookup). */
 SEC("tp_btf/sched_wakeup")
 int BPF_PROG(sched_wake, struct task_struct *p)
 {
 	struct sched_task *st;
 
-	if (!watched(p))
-		return 0;
 	st = bpf_task_storage_get(&sched_tasks, p, 0, 0);
 	if (st && st->off_ns && !st->ready_ns)
 		st->ready_ns = bpf_ktime_get_ns();
@@ -68,7 +62,10 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 	struct sched_task *st;
 	__u32 *slot;
 
-	slot = watched(prev);
+	/* the task leaving the CPU is the current one: its cgroup id is a helper call away */
+	__u64 cgid = bpf_get_current_cgroup_id();
+
+	slot = bpf_map_lookup_elem(&sched_watch, &cgid);
 	if (slot) {
 		now = bpf_ktime_get_ns();
 		st = bpf_task_storage_get(&sched_tasks, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -85,8 +82,6 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 				__sync_fetch_and_add(&s->switches_involuntary, 1);
 		}
 	}
-	if (!watched(next))
-		return 0;
 	st = bpf_task_storage_get(&sched_tasks, next, 0, 0);
 	if (!st || !st->off_ns)
 		return 0;
