@@ -110,3 +110,31 @@ def test_runqueue_delay_of_two_pods_on_one_cpu(pods: PodNetwork, agent: AgentPro
         # sharing one CPU for 2 s, each waited for the other about half of the time
         assert n > 10 and preempted > 10
         assert 0.4 < waited < 2.0 and 0.4 < off < 2.0
+
+
+def test_kernel_events_in_the_record_export(pods: PodNetwork, tmp_path: Path) -> None:
+    pod = pods.pod("recorded")
+    pod.set_limit("pids", "pids.max", "8")
+    exp = tmp_path / "k.jsonl"
+    agent = AgentProc(["--export", f"jsonl:{exp}"], tmp_path)
+    try:
+        out = json.loads(pod.run(python_cmd("kernel_workload.py", "forks", 12)).stdout)
+        failed = out["EAGAIN"]
+        assert pod.run(["sh", "-c", "kill -ABRT $$"], check=False).returncode == -6
+
+        def records() -> list[dict]:  # type: ignore[type-arg]
+            if not exp.exists():
+                return []
+            return [r for r in map(json.loads, exp.read_text().splitlines())
+                    if r["type"] == "kernel_event" and r["k8s_pod_uid"] == pod.uid]
+
+        wait_for(lambda: len(records()) >= failed + 1, timeout=10)
+    finally:
+        agent.stop()
+    recs = records()
+    forks = [r for r in recs if r["event"] == "fork_failure"]
+    sigs = [r for r in recs if r["event"] == "signal_exit"]
+    assert len(forks) == failed and {r["errno"] for r in forks} == {"EAGAIN"}
+    assert all(r["comm"].startswith("python") and r["container_id"] == pod.container_id
+               for r in forks)
+    assert [(r["signal"], r["comm"]) for r in sigs] == [("SIGABRT", "sh")]
