@@ -38,6 +38,7 @@ bench: all
 	$(VENV)/bin/python bench/tcp_overhead.py
 	$(VENV)/bin/python bench/http_overhead.py
 	$(VENV)/bin/python bench/metadata_scale.py
+	$(VENV)/bin/python bench/sched_overhead.py
 
 deps: $(BUILD)/.deps
 
