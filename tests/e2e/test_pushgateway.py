@@ -48,7 +48,7 @@ def test_push_outage_and_group_deleted(pods: PodNetwork, tmp_path: Path) -> None
     p = server.popen(python_cmd("http_server.py", 8080), stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None and p.stdout.readline().strip() == "listening"
     port = free_port()
-    gw = start_pushgateway(port, tmp_path)
+    gateways = [start_pushgateway(port, tmp_path)]
     agent = None
     try:
         agent = AgentProc(["--pushgateway", f"http://127.0.0.1:{port}", "--push-interval", "1",
@@ -65,8 +65,8 @@ def test_push_outage_and_group_deleted(pods: PodNetwork, tmp_path: Path) -> None
         wait_value(port, "podscope_tcp_connections_opened_total", 1, direction="inbound", **key)
         ok_before = agent.metrics().value("podscope_pushgateway_pushes_total", result="ok")
         # the gateway goes away for 30 s while traffic goes on
-        gw.kill()
-        gw.wait()
+        gateways[0].kill()
+        gateways[0].wait()
         rss0 = rss_mb(agent.proc.pid)
         t0 = time.monotonic()
         requests(7)
@@ -78,17 +78,19 @@ def test_push_outage_and_group_deleted(pods: PodNetwork, tmp_path: Path) -> None
         assert max(samples) - rss0 < 8, (rss0, samples)  # nothing piles up
         errors = agent.metrics().value("podscope_pushgateway_pushes_total", result="error")
         assert errors >= 3
-        gw = start_pushgateway(port, tmp_path)
+        gateways.append(start_pushgateway(port, tmp_path))
         wait_value(port, "http_server_request_duration_seconds_count", 20, timeout=90, **key)
         assert agent.metrics().value("podscope_pushgateway_pushes_total",
                                      result="ok") > ok_before
-    finally:
-        if agent is not None:
-            agent.stop()
-    try:
+        agent.stop()
+        agent = None
         # the agent deleted its group when it stopped
         m = gateway_metrics(port)
         assert not [s for s in m.samples if s.labels.get("instance") == NODE]
     finally:
-        gw.kill()
-        gw.wait()
+        if agent is not None:
+            agent.stop()
+        for gw in gateways:  # by PID, also when the test failed
+            if gw.poll() is None:
+                gw.kill()
+            gw.wait()
