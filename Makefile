@@ -14,7 +14,8 @@ ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 APT_PKGS := clang-16:clang-16 libbpf-dev:/usr/include/bpf/libbpf.h bpftool:bpftool make:make \
 	python3-venv:/usr/share/doc/python3-venv iproute2:ip iptables:iptables \
 	nginx-light:nginx wrk:wrk apache2-utils:ab procps:ps nghttp2-client:h2load \
-	prometheus:prometheus prometheus-pushgateway:prometheus-pushgateway
+	prometheus:prometheus prometheus-pushgateway:prometheus-pushgateway chromium:chromium \
+	linux-perf:perf
 BPF_SRCS := $(wildcard $(BPF_DIR)/*.bpf.c)
 BPF_OBJS := $(BPF_SRCS:.bpf.c=.bpf.o)
 BPF_HDRS := $(wildcard $(BPF_DIR)/*.h $(BPF_DIR)/include/*.h)
@@ -42,7 +43,7 @@ bench: all
 
 deps: $(BUILD)/.deps
 
-$(BUILD)/.deps:
+$(BUILD)/.deps: Makefile
 	@missing=""; for pair in $(APT_PKGS); do pkg=$${pair%%:*}; probe=$${pair#*:}; \
 	  if [[ $$probe == /* ]]; then [ -e "$$probe" ] || missing="$$missing $$pkg"; \
 	  else command -v $$probe >/dev/null 2>&1 || missing="$$missing $$pkg"; fi; done; \
