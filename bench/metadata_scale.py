@@ -34,7 +34,7 @@ from tcp_overhead import PODSCOPE, free_port, proc_hwm_mb, write_results  # noqa
 
 from podscope.metadata.cgroups import cgroup2_mount  # noqa: E402
 from podscope.testing.kubeapi import KubeAPIServer, pod_object  # noqa: E402
-from podscope.testing.pods import cgroup_path  # noqa: E402
+from podscope.testing.pods import cgroup_path, rmdir_when_empty  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = "bench-node"
@@ -114,14 +114,7 @@ class Node:
         for ns in self.netns:
             subprocess.run(["ip", "netns", "del", ns], check=False)
         for d in sorted(self.dirs, key=len, reverse=True):
-            for _ in range(40):
-                try:
-                    os.rmdir(d)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            rmdir_when_empty(d)
 
 
 def scrape(port: int) -> tuple[float, str]:

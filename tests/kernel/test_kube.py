@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from podscope.testing.kubeapi import KubeAPIServer, pod_object_for
-from podscope.testing.pods import Pod, PodNetwork
+from podscope.testing.pods import Pod, PodNetwork, rmdir_when_empty
 from tests.conftest import AgentProc, Metrics, python_cmd
 
 NODE = "test-node-1"
@@ -308,12 +308,7 @@ def test_without_a_cluster_series_carry_container_and_process(tmp_path: Path) ->
         server.terminate()
         server.wait(10)
         for d in reversed(made):
-            for _ in range(40):
-                try:
-                    os.rmdir(d)
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            rmdir_when_empty(d)
 
 
 def test_pod_named_by_its_hostname_where_cgroups_say_nothing(tmp_path: Path) -> None:
@@ -373,9 +368,4 @@ def test_pod_named_by_its_hostname_where_cgroups_say_nothing(tmp_path: Path) -> 
         proc.kill()
         proc.wait(10)
         subprocess.run(["ip", "netns", "del", ns], check=False)
-        for _ in range(40):
-            try:
-                os.rmdir(cgdir)
-                break
-            except OSError:
-                time.sleep(0.05)
+        rmdir_when_empty(cgdir)

@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
 
 from ..metadata.store import LABEL_NAMES, Labels
@@ -68,6 +68,20 @@ class Histogram(HistogramMetricFamily):
         if sum_value is not None:
             self.samples.append(Sample(self.name + "_count", base, buckets[-1][1], timestamp))
             self.samples.append(Sample(self.name + "_sum", base, sum_value, timestamp))
+
+
+def loss_families(lost: dict[str, float], collector: str, map_full: float) -> Iterable[Metric]:
+    """The two counters every collector exports about what its BPF side could not record:
+    podscope_events_lost_total{source} (ring buffers full) and podscope_bpf_map_full_total."""
+    fam = CounterMetricFamily("podscope_events_lost_total",
+                              "Records dropped because a ring buffer was full", labels=["source"])
+    for source, n in lost.items():
+        fam.add_metric([source], n)
+    yield fam
+    full = CounterMetricFamily("podscope_bpf_map_full_total",
+                               "Updates refused because a BPF map was full", labels=["collector"])
+    full.add_metric([collector], map_full)
+    yield full
 
 
 def top_slot(all_slots: Iterable[Sequence[int]]) -> int:

@@ -24,7 +24,7 @@ from ..metadata.store import Labels, MetadataStore
 from ..protocols import http1, http2
 from ..protocols.routes import RouteBudget, redact_headers, redact_target, template_path
 from .base import HIST_SLOTS_DEFAULT as SLOTS
-from .base import Emit, Histogram, label_names, log2_buckets, top_slot
+from .base import Emit, Histogram, label_names, log2_buckets, loss_families, top_slot
 
 log = logging.getLogger("podscope.http")
 
@@ -760,17 +760,9 @@ class HttpCollector:
         for reason, n in sorted(errors.items()):
             pe.add_metric([reason], n)
         yield pe
-        lost = CounterMetricFamily("podscope_events_lost_total",
-                                   "Records dropped because a ring buffer was full",
-                                   labels=["source"])
-        lost.add_metric(["http_records"], kernel.get("HTTP_C_RECORDS_LOST", 0))
-        lost.add_metric(["http_stream"], kernel.get("HTTP_C_STREAM_LOST", 0))
-        yield lost
-        full = CounterMetricFamily("podscope_bpf_map_full_total",
-                                   "Updates refused because a BPF map was full",
-                                   labels=["collector"])
-        full.add_metric(["http"], kernel.get("HTTP_C_MAP_FULL", 0))
-        yield full
+        yield from loss_families({"http_records": kernel.get("HTTP_C_RECORDS_LOST", 0),
+                                  "http_stream": kernel.get("HTTP_C_STREAM_LOST", 0)}, "http",
+                                 kernel.get("HTTP_C_MAP_FULL", 0))
         streamed = CounterMetricFamily("podscope_http_connections_streamed_total",
                                        "HTTP connections handed to user space for parsing "
                                        "(pipelining, header capture)")

@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from .. import libbpf
 from ..metadata.cgroups import parse_cgroup_path, v1_mounts
 from ..metadata.store import Labels, MetadataStore
-from .base import Emit, Sums
+from .base import Emit, Sums, loss_families
 
 log = logging.getLogger("podscope.kernel")
 
@@ -246,16 +246,8 @@ class KernelCollector:
                           "Processes that ended because of a signal", "signal")
         yield from self._cgroup_metrics()
         errs = self.obj.map("kernel_errors")
-        lost = CounterMetricFamily("podscope_events_lost_total",
-                                   "Records dropped because a ring buffer was full",
-                                   labels=["source"])
-        lost.add_metric(["kernel_events"], errs.percpu_sum_u64(0))
-        yield lost
-        full = CounterMetricFamily("podscope_bpf_map_full_total",
-                                   "Updates refused because a BPF map was full",
-                                   labels=["collector"])
-        full.add_metric(["kernel"], errs.percpu_sum_u64(1))
-        yield full
+        yield from loss_families({"kernel_events": errs.percpu_sum_u64(0)}, "kernel",
+                                 errs.percpu_sum_u64(1))
 
     def _cgroup_metrics(self) -> Iterable[Metric]:
         sums = {k: Sums() for k in _CGROUP_METRICS}

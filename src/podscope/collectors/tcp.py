@@ -21,7 +21,7 @@ from prometheus_client.core import (
 from .. import libbpf
 from ..metadata.namespaces import in_netns, read_netstat
 from ..metadata.store import Labels, MetadataStore
-from .base import Emit, Histogram, Sums, label_names, log2_histogram
+from .base import Emit, Histogram, Sums, label_names, log2_histogram, loss_families
 
 log = logging.getLogger("podscope.tcp")
 
@@ -280,15 +280,8 @@ class TcpCollector:
         yield from self._listener_metrics(listeners)
         yield from self._netstat_metrics()
         errs = self.obj.map("tcp_errors")
-        lost = CounterMetricFamily("podscope_events_lost_total",
-                                   "Records dropped because a ring buffer was full",
-                                   labels=["source"])
-        lost.add_metric(["tcp_connection"], errs.percpu_sum_u64(0))
-        yield lost
-        full = CounterMetricFamily("podscope_bpf_map_full_total",
-                                   "Updates refused because a BPF map was full", labels=["collector"])
-        full.add_metric(["tcp"], errs.percpu_sum_u64(1))
-        yield full
+        yield from loss_families({"tcp_connection": errs.percpu_sum_u64(0)}, "tcp",
+                                 errs.percpu_sum_u64(1))
         stale = CounterMetricFamily("podscope_tcp_stale_socket_states_removed_total",
                                     "Per-socket states removed because their close was not seen")
         stale.add_metric([], self.stale_removed)

@@ -264,7 +264,7 @@ class PodNetwork:
         pod.stop()
         _run("ip", "netns", "del", pod.netns, check=False)
         for d in sorted(pod.dirs, key=len, reverse=True):
-            _rmdir(d)
+            rmdir_when_empty(d)
             if d in self._made_dirs:
                 self._made_dirs.remove(d)
         self.pods.remove(pod)
@@ -285,7 +285,7 @@ class PodNetwork:
                     self._made_dirs.append(d)  # a second container's directory
         for d in sorted(self._made_dirs, key=len, reverse=True) + sorted(
                 self.v1_made, key=len, reverse=True):
-            if not _rmdir(d):
+            if not rmdir_when_empty(d):
                 errors.append(f"cgroup {d} not removed")
         self.v1_made.clear()
         self._made_dirs.clear()
@@ -297,7 +297,8 @@ class PodNetwork:
             raise RuntimeError("; ".join(errors))
 
 
-def _rmdir(d: str) -> bool:
+def rmdir_when_empty(d: str) -> bool:
+    """Remove a cgroup directory, waiting a little for its last process to leave."""
     for _ in range(40):
         try:
             os.rmdir(d)
