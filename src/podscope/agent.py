@@ -75,6 +75,11 @@ class Agent:
         cfg = self.cfg
         self.store = MetadataStore(cg2, proc=cfg.proc_root, node=kube.node_name(cfg.node_name),
                                    grace=cfg.pod_grace)
+        if cfg.otlp:
+            from .sinks.otlp import OtlpSink
+
+            self.otlp = OtlpSink(cfg.otlp, self.metrics, node=self.store.node,
+                                 interval=cfg.otlp_interval)
         if cfg.kubernetes == "on" or (cfg.kubernetes == "auto"
                                       and kube.cluster_configured(cfg.kubeconfig)):
             self.kube = kube.KubeWatcher(self.store.node, self.store.set_pods,
@@ -89,11 +94,6 @@ class Agent:
                 log.info("container names from the Docker Engine API at %s", cfg.docker_socket)
         self.files = [open_export(spec, cfg.export_max_bytes, cfg.export_keep)
                       for spec in self.cfg.exports]
-        if cfg.otlp:
-            from .sinks.otlp import OtlpSink
-
-            self.otlp = OtlpSink(cfg.otlp, self.metrics, node=self.store.node,
-                                 interval=cfg.otlp_interval)
         records = bool(self.files) or self.otlp is not None
         tcp = TcpCollector(self.store, emit=self._emit if records else None,
                            records=records, listener_refresh=self.cfg.listener_refresh)

@@ -136,6 +136,12 @@ class KubeWatcher:
         return client.CoreV1Api()
 
     def start(self) -> None:
+        # import the client here, in the caller's thread: imports racing in two threads (this
+        # one's and, say, the OTLP exporter's, both pulling in `requests`) can fail half-way
+        import kubernetes.client  # noqa: F401
+        import kubernetes.config  # noqa: F401
+        import kubernetes.watch  # noqa: F401
+
         self._thread = threading.Thread(target=self._run, name="podscope-kube", daemon=True)
         self._thread.start()
 
