@@ -108,6 +108,7 @@ class Overview:
         pods: dict[str, _PodTotals] = {}
         info: dict[str, dict[str, str]] = {}
         edges: dict[tuple[str, str], _EdgeTotals] = {}
+        peers: dict[str, str] = {}  # server address -> pod id or EXTERNAL, once per address
         for fam in self.source():
             name = fam.name
             for s in fam.samples:
@@ -132,8 +133,10 @@ class Overview:
                 elif name in ("http_client_request_duration_seconds",
                               "rpc_client_duration_seconds"):
                     addr = labels.get("server_address", "")
-                    peer = self.store.pod_by_ip(addr)
-                    to = f"{peer.namespace}/{peer.name}" if peer else EXTERNAL
+                    to = peers.get(addr, "")
+                    if not to:
+                        peer = self.store.pod_by_ip(addr)
+                        to = peers[addr] = f"{peer.namespace}/{peer.name}" if peer else EXTERNAL
                     e = edges.setdefault((key, to), _EdgeTotals())
                     e.peers.add(f"{addr}:{labels.get('server_port', '')}")
                     if s.name.endswith("_count"):

@@ -84,6 +84,18 @@ def loss_families(lost: dict[str, float], collector: str, map_full: float) -> It
     yield full
 
 
+def add_hist(buckets: dict[Any, list[int]], sums: dict[Any, float], key: Any, hist: Any) -> None:
+    """Fold one kernel log2 histogram (slots, sum) into the series `key`: recycled ids with
+    the same labels become one series."""
+    slots = list(hist.slots)
+    if key in buckets:
+        buckets[key] = [a + b for a, b in zip(buckets[key], slots, strict=True)]
+        sums[key] += hist.sum
+    else:
+        buckets[key] = slots
+        sums[key] = hist.sum
+
+
 def top_slot(all_slots: Iterable[Sequence[int]]) -> int:
     """The highest log2 slot any series of a family has used: buckets above it are all equal
     to +Inf, in every series, and are left out (the set only grows while the agent runs)."""

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from .. import libbpf
 from ..metadata.cgroups import parse_cgroup_path
 from ..metadata.store import Labels, MetadataStore
-from .base import Histogram, Sums, label_names, log2_histogram
+from .base import Histogram, Sums, add_hist, label_names, log2_histogram
 
 log = logging.getLogger("podscope.sched")
 
@@ -117,14 +117,7 @@ class SchedCollector:
             switches.add(lab, ("involuntary",), v.switches_involuntary)
             off.add(lab, ("voluntary",), v.off_voluntary_ns / 1e9)
             off.add(lab, ("involuntary",), v.off_involuntary_ns / 1e9)
-            key = (lab, ())
-            s = list(v.runq.slots)
-            if key in runq:
-                s = [a + b for a, b in zip(runq[key], s, strict=True)]
-                runq_sum[key] += v.runq.sum
-            else:
-                runq_sum[key] = v.runq.sum
-            runq[key] = s
+            add_hist(runq, runq_sum, (lab, ()), v.runq)
         yield switches.family(CounterMetricFamily, "podscope_cpu_context_switches_total",
                               "Context switches of the container's tasks: voluntary (blocked) "
                               "or involuntary (preempted)", "reason")

@@ -21,7 +21,15 @@ from prometheus_client.core import (
 from .. import libbpf
 from ..metadata.namespaces import in_netns, read_netstat
 from ..metadata.store import Labels, MetadataStore
-from .base import Emit, Histogram, Sums, label_names, log2_histogram, loss_families
+from .base import (
+    Emit,
+    Histogram,
+    Sums,
+    add_hist,
+    label_names,
+    log2_histogram,
+    loss_families,
+)
 
 log = logging.getLogger("podscope.tcp")
 
@@ -300,13 +308,7 @@ class TcpCollector:
             k = (lab, ())
             for name in _HISTS:
                 h = getattr(pod, name)
-                slots = list(h.slots)
-                if k in buckets[name]:  # recycled ids with the same labels: one series
-                    slots = [a + b for a, b in zip(buckets[name][k], slots, strict=True)]
-                    hsums[name][k] += h.sum
-                else:
-                    hsums[name][k] = h.sum
-                buckets[name][k] = slots
+                add_hist(buckets[name], hsums[name], k, h)
         helps = {metric: (help_, ("direction",) if extra else ())
                  for metric, help_, extra in _COUNTERS.values()}
         for metric, (help_, extra_names) in helps.items():
