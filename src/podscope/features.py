@@ -213,6 +213,22 @@ def probe_signals(family: str, table: dict[str, list[str]], hint: str = "") -> l
     return out
 
 
+# Signal -> programs of kernel.bpf.o and sched.bpf.o.
+KERNEL_SIGNALS: dict[str, list[str]] = {
+    "process creation failures by errno": [
+        "kern_clone", "kern_clone3", "kern_fork", "kern_vfork"],
+    "mount failures by errno": [
+        "kern_mount", "kern_fsmount", "kern_move_mount", "kern_open_tree"],
+    "oom kills by victim (oom:mark_victim)": ["kern_oom"],
+    "processes ended by a signal (sched_process_exit)": ["kern_exit"],
+}
+KERNEL_HINT = "the syscall tracepoints need tracefs at /sys/kernel/tracing"
+SCHED_SIGNALS: dict[str, list[str]] = {
+    "cpu: switches, off-CPU time, run-queue delay": [
+        "sched_iter", "sched_exit"],
+}
+
+
 def probe_tcp_signals() -> list[Signal]:
     return probe_signals("tcp", TCP_SIGNALS)
 
@@ -220,7 +236,9 @@ def probe_tcp_signals() -> list[Signal]:
 def check() -> Report:
     preflight()
     return Report(probes=probe_all(),
-                  signals=probe_tcp_signals() + probe_http_signals())
+                  signals=probe_tcp_signals() + probe_http_signals()
+                  + probe_signals("kernel", KERNEL_SIGNALS, KERNEL_HINT)
+                  + probe_signals("sched", SCHED_SIGNALS))
 
 
 def probe_http_signals() -> list[Signal]:

@@ -125,6 +125,9 @@ def test_check_reports_this_kernel() -> None:
     tcp = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("tcp ")]
     assert len(tcp) >= 5 and all(" yes " in ln for ln in tcp)
     assert "packet drops" in r.stdout and "default signals: all available" in r.stdout
+    for sig in ("process creation failures", "mount failures", "oom kills", "cpu: switches"):
+        line = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith(sig))
+        assert " yes " in line, line
 
 
 def _expect_clean_error(cmd: list[str], needle: str) -> None:

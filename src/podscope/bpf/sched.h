@@ -11,17 +11,20 @@
 struct sched_stats {
 	__u64 switches_voluntary;   /* the task blocked (slept, waited for I/O, a lock, ...) */
 	__u64 switches_involuntary; /* the task was preempted while it could still run */
-	__u64 off_voluntary_ns;	    /* time off the CPU after blocking, until running again */
-	__u64 off_involuntary_ns;   /* time off the CPU after preemption (all of it queued) */
-	struct hist runq;	    /* wake-up (or preemption) to running, microseconds */
+	__u64 off_voluntary_ns;	    /* time blocked: neither running nor runnable */
+	__u64 off_involuntary_ns;   /* time runnable, waiting in a run queue */
+	struct hist runq;	    /* run-queue waits, microseconds (see sched.bpf.c) */
 };
 
-/* Per task, while it is off the CPU. */
+/* Per watched task, its scheduler counters as they were when it was last looked at. */
 struct sched_task {
-	__u64 off_ns;	/* when it left the CPU */
-	__u64 ready_ns; /* when it became runnable again (preemption: off_ns; wake-up) */
-	__u32 slot;
-	__u32 voluntary;
+	__u64 cgid;	  /* its cgroup then */
+	__u64 ran_ns;	  /* se.sum_exec_runtime: time on a CPU */
+	__u64 run_delay;  /* sched_info.run_delay: time runnable, waiting in a run queue */
+	__u64 blocked_ns; /* the rest of its life so far */
+	__u64 pcount;	  /* sched_info.pcount: times switched in */
+	__u64 nvcsw;	  /* voluntary context switches */
+	__u64 nivcsw;	  /* involuntary context switches */
 };
 
 #endif

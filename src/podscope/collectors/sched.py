@@ -1,6 +1,8 @@
 """CPU per pod and container (sched.bpf.c): context switches and off-CPU time by reason, and the
-run-queue delay histogram. Only the containers of pods are watched: user space lists the pod
-container cgroups (below the kubepods trees, about once a second) and gives each a slot."""
+run-queue delay histogram, from the scheduler's own per-task counters read by a task iterator
+(no hook on the context switch path). Only the containers of pods are watched: user space lists
+the pod container cgroups (below the kubepods trees, about once a second), gives each a slot,
+and runs the iterator then and at every scrape."""
 
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ class SchedCollector:
         self._max = 0
         self._at = -1e9
         self._lock = threading.Lock()
+        self._iter: libbpf.Link | None = None
 
     def start(self) -> None:
         o = self.obj
@@ -62,7 +65,10 @@ class SchedCollector:
         self._max = o.map("sched_watch").max_entries
         self._free = list(range(self._max - 1, -1, -1))
         for prog in o.programs():
-            prog.attach()
+            if prog.section.startswith("iter/"):
+                self._iter = prog.attach_iter()
+            else:
+                prog.attach()
         self.refresh(force=True)
 
     def refresh(self, force: bool = False) -> None:
@@ -86,6 +92,13 @@ class SchedCollector:
                 stats.update(ct.c_uint32(slot), self.Stats())  # a reused slot starts at zero
                 watch.update(ct.c_uint64(cid), ct.c_uint32(slot))
                 self.slots[cid] = slot
+            self._collect()
+
+    def _collect(self) -> None:
+        """One pass of the task iterator: every task of a watched container adds what it did
+        since the last pass. Called with the lock held."""
+        if self._iter is not None:
+            libbpf.iter_read(self._iter)
 
     def poll(self, timeout_ms: int) -> int:
         self.refresh()
@@ -107,6 +120,7 @@ class SchedCollector:
         runq_sum: dict[tuple[Labels, tuple[str, ...]], float] = {}
         stats = self.obj.map("sched_stats")
         with self._lock:
+            self._collect()
             slots = dict(self.slots)
         for cid, slot in slots.items():
             v = self.Stats()
@@ -119,13 +133,17 @@ class SchedCollector:
             off.add(lab, ("involuntary",), v.off_involuntary_ns / 1e9)
             add_hist(runq, runq_sum, (lab, ()), v.runq)
         yield switches.family(CounterMetricFamily, "podscope_cpu_context_switches_total",
-                              "Context switches of the container's tasks: voluntary (blocked) "
-                              "or involuntary (preempted)", "reason")
+                              "Context switches of the container's tasks: voluntary (it blocked) "
+                              "or involuntary (it was preempted)", "reason")
         yield off.family(CounterMetricFamily, "podscope_cpu_off_seconds_total",
-                         "Time the container's tasks spent off the CPU, by why they left it",
+                         "Time the container's tasks spent off a CPU: voluntary (blocked: "
+                         "neither running nor runnable) or involuntary (runnable, waiting in a "
+                         "run queue)",
                          "reason")
         hist = Histogram("podscope_cpu_runqueue_delay_seconds",
-                         "Time from runnable (woken, or preempted) to running",
+                         "Time from runnable (woken, or preempted) to running. _count and "
+                         "_sum are exact; each thread's waits within one refresh interval "
+                         "(1 s) share the bucket of their mean",
                          labels=label_names())
         yield log2_histogram(hist, runq, runq_sum, 1e-6)
         watched = GaugeMetricFamily("podscope_cpu_watched_containers",

@@ -77,4 +77,16 @@ static __always_inline void hist_add(struct hist *h, __u64 value)
 	__sync_fetch_and_add(&h->sum, value);
 }
 
+/* n observations whose values add up to total, all placed in the bucket of their mean */
+static __always_inline void hist_add_n(struct hist *h, __u64 total, __u64 n)
+{
+	__u32 slot;
+
+	if (!n)
+		return;
+	slot = log2_slot(total / n);
+	__sync_fetch_and_add(&h->slots[slot], n);
+	__sync_fetch_and_add(&h->sum, total);
+}
+
 #endif
