@@ -15,6 +15,7 @@ from prometheus_client.core import Metric
 
 from . import features
 from .collectors.base import Collector
+from .collectors.dns import DnsCollector
 from .collectors.http import HttpCollector
 from .collectors.kernel import KernelCollector
 from .collectors.sched import SchedCollector
@@ -122,6 +123,15 @@ class Agent:
                 kern.close()
                 log.error("kernel failures collector disabled: %s (it needs the syscall "
                           "tracepoints, tracefs at /sys/kernel/tracing)", e)
+        if cfg.dns:
+            dnsc = DnsCollector(self.store, emit=self._emit if records else None,
+                                timeout=cfg.dns_timeout)
+            try:
+                dnsc.start()
+                self.collectors.append(dnsc)
+            except BpfError as e:
+                dnsc.close()
+                log.error("DNS collector disabled: %s (%s)", e, features.HTTP_HINT)
         if cfg.cpu:
             sched = SchedCollector(self.store)
             try:
@@ -129,8 +139,8 @@ class Agent:
                 self.collectors.append(sched)
             except BpfError as e:
                 sched.close()
-                log.error("CPU collector disabled: %s (it needs tp_btf/sched_switch and "
-                          "task-local storage, Linux 5.11+)", e)
+                log.error("CPU collector disabled: %s (it needs iter/task, "
+                          "tp_btf/sched_process_exit and task-local storage, Linux 5.11+)", e)
         if self.otlp is not None:
             self.otlp.start()
             log.info("exporting spans and metrics to %s (OTLP/HTTP)", cfg.otlp)

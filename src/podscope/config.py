@@ -23,6 +23,8 @@ class Config:
     http_request_timeout: float = 60.0  # seconds without a response: counted as unanswered
     kernel: bool = True  # fork/mount failures, OOM kills, fatal signals, cgroup limits
     cpu: bool = True  # context switches, off-CPU time, run-queue delay of pod containers
+    dns: bool = True  # DNS queries of pods (UDP and TCP port 53): latency, rcode, timeouts
+    dns_timeout: float = 5.0  # seconds without an answer: the query timed out (glibc's default)
     http_hooks: str = "auto"  # socket (tp_btf sock_*_length) | syscalls (syscall tracepoints)
     node_name: str = ""  # this node's name (default: $NODE_NAME, then the host name)
     kubernetes: str = "auto"  # auto (when in a pod or a kubeconfig exists) | on | off

@@ -229,6 +229,11 @@ SCHED_SIGNALS: dict[str, list[str]] = {
 }
 
 
+DNS_SIGNALS: dict[str, list[str]] = {
+    "dns queries: latency, rcode, timeouts (port 53)": ["dns_send", "dns_recv"],
+}
+
+
 def probe_tcp_signals() -> list[Signal]:
     return probe_signals("tcp", TCP_SIGNALS)
 
@@ -238,7 +243,8 @@ def check() -> Report:
     return Report(probes=probe_all(),
                   signals=probe_tcp_signals() + probe_http_signals()
                   + probe_signals("kernel", KERNEL_SIGNALS, KERNEL_HINT)
-                  + probe_signals("sched", SCHED_SIGNALS))
+                  + probe_signals("sched", SCHED_SIGNALS)
+                  + probe_signals("dns", DNS_SIGNALS, HTTP_HINT))
 
 
 def probe_http_signals() -> list[Signal]:

@@ -20,11 +20,11 @@
 #include <bpf/bpf_endian.h>
 #include "maps.bpf.h"
 #include "core_fixes.bpf.h"
+#include "sockio.bpf.h"
 #include "http.h"
 
 #define AF_INET6    10
 #define IPPROTO_TCP 6
-#define PF_KTHREAD  0x00200000
 
 #define HTTP_MAX_CONNS 32768
 #define HTTP_MAX_AGG   16384
@@ -37,38 +37,6 @@ const volatile bool emit_records = false; /* one ring-buffer record per request 
 const volatile bool stream_all = false;	  /* stream every HTTP connection (header capture) */
 const volatile __u32 max_tries = 16;	  /* data syscalls without an HTTP head before giving up */
 
-/* Syscall numbers whose arguments name the buffer (asm/unistd_64.h of each architecture). */
-#if defined(__TARGET_ARCH_x86)
-#define NR_read	    0
-#define NR_write    1
-#define NR_readv    19
-#define NR_writev   20
-#define NR_sendto   44
-#define NR_recvfrom 45
-#define NR_sendmsg  46
-#define NR_recvmsg  47
-#define SYSCALL_NR(r)	((long)(r)->orig_ax)
-#define SYSCALL_ARG1(r) ((r)->di)
-#define SYSCALL_ARG2(r) ((r)->si)
-#define SYSCALL_ARG3(r) ((r)->dx)
-#define SYSCALL_ARG4(r) ((r)->r10)
-#elif defined(__TARGET_ARCH_arm64)
-#define NR_readv    65
-#define NR_writev   66
-#define NR_read	    63
-#define NR_write    64
-#define NR_sendto   206
-#define NR_recvfrom 207
-#define NR_sendmsg  211
-#define NR_recvmsg  212
-#define SYSCALL_NR(r)	((long)(r)->syscallno)
-#define SYSCALL_ARG1(r) ((r)->orig_x0)
-#define SYSCALL_ARG2(r) ((r)->regs[1])
-#define SYSCALL_ARG3(r) ((r)->regs[2])
-#define SYSCALL_ARG4(r) ((r)->regs[3])
-#else
-#error "podscope: http.bpf.c knows the syscall numbers of x86 and arm64 only"
-#endif
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -160,62 +128,6 @@ static __always_inline struct scratch *scratch(void)
 	__u32 zero = 0;
 
 	return bpf_map_lookup_elem(&http_scratch, &zero);
-}
-
-/* Where the syscall's data is: the iovec list (a single buffer is a list of one). */
-struct io_desc {
-	__u64 iov_ptr; /* user address of the iovec array; 0 for a single buffer */
-	__u64 base;    /* first buffer */
-	__u64 len;
-	__u64 cnt;
-};
-
-static __always_inline bool io_desc_get(struct io_desc *d)
-{
-	struct task_struct *t = bpf_get_current_task_btf();
-	struct pt_regs *r;
-	struct iovec first;
-	long nr;
-
-	if (t->flags & PF_KTHREAD)
-		return false; /* a kernel socket (NFS, iSCSI...): no user buffer */
-	r = (struct pt_regs *)bpf_task_pt_regs(t);
-	if (!r)
-		return false;
-	nr = SYSCALL_NR(r);
-	switch (nr) {
-	case NR_read:
-	case NR_write:
-	case NR_recvfrom:
-	case NR_sendto:
-		d->iov_ptr = 0;
-		d->base = SYSCALL_ARG2(r);
-		d->len = SYSCALL_ARG3(r);
-		d->cnt = 1;
-		return true;
-	case NR_readv:
-	case NR_writev:
-		d->iov_ptr = SYSCALL_ARG2(r);
-		d->cnt = SYSCALL_ARG3(r);
-		break;
-	case NR_recvmsg:
-	case NR_sendmsg: {
-		struct user_msghdr m;
-
-		if (bpf_probe_read_user(&m, sizeof(m), (void *)SYSCALL_ARG2(r)))
-			return false;
-		d->iov_ptr = (__u64)(unsigned long)m.msg_iov;
-		d->cnt = m.msg_iovlen;
-		break;
-	}
-	default:
-		return false; /* sendfile, splice, io_uring: bytes are counted, not read */
-	}
-	if (!d->cnt || bpf_probe_read_user(&first, sizeof(first), (void *)d->iov_ptr))
-		return false;
-	d->base = (__u64)(unsigned long)first.iov_base;
-	d->len = first.iov_len;
-	return true;
 }
 
 /* The first 8 bytes of the data as a little-endian word, 0 when unreadable. */

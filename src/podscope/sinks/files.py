@@ -30,6 +30,10 @@ SCHEMAS: dict[str, list[str]] = {
         "time", *IDENTITY, "event", "pid", "tid", "comm", "errno", "signal", "core_dumped",
         "syscall",
     ],
+    "dns_query": [
+        "time", *IDENTITY, "pid", "comm", "query_name", "query_type", "rcode",
+        "duration_seconds", "answers", "server_address", "server_port", "transport",
+    ],
     "http_request": [
         "time", *IDENTITY, "role", "peer_addr", "peer_port", "local_port", "method",
         "path", "route", "status", "duration_seconds", "request_bytes", "response_bytes",

@@ -15,8 +15,10 @@ import argparse
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -133,6 +135,17 @@ class Pod:
             f.write(value)
         return path
 
+    def set_resolver(self, nameserver: str, options: str = "") -> None:
+        """The pod's /etc/resolv.conf (as kubelet writes one per pod): `ip netns exec` binds
+        /etc/netns/NETNS/resolv.conf over /etc/resolv.conf for every process started here."""
+        d = f"/etc/netns/{self.netns}"
+        os.makedirs(d, exist_ok=True)
+        with open(f"{d}/resolv.conf", "w") as f:
+            f.write(f"nameserver {nameserver}\n" + (f"options {options}\n" if options else ""))
+
+    def drop_etc(self) -> None:
+        shutil.rmtree(f"/etc/netns/{self.netns}", ignore_errors=True)
+
     def popen(self, cmd: Sequence[str], container: str | None = None,
               **kw: Any) -> subprocess.Popen[Any]:
         """Start a process inside the pod: a container's cgroup and the pod's network."""
@@ -210,11 +223,21 @@ class PodNetwork:
         self._up = False
 
     def __enter__(self) -> PodNetwork:
+        # a SIGTERM (a timeout, a kill by PID) ends the program through this __exit__, so the
+        # namespaces, links and cgroups made here go too
+        self._prev_term: Any = None
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
+            self._prev_term = signal.signal(signal.SIGTERM, _exit_on_term)
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        try:
+            self.close()
+        finally:
+            if self._prev_term is not None:
+                signal.signal(signal.SIGTERM, self._prev_term)
 
     def start(self) -> None:
         try:
@@ -263,6 +286,7 @@ class PodNetwork:
         """Tear one pod down as the kubelet does: processes, network namespace, cgroups."""
         pod.stop()
         _run("ip", "netns", "del", pod.netns, check=False)
+        pod.drop_etc()
         for d in sorted(pod.dirs, key=len, reverse=True):
             rmdir_when_empty(d)
             if d in self._made_dirs:
@@ -277,6 +301,7 @@ class PodNetwork:
             except Exception as e:  # keep cleaning
                 errors.append(f"stopping pod {pod.name}: {e}")
             r = _run("ip", "netns", "del", pod.netns, check=False)
+            pod.drop_etc()
             if r.returncode and "No such file" not in r.stderr:
                 errors.append(f"ip netns del {pod.netns}: {r.stderr.strip()}")
         for pod in self.pods:
@@ -295,6 +320,10 @@ class PodNetwork:
         self.pods.clear()
         if errors:
             raise RuntimeError("; ".join(errors))
+
+
+def _exit_on_term(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def rmdir_when_empty(d: str) -> bool:
