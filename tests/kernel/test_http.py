@@ -110,7 +110,7 @@ def test_python_server_status_mix_and_latency(pods: PodNetwork, tmp_path: Path,
                 ["DELETE", "/users/42", 3], ["GET", "/sleep/50", 21],
                 ["PUT", "/upload", 2, 70000], ["GET", "/status/204", 2],
                 ["GET", "/status/304", 2], ["HEAD", "/chunked/3", 2], ["GET", "/chunked/4", 2],
-                ["GET", "/split", 3], ["GET", "/status/201", 1]]
+                ["GET", "/split", 3], ["GET", "/status/201", 1], ["GET", "/slow/100/150", 3]]
         truth = Counter(json.loads(client.run(
             python_cmd("http_client.py", server.ip, 8080, json.dumps(plan))).stdout))
         assert truth.pop("_connections") == 1
@@ -131,6 +131,21 @@ def test_python_server_status_mix_and_latency(pods: PodNetwork, tmp_path: Path,
         assert 0.050 <= p50 <= 0.055, slow
         client_recs = records(exp, role="client", k8s_pod_uid=client.uid)
         assert Counter(f"{r['method']} {r['status']}" for r in client_recs) == truth
+        # time to first byte apart from the download: /slow/100/150 sends its head after 0.1 s
+        # and the last half of its body 0.15 s later
+        for side, rs in (("server", recs), ("client", client_recs)):
+            slow_fb = [(r["first_byte_seconds"], r["duration_seconds"]) for r in rs
+                       if r["path"] == "/slow/100/150"]
+            assert len(slow_fb) == 3 and all(0.1 <= fb < 0.13 and 0.25 <= d < 0.3
+                                             for fb, d in slow_fb), (side, slow_fb)
+            assert all(0 < r["first_byte_seconds"] <= r["duration_seconds"] for r in rs), side
+            uid = server.uid if side == "server" else client.uid
+            fb = f"podscope_http_{side}_time_to_first_byte_seconds"
+            dur = f"http_{side}_request_duration_seconds"
+            assert m.value(fb + "_count", k8s_pod_uid=uid) == total
+            assert 0.3 <= m.value(fb + "_sum", k8s_pod_uid=uid, http_route="/slow/{id}/{id}") \
+                < 0.39
+            assert m.value(fb + "_sum", k8s_pod_uid=uid) < m.value(dur + "_sum", k8s_pod_uid=uid)
         assert all(r["peer_addr"] == server.ip and r["peer_port"] == 8080 for r in client_recs)
         if capture == "stream":
             assert m.value("podscope_http_connections_streamed_total") >= 2

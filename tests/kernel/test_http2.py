@@ -99,6 +99,13 @@ def test_h2load_against_nginx_h2c_exact_count(pods: PodNetwork, tmp_path: Path) 
             assert m.value(name, k8s_pod_uid=pod.uid, network_protocol_version="2",
                            http_response_status_code="404", **extra) == 40
         assert m.value("podscope_http2_decode_total", k8s_pod_uid=server.uid, outcome="full") == 340
+        # every answered stream has a first byte (its response HEADERS), no later than its end
+        for pod, side in ((server, "server"), (client, "client")):
+            fb = f"podscope_http_{side}_time_to_first_byte_seconds"
+            dur = f"http_{side}_request_duration_seconds"
+            assert m.value(fb + "_count", k8s_pod_uid=pod.uid, network_protocol_version="2") == 340
+            assert 0 < m.value(fb + "_sum", k8s_pod_uid=pod.uid) <= m.value(
+                dur + "_sum", k8s_pod_uid=pod.uid)
     finally:
         agent.stop()
 

@@ -514,6 +514,12 @@ static __always_inline void finish(struct http_conn *c, __u64 end_ns)
 	if (a) { /* this CPU's copy: plain adds */
 		a->duration.slots[log2_slot(dur)] += 1;
 		a->duration.sum += dur;
+		if (k.status && c->resp_start >= c->req_start) {
+			__u64 fb = c->resp_start - c->req_start;
+
+			a->first_byte.slots[log2_slot(fb)] += 1;
+			a->first_byte.sum += fb;
+		}
 		a->req_bytes += c->req_bytes;
 		a->resp_bytes += c->resp_bytes;
 	}

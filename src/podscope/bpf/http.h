@@ -85,7 +85,9 @@ struct http_agg_key {
 };
 
 struct http_agg {
-	struct hist duration; /* nanoseconds */
+	struct hist duration;	/* nanoseconds */
+	struct hist first_byte; /* nanoseconds: request head to the first response byte (client: read,
+				 * server: written); requests with a response only */
 	__u64 req_bytes;
 	__u64 resp_bytes;
 };

@@ -76,6 +76,20 @@ class Agg:
     sum_ns: int = 0
     req_bytes: int = 0
     resp_bytes: int = 0
+    fb_slots: list[int] = field(default_factory=lambda: [0] * SLOTS)  # time to first byte
+    fb_sum_ns: int = 0
+
+    def copy(self) -> Agg:
+        return Agg(list(self.slots), self.sum_ns, self.req_bytes, self.resp_bytes,
+                   list(self.fb_slots), self.fb_sum_ns)
+
+    def merge(self, o: Agg) -> None:
+        self.slots = [x + y for x, y in zip(self.slots, o.slots, strict=True)]
+        self.fb_slots = [x + y for x, y in zip(self.fb_slots, o.fb_slots, strict=True)]
+        self.sum_ns += o.sum_ns
+        self.fb_sum_ns += o.fb_sum_ns
+        self.req_bytes += o.req_bytes
+        self.resp_bytes += o.resp_bytes
 
 
 @dataclass
@@ -260,10 +274,13 @@ class HttpCollector:
         labels = self.store.labels(k.pod.cgroup_id, k.pod.netns)
         method = METHODS.get(k.method, "_OTHER")
         slots = [0] * len(per_cpu[0].duration.slots)
-        sum_ns = req = resp = 0
+        fb = [0] * len(slots)
+        sum_ns = req = resp = fb_sum = 0
         for v in per_cpu:
             slots = [a + b for a, b in zip(slots, v.duration.slots, strict=True)]
+            fb = [a + b for a, b in zip(fb, v.first_byte.slots, strict=True)]
             sum_ns += v.duration.sum
+            fb_sum += v.first_byte.sum
             req += v.req_bytes
             resp += v.resp_bytes
         if k.status == 0:
@@ -274,23 +291,18 @@ class HttpCollector:
         addr, port = ("", 0)
         if k.role == ROLE_CLIENT:
             addr, port = _addr(k.family, bytes(k.peer_addr)), k.peer_port
-        self._add((labels, k.role, method, k.status, route, addr, port, "1.1"), slots, sum_ns, req,
-                  resp)
+        self._add((labels, k.role, method, k.status, route, addr, port, "1.1"),
+                  Agg(slots, sum_ns, req, resp, fb, fb_sum))
 
-    def _add(self, key: AggKey | RpcKey, slots: list[int], sum_ns: int, req: int, resp: int,
-             into: dict[Any, Agg] | None = None) -> None:
-        aggs: dict[Any, Agg] = self._aggs if into is None else into
-        a = aggs.get(key)
+    def _add(self, key: AggKey, add: Agg) -> None:
+        a = self._aggs.get(key)
         if a is None:
-            aggs[key] = Agg(slots, sum_ns, req, resp)
-            return
-        a.slots = [x + y for x, y in zip(a.slots, slots, strict=True)]
-        a.sum_ns += sum_ns
-        a.req_bytes += req
-        a.resp_bytes += resp
+            self._aggs[key] = add
+        else:
+            a.merge(add)
 
     def _add_sample(self, key: AggKey | RpcKey, dur_ns: int, req: int, resp: int,
-                    into: dict[Any, Agg] | None = None) -> None:
+                    into: dict[Any, Agg] | None = None, first_byte_ns: int | None = None) -> None:
         """One request (the per-request path of streamed connections)."""
         aggs: dict[Any, Agg] = self._aggs if into is None else into
         a = aggs.get(key)
@@ -300,10 +312,13 @@ class HttpCollector:
         a.sum_ns += dur_ns
         a.req_bytes += req
         a.resp_bytes += resp
+        if first_byte_ns is not None:
+            a.fb_slots[_slot(first_byte_ns)] += 1
+            a.fb_sum_ns += first_byte_ns
 
     def _add_one(self, labels: Labels, role: int, method: str, status: int, target: str,
                  addr: str, port: int, dur_ns: int, req: int, resp: int,
-                 version: str = "1.1") -> None:
+                 version: str = "1.1", first_byte_ns: int | None = None) -> None:
         if status == 0:
             key_u = (labels, ROLES.get(role, "?"), "no_response")
             self.unanswered[key_u] = self.unanswered.get(key_u, 0) + 1
@@ -316,7 +331,7 @@ class HttpCollector:
             self._templates[target] = route
         route = self.budget.route(_identity(labels), route)
         self._add_sample((labels, role, method, status, route, addr, port, version), dur_ns, req,
-                         resp)
+                         resp, first_byte_ns=first_byte_ns)
 
     def expire(self) -> None:
         """Requests waiting longer than request_timeout: counted as unanswered (reason timeout)
@@ -353,7 +368,8 @@ class HttpCollector:
             method=METHODS.get(r.method, "_OTHER"), target=target, status=r.status,
             start=r.req_start, end=r.end_ns, req_bytes=r.req_bytes, resp_bytes=r.resp_bytes,
             family=r.family, peer=data[ao: ao + 16], peer_port=r.peer_port,
-            local_port=r.local_port, conn_id=r.conn_id, pid=r.pid, mode="kernel")
+            local_port=r.local_port, conn_id=r.conn_id, pid=r.pid, mode="kernel",
+            first_byte=r.resp_start)
 
     def _labels(self, cgroup_id: int, netns: int) -> Labels:
         """store.labels, memoized until the next drain (about a second)."""
@@ -386,7 +402,7 @@ class HttpCollector:
                  peer: bytes | str, peer_port: int, local_port: int, conn_id: int, pid: int,
                  mode: str, headers: dict[str, list[tuple[str, str]]] | None = None,
                  protocol: str = "1.1", grpc_status: int | None = None,
-                 decode: str = "full") -> None:
+                 decode: str = "full", first_byte: int = 0) -> None:
         peer_addr = peer if isinstance(peer, str) else self._peer(family, peer)
         path, route = self._target(target)
         rec: dict[str, Any] = {
@@ -396,6 +412,8 @@ class HttpCollector:
             "peer_addr": peer_addr, "peer_port": peer_port, "local_port": local_port,
             "method": method, "path": path, "route": route, "status": status or None,
             "duration_seconds": round(max(end - start, 0) / 1e9, 9),
+            "first_byte_seconds": (round(max(first_byte - start, 0) / 1e9, 9)
+                                   if first_byte and status else None),
             "request_bytes": req_bytes, "response_bytes": resp_bytes,
             "connection_id": conn_id, "pid": pid, "capture": mode,
             "protocol": protocol, "grpc_status": grpc_status, "decode": decode,
@@ -566,14 +584,17 @@ class HttpCollector:
         else:
             method = r.method if r.method in METHOD_IDS else "_OTHER"
             self._add_one(labels, st.role, method, 0 if r.reset else r.status, r.path, addr,
-                          port, dur, r.req_bytes, r.resp_bytes, version="2")
+                          port, dur, r.req_bytes, r.resp_bytes, version="2",
+                          first_byte_ns=(max(r.first_byte_ns - r.start_ns, 0)
+                                         if r.first_byte_ns else None))
         if self.records or self.listeners:
             self._publish(labels=labels, role=st.role, method=r.method, target=r.path,
                           status=0 if r.reset else r.status, start=r.start_ns, end=r.end_ns,
                           req_bytes=r.req_bytes, resp_bytes=r.resp_bytes, family=st.family,
                           peer=st.peer_addr, peer_port=st.peer_port, local_port=st.local_port,
                           conn_id=st.conn_id, pid=st.pid, mode="stream", protocol="2",
-                          grpc_status=r.grpc_status, decode=r.outcome)
+                          grpc_status=r.grpc_status, decode=r.outcome,
+                          first_byte=r.first_byte_ns)
 
     def _pair(self, st: _Stream, pair: http1.Pair) -> None:
         req, resp = pair.request, pair.response
@@ -582,8 +603,10 @@ class HttpCollector:
             start, req_bytes = seed
         else:
             start, req_bytes = st.req.time_of(req.start), req.end - req.start
+        first_byte = 0
         if resp is not None:
             end = st.resp.time_of(max(resp.end - 1, resp.start))
+            first_byte = st.resp.time_of(resp.start)
             status, resp_bytes = resp.head.status, resp.end - resp.start
             st.resp.forget_before(resp.start)
         else:
@@ -593,7 +616,8 @@ class HttpCollector:
         addr, port = (st.peer_addr, st.peer_port) if st.role == ROLE_CLIENT else ("", 0)
         method = req.head.method if req.head.method in METHOD_IDS else "_OTHER"
         self._add_one(labels, st.role, method, status, req.head.target, addr, port,
-                      end - start, req_bytes, resp_bytes)
+                      end - start, req_bytes, resp_bytes,
+                      first_byte_ns=max(first_byte - start, 0) if first_byte else None)
         if self.records or self.listeners:
             headers = None
             if self.capture_headers:
@@ -603,7 +627,7 @@ class HttpCollector:
                           status=status, start=start, end=end, req_bytes=req_bytes,
                           resp_bytes=resp_bytes, family=st.family, peer=st.peer_addr,
                           peer_port=st.peer_port, local_port=st.local_port, conn_id=st.conn_id,
-                          pid=st.pid, mode="stream", headers=headers)
+                          pid=st.pid, mode="stream", headers=headers, first_byte=first_byte)
 
     def forget_pods(self, uids: set[str]) -> None:
         with self._lock:
@@ -633,10 +657,7 @@ class HttpCollector:
             if b is None:
                 out[k2] = a
             else:
-                b.slots = [x + y for x, y in zip(b.slots, a.slots, strict=True)]
-                b.sum_ns += a.sum_ns
-                b.req_bytes += a.req_bytes
-                b.resp_bytes += a.resp_bytes
+                b.merge(a)
         return list(out.items())
 
     def _renamed_counts(self, counts: dict[Any, int]) -> dict[Any, int]:
@@ -662,11 +683,9 @@ class HttpCollector:
             labels=label_names("http_request_method", "http_response_status_code", "http_route",
                                "network_protocol_version", "server_address", "server_port"))
         with self._lock:
-            aggs = [(k, Agg(list(a.slots), a.sum_ns, a.req_bytes, a.resp_bytes))
-                    for k, a in self._aggs.items()]
+            aggs = [(k, a.copy()) for k, a in self._aggs.items()]
             unanswered = dict(self.unanswered)
-            rpcs = [(k, Agg(list(a.slots), a.sum_ns, a.req_bytes, a.resp_bytes))
-                    for k, a in self._rpcs.items()]
+            rpcs = [(k, a.copy()) for k, a in self._rpcs.items()]
             outcomes = dict(self.h2_outcomes)
             errors = dict(self.parse_errors)
             overflow = dict(self.budget.overflow)
@@ -674,16 +693,36 @@ class HttpCollector:
         # was labelled by UID): series of the same pod merge
         aggs, rpcs = self._renamed_aggs(aggs), self._renamed_aggs(rpcs)
         outcomes, unanswered = self._renamed_counts(outcomes), self._renamed_counts(unanswered)
+        fb_server = Histogram(
+            "podscope_http_server_time_to_first_byte_seconds",
+            "HTTP server requests: request head read to the first response byte written (the "
+            "handler's wait), beside http_server_request_duration_seconds",
+            labels=label_names("http_request_method", "http_response_status_code", "http_route",
+                               "network_protocol_version"))
+        fb_client = Histogram(
+            "podscope_http_client_time_to_first_byte_seconds",
+            "HTTP client requests: request head written to the first response byte read (the "
+            "network and the server); the rest of http_client_request_duration_seconds is the "
+            "download",
+            labels=label_names("http_request_method", "http_response_status_code", "http_route",
+                               "network_protocol_version", "server_address", "server_port"))
         top = top_slot(a.slots for _k, a in aggs)
+        fb_top = top_slot(a.fb_slots for _k, a in aggs)
         for (labels, role, method, status, route, addr, port, version), a in aggs:
             buckets = log2_buckets(a.slots, HIST_UNIT, top)
+            fb = log2_buckets(a.fb_slots, HIST_UNIT, fb_top)
             values = list(labels) + [method, str(status), route, version]
             if role == ROLE_CLIENT:
-                client.add_metric(values + [addr, str(port)], buckets, a.sum_ns * HIST_UNIT)
+                values += [addr, str(port)]
+                client.add_metric(values, buckets, a.sum_ns * HIST_UNIT)
+                fb_client.add_metric(values, fb, a.fb_sum_ns * HIST_UNIT)
             else:
                 server.add_metric(values, buckets, a.sum_ns * HIST_UNIT)
+                fb_server.add_metric(values, fb, a.fb_sum_ns * HIST_UNIT)
         yield server
         yield client
+        yield fb_server
+        yield fb_client
         for role_name, fam_role in (("server", "server"), ("client", "client")):
             size = CounterMetricFamily(
                 f"podscope_http_{fam_role}_response_bytes_total",

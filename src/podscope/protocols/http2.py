@@ -129,6 +129,7 @@ class H2Request:
     resp_bytes: int = 0
     start_ns: int = 0
     end_ns: int = 0
+    first_byte_ns: int = 0  # the response's first HEADERS frame
     reset: bool = False
     outcome: str = "full"  # full | partial | none
     _req_done: bool = False
@@ -396,6 +397,8 @@ class H2Connection:
             st = self.streams[sid] = H2Request(sid, start_ns=ts, outcome=outcome)
         if st is None:
             return  # the server speaks on a stream whose request we never saw
+        if not d.is_client and not st.first_byte_ns:
+            st.first_byte_ns = ts
         if outcome != "full" and st.outcome != "none":
             st.outcome = outcome
         if summary is not None:

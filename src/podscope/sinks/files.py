@@ -36,7 +36,8 @@ SCHEMAS: dict[str, list[str]] = {
     ],
     "http_request": [
         "time", *IDENTITY, "role", "peer_addr", "peer_port", "local_port", "method",
-        "path", "route", "status", "duration_seconds", "request_bytes", "response_bytes",
+        "path", "route", "status", "duration_seconds", "first_byte_seconds", "request_bytes",
+        "response_bytes",
         "connection_id", "pid", "capture", "protocol", "grpc_status", "decode",
         "request_headers", "response_headers",
     ],
