@@ -56,6 +56,19 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="one JSON object per line")
     t.add_argument("--headers", action="store_true",
                    help="include request and response headers (credentials redacted)")
+    pr = sub.add_parser("profile", help="flame graphs of one pod: where its CPU time goes "
+                                        "(and with --off-cpu, where it blocks)")
+    pr.add_argument("--pod", required=True,
+                    help="namespace/name (needs the Kubernetes API), name, pod UID or container "
+                         "id prefix")
+    pr.add_argument("--duration", default="10s", metavar="DURATION", help="how long (10s)")
+    pr.add_argument("--off-cpu", action="store_true", help="also where its threads block")
+    pr.add_argument("--frequency", type=int, default=99, metavar="HZ", help="samples per second "
+                    "per CPU (99)")
+    pr.add_argument("--out", default="podscope-profile", metavar="DIR",
+                    help="where the .svg, .folded and profile.json go")
+    pr.add_argument("--kubeconfig", metavar="FILE", default="")
+    pr.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 
 
@@ -87,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
             logging.basicConfig(level=logging.WARNING, format="podscope: %(message)s")
             return trace.run(args.pod, args.min_duration, args.status, args.duration, args.json,
                              args.headers)
+        if args.cmd == "profile":
+            from . import profiling
+            from .trace import parse_duration
+
+            logging.basicConfig(level=logging.WARNING, format="podscope: %(message)s")
+            return profiling.run(args.pod, parse_duration(args.duration), args.off_cpu,
+                                 args.frequency, args.out, args.kubeconfig, args.json)
         from .agent import Agent
         from .config import Config
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes as ct
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable
@@ -16,31 +15,11 @@ from collections.abc import Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .. import libbpf
-from ..metadata.cgroups import parse_cgroup_path
+from ..metadata.cgroups import pod_containers
 from ..metadata.store import Labels, MetadataStore
 from .base import Histogram, Sums, add_hist, label_names, log2_histogram
 
 log = logging.getLogger("podscope.sched")
-
-
-def pod_containers(root: str) -> dict[int, str]:
-    """cgroup id -> path of every pod container cgroup (below the kubepods trees only)."""
-    out: dict[int, str] = {}
-    try:
-        tops = [e.path for e in os.scandir(root)
-                if e.is_dir(follow_symlinks=False) and e.name.startswith("kubepods")]
-    except OSError:
-        return out
-    for top in tops:
-        for dirpath, _dirs, _files in os.walk(top):
-            rel = "/" + os.path.relpath(dirpath, root)
-            ref = parse_cgroup_path(rel)
-            if ref.container_id and ref.pod_uid:
-                try:
-                    out[os.stat(dirpath).st_ino] = rel
-                except OSError:
-                    continue
-    return out
 
 
 class SchedCollector:

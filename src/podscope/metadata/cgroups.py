@@ -52,6 +52,26 @@ def parse_cgroup_path(path: str) -> CgroupRef:
     return CgroupRef(path=path, pod_uid=uid, container_id=cid, runtime=runtime, qos=qos)
 
 
+def pod_containers(root: str) -> dict[int, str]:
+    """cgroup id -> path of every pod container cgroup (below the kubepods trees only)."""
+    out: dict[int, str] = {}
+    try:
+        tops = [e.path for e in os.scandir(root)
+                if e.is_dir(follow_symlinks=False) and e.name.startswith("kubepods")]
+    except OSError:
+        return out
+    for top in tops:
+        for dirpath, _dirs, _files in os.walk(top):
+            rel = "/" + os.path.relpath(dirpath, root)
+            ref = parse_cgroup_path(rel)
+            if ref.container_id and ref.pod_uid:
+                try:
+                    out[os.stat(dirpath).st_ino] = rel
+                except OSError:
+                    continue
+    return out
+
+
 def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> str | None:
     """The cgroup v2 mount point ('/sys/fs/cgroup' on most nodes, '.../unified' on hybrid ones)."""
     try:

@@ -1,0 +1,90 @@
+"""`podscope profile`: sample the stacks of one pod's containers for a while, on-CPU and, if
+asked, off-CPU (where its threads blocked), and write flame graphs and folded stacks.
+
+The pod is named as `trace` names it: namespace/name (needs the Kubernetes API), its name, its
+UID, or a container id prefix. Everything is detached when the window ends."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from . import features, flamegraph
+from .collectors.profile import Profile, Profiler, as_dict
+from .metadata import kube
+from .metadata.cgroups import pod_containers
+from .metadata.store import MetadataStore
+from .trace import pod_matches
+
+log = logging.getLogger("podscope.profile")
+
+
+def pod_cgroups(store: MetadataStore, pod: str) -> dict[int, str]:
+    """cgroup id -> path of the containers of `pod` on this node."""
+    if store.resolver is None:
+        return {}
+    return {cid: rel for cid, rel in pod_containers(store.resolver.root).items()
+            if pod_matches(store.labels(cid, 0)._asdict(), pod)}
+
+
+def write(p: Profile, out_dir: str, title: str) -> dict[str, str]:
+    os.makedirs(out_dir, exist_ok=True)
+    files: dict[str, str] = {}
+    parts = [("cpu", p.on_cpu, "samples", "on-CPU")]
+    if p.off_cpu:
+        parts.append(("offcpu", p.off_cpu, "ns", "off-CPU (blocked)"))
+    for name, folded, unit, what in parts:
+        fp = os.path.join(out_dir, f"{name}.folded")
+        with open(fp, "w") as f:
+            f.write(flamegraph.folded_text(folded))
+        sp = os.path.join(out_dir, f"{name}.svg")
+        with open(sp, "w") as f:
+            f.write(flamegraph.render(folded, f"{title}: {what}", unit))
+        files[f"{name}_folded"], files[f"{name}_svg"] = fp, sp
+    return files
+
+
+def run(pod: str, duration: float, off_cpu: bool, frequency: int, out_dir: str,
+        kubeconfig: str = "", as_json: bool = False) -> int:
+    cg2 = features.preflight()
+    store = MetadataStore(cg2, node=kube.node_name(""))
+    if "/" in pod:  # namespace/name: only the API knows names
+        if not kube.cluster_configured(kubeconfig):
+            raise ValueError(f"--pod {pod}: names need the Kubernetes API (--kubeconfig); "
+                             "a pod UID or container id prefix works without it")
+        w = kube.KubeWatcher(store.node, store.set_pods, store.pod_event, kubeconfig=kubeconfig)
+        store.api = w
+        w.start()
+        deadline = time.monotonic() + 10
+        while not w.up and time.monotonic() < deadline:
+            time.sleep(0.1)
+        w.stop()
+    chosen = pod_cgroups(store, pod)
+    if not chosen:
+        raise ValueError(f"no container of pod {pod!r} on this node")
+    prof = Profiler(list(chosen), frequency=frequency, off_cpu=off_cpu)
+    prof.start()
+    try:
+        time.sleep(duration)
+    finally:
+        p = prof.stop()
+    summary: dict[str, Any] = {"pod": pod, "containers": sorted(chosen.values()), **as_dict(p)}
+    summary["files"] = write(p, out_dir, f"podscope profile {pod}")
+    with open(os.path.join(out_dir, "profile.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['samples']} samples in {summary['seconds']} s at {frequency} Hz "
+              f"({len(chosen)} containers)")
+        for name, n in summary["top_on_cpu"]:
+            print(f"  {n:8d}  {name}")
+        if off_cpu:
+            print(f"off-CPU: {summary['off_cpu_seconds']:.3f} s blocked")
+            for name, s in summary["top_off_cpu"]:
+                print(f"  {s:8.3f}s {name}")
+        print("written:", ", ".join(summary["files"].values()))
+    return 0
