@@ -106,7 +106,8 @@ class Agent:
                                  capture_headers=self.cfg.http_capture_headers,
                                  route_budget=self.cfg.http_route_budget,
                                  request_timeout=self.cfg.http_request_timeout,
-                                 hooks=self.cfg.http_hooks)
+                                 hooks=self.cfg.http_hooks,
+                                 breakdown_reasons=self.cfg.http_breakdown_reasons)
             try:
                 http.start()
                 self.collectors.append(http)

@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="one JSON object per line")
     t.add_argument("--headers", action="store_true",
                    help="include request and response headers (credentials redacted)")
+    t.add_argument("--blocked-reasons", action="store_true",
+                   help="server requests: blocked time by reason (sleep, lock, disk, network); "
+                        "adds a probe to every context switch while tracing")
     pr = sub.add_parser("profile", help="flame graphs of one pod: where its CPU time goes "
                                         "(and with --off-cpu, where it blocks)")
     pr.add_argument("--pod", required=True,
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
             logging.basicConfig(level=logging.WARNING, format="podscope: %(message)s")
             return trace.run(args.pod, args.min_duration, args.status, args.duration, args.json,
-                             args.headers)
+                             args.headers, blocked_reasons=args.blocked_reasons)
         if args.cmd == "profile":
             from . import profiling
             from .trace import parse_duration

@@ -21,6 +21,8 @@ class Config:
     http_capture_headers: bool = False  # headers in records (redacted); streams HTTP to user space
     http_route_budget: int = 100  # distinct http_route values per pod; the rest are "__other__"
     http_request_timeout: float = 60.0  # seconds without a response: counted as unanswered
+    http_breakdown_reasons: bool = False  # blocked time of server requests by reason (a probe
+    # on every context switch while on: a deep diagnostic)
     kernel: bool = True  # fork/mount failures, OOM kills, fatal signals, cgroup limits
     cpu: bool = True  # context switches, off-CPU time, run-queue delay of pod containers
     dns: bool = True  # DNS queries of pods (UDP and TCP port 53): latency, rcode, timeouts

@@ -67,13 +67,25 @@ def format_line(rec: dict[str, Any]) -> str:
     pod = rec.get("k8s_pod_name") or rec.get("k8s_pod_uid") or rec.get("cgroup") or "-"
     status = rec["status"] if rec["status"] is not None else "---"
     peer = f"{rec['peer_addr']}:{rec['peer_port']}"
-    return (f"{t} {rec['role']:<6} {pod[:36]:<36} {rec['method']:<7} {status} "
+    line = (f"{t} {rec['role']:<6} {pod[:36]:<36} {rec['method']:<7} {status} "
             f"{rec['duration_seconds'] * 1e3:9.3f}ms {rec['request_bytes']:>8}B "
             f"{rec['response_bytes']:>9}B {peer:<21} {rec['path']}")
+    if rec.get("on_cpu_seconds") is not None:
+        line += (f"  [cpu {rec['on_cpu_seconds'] * 1e3:.1f}ms rq {rec['runqueue_seconds'] * 1e3:.1f}"
+                 f"ms blocked {rec['blocked_seconds'] * 1e3:.1f}ms")
+        why = [(k[8:-8], v) for k, v in rec.items()
+               if k.startswith("blocked_") and k.endswith("_seconds") and k != "blocked_seconds"
+               and v]
+        if why:
+            line += " (" + ", ".join(f"{k} {v * 1e3:.1f}ms" for k, v in
+                                     sorted(why, key=lambda kv: -kv[1])) + ")"
+        line += "]"
+    return line
 
 
 def run(pod: str | None, min_duration: str | None, status: str | None, duration: float | None,
-        as_json: bool, capture_headers: bool = False, out: IO[str] = sys.stdout) -> int:
+        as_json: bool, capture_headers: bool = False, out: IO[str] = sys.stdout,
+        blocked_reasons: bool = False) -> int:
     min_s = parse_duration(min_duration) if min_duration else 0.0
     status_ok = status_filter(status) if status else None
     cg2 = features.preflight()
@@ -93,7 +105,7 @@ def run(pod: str | None, min_duration: str | None, status: str | None, duration:
         out.flush()
 
     col = HttpCollector(store, emit=lambda _kind, rec: show(rec), records=True,
-                        capture_headers=capture_headers)
+                        capture_headers=capture_headers, breakdown_reasons=blocked_reasons)
     try:
         col.start()
         print("tracing HTTP requests (Ctrl-C to stop)", file=sys.stderr, flush=True)

@@ -16,6 +16,7 @@ import pytest
 
 from podscope.testing.pods import Pod, PodNetwork
 from podscope.testing.servers import start_nginx
+from podscope.trace import format_line as trace_format
 from tests.conftest import PODSCOPE, AgentProc, Metrics, python_cmd
 
 SERVER_HIST = "http_server_request_duration_seconds_count"
@@ -323,3 +324,50 @@ def test_trace_cli_filters(pods: PodNetwork, tmp_path: Path) -> None:
     slow = subprocess.run([PODSCOPE, "trace", "http", "--min-duration", "bogus"],
                           capture_output=True, text=True)
     assert slow.returncode == 2 and "--min-duration" in slow.stderr
+
+
+def test_where_server_time_went(pods: PodNetwork, tmp_path: Path) -> None:
+    """A handler that sleeps 50 ms is blocked, by sleep, for 50 ms; a handler that computes for
+    30 ms on a CPU it shares with two busy neighbours mostly waits in the run queue."""
+    server, client, busy = pods.pod("server"), pods.pod("client"), pods.pod("neighbour")
+    p = server.popen(["taskset", "-c", "0", *python_cmd("http_server.py", 8080)],
+                     stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "listening"
+    exp = tmp_path / "http.jsonl"
+    cfg = tmp_path / "podscope.toml"
+    cfg.write_text("http_breakdown_reasons = true\n")
+    agent = AgentProc(["--export", f"jsonl:{exp}", "--config", str(cfg)], tmp_path)
+    try:
+        plan = [["GET", "/sleep/50", 10]]
+        client.run(python_cmd("http_client.py", server.ip, 8080, json.dumps(plan)))
+        recs = [r for r in wait_records(exp, 10, role="server") if r["path"] == "/sleep/50"]
+        assert len(recs) == 10
+        for r in recs:
+            print({k: v for k, v in r.items() if "seconds" in k})
+            assert 0.045 <= r["blocked_seconds"] < 0.07, r
+            assert r["on_cpu_seconds"] < 0.01 and r["runqueue_seconds"] < 0.01, r
+            assert r["blocked_sleep_seconds"] >= 0.8 * r["blocked_seconds"], r
+            parts = r["on_cpu_seconds"] + r["runqueue_seconds"] + r["blocked_seconds"]
+            assert parts == pytest.approx(r["first_byte_seconds"], abs=1e-6)
+        burners = [busy.popen(["taskset", "-c", "0", *python_cmd("kernel_workload.py", "burn", 8)],
+                              stdout=subprocess.DEVNULL) for _ in range(2)]
+        try:
+            time.sleep(0.5)
+            plan = [["GET", "/work/30000", 6]]
+            client.run(python_cmd("http_client.py", server.ip, 8080, json.dumps(plan)))
+        finally:
+            for b in burners:
+                b.kill()
+                b.wait()
+        recs = [r for r in wait_records(exp, 16, role="server") if r["path"] == "/work/30000"]
+        assert len(recs) == 6
+        for r in recs:
+            print({k: v for k, v in r.items() if "seconds" in k})
+            assert r["runqueue_seconds"] > r["on_cpu_seconds"], r
+            assert r["runqueue_seconds"] > r["blocked_seconds"], r
+            assert r["runqueue_seconds"] >= 0.4 * r["first_byte_seconds"], r
+        # `trace http` shows the same breakdown
+        line = trace_format(recs[0])
+        assert "rq " in line and "cpu " in line
+    finally:
+        agent.stop()

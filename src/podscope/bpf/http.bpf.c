@@ -36,6 +36,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile bool emit_records = false; /* one ring-buffer record per request */
 const volatile bool stream_all = false;	  /* stream every HTTP connection (header capture) */
 const volatile __u32 max_tries = 16;	  /* data syscalls without an HTTP head before giving up */
+const volatile bool breakdown_reasons = false; /* the off-CPU probe (http_offcpu) is attached */
 
 
 struct {
@@ -109,6 +110,7 @@ struct {
 const struct http_record *unused_record __attribute__((unused));
 const struct http_stream_event *unused_stream_event __attribute__((unused));
 const enum http_counter *unused_counter __attribute__((unused));
+const enum http_block_reason *unused_block_reason __attribute__((unused));
 const enum http_method *unused_method __attribute__((unused));
 const enum http_stream_kind *unused_stream_kind __attribute__((unused));
 const enum http_phase *unused_phase __attribute__((unused));
@@ -431,8 +433,66 @@ static __always_inline void conn_init(struct http_conn *c, const struct sock *sk
 		BPF_CORE_READ_INTO(&c->peer_addr, sk, __sk_common.skc_daddr);
 }
 
+/* ---- where a server request's time went (on CPU, run queue, blocked) ----
+ * The handling thread's own scheduler counters, read at the request head and at the first
+ * response byte: no scheduler hook. Blocked time by reason needs one (http_offcpu, a deep
+ * probe that is attached only when asked for, as it costs every context switch). */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct http_thread);
+} http_threads SEC(".maps");
+
+static __always_inline void breakdown_start(struct http_conn *c)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct http_thread *th = 0;
+
+	c->bd_state = HTTP_BD_TOTALS;
+	c->bd_tid = t->pid;
+	c->bd_ran = t->se.sum_exec_runtime;
+	c->bd_waited = t->sched_info.run_delay;
+	if (breakdown_reasons)
+		th = bpf_task_storage_get(&http_threads, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (th) {
+		__builtin_memcpy(c->bd_blocked, th->blocked_ns, sizeof(c->bd_blocked));
+		c->bd_state = HTTP_BD_REASONS;
+	}
+}
+
+static __always_inline void breakdown_end(struct http_conn *c, __u64 now)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct http_thread *th = 0;
+	__u64 wall, busy;
+
+	if (c->bd_state == HTTP_BD_NONE || t->pid != c->bd_tid) {
+		c->bd_state = HTTP_BD_NONE; /* another thread answers: its history is not this one's */
+		return;
+	}
+	wall = now > c->req_start ? now - c->req_start : 0;
+	c->bd.on_cpu_ns = t->se.sum_exec_runtime - c->bd_ran;
+	c->bd.runqueue_ns = t->sched_info.run_delay - c->bd_waited;
+	busy = c->bd.on_cpu_ns + c->bd.runqueue_ns;
+	c->bd.blocked_ns = wall > busy ? wall - busy : 0;
+	if (c->bd_state == HTTP_BD_REASONS)
+		th = bpf_task_storage_get(&http_threads, t, 0, 0);
+	if (!th) {
+		__builtin_memset(c->bd.by_reason_ns, 0, sizeof(c->bd.by_reason_ns));
+		if (c->bd_state == HTTP_BD_REASONS)
+			c->bd_state = HTTP_BD_TOTALS;
+		return;
+	}
+#pragma unroll
+	for (int i = 0; i < HTTP_BLOCK_REASONS; i++)
+		c->bd.by_reason_ns[i] = th->blocked_ns[i] - c->bd_blocked[i];
+}
+
 static __always_inline void conn_reset_exchange(struct http_conn *c)
 {
+	c->bd_state = HTTP_BD_NONE;
 	c->phase = HTTP_PHASE_IDLE;
 	c->req_start = 0;
 	c->resp_start = 0;
@@ -544,7 +604,8 @@ static __always_inline void finish(struct http_conn *c, __u64 end_ns)
 			r->role = c->role;
 			r->family = c->family;
 			r->framing = c->framing;
-			r->_pad = 0;
+			r->breakdown = c->phase == HTTP_PHASE_RESPONSE ? c->bd_state : HTTP_BD_NONE;
+			__builtin_memcpy(&r->bd, &c->bd, sizeof(r->bd));
 			__builtin_memcpy(r->peer_addr, c->peer_addr, sizeof(r->peer_addr));
 			__builtin_memcpy(r->path, c->path, sizeof(r->path));
 			bpf_ringbuf_submit(r, 0);
@@ -730,6 +791,8 @@ __noinline int on_request_bytes(struct http_conn *c, const struct io_desc *d, in
 	c->last_ns = now;
 	c->req_bytes = ret;
 	c->pid = bpf_get_current_pid_tgid() >> 32;
+	if (c->role == HTTP_ROLE_SERVER)
+		breakdown_start(c);
 	read_target(c, s, &cx, target);
 	return 0;
 }
@@ -804,6 +867,8 @@ __noinline int on_response_bytes(struct http_conn *c, const struct io_desc *d, i
 	}
 	c->phase = HTTP_PHASE_RESPONSE;
 	c->resp_start = now;
+	if (c->role == HTTP_ROLE_SERVER)
+		breakdown_end(c, now);
 	c->last_ns = now;
 	c->resp_bytes += ret;
 	if (!cx.head_len) {
@@ -1044,4 +1109,100 @@ SEC("tracepoint/tcp/tcp_destroy_sock")
 int http_sx_close(struct trace_event_raw_tcp_event_sk *ctx)
 {
 	return on_destroy(ctx->skaddr);
+}
+
+/* ---- the off-CPU probe (deep: attached only when asked for) ----
+ * For the threads that handle server requests (they have http_threads storage): when one
+ * blocks, why (its syscall, or the uninterruptible state); when it runs again, how long. */
+
+#if defined(__TARGET_ARCH_x86)
+#define NR_poll		  7
+#define NR_select	  23
+#define NR_pause	  34
+#define NR_nanosleep	  35
+#define NR_connect	  42
+#define NR_accept	  43
+#define NR_futex	  202
+#define NR_clock_nanosleep 230
+#define NR_epoll_wait	  232
+#define NR_pselect6	  270
+#define NR_ppoll	  271
+#define NR_epoll_pwait	  281
+#define NR_accept4	  288
+#define NR_epoll_pwait2	  441
+#define NR_futex_waitv	  449
+#elif defined(__TARGET_ARCH_arm64)
+#define NR_poll		  -1
+#define NR_select	  -1
+#define NR_pause	  -1
+#define NR_nanosleep	  101
+#define NR_connect	  203
+#define NR_accept	  202
+#define NR_futex	  98
+#define NR_clock_nanosleep 115
+#define NR_epoll_wait	  -1
+#define NR_pselect6	  72
+#define NR_ppoll	  73
+#define NR_epoll_pwait	  22
+#define NR_accept4	  242
+#define NR_epoll_pwait2	  441
+#define NR_futex_waitv	  449
+#endif
+#define TASK_UNINTERRUPTIBLE 0x2
+
+static __always_inline __u32 block_reason(struct task_struct *t, unsigned int state)
+{
+	struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs(t);
+	long nr = r ? SYSCALL_NR(r) : -1;
+
+	if (nr == NR_futex || nr == NR_futex_waitv)
+		return HTTP_BLOCKED_LOCK;
+	if (nr == NR_nanosleep || nr == NR_clock_nanosleep || nr == NR_pause)
+		return HTTP_BLOCKED_SLEEP;
+	if (state & TASK_UNINTERRUPTIBLE)
+		return HTTP_BLOCKED_DISK;
+	switch (nr) {
+	case NR_read:
+	case NR_readv:
+	case NR_recvfrom:
+	case NR_recvmsg:
+	case NR_write:
+	case NR_writev:
+	case NR_sendto:
+	case NR_sendmsg:
+	case NR_connect:
+	case NR_accept:
+	case NR_accept4:
+	case NR_poll:
+	case NR_ppoll:
+	case NR_select:
+	case NR_pselect6:
+	case NR_epoll_wait:
+	case NR_epoll_pwait:
+	case NR_epoll_pwait2:
+		return HTTP_BLOCKED_NETWORK;
+	}
+	return HTTP_BLOCKED_OTHER;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(http_offcpu, bool preempt, struct task_struct *prev, struct task_struct *next,
+	     unsigned int prev_state)
+{
+	struct http_thread *th;
+	__u64 now;
+
+	th = bpf_task_storage_get(&http_threads, prev, 0, 0);
+	if (th && prev_state) {
+		th->off_ns = bpf_ktime_get_ns();
+		th->reason = block_reason(prev, prev_state);
+	}
+	th = bpf_task_storage_get(&http_threads, next, 0, 0);
+	if (!th || !th->off_ns)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (th->reason < HTTP_BLOCK_REASONS)
+		th->blocked_ns[th->reason] += now - th->off_ns;
+	th->off_ns = 0;
+	return 0;
 }

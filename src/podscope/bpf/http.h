@@ -98,6 +98,39 @@ struct http_path {
 	__u8 path[HTTP_PATH_MAX];
 };
 
+/* Why a thread was blocked (the off-CPU probe tells them apart; see http.bpf.c). */
+enum http_block_reason {
+	HTTP_BLOCKED_SLEEP = 0,	  /* nanosleep, clock_nanosleep, pause */
+	HTTP_BLOCKED_LOCK = 1,	  /* futex */
+	HTTP_BLOCKED_DISK = 2,	  /* uninterruptible (D state): disk and other kernel I/O */
+	HTTP_BLOCKED_NETWORK = 3, /* waiting in a socket read/write/accept/connect or poll/epoll */
+	HTTP_BLOCKED_OTHER = 4,
+	HTTP_BLOCK_REASONS = 5,
+};
+
+/* Per thread that handled a server request, while the off-CPU probe runs. */
+struct http_thread {
+	__u64 off_ns; /* when it blocked, 0 while on a CPU or runnable */
+	__u32 reason; /* enum http_block_reason, of the current block */
+	__u32 _pad;
+	__u64 blocked_ns[HTTP_BLOCK_REASONS]; /* off the CPU after blocking, until back on */
+};
+
+/* Where a server request's handling thread spent the time from the read of the request head to
+ * the write of the first response byte. */
+struct http_breakdown {
+	__u64 on_cpu_ns;   /* se.sum_exec_runtime grew by (to a scheduler tick) */
+	__u64 runqueue_ns; /* sched_info.run_delay grew by: runnable, waiting for a CPU */
+	__u64 blocked_ns;  /* the rest */
+	__u64 by_reason_ns[HTTP_BLOCK_REASONS]; /* raw off-CPU time by reason (the probe) */
+};
+
+enum http_breakdown_state {
+	HTTP_BD_NONE = 0,    /* not a server request, or another thread wrote the response */
+	HTTP_BD_TOTALS = 1,  /* on CPU, run queue, blocked */
+	HTTP_BD_REASONS = 2, /* and blocked by reason */
+};
+
 /* Per connection, keyed by the socket's address, from first HTTP data to close. */
 struct http_conn {
 	__u64 id; /* socket cookie: never reused */
@@ -126,7 +159,13 @@ struct http_conn {
 	__u8 peer_addr[16];
 	__u8 path[HTTP_PATH_MAX];
 	__u8 stream_gap; /* a stream event was lost: the next one says so */
-	__u8 _pad2[7];
+	__u8 bd_state;	 /* enum http_breakdown_state of the current request */
+	__u8 _pad2[2];
+	__u32 bd_tid; /* the thread that read the request head, and its counters then */
+	__u64 bd_ran;
+	__u64 bd_waited;
+	__u64 bd_blocked[HTTP_BLOCK_REASONS];
+	struct http_breakdown bd; /* at the first response byte */
 };
 
 /* One record per completed request (only when record exports or `trace` are on). */
@@ -148,9 +187,10 @@ struct http_record {
 	__u8 role;
 	__u8 family;
 	__u8 framing;
-	__u32 _pad;
+	__u32 breakdown; /* enum http_breakdown_state */
 	__u8 peer_addr[16];
 	__u8 path[HTTP_PATH_MAX]; /* the target as sent, query included, cut at HTTP_PATH_MAX */
+	struct http_breakdown bd;
 };
 
 enum http_stream_kind {

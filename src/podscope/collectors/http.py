@@ -68,6 +68,9 @@ AggKey = tuple[Labels, int, str, int, str, str, int, str]
 # (labels, role, service, method, grpc status code, server_address, server_port)
 RpcKey = tuple[Labels, int, str, str, str, str, int]
 PROTO_H1, PROTO_H2, PROTO_H2_MIDWAY = 1, 2, 3
+BREAKDOWN_FIELDS = ["on_cpu_seconds", "runqueue_seconds", "blocked_seconds",
+                    *(f"blocked_{r}_seconds" for r in ("sleep", "lock", "disk", "network", "other"))]
+EMPTY_BREAKDOWN: dict[str, float | None] = dict.fromkeys(BREAKDOWN_FIELDS)
 
 
 @dataclass
@@ -143,7 +146,8 @@ class HttpCollector:
 
     def __init__(self, store: MetadataStore, emit: Emit | None = None, records: bool = False,
                  capture_headers: bool = False, route_budget: int = 100,
-                 request_timeout: float = 60.0, hooks: str = "auto"):
+                 request_timeout: float = 60.0, hooks: str = "auto",
+                 breakdown_reasons: bool = False):
         self.store = store
         self.emit = emit
         self.records = bool(records and emit)
@@ -151,10 +155,17 @@ class HttpCollector:
         self.request_timeout = request_timeout
         self.budget = RouteBudget(route_budget)
         self.obj = libbpf.BpfObject(libbpf.bpf_object_path("http"), "http")
-        self.obj.set_rodata(emit_records=self.records, stream_all=capture_headers)
+        self.obj.set_rodata(emit_records=self.records, stream_all=capture_headers,
+                            breakdown_reasons=breakdown_reasons)
         self.hooks = self._choose_hooks(hooks)
         for prog in self.obj.programs():
             prog.autoload = (prog.section.startswith("tracepoint/")) == (self.hooks == "syscalls")
+        # the off-CPU probe (blocked time by reason) costs every context switch: only on demand
+        self.obj.program("http_offcpu").autoload = breakdown_reasons
+        reasons = self.obj.btf.enum("http_block_reason")
+        self.block_reasons = [k.removeprefix("HTTP_BLOCKED_").lower()
+                              for k, v in sorted(reasons.items(), key=lambda kv: kv[1])
+                              if k.startswith("HTTP_BLOCKED_")]
         o = self.obj
         self.AggKey = o.struct("http_agg_key")
         self.Agg = o.struct("http_agg")
@@ -369,7 +380,26 @@ class HttpCollector:
             start=r.req_start, end=r.end_ns, req_bytes=r.req_bytes, resp_bytes=r.resp_bytes,
             family=r.family, peer=data[ao: ao + 16], peer_port=r.peer_port,
             local_port=r.local_port, conn_id=r.conn_id, pid=r.pid, mode="kernel",
-            first_byte=r.resp_start)
+            first_byte=r.resp_start, breakdown=self._breakdown(r))
+
+    def _breakdown(self, r: Any) -> dict[str, float | None] | None:
+        """Where the handling thread's time went (server requests of the kernel path): seconds
+        on a CPU, in a run queue, blocked; blocked by reason when the off-CPU probe runs (its raw
+        off-CPU times also hold the run-queue wait after each wake-up, so they are scaled to
+        the blocked total)."""
+        if not r.breakdown:
+            return None
+        bd = r.bd
+        out: dict[str, float | None] = {
+            "on_cpu_seconds": bd.on_cpu_ns / 1e9, "runqueue_seconds": bd.runqueue_ns / 1e9,
+            "blocked_seconds": bd.blocked_ns / 1e9}
+        raw = list(bd.by_reason_ns)
+        total = sum(raw)
+        for i, name in enumerate(self.block_reasons):
+            out[f"blocked_{name}_seconds"] = (
+                round(raw[i] * bd.blocked_ns / total / 1e9, 9) if total else 0.0
+            ) if r.breakdown == 2 else None
+        return out
 
     def _labels(self, cgroup_id: int, netns: int) -> Labels:
         """store.labels, memoized until the next drain (about a second)."""
@@ -402,7 +432,8 @@ class HttpCollector:
                  peer: bytes | str, peer_port: int, local_port: int, conn_id: int, pid: int,
                  mode: str, headers: dict[str, list[tuple[str, str]]] | None = None,
                  protocol: str = "1.1", grpc_status: int | None = None,
-                 decode: str = "full", first_byte: int = 0) -> None:
+                 decode: str = "full", first_byte: int = 0,
+                 breakdown: dict[str, float | None] | None = None) -> None:
         peer_addr = peer if isinstance(peer, str) else self._peer(family, peer)
         path, route = self._target(target)
         rec: dict[str, Any] = {
@@ -418,6 +449,7 @@ class HttpCollector:
             "connection_id": conn_id, "pid": pid, "capture": mode,
             "protocol": protocol, "grpc_status": grpc_status, "decode": decode,
         }
+        rec.update(breakdown or EMPTY_BREAKDOWN)
         if headers is not None:
             rec["request_headers"] = redact_headers(headers.get("request", []))
             rec["response_headers"] = redact_headers(headers.get("response", []))

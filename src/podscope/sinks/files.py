@@ -39,7 +39,9 @@ SCHEMAS: dict[str, list[str]] = {
         "path", "route", "status", "duration_seconds", "first_byte_seconds", "request_bytes",
         "response_bytes",
         "connection_id", "pid", "capture", "protocol", "grpc_status", "decode",
-        "request_headers", "response_headers",
+        "on_cpu_seconds", "runqueue_seconds", "blocked_seconds", "blocked_sleep_seconds",
+        "blocked_lock_seconds", "blocked_disk_seconds", "blocked_network_seconds",
+        "blocked_other_seconds", "request_headers", "response_headers",
     ],
 }
 
