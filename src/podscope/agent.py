@@ -44,6 +44,7 @@ class Agent:
         self.kube: kube.KubeWatcher | None = None
         self.push: PushgatewaySink | None = None
         self.overview: Overview | None = None
+        self.triggers: Any = None  # triggers.Triggers, when rules are configured
         self.otlp: Any = None  # sinks.otlp.OtlpSink (imported only when used: OpenTelemetry is big)
 
     def _emit(self, kind: str, rec: dict[str, Any]) -> None:
@@ -63,6 +64,8 @@ class Agent:
             sources.append(self.push.metrics())
         if self.otlp is not None:
             sources.append(self.otlp.metrics())
+        if self.triggers is not None:
+            sources.append(self.triggers.metrics())
         for source in sources:
             for fam in source:
                 if fam.name in merged:
@@ -151,12 +154,21 @@ class Agent:
                                         delete_on_exit=cfg.push_delete_on_exit)
             self.push.start()
             log.info("pushing to %s every %gs", self.push.url, cfg.push_interval)
+        if cfg.rules:
+            from .triggers import Triggers
+
+            self.trigger_view = Overview(self.metrics, self.store, window=5.0)
+            self.triggers = Triggers(cfg.rules, self.trigger_view.snapshot, self.store,
+                                     cfg.reports_dir, cfg.reports_per_hour)
+            self.triggers.start()
+            log.info("%d trigger rules; reports in %s", len(cfg.rules), cfg.reports_dir)
         addr = self.cfg.listen_addr()
         if addr:
             self.overview = Overview(self.metrics, self.store)
             self.http = HttpServer(addr[0], addr[1], make_registry(self.metrics),
                                    healthy=lambda: not self.stop_event.is_set(),
-                                   pages=self._pages())
+                                   pages=self._pages(),
+                                   prefixes={"/api/reports/": self._report_file})
             self.http.start()
             log.info("serving /metrics and /healthz on http://%s:%d", *self.http.address[:2])
 
@@ -171,7 +183,15 @@ class Agent:
             assert self.overview is not None
             return orjson.dumps(self.overview.snapshot()), "application/json"
 
-        return {"/": page, "/index.html": page, "/api/v1/overview": overview}
+        def reports() -> tuple[bytes, str]:
+            listed = self.triggers.reports() if self.triggers else []
+            return orjson.dumps({"reports": listed}), "application/json"
+
+        return {"/": page, "/index.html": page, "/api/v1/overview": overview,
+                "/api/reports": reports}
+
+    def _report_file(self, rel: str) -> tuple[bytes, str] | None:
+        return self.triggers.file(rel) if self.triggers else None
 
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -230,6 +250,9 @@ class Agent:
         if self.kube:
             self.kube.stop()
             self.kube = None
+        if self.triggers:  # a deep window still running ends here, its probes detached
+            self.triggers.stop()
+            self.triggers = None
         if self.http:
             self.http.close()
             self.http = None

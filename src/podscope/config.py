@@ -39,6 +39,10 @@ class Config:
     push_delete_on_exit: bool = True  # delete this node's group from the gateway at shutdown
     otlp: str = ""  # OTLP/HTTP endpoint (http://collector:4318): spans per request, metrics
     otlp_interval: float = 15.0  # seconds between OTLP metric exports
+    triggers: list[dict[str, Any]] = field(default_factory=list)  # [[triggers]] rules
+    reports_dir: str = "/var/lib/podscope/reports"  # where trigger reports go
+    reports_per_hour: int = 6  # trigger reports made at most per hour
+    rules: list[Any] = field(default_factory=list, init=False)  # triggers.Rule, parsed
 
     @classmethod
     def load(cls, path: str | None, overrides: dict[str, Any]) -> Config:
@@ -57,6 +61,9 @@ class Config:
         return cls(**data)
 
     def __post_init__(self) -> None:
+        from .triggers import Rule
+
+        self.rules = [Rule.parse(t) for t in self.triggers]  # errors name the rule
         if self.kubernetes not in ("auto", "on", "off"):
             raise ValueError(f"kubernetes = {self.kubernetes!r}: expected auto, on or off")
 

@@ -75,6 +75,7 @@ def make_registry(source: Callable[[], Iterable[Metric]]) -> CollectorRegistry:
 
 
 Page = Callable[[], tuple[bytes, str]]  # -> (body, content type)
+Files = Callable[[str], tuple[bytes, str] | None]  # path below a prefix -> page, None: 404
 
 
 class HttpServer:
@@ -82,9 +83,11 @@ class HttpServer:
     JSON API); everything else is 404, other methods 405."""
 
     def __init__(self, host: str, port: int, registry: CollectorRegistry,
-                 healthy: Callable[[], bool], pages: dict[str, Page] | None = None):
+                 healthy: Callable[[], bool], pages: dict[str, Page] | None = None,
+                 prefixes: dict[str, Files] | None = None):
         reg = registry
         extra = dict(pages or {})
+        below = dict(prefixes or {})
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
@@ -108,6 +111,9 @@ class HttpServer:
                         self._send(500, f"failed: {e}\n".encode(), "text/plain")
                         return
                     self._send(200, body, ctype)
+                elif (pre := next((p for p in below if path.startswith(p)), None)) and (
+                        got := below[pre](path[len(pre):])):
+                    self._send(200, *got)
                 else:
                     self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
 

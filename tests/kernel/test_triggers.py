@@ -1,0 +1,83 @@
+"""Triggers: a rule on a pod's p99 fires under injected latency, profiles that pod for its
+window, writes a report served at /api/reports, and detaches every deep probe again (root, real
+BPF, real pods)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+from podscope.flamegraph import parse_folded
+from podscope.testing.pods import PodNetwork
+from tests.conftest import PODSCOPE, AgentProc, python_cmd
+from tests.kernel.test_http import start_py_server
+from tests.kernel.test_profile import attached_profile_programs
+from tests.kernel.test_tcp import wait_for
+
+
+def reports(agent: AgentProc) -> list[dict[str, Any]]:
+    return list(json.loads(agent.get("/api/reports"))["reports"])
+
+
+def test_p99_rule_fires_reports_and_detaches(pods: PodNetwork, tmp_path: Path) -> None:
+    server, client = pods.pod("slow-server"), pods.pod("caller")
+    start_py_server(server)
+    cfg = tmp_path / "triggers.toml"
+    cfg.write_text(f'reports_dir = "{tmp_path / "reports"}"\n'
+                   '[[triggers]]\nname = "slow-http"\nsignal = "http_p99_seconds"\n'
+                   'above = 0.08\nfor_seconds = 2\nwindow_seconds = 3\n')
+    agent = AgentProc(["--config", str(cfg)], tmp_path)
+    loader = None
+    try:
+        # healthy traffic: nothing fires
+        client.run(python_cmd("http_client.py", server.ip, 8080,
+                              json.dumps([["GET", "/status/200", 100]])))
+        time.sleep(4)
+        assert reports(agent) == []
+        assert attached_profile_programs() == []
+        # injected latency: every request takes 100 ms, for about 15 s
+        loader = client.popen(python_cmd("http_client.py", server.ip, 8080,
+                                         json.dumps([["GET", "/sleep/100", 150]])),
+                              stdout=subprocess.DEVNULL)
+        wait_for(lambda: any(r["status"] == "done" for r in reports(agent)), timeout=40)
+        assert attached_profile_programs() == []  # the window is over: probes detached
+        (r,) = reports(agent)  # one report: the rule cools down for this pod after firing
+        print({k: v for k, v in r.items() if k != "pod"})
+        assert r["rule"]["name"] == "slow-http" and r["signal"] == "http_p99_seconds"
+        assert r["pod"]["uid"] == server.uid and r["value"] > 0.08
+        assert 2.9 <= r["profile"]["seconds"] <= 3.5
+        assert {"cpu.svg", "cpu.folded", "offcpu.svg", "offcpu.folded", "report.json"} <= set(
+            r["files"])
+        # the handler threads blocked in their 100 ms sleeps
+        off = parse_folded(agent.get(f"/api/reports/{r['id']}/offcpu.folded"))
+        slept = sum(v for s, v in off.items() if "nanosleep" in s)
+        assert slept >= 1.5e9, off.most_common(3)
+        assert agent.get(f"/api/reports/{r['id']}/offcpu.svg").startswith("<?xml")
+        m = agent.metrics()
+        assert m.value("podscope_trigger_fired_total", rule="slow-http") == 1
+        assert m.value("podscope_deep_probes_active") == 0
+        for bad in ("/api/reports/../../etc/passwd", f"/api/reports/{r['id']}/../report.json",
+                    "/api/reports/x/y.sh"):
+            try:
+                agent.get(bad)
+                raise AssertionError(f"{bad} served")
+            except urllib.error.HTTPError as e:
+                assert e.code == 404
+    finally:
+        if loader is not None:
+            loader.kill()
+            loader.wait()
+        agent.stop()
+
+
+def test_bad_rule_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[[triggers]]\nname = "x"\nsignal = "cpu_temperature"\nabove = 1\n')
+    r = subprocess.run([PODSCOPE, "run", "--config",
+                        str(cfg), "--duration", "1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "signal 'cpu_temperature' is not one of" in r.stderr
+    assert "Traceback" not in r.stderr
