@@ -158,8 +158,17 @@ class Agent:
             from .triggers import Triggers
 
             self.trigger_view = Overview(self.metrics, self.store, window=5.0)
+            http_c = next((c for c in self.collectors if isinstance(c, HttpCollector)), None)
+
+            def blocked_reasons(on: bool) -> bool:
+                # on for the window; off after it, unless the configuration keeps it on
+                if http_c is None:
+                    return False
+                return http_c.set_blocked_reasons(on or cfg.http_breakdown_reasons)
+
             self.triggers = Triggers(cfg.rules, self.trigger_view.snapshot, self.store,
-                                     cfg.reports_dir, cfg.reports_per_hour)
+                                     cfg.reports_dir, cfg.reports_per_hour,
+                                     blocked_reasons=blocked_reasons)
             self.triggers.start()
             log.info("%d trigger rules; reports in %s", len(cfg.rules), cfg.reports_dir)
         addr = self.cfg.listen_addr()

@@ -50,6 +50,7 @@ class Rule:
     pod: str = ""  # namespace/name, name, UID or container id prefix; "" = every pod
     window_seconds: float = 10.0
     off_cpu: bool = True
+    blocked_reasons: bool = True  # server requests' blocked time by reason, in the window
     cooldown_seconds: float = 300.0
 
     @classmethod
@@ -81,7 +82,8 @@ Deep = Callable[[str, Rule, str], dict[str, Any]]
 class Triggers:
     def __init__(self, rules: list[Rule], snapshot: Callable[[], dict[str, Any]],
                  store: MetadataStore, reports_dir: str, reports_per_hour: int = 6,
-                 deep: Deep | None = None, interval: float = 2.0):
+                 deep: Deep | None = None, interval: float = 2.0,
+                 blocked_reasons: Callable[[bool], bool] | None = None):
         self.rules = rules
         self.snapshot = snapshot
         self.store = store
@@ -89,6 +91,7 @@ class Triggers:
         self.per_hour = reports_per_hour
         self.deep = deep or self._profile
         self.interval = interval
+        self.blocked_reasons = blocked_reasons  # switches the HTTP off-CPU probe
         self._since: dict[tuple[str, str], float] = {}
         self._last: dict[tuple[str, str], float] = {}
         self._made: deque[float] = deque()
@@ -169,14 +172,24 @@ class Triggers:
             "started": started, "status": "running"}
         with self._lock:
             self.active += 1
+        switched = False
         try:
             os.makedirs(out, exist_ok=True)
+            probes = ["on_cpu_stacks"] + (["off_cpu_stacks"] if rule.off_cpu else [])
+            if rule.blocked_reasons and self.blocked_reasons is not None:
+                switched = self.blocked_reasons(True)
+                if switched:
+                    probes.append("request_blocked_reasons")
+            report["probes"] = probes
             self._write(out, report)
             report.update(status="done", profile=self.deep(pod["uid"], rule, out))
         except Exception as e:
             log.error("trigger %s: deep probes failed: %s", rule.name, e)
             report.update(status="failed", error=str(e))
         finally:
+            if switched:
+                assert self.blocked_reasons is not None
+                self.blocked_reasons(False)
             with self._lock:
                 self.active -= 1
             report["ended"] = time.time()

@@ -19,6 +19,16 @@ from tests.kernel.test_profile import attached_profile_programs
 from tests.kernel.test_tcp import wait_for
 
 
+def linked_programs() -> set[str]:
+    """Names of the BPF programs attached through a link right now."""
+    def bj(*args: str) -> list[dict[str, Any]]:
+        out = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True,
+                             check=True).stdout
+        return list(json.loads(out or "[]"))
+    names = {p["id"]: p.get("name", "") for p in bj("prog", "show")}
+    return {names.get(link.get("prog_id"), "?") for link in bj("link", "show")}
+
+
 def reports(agent: AgentProc) -> list[dict[str, Any]]:
     return list(json.loads(agent.get("/api/reports"))["reports"])
 
@@ -30,7 +40,8 @@ def test_p99_rule_fires_reports_and_detaches(pods: PodNetwork, tmp_path: Path) -
     cfg.write_text(f'reports_dir = "{tmp_path / "reports"}"\n'
                    '[[triggers]]\nname = "slow-http"\nsignal = "http_p99_seconds"\n'
                    'above = 0.08\nfor_seconds = 2\nwindow_seconds = 3\n')
-    agent = AgentProc(["--config", str(cfg)], tmp_path)
+    exp = tmp_path / "http.jsonl"
+    agent = AgentProc(["--config", str(cfg), "--export", f"jsonl:{exp}"], tmp_path)
     loader = None
     try:
         # healthy traffic: nothing fires
@@ -39,16 +50,19 @@ def test_p99_rule_fires_reports_and_detaches(pods: PodNetwork, tmp_path: Path) -
         time.sleep(4)
         assert reports(agent) == []
         assert attached_profile_programs() == []
+        assert "http_offcpu" not in linked_programs() and "http_recv" in linked_programs()
         # injected latency: every request takes 100 ms, for about 15 s
         loader = client.popen(python_cmd("http_client.py", server.ip, 8080,
                                          json.dumps([["GET", "/sleep/100", 150]])),
                               stdout=subprocess.DEVNULL)
         wait_for(lambda: any(r["status"] == "done" for r in reports(agent)), timeout=40)
         assert attached_profile_programs() == []  # the window is over: probes detached
+        assert "http_offcpu" not in linked_programs()
         (r,) = reports(agent)  # one report: the rule cools down for this pod after firing
         print({k: v for k, v in r.items() if k != "pod"})
         assert r["rule"]["name"] == "slow-http" and r["signal"] == "http_p99_seconds"
         assert r["pod"]["uid"] == server.uid and r["value"] > 0.08
+        assert r["probes"] == ["on_cpu_stacks", "off_cpu_stacks", "request_blocked_reasons"]
         assert 2.9 <= r["profile"]["seconds"] <= 3.5
         assert {"cpu.svg", "cpu.folded", "offcpu.svg", "offcpu.folded", "report.json"} <= set(
             r["files"])
@@ -57,6 +71,17 @@ def test_p99_rule_fires_reports_and_detaches(pods: PodNetwork, tmp_path: Path) -
         slept = sum(v for s, v in off.items() if "nanosleep" in s)
         assert slept >= 1.5e9, off.most_common(3)
         assert agent.get(f"/api/reports/{r['id']}/offcpu.svg").startswith("<?xml")
+        # requests inside the window say why they were blocked; those before and after do not
+        time.sleep(1.5)
+        recs = [json.loads(x) for x in exp.read_text().splitlines()]
+        slow = [x for x in recs if x.get("type") == "http_request" and x["role"] == "server"
+                and x["path"] == "/sleep/100"]
+        inside = [x for x in slow if r["started"] + 0.3 < x["time"] < r["ended"] - 0.3]
+        after = [x for x in slow if x["time"] > r["ended"] + 0.3]
+        assert len(inside) >= 15 and after
+        assert all(x["blocked_sleep_seconds"] >= 0.09 for x in inside), inside[:2]
+        assert all(x["blocked_sleep_seconds"] is None and x["blocked_seconds"] >= 0.09
+                   for x in after)
         m = agent.metrics()
         assert m.value("podscope_trigger_fired_total", rule="slow-http") == 1
         assert m.value("podscope_deep_probes_active") == 0

@@ -36,7 +36,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile bool emit_records = false; /* one ring-buffer record per request */
 const volatile bool stream_all = false;	  /* stream every HTTP connection (header capture) */
 const volatile __u32 max_tries = 16;	  /* data syscalls without an HTTP head before giving up */
-const volatile bool breakdown_reasons = false; /* the off-CPU probe (http_offcpu) is attached */
 
 
 struct {
@@ -72,12 +71,21 @@ struct {
 	__type(value, struct http_path);
 } http_paths SEC(".maps");
 
+/* Written by user space: [0] the aggregate map in use, [1] 1 while the off-CPU probe
+ * (http_offcpu) is attached (blocked time by reason). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u32);
 } http_cfg SEC(".maps");
+
+static __always_inline bool reasons_on(void)
+{
+	__u32 one = 1, *on = bpf_map_lookup_elem(&http_cfg, &one);
+
+	return on && *on;
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -454,7 +462,7 @@ static __always_inline void breakdown_start(struct http_conn *c)
 	c->bd_tid = t->pid;
 	c->bd_ran = t->se.sum_exec_runtime;
 	c->bd_waited = t->sched_info.run_delay;
-	if (breakdown_reasons)
+	if (reasons_on())
 		th = bpf_task_storage_get(&http_threads, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (th) {
 		__builtin_memcpy(c->bd_blocked, th->blocked_ns, sizeof(c->bd_blocked));
@@ -477,7 +485,7 @@ static __always_inline void breakdown_end(struct http_conn *c, __u64 now)
 	c->bd.runqueue_ns = t->sched_info.run_delay - c->bd_waited;
 	busy = c->bd.on_cpu_ns + c->bd.runqueue_ns;
 	c->bd.blocked_ns = wall > busy ? wall - busy : 0;
-	if (c->bd_state == HTTP_BD_REASONS)
+	if (c->bd_state == HTTP_BD_REASONS && reasons_on())
 		th = bpf_task_storage_get(&http_threads, t, 0, 0);
 	if (!th) {
 		__builtin_memset(c->bd.by_reason_ns, 0, sizeof(c->bd.by_reason_ns));

@@ -155,13 +155,15 @@ class HttpCollector:
         self.request_timeout = request_timeout
         self.budget = RouteBudget(route_budget)
         self.obj = libbpf.BpfObject(libbpf.bpf_object_path("http"), "http")
-        self.obj.set_rodata(emit_records=self.records, stream_all=capture_headers,
-                            breakdown_reasons=breakdown_reasons)
+        self.obj.set_rodata(emit_records=self.records, stream_all=capture_headers)
         self.hooks = self._choose_hooks(hooks)
         for prog in self.obj.programs():
             prog.autoload = (prog.section.startswith("tracepoint/")) == (self.hooks == "syscalls")
-        # the off-CPU probe (blocked time by reason) costs every context switch: only on demand
-        self.obj.program("http_offcpu").autoload = breakdown_reasons
+        # the off-CPU probe (blocked time by reason) costs every context switch: loaded, and
+        # attached only on demand (config, `trace --blocked-reasons`, a trigger's window)
+        self.obj.program("http_offcpu").autoload = self.hooks == "socket"
+        self._reasons_wanted = breakdown_reasons
+        self._offcpu: libbpf.Link | None = None
         reasons = self.obj.btf.enum("http_block_reason")
         self.block_reasons = [k.removeprefix("HTTP_BLOCKED_").lower()
                               for k, v in sorted(reasons.items(), key=lambda kv: kv[1])
@@ -231,11 +233,30 @@ class HttpCollector:
         o.map("http_conns").check_types(ct.c_uint64, self.Conn)
         o.load()
         for prog in o.programs():
-            if prog.autoload:
+            if prog.autoload and prog.name != "http_offcpu":
                 prog.attach()
+        if self._reasons_wanted:
+            self.set_blocked_reasons(True)
         self._ring = libbpf.RingBuffer(o.map("http_stream"), self._on_stream)
         if self.records:
             self._ring.add(o.map("http_records"), self._on_record)
+
+    def set_blocked_reasons(self, on: bool) -> bool:
+        """Attach (or detach) the off-CPU probe: blocked time of server requests by reason.
+        False when this kernel cannot (the syscall-tracepoint hooks are in use)."""
+        prog = self.obj.program("http_offcpu")
+        if not prog.autoload:
+            return False
+        cfg = self.obj.map("http_cfg")
+        if on and self._offcpu is None:
+            self._offcpu = prog.attach()
+            cfg.update(ct.c_uint32(1), ct.c_uint32(1))
+        elif not on and self._offcpu is not None:
+            cfg.update(ct.c_uint32(1), ct.c_uint32(0))
+            self._offcpu.destroy()
+            self.obj.links.remove(self._offcpu)
+            self._offcpu = None
+        return True
 
     def close(self) -> None:
         if self._ring:

@@ -310,7 +310,9 @@ class PodNetwork:
                     self._made_dirs.append(d)  # a second container's directory
         for d in sorted(self._made_dirs, key=len, reverse=True) + sorted(
                 self.v1_made, key=len, reverse=True):
-            if not rmdir_when_empty(d):
+            if not rmdir_when_empty(d) and not _has_subdirs(d):
+                # (a shared parent such as kubepods.slice that another PodNetwork's pods still
+                # use is theirs to remove)
                 errors.append(f"cgroup {d} not removed")
         self.v1_made.clear()
         self._made_dirs.clear()
@@ -320,6 +322,13 @@ class PodNetwork:
         self.pods.clear()
         if errors:
             raise RuntimeError("; ".join(errors))
+
+
+def _has_subdirs(d: str) -> bool:
+    try:
+        return any(e.is_dir(follow_symlinks=False) for e in os.scandir(d))
+    except OSError:
+        return False
 
 
 def _exit_on_term(signum: int, _frame: object) -> None:
