@@ -18,6 +18,7 @@ from .collectors.base import Collector
 from .collectors.dns import DnsCollector
 from .collectors.http import HttpCollector
 from .collectors.kernel import KernelCollector
+from .collectors.netlat import NetlatCollector
 from .collectors.sched import SchedCollector
 from .collectors.tcp import TcpCollector
 from .config import Config
@@ -136,6 +137,17 @@ class Agent:
             except BpfError as e:
                 dnsc.close()
                 log.error("DNS collector disabled: %s (%s)", e, features.HTTP_HINT)
+        self.netlat: NetlatCollector | None = NetlatCollector(self.store)
+        try:  # loaded always (triggers switch it on), attached when configured
+            self.netlat.start()
+            self.collectors.append(self.netlat)
+            if cfg.netlat:
+                self.netlat.set_active(True)
+        except BpfError as e:
+            self.netlat.close()
+            self.netlat = None
+            log.error("network latency probe unavailable: %s (it needs tp_btf/net_dev_start_xmit"
+                      ", netif_receive_skb, skb_copy_datagram_iovec, consume_skb, kfree_skb)", e)
         if cfg.cpu:
             sched = SchedCollector(self.store)
             try:
@@ -166,9 +178,15 @@ class Agent:
                     return False
                 return http_c.set_blocked_reasons(on or cfg.http_breakdown_reasons)
 
+            netlat = self.netlat
+
+            def net_probes(on: bool) -> bool:
+                return netlat.set_active(on or cfg.netlat) if netlat is not None else False
+
             self.triggers = Triggers(cfg.rules, self.trigger_view.snapshot, self.store,
                                      cfg.reports_dir, cfg.reports_per_hour,
-                                     blocked_reasons=blocked_reasons)
+                                     blocked_reasons=blocked_reasons, net_probes=net_probes,
+                                     net_view=netlat.histograms if netlat else None)
             self.triggers.start()
             log.info("%d trigger rules; reports in %s", len(cfg.rules), cfg.reports_dir)
         addr = self.cfg.listen_addr()

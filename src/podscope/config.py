@@ -21,6 +21,7 @@ class Config:
     http_capture_headers: bool = False  # headers in records (redacted); streams HTTP to user space
     http_route_budget: int = 100  # distinct http_route values per pod; the rest are "__other__"
     http_request_timeout: float = 60.0  # seconds without a response: counted as unanswered
+    netlat: bool = False  # network stack latency (a hash update per packet: a deep probe)
     http_breakdown_reasons: bool = False  # blocked time of server requests by reason (a probe
     # on every context switch while on: a deep diagnostic)
     kernel: bool = True  # fork/mount failures, OOM kills, fatal signals, cgroup limits

@@ -51,6 +51,7 @@ class Rule:
     window_seconds: float = 10.0
     off_cpu: bool = True
     blocked_reasons: bool = True  # server requests' blocked time by reason, in the window
+    net_probes: bool = True  # network stack latency (transmit, socket queue), in the window
     cooldown_seconds: float = 300.0
 
     @classmethod
@@ -79,11 +80,41 @@ class Rule:
 Deep = Callable[[str, Rule, str], dict[str, Any]]
 
 
+def net_summary(before: dict[Any, tuple[list[int], int]], after: dict[Any, tuple[list[int], int]],
+                uid: str) -> list[dict[str, Any]]:
+    """The pod's network latency histograms over the window: count, mean, p50, p99 per kind
+    and device (log2 buckets: a quantile is its bucket's upper bound)."""
+    out = []
+    for (kind, labels, dev), (slots, total) in sorted(after.items(), key=lambda kv: str(kv[0])):
+        if labels.k8s_pod_uid != uid:
+            continue
+        old_slots, old_total = before.get((kind, labels, dev), ([0] * len(slots), 0))
+        d = [a - b for a, b in zip(slots, old_slots, strict=True)]
+        n = sum(d)
+        if n <= 0:
+            continue
+
+        def q(p: float, d: list[int] = d, n: int = n) -> float:
+            cum = 0
+            for i, c in enumerate(d):
+                cum += c
+                if cum >= p * n:
+                    return (2 ** i) * 1e-6
+            return (2 ** (len(d) - 1)) * 1e-6
+
+        out.append({"kind": kind.removeprefix("NETLAT_").lower(), "device": dev, "count": n,
+                    "mean_seconds": (total - old_total) / n * 1e-6,
+                    "p50_seconds": q(0.5), "p99_seconds": q(0.99)})
+    return out
+
+
 class Triggers:
     def __init__(self, rules: list[Rule], snapshot: Callable[[], dict[str, Any]],
                  store: MetadataStore, reports_dir: str, reports_per_hour: int = 6,
                  deep: Deep | None = None, interval: float = 2.0,
-                 blocked_reasons: Callable[[bool], bool] | None = None):
+                 blocked_reasons: Callable[[bool], bool] | None = None,
+                 net_probes: Callable[[bool], bool] | None = None,
+                 net_view: Callable[[], dict[Any, tuple[list[int], int]]] | None = None):
         self.rules = rules
         self.snapshot = snapshot
         self.store = store
@@ -92,6 +123,8 @@ class Triggers:
         self.deep = deep or self._profile
         self.interval = interval
         self.blocked_reasons = blocked_reasons  # switches the HTTP off-CPU probe
+        self.net_probes = net_probes  # switches the network latency probe
+        self.net_view = net_view  # its histograms now
         self._since: dict[tuple[str, str], float] = {}
         self._last: dict[tuple[str, str], float] = {}
         self._made: deque[float] = deque()
@@ -172,7 +205,8 @@ class Triggers:
             "started": started, "status": "running"}
         with self._lock:
             self.active += 1
-        switched = False
+        switched = net_on = False
+        net_before: dict[Any, tuple[list[int], int]] = {}
         try:
             os.makedirs(out, exist_ok=True)
             probes = ["on_cpu_stacks"] + (["off_cpu_stacks"] if rule.off_cpu else [])
@@ -180,9 +214,16 @@ class Triggers:
                 switched = self.blocked_reasons(True)
                 if switched:
                     probes.append("request_blocked_reasons")
+            if rule.net_probes and self.net_probes is not None:
+                net_before = self.net_view() if self.net_view else {}
+                net_on = self.net_probes(True)
+                if net_on:
+                    probes.append("network_latency")
             report["probes"] = probes
             self._write(out, report)
             report.update(status="done", profile=self.deep(pod["uid"], rule, out))
+            if net_on and self.net_view is not None:
+                report["network"] = net_summary(net_before, self.net_view(), pod["uid"])
         except Exception as e:
             log.error("trigger %s: deep probes failed: %s", rule.name, e)
             report.update(status="failed", error=str(e))
@@ -190,6 +231,9 @@ class Triggers:
             if switched:
                 assert self.blocked_reasons is not None
                 self.blocked_reasons(False)
+            if net_on:
+                assert self.net_probes is not None
+                self.net_probes(False)
             with self._lock:
                 self.active -= 1
             report["ended"] = time.time()

@@ -50,19 +50,26 @@ def test_p99_rule_fires_reports_and_detaches(pods: PodNetwork, tmp_path: Path) -
         time.sleep(4)
         assert reports(agent) == []
         assert attached_profile_programs() == []
-        assert "http_offcpu" not in linked_programs() and "http_recv" in linked_programs()
+        assert not {"http_offcpu", "netlat_xmit"} & linked_programs()
+        assert "http_recv" in linked_programs()
         # injected latency: every request takes 100 ms, for about 15 s
         loader = client.popen(python_cmd("http_client.py", server.ip, 8080,
                                          json.dumps([["GET", "/sleep/100", 150]])),
                               stdout=subprocess.DEVNULL)
         wait_for(lambda: any(r["status"] == "done" for r in reports(agent)), timeout=40)
         assert attached_profile_programs() == []  # the window is over: probes detached
-        assert "http_offcpu" not in linked_programs()
+        assert not {"http_offcpu", "netlat_xmit", "netlat_copy"} & linked_programs()
         (r,) = reports(agent)  # one report: the rule cools down for this pod after firing
         print({k: v for k, v in r.items() if k != "pod"})
         assert r["rule"]["name"] == "slow-http" and r["signal"] == "http_p99_seconds"
         assert r["pod"]["uid"] == server.uid and r["value"] > 0.08
-        assert r["probes"] == ["on_cpu_stacks", "off_cpu_stacks", "request_blocked_reasons"]
+        assert r["probes"] == ["on_cpu_stacks", "off_cpu_stacks", "request_blocked_reasons",
+                               "network_latency"]
+        # the server pod's packets during the window: received and read at once (it is slow
+        # to answer, not to read)
+        rx = [n for n in r["network"] if n["kind"] == "rx_sock"]
+        assert rx and sum(n["count"] for n in rx) >= 10 and all(
+            n["p50_seconds"] < 0.01 for n in rx), r["network"]
         assert 2.9 <= r["profile"]["seconds"] <= 3.5
         assert {"cpu.svg", "cpu.folded", "offcpu.svg", "offcpu.folded", "report.json"} <= set(
             r["files"])
