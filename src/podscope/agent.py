@@ -14,6 +14,7 @@ import orjson
 from prometheus_client.core import Metric
 
 from . import features
+from .baselines import Baselines
 from .collectors.base import Collector
 from .collectors.dns import DnsCollector
 from .collectors.http import HttpCollector
@@ -46,6 +47,7 @@ class Agent:
         self.push: PushgatewaySink | None = None
         self.overview: Overview | None = None
         self.triggers: Any = None  # triggers.Triggers, when rules are configured
+        self.baselines: Baselines | None = None  # with the web API
         self.otlp: Any = None  # sinks.otlp.OtlpSink (imported only when used: OpenTelemetry is big)
 
     def _emit(self, kind: str, rec: dict[str, Any]) -> None:
@@ -192,6 +194,8 @@ class Agent:
         addr = self.cfg.listen_addr()
         if addr:
             self.overview = Overview(self.metrics, self.store)
+            self.baselines = Baselines(self.overview.totals, interval=cfg.baseline_interval)
+            self.baselines.start()
             self.http = HttpServer(addr[0], addr[1], make_registry(self.metrics),
                                    healthy=lambda: not self.stop_event.is_set(),
                                    pages=self._pages(),
@@ -214,8 +218,12 @@ class Agent:
             listed = self.triggers.reports() if self.triggers else []
             return orjson.dumps({"reports": listed}), "application/json"
 
+        def baselines() -> tuple[bytes, str]:
+            view = self.baselines.view() if self.baselines else {"pods": []}
+            return orjson.dumps(view), "application/json"
+
         return {"/": page, "/index.html": page, "/api/v1/overview": overview,
-                "/api/reports": reports}
+                "/api/reports": reports, "/api/v1/baselines": baselines}
 
     def _report_file(self, rel: str) -> tuple[bytes, str] | None:
         return self.triggers.file(rel) if self.triggers else None
@@ -277,6 +285,9 @@ class Agent:
         if self.kube:
             self.kube.stop()
             self.kube = None
+        if self.baselines:
+            self.baselines.stop()
+            self.baselines = None
         if self.triggers:  # a deep window still running ends here, its probes detached
             self.triggers.stop()
             self.triggers = None

@@ -72,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="where the .svg, .folded and profile.json go")
     pr.add_argument("--kubeconfig", metavar="FILE", default="")
     pr.add_argument("--json", action="store_true", help="print the summary as JSON")
+    rp = sub.add_parser("report", help="a pod's latency when idle, under load and now (from a "
+                                       "running agent)")
+    rp.add_argument("--pod", help="namespace/name, name, pod UID or container id prefix "
+                                  "(default: every pod)")
+    rp.add_argument("--agent", default="http://127.0.0.1:9464", metavar="URL")
+    rp.add_argument("--json", action="store_true")
     return p
 
 
@@ -103,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             logging.basicConfig(level=logging.WARNING, format="podscope: %(message)s")
             return trace.run(args.pod, args.min_duration, args.status, args.duration, args.json,
                              args.headers, blocked_reasons=args.blocked_reasons)
+        if args.cmd == "report":
+            from . import baselines
+
+            return baselines.report_cli(args.agent, args.pod, args.json)
         if args.cmd == "profile":
             from . import profiling
             from .trace import parse_duration

@@ -95,6 +95,23 @@ def quantile(q: float, buckets: dict[float, float]) -> float | None:
     return prev_le
 
 
+def bucket_delta(now_b: dict[float, float], then_b: dict[float, float] | None
+                 ) -> dict[float, float]:
+    """Cumulative buckets' increase since `then_b`. A bucket missing from the older snapshot was
+    above every value then (the exposition leaves those out), so its count then was the total."""
+    if not then_b:
+        return dict(now_b)
+    then_total = then_b.get(float("inf"), 0.0)
+    return {le: c - then_b.get(le, then_total) for le, c in now_b.items()}
+
+
+def window_buckets(now_b: dict[float, float], then_b: dict[float, float] | None
+                   ) -> dict[float, float]:
+    """The buckets' increase over the window (all of them when nothing came in)."""
+    d = bucket_delta(now_b, then_b)
+    return d if then_b and d.get(float("inf"), 0.0) > 0 else now_b
+
+
 class Overview:
     def __init__(self, source: Callable[[], Iterable[Metric]], store: MetadataStore,
                  window: float = 10.0):
@@ -183,19 +200,6 @@ class Overview:
     def _view(self, cur: dict[str, Any], old: dict[str, Any] | None, dt: float) -> dict[str, Any]:
         def rate(a: float, b: float) -> float:
             return max(a - b, 0.0) / dt if old is not None and dt > 0 else 0.0
-
-        def window_buckets(now_b: dict[float, float], then_b: dict[float, float] | None
-                           ) -> dict[float, float]:
-            """The buckets' increase over the window (all of them when nothing came in). A
-            bucket missing from the older snapshot was above every value then (the exposition
-            leaves those out), so its count then was the total."""
-            inf = float("inf")
-            if then_b:
-                then_total = then_b.get(inf, 0.0)
-                d = {le: c - then_b.get(le, then_total) for le, c in now_b.items()}
-                if d.get(inf, 0.0) > 0:
-                    return d
-            return now_b
 
         pods_out = []
         for key, p in cur["pods"].items():
