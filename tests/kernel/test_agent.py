@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from podscope import libbpf
+from podscope.collectors.profile import perf_cpu_clock
 from podscope.testing.pods import PodNetwork
 from tests.conftest import PODSCOPE, AgentProc, python_cmd
 from tests.kernel.test_tcp import start_server, wait_for
@@ -172,7 +173,12 @@ def test_every_object_loads_and_every_default_program_attaches() -> None:
             for p in obj.programs():
                 if not p.autoload:
                     continue
-                link = p.attach_iter() if p.section.startswith("iter/") else p.attach()
+                if p.section.startswith("iter/"):
+                    link = p.attach_iter()
+                elif p.section == "perf_event":  # the profiler's sampler: on a CPU-clock event
+                    link = p.attach_perf_event(perf_cpu_clock(0, 99))
+                else:
+                    link = p.attach()
                 assert link.fd >= 0, p.name
 
 

@@ -28,7 +28,9 @@ def test_fork_failures_at_the_pids_limit(pods: PodNetwork, agent: AgentProc) -> 
     assert failed > 0 and out["started"] + failed == 50
     events = Path(limit_file).with_name("pids.events").read_text().split()
     limit_hits = int(events[events.index("max") + 1])
-    m = settle(agent, "podscope_process_fork_failures_total", failed, k8s_pod_uid=pod.uid)
+    settle(agent, "podscope_process_fork_failures_total", failed, k8s_pod_uid=pod.uid)
+    # the cgroup files of a new container are read from the next scan of the tree (2 s)
+    m = settle(agent, "podscope_pids_limit_hits_total", 1, k8s_pod_uid=pod.uid)
     assert m.value("podscope_process_fork_failures_total", k8s_pod_uid=pod.uid,
                    errno="EAGAIN") == failed
     assert m.value("podscope_process_fork_failures_total", k8s_pod_uid=pod.uid) == failed
@@ -59,7 +61,8 @@ def test_oom_kill_counted_for_the_pod_and_container(pods: PodNetwork,
     ctl = Path(limit).with_name("memory.events" if name == "memory.max" else "memory.oom_control")
     kills = int(dict(line.split() for line in ctl.read_text().splitlines())["oom_kill"])
     assert kills == 1
-    m = settle(agent, "podscope_oom_kills_total", 1, k8s_pod_uid=pod.uid)
+    settle(agent, "podscope_oom_kills_total", 1, k8s_pod_uid=pod.uid)
+    m = settle(agent, "podscope_memory_oom_kill_events_total", 1, k8s_pod_uid=pod.uid)
     assert m.value("podscope_oom_kills_total", k8s_pod_uid=pod.uid,
                    container_id=pod.container_id) == kills
     assert m.value("podscope_memory_oom_kill_events_total", k8s_pod_uid=pod.uid) == kills
@@ -86,7 +89,8 @@ def test_signal_exit_and_cpu_throttling(pods: PodNetwork, agent: AgentProc) -> N
     assert out["loops"] > 0
     time.sleep(0.3)
     st = dict(line.split() for line in Path(stat).with_name("cpu.stat").read_text().splitlines())
-    m = agent.metrics()
+    m = settle(agent, "podscope_cpu_throttled_periods_total", int(st["nr_throttled"]),
+               k8s_pod_uid=pod.uid)
     throttled = m.value("podscope_cpu_throttled_periods_total", k8s_pod_uid=pod.uid)
     assert throttled == int(st["nr_throttled"]) > 5
     assert m.value("podscope_cpu_throttled_seconds_total", k8s_pod_uid=pod.uid) > 0.5

@@ -5,6 +5,7 @@ real pods, real perf events)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -70,3 +71,30 @@ def test_unknown_pod_is_a_clear_error(tmp_path: Path) -> None:
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "no container of pod 'no-such-pod-uid'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_pod_by_namespace_and_name_through_the_api(pods: PodNetwork, tmp_path: Path) -> None:
+    from podscope.testing.kubeapi import KubeAPIServer, pod_object_for
+
+    burner = build_burner(tmp_path / "burner")
+    pod = pods.pod("named")
+    proc = pod.popen([str(burner), "4", "burn"])
+    api = KubeAPIServer().start()
+    try:
+        api.add_pod(pod_object_for(pod, "shop", "profile-node"))
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        r = subprocess.run([PODSCOPE, "profile", "--pod", "shop/named", "--kubeconfig",
+                            str(kubeconfig), "--duration", "2s", "--out", str(tmp_path / "p"),
+                            "--json"], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "NODE_NAME": "profile-node"})
+        assert r.returncode == 0, r.stderr
+        summary = json.loads(r.stdout)
+        assert summary["top_on_cpu"][0][0] == "hot_function"
+        r = subprocess.run([PODSCOPE, "profile", "--pod", "shop/missing", "--kubeconfig",
+                            str(kubeconfig), "--duration", "1s", "--out", str(tmp_path / "q")],
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "NODE_NAME": "profile-node"})
+        assert r.returncode == 2 and "no container of pod 'shop/missing'" in r.stderr
+    finally:
+        api.stop()
+        proc.wait(30)

@@ -61,7 +61,7 @@ def _read_value(path: str) -> str | None:
 class CgroupFiles:
     """The limits and counters the kernel keeps per container cgroup."""
 
-    def __init__(self, v2_root: str | None, rescan: float = 10.0):
+    def __init__(self, v2_root: str | None, rescan: float = 2.0):
         self.v2 = v2_root
         self.v1 = v1_mounts()
         self.rescan = rescan
