@@ -171,7 +171,8 @@ class Agent:
         if cfg.rules:
             from .triggers import Triggers
 
-            self.trigger_view = Overview(self.metrics, self.store, window=5.0)
+            self.trigger_view = Overview(self.metrics, self.store,
+                                         window=max(5.0, 2 * cfg.trigger_interval))
             http_c = next((c for c in self.collectors if isinstance(c, HttpCollector)), None)
 
             def blocked_reasons(on: bool) -> bool:
@@ -187,6 +188,7 @@ class Agent:
 
             self.triggers = Triggers(cfg.rules, self.trigger_view.snapshot, self.store,
                                      cfg.reports_dir, cfg.reports_per_hour,
+                                     interval=cfg.trigger_interval,
                                      blocked_reasons=blocked_reasons, net_probes=net_probes,
                                      net_view=netlat.histograms if netlat else None)
             self.triggers.start()

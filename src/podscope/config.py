@@ -43,6 +43,7 @@ class Config:
     triggers: list[dict[str, Any]] = field(default_factory=list)  # [[triggers]] rules
     reports_dir: str = "/var/lib/podscope/reports"  # where trigger reports go
     reports_per_hour: int = 6  # trigger reports made at most per hour
+    trigger_interval: float = 5.0  # seconds between trigger checks (each is an overview pass)
     baseline_interval: float = 10.0  # seconds per latency baseline interval (idle / load)
     rules: list[Any] = field(default_factory=list, init=False)  # triggers.Rule, parsed
 

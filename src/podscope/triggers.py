@@ -1,7 +1,8 @@
 """Triggers: rules that switch the costly probes on when a pod looks wrong, for a bounded window
 and a bounded budget, then off again, and keep what they saw as a report.
 
-A rule (config `[[triggers]]`) watches one signal of the per-pod overview (a 5-second window):
+A rule (config `[[triggers]]`) watches one signal of the per-pod overview, checked every
+`trigger_interval` seconds (5) over a window of twice that (at least 5 s):
 when it stays above `above` for `for_seconds`, the pod's containers are profiled for
 `window_seconds` (on-CPU stacks, and off-CPU stacks unless `off_cpu = false`), then every probe is
 detached. The report (report.json with the rule, the value, the pod's signals when it fired and
@@ -111,7 +112,7 @@ def net_summary(before: dict[Any, tuple[list[int], int]], after: dict[Any, tuple
 class Triggers:
     def __init__(self, rules: list[Rule], snapshot: Callable[[], dict[str, Any]],
                  store: MetadataStore, reports_dir: str, reports_per_hour: int = 6,
-                 deep: Deep | None = None, interval: float = 2.0,
+                 deep: Deep | None = None, interval: float = 5.0,
                  blocked_reasons: Callable[[bool], bool] | None = None,
                  net_probes: Callable[[bool], bool] | None = None,
                  net_view: Callable[[], dict[Any, tuple[list[int], int]]] | None = None):

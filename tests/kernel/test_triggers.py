@@ -37,7 +37,7 @@ def test_p99_rule_fires_reports_and_detaches(pods: PodNetwork, tmp_path: Path) -
     server, client = pods.pod("slow-server"), pods.pod("caller")
     start_py_server(server)
     cfg = tmp_path / "triggers.toml"
-    cfg.write_text(f'reports_dir = "{tmp_path / "reports"}"\n'
+    cfg.write_text(f'reports_dir = "{tmp_path / "reports"}"\ntrigger_interval = 1.0\n'
                    '[[triggers]]\nname = "slow-http"\nsignal = "http_p99_seconds"\n'
                    'above = 0.08\nfor_seconds = 2\nwindow_seconds = 3\n')
     exp = tmp_path / "http.jsonl"
