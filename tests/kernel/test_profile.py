@@ -78,7 +78,7 @@ def test_pod_by_namespace_and_name_through_the_api(pods: PodNetwork, tmp_path: P
 
     burner = build_burner(tmp_path / "burner")
     pod = pods.pod("named")
-    proc = pod.popen([str(burner), "4", "burn"])
+    proc = pod.popen([str(burner), "10", "burn"])  # alive until its symbols are read
     api = KubeAPIServer().start()
     try:
         api.add_pod(pod_object_for(pod, "shop", "profile-node"))
