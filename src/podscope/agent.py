@@ -216,9 +216,11 @@ class Agent:
             assert self.overview is not None
             return orjson.dumps(self.overview.snapshot()), "application/json"
 
+        from .triggers import list_reports
+
         def reports() -> tuple[bytes, str]:
-            listed = self.triggers.reports() if self.triggers else []
-            return orjson.dumps({"reports": listed}), "application/json"
+            return orjson.dumps({"reports": list_reports(self.cfg.reports_dir)}), \
+                "application/json"
 
         def baselines() -> tuple[bytes, str]:
             view = self.baselines.view() if self.baselines else {"pods": []}
@@ -228,7 +230,9 @@ class Agent:
                 "/api/reports": reports, "/api/v1/baselines": baselines}
 
     def _report_file(self, rel: str) -> tuple[bytes, str] | None:
-        return self.triggers.file(rel) if self.triggers else None
+        from .triggers import report_file
+
+        return report_file(self.cfg.reports_dir, rel)
 
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):

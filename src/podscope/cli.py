@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default="podscope-profile", metavar="DIR",
                     help="where the .svg, .folded and profile.json go")
     pr.add_argument("--kubeconfig", metavar="FILE", default="")
+    pr.add_argument("--reports-dir", metavar="DIR", default="",
+                    help="write it as a report into the agent's reports_dir (instead of --out): "
+                         "the agent lists it at /api/reports and on its page")
     pr.add_argument("--json", action="store_true", help="print the summary as JSON")
     rp = sub.add_parser("report", help="a pod's latency when idle, under load and now (from a "
                                        "running agent)")
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
             logging.basicConfig(level=logging.WARNING, format="podscope: %(message)s")
             return profiling.run(args.pod, parse_duration(args.duration), args.off_cpu,
-                                 args.frequency, args.out, args.kubeconfig, args.json)
+                                 args.frequency, args.out, args.kubeconfig, args.json,
+                                 reports_dir=args.reports_dir)
         from .agent import Agent
         from .config import Config
 

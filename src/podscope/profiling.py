@@ -48,7 +48,9 @@ def write(p: Profile, out_dir: str, title: str) -> dict[str, str]:
 
 
 def run(pod: str, duration: float, off_cpu: bool, frequency: int, out_dir: str,
-        kubeconfig: str = "", as_json: bool = False) -> int:
+        kubeconfig: str = "", as_json: bool = False, reports_dir: str = "") -> int:
+    """With reports_dir (the agent's), the profile is written there as a report of its own, in
+    the triggers' format: the agent lists it at /api/reports and on its page."""
     cg2 = features.preflight()
     store = MetadataStore(cg2, node=kube.node_name(""))
     if "/" in pod:  # namespace/name: only the API knows names
@@ -65,6 +67,11 @@ def run(pod: str, duration: float, off_cpu: bool, frequency: int, out_dir: str,
     chosen = pod_cgroups(store, pod)
     if not chosen:
         raise ValueError(f"no container of pod {pod!r} on this node")
+    started = time.time()
+    if reports_dir:
+        uid = next((store.labels(c, 0).k8s_pod_uid for c in chosen), "") or "pod"
+        rid = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(started))}-on-demand-{uid[:8]}"
+        out_dir = os.path.join(reports_dir, rid)
     prof = Profiler(list(chosen), frequency=frequency, off_cpu=off_cpu)
     prof.start()
     try:
@@ -75,6 +82,18 @@ def run(pod: str, duration: float, off_cpu: bool, frequency: int, out_dir: str,
     summary["files"] = write(p, out_dir, f"podscope profile {pod}")
     with open(os.path.join(out_dir, "profile.json"), "w") as f:
         json.dump(summary, f, indent=1)
+    if reports_dir:
+        lab = store.labels(next(iter(chosen)), 0)
+        report = {
+            "id": os.path.basename(out_dir), "rule": {"name": "on-demand"}, "signal": "manual",
+            "value": None, "threshold": None, "started": started, "ended": time.time(),
+            "status": "done",
+            "probes": ["on_cpu_stacks"] + (["off_cpu_stacks"] if off_cpu else []),
+            "pod": {"namespace": lab.k8s_namespace_name, "name": lab.k8s_pod_name,
+                    "uid": lab.k8s_pod_uid},
+            "profile": {k: v for k, v in summary.items() if k not in ("files", "pod")}}
+        with open(os.path.join(out_dir, "report.json"), "w") as f:
+            json.dump(report, f, indent=1)
     if as_json:
         print(json.dumps(summary))
     else:

@@ -266,41 +266,6 @@ class Triggers:
             json.dump(report, f, indent=1)
         os.replace(tmp, os.path.join(out, "report.json"))
 
-    # ---- what the web page and /api/reports read ----
-
-    def reports(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        try:
-            names = sorted(os.listdir(self.dir), reverse=True)
-        except OSError:
-            return out
-        for name in names[:200]:
-            try:
-                with open(os.path.join(self.dir, name, "report.json")) as f:
-                    r = json.load(f)
-            except (OSError, ValueError):
-                continue
-            r["files"] = sorted(x for x in os.listdir(os.path.join(self.dir, name))
-                                if x.endswith((".svg", ".folded", ".json")) and x[0] != ".")
-            out.append(r)
-        return out
-
-    def file(self, rel: str) -> tuple[bytes, str] | None:
-        """GET /api/reports/<id>/<file>: only files of a report, never a path outside."""
-        rid, _, name = rel.partition("/")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", rid) or not re.fullmatch(
-                r"[a-z]+\.(svg|folded|json)", name):
-            return None
-        path = os.path.join(self.dir, rid, name)
-        try:
-            with open(path, "rb") as f:
-                body = f.read()
-        except OSError:
-            return None
-        ctype = {"svg": "image/svg+xml", "json": "application/json"}.get(
-            name.rsplit(".", 1)[1], "text/plain; charset=utf-8")
-        return body, ctype
-
     def metrics(self) -> list[Metric]:
         fired = CounterMetricFamily("podscope_trigger_fired_total",
                                     "Deep-probe windows a trigger rule started", labels=["rule"])
@@ -315,3 +280,39 @@ class Triggers:
                                    "Deep-probe windows running now")
         active.add_metric([], self.active)
         return [fired, skipped, active]
+
+
+# ---- what the web page and /api/reports read (trigger reports and `profile --reports-dir`) ----
+
+def list_reports(reports_dir: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    try:
+        names = sorted(os.listdir(reports_dir), reverse=True)
+    except OSError:
+        return out
+    for name in names[:200]:
+        try:
+            with open(os.path.join(reports_dir, name, "report.json")) as f:
+                r = json.load(f)
+            r["files"] = sorted(x for x in os.listdir(os.path.join(reports_dir, name))
+                                if x.endswith((".svg", ".folded", ".json")) and x[0] != ".")
+        except (OSError, ValueError):
+            continue
+        out.append(r)
+    return out
+
+
+def report_file(reports_dir: str, rel: str) -> tuple[bytes, str] | None:
+    """GET /api/reports/<id>/<file>: only files of a report, never a path outside."""
+    rid, _, name = rel.partition("/")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", rid) or rid.startswith(".") or not re.fullmatch(
+            r"[a-z]+\.(svg|folded|json)", name):
+        return None
+    try:
+        with open(os.path.join(reports_dir, rid, name), "rb") as f:
+            body = f.read()
+    except OSError:
+        return None
+    ctype = {"svg": "image/svg+xml", "json": "application/json"}.get(
+        name.rsplit(".", 1)[1], "text/plain; charset=utf-8")
+    return body, ctype

@@ -113,3 +113,26 @@ def test_bad_rule_is_a_clear_error(tmp_path: Path) -> None:
                         str(cfg), "--duration", "1"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "signal 'cpu_temperature' is not one of" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_on_demand_profile_is_listed_as_a_report(pods: PodNetwork, tmp_path: Path) -> None:
+    pod = pods.pod("on-demand")
+    pod.popen(["sh", "-c", "while true; do sleep 0.1; done"])
+    rdir = tmp_path / "reports"
+    cfg = tmp_path / "r.toml"
+    cfg.write_text(f'reports_dir = "{rdir}"\n')
+    agent = AgentProc(["--config", str(cfg)], tmp_path)
+    try:
+        assert reports(agent) == []
+        r = subprocess.run([PODSCOPE, "profile", "--pod", pod.uid, "--duration", "1.5s",
+                            "--off-cpu", "--reports-dir", str(rdir)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        (rep,) = reports(agent)
+        assert rep["rule"]["name"] == "on-demand" and rep["status"] == "done"
+        assert rep["pod"]["uid"] == pod.uid
+        assert {"cpu.svg", "offcpu.svg", "report.json"} <= set(rep["files"])
+        off = parse_folded(agent.get(f"/api/reports/{rep['id']}/offcpu.folded"))
+        assert any(s.startswith("sh;") for s in off), off  # the shell waiting for each sleep
+    finally:
+        agent.stop()
