@@ -326,6 +326,16 @@ def test_trace_cli_filters(pods: PodNetwork, tmp_path: Path) -> None:
     assert slow.returncode == 2 and "--min-duration" in slow.stderr
 
 
+def server_records_of(exp: Path, target: str, n: int) -> list[dict[str, Any]]:
+    """The server records of one path, once there are n of them (or after 10 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        got = [r for r in records(exp, role="server") if r["path"] == target]
+        if len(got) >= n or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
+
+
 def test_where_server_time_went(pods: PodNetwork, tmp_path: Path) -> None:
     """A handler that sleeps 50 ms is blocked, by sleep, for 50 ms; a handler that computes for
     30 ms on a CPU it shares with two busy neighbours mostly waits in the run queue."""
@@ -340,7 +350,7 @@ def test_where_server_time_went(pods: PodNetwork, tmp_path: Path) -> None:
     try:
         plan = [["GET", "/sleep/50", 10]]
         client.run(python_cmd("http_client.py", server.ip, 8080, json.dumps(plan)))
-        recs = [r for r in wait_records(exp, 10, role="server") if r["path"] == "/sleep/50"]
+        recs = server_records_of(exp, "/sleep/50", 10)
         assert len(recs) == 10
         for r in recs:
             print({k: v for k, v in r.items() if "seconds" in k})
@@ -359,7 +369,7 @@ def test_where_server_time_went(pods: PodNetwork, tmp_path: Path) -> None:
             for b in burners:
                 b.kill()
                 b.wait()
-        recs = [r for r in wait_records(exp, 16, role="server") if r["path"] == "/work/30000"]
+        recs = server_records_of(exp, "/work/30000", 6)
         assert len(recs) == 6
         for r in recs:
             print({k: v for k, v in r.items() if "seconds" in k})
