@@ -15,12 +15,12 @@ APT_PKGS := clang-16:clang-16 libbpf-dev:/usr/include/bpf/libbpf.h bpftool:bpfto
 	python3-venv:/usr/share/doc/python3-venv iproute2:ip iptables:iptables \
 	nginx-light:nginx wrk:wrk apache2-utils:ab procps:ps nghttp2-client:h2load \
 	prometheus:prometheus prometheus-pushgateway:prometheus-pushgateway chromium:chromium \
-	linux-perf:perf
+	linux-perf:perf qemu-system-x86:qemu-system-x86_64 busybox-static:busybox kmod:depmod
 BPF_SRCS := $(wildcard $(BPF_DIR)/*.bpf.c)
 BPF_OBJS := $(BPF_SRCS:.bpf.c=.bpf.o)
 BPF_HDRS := $(wildcard $(BPF_DIR)/*.h $(BPF_DIR)/include/*.h)
 
-.PHONY: all run test lint format deps bpf clean bench
+.PHONY: all run test lint format deps bpf clean bench kernels
 all: $(VENV)/.installed bpf
 
 run: all
@@ -30,6 +30,12 @@ test: all
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+	$(VENV)/bin/python -m tests.matrix.run --kernels 6.1,5.10
+
+# The whole kernel matrix (5.10, 6.1, 6.12 and this host) with a part of the kernel tests, and
+# docs/kernels.md written from it. Under software emulation: about 10 minutes per kernel.
+kernels: all
+	$(VENV)/bin/python -m tests.matrix.run --subset --doc docs/kernels.md
 
 lint: all
 	$(VENV)/bin/ruff check src tests bench

@@ -42,19 +42,25 @@ class Metrics:
                 if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
 
 
+# Waits scale with this factor: the kernel matrix runs the same tests under software emulation.
+SLOW = float(os.environ.get("PODSCOPE_TEST_SLOW", "1"))
+
+
 class AgentProc:
     def __init__(self, args: list[str], tmp: Path, port: int | None = None):
         self.port = port or free_port()
         self.log = tmp / f"agent-{self.port}.log"
         self._logf = open(self.log, "w")  # noqa: SIM115
+        t0 = time.monotonic()
         self.proc = subprocess.Popen([PODSCOPE, "run", "--listen", f"127.0.0.1:{self.port}", *args],
                                      stdout=self._logf, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 30 * SLOW
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited {self.proc.returncode}: {self.log.read_text()}")
             try:
                 self.get("/healthz")
+                self.started_in = time.monotonic() - t0  # start to healthy, seconds
                 return
             except OSError:
                 time.sleep(0.1)

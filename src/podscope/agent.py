@@ -11,17 +11,14 @@ from importlib import resources
 from typing import Any
 
 import orjson
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from . import features
 from .baselines import Baselines
+from .collectors import registry
 from .collectors.base import Collector
-from .collectors.dns import DnsCollector
 from .collectors.http import HttpCollector
-from .collectors.kernel import KernelCollector
 from .collectors.netlat import NetlatCollector
-from .collectors.sched import SchedCollector
-from .collectors.tcp import TcpCollector
 from .config import Config
 from .libbpf import BpfError
 from .metadata import kube
@@ -49,6 +46,7 @@ class Agent:
         self.triggers: Any = None  # triggers.Triggers, when rules are configured
         self.baselines: Baselines | None = None  # with the web API
         self.otlp: Any = None  # sinks.otlp.OtlpSink (imported only when used: OpenTelemetry is big)
+        self.signals: list[features.Signal] = []  # what each collector runs, as this kernel allows
 
     def _emit(self, kind: str, rec: dict[str, Any]) -> None:
         for sink in self.files:
@@ -69,6 +67,7 @@ class Agent:
             sources.append(self.otlp.metrics())
         if self.triggers is not None:
             sources.append(self.triggers.metrics())
+        sources.append(self._signal_metrics())
         for source in sources:
             for fam in source:
                 if fam.name in merged:
@@ -76,6 +75,15 @@ class Agent:
                 else:
                     merged[fam.name] = fam
         return list(merged.values())
+
+    def _signal_metrics(self) -> Iterable[Metric]:
+        fam = GaugeMetricFamily("podscope_signal_info",
+                                "1 per signal: how this kernel runs it (works, degraded or "
+                                "unavailable) and the hooks it uses",
+                                labels=["collector", "signal", "state", "hooks"])
+        for s in self.signals:
+            fam.add_metric([s.collector, s.name, s.state, s.hooks], 1)
+        yield fam
 
     def start(self) -> None:
         cg2 = features.preflight()
@@ -102,63 +110,21 @@ class Agent:
         self.files = [open_export(spec, cfg.export_max_bytes, cfg.export_keep)
                       for spec in self.cfg.exports]
         records = bool(self.files) or self.otlp is not None
-        tcp = TcpCollector(self.store, emit=self._emit if records else None,
-                           records=records, listener_refresh=self.cfg.listener_refresh)
-        self.collectors.append(tcp)
-        tcp.start()
-        if self.cfg.http:
-            http = HttpCollector(self.store, emit=self._emit if records else None,
-                                 records=records,
-                                 capture_headers=self.cfg.http_capture_headers,
-                                 route_budget=self.cfg.http_route_budget,
-                                 request_timeout=self.cfg.http_request_timeout,
-                                 hooks=self.cfg.http_hooks,
-                                 breakdown_reasons=self.cfg.http_breakdown_reasons)
+        ctx = registry.Context(cfg, self.store, emit=self._emit if records else None)
+        self.netlat: NetlatCollector | None = None
+        for spec in registry.SPECS:  # each in its own guarded step: one refusal costs one
+            if not spec.enabled(cfg):
+                continue
+            col, sigs = registry.start(spec, ctx)
+            self.signals += sigs
+            if col is not None:
+                self.collectors.append(col)
+        self.netlat = next((c for c in self.collectors if isinstance(c, NetlatCollector)), None)
+        if self.netlat is not None and cfg.netlat:  # loaded always (triggers switch it on)
             try:
-                http.start()
-                self.collectors.append(http)
-            except BpfError as e:  # optional: the TCP signals go on without it
-                http.close()
-                log.error("HTTP collector disabled: %s (%s)", e, features.HTTP_HINT)
-        if cfg.kernel:
-            kern = KernelCollector(self.store, emit=self._emit if records else None,
-                                   records=records)
-            try:
-                kern.start()
-                self.collectors.append(kern)
-            except BpfError as e:  # optional, like HTTP
-                kern.close()
-                log.error("kernel failures collector disabled: %s (it needs the syscall "
-                          "tracepoints, tracefs at /sys/kernel/tracing)", e)
-        if cfg.dns:
-            dnsc = DnsCollector(self.store, emit=self._emit if records else None,
-                                timeout=cfg.dns_timeout)
-            try:
-                dnsc.start()
-                self.collectors.append(dnsc)
-            except BpfError as e:
-                dnsc.close()
-                log.error("DNS collector disabled: %s (%s)", e, features.HTTP_HINT)
-        self.netlat: NetlatCollector | None = NetlatCollector(self.store)
-        try:  # loaded always (triggers switch it on), attached when configured
-            self.netlat.start()
-            self.collectors.append(self.netlat)
-            if cfg.netlat:
                 self.netlat.set_active(True)
-        except BpfError as e:
-            self.netlat.close()
-            self.netlat = None
-            log.error("network latency probe unavailable: %s (it needs tp_btf/net_dev_start_xmit"
-                      ", netif_receive_skb, skb_copy_datagram_iovec, consume_skb, kfree_skb)", e)
-        if cfg.cpu:
-            sched = SchedCollector(self.store)
-            try:
-                sched.start()
-                self.collectors.append(sched)
             except BpfError as e:
-                sched.close()
-                log.error("CPU collector disabled: %s (it needs iter/task, "
-                          "tp_btf/sched_process_exit and task-local storage, Linux 5.11+)", e)
+                log.error("network latency probe could not attach: %s", e)
         if self.otlp is not None:
             self.otlp.start()
             log.info("exporting spans and metrics to %s (OTLP/HTTP)", cfg.otlp)

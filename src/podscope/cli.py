@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--kubeconfig", metavar="FILE",
                    help="Kubernetes API access (default: in-cluster, $KUBECONFIG, ~/.kube/config)")
     r.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
-    sub.add_parser("check", help="which signals this kernel supports, and why not")
+    ck = sub.add_parser("check", help="which signals this kernel supports, and why not")
+    ck.add_argument("--json", action="store_true", help="the report as JSON")
     tp = sub.add_parser("top", help="live table of pods and their golden signals")
     tp.add_argument("--agent", metavar="URL",
                     help="a running agent (default: 127.0.0.1:9464 if it answers, else the "
@@ -93,7 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "check":
             logging.basicConfig(level=logging.ERROR, format="podscope: %(message)s")
             report = features.check()
-            print(features.format_report(report))
+            if args.json:
+                import dataclasses
+                import json
+
+                print(json.dumps(dataclasses.asdict(report) | {"default_ok": report.default_ok},
+                                 indent=1))
+            else:
+                print(features.format_report(report))
             return 0 if report.default_ok else 1
         if args.cmd == "demo":
             from . import demo

@@ -1,12 +1,21 @@
 """What the running kernel allows, found by trying; `podscope check` prints it.
 
-Probe results are three-valued: supported, not supported (with the reason and what to do), or
-inconclusive (an unexpected error; not cached)."""
+Two layers:
+- `kernel()`: the facts the BPF objects are configured by (tracepoints and their arguments read
+  from kernel BTF, map types and helpers probed by libbpf), probed once per process. Probes are
+  three-valued: supported, not supported (with the kernel version that brought it), or
+  inconclusive (the probe itself failed: not cached, treated as "not supported" for choosing).
+- `check()`: every collector of the agent's registry is built, loaded and attached exactly as the
+  agent would do it, and says per signal which hook set it uses, whether it works, is degraded
+  (and why) or unavailable (and why), and what loading cost."""
 
 from __future__ import annotations
 
 import ctypes
+import functools
+import logging
 import os
+import platform
 from dataclasses import dataclass, field
 
 from . import libbpf
@@ -17,6 +26,7 @@ BPFFS = "/sys/fs/bpf"
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 
 _libc = ctypes.CDLL(None, use_errno=True)
+log = logging.getLogger("podscope.features")
 
 
 class Fatal(Exception):
@@ -32,20 +42,29 @@ class Probe:
 
 @dataclass
 class Signal:
+    """One signal of one collector, as this kernel runs it."""
     name: str
-    hooks: list[str]
-    ok: bool | None  # None: not available, but a fallback provides the signal
-    detail: str = ""
+    collector: str
+    state: str  # "works", "degraded" or "unavailable"
+    hooks: str = ""  # the hook set in use
+    detail: str = ""  # degraded or unavailable: why (the kernel's reason, and what to do)
+    default: bool = True  # a default signal (check's exit code); False: deep probes
+    load_ms: float = 0.0  # the collector's object: bpf_object__load time
+
+    @property
+    def ok(self) -> bool:
+        return self.state != "unavailable"
 
 
 @dataclass
 class Report:
+    kernel: str = ""
     probes: list[Probe] = field(default_factory=list)
     signals: list[Signal] = field(default_factory=list)
 
     @property
     def default_ok(self) -> bool:
-        return all(s.ok is not False for s in self.signals)
+        return all(s.ok for s in self.signals if s.default)
 
 
 def _mounted(path: str, fstype: str) -> bool:
@@ -94,24 +113,89 @@ def preflight() -> str:
     return cg2
 
 
-def probe_kprobes() -> Probe:
-    path = os.path.join(TRACEFS, "kprobe_events")
-    if not os.path.exists(os.path.join(TRACEFS, "events")):
-        return Probe("kprobes", None, f"tracefs not mounted at {TRACEFS}")
-    if not os.path.exists(path):
-        return Probe("kprobes", False, "no kprobe_events in tracefs: kernel built without "
-                     "CONFIG_KPROBES (podscope uses tracepoints instead)")
+# --- the kernel facts the BPF objects are configured by ------------------------------------
+
+
+@dataclass(frozen=True)
+class Kernel:
+    release: str
+    sock_length_tps: bool  # sock:sock_recv_length and sock_send_length (v6.3)
+    task_storage: bool | None  # task-local storage maps and bpf_get_current_task_btf (v5.11)
+    task_pt_regs: bool | None  # bpf_task_pt_regs (v5.15)
+    kfree_skb_args: int  # tracepoint arguments: 2 (skb, location), 3 (+reason, v5.17), 4 (+sk)
+    sched_switch_args: int  # 3, or 4 with prev_state (v5.18)
+    tcp_send_reset_args: int  # 2, or 3 (+reason, v6.10, when resets without a socket got traced)
+
+    @property
+    def has_task_storage(self) -> bool:
+        return bool(self.task_storage)
+
+    @property
+    def has_task_pt_regs(self) -> bool:
+        return bool(self.task_pt_regs)
+
+
+def _tp_args(vmlinux: libbpf.Btf, tracepoint: str) -> int:
+    """Arguments of a tracepoint (its btf_trace_ typedef, minus the leading context); 0 when the
+    kernel has no such tracepoint."""
     try:
-        with open(path, "a") as f:
-            f.write("p:podscope_probe/tcp_v4_connect tcp_v4_connect\n")
-        with open(path, "a") as f:
-            f.write("-:podscope_probe/tcp_v4_connect\n")
-        return Probe("kprobes", True, "a kprobe on tcp_v4_connect was created and removed")
-    except OSError as e:
-        return Probe("kprobes", False, f"creating a kprobe failed: {os.strerror(e.errno or 0)}")
+        return vmlinux.func_proto_params(f"btf_trace_{tracepoint}") - 1
+    except (KeyError, TypeError):
+        return 0
 
 
-def _probe_program(prog_name: str, label: str, attach: bool) -> Probe:
+@functools.cache
+def kernel() -> Kernel:
+    """Probed once per process (a probe that failed is logged and counts as missing)."""
+    vmlinux = libbpf.Btf.vmlinux()
+    try:
+        socks = all(_tp_args(vmlinux, tp) for tp in ("sock_recv_length", "sock_send_length"))
+        kfree = _tp_args(vmlinux, "kfree_skb")
+        switch = _tp_args(vmlinux, "sched_switch")
+        rst = _tp_args(vmlinux, "tcp_send_reset")
+    finally:
+        vmlinux.close()
+    storage = libbpf.probe_map_type(libbpf.MAP_TASK_STORAGE)
+    task_btf = libbpf.probe_helper(libbpf.FUNC_GET_CURRENT_TASK_BTF)
+    regs = libbpf.probe_helper(libbpf.FUNC_TASK_PT_REGS)
+    for what, v in (("task storage maps", storage), ("bpf_get_current_task_btf", task_btf),
+                    ("bpf_task_pt_regs", regs)):
+        if v is None:
+            log.warning("probing %s failed (inconclusive): podscope does without it", what)
+    both = None if storage is None or task_btf is None else bool(storage and task_btf)
+    return Kernel(release=platform.release(), sock_length_tps=socks, task_storage=both,
+                  task_pt_regs=regs, kfree_skb_args=kfree, sched_switch_args=switch,
+                  tcp_send_reset_args=rst)
+
+
+def use_task_store(obj: libbpf.BpfObject, *maps: str, entries: int = 65536) -> None:
+    """Per-thread maps of `obj` (include/task_store.bpf.h): task storage where the kernel has it,
+    else preallocated hashes keyed by thread id, `entries` threads each."""
+    k = kernel()
+    obj.set_rodata(has_task_storage=k.has_task_storage)
+    if not k.has_task_storage:
+        for name in maps:
+            m = obj.map(name)
+            m.set_type(libbpf.MAP_HASH, flags=0)
+            m.set_max_entries(entries)
+
+
+def set_prev_state(obj: libbpf.BpfObject) -> None:
+    """sched_switch programs: whether the tracepoint passes prev_state (v5.18)."""
+    obj.set_rodata(has_prev_state=kernel().sched_switch_args >= 4)
+
+
+# --- `podscope check` ------------------------------------------------------------------------
+
+
+def probe_kprobes() -> Probe:
+    """A kprobe BPF program attached through perf_event_open (libbpf), as a tool would do."""
+    return _probe_program("probe_kprobe", "kprobes", attach=True,
+                          no="the kernel has no kprobes (CONFIG_KPROBES): podscope uses "
+                             "tracepoints only, so nothing is lost")
+
+
+def _probe_program(prog_name: str, label: str, attach: bool, no: str = "") -> Probe:
     try:
         obj = libbpf.BpfObject(libbpf.bpf_object_path("features"), "features")
     except libbpf.BpfError as e:
@@ -122,19 +206,27 @@ def _probe_program(prog_name: str, label: str, attach: bool) -> Probe:
         try:
             obj.load()
         except libbpf.BpfError as e:
-            return Probe(label, False, f"program load refused: {os.strerror(e.errno)}")
+            return Probe(label, False, no or f"program load refused: {os.strerror(e.errno)}")
         if attach:
             try:
                 obj.program(prog_name).attach()
             except libbpf.BpfError as e:
-                return Probe(label, False, f"attach refused: {os.strerror(e.errno)}")
+                return Probe(label, False, no or f"attach refused: {os.strerror(e.errno)}")
         return Probe(label, True, "loaded" + (" and attached" if attach else ""))
     finally:
         obj.close()
 
 
+def _since(v: bool | None, yes: str, version: str) -> Probe:
+    name = yes
+    if v is None:
+        return Probe(name, None, "the probe failed (inconclusive)")
+    return Probe(name, v, "" if v else f"needs Linux {version}")
+
+
 def probe_all() -> list[Probe]:
-    probes = [
+    k = kernel()
+    return [
         Probe("btf", os.path.exists(BTF_PATH), BTF_PATH),
         Probe("tracefs", _mounted(TRACEFS, "tracefs"), TRACEFS),
         Probe("bpffs", _mounted(BPFFS, "bpf"), BPFFS),
@@ -143,135 +235,37 @@ def probe_all() -> list[Probe]:
         _probe_program("probe_fentry", "fentry", attach=True),
         _probe_program("probe_ringbuf", "ringbuf", attach=True),
         _probe_program("probe_syscall_tp", "syscall tracepoints", attach=True),
+        Probe("socket tracepoints", k.sock_length_tps,
+              "sock_recv_length, sock_send_length" if k.sock_length_tps
+              else "no sock_recv_length/sock_send_length (Linux 6.3): the syscall tracepoints "
+                   "are used"),
+        _since(k.task_storage, "task storage", "5.11"),
+        _since(k.task_pt_regs, "bpf_task_pt_regs", "5.15"),
+        Probe("kfree_skb drop reason", k.kfree_skb_args >= 3,
+              "" if k.kfree_skb_args >= 3 else "needs Linux 5.17: drops are counted without "
+                                                "their reason"),
     ]
-    return probes
-
-
-# Signal -> programs of tcp.bpf.o it needs.
-TCP_SIGNALS: dict[str, list[str]] = {
-    "tcp connections (opened, closed, connect latency, duration)": ["tcp_state"],
-    "tcp bytes, retransmits, rtt (socket counters)": ["tcp_state", "tcp_iter"],
-    "tcp resets sent/received": ["tcp_rst_send", "tcp_rst_recv"],
-    "packet drops by reason, listen overflows/drops": ["tcp_drop"],
-    "tcp accept/SYN queue depth (iter/tcp)": ["tcp_iter"],
-    "tcp connection records (ring buffer)": ["tcp_state"],
-}
-
-
-# Signal -> programs of http.bpf.o it needs: the socket tracepoints, and the fallback.
-HTTP_SIGNALS: dict[str, list[str]] = {
-    "http/1.x requests (tp_btf sock_recv_length/sock_send_length)": ["http_recv", "http_send"],
-    "http requests ended by connection close": ["http_close"],
-}
-HTTP_FALLBACK_SIGNALS: dict[str, list[str]] = {
-    "http/1.x requests (fallback: syscall tracepoints)": [
-        f"http_sx_{n}" for n in ("read", "readv", "recvfrom", "recvmsg", "write", "writev",
-                                 "sendto", "sendmsg")],
-    "http requests ended by connection close (fallback)": ["http_sx_close"],
-}
-HTTP_HINT = ("HTTP needs the sock:sock_recv_length and sock:sock_send_length tracepoints and "
-             "bpf_task_pt_regs (Linux 6.x); without them podscope runs with TCP signals only")
-
-
-def probe_signals(family: str, table: dict[str, list[str]], hint: str = "") -> list[Signal]:
-    """Load `family`.bpf.o and attach each program: which signals of `table` work here."""
-    results: dict[str, tuple[str, str | None]] = {}
-
-    def failed(e: Exception) -> list[Signal]:
-        return [Signal(s, [], False, f"{e}" + (f" ({hint})" if hint else "")) for s in table]
-
-    try:
-        obj = libbpf.BpfObject(libbpf.bpf_object_path(family), family)
-    except libbpf.BpfError as e:
-        return failed(e)
-    wanted = {p for progs in table.values() for p in progs}
-    for prog in obj.programs():  # load only what the table names (each program costs load time)
-        prog.autoload = prog.name in wanted or not prog.section.startswith(("tp_btf/", "tracepoint/"))
-    try:
-        try:
-            obj.load()
-        except libbpf.BpfError as e:
-            return failed(e)
-        for p in obj.programs():
-            try:
-                if p.section.startswith("iter/"):
-                    p.attach_iter()
-                else:
-                    p.attach()
-                results[p.name] = (p.section, None)
-            except libbpf.BpfError as e:
-                results[p.name] = (p.section, str(e) + (f" ({hint})" if hint else ""))
-    finally:
-        obj.close()
-    out = []
-    for sig, progs in table.items():
-        hooks = [results[p][0] for p in progs if p in results]
-        errs = [results[p][1] for p in progs if p in results and results[p][1]]
-        missing = [p for p in progs if p not in results]
-        detail = "; ".join([e for e in errs if e] + [f"program {m} missing" for m in missing])
-        out.append(Signal(sig, hooks, not errs and not missing, detail))
-    return out
-
-
-# Signal -> programs of kernel.bpf.o and sched.bpf.o.
-KERNEL_SIGNALS: dict[str, list[str]] = {
-    "process creation failures by errno": [
-        "kern_clone", "kern_clone3", "kern_fork", "kern_vfork"],
-    "mount failures by errno": [
-        "kern_mount", "kern_fsmount", "kern_move_mount", "kern_open_tree"],
-    "oom kills by victim (oom:mark_victim)": ["kern_oom"],
-    "processes ended by a signal (sched_process_exit)": ["kern_exit"],
-}
-KERNEL_HINT = "the syscall tracepoints need tracefs at /sys/kernel/tracing"
-SCHED_SIGNALS: dict[str, list[str]] = {
-    "cpu: switches, off-CPU time, run-queue delay": [
-        "sched_iter", "sched_exit"],
-}
-
-
-DNS_SIGNALS: dict[str, list[str]] = {
-    "dns queries: latency, rcode, timeouts (port 53)": ["dns_send", "dns_recv"],
-}
-
-
-def probe_tcp_signals() -> list[Signal]:
-    return probe_signals("tcp", TCP_SIGNALS)
 
 
 def check() -> Report:
+    """Every collector, built and loaded as the agent does, asked what works."""
+    from .collectors.registry import probe_collectors
+
     preflight()
-    return Report(probes=probe_all(),
-                  signals=probe_tcp_signals() + probe_http_signals()
-                  + probe_signals("kernel", KERNEL_SIGNALS, KERNEL_HINT)
-                  + probe_signals("sched", SCHED_SIGNALS)
-                  + probe_signals("dns", DNS_SIGNALS, HTTP_HINT))
-
-
-def probe_http_signals() -> list[Signal]:
-    """The socket tracepoints; where they fail, whether the syscall-tracepoint fallback works."""
-    out = probe_signals("http", HTTP_SIGNALS, HTTP_HINT)
-    if all(s.ok for s in out):
-        return out
-    fallback = probe_signals("http", HTTP_FALLBACK_SIGNALS)
-    if all(s.ok for s in fallback):  # HTTP works, through the fallback
-        for s in out:
-            s.ok = None
-            s.detail += " (the syscall-tracepoint fallback below is used)"
-    return out + fallback
+    return Report(kernel=platform.release(), probes=probe_all(), signals=probe_collectors())
 
 
 def format_report(r: Report) -> str:
     def mark(ok: bool | None) -> str:
         return {True: "yes", False: "no", None: "?"}[ok]
 
-    lines = ["kernel features:"]
+    lines = [f"kernel {r.kernel}", "kernel features:"]
     for p in r.probes:
         lines.append(f"  {p.name:<22} {mark(p.ok):<4} {p.detail}")
     lines.append("signals:")
     for s in r.signals:
-        how = ", ".join(dict.fromkeys(s.hooks)) if s.ok else s.detail
-        lines.append(f"  {s.name:<62} {mark(s.ok):<4} {how}")
+        what = s.hooks if s.state == "works" else f"{s.hooks}: {s.detail}" if s.hooks else s.detail
+        cost = f"{s.load_ms:7.0f} ms" if s.load_ms else "       -  "
+        lines.append(f"  {s.collector:<7} {s.name:<50} {s.state:<11} {cost}  {what}")
     lines.append("default signals: " + ("all available" if r.default_ok else "NOT all available"))
     return "\n".join(lines)
-
-

@@ -12,7 +12,9 @@ import ctypes.util
 import errno as errno_mod
 import logging
 import os
-from collections.abc import Callable, Iterator
+import re
+import time
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 log = logging.getLogger("podscope.libbpf")
@@ -21,9 +23,16 @@ log = logging.getLogger("podscope.libbpf")
 class BpfError(Exception):
     """A libbpf call failed; the message names what, where and why."""
 
-    def __init__(self, what: str, err: int):
+    def __init__(self, what: str, err: int, reason: str = ""):
         self.errno = abs(err)
+        self.reason = reason  # one line: why (the verifier's last word, when it refused)
         super().__init__(f"{what}: {os.strerror(self.errno)} (errno {self.errno})")
+
+    @property
+    def short(self) -> str:
+        """One line for logs and `check`: what failed, and why."""
+        first = str(self).splitlines()[0].replace("; libbpf said:", "")
+        return f"{first}: {self.reason}" if self.reason else first
 
 
 def _load_lib() -> ct.CDLL:
@@ -93,6 +102,11 @@ def lib() -> ct.CDLL:
         "bpf_map__name": (CP, [P]),
         "bpf_map__fd": (INT, [P]),
         "bpf_map__set_max_entries": (INT, [P, U32]),
+        "bpf_map__set_type": (INT, [P, INT]),
+        "bpf_map__set_map_flags": (INT, [P, U32]),
+        "libbpf_probe_bpf_map_type": (INT, [INT, VP]),
+        "libbpf_probe_bpf_helper": (INT, [INT, INT, VP]),
+        "libbpf_probe_bpf_prog_type": (INT, [INT, VP]),
         "bpf_map__max_entries": (U32, [P]),
         "bpf_map__key_size": (U32, [P]),
         "bpf_map__value_size": (U32, [P]),
@@ -316,6 +330,16 @@ class Map:
         ret = lib().bpf_map__set_max_entries(self.ptr, n)
         if ret:
             raise BpfError(f"{self.obj.name}: resizing map {self.name} to {n}", ret)
+        self.obj._remember(("max_entries", self.name, n))
+
+    def set_type(self, map_type: int, flags: int | None = None) -> None:
+        """Change the map's type (and flags) before load: an older kernel's stand-in."""
+        ret = lib().bpf_map__set_type(self.ptr, map_type)
+        if not ret and flags is not None:
+            ret = lib().bpf_map__set_map_flags(self.ptr, flags)
+        if ret:
+            raise BpfError(f"{self.obj.name}: changing the type of map {self.name}", ret)
+        self.obj._remember(("type", self.name, (map_type, flags)))
 
     def check_types(self, key: type[ct._CData] | None, value: type[ct._CData] | None) -> None:
         """Fail loudly when the user-space view differs from the map's sizes."""
@@ -450,6 +474,11 @@ class Program:
     def autoload(self, on: bool) -> None:
         if lib().bpf_program__set_autoload(self.ptr, on):
             raise BpfError(f"{self.obj.name}: autoload of {self.name}", _errno())
+        self.obj._remember(("autoload", self.name, on))
+
+    @property
+    def fd(self) -> int:
+        return int(lib().bpf_program__fd(self.ptr))
 
     def _link(self, ptr: int, hook: str) -> Link:
         if not ptr:
@@ -484,6 +513,53 @@ class Program:
         return self._link(lib().bpf_program__attach_uprobe_opts(self.ptr, pid, binary.encode(),
                                                                 offset, ct.byref(opts)),
                           f"{'uretprobe' if retprobe else 'uprobe'} {where}")
+
+
+def _failed_program(lines: list[str]) -> str | None:
+    """The program libbpf's log says the kernel refused (its last "prog 'X': ... failed")."""
+    for line in reversed(lines):
+        m = re.match(r"libbpf: prog '([^']+)': (?:BPF program load failed|failed to load|"
+                     r"failed to prepare load attributes|failed to find kernel BTF)", line)
+        if m:
+            return m.group(1)
+    return None
+
+
+def _refusal_reason(lines: list[str], prog: str, err: BpfError) -> str:
+    """One line: the verifier's or libbpf's own words about why `prog` was refused."""
+    text = "\n".join(lines)
+    start = text.rfind(f"prog '{prog}': -- BEGIN PROG LOAD LOG --")
+    if start >= 0:
+        body = text[start:].split("-- END PROG LOAD LOG --")[0].split("\n")[1:]
+        # the verifier's last word comes before its "processed N insns" line; instruction,
+        # source and register-state lines are not it
+        words = [ln.strip() for ln in body if ln.strip() and not ln.startswith(
+            ("processed ", ";", " ", "R0", "R1")) and not re.match(r"^\d+: ", ln)
+            and not re.match(r"^from \d+ to \d+", ln)]
+        if words:
+            return words[-1]
+    for line in reversed(lines):
+        if f"prog '{prog}'" in line:
+            return line.split(": ", 2)[-1].strip()
+    return os.strerror(err.errno)
+
+
+# --- feature probes (libbpf's own) ------------------------------------------------------------
+
+MAP_HASH, MAP_LRU_HASH, MAP_TASK_STORAGE = 1, 9, 29
+PROG_TRACEPOINT = 5
+FUNC_GET_CURRENT_TASK_BTF, FUNC_TASK_PT_REGS = 158, 175
+
+
+def probe_map_type(map_type: int) -> bool | None:
+    """True/False: the kernel has the map type; None: the probe itself failed."""
+    ret = lib().libbpf_probe_bpf_map_type(map_type, None)
+    return None if ret < 0 else bool(ret)
+
+
+def probe_helper(helper: int, prog_type: int = PROG_TRACEPOINT) -> bool | None:
+    ret = lib().libbpf_probe_bpf_helper(prog_type, helper, None)
+    return None if ret < 0 else bool(ret)
 
 
 def iter_read(link: Link, chunk: int = 1 << 16) -> bytes:
@@ -546,18 +622,42 @@ class RingBuffer:
 
 
 class BpfObject:
-    """One compiled .bpf.o: open, configure, load, attach, close."""
+    """One compiled .bpf.o: open, configure, load, attach, close.
+
+    Configuration made before load (rodata, autoload, map types and sizes) is remembered, so that
+    load() can drop a program the kernel refuses and try again on a freshly opened object."""
 
     def __init__(self, path: str, name: str | None = None):
         self.path = path
         self.name = name or os.path.basename(path).split(".")[0]
         self.links: list[Link] = []
         self.loaded = False
-        ptr = lib().bpf_object__open_file(path.encode(), None)
+        self.load_ms = 0.0  # time the last successful bpf_object__load took
+        self.refused: dict[str, str] = {}  # program -> why the kernel refused it (load dropped it)
+        self._config: list[tuple[str, str, Any]] = []
+        self._open()
+
+    def _open(self) -> None:
+        ptr = lib().bpf_object__open_file(self.path.encode(), None)
         if not ptr:
-            raise BpfError(f"opening BPF object {path}", _errno())
+            raise BpfError(f"opening BPF object {self.path}", _errno())
         self.ptr: int = ptr
         self._btf = Btf(lib().bpf_object__btf(ptr))
+
+    def _remember(self, op: tuple[str, str, Any]) -> None:
+        self._config.append(op)
+
+    def _replay(self) -> None:
+        config, self._config = self._config, []
+        for kind, name, value in config:
+            if kind == "autoload":
+                self.program(name).autoload = value
+            elif kind == "rodata":
+                self.set_rodata(**{name: value})
+            elif kind == "max_entries":
+                self.map(name).set_max_entries(value)
+            elif kind == "type":
+                self.map(name).set_type(*value)
 
     @property
     def btf(self) -> Btf:
@@ -601,15 +701,39 @@ class BpfObject:
                 raise KeyError(f"{self.name}: no const volatile setting {key!r}")
             off, sz = layout[key]
             ct.memmove(base + off, int(val).to_bytes(sz, "little"), sz)
+            self._remember(("rodata", key, val))
 
-    def load(self) -> None:
-        _recent_log.clear()
-        ret = lib().bpf_object__load(self.ptr)
-        if ret:
+    def has_setting(self, key: str) -> bool:
+        try:
+            return key in self._btf.datasec_vars(".rodata")
+        except KeyError:
+            return False
+
+    def load(self, optional: Collection[str] = ()) -> None:
+        """Load every program with autoload on. When the kernel refuses one of `optional`, it is
+        dropped (its reason kept in self.refused) and the object loads again without it; any
+        other refusal raises BpfError."""
+        while True:
+            _recent_log.clear()
+            t0 = time.perf_counter()
+            ret = lib().bpf_object__load(self.ptr)
+            if not ret:
+                self.load_ms = (time.perf_counter() - t0) * 1000
+                self.loaded = True
+                return
             tail = "\n".join(_recent_log[-15:])
-            raise BpfError(f"loading BPF object {self.name} ({self.path})"
+            failed = _failed_program(_recent_log)
+            err = BpfError(f"loading BPF object {self.name} ({self.path})"
                            + (f"; libbpf said:\n{tail}\n" if tail else ""), ret)
-        self.loaded = True
+            if failed is not None:
+                err.reason = f"program {failed}: {_refusal_reason(_recent_log, failed, err)}"
+            if failed is None or failed not in optional or failed in self.refused:
+                raise err
+            self.refused[failed] = err.reason.split(": ", 1)[1]
+            lib().bpf_object__close(self.ptr)
+            self._open()
+            self._replay()
+            self.program(failed).autoload = False
 
     def close(self) -> None:
         for link in reversed(self.links):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from podscope.testing.pods import Pod, PodNetwork
-from tests.conftest import AgentProc, python_cmd
+from tests.conftest import SLOW, AgentProc, python_cmd
 
 N = 23
 
@@ -22,7 +22,7 @@ def start_server(pod: Pod, port: int, response: int, log: Path, *extra: object) 
 
 
 def wait_for(pred, timeout: float = 10.0, step: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * SLOW
     while True:
         v = pred()
         if v or time.monotonic() > deadline:

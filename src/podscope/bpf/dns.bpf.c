@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /* DNS queries and responses of pods, from socket syscalls (UDP and TCP, port 53).
  *
- * Hooks: tp_btf/sock_send_length and sock_recv_length, like the HTTP collector: they fire for
- * the data syscalls of sockets only (send, sendto, sendmsg, sendmmsg, write, and their receive
- * sides). A syscall on a socket connected to port 53 (glibc connects its UDP socket) or sending
- * to port 53 (sendto / sendmsg with an address: dig, musl, Go) is copied (<= 512 bytes) to a
- * ring buffer, and so are the receives of a socket that sent to port 53 unconnected. User space
- * parses the messages and pairs each response with its query by socket and transaction id.
+ * Hooks (include/sockio.bpf.h), like the HTTP collector: the socket tracepoints where the kernel
+ * has them (they fire for the data syscalls of sockets only, once per message of sendmmsg and
+ * recvmmsg), else the syscall tracepoints of read, write, readv, writev, recvfrom, sendto,
+ * recvmsg, sendmsg, recvmmsg and sendmmsg (their enter keeps only UDP sockets and TCP sockets
+ * connected to port 53). A syscall on a socket connected to port 53 (glibc connects its UDP
+ * socket) or sending to port 53 (sendto / sendmsg with an address: dig, musl, Go) is copied
+ * (<= 512 bytes) to a ring buffer, and so are the receives of a socket that sent to port 53
+ * unconnected. User space parses the messages and pairs each response with its query by socket
+ * and transaction id.
  *
  * Cost for other sockets: the protocol and peer port are read from the socket; only
  * unconnected UDP sockets cost one hash lookup more. DNS itself is a few messages per lookup:
@@ -25,8 +28,9 @@
 #define AF_INET6     10
 #define IPPROTO_TCP  6
 #define IPPROTO_UDP  17
-#define MSG_PEEK     2
 #define MMSGHDR_SIZE 64 /* struct mmsghdr: a user_msghdr (56) and an unsigned int, padded */
+#define MMSG_LEN_OFF 56 /* its msg_len: the bytes of that message */
+#define DNS_MMSG_MAX 8	/* messages of one sendmmsg / recvmmsg looked at (syscall hooks) */
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -49,8 +53,16 @@ struct {
 	__type(value, __u32);
 } dns_socks SEC(".maps");
 
-/* sendmmsg / recvmmsg: the tracepoint fires once per message; which message of the vector a
- * thread is at. */
+/* Syscall hooks: the socket calls in flight, per thread (sys_enter -> sys_exit). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SX_CALLS_MAX);
+	__type(key, __u64);
+	__type(value, struct sx_call);
+} dns_calls SEC(".maps");
+
+/* sendmmsg / recvmmsg with the socket tracepoints: they fire once per message; which message of
+ * the vector a thread is at. */
 struct mmsg_pos {
 	__u64 vec;
 	__u32 next;
@@ -64,41 +76,34 @@ struct {
 	__type(value, struct mmsg_pos);
 } dns_mmsg SEC(".maps");
 
-/* The data and the destination address (sendto / sendmsg) of the current syscall. */
-static __always_inline bool dns_io(struct io_desc *d, __u64 *name)
-{
-	struct pt_regs *r = syscall_regs();
-	__u64 id = bpf_get_current_pid_tgid(), vec, vlen;
-	struct mmsg_pos *pos, fresh = {};
-	long nr;
+/* What a DNS event needs of its socket: from a BTF pointer (socket tracepoints: proto, dport and
+ * id are filled by the caller first) or with probe reads of an address found through the fd table
+ * (syscall hooks). */
+struct dns_sk {
+	__u64 id; /* socket cookie (socket tracepoints) or address (syscall hooks) */
+	__u32 netns;
+	__u16 proto;
+	__u16 dport;
+	__u16 family;
+	__u8 daddr[16];
+};
 
-	*name = 0;
-	if (!r)
-		return false;
-	nr = SYSCALL_NR(r);
-	if (nr == NR_sendto) {
-		*name = SYSCALL_ARG5(r);
-		return io_desc_get(d);
+static __always_inline void dns_sk_read(struct dns_sk *k, struct sock *sk, bool btf)
+{
+	if (btf) {
+		k->netns = skc_netns(&sk->__sk_common);
+		k->family = sk->__sk_common.skc_family;
+	} else {
+		k->proto = BPF_CORE_READ(sk, sk_protocol);
+		k->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+		k->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+		k->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+		k->id = (__u64)(unsigned long)sk;
 	}
-	if (nr == NR_sendmsg)
-		return io_desc_msghdr(d, SYSCALL_ARG2(r), name);
-	if (nr != NR_sendmmsg && nr != NR_recvmmsg)
-		return io_desc_get(d);
-	vec = SYSCALL_ARG2(r);
-	vlen = SYSCALL_ARG3(r);
-	pos = bpf_map_lookup_elem(&dns_mmsg, &id);
-	if (!pos || pos->vec != vec || pos->next >= vlen) {
-		/* a new call (a call that ended early leaves the next call misplaced only when it
-		 * reuses the same vector: user space then sees a message twice or not at all) */
-		fresh.vec = vec;
-		bpf_map_update_elem(&dns_mmsg, &id, &fresh, BPF_ANY);
-		pos = bpf_map_lookup_elem(&dns_mmsg, &id);
-		if (!pos)
-			return false;
-	}
-	vec += (__u64)pos->next * MMSGHDR_SIZE;
-	pos->next += 1;
-	return io_desc_msghdr(d, vec, nr == NR_sendmmsg ? name : 0);
+	if (k->family == AF_INET6)
+		BPF_CORE_READ_INTO(&k->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	else
+		BPF_CORE_READ_INTO(&k->daddr, sk, __sk_common.skc_daddr);
 }
 
 /* The port of a user sockaddr (sin_port and sin6_port are at the same offset). */
@@ -112,87 +117,67 @@ static __always_inline __u16 sockaddr_port(__u64 uaddr, __u16 *family)
 	return bpf_ntohs(sa.sin_port);
 }
 
-static __always_inline void copy_out(struct dns_event *e, const struct io_desc *d, int ret)
+static __always_inline void copy_out(struct dns_event *e, const struct io_desc *d, __u64 ret)
 {
-	__u64 n = d->len < (__u64)ret ? d->len : (__u64)ret, n2;
+	__u64 n = d->len < ret ? d->len : ret, n2;
 	struct iovec second;
 
 	if (n > DNS_CAP)
 		n = DNS_CAP;
+	n = clamp_len(n, DNS_CAP);
 	if (bpf_probe_read_user(e->data, n, (void *)d->base))
 		return;
 	e->captured = n;
 	/* TCP: glibc writes the two-byte length prefix as a buffer of its own (writev) */
-	if (n != 2 || !d->iov_ptr || d->cnt < 2 || (__u64)ret <= 2)
+	if (n != 2 || !d->iov_ptr || d->cnt < 2 || ret <= 2)
 		return;
 	if (bpf_probe_read_user(&second, sizeof(second), (void *)(d->iov_ptr + sizeof(second))))
 		return;
-	n2 = second.iov_len < (__u64)ret - 2 ? second.iov_len : (__u64)ret - 2;
+	n2 = second.iov_len < ret - 2 ? second.iov_len : ret - 2;
 	if (n2 > DNS_CAP - 2)
 		n2 = DNS_CAP - 2;
+	n2 = clamp_len(n2, DNS_CAP - 2);
 	if (!bpf_probe_read_user(e->data + 2, n2, second.iov_base))
 		e->captured = 2 + n2;
 }
 
-static __always_inline int on_dns(struct sock *sk, int ret, bool inbound)
+/* One message of `len` bytes in d (name: the destination of sendto / sendmsg, 0 if none). */
+static __always_inline void dns_msg(const struct dns_sk *k, const struct io_desc *d, __u64 name,
+				    __u64 len, bool inbound)
 {
-	__u16 proto, dport, family = 0, port;
-	__u64 name = 0, cookie;
+	__u16 family = 0, port = k->dport;
 	struct dns_event *e;
-	struct io_desc d = {};
-	__u32 *known = 0;
 
-	if (ret <= 0)
-		return 0;
-	proto = sk->sk_protocol;
-	if (proto != IPPROTO_UDP && proto != IPPROTO_TCP)
-		return 0;
-	dport = bpf_ntohs(sk->__sk_common.skc_dport);
-	if (dport != DNS_PORT) {
-		/* only an unconnected UDP socket may still be talking to port 53 */
-		if (proto != IPPROTO_UDP || dport)
-			return 0;
-		cookie = bpf_get_socket_cookie(sk);
-		known = bpf_map_lookup_elem(&dns_socks, &cookie);
-		if (inbound && !known)
-			return 0;
-	}
-	if (!dns_io(&d, &name))
-		return 0;
-	port = dport;
-	if (dport != DNS_PORT && !inbound) {
+	if (k->dport != DNS_PORT && !inbound) {
 		port = sockaddr_port(name, &family);
 		if (port != DNS_PORT)
-			return 0;
-		if (!known) {
+			return;
+		if (!bpf_map_lookup_elem(&dns_socks, &k->id)) {
 			__u32 p = port;
 
-			bpf_map_update_elem(&dns_socks, &cookie, &p, BPF_ANY);
+			bpf_map_update_elem(&dns_socks, &k->id, &p, BPF_ANY);
 		}
 	}
 	e = bpf_ringbuf_reserve(&dns_events, sizeof(*e), 0);
 	if (!e) {
 		count_err(&dns_errors, ERR_EVENTS_LOST);
-		return 0;
+		return;
 	}
 	e->ts_ns = bpf_ktime_get_ns();
 	e->cgroup_id = bpf_get_current_cgroup_id(); /* the process doing the I/O */
-	e->netns = skc_netns(&sk->__sk_common);
-	e->sock = bpf_get_socket_cookie(sk);
+	e->netns = k->netns;
+	e->sock = k->id;
 	e->tgid = bpf_get_current_pid_tgid() >> 32;
 	e->dir = inbound ? DNS_RECEIVED : DNS_SENT;
-	e->proto = proto;
-	e->len = ret;
+	e->proto = k->proto;
+	e->len = len;
 	e->captured = 0;
 	e->server_port = DNS_PORT;
 	__builtin_memset(e->server, 0, sizeof(e->server));
 	e->family = 0;
-	if (dport == DNS_PORT) {
-		e->family = sk->__sk_common.skc_family;
-		if (e->family == AF_INET6)
-			BPF_CORE_READ_INTO(&e->server, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
-		else
-			BPF_CORE_READ_INTO(&e->server, sk, __sk_common.skc_daddr);
+	if (k->dport == DNS_PORT) {
+		e->family = k->family;
+		__builtin_memcpy(e->server, k->daddr, sizeof(e->server));
 	} else if (name && family == AF_INET) {
 		bpf_probe_read_user(e->server, 4, (void *)(name + 4)); /* sin_addr */
 		e->family = AF_INET;
@@ -201,8 +186,81 @@ static __always_inline int on_dns(struct sock *sk, int ret, bool inbound)
 		e->family = AF_INET6;
 	}
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	copy_out(e, &d, ret);
+	copy_out(e, d, len);
 	bpf_ringbuf_submit(e, 0);
+}
+
+/* Whether a socket may carry DNS: connected to port 53, or an unconnected UDP socket that sends
+ * (to be checked against its destination) or that sent to port 53 before. */
+static __always_inline bool dns_socket(const struct dns_sk *k, bool inbound)
+{
+	if (k->proto != IPPROTO_UDP && k->proto != IPPROTO_TCP)
+		return false;
+	if (k->dport == DNS_PORT)
+		return true;
+	if (k->proto != IPPROTO_UDP || k->dport)
+		return false;
+	return !inbound || bpf_map_lookup_elem(&dns_socks, &k->id);
+}
+
+/* ---- hook set 1: the socket tracepoints (v6.3), once per message ---- */
+
+/* The data and the destination address (sendto / sendmsg) of the current message. */
+static __always_inline bool dns_io(struct io_desc *d, __u64 *name)
+{
+	__u64 id = bpf_get_current_pid_tgid(), vec, vlen;
+	struct mmsg_pos *pos, fresh = {};
+	struct sys_args a;
+
+	*name = 0;
+	if (!sys_args_from_regs(&a))
+		return false;
+	if (a.nr == NR_sendto) {
+		*name = a.a5;
+		return io_desc_get(d, &a);
+	}
+	if (a.nr == NR_sendmsg)
+		return io_desc_msghdr(d, a.a2, name);
+	if (a.nr != NR_sendmmsg && a.nr != NR_recvmmsg)
+		return io_desc_get(d, &a);
+	vec = a.a2;
+	vlen = a.a3;
+	pos = bpf_map_lookup_elem(&dns_mmsg, &id);
+	if (!pos || pos->vec != vec || pos->next >= vlen) {
+		/* a new call (a call that ended early leaves the next call misplaced only when it
+		 * reuses the same vector: user space then sees a message twice or not at all) */
+		fresh.vec = vec;
+		bpf_map_update_elem(&dns_mmsg, &id, &fresh, BPF_ANY);
+		pos = bpf_map_lookup_elem(&dns_mmsg, &id);
+		if (!pos)
+			return false;
+	}
+	vec += (__u64)pos->next * MMSGHDR_SIZE;
+	pos->next += 1;
+	return io_desc_msghdr(d, vec, a.nr == NR_sendmmsg ? name : 0);
+}
+
+static __always_inline int on_dns(struct sock *sk, int ret, bool inbound)
+{
+	struct dns_sk k = {};
+	struct io_desc d = {};
+	__u64 name = 0;
+
+	if (ret <= 0)
+		return 0;
+	/* every socket's I/O comes here: the cheap tests first */
+	k.proto = sk->sk_protocol;
+	k.dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	if ((k.proto != IPPROTO_UDP && k.proto != IPPROTO_TCP) ||
+	    (k.dport != DNS_PORT && (k.proto != IPPROTO_UDP || k.dport)))
+		return 0;
+	k.id = bpf_get_socket_cookie(sk);
+	if (!dns_socket(&k, inbound))
+		return 0;
+	dns_sk_read(&k, sk, true);
+	if (!dns_io(&d, &name))
+		return 0;
+	dns_msg(&k, &d, name, ret, inbound);
 	return 0;
 }
 
@@ -219,3 +277,85 @@ int BPF_PROG(dns_send, struct sock *sk, int ret, int flags)
 {
 	return on_dns(sk, ret, false);
 }
+
+/* ---- hook set 2: the syscall tracepoints (every kernel) ---- */
+
+static __always_inline int sx_enter(struct trace_event_raw_sys_enter *ctx, __u64 nr, bool inbound,
+				    int peek_arg)
+{
+	__u16 type = 0, proto = 0;
+	struct dns_sk k = {};
+	__u64 sk;
+
+	if (sx_flags(ctx, peek_arg) & MSG_PEEK)
+		return 0;
+	sk = fd_socket(ctx->args[0], &type, &proto);
+	if (!sk || (proto != IPPROTO_UDP && proto != IPPROTO_TCP))
+		return 0;
+	k.id = sk;
+	k.proto = proto;
+	k.dport = bpf_ntohs(BPF_CORE_READ((struct sock *)sk, __sk_common.skc_dport));
+	if (!dns_socket(&k, inbound))
+		return 0;
+	/* only sendto has a 5th argument: reading past a tracepoint's own arguments makes the
+	 * kernel refuse to attach the program (EACCES) */
+	sx_save(&dns_calls, sk, nr, ctx->args[1], ctx->args[2], nr == NR_sendto ? ctx->args[4] : 0);
+	return 0;
+}
+
+static __always_inline int sx_exit(struct trace_event_raw_sys_exit *ctx, bool inbound)
+{
+	struct sx_call c;
+	struct dns_sk k = {};
+	struct io_desc d = {};
+	__u64 name = 0, len;
+	long ret = ctx->ret;
+
+	if (!sx_take(&dns_calls, &c) || ret <= 0)
+		return 0;
+	dns_sk_read(&k, (struct sock *)(unsigned long)c.sk, false);
+	if (c.a.nr == NR_sendmmsg || c.a.nr == NR_recvmmsg) {
+		/* ret messages, each with its own length */
+		for (int i = 0; i < DNS_MMSG_MAX; i++) {
+			__u64 m = c.a.a2 + (__u64)i * MMSGHDR_SIZE;
+			__u32 mlen = 0;
+
+			if (i >= ret)
+				break;
+			if (bpf_probe_read_user(&mlen, sizeof(mlen), (void *)(m + MMSG_LEN_OFF)) ||
+			    !io_desc_msghdr(&d, m, c.a.nr == NR_sendmmsg ? &name : 0))
+				break;
+			dns_msg(&k, &d, name, mlen, inbound);
+		}
+		return 0;
+	}
+	if (c.a.nr == NR_sendto)
+		name = c.a.a5;
+	if (c.a.nr == NR_sendmsg ? !io_desc_msghdr(&d, c.a.a2, &name) : !io_desc_get(&d, &c.a))
+		return 0;
+	len = ret;
+	dns_msg(&k, &d, name, len, inbound);
+	return 0;
+}
+
+#define SYSCALL_PROGS(name, inbound, peek_arg)                                                     \
+	SEC("tracepoint/syscalls/sys_enter_" #name)                                                \
+	int dns_e_##name(struct trace_event_raw_sys_enter *ctx)                                    \
+	{                                                                                          \
+		return sx_enter(ctx, NR_##name, inbound, peek_arg);                                \
+	}                                                                                          \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                                                 \
+	int dns_x_##name(struct trace_event_raw_sys_exit *ctx)                                     \
+	{                                                                                          \
+		return sx_exit(ctx, inbound);                                                      \
+	}
+SYSCALL_PROGS(read, true, 0)
+SYSCALL_PROGS(readv, true, 0)
+SYSCALL_PROGS(recvfrom, true, 4)
+SYSCALL_PROGS(recvmsg, true, 3)
+SYSCALL_PROGS(recvmmsg, true, 0)
+SYSCALL_PROGS(write, false, 0)
+SYSCALL_PROGS(writev, false, 0)
+SYSCALL_PROGS(sendto, false, 0)
+SYSCALL_PROGS(sendmsg, false, 0)
+SYSCALL_PROGS(sendmmsg, false, 0)

@@ -1,18 +1,23 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /* HTTP/1.x requests from socket syscalls, paired and timed in the kernel.
  *
- * Hooks: tp_btf/sock_recv_length and tp_btf/sock_send_length fire inside the read/write,
- * readv/writev, recvfrom/sendto and recvmsg/sendmsg syscalls on sockets only, with the socket and
- * the byte count. The syscall's own arguments (buffer, iovec, msghdr) come from its saved
- * registers (bpf_task_pt_regs). Unlike syscall tracepoints, nothing runs for the syscalls of
- * files, pipes or epoll, and no process pays the syscall-tracing slow path.
+ * Hooks (include/sockio.bpf.h): the socket tracepoints where the kernel has them (v6.3: only
+ * socket I/O pays, no syscall-tracing slow path), else the syscall tracepoints of read, write,
+ * readv, writev, recvfrom, sendto, recvmsg and sendmsg, whose exits hand the call to one worker
+ * program (a tail call: the verifier checks the parser once, not once per syscall).
  *
  * Cost model, per data syscall on a TCP socket: one hash lookup. For a connection that carries
  * HTTP/1.x: an 8-byte read of the buffer to see whether a message starts; at a request head the
  * method and path (<= 64 bytes); at a response head the head itself (<= 512 bytes) to find the
  * status and the body's framing. A completed request adds to an in-kernel histogram. Nothing
  * goes to user space per request unless records are asked for. Connections the kernel cannot
- * follow (pipelining, header capture) are streamed to user space, which parses them fully. */
+ * follow (pipelining, header capture) are streamed to user space, which parses them fully.
+ *
+ * Kernels (one object for all, v5.10 up): the parser's steps are global functions that take
+ * only scalars (pointer arguments to global functions need v5.12) and find their state in the
+ * per-CPU scratch map and the connection map; loops are bounded loops around such calls (no
+ * bpf_loop, v5.17); no atomic fetch or exchange (v5.12); per-thread state goes through
+ * task_store.bpf.h (task storage, v5.11, or a hash). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -21,6 +26,7 @@
 #include "maps.bpf.h"
 #include "core_fixes.bpf.h"
 #include "sockio.bpf.h"
+#include "task_store.bpf.h"
 #include "http.h"
 
 #define AF_INET6    10
@@ -36,7 +42,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile bool emit_records = false; /* one ring-buffer record per request */
 const volatile bool stream_all = false;	  /* stream every HTTP connection (header capture) */
 const volatile __u32 max_tries = 16;	  /* data syscalls without an HTTP head before giving up */
-
+const volatile bool has_prev_state = true;   /* sched_switch's prev_state argument (v5.18) */
+const volatile bool has_task_pt_regs = true; /* bpf_task_pt_regs (v5.15): why a thread blocked */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -97,9 +104,53 @@ struct {
 	__uint(max_entries, 4 * EVENTS_RINGBUF_SZ);
 } http_stream SEC(".maps");
 
-/* Per-CPU scratch space: far larger than the 512-byte stack. */
+/* Syscall hooks: the socket calls in flight, per thread (sys_enter -> sys_exit). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SX_CALLS_MAX);
+	__type(key, __u64);
+	__type(value, struct sx_call);
+} http_calls SEC(".maps");
+
+/* Syscall hooks: slot 0 holds the worker (http_x_work), filled by user space after load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} http_work SEC(".maps");
+
+/* Head scanning state (one syscall's head at a time, per CPU). */
+struct scan_ctx {
+	__u32 n;	/* bytes copied to s->head */
+	__u32 head_len; /* offset after the empty line, 0 if not within n */
+	__u64 clen;	/* Content-Length value */
+	__u8 has_clen;
+	__u8 chunked;
+	__u8 want_fields; /* responses: look for Content-Length and Transfer-Encoding */
+	__u8 _pad[5];
+};
+
+struct iov_ctx {
+	__u64 iov_ptr;
+	__u64 cnt;
+	__u32 cap;  /* bytes copied so far */
+	__u32 left; /* bytes still to copy */
+};
+
+/* Per-CPU scratch space: far larger than the 512-byte stack, and where the global functions
+ * below find what their callers prepared (tracepoint programs do not preempt each other). */
 struct scratch {
 	__u8 head[2 * HTTP_HEAD_MAX]; /* twice the size: a masked index plus a small offset stays inside */
+	struct scan_ctx cx;
+	struct iov_ctx iov;
+	struct sx_call call; /* the syscall's socket and arguments */
+	struct io_desc io;   /* where its data is */
+	__u64 next_id;	     /* connection ids made on this CPU */
+	__s64 ret;	     /* syscall hooks: the syscall's result, for the worker */
+	__u8 have;	     /* io is valid */
+	__u8 inbound;	     /* syscall hooks: a read, for the worker */
+	__u8 _pad[6];
 	struct http_agg agg;
 	struct http_path path;
 	struct http_conn conn;
@@ -107,9 +158,14 @@ struct scratch {
 	__u8 data[2 * HTTP_CHUNK_MAX];
 };
 
+/* Two per CPU: slot 0 for the data hooks (process context), slot 1 for http_close, which may
+ * run in a softirq that interrupted a data hook on the same CPU. */
+#define SLOT_TASK    0
+#define SLOT_SOFTIRQ 1
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, struct scratch);
 } http_scratch SEC(".maps");
@@ -133,11 +189,27 @@ static __always_inline void count(__u32 which)
 		*v += 1;
 }
 
+static __always_inline struct scratch *scratch_at(__u32 slot)
+{
+	return bpf_map_lookup_elem(&http_scratch, &slot);
+}
+
 static __always_inline struct scratch *scratch(void)
 {
-	__u32 zero = 0;
+	return scratch_at(SLOT_TASK);
+}
 
-	return bpf_map_lookup_elem(&http_scratch, &zero);
+/* A socket's address as a plain number (a map key): global functions take scalars only, and a
+ * value loaded from a map is one. */
+static __always_inline __u64 sk_key(struct scratch *s, const void *sk)
+{
+	s->call.sk = (__u64)(unsigned long)sk;
+	return *(volatile __u64 *)&s->call.sk;
+}
+
+static __always_inline struct http_conn *conn_get(__u64 key)
+{
+	return bpf_map_lookup_elem(&http_conns, &key);
 }
 
 /* The first 8 bytes of the data as a little-endian word, 0 when unreadable. */
@@ -263,15 +335,6 @@ static __always_inline bool looks_like_h2_midway(const struct io_desc *d, int re
 
 /* ---- head scanning: 8 bytes per step, a closer look only at line starts ---- */
 
-struct scan_ctx {
-	__u32 n;	/* bytes copied to s->head */
-	__u32 head_len; /* offset after the empty line, 0 if not within n */
-	__u64 clen;	/* Content-Length value */
-	__u8 has_clen;
-	__u8 chunked;
-	__u8 want_fields; /* responses: look for Content-Length and Transfer-Encoding */
-};
-
 static __always_inline __u64 load8(const struct scratch *s, __u32 off)
 {
 	return *(const __u64 *)&s->head[off & HEAD_MASK];
@@ -300,14 +363,11 @@ static __always_inline void parse_clen(const struct scratch *s, __u32 p, struct 
 	}
 }
 
-/* A line starts at p. Returns 1 at the empty line that ends the head. A global function: the
- * verifier checks it once, not at every call site. */
-__noinline int scan_line_at(const struct scratch *s, __u32 p, struct scan_ctx *cx)
+/* A line starts at p. Returns 1 at the empty line that ends the head. */
+static __always_inline int scan_line_at(const struct scratch *s, __u32 p, struct scan_ctx *cx)
 {
 	__u8 c0;
 
-	if (!s || !cx)
-		return 1;
 	c0 = s->head[p & HEAD_MASK];
 	if (c0 == '\r' || c0 == '\n') {
 		cx->head_len = p + (c0 == '\r' ? 2 : 1);
@@ -364,34 +424,38 @@ static __always_inline long scan_word_at(const struct scratch *s, __u32 off, str
 	return 0;
 }
 
-/* 32 bytes of the head (a bpf_loop callback: verified once, whatever the length). */
-static long scan_block(__u32 b, struct scan_ctx *cx)
+/* 32 bytes of the head in s->head, with the scan state in s->cx. Returns 1 when the scan is
+ * over. A global function: verified once, whatever the head's length. */
+__noinline int http_scan_block(__u32 b)
 {
-	const struct scratch *s = scratch(); /* this CPU's: the one the caller filled */
-	__u32 off = b * 32;
+	struct scratch *s = scratch();
+	__u32 off = (b & 31) * 32;
 
 	if (!s)
 		return 1;
-	return scan_word_at(s, off, cx) || scan_word_at(s, off + 8, cx) ||
-	       scan_word_at(s, off + 16, cx) || scan_word_at(s, off + 24, cx);
+	return scan_word_at(s, off, &s->cx) || scan_word_at(s, off + 8, &s->cx) ||
+	       scan_word_at(s, off + 16, &s->cx) || scan_word_at(s, off + 24, &s->cx);
 }
 
 /* Find the end of the head (and, for responses, the body's framing) in s->head[0..n). */
-static __always_inline void scan_words(struct scan_ctx *cx)
+static __always_inline void scan_words(void)
 {
-	bpf_loop(HTTP_HEAD_MAX / 32, scan_block, cx, 0);
+	for (__u32 b = 0; b < HTTP_HEAD_MAX / 32; b++)
+		if (http_scan_block(b))
+			break;
 }
 
 /* Copy up to HTTP_HEAD_MAX bytes of the syscall's first buffer into s->head. */
 static __always_inline int fetch_head(struct scratch *s, const struct io_desc *d, int ret,
-				      struct scan_ctx *cx)
+				      bool want_fields)
 {
-	__u32 n = ret;
+	__u64 n = ret > 0 ? ret : 0;
 
 	if (n > d->len)
 		n = d->len;
 	if (n > HTTP_HEAD_MAX)
 		n = HTTP_HEAD_MAX;
+	n = clamp_len(n, HTTP_HEAD_MAX);
 	if (n < 8 || bpf_probe_read_user(s->head, n, (void *)d->base)) {
 		if (n >= 8)
 			count(HTTP_C_UNREADABLE);
@@ -401,35 +465,32 @@ static __always_inline int fetch_head(struct scratch *s, const struct io_desc *d
 	*(__u64 *)&s->head[n & HEAD_MASK] = 0;
 	*(__u64 *)&s->head[(n + 8) & HEAD_MASK] = 0;
 	*(__u64 *)&s->head[(n + 16) & HEAD_MASK] = 0;
-	cx->n = n;
-	cx->head_len = 0;
-	cx->clen = 0;
-	cx->has_clen = 0;
-	cx->chunked = 0;
+	s->cx.n = n;
+	s->cx.head_len = 0;
+	s->cx.clen = 0;
+	s->cx.has_clen = 0;
+	s->cx.chunked = 0;
+	s->cx.want_fields = want_fields;
 	return 0;
 }
 
 /* ---- connections ---- */
 
-/* Connection ids where no socket cookie can be had (the syscall-tracepoint hooks): the high bit
- * keeps them apart from cookies. */
-__u64 next_conn_id = 0;
-
-/* btf: sk is a BTF pointer (tp_btf hooks, direct loads); otherwise an address found through the
- * fd table (syscall tracepoints), read with probe reads. A constant at every call site. */
-static __always_inline void conn_init(struct http_conn *c, const struct sock *sk, __u8 role,
-				      bool btf)
+/* btf: sk is a BTF pointer (socket tracepoints: direct loads); otherwise an address found through
+ * the fd table (syscall tracepoints), read with probe reads. A constant at every call site. */
+static __always_inline void conn_init(struct http_conn *c, struct scratch *s, const struct sock *sk,
+				      __u8 role, bool btf)
 {
 	c->pod.cgroup_id = bpf_get_current_cgroup_id(); /* the process doing the I/O */
 	c->role = role;
+	c->id = (1ULL << 63) | ((__u64)bpf_get_smp_processor_id() << 40) |
+		(s->next_id++ & 0xffffffffffULL);
 	if (btf) {
-		c->id = bpf_get_socket_cookie((void *)sk);
 		c->pod.netns = skc_netns(&sk->__sk_common);
 		c->family = sk->__sk_common.skc_family;
 		c->local_port = sk->__sk_common.skc_num;
 		c->peer_port = bpf_ntohs(sk->__sk_common.skc_dport);
 	} else {
-		c->id = (1ULL << 63) | __sync_fetch_and_add(&next_conn_id, 1);
 		c->pod.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 		c->family = BPF_CORE_READ(sk, __sk_common.skc_family);
 		c->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
@@ -446,6 +507,7 @@ static __always_inline void conn_init(struct http_conn *c, const struct sock *sk
  * response byte: no scheduler hook. Blocked time by reason needs one (http_offcpu, a deep
  * probe that is attached only when asked for, as it costs every context switch). */
 
+/* per thread (task storage, or a hash by thread id before v5.11: see task_store.bpf.h) */
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -453,17 +515,19 @@ struct {
 	__type(value, struct http_thread);
 } http_threads SEC(".maps");
 
+static const struct http_thread zero_thread;
+
 static __always_inline void breakdown_start(struct http_conn *c)
 {
-	struct task_struct *t = bpf_get_current_task_btf();
+	struct task_struct *t = current_task();
 	struct http_thread *th = 0;
 
 	c->bd_state = HTTP_BD_TOTALS;
-	c->bd_tid = t->pid;
-	c->bd_ran = t->se.sum_exec_runtime;
-	c->bd_waited = t->sched_info.run_delay;
+	c->bd_tid = (__u32)bpf_get_current_pid_tgid();
+	c->bd_ran = BPF_CORE_READ(t, se.sum_exec_runtime);
+	c->bd_waited = BPF_CORE_READ(t, sched_info.run_delay);
 	if (reasons_on())
-		th = bpf_task_storage_get(&http_threads, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		th = current_store_get(&http_threads, true, &zero_thread);
 	if (th) {
 		__builtin_memcpy(c->bd_blocked, th->blocked_ns, sizeof(c->bd_blocked));
 		c->bd_state = HTTP_BD_REASONS;
@@ -472,21 +536,21 @@ static __always_inline void breakdown_start(struct http_conn *c)
 
 static __always_inline void breakdown_end(struct http_conn *c, __u64 now)
 {
-	struct task_struct *t = bpf_get_current_task_btf();
+	struct task_struct *t = current_task();
 	struct http_thread *th = 0;
 	__u64 wall, busy;
 
-	if (c->bd_state == HTTP_BD_NONE || t->pid != c->bd_tid) {
+	if (c->bd_state == HTTP_BD_NONE || (__u32)bpf_get_current_pid_tgid() != c->bd_tid) {
 		c->bd_state = HTTP_BD_NONE; /* another thread answers: its history is not this one's */
 		return;
 	}
 	wall = now > c->req_start ? now - c->req_start : 0;
-	c->bd.on_cpu_ns = t->se.sum_exec_runtime - c->bd_ran;
-	c->bd.runqueue_ns = t->sched_info.run_delay - c->bd_waited;
+	c->bd.on_cpu_ns = BPF_CORE_READ(t, se.sum_exec_runtime) - c->bd_ran;
+	c->bd.runqueue_ns = BPF_CORE_READ(t, sched_info.run_delay) - c->bd_waited;
 	busy = c->bd.on_cpu_ns + c->bd.runqueue_ns;
 	c->bd.blocked_ns = wall > busy ? wall - busy : 0;
 	if (c->bd_state == HTTP_BD_REASONS && reasons_on())
-		th = bpf_task_storage_get(&http_threads, t, 0, 0);
+		th = current_store_get(&http_threads, false, 0);
 	if (!th) {
 		__builtin_memset(c->bd.by_reason_ns, 0, sizeof(c->bd.by_reason_ns));
 		if (c->bd_state == HTTP_BD_REASONS)
@@ -513,11 +577,10 @@ static __always_inline void conn_reset_exchange(struct http_conn *c)
 
 /* Method and target: target bytes go to c->path (query included, for records); the hash covers
  * the path only (up to '?'), which is what routes are made of. */
-static __always_inline void read_target(struct http_conn *c, const struct scratch *s,
-					const struct scan_ctx *cx, __u32 off)
+static __always_inline void read_target(struct http_conn *c, const struct scratch *s, __u32 off)
 {
 	__u64 h = 14695981039346656037ULL; /* FNV-1a */
-	__u32 i, plen = 0;
+	__u32 i, plen = 0, n = s->cx.n;
 	bool in_path = true;
 
 #pragma unroll
@@ -526,7 +589,7 @@ static __always_inline void read_target(struct http_conn *c, const struct scratc
 	for (i = 0; i < HTTP_PATH_MAX; i++) {
 		__u8 ch;
 
-		if (off + i >= cx->n)
+		if (off + i >= n)
 			break;
 		ch = c->path[i];
 		if (ch == ' ' || ch == '\r' || ch == '\n')
@@ -549,15 +612,20 @@ static __always_inline void *agg_map(void)
 	return (slot && *slot) ? (void *)&http_agg1 : (void *)&http_agg0;
 }
 
-/* The current exchange ended at end_ns: add it to the aggregates (and records), start afresh. */
-static __always_inline void finish(struct http_conn *c, __u64 end_ns)
+/* The current exchange of connection `key` ended at end_ns: add it to the aggregates (and
+ * records), start afresh. */
+__noinline int http_finish(__u64 key, __u64 end_ns, __u32 slot)
 {
+	struct http_conn *c = conn_get(key);
 	struct http_agg_key k = {};
 	struct http_agg *a;
 	struct scratch *s;
 	void *m = agg_map();
-	__u64 dur = end_ns > c->req_start ? end_ns - c->req_start : 0;
+	__u64 dur;
 
+	if (!c)
+		return 0;
+	dur = end_ns > c->req_start ? end_ns - c->req_start : 0;
 	k.pod = c->pod;
 	k.path_hash = c->path_hash;
 	k.status = c->phase == HTTP_PHASE_RESPONSE ? c->status : 0;
@@ -569,7 +637,7 @@ static __always_inline void finish(struct http_conn *c, __u64 end_ns)
 		k.peer_port = c->peer_port;
 	}
 	a = bpf_map_lookup_elem(m, &k);
-	if (!a && (s = scratch())) {
+	if (!a && (s = scratch_at(slot))) {
 		__builtin_memset(&s->agg, 0, sizeof(s->agg));
 		bpf_map_update_elem(m, &k, &s->agg, BPF_NOEXIST);
 		a = bpf_map_lookup_elem(m, &k);
@@ -622,66 +690,74 @@ static __always_inline void finish(struct http_conn *c, __u64 end_ns)
 		}
 	}
 	conn_reset_exchange(c);
+	return 0;
 }
 
 /* ---- streaming (user space parses) ---- */
 
-struct iov_ctx {
-	__u64 iov_ptr;
-	__u64 cnt;
-	__u32 cap;  /* bytes copied so far */
-	__u32 left; /* bytes still to copy */
-};
-
-/* One iovec entry's bytes into s->data (a bpf_loop callback). */
-static long copy_iov(__u32 i, struct iov_ctx *x)
+/* One iovec entry's bytes into s->data, state in s->iov. Returns 1 when done. */
+__noinline int http_copy_iov(__u32 i, __u32 slot)
 {
-	struct scratch *s = scratch();
+	struct scratch *s = scratch_at(slot);
 	struct iovec v;
-	__u32 take;
+	__u64 take, cap;
 
-	if (!s || i >= x->cnt || !x->left)
+	if (!s || i >= s->iov.cnt || !s->iov.left)
 		return 1;
-	if (bpf_probe_read_user(&v, sizeof(v), (void *)(x->iov_ptr + i * sizeof(v))))
+	if (bpf_probe_read_user(&v, sizeof(v), (void *)(s->iov.iov_ptr + i * sizeof(v))))
 		return 1;
-	take = v.iov_len < x->left ? v.iov_len : x->left;
+	take = v.iov_len < s->iov.left ? v.iov_len : s->iov.left;
 	if (take > HTTP_CHUNK_MAX)
 		take = HTTP_CHUNK_MAX;
-	if (bpf_probe_read_user(&s->data[x->cap & (HTTP_CHUNK_MAX - 1)], take, v.iov_base))
+	cap = s->iov.cap;
+	if (bpf_probe_read_user(&s->data[cap & (HTTP_CHUNK_MAX - 1)], clamp_len(take, HTTP_CHUNK_MAX),
+				v.iov_base))
 		return 1;
-	x->cap += take;
-	x->left -= take;
+	s->iov.cap = cap + take;
+	s->iov.left -= take;
 	return 0;
 }
 
-static __always_inline void stream_emit(struct http_conn *c, const struct io_desc *d, int ret,
-					bool inbound, __u8 kind, __u16 skip)
+#define EMIT_INBOUND 1
+#define EMIT_HAVE_IO 2 /* s->io describes the syscall's data: copy it */
+#define EMIT_SOFTIRQ 4 /* use the softirq scratch slot */
+#define EMIT_KIND(k) ((k) << 4)
+#define EMIT_SKIP(n) ((n) << 16)
+
+/* One stream event of connection `key`: the syscall's bytes (ret of them) or a close. */
+__noinline int http_stream_emit(__u64 key, __s32 ret, __u32 flags)
 {
-	struct scratch *s = scratch();
+	__u32 slot = flags & EMIT_SOFTIRQ ? SLOT_SOFTIRQ : SLOT_TASK;
+	struct http_conn *c = conn_get(key);
+	struct scratch *s = scratch_at(slot);
 	struct http_stream_event *ev;
-	__u32 cap = 0, left;
+	__u8 kind = (flags >> 4) & 0xf;
+	__u64 cap = 0, left;
 	long err;
 
-	if (!s)
-		return;
+	if (!s || !c)
+		return 0;
 	ev = &s->ev;
 	left = ret > 0 ? ret : 0;
 	if (left > HTTP_CHUNK_MAX)
 		left = HTTP_CHUNK_MAX;
-	if (d && kind == HTTP_S_DATA) {
-		if (!d->iov_ptr) {
-			__u32 take = d->len < left ? d->len : left;
+	if ((flags & EMIT_HAVE_IO) && kind == HTTP_S_DATA) {
+		if (!s->io.iov_ptr) {
+			__u64 take = s->io.len < left ? s->io.len : left;
 
-			if (take > HTTP_CHUNK_MAX)
-				take = HTTP_CHUNK_MAX;
-			if (!bpf_probe_read_user(s->data, take, (void *)d->base))
+			if (!bpf_probe_read_user(s->data, clamp_len(take, HTTP_CHUNK_MAX),
+						 (void *)s->io.base))
 				cap = take;
 		} else {
 			/* gRPC and friends write many small buffers at once */
-			struct iov_ctx x = { .iov_ptr = d->iov_ptr, .cnt = d->cnt, .left = left };
-
-			bpf_loop(HTTP_IOV_STREAM_MAX, copy_iov, &x, 0);
-			cap = x.cap;
+			s->iov.iov_ptr = s->io.iov_ptr;
+			s->iov.cnt = s->io.cnt;
+			s->iov.cap = 0;
+			s->iov.left = left;
+			for (__u32 i = 0; i < HTTP_IOV_STREAM_MAX; i++)
+				if (http_copy_iov(i, slot))
+					break;
+			cap = s->iov.cap;
 		}
 	}
 	if (cap > HTTP_CHUNK_MAX)
@@ -694,7 +770,7 @@ static __always_inline void stream_emit(struct http_conn *c, const struct io_des
 	ev->len = ret > 0 ? ret : 0;
 	ev->captured = cap;
 	ev->kind = kind;
-	ev->inbound = inbound;
+	ev->inbound = flags & EMIT_INBOUND;
 	ev->role = c->role;
 	ev->family = c->family;
 	ev->local_port = c->local_port;
@@ -704,26 +780,24 @@ static __always_inline void stream_emit(struct http_conn *c, const struct io_des
 	ev->proto = c->proto;
 	ev->sk = c->sk;
 	ev->gap = c->stream_gap;
-	ev->skip = skip;
-	err = bpf_ringbuf_output(&http_stream, ev, sizeof(*ev) + cap, 0);
+	ev->skip = flags >> 16;
+	err = bpf_ringbuf_output(&http_stream, ev, sizeof(*ev) + clamp_len(cap, HTTP_CHUNK_MAX), 0);
 	if (err) {
 		count(HTTP_C_STREAM_LOST);
 		c->stream_gap = 1; /* user space resets this connection at its next event */
 	} else {
 		c->stream_gap = 0;
 	}
+	return 0;
 }
 
 /* Hand a connection to user space from this syscall on. A request still waiting for its response
  * goes first, as a seed: its method and target, its start and its size so far. */
-static __always_inline void to_stream(struct http_conn *c, const struct io_desc *d, int ret,
-				      bool inbound)
+static __always_inline void to_stream(struct http_conn *c, struct scratch *s, int ret, bool inbound)
 {
-	struct scratch *s;
-
 	c->mode = HTTP_MODE_STREAM;
 	c->proto = HTTP_PROTO_1;
-	if (c->phase == HTTP_PHASE_REQUEST && (s = scratch())) {
+	if (c->phase == HTTP_PHASE_REQUEST) {
 		__builtin_memcpy(s->data, c->path, HTTP_PATH_MAX);
 		s->ev.conn_id = c->id;
 		s->ev.cgroup_id = c->pod.cgroup_id;
@@ -739,58 +813,59 @@ static __always_inline void to_stream(struct http_conn *c, const struct io_desc 
 		s->ev.method = c->method;
 		s->ev.proto = HTTP_PROTO_1;
 		s->ev.sk = c->sk;
+		s->ev.gap = 0;
+		s->ev.skip = 0;
 		s->ev.local_port = c->local_port;
 		s->ev.peer_port = c->peer_port;
 		__builtin_memcpy(s->ev.peer_addr, c->peer_addr, sizeof(s->ev.peer_addr));
 		if (bpf_ringbuf_output(&http_stream, &s->ev,
-				       sizeof(s->ev) + (c->path_len & (HTTP_PATH_MAX - 1 | HTTP_PATH_MAX)), 0))
+				       sizeof(s->ev) + clamp_len(c->path_len, HTTP_PATH_MAX), 0))
 			count(HTTP_C_STREAM_LOST);
 	}
 	conn_reset_exchange(c);
 	count(HTTP_C_STREAMED);
-	stream_emit(c, d, ret, inbound, HTTP_S_DATA, 0);
+	http_stream_emit(c->sk, ret, (inbound ? EMIT_INBOUND : 0) | (s->have ? EMIT_HAVE_IO : 0) |
+					     EMIT_KIND(HTTP_S_DATA));
 }
 
 /* ---- the in-kernel state machine ---- */
 
-/* Bytes in the request direction (server: read; client: write). A global function, like
- * on_response_bytes: the verifier checks it once instead of in every program (load time). */
-__noinline int on_request_bytes(struct http_conn *c, const struct io_desc *d, int have, int ret,
-				int inbound)
+/* Bytes in the request direction (server: read; client: write); the data is s->io. */
+__noinline int http_on_request(__u64 key, __s32 ret, __u32 inbound)
 {
 	__u64 now = bpf_ktime_get_ns();
-	struct scan_ctx cx = {};
-	struct scratch *s;
+	struct http_conn *c = conn_get(key);
+	struct scratch *s = scratch();
 	__u32 target = 0, t2;
 	__u8 method;
 
-	if (!c || !d)
+	if (!c || !s)
 		return 0;
 	if (c->phase == HTTP_PHASE_REQUEST) {
 		/* body bytes, unless a second request comes before the first was answered
 		 * (pipelining across syscalls): then user space takes over */
-		if (have && method_of(peek8(d, ret), &target) != 0xff)
-			to_stream(c, d, ret, inbound);
+		if (s->have && method_of(peek8(&s->io, ret), &target) != 0xff)
+			to_stream(c, s, ret, inbound);
 		else
 			c->req_bytes += ret;
 		return 0;
 	}
-	if (!have || !(s = scratch()) || fetch_head(s, d, ret, &cx))
+	if (!s->have || fetch_head(s, &s->io, ret, false))
 		return 0;
 	method = method_of(load8(s, 0), &target);
 	if (method == 0xff)
 		return 0;
 	if (stream_all) {
-		to_stream(c, d, ret, inbound); /* header capture: user space parses everything */
+		to_stream(c, s, ret, inbound); /* header capture: user space parses everything */
 		return 0;
 	}
 	if (c->phase == HTTP_PHASE_RESPONSE)
-		finish(c, c->last_ns); /* the previous response ran until now */
+		http_finish(key, c->last_ns, SLOT_TASK); /* the previous response ran until now */
 	/* another request right after this one's head, in the same syscall: pipelining */
-	scan_words(&cx);
-	if (cx.head_len && cx.head_len + 8 <= cx.n &&
-	    method_of(load8(s, cx.head_len), &t2) != 0xff) {
-		to_stream(c, d, ret, inbound);
+	scan_words();
+	if (s->cx.head_len && s->cx.head_len + 8 <= s->cx.n &&
+	    method_of(load8(s, s->cx.head_len), &t2) != 0xff) {
+		to_stream(c, s, ret, inbound);
 		return 0;
 	}
 	c->method = method;
@@ -801,7 +876,7 @@ __noinline int on_request_bytes(struct http_conn *c, const struct io_desc *d, in
 	c->pid = bpf_get_current_pid_tgid() >> 32;
 	if (c->role == HTTP_ROLE_SERVER)
 		breakdown_start(c);
-	read_target(c, s, &cx, target);
+	read_target(c, s, target);
 	return 0;
 }
 
@@ -821,7 +896,7 @@ static __always_inline bool chunked_end_iov(const struct io_desc *d, int ret)
 {
 	struct iovec v;
 	__u64 tail = 0;
-	__u32 last;
+	__u64 last;
 
 	if (!d->iov_ptr || d->cnt <= 1)
 		return chunked_end(d, ret);
@@ -837,30 +912,30 @@ static __always_inline bool chunked_end_iov(const struct io_desc *d, int ret)
 	return tail == W8('0', '\r', '\n', '\r', '\n', 0, 0, 0);
 }
 
-/* Bytes in the response direction (server: write; client: read). */
-__noinline int on_response_bytes(struct http_conn *c, const struct io_desc *d, int have, int ret)
+/* Bytes in the response direction (server: write; client: read); the data is s->io. */
+__noinline int http_on_response(__u64 key, __s32 ret)
 {
 	__u64 now = bpf_ktime_get_ns();
-	struct scan_ctx cx = {};
-	struct scratch *s;
+	struct http_conn *c = conn_get(key);
+	struct scratch *s = scratch();
+	__u32 head_len;
 	__u8 st[4] = {};
 
-	if (!c || !d)
+	if (!c || !s)
 		return 0;
 	if (c->phase == HTTP_PHASE_RESPONSE) {
 		c->resp_bytes += ret;
 		c->last_ns = now;
 		if ((c->framing == HTTP_FRAMING_LENGTH && c->resp_bytes >= c->resp_expect) ||
-		    (c->framing == HTTP_FRAMING_CHUNKED && have && chunked_end_iov(d, ret)))
-			finish(c, now);
+		    (c->framing == HTTP_FRAMING_CHUNKED && s->have && chunked_end_iov(&s->io, ret)))
+			http_finish(key, now, SLOT_TASK);
 		return 0;
 	}
-	if (c->phase != HTTP_PHASE_REQUEST || !have)
+	if (c->phase != HTTP_PHASE_REQUEST || !s->have)
 		return 0; /* no request is waiting: not ours */
-	if (!(s = scratch()) || fetch_head(s, d, ret, &cx) || !is_response(load8(s, 0)))
+	if (fetch_head(s, &s->io, ret, true) || !is_response(load8(s, 0)))
 		return 0;
-	cx.want_fields = 1;
-	scan_words(&cx);
+	scan_words();
 	__builtin_memcpy(st, &s->head[9], 3);
 	if (s->head[8] != ' ' || st[0] < '1' || st[0] > '5' || st[1] < '0' || st[1] > '9' ||
 	    st[2] < '0' || st[2] > '9') {
@@ -879,51 +954,51 @@ __noinline int on_response_bytes(struct http_conn *c, const struct io_desc *d, i
 		breakdown_end(c, now);
 	c->last_ns = now;
 	c->resp_bytes += ret;
-	if (!cx.head_len) {
+	head_len = s->cx.head_len;
+	if (!head_len) {
 		count(HTTP_C_HEAD_INCOMPLETE);
 		c->framing = HTTP_FRAMING_UNKNOWN;
 	} else if (c->method == HTTP_M_HEAD || c->status == 204 || c->status == 304 ||
 		   c->status == 101) {
 		c->framing = HTTP_FRAMING_EMPTY;
-	} else if (cx.chunked) {
+	} else if (s->cx.chunked) {
 		c->framing = HTTP_FRAMING_CHUNKED;
-	} else if (cx.has_clen) {
+	} else if (s->cx.has_clen) {
 		c->framing = HTTP_FRAMING_LENGTH;
 		/* interim responses (100 Continue) already counted come first */
-		c->resp_expect = c->resp_bytes - ret + cx.head_len + cx.clen;
+		c->resp_expect = c->resp_bytes - ret + head_len + s->cx.clen;
 	}
 	if (c->framing == HTTP_FRAMING_EMPTY ||
 	    (c->framing == HTTP_FRAMING_LENGTH && c->resp_bytes >= c->resp_expect) ||
-	    (c->framing == HTTP_FRAMING_CHUNKED && chunked_end_iov(d, ret))) {
+	    (c->framing == HTTP_FRAMING_CHUNKED && chunked_end_iov(&s->io, ret))) {
 		bool upgraded = c->status == 101;
 
-		finish(c, now);
+		http_finish(key, now, SLOT_TASK);
 		if (upgraded) { /* WebSocket or h2c: look at the connection afresh (h2c: a preface) */
 			c->mode = HTTP_MODE_NEW;
 			c->tries = 0;
 			/* h2c whose server SETTINGS came in the same buffer as the 101: HTTP/2 from here,
 			 * or the stream's first frames (and HPACK table entries) would be missed */
-			if (cx.head_len && cx.head_len + 9 <= cx.n && cx.head_len <= HTTP_HEAD_MAX - 9 &&
-			    s->head[(cx.head_len + 3) & (HTTP_HEAD_MAX - 1)] == 4 &&
-			    h2_frame_ok(&s->head[cx.head_len & (HTTP_HEAD_MAX - 1)])) {
+			if (head_len && head_len + 9 <= s->cx.n && head_len <= HTTP_HEAD_MAX - 9 &&
+			    s->head[(head_len + 3) & (HTTP_HEAD_MAX - 1)] == 4 &&
+			    h2_frame_ok(&s->head[head_len & (HTTP_HEAD_MAX - 1)])) {
 				c->mode = HTTP_MODE_STREAM;
 				c->proto = HTTP_PROTO_2;
 				count(HTTP_C_STREAMED);
-				stream_emit(c, d, ret, c->role == HTTP_ROLE_CLIENT, HTTP_S_DATA,
-					    cx.head_len);
+				http_stream_emit(key, ret,
+						 (c->role == HTTP_ROLE_CLIENT ? EMIT_INBOUND : 0) |
+							 EMIT_HAVE_IO | EMIT_KIND(HTTP_S_DATA) |
+							 EMIT_SKIP(head_len & (HTTP_HEAD_MAX - 1)));
 			}
 		}
 	}
 	return 0;
 }
 
-static __always_inline struct http_conn *conn_new(__u64 key)
+static __always_inline struct http_conn *conn_new(struct scratch *s, __u64 key)
 {
-	struct scratch *s = scratch();
 	struct http_conn *c;
 
-	if (!s)
-		return 0;
 	__builtin_memset(&s->conn, 0, sizeof(s->conn));
 	s->conn.sk = key;
 	bpf_map_update_elem(&http_conns, &key, &s->conn, BPF_NOEXIST);
@@ -933,59 +1008,66 @@ static __always_inline struct http_conn *conn_new(__u64 key)
 	return c;
 }
 
+/* Data on a TCP socket: ret bytes moved (<= 0: end of file or error). btf: the socket tracepoints
+ * (sk is a BTF pointer; the syscall's arguments from its registers); otherwise the syscall hooks'
+ * worker (the arguments are in s->call). */
 static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool btf)
 {
-	__u64 key = (__u64)(unsigned long)sk;
+	struct scratch *s = scratch();
 	struct http_conn *c;
-	struct io_desc d = {};
 	__u32 target;
 	bool have;
-	__u64 w;
+	__u64 w, key;
 	__u8 role;
 
-	if (btf && sk->sk_protocol != IPPROTO_TCP)
-		return 0; /* the syscall path checked it while finding the socket */
-	c = bpf_map_lookup_elem(&http_conns, &key);
+	if (!s)
+		return 0;
+	key = sk_key(s, sk);
+	c = conn_get(key);
 	if (ret <= 0) {
 		/* end of file from the peer: a response delimited by the close is complete */
 		if (ret == 0 && inbound && c && c->mode == HTTP_MODE_KERNEL &&
 		    c->role == HTTP_ROLE_CLIENT && c->phase != HTTP_PHASE_IDLE)
-			finish(c, c->phase == HTTP_PHASE_RESPONSE ? c->last_ns : bpf_ktime_get_ns());
+			http_finish(key, c->phase == HTTP_PHASE_RESPONSE ? c->last_ns :
+									    bpf_ktime_get_ns(), SLOT_TASK);
 		return 0;
 	}
 	if (c && c->mode == HTTP_MODE_OFF)
 		return 0;
-	have = io_desc_get(&d);
+	have = btf ? sys_args_from_regs(&s->call.a) : true;
+	have = have && io_desc_get(&s->io, &s->call.a);
+	s->have = have;
 	if (c && c->mode == HTTP_MODE_STREAM) {
-		stream_emit(c, have ? &d : 0, ret, inbound, HTTP_S_DATA, 0);
+		http_stream_emit(key, ret, (inbound ? EMIT_INBOUND : 0) | (have ? EMIT_HAVE_IO : 0) |
+						   EMIT_KIND(HTTP_S_DATA));
 		return 0;
 	}
 	if (!c || c->mode == HTTP_MODE_NEW) {
-		w = have ? peek8(&d, ret) : 0;
+		w = have ? peek8(&s->io, ret) : 0;
 		if (is_h2_preface(w)) {
 			/* HTTP/2: user space decodes it (HPACK state lives there) */
-			if (!c && !(c = conn_new(key)))
+			if (!c && !(c = conn_new(s, key)))
 				return 0;
-			conn_init(c, sk, inbound ? HTTP_ROLE_SERVER : HTTP_ROLE_CLIENT, btf);
+			conn_init(c, s, sk, inbound ? HTTP_ROLE_SERVER : HTTP_ROLE_CLIENT, btf);
 			c->mode = HTTP_MODE_STREAM;
 			c->proto = HTTP_PROTO_2;
 			count(HTTP_C_STREAMED);
-			stream_emit(c, &d, ret, inbound, HTTP_S_DATA, 0);
+			http_stream_emit(key, ret, (inbound ? EMIT_INBOUND : 0) | EMIT_HAVE_IO |
+							   EMIT_KIND(HTTP_S_DATA));
 			return 0;
 		}
-		if (!c || c->mode == HTTP_MODE_NEW) {
-			if (have && !is_response(w) && method_of(w, &target) == 0xff &&
-			    looks_like_h2_midway(&d, ret)) {
-				if (!c && !(c = conn_new(key)))
-					return 0;
-				/* the role is unknown from a frame: user space works it out */
-				conn_init(c, sk, 0, btf);
-				c->mode = HTTP_MODE_STREAM;
-				c->proto = HTTP_PROTO_2_MIDWAY;
-				count(HTTP_C_STREAMED);
-				stream_emit(c, &d, ret, inbound, HTTP_S_DATA, 0);
+		if (have && !is_response(w) && method_of(w, &target) == 0xff &&
+		    looks_like_h2_midway(&s->io, ret)) {
+			if (!c && !(c = conn_new(s, key)))
 				return 0;
-			}
+			/* the role is unknown from a frame: user space works it out */
+			conn_init(c, s, sk, 0, btf);
+			c->mode = HTTP_MODE_STREAM;
+			c->proto = HTTP_PROTO_2_MIDWAY;
+			count(HTTP_C_STREAMED);
+			http_stream_emit(key, ret, (inbound ? EMIT_INBOUND : 0) | EMIT_HAVE_IO |
+							   EMIT_KIND(HTTP_S_DATA));
+			return 0;
 		}
 		if (method_of(w, &target) != 0xff)
 			role = inbound ? HTTP_ROLE_SERVER : HTTP_ROLE_CLIENT;
@@ -993,27 +1075,31 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 			role = inbound ? HTTP_ROLE_CLIENT : HTTP_ROLE_SERVER;
 		else
 			role = 0;
-		if (!c && !(c = conn_new(key)))
+		if (!c && !(c = conn_new(s, key)))
 			return 0;
 		if (!role) {
 			if (++c->tries >= max_tries)
 				c->mode = HTTP_MODE_OFF;
 			return 0;
 		}
-		conn_init(c, sk, role, btf);
+		conn_init(c, s, sk, role, btf);
 		c->mode = HTTP_MODE_KERNEL;
 	}
 	if ((c->role == HTTP_ROLE_SERVER) == inbound)
-		on_request_bytes(c, &d, have, ret, inbound);
+		http_on_request(key, ret, inbound);
 	else
-		on_response_bytes(c, &d, have, ret);
+		http_on_response(key, ret);
 	return 0;
 }
+
+/* ---- hook set 1: the socket tracepoints (v6.3) ---- */
 
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(http_recv, struct sock *sk, int ret, int flags)
 {
-	if (flags & 2 /* MSG_PEEK: the same bytes will be read again */)
+	if (flags & MSG_PEEK /* the same bytes will be read again */)
+		return 0;
+	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	return on_data(sk, ret, true, true);
 }
@@ -1021,102 +1107,100 @@ int BPF_PROG(http_recv, struct sock *sk, int ret, int flags)
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(http_send, struct sock *sk, int ret, int flags)
 {
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
 	return on_data(sk, ret, false, true);
 }
 
-/* ---- fallback for kernels without the sock_*_length tracepoints: syscall tracepoints ----
- * Loaded only when chosen (user space turns autoload on). Each fires for every read/write/...
- * of every process; the fd is looked up in the task's fd table and only TCP sockets go on. */
+/* ---- hook set 2: the syscall tracepoints (every kernel) ----
+ * sys_enter keeps the calls on TCP sockets that may carry HTTP (not those already found not to);
+ * sys_exit hands the call and its result to the worker. */
 
-#define S_IFMT	 00170000
-#define S_IFSOCK 0140000
-#define SOCK_STREAM 1
-
-static __always_inline struct sock *fd_tcp_sock(long fd)
+static __always_inline int sx_enter(struct trace_event_raw_sys_enter *ctx, __u64 nr, int peek_arg)
 {
-	struct task_struct *t = bpf_get_current_task_btf();
-	struct file **fds, *f = 0;
-	struct socket *so;
-	struct sock *sk;
+	__u16 type = 0, proto = 0;
+	struct http_conn *c;
+	__u64 sk;
 
-	if (fd < 0 || fd > 0xfffff)
+	if (sx_flags(ctx, peek_arg) & MSG_PEEK)
 		return 0;
-	fds = BPF_CORE_READ(t, files, fdt, fd);
-	if (!fds || bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+	sk = fd_socket(ctx->args[0], &type, &proto);
+	if (!sk || type != SOCK_STREAM || proto != IPPROTO_TCP)
 		return 0;
-	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+	c = conn_get(sk);
+	if (c && c->mode == HTTP_MODE_OFF)
 		return 0;
-	so = BPF_CORE_READ(f, private_data);
-	if (!so || BPF_CORE_READ(so, type) != SOCK_STREAM)
-		return 0;
-	sk = BPF_CORE_READ(so, sk);
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
-	return sk;
-}
-
-static __always_inline int on_syscall_exit(long ret, bool inbound, int peek_arg)
-{
-	struct task_struct *t = bpf_get_current_task_btf();
-	struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs(t);
-	struct sock *sk;
-	long flags = 0;
-
-	if (ret < 0 || !r)
-		return 0;
-	if (peek_arg == 3)
-		flags = SYSCALL_ARG3(r);
-	else if (peek_arg == 4)
-		flags = SYSCALL_ARG4(r);
-	if (flags & 2 /* MSG_PEEK */)
-		return 0;
-	sk = fd_tcp_sock(SYSCALL_ARG1(r));
-	if (!sk)
-		return 0;
-	return on_data(sk, ret, inbound, false);
-}
-
-#define SYSCALL_EXIT_PROG(name, inbound, peek_arg)                                                 \
-	SEC("tracepoint/syscalls/sys_exit_" #name)                                                 \
-	int http_sx_##name(struct trace_event_raw_sys_exit *ctx)                                    \
-	{                                                                                          \
-		return on_syscall_exit(ctx->ret, inbound, peek_arg);                                \
-	}
-SYSCALL_EXIT_PROG(read, true, 0)
-SYSCALL_EXIT_PROG(readv, true, 0)
-SYSCALL_EXIT_PROG(recvfrom, true, 4)
-SYSCALL_EXIT_PROG(recvmsg, true, 3)
-SYSCALL_EXIT_PROG(write, false, 0)
-SYSCALL_EXIT_PROG(writev, false, 0)
-SYSCALL_EXIT_PROG(sendto, false, 0)
-SYSCALL_EXIT_PROG(sendmsg, false, 0)
-
-static __always_inline int on_destroy(const void *sk)
-{
-	__u64 key = (__u64)(unsigned long)sk;
-	struct http_conn *c = bpf_map_lookup_elem(&http_conns, &key);
-
-	if (!c)
-		return 0;
-	if (c->mode == HTTP_MODE_KERNEL && c->phase != HTTP_PHASE_IDLE)
-		finish(c, c->phase == HTTP_PHASE_RESPONSE ? c->last_ns : bpf_ktime_get_ns());
-	else if (c->mode == HTTP_MODE_STREAM)
-		stream_emit(c, 0, 0, false, HTTP_S_CLOSE, 0);
-	bpf_map_delete_elem(&http_conns, &key);
+	sx_save(&http_calls, sk, nr, ctx->args[1], ctx->args[2], 0);
 	return 0;
 }
 
-/* The socket is destroyed: whatever is in flight ends here. */
+static __always_inline int sx_exit(struct trace_event_raw_sys_exit *ctx, bool inbound)
+{
+	struct scratch *s;
+	long ret = ctx->ret;
+
+	if (ret < 0 || !(s = scratch()) || !sx_take(&http_calls, &s->call))
+		return 0;
+	s->ret = ret;
+	s->inbound = inbound;
+	bpf_tail_call(ctx, &http_work, 0);
+	count(HTTP_C_WORK_LOST);
+	return 0;
+}
+
+#define SYSCALL_PROGS(name, inbound, peek_arg)                                                     \
+	SEC("tracepoint/syscalls/sys_enter_" #name)                                                \
+	int http_e_##name(struct trace_event_raw_sys_enter *ctx)                                   \
+	{                                                                                          \
+		return sx_enter(ctx, NR_##name, peek_arg);                                         \
+	}                                                                                          \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                                                 \
+	int http_x_##name(struct trace_event_raw_sys_exit *ctx)                                    \
+	{                                                                                          \
+		return sx_exit(ctx, inbound);                                                      \
+	}
+SYSCALL_PROGS(read, true, 0)
+SYSCALL_PROGS(readv, true, 0)
+SYSCALL_PROGS(recvfrom, true, 4)
+SYSCALL_PROGS(recvmsg, true, 3)
+SYSCALL_PROGS(write, false, 0)
+SYSCALL_PROGS(writev, false, 0)
+SYSCALL_PROGS(sendto, false, 0)
+SYSCALL_PROGS(sendmsg, false, 0)
+
+/* The worker (tail-called from every sys_exit program above; never attached itself). */
+SEC("tracepoint")
+int http_x_work(void *ctx)
+{
+	struct scratch *s = scratch();
+
+	if (!s)
+		return 0;
+	return on_data((struct sock *)(unsigned long)s->call.sk, (int)s->ret, s->inbound, false);
+}
+
+/* ---- the end of a connection (both hook sets) ---- */
+
 SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(http_close, struct sock *sk)
 {
-	return on_destroy(sk);
-}
+	struct scratch *s = scratch_at(SLOT_SOFTIRQ);
+	struct http_conn *c;
+	__u64 key;
 
-SEC("tracepoint/tcp/tcp_destroy_sock")
-int http_sx_close(struct trace_event_raw_tcp_event_sk *ctx)
-{
-	return on_destroy(ctx->skaddr);
+	if (!s)
+		return 0;
+	key = sk_key(s, sk);
+	c = conn_get(key);
+	if (!c)
+		return 0;
+	if (c->mode == HTTP_MODE_KERNEL && c->phase != HTTP_PHASE_IDLE)
+		http_finish(key, c->phase == HTTP_PHASE_RESPONSE ? c->last_ns : bpf_ktime_get_ns(),
+			    SLOT_SOFTIRQ);
+	else if (c->mode == HTTP_MODE_STREAM)
+		http_stream_emit(key, 0, EMIT_KIND(HTTP_S_CLOSE) | EMIT_SOFTIRQ);
+	bpf_map_delete_elem(&http_conns, &key);
+	return 0;
 }
 
 /* ---- the off-CPU probe (deep: attached only when asked for) ----
@@ -1158,9 +1242,11 @@ int http_sx_close(struct trace_event_raw_tcp_event_sk *ctx)
 #endif
 #define TASK_UNINTERRUPTIBLE 0x2
 
+/* Before v5.15 (no bpf_task_pt_regs) the syscall a thread blocked in is not known: only disk
+ * (D state) and other are told apart. */
 static __always_inline __u32 block_reason(struct task_struct *t, unsigned int state)
 {
-	struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs(t);
+	struct pt_regs *r = has_task_pt_regs ? (struct pt_regs *)bpf_task_pt_regs(t) : 0;
 	long nr = r ? SYSCALL_NR(r) : -1;
 
 	if (nr == NR_futex || nr == NR_futex_waitv)
@@ -1194,18 +1280,18 @@ static __always_inline __u32 block_reason(struct task_struct *t, unsigned int st
 }
 
 SEC("tp_btf/sched_switch")
-int BPF_PROG(http_offcpu, bool preempt, struct task_struct *prev, struct task_struct *next,
-	     unsigned int prev_state)
+int BPF_PROG(http_offcpu, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
+	unsigned int prev_state = SCHED_SWITCH_PREV_STATE(ctx, preempt, prev, has_prev_state);
 	struct http_thread *th;
 	__u64 now;
 
-	th = bpf_task_storage_get(&http_threads, prev, 0, 0);
+	th = task_store_get(&http_threads, prev, false, 0);
 	if (th && prev_state) {
 		th->off_ns = bpf_ktime_get_ns();
 		th->reason = block_reason(prev, prev_state);
 	}
-	th = bpf_task_storage_get(&http_threads, next, 0, 0);
+	th = task_store_get(&http_threads, next, false, 0);
 	if (!th || !th->off_ns)
 		return 0;
 	now = bpf_ktime_get_ns();

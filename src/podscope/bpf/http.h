@@ -66,7 +66,8 @@ enum http_counter {
 				     * framing unknown, the response ends at the next request or close */
 	HTTP_C_UNREADABLE = 5,	    /* the syscall's buffer could not be read */
 	HTTP_C_STREAMED = 6,	    /* connections handed to user space */
-	HTTP_C_MAX = 7,
+	HTTP_C_WORK_LOST = 7,	    /* syscall hooks: the worker program could not be reached */
+	HTTP_C_MAX = 8,
 };
 
 /* Aggregates per (pod, role, method, status, path, peer), per CPU (no atomics, no shared cache
@@ -133,7 +134,7 @@ enum http_breakdown_state {
 
 /* Per connection, keyed by the socket's address, from first HTTP data to close. */
 struct http_conn {
-	__u64 id; /* socket cookie: never reused */
+	__u64 id; /* made when the connection is first seen: never reused while the agent runs */
 	__u64 sk; /* the key: the socket's address */
 	struct pod_key pod;
 	__u64 req_start; /* ns: the read (server) or write (client) that carried the request head */

@@ -9,6 +9,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "maps.bpf.h"
+#include "core_fixes.bpf.h"
 #include "kernel.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -86,7 +87,7 @@ static __always_inline int on_exit(struct trace_event_raw_sys_exit *ctx, __u32 k
 
 	if (ret >= 0 || ret < -4095)
 		return 0;
-	record(bpf_get_current_task_btf(), kind, (__s32)-ret, (__u32)ctx->id, 0);
+	record(current_task(), kind, (__s32)-ret, (__u32)ctx->id, 0);
 	return 0;
 }
 

@@ -101,13 +101,13 @@ SEC("tp_btf/skb_copy_datagram_iovec")
 int BPF_PROG(netlat_copy, const struct sk_buff *skb, int len)
 {
 	__u64 key = (__u64)(unsigned long)skb, now;
-	struct task_struct *t = bpf_get_current_task_btf();
 	struct netlat_skb *v = bpf_map_lookup_elem(&netlat_rx, &key);
 
 	if (!v)
 		return 0;
 	now = bpf_ktime_get_ns();
-	observe(NETLAT_RX_SOCK, v, bpf_get_current_cgroup_id(), t->nsproxy->net_ns->ns.inum, now);
+	observe(NETLAT_RX_SOCK, v, bpf_get_current_cgroup_id(),
+		BPF_CORE_READ(current_task(), nsproxy, net_ns, ns.inum), now);
 	bpf_map_delete_elem(&netlat_rx, &key); /* the first read of it: later ones add nothing */
 	return 0;
 }

@@ -10,9 +10,13 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include "maps.bpf.h"
+#include "core_fixes.bpf.h"
+#include "task_store.bpf.h"
 #include "profile.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+const volatile bool has_prev_state = true; /* sched_switch's prev_state argument (v5.18) */
 
 DEFINE_ERR_MAP(profile_errors);
 
@@ -49,12 +53,15 @@ struct {
 	__type(value, __u64);
 } profile_offcpu SEC(".maps");
 
+/* per task (task storage, or a hash by thread id before v5.11: see task_store.bpf.h) */
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
 	__type(value, struct profile_blocked);
 } profile_blocked_tasks SEC(".maps");
+
+static const struct profile_blocked zero_blocked;
 
 static __always_inline void add(void *map, struct profile_key *k, __u64 v)
 {
@@ -86,23 +93,22 @@ int profile_sample(struct bpf_perf_event_data *ctx)
  * time it was away to where it blocked. Preempted tasks are waiting for a CPU, not blocked:
  * they are left out. */
 SEC("tp_btf/sched_switch")
-int BPF_PROG(profile_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
-	     unsigned int prev_state)
+int BPF_PROG(profile_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
+	unsigned int prev_state = SCHED_SWITCH_PREV_STATE(ctx, preempt, prev, has_prev_state);
 	__u64 cgid = bpf_get_current_cgroup_id();
 	struct profile_blocked *b;
 	struct profile_key k = {};
 
 	if (prev_state && bpf_map_lookup_elem(&profile_cgroups, &cgid)) {
-		b = bpf_task_storage_get(&profile_blocked_tasks, prev, 0,
-					 BPF_LOCAL_STORAGE_GET_F_CREATE);
+		b = task_store_get(&profile_blocked_tasks, prev, true, &zero_blocked);
 		if (b) {
 			b->ts_ns = bpf_ktime_get_ns();
 			b->kstack = bpf_get_stackid(ctx, &profile_stacks, 0);
 			b->ustack = bpf_get_stackid(ctx, &profile_stacks, BPF_F_USER_STACK);
 		}
 	}
-	b = bpf_task_storage_get(&profile_blocked_tasks, next, 0, 0);
+	b = task_store_get(&profile_blocked_tasks, next, false, 0);
 	if (!b || !b->ts_ns)
 		return 0;
 	k.cgroup_id = next->cgroups->dfl_cgrp->kn->id;

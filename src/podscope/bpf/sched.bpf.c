@@ -20,6 +20,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "maps.bpf.h"
+#include "task_store.bpf.h"
 #include "sched.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -41,12 +42,15 @@ struct {
 	__type(value, struct sched_stats);
 } sched_stats SEC(".maps");
 
+/* per task (task storage, or a hash by thread id before v5.11: see task_store.bpf.h) */
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
 	__type(value, struct sched_task);
 } sched_tasks SEC(".maps");
+
+static const struct sched_task zero_task;
 
 static __always_inline __u64 since(__u64 now, __u64 *last)
 {
@@ -70,9 +74,14 @@ static __always_inline void account(struct task_struct *t, __u64 now)
 	if (!slot)
 		return;
 	s = bpf_map_lookup_elem(&sched_stats, slot);
-	st = bpf_task_storage_get(&sched_tasks, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	st = task_store_get(&sched_tasks, t, true, &zero_task);
 	if (!s || !st)
 		return;
+	if (st->start_ns != t->start_time) {
+		/* a thread id the hash last saw on a task that is gone: this one starts afresh */
+		__builtin_memset(st, 0, sizeof(*st));
+		st->start_ns = t->start_time;
+	}
 	ran = t->se.sum_exec_runtime;
 	waited = t->sched_info.run_delay;
 	life = now > t->start_time ? now - t->start_time : 0;
@@ -113,5 +122,6 @@ SEC("tp_btf/sched_process_exit")
 int BPF_PROG(sched_exit, struct task_struct *p)
 {
 	account(p, bpf_ktime_get_ns());
+	task_store_forget(&sched_tasks, p);
 	return 0;
 }

@@ -18,6 +18,7 @@ struct sched_stats {
 
 /* Per watched task, its scheduler counters as they were when it was last looked at. */
 struct sched_task {
+	__u64 start_ns;	  /* the task's start_time: tells a reused thread id apart (hash fallback) */
 	__u64 cgid;	  /* its cgroup then */
 	__u64 ran_ns;	  /* se.sum_exec_runtime: time on a CPU */
 	__u64 run_delay;  /* sched_info.run_delay: time runnable, waiting in a run queue */

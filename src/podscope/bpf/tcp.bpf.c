@@ -22,7 +22,11 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Settings, written by user space between open and load. */
 const volatile bool emit_close_events = false; /* one ring-buffer record per closed connection */
-const volatile bool kfree_skb_has_rx_sk = false; /* tracepoint carries the receiving socket (v6.12+) */
+/* kfree_skb's arguments (user space reads the arity from kernel BTF): the drop reason arrived in
+ * v5.17 (commit c504e5c2f964 "net: skb: introduce kfree_skb_reason()"), the receiving socket in
+ * v6.12 (commit ba8de796baf4 "net: introduce sk_skb_reason_drop function"). */
+const volatile bool kfree_skb_has_reason = true;
+const volatile bool kfree_skb_has_rx_sk = false;
 
 DEFINE_ERR_MAP(tcp_errors);
 
@@ -171,26 +175,30 @@ static __always_inline void save_tuple(const struct sock *sk, struct sk_state *s
 	}
 }
 
-/* Add what the socket counted since the last flush. xchg makes a flush from the iterator and
- * one from a state change on another CPU count each byte once. */
+/* Add what the socket counted since the last flush. Every caller holds the socket lock: state
+ * changes run under it, and since v5.15 (commit 04c7820b776f "bpf: tcp: Bpf iter batching and
+ * lock_sock") the iterator takes it too, so a plain read and write count each byte once. (On
+ * older kernels an iterator pass racing a state change on another CPU could count one delta
+ * twice; an atomic exchange would close that window but needs v5.12, so none is used.) */
 static __always_inline void flush_counters(const struct tcp_sock *tp, struct sk_state *st,
 					   struct tcp_pod_stats *s)
 {
 	__u64 acked = tp->bytes_acked;
 	__u64 received = tp->bytes_received;
 	__u32 retrans = tp->total_retrans;
-	__u64 old;
-	__u32 old32;
 
-	old = __sync_lock_test_and_set(&st->acked, acked);
-	if (acked > old)
-		__sync_fetch_and_add(&s->sent_bytes, acked - old);
-	old = __sync_lock_test_and_set(&st->received, received);
-	if (received > old)
-		__sync_fetch_and_add(&s->received_bytes, received - old);
-	old32 = __sync_lock_test_and_set(&st->retrans, retrans);
-	if (retrans > old32)
-		__sync_fetch_and_add(&s->retransmits, retrans - old32);
+	if (acked > st->acked) {
+		__sync_fetch_and_add(&s->sent_bytes, acked - st->acked);
+		st->acked = acked;
+	}
+	if (received > st->received) {
+		__sync_fetch_and_add(&s->received_bytes, received - st->received);
+		st->received = received;
+	}
+	if (retrans > st->retrans) {
+		__sync_fetch_and_add(&s->retransmits, retrans - st->retrans);
+		st->retrans = retrans;
+	}
 }
 
 static __always_inline void emit_close(const struct tcp_sock *tp, const struct pod_key *pod,
@@ -379,11 +387,14 @@ int BPF_PROG(tcp_rst_recv, struct sock *sk)
  * refused for a full accept queue is freed with consume_skb (no reason), so overflows come from
  * the pod namespace's own LINUX_MIB_LISTENOVERFLOWS and per-listener sk_drops (iter/tcp). */
 SEC("tp_btf/kfree_skb")
-int BPF_PROG(tcp_drop, struct sk_buff *skb, void *location, int reason)
+int BPF_PROG(tcp_drop, struct sk_buff *skb)
 {
 	struct pod_key pod = {};
 	struct sock *sk = skb->sk;
+	int reason = 0; /* SKB_DROP_REASON_NOT_SPECIFIED's value before v5.17 had reasons */
 
+	if (kfree_skb_has_reason)
+		reason = (int)ctx[2];
 	if (!sk && kfree_skb_has_rx_sk)
 		sk = (struct sock *)ctx[3];
 	if (sk)

@@ -9,6 +9,8 @@ from typing import Any, Protocol
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
 
+from .. import libbpf
+from ..features import Signal
 from ..metadata.store import LABEL_NAMES, Labels
 
 Record = dict[str, Any]
@@ -21,6 +23,10 @@ class Collector(Protocol):
     name: str
 
     def start(self) -> None: ...
+
+    def signals(self) -> list[Signal]:
+        """Each signal of this collector as this kernel runs it (after start)."""
+        ...
 
     def metrics(self) -> Iterable[Metric]: ...
 
@@ -145,3 +151,52 @@ _LE = _LeTable()
 
 def label_names(*extra: str) -> Sequence[str]:
     return list(LABEL_NAMES) + list(extra)
+
+
+def attach(obj: libbpf.BpfObject, optional: Iterable[str] = (),
+           skip: Iterable[str] = ()) -> dict[str, libbpf.Link]:
+    """Attach every loaded program of obj by its section (iterators too: their links are
+    returned by name), except `skip`. An optional program that fails to attach is dropped
+    (obj.refused says why); any other failure raises."""
+    optional, skip = set(optional), set(skip)
+    links: dict[str, libbpf.Link] = {}
+    for prog in obj.programs():
+        if not prog.autoload or prog.name in obj.refused or prog.name in skip:
+            continue
+        try:
+            links[prog.name] = (prog.attach_iter() if prog.section.startswith("iter/")
+                                else prog.attach())
+        except libbpf.BpfError as e:
+            if prog.name not in optional:
+                raise
+            obj.refused[prog.name] = str(e)
+    return links
+
+
+def program_signals(collector: str, obj: libbpf.BpfObject, table: dict[str, list[str]],
+                    hooks: str = "", degraded: dict[str, str] | None = None,
+                    default: bool = True, partial: bool = False) -> list[Signal]:
+    """The state of each signal of `table` (signal -> the programs it needs): unavailable when
+    the kernel refused one of them (with `partial`: all of them; some is degraded), degraded
+    (with the reason given) when listed in `degraded`. `hooks`: the hook set in use; by default
+    the sections of the signal's programs that run."""
+    out = []
+    sections = {p.name: p.section for p in obj.programs()}
+    for sig, progs in table.items():
+        refused = [f"{p}: {obj.refused[p]}" for p in progs if p in obj.refused]
+        missing = [p for p in progs if p not in sections]
+        used = hooks or ", ".join(dict.fromkeys(sections[p] for p in progs
+                                                if p in sections and p not in obj.refused))
+        if partial and refused and len(refused) < len(progs) and not missing:
+            out.append(Signal(sig, collector, "degraded", used, "; ".join(refused), default,
+                              obj.load_ms))
+        elif refused or missing:
+            out.append(Signal(sig, collector, "unavailable", used,
+                              "; ".join(refused + [f"program {m} missing" for m in missing]),
+                              default, obj.load_ms))
+        elif degraded and sig in degraded:
+            out.append(Signal(sig, collector, "degraded", used, degraded[sig], default,
+                              obj.load_ms))
+        else:
+            out.append(Signal(sig, collector, "works", used, "", default, obj.load_ms))
+    return out

@@ -21,10 +21,21 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from .. import libbpf
+from .. import features, libbpf
+from ..features import Signal
 from ..metadata.store import Labels, MetadataStore
 from ..protocols import dns
-from .base import Emit, Histogram, Sums, label_names, log2_buckets, loss_families, top_slot
+from .base import (
+    Emit,
+    Histogram,
+    Sums,
+    attach,
+    label_names,
+    log2_buckets,
+    loss_families,
+    program_signals,
+    top_slot,
+)
 
 log = logging.getLogger("podscope.dns")
 
@@ -66,11 +77,32 @@ def _address(family: int, raw: bytes) -> str:
 class DnsCollector:
     name = "dns"
 
-    def __init__(self, store: MetadataStore, emit: Emit | None = None, timeout: float = 5.0):
+    SYSCALLS = ("read", "readv", "recvfrom", "recvmsg", "recvmmsg", "write", "writev", "sendto",
+                "sendmsg", "sendmmsg")
+    HOOK_SETS: dict[str, list[str]] = {
+        "socket": ["dns_recv", "dns_send"],
+        "syscalls": [f"dns_{d}_{n}" for n in SYSCALLS for d in "ex"],
+    }
+    HOOK_NAMES = {
+        "socket": "socket tracepoints (sock_recv_length, sock_send_length)",
+        "syscalls": "syscall tracepoints (" + ", ".join(SYSCALLS) + ")",
+    }
+
+    def __init__(self, store: MetadataStore, emit: Emit | None = None, timeout: float = 5.0,
+                 hooks: str = "auto"):
         self.store = store
         self.emit = emit
         self.timeout_ns = int(timeout * 1e9)
         self.obj = libbpf.BpfObject(libbpf.bpf_object_path("dns"), "dns")
+        # the same choice as HTTP's (HttpCollector._choose_hooks)
+        k = features.kernel()
+        if hooks == "auto":
+            hooks = "socket" if k.sock_length_tps and k.has_task_pt_regs else "syscalls"
+        if hooks not in self.HOOK_SETS:
+            raise ValueError(f"dns hooks {hooks!r}: expected auto, socket or syscalls")
+        self.hooks = hooks
+        for prog in self.obj.programs():
+            prog.autoload = prog.name in self.HOOK_SETS[hooks]
         self.Event = self.obj.struct("dns_event")
         self._size = ct.sizeof(self.Event)
         self._ring: libbpf.RingBuffer | None = None
@@ -88,9 +120,14 @@ class DnsCollector:
     def start(self) -> None:
         o = self.obj
         o.load()
-        for prog in o.programs():
-            prog.attach()
+        attach(o)
         self._ring = libbpf.RingBuffer(o.map("dns_events"), self._on_event)
+
+    def signals(self) -> list[Signal]:
+        return program_signals(
+            self.name, self.obj,
+            {"DNS queries: latency, rcode, timeouts (port 53)": self.HOOK_SETS[self.hooks]},
+            self.HOOK_NAMES[self.hooks])
 
     def close(self) -> None:
         if self._ring:

@@ -19,12 +19,22 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from .. import libbpf
+from .. import features, libbpf
+from ..features import Signal
 from ..metadata.store import Labels, MetadataStore
 from ..protocols import http1, http2
 from ..protocols.routes import RouteBudget, redact_headers, redact_target, template_path
 from .base import HIST_SLOTS_DEFAULT as SLOTS
-from .base import Emit, Histogram, label_names, log2_buckets, loss_families, top_slot
+from .base import (
+    Emit,
+    Histogram,
+    attach,
+    label_names,
+    log2_buckets,
+    loss_families,
+    program_signals,
+    top_slot,
+)
 
 log = logging.getLogger("podscope.http")
 
@@ -155,13 +165,15 @@ class HttpCollector:
         self.request_timeout = request_timeout
         self.budget = RouteBudget(route_budget)
         self.obj = libbpf.BpfObject(libbpf.bpf_object_path("http"), "http")
-        self.obj.set_rodata(emit_records=self.records, stream_all=capture_headers)
-        self.hooks = self._choose_hooks(hooks)
+        self.kernel = features.kernel()
+        self.obj.set_rodata(emit_records=self.records, stream_all=capture_headers,
+                            has_task_pt_regs=self.kernel.has_task_pt_regs)
+        features.use_task_store(self.obj, "http_threads")
+        features.set_prev_state(self.obj)
+        self.hooks = self._choose_hooks(hooks, self.kernel)
+        wanted = set(self.HOOK_SETS[self.hooks]) | {"http_close", "http_offcpu"}
         for prog in self.obj.programs():
-            prog.autoload = (prog.section.startswith("tracepoint/")) == (self.hooks == "syscalls")
-        # the off-CPU probe (blocked time by reason) costs every context switch: loaded, and
-        # attached only on demand (config, `trace --blocked-reasons`, a trigger's window)
-        self.obj.program("http_offcpu").autoload = self.hooks == "socket"
+            prog.autoload = prog.name in wanted
         self._reasons_wanted = breakdown_reasons
         self._offcpu: libbpf.Link | None = None
         reasons = self.obj.btf.enum("http_block_reason")
@@ -203,8 +215,19 @@ class HttpCollector:
         self._addr_cache: dict[tuple[int, bytes], str] = {}
         self._target_cache: dict[str, tuple[str, str]] = {}
 
+    # The programs of each hook set (besides http_close and the on-demand http_offcpu).
+    SYSCALLS = ("read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg")
+    HOOK_SETS: dict[str, list[str]] = {
+        "socket": ["http_recv", "http_send"],
+        "syscalls": [f"http_{d}_{n}" for n in SYSCALLS for d in "ex"] + ["http_x_work"],
+    }
+    HOOK_NAMES = {
+        "socket": "socket tracepoints (sock_recv_length, sock_send_length)",
+        "syscalls": "syscall tracepoints (" + ", ".join(SYSCALLS) + ")",
+    }
+
     @staticmethod
-    def _choose_hooks(hooks: str) -> str:
+    def _choose_hooks(hooks: str, kernel: features.Kernel) -> str:
         """"socket": tp_btf/sock_{recv,send}_length, which fire for socket I/O only. "syscalls":
         the read/write/... syscall tracepoints (every process's every such syscall pays), for
         kernels without the socket tracepoints. "auto": socket where the kernel has them."""
@@ -212,17 +235,11 @@ class HttpCollector:
             raise ValueError(f"http_hooks {hooks!r}: expected auto, socket or syscalls")
         if hooks != "auto":
             return hooks
-        vmlinux = libbpf.Btf.vmlinux()
-        try:
-            for tp in ("btf_trace_sock_recv_length", "btf_trace_sock_send_length"):
-                vmlinux.find(tp, libbpf.KIND_TYPEDEF)
+        if kernel.sock_length_tps and kernel.has_task_pt_regs:
             return "socket"
-        except KeyError:
-            log.info("no sock_recv_length/sock_send_length tracepoints: HTTP uses the syscall "
-                     "tracepoints (read, write, ...), which cost every such syscall a little")
-            return "syscalls"
-        finally:
-            vmlinux.close()
+        log.info("no sock_recv_length/sock_send_length tracepoints (Linux 6.3): HTTP uses the "
+                 "syscall tracepoints (read, write, ...), which cost every such syscall a little")
+        return "syscalls"
 
     # --- life cycle ---
     def start(self) -> None:
@@ -231,21 +248,36 @@ class HttpCollector:
             o.map(name).check_types(self.AggKey, self.Agg)
         o.map("http_paths").check_types(ct.c_uint64, self.Path)
         o.map("http_conns").check_types(ct.c_uint64, self.Conn)
-        o.load()
-        for prog in o.programs():
-            if prog.autoload and prog.name != "http_offcpu":
-                prog.attach()
+        o.load(optional=["http_offcpu"])
+        if self.hooks == "syscalls":  # the sys_exit programs hand each call to the worker
+            o.map("http_work").update(ct.c_uint32(0), ct.c_uint32(o.program("http_x_work").fd))
+        attach(o, skip=("http_offcpu", "http_x_work"))
         if self._reasons_wanted:
             self.set_blocked_reasons(True)
         self._ring = libbpf.RingBuffer(o.map("http_stream"), self._on_stream)
         if self.records:
             self._ring.add(o.map("http_records"), self._on_record)
 
+    def signals(self) -> list[Signal]:
+        hooks = self.HOOK_NAMES[self.hooks]
+        progs = self.HOOK_SETS[self.hooks] + ["http_close"]
+        table = {"HTTP/1.x requests (paired in the kernel)": progs,
+                 "HTTP/2 and gRPC requests (decoded in user space)": progs}
+        out = program_signals(self.name, self.obj, table, hooks)
+        degraded = {} if self.kernel.has_task_pt_regs else {
+            "request blocked time by reason (deep probe)":
+                "Linux before 5.15 has no bpf_task_pt_regs: the syscall a thread blocked in is "
+                "unknown, so only disk (D state) and other are told apart"}
+        out += program_signals(self.name, self.obj,
+                               {"request blocked time by reason (deep probe)": ["http_offcpu"]},
+                               degraded=degraded, default=False)
+        return out
+
     def set_blocked_reasons(self, on: bool) -> bool:
         """Attach (or detach) the off-CPU probe: blocked time of server requests by reason.
-        False when this kernel cannot (the syscall-tracepoint hooks are in use)."""
+        False when this kernel cannot (it refused the probe: obj.refused says why)."""
         prog = self.obj.program("http_offcpu")
-        if not prog.autoload:
+        if not prog.autoload or prog.name in self.obj.refused:
             return False
         cfg = self.obj.map("http_cfg")
         if on and self._offcpu is None:

@@ -20,9 +20,10 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .. import libbpf
+from ..features import Signal
 from ..metadata.cgroups import parse_cgroup_path, v1_mounts
 from ..metadata.store import Labels, MetadataStore
-from .base import Emit, Sums, loss_families
+from .base import Emit, Sums, attach, loss_families, program_signals
 
 log = logging.getLogger("podscope.kernel")
 
@@ -174,15 +175,26 @@ class KernelCollector:
         self._lock = threading.Lock()
         self._mono_to_wall = time.time() - time.monotonic()
 
+    SIGNALS: dict[str, list[str]] = {
+        "process creation failures by errno": ["kern_clone", "kern_clone3", "kern_fork",
+                                               "kern_vfork"],
+        "mount failures by errno": ["kern_mount", "kern_fsmount", "kern_move_mount",
+                                    "kern_open_tree"],
+        "OOM kills by victim": ["kern_oom"],
+        "processes ended by a signal": ["kern_exit"],
+    }
+
     def start(self) -> None:
         o = self.obj
         o.map("kernel_counts").check_types(self.LabelKey, ct.c_uint64)
-        o.load()
-        for prog in o.programs():
-            if prog.autoload:
-                prog.attach()
+        every = [p for progs in self.SIGNALS.values() for p in progs]
+        o.load(optional=every)  # each signal on its own: one missing syscall costs only itself
+        attach(o, optional=every)
         if self.emit is not None:
             self._ring = libbpf.RingBuffer(o.map("kernel_events"), self._on_event)
+
+    def signals(self) -> list[Signal]:
+        return program_signals(self.name, self.obj, self.SIGNALS, partial=True)
 
     def close(self) -> None:
         if self._ring:

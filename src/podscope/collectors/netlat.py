@@ -16,8 +16,9 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from .. import libbpf
+from ..features import Signal
 from ..metadata.store import Labels, MetadataStore
-from .base import Histogram, label_names, log2_histogram, loss_families
+from .base import Histogram, label_names, log2_histogram, loss_families, program_signals
 
 
 def host_devices() -> dict[int, str]:
@@ -57,6 +58,11 @@ class NetlatCollector:
     def start(self) -> None:
         self.obj.map("netlat_hists").check_types(self.Key, self.Hist)
         self.obj.load()
+
+    def signals(self) -> list[Signal]:
+        return program_signals(self.name, self.obj, {
+            "network stack latency (deep probe)": [p.name for p in self.obj.programs()]},
+            default=False)
 
     def set_active(self, on: bool) -> bool:
         with self._lock:

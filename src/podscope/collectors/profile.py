@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import libbpf
+from .. import features, libbpf
 
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_CPU_CLOCK = 0
@@ -196,6 +196,8 @@ class Profiler:
         self.off_cpu = off_cpu
         self.proc = proc
         self.obj = libbpf.BpfObject(libbpf.bpf_object_path("profile"), "profile")
+        features.use_task_store(self.obj, "profile_blocked_tasks")
+        features.set_prev_state(self.obj)
         self.Key = self.obj.struct("profile_key")
         self._fds: list[int] = []
         self._started = 0.0

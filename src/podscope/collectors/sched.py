@@ -14,10 +14,19 @@ from collections.abc import Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .. import libbpf
+from .. import features, libbpf
+from ..features import Signal
 from ..metadata.cgroups import pod_containers
 from ..metadata.store import Labels, MetadataStore
-from .base import Histogram, Sums, add_hist, label_names, log2_histogram
+from .base import (
+    Histogram,
+    Sums,
+    add_hist,
+    attach,
+    label_names,
+    log2_histogram,
+    program_signals,
+)
 
 log = logging.getLogger("podscope.sched")
 
@@ -29,6 +38,7 @@ class SchedCollector:
         self.store = store
         self.refresh_interval = refresh
         self.obj = libbpf.BpfObject(libbpf.bpf_object_path("sched"), "sched")
+        features.use_task_store(self.obj, "sched_tasks")
         self.Stats = self.obj.struct("sched_stats")
         self.slots: dict[int, int] = {}  # cgroup id -> slot
         self._free: list[int] = []
@@ -43,12 +53,12 @@ class SchedCollector:
         o.load()
         self._max = o.map("sched_watch").max_entries
         self._free = list(range(self._max - 1, -1, -1))
-        for prog in o.programs():
-            if prog.section.startswith("iter/"):
-                self._iter = prog.attach_iter()
-            else:
-                prog.attach()
+        self._iter = attach(o)["sched_iter"]
         self.refresh(force=True)
+
+    def signals(self) -> list[Signal]:
+        return program_signals(self.name, self.obj, {
+            "CPU: switches, off-CPU time, run-queue delay": ["sched_iter", "sched_exit"]})
 
     def refresh(self, force: bool = False) -> None:
         """Watch the pod containers that exist now; forget the ones gone."""

@@ -18,7 +18,8 @@ from prometheus_client.core import (
     Metric,
 )
 
-from .. import libbpf
+from .. import features, libbpf
+from ..features import Signal
 from ..metadata.namespaces import in_netns, read_netstat
 from ..metadata.store import Labels, MetadataStore
 from .base import (
@@ -26,9 +27,11 @@ from .base import (
     Histogram,
     Sums,
     add_hist,
+    attach,
     label_names,
     log2_histogram,
     loss_families,
+    program_signals,
 )
 
 log = logging.getLogger("podscope.tcp")
@@ -80,21 +83,18 @@ class TcpCollector:
         self.emit = emit
         self.listener_refresh = listener_refresh
         self.obj = libbpf.BpfObject(libbpf.bpf_object_path("tcp"), "tcp")
+        self.kernel = features.kernel()
         vmlinux = libbpf.Btf.vmlinux()
         try:
-            try:
-                has_rx_sk = vmlinux.func_proto_params("btf_trace_kfree_skb") >= 5
-            except (KeyError, TypeError):
-                has_rx_sk = False
-            try:
-                self.drop_reasons = {v: k.removeprefix("SKB_DROP_REASON_")
-                                     for k, v in vmlinux.enum("skb_drop_reason").items()}
-            except KeyError:
-                self.drop_reasons = {}
+            self.drop_reasons = {v: k.removeprefix("SKB_DROP_REASON_")
+                                 for k, v in vmlinux.enum("skb_drop_reason").items()}
+        except KeyError:  # before v5.17 drops have no reason: all are "not specified"
+            self.drop_reasons = {0: "NOT_SPECIFIED"}
         finally:
             vmlinux.close()
         self.obj.set_rodata(emit_close_events=bool(records and emit),
-                            kfree_skb_has_rx_sk=has_rx_sk)
+                            kfree_skb_has_reason=self.kernel.kfree_skb_args >= 3,
+                            kfree_skb_has_rx_sk=self.kernel.kfree_skb_args >= 4)
         o = self.obj
         self.PodKey = o.struct("pod_key")
         self.Pod = o.struct("tcp_pod")
@@ -119,22 +119,43 @@ class TcpCollector:
         self._mono_to_wall = time.time() - time.monotonic()
 
     # --- life cycle ---
+    # signal -> programs it needs (tcp_state and tcp_iter are needed by the collector at all)
+    SIGNALS: dict[str, list[str]] = {
+        "connections: opened, closed, connect latency, duration": ["tcp_state"],
+        "bytes, retransmits, RTT (the sockets' own counters)": ["tcp_state", "tcp_iter"],
+        "resets sent and received": ["tcp_rst_send", "tcp_rst_recv"],
+        "packet drops by reason": ["tcp_drop"],
+        "accept and SYN queues, listen overflows": ["tcp_iter"],
+        "connection records": ["tcp_state"],
+    }
+    OPTIONAL = ("tcp_rst_send", "tcp_rst_recv", "tcp_drop")
+
     def start(self) -> None:
         o = self.obj
         o.map("tcp_pods").check_types(self.PodKey, self.Pod)
         o.map("tcp_socks").check_types(ct.c_uint64, self.SkState)
         o.map("tcp_labeled").check_types(self.LabelKey, ct.c_uint64)
-        o.load()
-        for prog in o.programs():
-            if prog.section.startswith("iter/"):
-                self._iter_link = prog.attach_iter()
-            else:
-                prog.attach()
+        o.load(optional=self.OPTIONAL)
+        self._iter_link = attach(o, optional=self.OPTIONAL)["tcp_iter"]
         if self.emit is not None:
             self._ring = libbpf.RingBuffer(o.map("tcp_events"), self._on_event)
         self._refresher = threading.Thread(target=self._refresh_loop, name="podscope-iter",
                                            daemon=True)
         self._refresher.start()
+
+    def signals(self) -> list[Signal]:
+        degraded = {}
+        if self.kernel.tcp_send_reset_args < 3:
+            # v6.10 (commits "tcp: make trace of reset logic complete") traced them
+            degraded["resets sent and received"] = (
+                "Linux before 6.10 does not trace a reset sent in reply to a segment that has no "
+                "socket (a refused connect, a stray segment): resets sent count those sent on a "
+                "socket; the refused side still counts its connect failure and the reset it "
+                "received")
+        if self.kernel.kfree_skb_args < 3:
+            degraded["packet drops by reason"] = ("Linux before 5.17 gives no drop reason: every "
+                                                  "drop counts as NOT_SPECIFIED")
+        return program_signals(self.name, self.obj, self.SIGNALS, degraded=degraded)
 
     def close(self) -> None:
         self._stop.set()

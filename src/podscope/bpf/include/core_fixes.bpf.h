@@ -45,6 +45,16 @@ static __always_inline __u64 sk_cgroup_id(const struct sock *sk)
 	return cgrp->kn->id;
 }
 
+/* A length the verifier can see is at most max. clang drops a bound it proves redundant, and the
+ * verifiers of v5.10 and v6.1 cannot always follow clang's proof (a 64-bit register bounded only
+ * through its 32-bit half: "R2 min value is negative", "unbounded memory access"): the compare
+ * is written in assembly so that it stays, on the register that is passed on. */
+static __always_inline __u64 clamp_len(__u64 v, const __u64 max)
+{
+	asm volatile("if %[v] <= %[max] goto +1; %[v] = %[max]" : [v] "+r"(v) : [max] "i"(max));
+	return v;
+}
+
 /* Network namespace inode number of any socket, full or not (lives in sock_common). */
 static __always_inline __u32 skc_netns(const struct sock_common *skc)
 {
@@ -57,5 +67,32 @@ static __always_inline __u32 dev_netns(const struct net_device *dev)
 		return 0;
 	return dev->nd_net.net->ns.inum;
 }
+
+/* The current task as a plain address, its fields read with CO-RE probe reads: works on every
+ * kernel. bpf_get_current_task_btf() (direct loads) needs v5.11 (commit 3ca1032ab7ab "bpf: Add
+ * bpf_get_current_task_btf helper"); callers that need a BTF pointer check has_task_btf first. */
+static __always_inline struct task_struct *current_task(void)
+{
+	return (struct task_struct *)bpf_get_current_task();
+}
+
+/* Before v5.14 (commit 2f064a59a11f "sched: Change task_struct::state") the field was 'state'. */
+struct task_struct___old {
+	long state;
+} __attribute__((preserve_access_index));
+
+static __always_inline unsigned int task_state(const struct task_struct *t)
+{
+	if (bpf_core_field_exists(struct task_struct, __state))
+		return BPF_CORE_READ(t, __state);
+	return BPF_CORE_READ((const struct task_struct___old *)t, state);
+}
+
+/* sched_switch's prev_state argument arrived in v5.18 (commit fa2c3254d7cf "sched/tracing: Don't
+ * re-read p->state when emitting sched_switch event"). Before it, the state is read from the task,
+ * as the tracepoint itself did: a preempted task counts as running. has_prev_state is a setting
+ * of the including object (user space reads the tracepoint's arity from kernel BTF). */
+#define SCHED_SWITCH_PREV_STATE(ctx, preempt, prev, has_prev_state)                              \
+	((has_prev_state) ? (unsigned int)(ctx)[3] : ((preempt) ? 0 : task_state(prev)))
 
 #endif
