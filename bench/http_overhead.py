@@ -5,7 +5,8 @@ Workloads, each in two test pods, alternating rounds with the agent off and on:
   handler-1ms   Python http.server doing ~1 ms of CPU work per request, wrk keep-alive (-c1)
   nginx-records nginx-tiny again with one record per request exported (--export jsonl): agent CPU
                 and ring-buffer losses at the highest request rate
-  nginx-syscalls nginx-tiny with http_hooks = "syscalls" (the fallback hooks), for comparison
+  nginx-syscalls nginx-tiny with http_hooks = "syscalls" (HTTP and DNS on the syscall
+                tracepoints: what kernels without the socket tracepoints, 6.1 among them, run)
   nginx-h2      nginx over HTTP/2 cleartext, h2load -c8 -m10 as fast as it goes: HTTP/2 is
                 decoded in user space (frames, HPACK), so this is the agent's capacity
   nginx-h2-8k   the same at a fixed 8000 requests/s (h2load --rps 1000 per connection): agent
@@ -45,10 +46,11 @@ from podscope.testing.pods import Pod, PodNetwork  # noqa: E402
 from podscope.testing.servers import start_nginx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-MY_PROGS = {"tcp_state", "tcp_rst_send", "tcp_rst_recv", "tcp_drop", "tcp_iter",
-            "http_recv", "http_send", "http_close", "http_sx_close"} | {
-    f"http_sx_{n}" for n in ("read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto",
-                             "sendmsg")}
+SYSCALLS = ("read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg")
+MY_PROGS = ({"tcp_state", "tcp_rst_send", "tcp_rst_recv", "tcp_drop", "tcp_iter", "http_recv",
+             "http_send", "http_close", "http_x_work", "dns_recv", "dns_send"}
+            | {f"http_{d}_{n}" for n in SYSCALLS for d in "ex"}
+            | {f"dns_{d}_{n}" for n in SYSCALLS + ("recvmmsg", "sendmmsg") for d in "ex"})
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 

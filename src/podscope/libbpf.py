@@ -533,9 +533,9 @@ def _refusal_reason(lines: list[str], prog: str, err: BpfError) -> str:
         body = text[start:].split("-- END PROG LOAD LOG --")[0].split("\n")[1:]
         # the verifier's last word comes before its "processed N insns" line; instruction,
         # source and register-state lines are not it
-        words = [ln.strip() for ln in body if ln.strip() and not ln.startswith(
-            ("processed ", ";", " ", "R0", "R1")) and not re.match(r"^\d+: ", ln)
-            and not re.match(r"^from \d+ to \d+", ln)]
+        words = [ln.strip() for ln in body if ln.strip()
+                 and not ln.startswith(("processed ", ";", " "))
+                 and not re.match(r"^(\d+: |from \d+ to \d+|R\d+(_w)?=|verification time)", ln)]
         if words:
             return words[-1]
     for line in reversed(lines):

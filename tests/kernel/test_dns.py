@@ -28,10 +28,10 @@ def names(prefix: str, suffix: str, n: int) -> list[str]:
     return [f"{prefix}{i}.{suffix}" for i in range(n)]
 
 
-@pytest.fixture
-def dns_agent(tmp_path: Path) -> Iterator[AgentProc]:
+@pytest.fixture(params=["auto"])
+def dns_agent(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AgentProc]:
     cfg = tmp_path / "dns.toml"
-    cfg.write_text("dns_timeout = 1.5\n")
+    cfg.write_text(f'dns_timeout = 1.5\nhttp_hooks = "{request.param}"\n')
     exp = tmp_path / "dns.jsonl"
     a = AgentProc(["--config", str(cfg), "--export", f"jsonl:{exp}"], tmp_path)
     a.export = exp  # type: ignore[attr-defined]
@@ -47,6 +47,7 @@ def records(agent: AgentProc) -> list[dict]:  # type: ignore[type-arg]
             if r.get("type") == "dns_query"]
 
 
+@pytest.mark.parametrize("dns_agent", ["auto", "syscalls"], indirect=True)
 def test_query_count_and_rcode_mix_exact(pods: PodNetwork, dns_agent: AgentProc,
                                          tmp_path: Path) -> None:
     server, client = pods.pod("dnsd"), pods.pod("resolver")

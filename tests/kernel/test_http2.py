@@ -9,6 +9,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from podscope.testing.pods import Pod, PodNetwork
 from podscope.testing.servers import start_nginx
 from tests.conftest import AgentProc, Metrics, python_cmd
@@ -72,11 +74,15 @@ H2_LOCATIONS = """
 """
 
 
-def test_h2load_against_nginx_h2c_exact_count(pods: PodNetwork, tmp_path: Path) -> None:
+@pytest.mark.parametrize("hooks", ["auto", "syscalls"])
+def test_h2load_against_nginx_h2c_exact_count(pods: PodNetwork, tmp_path: Path,
+                                              hooks: str) -> None:
     server = pods.pod("server")
     client = pods.pod("client", driver="cgroupfs")
     start_nginx(server, port="8080 http2", locations=H2_LOCATIONS)
-    agent = AgentProc([], tmp_path)
+    cfg = tmp_path / "podscope.toml"
+    cfg.write_text(f'http_hooks = "{hooks}"\n')
+    agent = AgentProc(["--config", str(cfg)], tmp_path)
     try:
         out = client.run(["h2load", "-n", "300", "-c", "3", "-m", "10",
                           f"http://{server.ip}:8080/ok"]).stdout

@@ -18,6 +18,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ SUBSET = [
     "tests/kernel/test_http2.py::test_h2load_against_nginx_h2c_exact_count",
 ]
 SLOW = 10  # PODSCOPE_TEST_SLOW inside a VM: waits scale with it (software emulation)
+VM_TIMEOUT = 2400  # seconds one kernel may take in all
 
 
 @dataclass
@@ -149,8 +151,10 @@ def fetch(k: Kernel) -> Kernel:
 def guest_script(out: Path, subset: bool) -> str:
     tests = "tests/matrix/test_smoke.py" + (" " + " ".join(SUBSET) if subset else "")
     py = VENV_BIN
-    return (f"cd {ROOT} && export PODSCOPE_TEST_SLOW={SLOW} PODSCOPE_SMOKE_OUT={out}/smoke.jsonl;"
-            f" {py}/podscope check --json > {out}/check.json 2> {out}/check.err;"
+    # a hang shows its threads' stacks (SIGABRT with PYTHONFAULTHANDLER) instead of eating the time
+    return (f"cd {ROOT} && export PODSCOPE_TEST_SLOW={SLOW} PODSCOPE_SMOKE_OUT={out}/smoke.jsonl"
+            f" PYTHONFAULTHANDLER=1;"
+            f" timeout -s ABRT 900 {py}/podscope check --json > {out}/check.json 2> {out}/check.err;"
             f" {py}/pytest -q -p no:cacheprovider -o timeout=1800 --junitxml={out}/junit.xml "
             f"{tests} > {out}/pytest.log 2>&1; echo $? > {out}/pytest.rc")
 
@@ -174,13 +178,20 @@ def run(k: Kernel, subset: bool) -> Result:
     else:
         assert k.image is not None
         vng = shutil.which("vng", path=str(VENV_BIN)) or "vng"
-        cmd = [vng, "--run", str(k.image), "--disable-kvm", "--cpus", "2", "--memory", "2G",
+        cmd = [vng, "--verbose", "--run", str(k.image), "--disable-kvm", "--cpus", "2",
+               "--memory", "2G",
                "--rwdir", str(out), "--exec", guest_script(out, subset)]
         env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}")  # virtme-run
-        boot = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT,
-                              env=env)
+        vm = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              cwd=ROOT, env=env, start_new_session=True)
+        try:
+            log, _ = vm.communicate(timeout=VM_TIMEOUT)
+            (out / "boot.log").write_text(log[-200000:])  # the guest's console
+        except subprocess.TimeoutExpired:
+            os.killpg(vm.pid, signal.SIGKILL)  # vng and the qemu it started
+            vm.wait()
+            res.error = f"the VM did not finish within {VM_TIMEOUT} s; see {out}"
         # vng exits 255 without udevd even when the script succeeded: the files tell
-        (out / "boot.log").write_text(boot.stdout[-20000:] + boot.stderr[-20000:])
     res.seconds = time.monotonic() - t0
     try:
         res.check = json.loads((out / "check.json").read_text())
@@ -249,7 +260,10 @@ def table(results: list[Result]) -> str:
 
 
 def _short_hooks(hooks: str) -> str:
-    return "socket tracepoints" if hooks.startswith("socket") else "syscall tracepoints"
+    for kind in ("socket tracepoints", "syscall tracepoints"):
+        if hooks.startswith(kind):
+            return kind
+    return hooks
 
 
 def _loads(r: Result) -> str:

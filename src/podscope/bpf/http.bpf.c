@@ -1139,7 +1139,9 @@ static __always_inline int sx_exit(struct trace_event_raw_sys_exit *ctx, bool in
 	struct scratch *s;
 	long ret = ctx->ret;
 
-	if (ret < 0 || !(s = scratch()) || !sx_take(&http_calls, &s->call))
+	/* taken out of the map first, whatever the result: a call left there would be taken by the
+	 * thread's next exit, which may not be a socket's */
+	if (!(s = scratch()) || !sx_take(&http_calls, &s->call) || ret < 0)
 		return 0;
 	s->ret = ret;
 	s->inbound = inbound;
