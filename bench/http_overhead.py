@@ -51,6 +51,7 @@ MY_PROGS = ({"tcp_state", "tcp_rst_send", "tcp_rst_recv", "tcp_drop", "tcp_iter"
              "http_send", "http_close", "http_x_work", "dns_recv", "dns_send"}
             | {f"http_{d}_{n}" for n in SYSCALLS for d in "ex"}
             | {f"dns_{d}_{n}" for n in SYSCALLS + ("recvmmsg", "sendmmsg") for d in "ex"})
+COLLECTORS = ("tcp_", "http_", "dns_")
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
@@ -168,8 +169,10 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float) -> dict[st
         agent = Agent(agent_args)
         time.sleep(1.0)
         ns0, cnt0 = bpf_prog_stats(MY_PROGS)
+        by0 = {c: bpf_prog_stats({p for p in MY_PROGS if p.startswith(c)}) for c in COLLECTORS}
         prof = load(seconds)
         ns1, cnt1 = bpf_prog_stats(MY_PROGS)
+        by1 = {c: bpf_prog_stats({p for p in MY_PROGS if p.startswith(c)}) for c in COLLECTORS}
         agent.stop()
     bpf_ns, bpf_cnt = ns1 - ns0, cnt1 - cnt0
     return {
@@ -179,6 +182,8 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float) -> dict[st
         "off_rps": off_rps, "on_rps": on_rps,
         "bpf_ns_per_request": bpf_ns / prof["requests"],
         "bpf_program_runs_per_request": bpf_cnt / prof["requests"],
+        "bpf_ns_per_request_by_collector": {
+            c: (by1[c][0] - by0[c][0]) / prof["requests"] for c in COLLECTORS},
         "agent_cpu_seconds_per_10k_requests": agent_cpu / on_requests * 10_000
         if on_requests else None,
         "requests_per_agent_cpu_second": on_requests / agent_cpu if agent_cpu else None,
