@@ -28,7 +28,8 @@ class Config:
     cpu: bool = True  # context switches, off-CPU time, run-queue delay of pod containers
     dns: bool = True  # DNS queries of pods (UDP and TCP port 53): latency, rcode, timeouts
     dns_timeout: float = 5.0  # seconds without an answer: the query timed out (glibc's default)
-    http_hooks: str = "auto"  # socket (tp_btf sock_*_length) | syscalls (syscall tracepoints)
+    http_hooks: str = "auto"  # socket (tp_btf sock_*_length) | syscalls (syscall tracepoints):
+    # for HTTP and DNS (auto: socket where the kernel has those tracepoints, Linux 6.3)
     node_name: str = ""  # this node's name (default: $NODE_NAME, then the host name)
     kubernetes: str = "auto"  # auto (when in a pod or a kubeconfig exists) | on | off
     kubeconfig: str = ""  # default: in-cluster service account, $KUBECONFIG, ~/.kube/config
@@ -69,6 +70,8 @@ class Config:
         self.rules = [Rule.parse(t) for t in self.triggers]  # errors name the rule
         if self.kubernetes not in ("auto", "on", "off"):
             raise ValueError(f"kubernetes = {self.kubernetes!r}: expected auto, on or off")
+        if self.http_hooks not in ("auto", "socket", "syscalls"):
+            raise ValueError(f"http_hooks = {self.http_hooks!r}: expected auto, socket or syscalls")
 
     def listen_addr(self) -> tuple[str, int] | None:
         if not self.listen:

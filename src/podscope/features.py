@@ -180,6 +180,22 @@ def use_task_store(obj: libbpf.BpfObject, *maps: str, entries: int = 65536) -> N
             m.set_max_entries(entries)
 
 
+def socket_hooks(setting: str) -> str:
+    """The hook set of the collectors that read socket payloads (HTTP, DNS): "socket" (the socket
+    tracepoints, Linux 6.3: only socket I/O pays) or "syscalls" (the syscall tracepoints: every
+    read and write of every process pays a little). "auto": socket where the kernel has them."""
+    if setting not in ("auto", "socket", "syscalls"):
+        raise ValueError(f"http_hooks {setting!r}: expected auto, socket or syscalls")
+    if setting != "auto":
+        return setting
+    k = kernel()
+    if k.sock_length_tps and k.has_task_pt_regs:
+        return "socket"
+    log.info("no sock_recv_length/sock_send_length tracepoints (Linux 6.3): HTTP and DNS use "
+             "the syscall tracepoints (read, write, ...), which cost every such syscall a little")
+    return "syscalls"
+
+
 def set_prev_state(obj: libbpf.BpfObject) -> None:
     """sched_switch programs: whether the tracepoint passes prev_state (v5.18)."""
     obj.set_rodata(has_prev_state=kernel().sched_switch_args >= 4)

@@ -19,7 +19,8 @@ import pytest
 
 from podscope.testing.pods import PodNetwork
 from podscope.testing.servers import start_nginx
-from tests.conftest import AgentProc, Metrics, python_cmd
+from tests.conftest import AgentProc, python_cmd
+from tests.kernel.test_http import by_method_status
 from tests.kernel.test_tcp import wait_for
 
 OUT = os.environ.get("PODSCOPE_SMOKE_OUT")
@@ -62,15 +63,6 @@ def smoke_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProc]
     a.stop()
 
 
-def by_status(m: Metrics, name: str, **labels: str) -> Counter[str]:
-    out: Counter[str] = Counter()
-    for s in m.samples:
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-            out[f"{s.labels['http_request_method']} {s.labels['http_response_status_code']}"] += \
-                int(s.value)
-    return out
-
-
 def test_http1_requests(net: PodNetwork, smoke_agent: AgentProc) -> None:
     server, client = net.pod("web"), net.pod("shop")
     start_nginx(server)
@@ -84,14 +76,14 @@ def test_http1_requests(net: PodNetwork, smoke_agent: AgentProc) -> None:
                                                                         out), out
     truth["GET 200"] += 23
     total = sum(truth.values())
-    wait_for(lambda: sum(by_status(smoke_agent.metrics(), "http_client_request_duration_seconds"
+    wait_for(lambda: sum(by_method_status(smoke_agent.metrics(), "http_client_request_duration_seconds"
                                    "_count", k8s_pod_uid=client.uid).values()) >= total)
     m = smoke_agent.metrics()
     exact("http/1.x", "server requests by method and status",
-          dict(truth), dict(by_status(m, "http_server_request_duration_seconds_count",
+          dict(truth), dict(by_method_status(m, "http_server_request_duration_seconds_count",
                                       k8s_pod_uid=server.uid)))
     exact("http/1.x", "client requests by method and status",
-          dict(truth), dict(by_status(m, "http_client_request_duration_seconds_count",
+          dict(truth), dict(by_method_status(m, "http_client_request_duration_seconds_count",
                                       k8s_pod_uid=client.uid, server_address=server.ip)))
 
 
@@ -109,12 +101,12 @@ def test_http2_requests(net: PodNetwork, smoke_agent: AgentProc) -> None:
     assert missing, out
     truth = {"GET 200": int(status.group(1)), "GET 404": int(missing.group(1))}
     name = "http_{}_request_duration_seconds_count"
-    wait_for(lambda: sum(by_status(smoke_agent.metrics(), name.format("client"),
+    wait_for(lambda: sum(by_method_status(smoke_agent.metrics(), name.format("client"),
                                    k8s_pod_uid=client.uid).values()) >= sum(truth.values()))
     m = smoke_agent.metrics()
     for side, pod in (("server", server), ("client", client)):
         exact("http/2", f"{side} streams by status (h2load's own counts)", truth,
-              dict(by_status(m, name.format(side), k8s_pod_uid=pod.uid,
+              dict(by_method_status(m, name.format(side), k8s_pod_uid=pod.uid,
                              network_protocol_version="2")))
 
 

@@ -338,24 +338,13 @@ static __always_inline int sx_exit(struct trace_event_raw_sys_exit *ctx, bool in
 	return 0;
 }
 
-#define SYSCALL_PROGS(name, inbound, peek_arg)                                                     \
-	SEC("tracepoint/syscalls/sys_enter_" #name)                                                \
-	int dns_e_##name(struct trace_event_raw_sys_enter *ctx)                                    \
-	{                                                                                          \
-		return sx_enter(ctx, NR_##name, inbound, peek_arg);                                \
-	}                                                                                          \
-	SEC("tracepoint/syscalls/sys_exit_" #name)                                                 \
-	int dns_x_##name(struct trace_event_raw_sys_exit *ctx)                                     \
-	{                                                                                          \
-		return sx_exit(ctx, inbound);                                                      \
-	}
-SYSCALL_PROGS(read, true, 0)
-SYSCALL_PROGS(readv, true, 0)
-SYSCALL_PROGS(recvfrom, true, 4)
-SYSCALL_PROGS(recvmsg, true, 3)
-SYSCALL_PROGS(recvmmsg, true, 0)
-SYSCALL_PROGS(write, false, 0)
-SYSCALL_PROGS(writev, false, 0)
-SYSCALL_PROGS(sendto, false, 0)
-SYSCALL_PROGS(sendmsg, false, 0)
-SYSCALL_PROGS(sendmmsg, false, 0)
+SX_PROGS(dns, read, true, 0)
+SX_PROGS(dns, readv, true, 0)
+SX_PROGS(dns, recvfrom, true, 4)
+SX_PROGS(dns, recvmsg, true, 3)
+SX_PROGS(dns, recvmmsg, true, 0)
+SX_PROGS(dns, write, false, 0)
+SX_PROGS(dns, writev, false, 0)
+SX_PROGS(dns, sendto, false, 0)
+SX_PROGS(dns, sendmsg, false, 0)
+SX_PROGS(dns, sendmmsg, false, 0)

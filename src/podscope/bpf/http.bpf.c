@@ -1116,7 +1116,8 @@ int BPF_PROG(http_send, struct sock *sk, int ret, int flags)
  * sys_enter keeps the calls on TCP sockets that may carry HTTP (not those already found not to);
  * sys_exit hands the call and its result to the worker. */
 
-static __always_inline int sx_enter(struct trace_event_raw_sys_enter *ctx, __u64 nr, int peek_arg)
+static __always_inline int sx_enter(struct trace_event_raw_sys_enter *ctx, __u64 nr, bool inbound,
+				    int peek_arg)
 {
 	__u16 type = 0, proto = 0;
 	struct http_conn *c;
@@ -1150,25 +1151,14 @@ static __always_inline int sx_exit(struct trace_event_raw_sys_exit *ctx, bool in
 	return 0;
 }
 
-#define SYSCALL_PROGS(name, inbound, peek_arg)                                                     \
-	SEC("tracepoint/syscalls/sys_enter_" #name)                                                \
-	int http_e_##name(struct trace_event_raw_sys_enter *ctx)                                   \
-	{                                                                                          \
-		return sx_enter(ctx, NR_##name, peek_arg);                                         \
-	}                                                                                          \
-	SEC("tracepoint/syscalls/sys_exit_" #name)                                                 \
-	int http_x_##name(struct trace_event_raw_sys_exit *ctx)                                    \
-	{                                                                                          \
-		return sx_exit(ctx, inbound);                                                      \
-	}
-SYSCALL_PROGS(read, true, 0)
-SYSCALL_PROGS(readv, true, 0)
-SYSCALL_PROGS(recvfrom, true, 4)
-SYSCALL_PROGS(recvmsg, true, 3)
-SYSCALL_PROGS(write, false, 0)
-SYSCALL_PROGS(writev, false, 0)
-SYSCALL_PROGS(sendto, false, 0)
-SYSCALL_PROGS(sendmsg, false, 0)
+SX_PROGS(http, read, true, 0)
+SX_PROGS(http, readv, true, 0)
+SX_PROGS(http, recvfrom, true, 4)
+SX_PROGS(http, recvmsg, true, 3)
+SX_PROGS(http, write, false, 0)
+SX_PROGS(http, writev, false, 0)
+SX_PROGS(http, sendto, false, 0)
+SX_PROGS(http, sendmsg, false, 0)
 
 /* The worker (tail-called from every sys_exit program above; never attached itself). */
 SEC("tracepoint")

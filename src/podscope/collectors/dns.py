@@ -94,15 +94,9 @@ class DnsCollector:
         self.emit = emit
         self.timeout_ns = int(timeout * 1e9)
         self.obj = libbpf.BpfObject(libbpf.bpf_object_path("dns"), "dns")
-        # the same choice as HTTP's (HttpCollector._choose_hooks)
-        k = features.kernel()
-        if hooks == "auto":
-            hooks = "socket" if k.sock_length_tps and k.has_task_pt_regs else "syscalls"
-        if hooks not in self.HOOK_SETS:
-            raise ValueError(f"dns hooks {hooks!r}: expected auto, socket or syscalls")
-        self.hooks = hooks
+        self.hooks = features.socket_hooks(hooks)
         for prog in self.obj.programs():
-            prog.autoload = prog.name in self.HOOK_SETS[hooks]
+            prog.autoload = prog.name in self.HOOK_SETS[self.hooks]
         self.Event = self.obj.struct("dns_event")
         self._size = ct.sizeof(self.Event)
         self._ring: libbpf.RingBuffer | None = None

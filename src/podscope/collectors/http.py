@@ -170,7 +170,7 @@ class HttpCollector:
                             has_task_pt_regs=self.kernel.has_task_pt_regs)
         features.use_task_store(self.obj, "http_threads")
         features.set_prev_state(self.obj)
-        self.hooks = self._choose_hooks(hooks, self.kernel)
+        self.hooks = features.socket_hooks(hooks)
         wanted = set(self.HOOK_SETS[self.hooks]) | {"http_close", "http_offcpu"}
         for prog in self.obj.programs():
             prog.autoload = prog.name in wanted
@@ -225,21 +225,6 @@ class HttpCollector:
         "socket": "socket tracepoints (sock_recv_length, sock_send_length)",
         "syscalls": "syscall tracepoints (" + ", ".join(SYSCALLS) + ")",
     }
-
-    @staticmethod
-    def _choose_hooks(hooks: str, kernel: features.Kernel) -> str:
-        """"socket": tp_btf/sock_{recv,send}_length, which fire for socket I/O only. "syscalls":
-        the read/write/... syscall tracepoints (every process's every such syscall pays), for
-        kernels without the socket tracepoints. "auto": socket where the kernel has them."""
-        if hooks not in ("auto", "socket", "syscalls"):
-            raise ValueError(f"http_hooks {hooks!r}: expected auto, socket or syscalls")
-        if hooks != "auto":
-            return hooks
-        if kernel.sock_length_tps and kernel.has_task_pt_regs:
-            return "socket"
-        log.info("no sock_recv_length/sock_send_length tracepoints (Linux 6.3): HTTP uses the "
-                 "syscall tracepoints (read, write, ...), which cost every such syscall a little")
-        return "syscalls"
 
     # --- life cycle ---
     def start(self) -> None:

@@ -161,6 +161,21 @@ static __always_inline bool sx_take(void *calls, struct sx_call *out)
 	return true;
 }
 
+/* The enter and exit programs of one data syscall, <prefix>_e_<call> and <prefix>_x_<call>: they
+ * call the including object's sx_enter(ctx, nr, inbound, flags_arg) and sx_exit(ctx, inbound).
+ * flags_arg: which argument holds the flags (MSG_PEEK), 0 for none. */
+#define SX_PROGS(prefix, name, inbound, flags_arg)                                                 \
+	SEC("tracepoint/syscalls/sys_enter_" #name)                                                \
+	int prefix##_e_##name(struct trace_event_raw_sys_enter *ctx)                               \
+	{                                                                                          \
+		return sx_enter(ctx, NR_##name, inbound, flags_arg);                               \
+	}                                                                                          \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                                                 \
+	int prefix##_x_##name(struct trace_event_raw_sys_exit *ctx)                                \
+	{                                                                                          \
+		return sx_exit(ctx, inbound);                                                      \
+	}
+
 /* The first buffer of an iovec list. */
 static __always_inline bool io_desc_first(struct io_desc *d)
 {
