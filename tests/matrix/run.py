@@ -153,7 +153,7 @@ def guest_script(out: Path, subset: bool) -> str:
     py = VENV_BIN
     # a hang shows its threads' stacks (SIGABRT with PYTHONFAULTHANDLER) instead of eating the time
     return (f"cd {ROOT} && export PODSCOPE_TEST_SLOW={SLOW} PODSCOPE_SMOKE_OUT={out}/smoke.jsonl"
-            f" PYTHONFAULTHANDLER=1;"
+            f" PYTHONFAULTHANDLER=1 PYTHONUNBUFFERED=1;"
             f" timeout -s ABRT 900 {py}/podscope check --json > {out}/check.json 2> {out}/check.err;"
             f" {py}/pytest -q -p no:cacheprovider -o timeout=1800 --junitxml={out}/junit.xml "
             f"{tests} > {out}/pytest.log 2>&1; echo $? > {out}/pytest.rc")
@@ -182,15 +182,15 @@ def run(k: Kernel, subset: bool) -> Result:
                "--memory", "2G",
                "--rwdir", str(out), "--exec", guest_script(out, subset)]
         env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}")  # virtme-run
-        vm = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              cwd=ROOT, env=env, start_new_session=True)
-        try:
-            log, _ = vm.communicate(timeout=VM_TIMEOUT)
-            (out / "boot.log").write_text(log[-200000:])  # the guest's console
-        except subprocess.TimeoutExpired:
-            os.killpg(vm.pid, signal.SIGKILL)  # vng and the qemu it started
-            vm.wait()
-            res.error = f"the VM did not finish within {VM_TIMEOUT} s; see {out}"
+        with open(out / "boot.log", "w") as console:  # the guest's console, readable live
+            vm = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, cwd=ROOT,
+                                  env=env, start_new_session=True)
+            try:
+                vm.wait(timeout=VM_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(vm.pid, signal.SIGKILL)  # vng and the qemu it started
+                vm.wait()
+                res.error = f"the VM did not finish within {VM_TIMEOUT} s; see {out}"
         # vng exits 255 without udevd even when the script succeeded: the files tell
     res.seconds = time.monotonic() - t0
     try:
