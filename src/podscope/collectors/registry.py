@@ -37,6 +37,12 @@ class Spec:
     default: bool = True  # default signals (check's exit code); False: a deep probe
 
 
+def _cgroups(c: Context) -> Collector:
+    from .cgroups import CgroupEventsCollector
+
+    return CgroupEventsCollector(c.store)
+
+
 def _tcp(c: Context) -> Collector:
     from .tcp import TcpCollector
 
@@ -79,6 +85,9 @@ def _sched(c: Context) -> Collector:
 
 
 SPECS: tuple[Spec, ...] = (
+    # first: each poll of the agent learns new cgroups before it reads what they did
+    Spec("cgroups", lambda cfg: True, _cgroups, "tp_btf/cgroup_mkdir and cgroup_rmdir",
+         ("cgroup names kept after removal (short-lived containers)",)),
     Spec("tcp", lambda cfg: True, _tcp,
          "tp_btf/inet_sock_set_state and iter/tcp (Linux 5.9 with BTF)",
          ("TCP golden signals",)),

@@ -7,6 +7,7 @@ import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 _HEX64 = r"[0-9a-f]{64}"
@@ -113,12 +114,20 @@ class _KernfsHandle(ct.Structure):
 class CgroupResolver:
     """cgroup v2 id (the directory's inode number, as BPF sees it) -> path below the mount.
 
-    The tree is walked again when an unknown id shows up, at most once per `min_rescan` seconds."""
+    Paths come from walking the tree (again when an unknown id shows up, at most once per
+    `min_rescan` seconds), from the id itself (open_by_handle_at), and, fastest, from the kernel
+    as directories are made and removed (`learn`, `removed`: collectors/cgroups.py). A removed
+    directory's path is kept for `grace` seconds, so that what its processes did is still named
+    after it; at most `max_dead` removed ones are kept (the oldest go first)."""
 
-    def __init__(self, root: str, min_rescan: float = 1.0):
+    def __init__(self, root: str, min_rescan: float = 1.0, grace: float = 60.0,
+                 max_dead: int = 65536):
         self.root = root
         self.min_rescan = min_rescan
+        self.grace = grace
+        self.max_dead = max_dead
         self._paths: dict[int, str] = {}
+        self._dead: OrderedDict[int, tuple[str, float]] = OrderedDict()  # id -> (path, removed)
         self._last_scan = 0.0
         self._lock = threading.Lock()
         self._mount_fd: int | None = None
@@ -154,9 +163,43 @@ class CgroupResolver:
         rel = os.path.relpath(target, self.root)
         return "/" if rel == "." else "/" + rel
 
+    def learn(self, cgroup_id: int, path: str) -> None:
+        """The kernel made this directory (cgroup_mkdir)."""
+        with self._lock:
+            self._paths[cgroup_id] = path or "/"
+            self._dead.pop(cgroup_id, None)
+
+    def removed(self, cgroup_id: int, path: str, at: float | None = None) -> None:
+        """The kernel removed this directory (cgroup_rmdir): its path stays known for grace."""
+        with self._lock:
+            known = self._paths.pop(cgroup_id, None) or path or "/"
+            self._dead[cgroup_id] = (known, time.monotonic() if at is None else at)
+            self._dead.move_to_end(cgroup_id)
+            while len(self._dead) > self.max_dead:
+                self._dead.popitem(last=False)
+
+    def expire(self, now: float | None = None) -> int:
+        """Forget removed directories past their grace; returns how many."""
+        now = time.monotonic() if now is None else now
+        n = 0
+        with self._lock:
+            while self._dead:
+                cid, (_path, at) = next(iter(self._dead.items()))
+                if now - at < self.grace:
+                    break
+                del self._dead[cid]
+                n += 1
+        return n
+
+    def alive(self, cgroup_id: int) -> bool:
+        """Not known to be removed (an id never seen counts as alive)."""
+        return cgroup_id not in self._dead
+
     def path(self, cgroup_id: int) -> str | None:
         with self._lock:
             p = self._paths.get(cgroup_id)
+            if p is None and cgroup_id in self._dead:
+                return self._dead[cgroup_id][0]
             if p is None:
                 p = self._by_handle(cgroup_id)
                 if p is not None:
@@ -164,6 +207,8 @@ class CgroupResolver:
                     return p
             if p is None and time.monotonic() - self._last_scan >= self.min_rescan:
                 self._scan()
+                for cid in self._dead:  # a walk sees only what exists
+                    self._paths.pop(cid, None)
                 p = self._paths.get(cgroup_id)
             return p
 

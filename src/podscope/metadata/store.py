@@ -7,6 +7,7 @@ the pod. Processes outside any pod keep their cgroup path and container id."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -48,8 +49,8 @@ class MetadataStore:
         self._retired: dict[str, float] = {}  # UIDs of pods gone for good -> when
         self.api: KubeWatcher | None = None  # when there is a cluster
         self.docker: DockerNames | None = None  # container names on plain Docker hosts
-        self._comm: dict[int, tuple[float, str]] = {}  # cgroup id -> (when, process name)
-        self.resolver = CgroupResolver(cgroup2_root) if cgroup2_root else None
+        self._comm: dict[str, tuple[float, str]] = {}  # cgroup path -> (when, process name)
+        self.resolver = CgroupResolver(cgroup2_root, grace=grace) if cgroup2_root else None
         self.netns_ttl = netns_ttl
         self._lock = threading.Lock()
         self._by_cgroup: dict[int, CgroupRef] = {}
@@ -59,8 +60,12 @@ class MetadataStore:
         # Network namespace inode numbers are reused once a namespace is gone. The pod each
         # inode last belonged to, and the inodes that now belong to another pod (collectors
         # drop what they keyed by the inode alone before the switch: it was the old pod's).
-        self._netns_last: dict[int, str] = {}
+        self._netns_last: dict[int, str] = {}  # pod UID, or "container:<id>"
         self._recycled: set[int] = set()
+        try:
+            self.host_netns = os.stat(f"{proc}/1/ns/net").st_ino
+        except OSError:
+            self.host_netns = 0
 
     # --- network namespaces ---
     def namespaces(self, max_age: float | None = None) -> dict[int, NetnsInfo]:
@@ -99,10 +104,8 @@ class MetadataStore:
         owner: CgroupRef | None = None
         if info:
             uids: set[str] = set()
-            for pid in info.pids[:64]:
-                ref = proc_pod_ref(pid, self.proc)
-                if ref is None:
-                    continue
+            refs = [r for r in (proc_pod_ref(pid, self.proc) for pid in info.pids[:64]) if r]
+            for ref in refs:
                 uids.add(ref.pod_uid)
                 if ref.pod_uid and owner is None:
                     owner = ref
@@ -110,17 +113,24 @@ class MetadataStore:
                 owner = None
             if owner is None and not any(uids) and info.pids:
                 owner = self._owner_by_hostname(info.pids[0])
+            cids = {r.container_id for r in refs}
+            if owner is None and not any(uids) and len(cids) == 1 and refs[0].container_id:
+                # outside Kubernetes: a namespace all of whose processes are one container's
+                owner = refs[0]
         if owner is not None:
+            who = owner.pod_uid or f"container:{owner.container_id}"
             prev = self._netns_last.get(inode)
-            if prev is not None and prev != owner.pod_uid:
+            if prev is not None and prev != who:
                 with self._lock:
                     self._recycled.add(inode)
             if len(self._netns_last) >= _MAX_CACHE:
                 self._netns_last.clear()
-            self._netns_last[inode] = owner.pod_uid
+            self._netns_last[inode] = who
         elif info is None and inode in self._netns_last:
-            # the namespace is gone: what was keyed by it is still its pod's (until retired)
-            owner = CgroupRef(path="", pod_uid=self._netns_last[inode])
+            # the namespace is gone: what was keyed by it is still its owner's (until retired)
+            last = self._netns_last[inode]
+            owner = (CgroupRef(path="", container_id=last.removeprefix("container:"))
+                     if last.startswith("container:") else CgroupRef(path="", pod_uid=last))
         self._netns_refs[inode] = owner
         return owner
 
@@ -244,26 +254,44 @@ class MetadataStore:
         return uid in self._retired
 
     def labels(self, cgroup_id: int, netns: int) -> Labels:
+        """Who a (cgroup id, netns inode) pair from BPF is. A container's own cgroup says it best,
+        even after the container is gone (the resolver keeps a removed cgroup's path for the
+        grace period): the namespace inode could by then name another pod's namespace. The
+        namespace's owner speaks only where no container cgroup does (the root, a slice, a
+        packet with no socket; on cgroup v1-only nodes every v2 id is the root)."""
         ref = self.cgroup_ref(cgroup_id)
         if ref is not None and ref.in_pod:
             return self._pod_labels(ref.pod_uid, ref.container_id, ref.path)
+        if ref is not None and ref.container_id:
+            return self._container_labels(ref)
         owner = self._netns_owner(netns) if netns else None
-        if owner is not None:
+        if owner is not None and owner.in_pod:
             # The namespace is one pod's: the pod is known, the container is not.
             return self._pod_labels(owner.pod_uid, "", "")
         if ref is not None:
-            name = self.docker.name(ref.container_id) if self.docker else ""
-            return Labels(container_id=ref.container_id, cgroup=ref.path, k8s_node_name=self.node,
-                          container_name=name, process_name=self._process_name(cgroup_id, ref))
-        return Labels(cgroup=f"id:{cgroup_id}" if cgroup_id else "", k8s_node_name=self.node)
+            return self._container_labels(ref)
+        if owner is not None:  # a namespace of one container outside Kubernetes
+            return self._container_labels(owner)
+        if cgroup_id:
+            return Labels(cgroup=f"id:{cgroup_id}", k8s_node_name=self.node)
+        if netns and netns != self.host_netns:
+            # known only by a namespace no pod or single container owns: kept apart from the
+            # node's own (and from each other)
+            return Labels(cgroup=f"netns:{netns}", k8s_node_name=self.node)
+        return Labels(k8s_node_name=self.node)
 
-    def _process_name(self, cgroup_id: int, ref: CgroupRef) -> str:
+    def _container_labels(self, ref: CgroupRef) -> Labels:
+        name = self.docker.name(ref.container_id) if self.docker and ref.container_id else ""
+        return Labels(container_id=ref.container_id, cgroup=ref.path, k8s_node_name=self.node,
+                      container_name=name, process_name=self._process_name(ref))
+
+    def _process_name(self, ref: CgroupRef) -> str:
         """The command of the cgroup's first process (rechecked every 30 s; processes exec).
         The root cgroup and the node's slices hold many programs: no name there."""
         if ref.path in ("/", "") or ref.path.endswith(".slice") or not self.resolver:
             return ""
         now = time.monotonic()
-        hit = self._comm.get(cgroup_id)
+        hit = self._comm.get(ref.path)
         if hit is not None and now - hit[0] < 30:
             return hit[1]
         name = ""
@@ -275,17 +303,24 @@ class MetadataStore:
                     name = f.read().strip()
         except OSError:
             pass
+        if not name and hit is not None:  # emptied or gone: the series keeps the name it had
+            name = hit[1]
         if len(self._comm) >= _MAX_CACHE:
             self._comm.clear()
-        self._comm[cgroup_id] = (now, name)
+        self._comm[ref.path] = (now, name)
         return name
 
     def renamed(self, labels: Labels) -> Labels:
-        """The same series with the names the API gives now (labels made earlier may have had
-        only the UID)."""
-        if not labels.k8s_pod_uid:
-            return labels
-        return self._pod_labels(labels.k8s_pod_uid, labels.container_id, labels.cgroup)
+        """The same series with the names known now: labels made earlier may have had only the
+        pod's UID (the API was away), or a container's id before its runtime named it. One
+        container keeps one label set."""
+        if labels.k8s_pod_uid:
+            return self._pod_labels(labels.k8s_pod_uid, labels.container_id, labels.cgroup)
+        if labels.container_id and self.docker and not labels.container_name:
+            name = self.docker.name(labels.container_id)
+            if name:
+                return labels._replace(container_name=name)
+        return labels
 
     def _pod_labels(self, uid: str, cid: str, path: str) -> Labels:
         p = self._pods.get(uid)

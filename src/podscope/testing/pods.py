@@ -35,7 +35,10 @@ def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def cgroup_path(uid: str, container_id: str, qos: str, driver: str) -> str:
-    """The cgroup directory (relative to the cgroup2 root) kubelet + containerd create."""
+    """The cgroup directory (relative to the cgroup2 root) kubelet + containerd create; with
+    driver "podman", the one podman (systemd manager) makes for a container outside Kubernetes."""
+    if driver == "podman":
+        return f"machine.slice/libpod-{container_id}.scope"
     if qos not in ("guaranteed", "burstable", "besteffort"):
         raise ValueError(f"qos {qos!r}")
     if driver == "systemd":
