@@ -30,6 +30,7 @@ from .sinks.prometheus import HttpServer, make_registry
 from .sinks.pushgateway import PushgatewaySink
 
 log = logging.getLogger("podscope.agent")
+PODMAN_SOCKET = "/run/podman/podman.sock"
 
 
 class Agent:
@@ -103,10 +104,14 @@ class Agent:
             self.kube.start()
             log.info("watching the pods of node %s in the Kubernetes API", self.store.node)
         else:
-            docker = DockerNames(cfg.docker_socket)
-            if docker.available():
-                self.store.docker = docker
-                log.info("container names from the Docker Engine API at %s", cfg.docker_socket)
+            # Docker's socket, else podman's (`podman system service`, its systemd socket)
+            for path in dict.fromkeys([cfg.docker_socket, PODMAN_SOCKET]):
+                docker = DockerNames(path)
+                if docker.available():
+                    self.store.docker = docker
+                    docker.follow()
+                    log.info("container names from the container engine API at %s", path)
+                    break
         self.files = [open_export(spec, cfg.export_max_bytes, cfg.export_keep)
                       for spec in self.cfg.exports]
         records = bool(self.files) or self.otlp is not None
@@ -257,6 +262,8 @@ class Agent:
         if self.kube:
             self.kube.stop()
             self.kube = None
+        if self.store is not None and self.store.docker is not None:
+            self.store.docker.close()
         if self.baselines:
             self.baselines.stop()
             self.baselines = None

@@ -56,6 +56,8 @@ def pod_key(labels: dict[str, str]) -> str:
         return f"{labels.get('k8s_namespace_name', '')}/{labels['k8s_pod_name']}"
     if labels.get("k8s_pod_uid"):
         return f"pod:{labels['k8s_pod_uid']}"
+    if labels.get("pod_name"):  # a runtime's pod outside Kubernetes: one unit, like a pod
+        return f"pod:{labels['pod_name']}"
     if labels.get("container_id"):
         name = labels.get("container_name") or labels["container_id"][:12]
         return f"container:{name}"

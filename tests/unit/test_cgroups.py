@@ -113,3 +113,19 @@ def test_pid_namespace_names_its_container_or_pod(tmp_path) -> None:  # type: ig
     shared = store.pidns_labels(1002)
     assert shared is not None and (shared.k8s_pod_uid, shared.container_id) == (UID, "")
     assert store.pidns_labels(1003) is None and store.pidns_labels(999) is None
+
+
+def test_podman_pods_and_their_containers() -> None:
+    pod, ctr = "b" * 64, "c" * 64
+    # cgroupfs manager: the pod's own directory is a pod, its children are its containers
+    ref = parse_cgroup_path(f"/libpod_parent/{pod}")
+    assert (ref.container_id, ref.runtime_pod, ref.pod_uid) == ("", pod, "")
+    ref = parse_cgroup_path(f"/libpod_parent/{pod}/libpod-{ctr}")
+    assert (ref.container_id, ref.runtime_pod, ref.runtime) == (ctr, pod, "podman")
+    # systemd manager
+    ref = parse_cgroup_path(f"/machine.slice/machine-libpod_pod_{pod}.slice/libpod-{ctr}.scope")
+    assert (ref.container_id, ref.runtime_pod) == (ctr, pod)
+    assert parse_cgroup_path(f"/machine.slice/machine-libpod_pod_{pod}.slice").container_id == ""
+    # a container on its own, and no pod
+    ref = parse_cgroup_path(f"/libpod_parent/libpod-{ctr}")
+    assert (ref.container_id, ref.runtime_pod) == (ctr, "")

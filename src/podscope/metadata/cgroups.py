@@ -20,6 +20,9 @@ _POD_RE = re.compile(rf"(?:^|/)(?:kubepods(?:-[a-z]+)?-)?pod(?P<uid>{_UID})(?:\.
 _CTR_RE = re.compile(
     rf"(?:^|/)(?:(?P<rt>cri-containerd|crio|docker|libpod)-)?(?P<id>{_HEX64})(?:\.scope)?$")
 _QOS_RE = re.compile(r"kubepods[-/](?P<qos>burstable|besteffort)(?:\.slice)?/")
+# A podman pod outside Kubernetes: "libpod_parent/<pod id>" (cgroupfs manager) or
+# "machine-libpod_pod_<pod id>.slice" (systemd manager); its containers are below it.
+_RTPOD_RE = re.compile(rf"(?:^|/)(?:libpod_parent/|machine-libpod_pod_)(?P<id>{_HEX64})(?:\.slice)?(?:/|$)")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class CgroupRef:
     container_id: str = ""
     runtime: str = ""
     qos: str = ""
+    runtime_pod: str = ""  # outside Kubernetes: the runtime's pod (a podman pod's id)
 
     @property
     def in_pod(self) -> bool:
@@ -41,7 +45,10 @@ def parse_cgroup_path(path: str) -> CgroupRef:
     """Parse a cgroup path (v1 or v2, relative to the hierarchy root)."""
     path = path.rstrip("/") or "/"
     pod = _POD_RE.search(path)
+    rtpod = _RTPOD_RE.search(path)
     ctr = _CTR_RE.search(path)
+    if rtpod and ctr and ctr.group("id") == rtpod.group("id"):
+        ctr = None  # the podman pod's own directory: a pod, not a container
     uid = pod.group("uid").replace("_", "-") if pod else ""
     cid = ctr.group("id") if ctr else ""
     runtime = {"cri-containerd": "containerd", "crio": "cri-o", "docker": "docker",
@@ -50,7 +57,8 @@ def parse_cgroup_path(path: str) -> CgroupRef:
     if uid:
         q = _QOS_RE.search(path)
         qos = q.group("qos") if q else "guaranteed"
-    return CgroupRef(path=path, pod_uid=uid, container_id=cid, runtime=runtime, qos=qos)
+    return CgroupRef(path=path, pod_uid=uid, container_id=cid, runtime=runtime, qos=qos,
+                     runtime_pod=rtpod.group("id") if rtpod and not uid else "")
 
 
 def pod_containers(root: str) -> dict[int, str]:

@@ -22,7 +22,7 @@ DEFAULT_SOCKET = "/var/run/docker.sock"
 
 
 class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
+    def __init__(self, path: str, timeout: float | None):
         super().__init__("localhost", timeout=timeout)
         self._path = path
 
@@ -34,18 +34,74 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class DockerNames:
+    """Container names (and, from podman's API, its pods' names) by id. Docker and podman's
+    `podman system service` both answer the Docker-compatible `/containers/json`; podman also
+    answers `/libpod/pods/json`, which names its pods (a 404 from Docker: no pods there)."""
+
     def __init__(self, path: str = DEFAULT_SOCKET, min_interval: float = 5.0,
-                 timeout: float = 2.0):
+                 timeout: float = 2.0, max_names: int = 65536):
         self.path = path
         self.min_interval = min_interval
         self.timeout = timeout
+        self.max_names = max_names
         self._names: dict[str, str] = {}
+        self._pods: dict[str, str] = {}  # podman pod id -> name
+        self._libpod = True  # until the engine says it has no such endpoint
         self._at = -1e9
         self._lock = threading.Lock()
         self._warned = False
+        self._stop = threading.Event()
+        self._follower: threading.Thread | None = None
 
     def available(self) -> bool:
         return os.access(self.path, os.R_OK | os.W_OK)
+
+    def follow(self) -> None:
+        """Learn names from the engine's event stream as containers are made: one that lives for
+        a moment (`run --rm`) is gone from the container list before anyone asks for it."""
+        if self._follower is None:
+            self._follower = threading.Thread(target=self._follow_loop, name="podscope-engine",
+                                              daemon=True)
+            self._follower.start()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _follow_loop(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self._follow_once()
+            except (OSError, ValueError, http.client.HTTPException) as e:
+                log.debug("container engine events at %s: %s", self.path, e)
+            if time.monotonic() - started > 30:
+                backoff = 0.5  # it ran a while: a fresh failure starts over
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def _follow_once(self) -> None:
+        conn = _UnixConnection(self.path, None)  # a stream: no read timeout
+        try:
+            conn.request("GET", '/events?filters={"type":["container"]}')
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise OSError(f"events: HTTP {resp.status}")
+            for line in resp:
+                if self._stop.is_set():
+                    return
+                ev = json.loads(line)
+                actor = ev.get("Actor") if isinstance(ev, dict) else None
+                if not isinstance(actor, dict) or ev.get("Action") not in ("create", "start"):
+                    continue
+                cid = str(actor.get("ID", ""))
+                name = str((actor.get("Attributes") or {}).get("name", ""))
+                if cid and name:
+                    if len(self._names) >= self.max_names:
+                        self._names.clear()
+                    self._names[cid] = name
+        finally:
+            conn.close()
 
     def name(self, container_id: str) -> str:
         """The container's name ("" when unknown or no engine)."""
@@ -54,31 +110,65 @@ class DockerNames:
         got = self._names.get(container_id)
         if got is not None:
             return got
+        self._maybe_refresh()
+        return self._names.get(container_id, "")
+
+    def pod_name(self, pod_id: str) -> str:
+        """A podman pod's name ("" when unknown, or not podman)."""
+        if not pod_id:
+            return ""
+        got = self._pods.get(pod_id)
+        if got is not None:
+            return got
+        self._maybe_refresh()
+        return self._pods.get(pod_id, "")
+
+    def _maybe_refresh(self) -> None:
         with self._lock:
             if time.monotonic() - self._at >= self.min_interval:
                 self._at = time.monotonic()
                 self._refresh()
-        return self._names.get(container_id, "")
+
+    def _get(self, path: str) -> tuple[int, bytes]:
+        conn = _UnixConnection(self.path, self.timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
 
     def _refresh(self) -> None:
         if not self.available():
             return
-        conn = _UnixConnection(self.path, self.timeout)
         try:
-            conn.request("GET", "/containers/json?all=1")
-            resp = conn.getresponse()
-            body = resp.read()
-            if resp.status != 200:
-                raise OSError(f"HTTP {resp.status}")
+            status, body = self._get("/containers/json?all=1")
+            if status != 200:
+                raise OSError(f"HTTP {status}")
             names = {}
             for c in json.loads(body):
+                if not isinstance(c, dict):
+                    continue
                 cid, cnames = str(c.get("Id", "")), c.get("Names") or []
                 if cid and cnames:
                     names[cid] = str(cnames[0]).lstrip("/")
-            self._names = names
+            # names of containers that are gone stay until the table is full (their series
+            # keep their names through the grace period)
+            if len(self._names) + len(names) > self.max_names:
+                self._names.clear()
+            self._names.update(names)
+            if self._libpod:
+                status, body = self._get("/v4.0.0/libpod/pods/json")
+                if status == 404:
+                    self._libpod = False
+                elif status == 200:
+                    pods = {str(p.get("Id", "")): str(p.get("Name", ""))
+                            for p in json.loads(body) if isinstance(p, dict)}
+                    if len(self._pods) + len(pods) > self.max_names:
+                        self._pods.clear()
+                    self._pods.update({k: v for k, v in pods.items() if k and v})
         except (OSError, ValueError, http.client.HTTPException) as e:
             if not self._warned:
-                log.warning("Docker Engine API at %s: %s (container names left out)", self.path, e)
+                log.warning("container engine API at %s: %s (container names left out)",
+                            self.path, e)
                 self._warned = True
-        finally:
-            conn.close()

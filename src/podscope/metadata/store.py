@@ -33,6 +33,7 @@ class Labels(NamedTuple):
     container_name: str = ""  # outside Kubernetes: the Docker container's name
     process_name: str = ""  # the command of the processes in the cgroup (outside pods)
     cgroup: str = ""
+    pod_name: str = ""  # outside Kubernetes: the runtime's pod (a podman pod) the container is in
 
 
 LABEL_NAMES: tuple[str, ...] = Labels._fields
@@ -114,11 +115,17 @@ class MetadataStore:
             if owner is None and not any(uids) and info.pids:
                 owner = self._owner_by_hostname(info.pids[0])
             cids = {r.container_id for r in refs}
+            rtpods = {r.runtime_pod for r in refs}
             if owner is None and not any(uids) and len(cids) == 1 and refs[0].container_id:
                 # outside Kubernetes: a namespace all of whose processes are one container's
                 owner = refs[0]
+            elif owner is None and not any(uids) and len(rtpods) == 1 and refs[0].runtime_pod:
+                # or one runtime pod's (a podman pod: its containers share the namespace)
+                owner = CgroupRef(path=refs[0].path.rsplit("/", 1)[0],
+                                  runtime_pod=refs[0].runtime_pod)
         if owner is not None:
-            who = owner.pod_uid or f"container:{owner.container_id}"
+            who = (owner.pod_uid or (f"container:{owner.container_id}" if owner.container_id
+                                     else f"runtime-pod:{owner.runtime_pod}"))
             prev = self._netns_last.get(inode)
             if prev is not None and prev != who:
                 with self._lock:
@@ -129,8 +136,10 @@ class MetadataStore:
         elif info is None and inode in self._netns_last:
             # the namespace is gone: what was keyed by it is still its owner's (until retired)
             last = self._netns_last[inode]
-            owner = (CgroupRef(path="", container_id=last.removeprefix("container:"))
-                     if last.startswith("container:") else CgroupRef(path="", pod_uid=last))
+            kind, _, ident = last.partition(":")
+            owner = (CgroupRef(path="", container_id=ident) if kind == "container" else
+                     CgroupRef(path="", runtime_pod=ident) if kind == "runtime-pod" else
+                     CgroupRef(path="", pod_uid=last))
         self._netns_refs[inode] = owner
         return owner
 
@@ -262,7 +271,7 @@ class MetadataStore:
         ref = self.cgroup_ref(cgroup_id)
         if ref is not None and ref.in_pod:
             return self._pod_labels(ref.pod_uid, ref.container_id, ref.path)
-        if ref is not None and ref.container_id:
+        if ref is not None and (ref.container_id or ref.runtime_pod):
             return self._container_labels(ref)
         owner = self._netns_owner(netns) if netns else None
         if owner is not None and owner.in_pod:
@@ -281,9 +290,11 @@ class MetadataStore:
         return Labels(k8s_node_name=self.node)
 
     def _container_labels(self, ref: CgroupRef) -> Labels:
+        """A container (or a runtime's pod) outside Kubernetes: its id, its runtime's names."""
         name = self.docker.name(ref.container_id) if self.docker and ref.container_id else ""
+        pod = self.docker.pod_name(ref.runtime_pod) if self.docker and ref.runtime_pod else ""
         return Labels(container_id=ref.container_id, cgroup=ref.path, k8s_node_name=self.node,
-                      container_name=name, process_name=self._process_name(ref))
+                      container_name=name, process_name=self._process_name(ref), pod_name=pod)
 
     def _process_name(self, ref: CgroupRef) -> str:
         """The command of the cgroup's first process (rechecked every 30 s; processes exec).
@@ -316,10 +327,11 @@ class MetadataStore:
         container keeps one label set."""
         if labels.k8s_pod_uid:
             return self._pod_labels(labels.k8s_pod_uid, labels.container_id, labels.cgroup)
-        if labels.container_id and self.docker and not labels.container_name:
-            name = self.docker.name(labels.container_id)
-            if name:
-                return labels._replace(container_name=name)
+        if self.docker and labels.cgroup and (not labels.container_name or not labels.pod_name):
+            ref = parse_cgroup_path(labels.cgroup)
+            name = labels.container_name or self.docker.name(labels.container_id)
+            pod = labels.pod_name or self.docker.pod_name(ref.runtime_pod)
+            return labels._replace(container_name=name, pod_name=pod)
         return labels
 
     def _pod_labels(self, uid: str, cid: str, path: str) -> Labels:

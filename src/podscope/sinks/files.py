@@ -19,7 +19,7 @@ import orjson
 
 IDENTITY = ["k8s_pod_uid", "container_id", "k8s_namespace_name", "k8s_pod_name",
             "k8s_container_name", "k8s_node_name", "k8s_workload_kind", "k8s_workload_name",
-            "container_name", "process_name", "cgroup"]
+            "container_name", "process_name", "cgroup", "pod_name"]
 SCHEMAS: dict[str, list[str]] = {
     "tcp_connection": [
         "time", *IDENTITY, "netns", "direction", "src_addr", "src_port", "dst_addr",

@@ -223,6 +223,7 @@ class PodNetwork:
         self._count = 0  # pods made (addresses are never reused)
         self._made_dirs: list[str] = []
         self.v1_made: list[str] = []  # cgroup v1 directories made by Pod.set_limit
+        self.bare_netns: list[str] = []  # made by netns()
         self._up = False
 
     def __enter__(self) -> PodNetwork:
@@ -285,6 +286,31 @@ class PodNetwork:
         pod.popen(["sleep", "infinity"])
         return pod
 
+    def netns(self, name: str) -> tuple[str, str]:
+        """A bare network namespace on the bridge, for a container runtime to join (podman's
+        `--network ns:`, ctr's `--with-ns`): no cgroup, no process. Returns (name, address);
+        removed with the network."""
+        self._count += 1
+        idx = self._count + 1
+        ns = f"ps{self.tag}-{name}"
+        ip = f"{SUBNET}.{self.subnet_id}.{idx}"
+        host_if = f"psv{self.tag}{idx:02d}"
+        self.bare_netns.append(ns)
+        _run("ip", "netns", "add", ns)
+        _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        _run("ip", "link", "set", host_if, "master", self.bridge, "up")
+        _run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+        _run("ip", "-n", ns, "link", "set", "eth0", "up")
+        _run("ip", "-n", ns, "link", "set", "lo", "up")
+        _run("ip", "-n", ns, "route", "add", "default", "via", self.gateway)
+        return ns, ip
+
+    def drop_netns(self, ns: str) -> None:
+        """Delete a namespace made by netns() (its veth pair goes with it)."""
+        _run("ip", "netns", "del", ns, check=False)
+        if ns in self.bare_netns:
+            self.bare_netns.remove(ns)
+
     def remove(self, pod: Pod) -> None:
         """Tear one pod down as the kubelet does: processes, network namespace, cgroups."""
         pod.stop()
@@ -307,6 +333,9 @@ class PodNetwork:
             pod.drop_etc()
             if r.returncode and "No such file" not in r.stderr:
                 errors.append(f"ip netns del {pod.netns}: {r.stderr.strip()}")
+        for ns in self.bare_netns:
+            _run("ip", "netns", "del", ns, check=False)
+        self.bare_netns.clear()
         for pod in self.pods:
             for d in pod.dirs:
                 if d not in self._made_dirs:

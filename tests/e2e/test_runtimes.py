@@ -1,0 +1,206 @@
+"""Attribution with real container runtimes from Debian's packages: podman (containers and a pod)
+and containerd + runc with a kubelet-style cgroup path (root, real BPF, a locally built image).
+Counts are the containers' own tallies; names come from the runtime's API or the Kubernetes
+API test server."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from podscope.testing.kubeapi import KubeAPIServer, pod_object_for
+from podscope.testing.pods import PodNetwork
+from podscope.testing.runtimes import IMAGE, Containerd, Podman
+from tests.conftest import AgentProc, Metrics, python_cmd
+from tests.kernel.test_tcp import wait_for
+
+CLIENT = ("ok=0; miss=0; for i in $(seq 1 {n}); do wget -q -O /dev/null http://{ip}:8080/ok"
+          " && ok=$((ok+1)); done; for i in $(seq 1 {m}); do wget -q -O /dev/null "
+          "http://{ip}:8080/missing || miss=$((miss+1)); done; echo $ok $miss")
+
+
+@pytest.fixture
+def podman() -> Iterator[Podman]:
+    p = Podman()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def series(m: Metrics, name: str, **labels: str) -> list[dict[str, str]]:
+    return m.series(name, **labels)
+
+
+def test_podman_containers_and_a_podman_pod(pods: PodNetwork, podman: Podman,
+                                            tmp_path: Path) -> None:
+    web_ns, web_ip = pods.netns("pm-web")
+    cli_ns, _ = pods.netns("pm-cli")
+    sock = tmp_path / "podman.sock"
+    podman.service(sock)
+    cfg = tmp_path / "podscope.toml"
+    cfg.write_text(f'kubernetes = "off"\ndocker_socket = "{sock}"\n')
+    agent = AgentProc(["--config", str(cfg)], tmp_path)
+    try:
+        podman.container("pm-web", "httpd", "-f", "-p", "8080", "-h", "/www",
+                         network=f"ns:/run/netns/{web_ns}", detach=True)
+        web = podman.container_id("pm-web")
+        time.sleep(0.5)
+        # a client container that lives for a moment (--rm): its tally is the truth
+        out = podman.container("pm-client", "sh", "-c", CLIENT.format(n=9, m=4, ip=web_ip),
+                               network=f"ns:/run/netns/{cli_ns}")
+        ok, miss = map(int, out.split()[-2:])
+        assert (ok, miss) == (9, 4), out
+        # a pod: two containers that talk over the pod's own loopback
+        podman.pod("pm-shop")
+        podman.container("shop-api", "httpd", "-f", "-p", "8080", "-h", "/www", pod="pm-shop",
+                         detach=True)
+        api = podman.container_id("shop-api")
+        time.sleep(0.5)
+        out = podman.container("shop-worker", "sh", "-c",
+                               CLIENT.format(n=5, m=2, ip="127.0.0.1"), pod="pm-shop",
+                               detach=True)
+        worker = out.strip()
+        wait_for(lambda: podman.run("inspect", "-f", "{{.State.Status}}", worker)
+                 .stdout.strip() == "exited", timeout=30)
+        logs = podman.run("logs", worker).stdout.split()
+        assert logs[-2:] == ["5", "2"], logs
+
+        def served(cid: str) -> float:
+            return agent.metrics().value("http_server_request_duration_seconds_count",
+                                         container_id=cid)
+
+        wait_for(lambda: served(web) >= 13 and served(api) >= 7, timeout=20)
+        m = agent.metrics()
+    finally:
+        agent.stop()
+    # exact counts, by status, each on its own container
+    for cid, want in ((web, {"200": 9, "404": 4}), (api, {"200": 5, "404": 2})):
+        got = {code: int(m.value("http_server_request_duration_seconds_count", container_id=cid,
+                                 http_response_status_code=code)) for code in want}
+        assert got == want, (cid, got)
+    clients = {s["container_name"]: s for s in series(
+        m, "http_client_request_duration_seconds_count") if s.get("container_name")}
+    assert set(clients) >= {"pm-client", "shop-worker"}, clients
+    assert m.value("http_client_request_duration_seconds_count", container_name="pm-client") == 13
+    assert m.value("http_client_request_duration_seconds_count", container_name="shop-worker") == 7
+    assert m.value("podscope_tcp_connections_opened_total", container_name="pm-client",
+                   direction="outbound") == 13
+    # names: every series of these containers carries the runtime's names, the pod's too
+    names = {web: ("pm-web", ""), api: ("shop-api", "pm-shop")}
+    for s in m.samples:
+        cid = s.labels.get("container_id", "")
+        if cid in names:
+            assert (s.labels["container_name"], s.labels["pod_name"]) == names[cid], s
+        if s.labels.get("container_name") == "shop-worker":
+            assert s.labels["pod_name"] == "pm-shop", s
+        assert not (s.labels.get("cgroup", "").startswith("/libpod_parent/")
+                    and re.fullmatch(r"/libpod_parent/[0-9a-f]{64}", s.labels["cgroup"])
+                    and s.labels.get("container_id")), s  # the pod's directory is no container
+
+
+def test_containerd_with_a_kubelet_style_cgroup(pods: PodNetwork, tmp_path: Path) -> None:
+    pod = pods.pod("cd-web", qos="besteffort", driver="cgroupfs")
+    client = pods.pod("cd-client")
+    archive = tmp_path / "image.tar"
+    # an OCI archive of the local image, made by podman, imported by ctr
+    p = Podman()
+    try:
+        p.run("save", "--format", "oci-archive", "-o", str(archive), IMAGE)
+    finally:
+        p.close()
+    cd = Containerd(tmp_path / "containerd", archive)
+    try:
+        cid = secrets.token_hex(32)
+        pod.containers["web"] = cid  # the API lists it as the pod's container "web"
+        cd.run(cid, f"/kubepods/besteffort/pod{pod.uid}/{cid}", pod.netns,
+               "httpd", "-f", "-p", "8080", "-h", "/www")
+        with KubeAPIServer() as api:
+            api.add_pod(pod_object_for(pod, "shop", "test-node-cd"))
+            api.add_pod(pod_object_for(client, "shop", "test-node-cd"))
+            kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+            agent = AgentProc(["--node-name", "test-node-cd", "--kubeconfig", str(kubeconfig)],
+                              tmp_path)
+            try:
+                time.sleep(0.5)
+                plan = [["GET", "/ok", 11], ["GET", "/missing", 3]]
+                truth = json.loads(client.run(python_cmd("http_client.py", pod.ip, 8080,
+                                                         json.dumps(plan))).stdout)
+                wait_for(lambda: agent.metrics().value(
+                    "http_server_request_duration_seconds_count", container_id=cid) >= 14)
+                m = agent.metrics()
+            finally:
+                agent.stop()
+    finally:
+        cd.close()
+    assert truth["GET 200"] == 11 and truth["GET 404"] == 3
+    for code, n in (("200", 11), ("404", 3)):
+        assert m.value("http_server_request_duration_seconds_count", container_id=cid,
+                       http_response_status_code=code) == n
+    for s in m.samples:
+        if s.labels.get("container_id") == cid:
+            assert (s.labels["k8s_pod_uid"], s.labels["k8s_namespace_name"],
+                    s.labels["k8s_pod_name"], s.labels["k8s_container_name"]) == \
+                (pod.uid, "shop", "cd-web", "web"), s
+            assert s.labels["cgroup"] == f"/kubepods/besteffort/pod{pod.uid}/{cid}"
+
+
+def test_podman_churn_every_container_keeps_its_own_counts(pods: PodNetwork, podman: Podman,
+                                                           tmp_path: Path) -> None:
+    """Client containers made and removed one after another (`run --rm`, several a second, the
+    shortest alive for well under a second), each in a network namespace made for it and
+    deleted after it, so the next one gets the same inode: each container's counts are its own
+    tally, under its own id and name."""
+    web_ns, web_ip = pods.netns("pm-web")
+    sock = tmp_path / "podman.sock"
+    podman.service(sock)
+    cfg = tmp_path / "podscope.toml"
+    cfg.write_text(f'kubernetes = "off"\ndocker_socket = "{sock}"\n')
+    agent = AgentProc(["--config", str(cfg)], tmp_path)
+    truth: dict[str, tuple[str, int]] = {}  # id -> (name, requests)
+    inodes = []
+    try:
+        podman.container("pm-web", "httpd", "-f", "-p", "8080", "-h", "/www",
+                         network=f"ns:/run/netns/{web_ns}", detach=True)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        for i in range(12):
+            ns, _ = pods.netns(f"churn{i}")  # on the bridge, deleted after its container
+            try:
+                inodes.append(Path(f"/run/netns/{ns}").stat().st_ino)
+                n = i % 3  # 0, 1 or 2 requests: some containers barely live
+                cidfile = tmp_path / f"c{i}.cid"
+                out = podman.container(f"churn-{i}", "sh", "-c",
+                                       CLIENT.format(n=n, m=0, ip=web_ip) if n else "true",
+                                       network=f"ns:/run/netns/{ns}", cidfile=cidfile)
+                if n:
+                    assert out.split()[-2:] == [str(n), "0"], out
+                truth[cidfile.read_text().strip()] = (f"churn-{i}", n)
+            finally:
+                pods.drop_netns(ns)
+        rate = 12 / (time.monotonic() - t0)
+        assert len(set(inodes)) < len(inodes), "no namespace inode was reused"
+        want = sum(n for _, n in truth.values())
+        wait_for(lambda: agent.metrics().value("http_client_request_duration_seconds_count",
+                                               container_id="") + sum(
+            agent.metrics().value("http_client_request_duration_seconds_count", container_id=c)
+            for c in truth) >= want, timeout=20)
+        m = agent.metrics()
+    finally:
+        agent.stop()
+    got = {cid: int(m.value("http_client_request_duration_seconds_count", container_id=cid))
+           for cid in truth}
+    assert got == {cid: n for cid, (_, n) in truth.items()}, f"{rate:.1f}/s"
+    for s in m.samples:
+        cid = s.labels.get("container_id", "")
+        if cid in truth:
+            assert s.labels["container_name"] == truth[cid][0], s
+    # nothing of theirs went anywhere else: the server saw exactly their requests
+    served = int(m.value("http_server_request_duration_seconds_count", container_name="pm-web"))
+    assert served == want
