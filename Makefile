@@ -15,7 +15,8 @@ APT_PKGS := clang-16:clang-16 libbpf-dev:/usr/include/bpf/libbpf.h bpftool:bpfto
 	python3-venv:/usr/share/doc/python3-venv iproute2:ip iptables:iptables \
 	nginx-light:nginx wrk:wrk apache2-utils:ab procps:ps nghttp2-client:h2load \
 	prometheus:prometheus prometheus-pushgateway:prometheus-pushgateway chromium:chromium \
-	linux-perf:perf qemu-system-x86:qemu-system-x86_64 busybox-static:busybox kmod:depmod
+	linux-perf:perf qemu-system-x86:qemu-system-x86_64 busybox-static:busybox kmod:depmod \
+	podman:podman containerd:containerd runc:runc catatonit:catatonit
 BPF_SRCS := $(wildcard $(BPF_DIR)/*.bpf.c)
 BPF_OBJS := $(BPF_SRCS:.bpf.c=.bpf.o)
 BPF_HDRS := $(wildcard $(BPF_DIR)/*.h $(BPF_DIR)/include/*.h)

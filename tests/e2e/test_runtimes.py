@@ -187,16 +187,21 @@ def test_podman_churn_every_container_keeps_its_own_counts(pods: PodNetwork, pod
         rate = 12 / (time.monotonic() - t0)
         assert len(set(inodes)) < len(inodes), "no namespace inode was reused"
         want = sum(n for _, n in truth.values())
-        wait_for(lambda: agent.metrics().value("http_client_request_duration_seconds_count",
-                                               container_id="") + sum(
-            agent.metrics().value("http_client_request_duration_seconds_count", container_id=c)
-            for c in truth) >= want, timeout=20)
+        def counted() -> float:
+            m = agent.metrics()
+            return sum(m.value("http_client_request_duration_seconds_count", container_id=c)
+                       for c in truth)
+
+        wait_for(lambda: counted() >= want, timeout=20)
         m = agent.metrics()
     finally:
         agent.stop()
     got = {cid: int(m.value("http_client_request_duration_seconds_count", container_id=cid))
            for cid in truth}
-    assert got == {cid: n for cid, (_, n) in truth.items()}, f"{rate:.1f}/s"
+    others = [(s.labels, s.value) for s in m.samples
+              if s.name == "http_client_request_duration_seconds_count"
+              and s.labels["container_id"] not in truth]
+    assert got == {cid: n for cid, (_, n) in truth.items()}, (f"{rate:.1f}/s", others)
     for s in m.samples:
         cid = s.labels.get("container_id", "")
         if cid in truth:
