@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -37,6 +38,7 @@ class Agent:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.stop_event = threading.Event()
+        self._stop_requested = False  # set by request_stop(), from a signal handler
         self.collectors: list[Collector] = []
         self.files: list[JsonlSink | CsvSink] = []
         self.http: HttpServer | None = None
@@ -91,6 +93,7 @@ class Agent:
         cfg = self.cfg
         self.store = MetadataStore(cg2, proc=cfg.proc_root, node=kube.node_name(cfg.node_name),
                                    grace=cfg.pod_grace)
+        self._listen()
         if cfg.otlp:
             from .sinks.otlp import OtlpSink
 
@@ -164,17 +167,48 @@ class Agent:
                                      net_view=netlat.histograms if netlat else None)
             self.triggers.start()
             log.info("%d trigger rules; reports in %s", len(cfg.rules), cfg.reports_dir)
-        addr = self.cfg.listen_addr()
-        if addr:
+        if self.http is not None:
             self.overview = Overview(self.metrics, self.store)
             self.baselines = Baselines(self.overview.totals, interval=cfg.baseline_interval)
             self.baselines.start()
-            self.http = HttpServer(addr[0], addr[1], make_registry(self.metrics),
-                                   healthy=lambda: not self.stop_event.is_set(),
-                                   pages=self._pages(),
-                                   prefixes={"/api/reports/": self._report_file})
             self.http.start()
-            log.info("serving /metrics and /healthz on http://%s:%d", *self.http.address[:2])
+            scheme = "https" if cfg.web_tls_cert else "http"
+            log.info("serving /metrics and /healthz on %s://%s:%d", scheme,
+                     *self.http.address[:2])
+
+    def _listen(self) -> None:
+        """Bind the web server's address before any BPF loads: an address in use, or a bad
+        TLS or token file, is a one-line error at once."""
+        cfg = self.cfg
+        addr = cfg.listen_addr()
+        if not addr:
+            return
+        token = ""
+        if cfg.web_bearer_token_file:
+            try:
+                with open(cfg.web_bearer_token_file) as f:
+                    token = f.read().strip()
+            except OSError as e:
+                raise OSError(e.errno, f"web_bearer_token_file {cfg.web_bearer_token_file}: "
+                                       f"{e.strerror}") from None
+            if not token:
+                raise ValueError(f"web_bearer_token_file {cfg.web_bearer_token_file}: empty")
+        tls = None
+        if cfg.web_tls_cert:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                tls.load_cert_chain(cfg.web_tls_cert, cfg.web_tls_key or None)
+                if cfg.web_client_ca:
+                    tls.load_verify_locations(cfg.web_client_ca)
+                    tls.verify_mode = ssl.CERT_REQUIRED
+            except (OSError, ssl.SSLError) as e:
+                raise ValueError(f"web TLS files ({cfg.web_tls_cert}, {cfg.web_tls_key}, "
+                                 f"{cfg.web_client_ca}): {e}") from None
+        self.http = HttpServer(addr[0], addr[1], make_registry(self.metrics),
+                               healthy=lambda: not self.stopping(), pages=self._pages(),
+                               prefixes={"/api/reports/": self._report_file},
+                               hosts=[*cfg.web_hosts, self.store.node if self.store else ""],
+                               tls=tls, bearer_token=token)
 
     def _pages(self) -> dict[str, Callable[[], tuple[bytes, str]]]:
         """The web page (shipped in the package) and the JSON API behind it (and `top`)."""
@@ -205,9 +239,18 @@ class Agent:
 
         return report_file(self.cfg.reports_dir, rel)
 
+    def request_stop(self, *_: object) -> None:
+        """SIGTERM/SIGINT: a plain flag, nothing that can block. (Event.set() here could wait
+        forever for the Event's own lock, held by the very code the signal interrupted: seen
+        when the signal landed inside the main loop's wait.) The loop sees it within 0.1 s."""
+        self._stop_requested = True
+
+    def stopping(self) -> bool:
+        return self._stop_requested or self.stop_event.is_set()
+
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self.stop_event.set())
+            signal.signal(sig, self.request_stop)
         try:
             self.start()
         except BaseException:
@@ -222,14 +265,14 @@ class Agent:
             deadline = time.monotonic() + self.cfg.duration if self.cfg.duration else None
             log.info("podscope running%s", f" for {self.cfg.duration:g}s" if deadline else "")
             last_flush = last_maintain = last_retire = time.monotonic()
-            while not self.stop_event.is_set():
+            while not self.stopping():
                 if deadline and time.monotonic() >= deadline:
                     break
                 got = 0
                 for c in self.collectors:
                     got += c.poll(100 if len(self.collectors) == 1 else 20)
                 if not got and not self.files:
-                    self.stop_event.wait(0.1)
+                    time.sleep(0.1)  # never an Event wait in the thread signals land in
                 if time.monotonic() - last_retire > 1.0:
                     gone = self.store.retire() if self.store else set()
                     if gone and self.store:

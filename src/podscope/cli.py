@@ -1,21 +1,30 @@
-"""podscope command line: run, check, trace."""
+"""podscope command line: run, check, top, demo, trace, profile, report."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from typing import NoReturn
 
 from . import __version__
 
 
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line (what was wrong, and where to look), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="podscope", description=__doc__)
+    p = _Parser(prog="podscope", description=__doc__)
     p.add_argument("--version", action="version", version=f"podscope {__version__}")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
     r = sub.add_parser("run", help="run the agent on this host")
     r.add_argument("--listen", metavar="HOST:PORT", help="serve /metrics and /healthz here")
-    r.add_argument("--duration", type=float, metavar="SECONDS", help="stop by itself after this")
+    r.add_argument("--duration", metavar="DURATION",
+                   help="stop by itself after this (60, 60s, 5m)")
     r.add_argument("--export", action="append", default=[], dest="exports",
                    metavar="jsonl:PATH|csv:PATH",
                    help="write one record per closed connection and per HTTP request")
@@ -24,8 +33,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="HTTP records carry headers (credentials redacted)")
     r.add_argument("--config", metavar="FILE", help="TOML config file")
     r.add_argument("--pushgateway", metavar="URL", help="push every metric to this Pushgateway")
-    r.add_argument("--push-interval", type=float, metavar="SECONDS",
-                   help="seconds between pushes (15)")
+    r.add_argument("--push-interval", metavar="DURATION", help="between pushes (15s)")
     r.add_argument("--otlp", metavar="URL",
                    help="OTLP/HTTP endpoint (http://collector:4318): spans and metrics")
     r.add_argument("--node-name", help="this node's name (default: $NODE_NAME, the host name)")
@@ -42,18 +50,21 @@ def _parser() -> argparse.ArgumentParser:
                     help="load the probes here even if an agent runs (as root)")
     tp.add_argument("--sort", default="requests",
                     help="requests, errors, p99, retransmits, drops, queue, name, total")
-    tp.add_argument("--interval", type=float, default=2.0, metavar="SECONDS")
+    tp.add_argument("--interval", type=_positive_seconds, default=2.0, metavar="DURATION",
+                    help="between refreshes (2s)")
     tp.add_argument("--once", action="store_true", help="print one table and exit")
     tp.add_argument("--json", action="store_true", help="with --once: the overview as JSON")
     d = sub.add_parser("demo", help="three demo pods with traffic, and the agent watching them")
     d.add_argument("--listen", default="127.0.0.1:9464", metavar="HOST:PORT")
-    d.add_argument("--duration", type=float, metavar="SECONDS", help="stop by itself after this")
+    d.add_argument("--duration", type=_positive_seconds, metavar="DURATION",
+                   help="stop by itself after this (60s, 5m)")
     t = sub.add_parser("trace", help="live stream of requests")
     t.add_argument("protocol", choices=["http"])
     t.add_argument("--pod", help="pod name, namespace/name, pod UID or container id prefix")
     t.add_argument("--min-duration", metavar="DURATION", help="only slower requests (50ms, 1s)")
     t.add_argument("--status", metavar="CODES", help="only these statuses: 404,5xx,none")
-    t.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this")
+    t.add_argument("--duration", type=_positive_seconds, metavar="DURATION",
+                   help="stop after this (10s)")
     t.add_argument("--json", action="store_true", help="one JSON object per line")
     t.add_argument("--headers", action="store_true",
                    help="include request and response headers (credentials redacted)")
@@ -67,8 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                          "id prefix")
     pr.add_argument("--duration", default="10s", metavar="DURATION", help="how long (10s)")
     pr.add_argument("--off-cpu", action="store_true", help="also where its threads block")
-    pr.add_argument("--frequency", type=int, default=99, metavar="HZ", help="samples per second "
-                    "per CPU (99)")
+    pr.add_argument("--frequency", type=_hertz, default=99, metavar="HZ",
+                    help="samples per second per CPU, 1 to 1000 (99)")
     pr.add_argument("--out", default="podscope-profile", metavar="DIR",
                     help="where the .svg, .folded and profile.json go")
     pr.add_argument("--kubeconfig", metavar="FILE", default="")
@@ -85,8 +96,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive_seconds(text: str) -> float:
+    from .config import parse_seconds
+
+    try:
+        return parse_seconds(text, "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a duration above 0 (2, 2s, 500ms)") from None
+
+
+def _hertz(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number from 1 to 1000")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.cmd is None:
+        parser.print_help(sys.stderr)
+        return 2
     from . import features
     from .libbpf import BpfError
 

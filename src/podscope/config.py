@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -46,37 +48,145 @@ class Config:
     reports_per_hour: int = 6  # trigger reports made at most per hour
     trigger_interval: float = 5.0  # seconds between trigger checks (each is an overview pass)
     baseline_interval: float = 10.0  # seconds per latency baseline interval (idle / load)
+    web_hosts: list[str] = field(default_factory=list)  # Host names the web server answers to
+    # (besides addresses, localhost and the node's name: others get 421, against DNS rebinding)
+    web_tls_cert: str = ""  # PEM certificate (chain): serve HTTPS
+    web_tls_key: str = ""  # its key (if not in the certificate file)
+    web_client_ca: str = ""  # PEM CA: clients must present a certificate it signed
+    web_bearer_token_file: str = ""  # every path but /healthz needs "Authorization: Bearer <it>"
     rules: list[Any] = field(default_factory=list, init=False)  # triggers.Rule, parsed
 
     @classmethod
     def load(cls, path: str | None, overrides: dict[str, Any]) -> Config:
+        """The file's settings, then the flags' (`overrides`: setting -> value, None = not
+        given). Every value is checked and converted here, before anything loads: a bad one is
+        a ValueError whose message names the setting (or flag) and what it accepts."""
         data: dict[str, Any] = {}
         if path:
             try:
                 with open(path, "rb") as f:
-                    data = tomllib.load(f)
+                    raw = tomllib.load(f)
             except (OSError, tomllib.TOMLDecodeError) as e:
                 raise ValueError(f"config file {path}: {e}") from None
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"config file {path}: unknown settings {sorted(unknown)}")
-        data.update({k: v for k, v in overrides.items() if v is not None and v != []})
+            names = {f.name for f in fields(cls) if f.init}
+            unknown = set(raw) - names
+            if unknown:
+                raise ValueError(f"config file {path}: unknown settings {sorted(unknown)}")
+            data = {k: _coerce(k, v, f"{k} (in {path})") for k, v in raw.items()}
+        for k, v in overrides.items():
+            if v is not None and v != []:
+                data[k] = _coerce(k, v, FLAGS.get(k, k))
         return cls(**data)
 
     def __post_init__(self) -> None:
         from .triggers import Rule
 
         self.rules = [Rule.parse(t) for t in self.triggers]  # errors name the rule
-        if self.kubernetes not in ("auto", "on", "off"):
-            raise ValueError(f"kubernetes = {self.kubernetes!r}: expected auto, on or off")
-        if self.http_hooks not in ("auto", "socket", "syscalls"):
-            raise ValueError(f"http_hooks = {self.http_hooks!r}: expected auto, socket or syscalls")
+        self.listen_addr()  # a bad address is an error now, not after loading
 
     def listen_addr(self) -> tuple[str, int] | None:
         if not self.listen:
             return None
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ValueError(f"--listen {self.listen!r}: expected HOST:PORT")
-        return host.strip("[]") or "0.0.0.0", int(port)
+        return parse_listen(self.listen, FLAGS["listen"])
+
+
+# Where a setting comes from on the command line (error messages name what the user typed).
+FLAGS = {"listen": "--listen", "duration": "--duration", "exports": "--export",
+         "log_level": "--log-level", "http_capture_headers": "--http-headers",
+         "node_name": "--node-name", "pushgateway": "--pushgateway", "otlp": "--otlp",
+         "push_interval": "--push-interval", "kubeconfig": "--kubeconfig"}
+
+_CHOICES = {"log_level": ("debug", "info", "warning", "error"),
+            "http_hooks": ("auto", "socket", "syscalls"), "kubernetes": ("auto", "on", "off")}
+_INT_MIN = {"export_max_bytes": 0, "export_keep": 0, "http_route_budget": 1,
+            "reports_per_hour": 0}
+_URLS = ("pushgateway", "otlp")
+_TRUE = ("true", "on", "yes", "1")
+_FALSE = ("false", "off", "no", "0")
+_DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"{where} = {value!r}: expected true or false (on/off, yes/no)")
+
+
+def parse_seconds(value: Any, where: str) -> float:
+    """A duration in seconds: a number, or a string with a unit (250ms, 5s, 2m, 1h)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{where} = {value!r}: expected a duration (5, 5s, 250ms, 2m)")
+    if isinstance(value, int | float):
+        secs = float(value)
+    elif isinstance(value, str) and (m := _DUR.match(value)):
+        secs = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(f"{where} = {value!r}: expected a duration (5, 5s, 250ms, 2m)")
+    if not secs > 0 or secs != secs or secs == float("inf"):
+        raise ValueError(f"{where} = {value!r}: must be more than 0 seconds")
+    return secs
+
+
+def parse_listen(value: str, where: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{where} {value!r}: expected HOST:PORT with a port from 1 to 65535")
+    host = host.strip("[]")
+    if host and (re.fullmatch(r"[\d.]+", host) or ":" in host):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{where} {value!r}: {host} is not an IP address") from None
+    return host or "0.0.0.0", int(port)
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """One setting, checked against Config's field type and its own rules."""
+    kind = _TYPES.get(name)
+    if kind is None:
+        raise ValueError(f"{where}: no such setting")
+    if kind == "bool":
+        return parse_bool(value, where)
+    if kind in ("float", "float | None"):
+        return parse_seconds(value, where)
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and value.strip().isdigit():
+                value = int(value)
+            else:
+                raise ValueError(f"{where} = {value!r}: expected a whole number")
+        low = _INT_MIN.get(name, 0)
+        if value < low:
+            raise ValueError(f"{where} = {value!r}: must be {low} or more")
+        return value
+    if kind in ("str", "str | None"):
+        if not isinstance(value, str):
+            raise ValueError(f"{where} = {value!r}: expected a string")
+        if name in _CHOICES and value not in _CHOICES[name]:
+            raise ValueError(f"{where} = {value!r}: expected one of {', '.join(_CHOICES[name])}")
+        if name in _URLS and value and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{where} = {value!r}: expected an http:// or https:// URL")
+        if name == "listen":
+            parse_listen(value, where)
+        return value
+    if kind == "list[str]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{where} = {value!r}: expected a list of strings, like "
+                             f'["{"jsonl:/var/log/podscope.jsonl" if name == "exports" else "x"}"]')
+        if name == "exports":
+            for v in value:
+                kind_, _, target = v.partition(":")
+                if kind_ not in ("jsonl", "csv") or not target:
+                    raise ValueError(f"{where} {v!r}: expected jsonl:PATH or csv:PATH")
+        return value
+    if kind == "list[dict[str, Any]]":
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ValueError(f"{where}: expected [[{name}]] tables")
+        return value
+    return value
+
+
+_TYPES = {f.name: str(f.type) for f in fields(Config) if f.init}

@@ -57,7 +57,7 @@ def run(listen: str, duration: float | None) -> int:
                      kubeconfig=str(api.write_kubeconfig(Path(tmp) / "kubeconfig")))
         agent = Agent(cfg)
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: agent.stop_event.set())
+            signal.signal(sig, agent.request_stop)
         try:
             agent.start()  # before the apps connect: every connection is seen from its start
         except BaseException:

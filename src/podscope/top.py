@@ -73,6 +73,8 @@ def table(view: dict[str, Any], sort: str) -> Table:
 
 
 def _from_agent(url: str) -> Callable[[], dict[str, Any]]:
+    if "://" not in url:  # 127.0.0.1:9464, as the help shows it
+        url = "http://" + url
     def fetch() -> dict[str, Any]:
         with urllib.request.urlopen(url.rstrip("/") + "/api/v1/overview", timeout=10) as r:
             return dict(json.loads(r.read()))

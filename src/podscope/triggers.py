@@ -59,14 +59,33 @@ class Rule:
     def parse(cls, raw: Any) -> Rule:
         if not isinstance(raw, dict):
             raise ValueError(f"trigger {raw!r}: expected a table")
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known
+        from .config import parse_bool, parse_seconds
+
+        name = raw.get("name", "?")
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(raw) - set(known)
         if unknown:
-            raise ValueError(f"trigger {raw.get('name', '?')}: unknown settings {sorted(unknown)}")
-        try:
-            r = cls(**raw)
-        except TypeError as e:
-            raise ValueError(f"trigger {raw.get('name', '?')}: {e}") from None
+            raise ValueError(f"trigger {name}: unknown settings {sorted(unknown)}")
+        missing = [k for k in ("name", "signal", "above") if k not in raw]
+        if missing:
+            raise ValueError(f"trigger {name}: missing {', '.join(missing)}")
+        vals: dict[str, Any] = {}
+        for k, v in raw.items():
+            where = f"trigger {name}: {k}"
+            kind = str(known[k].type)
+            if kind == "bool":
+                vals[k] = parse_bool(v, where)
+            elif k.endswith("_seconds"):
+                vals[k] = parse_seconds(v, where)
+            elif kind == "float":
+                if isinstance(v, bool) or not isinstance(v, int | float):
+                    raise ValueError(f"{where} = {v!r}: expected a number")
+                vals[k] = float(v)
+            elif not isinstance(v, str):
+                raise ValueError(f"{where} = {v!r}: expected a string")
+            else:
+                vals[k] = v
+        r = cls(**vals)
         if r.signal not in SIGNALS:
             raise ValueError(f"trigger {r.name}: signal {r.signal!r} is not one of "
                              f"{sorted(SIGNALS)}")

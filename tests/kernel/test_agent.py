@@ -206,3 +206,42 @@ def test_sigint_exits_cleanly_too(tmp_path: Path) -> None:
     assert a.proc.wait(10) == 0
     assert time.monotonic() - t0 < 2.0
     assert "Traceback" not in a.log.read_text()
+
+
+def test_sigterm_under_scrapes_stops_every_time(tmp_path: Path) -> None:
+    """SIGTERM while the agent is busy (scrapes in flight, its loop polling): it exits, every
+    time, within 3 s (a handler that waits for a lock its own thread holds never returns)."""
+    import signal
+    import threading
+    import urllib.request
+
+    for i in range(8):
+        run_dir = tmp_path / f"run{i}"
+        run_dir.mkdir()
+        a = AgentProc([], run_dir)
+        stop = threading.Event()
+
+        def scrape(agent: AgentProc = a, halt: threading.Event = stop) -> None:
+            while not halt.is_set():
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{agent.port}/metrics",
+                                                timeout=5) as r:
+                        r.read()
+                except OSError:
+                    return
+
+        threads = [threading.Thread(target=scrape) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3 + 0.1 * i)  # the signal lands at a different point each round
+        t0 = time.monotonic()
+        a.proc.send_signal(signal.SIGTERM)
+        try:
+            assert a.proc.wait(10) == 0
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+            a.stop()
+        assert time.monotonic() - t0 < 3.0, f"round {i}: {time.monotonic() - t0:.1f}s"
+        assert "Traceback" not in a.log.read_text(), a.log.read_text()
