@@ -26,7 +26,7 @@ from .metadata import kube
 from .metadata.docker import DockerNames
 from .metadata.store import MetadataStore
 from .overview import Overview
-from .sinks.files import CsvSink, JsonlSink, open_export
+from .sinks.files import CsvSink, JsonlSink, export_metrics, open_export
 from .sinks.prometheus import HttpServer, make_registry
 from .sinks.pushgateway import PushgatewaySink
 
@@ -71,6 +71,8 @@ class Agent:
         if self.triggers is not None:
             sources.append(self.triggers.metrics())
         sources.append(self._signal_metrics())
+        if self.files:
+            sources.append(export_metrics(self.files))
         for source in sources:
             for fam in source:
                 if fam.name in merged:

@@ -78,6 +78,11 @@ class Config:
                 data[k] = _coerce(k, v, FLAGS.get(k, k))
         return cls(**data)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> Config:
+        """Settings from a mapping (a ConfigMap's TOML, Helm values), checked like a file's."""
+        return cls(**{k: _coerce(k, v, f"{k} (in {where})") for k, v in data.items()})
+
     def __post_init__(self) -> None:
         from .triggers import Rule
 

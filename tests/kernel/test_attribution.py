@@ -205,3 +205,40 @@ def test_namespace_counters_of_containers_outside_pods_stay_apart(
                    cgroup="")
     assert host - host_before < want
     assert m.value("podscope_tcp_listen_overflows_total", container_id=client.container_id) == 0
+
+
+def test_series_of_gone_pods_and_containers_go_without_an_api(pods: PodNetwork,
+                                                              tmp_path: Path) -> None:
+    """No Kubernetes API: a pod and a plain container whose cgroups and namespaces are gone
+    keep their series for pod_grace, then their series go; the living keep theirs."""
+    server = pods.pod("server")
+    start_tcp_server(server, tmp_path / "server.jsonl")
+    cfg = tmp_path / "podscope.toml"
+    cfg.write_text('kubernetes = "off"\npod_grace = "3s"\n')
+    agent = AgentProc(["--config", str(cfg)], tmp_path)
+    try:
+        gone = [pods.pod("gone-pod"), pods.pod("gone-ctr", driver="podman")]
+        stays = pods.pod("stays")
+        for p in (*gone, stays):
+            out = json.loads(p.run(python_cmd("tcp_client.py", server.ip, 8080, 2, 10)).stdout)
+            assert out["connections"] == 2
+
+        def has(m: object, p: Pod) -> bool:
+            key = ({"container_id": p.container_id} if p.driver == "podman"
+                   else {"k8s_pod_uid": p.uid})
+            return bool(m.series("podscope_tcp_connections_opened_total", **key))  # type: ignore[attr-defined]
+
+        wait_for(lambda: all(has(agent.metrics(), p) for p in (*gone, stays)))
+        for p in gone:
+            pods.remove(p)
+        time.sleep(1.0)
+        m = agent.metrics()
+        assert all(has(m, p) for p in gone)  # within the grace period: still there
+        wait_for(lambda: not any(has(agent.metrics(), p) for p in gone), timeout=30)
+        m = agent.metrics()
+        assert not any(has(m, p) for p in gone)
+        assert has(m, stays) and has(m, server)
+        assert m.value("podscope_tcp_connections_opened_total", k8s_pod_uid=stays.uid,
+                       direction="outbound") == 2
+    finally:
+        agent.stop()

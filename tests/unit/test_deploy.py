@@ -43,11 +43,11 @@ def test_validation_does_reject_a_broken_manifest() -> None:
         kubernetes_validate.validate(ds, K8S_VERSIONS[-1], strict=True)
 
 
-def test_rbac_reads_pods_and_nodes_only() -> None:
+def test_rbac_reads_pods_only() -> None:
     (role,) = by_kind("ClusterRole")
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"])
              for r in role["rules"]}
-    assert rules == {(("",), ("pods",)): ["get", "list", "watch"], (("",), ("nodes",)): ["get"]}
+    assert rules == {(("",), ("pods",)): ["get", "list", "watch"]}  # the agent reads nothing else
     (binding,) = by_kind("ClusterRoleBinding")
     (sa,) = by_kind("ServiceAccount")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
@@ -85,7 +85,10 @@ def test_daemonset_least_privilege_probes_and_host_mounts() -> None:
     (cm,) = by_kind("ConfigMap")
     cfg = tomllib.loads(cm["data"]["podscope.toml"])
     assert cfg["proc_root"] == mounts["host-proc"]["mountPath"]
-    Config(**cfg)  # every key is a real setting
+    conf = Config.from_dict(cfg, "the ConfigMap")  # every key is a real setting, every value valid
+    # trigger reports land on a writable volume (the root file system is read-only)
+    assert any(conf.reports_dir.startswith(m["mountPath"]) for m in c["volumeMounts"]
+               if not m.get("readOnly"))
 
 
 def test_chart_mirrors_the_manifests() -> None:
@@ -95,10 +98,12 @@ def test_chart_mirrors_the_manifests() -> None:
     meta = yaml.safe_load((chart / "Chart.yaml").read_text())
     values = yaml.safe_load((chart / "values.yaml").read_text())
     assert meta["apiVersion"] == "v2" and meta["name"] == "podscope"
-    Config(**values["config"])
+    Config.from_dict(values["config"], "values.yaml")
     tpl = (chart / "templates" / "daemonset.yaml").read_text()
     for needle in ("hostPID: true", "privileged: false", '"BPF", "PERFMON", "SYS_ADMIN"',
                    "path: /healthz", "/sys/kernel/btf", "/sys/fs/bpf", "path: /proc"):
         assert needle in tpl, needle
     rbac = (chart / "templates" / "rbac.yaml").read_text()
-    assert 'verbs: ["get", "list", "watch"]' in rbac and 'resources: ["nodes"]' in rbac
+    assert 'verbs: ["get", "list", "watch"]' in rbac and 'resources: ["nodes"]' not in rbac
+    # reports have a writable place on the read-only root file system
+    assert "mountPath: /var/lib/podscope" in tpl

@@ -165,3 +165,17 @@ def test_route_budget_overflows_into_other() -> None:
     assert [b.route("pod", r) for r in ("/a", "/b", "/a", "/c", "/d")] == \
         ["/a", "/b", "/a", OTHER, OTHER]
     assert b.overflow["pod"] == 2 and b.route("other-pod", "/c") == "/c"
+
+
+def test_unanswered_pipelined_requests_are_bounded() -> None:
+    """100k pipelined requests that get no answer: the connection stops at MAX_PENDING
+    (counted by the collector as too_many_pending and started over), never 100 MB of state."""
+    from podscope.protocols.http1 import MAX_PENDING, Exchange, HttpParseError
+
+    ex = Exchange()
+    chunk = b"GET /q HTTP/1.1\r\nHost: a\r\n\r\n" * 1000
+    with pytest.raises(HttpParseError) as e:
+        for _ in range(100):
+            ex.client_bytes(chunk)
+    assert e.value.reason == "too_many_pending"
+    assert len(ex.pending) == MAX_PENDING

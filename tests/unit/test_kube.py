@@ -187,3 +187,40 @@ def test_docker_names_from_the_engine_socket(tmp_path: Path) -> None:
         engine.containers["b" * 64] = "late"
         time.sleep(0.25)
         assert names.name("b" * 64) == "late"
+
+
+def test_malformed_items_are_skipped_and_counted(tmp_path: Path) -> None:
+    api = KubeAPIServer().start()
+    store = MetadataStore(None, node="node-1")
+    w = KubeWatcher("node-1", store.set_pods, store.pod_event,
+                    kubeconfig=str(api.write_kubeconfig(tmp_path / "kubeconfig")), watch_timeout=2)
+    try:
+        api.add_pod(pod_object("web-1", "shop", "node-1", uid="u1"))
+        api.extra_items = [None, {"metadata": None}, "text", {"metadata": {"name": "no-uid"}}]
+        w.start()
+        wait_for(lambda: store.pod("u1") is not None)
+        assert w.malformed == 4 and w.up and store.pod("u1") is not None
+    finally:
+        w.stop()
+        api.stop()
+
+
+def test_a_watch_that_fails_after_each_list_backs_off(tmp_path: Path) -> None:
+    """Lists succeed, every watch fails at once: the watcher waits 0.8 s, 1.6 s, 3.2 s, ...
+    between lists (client-go's reflector), never a list per second forever."""
+    api = KubeAPIServer().start()
+    store = MetadataStore(None, node="node-1")
+    api.fail_watches = True
+    w = KubeWatcher("node-1", store.set_pods, store.pod_event,
+                    kubeconfig=str(api.write_kubeconfig(tmp_path / "kubeconfig")),
+                    watch_timeout=2)
+    try:
+        w.start()
+        time.sleep(6.5)
+        lists = w.lists
+        # at 0, ~1, ~2.8, ~6.2 s: four at most (a reset backoff would list ~9 times)
+        assert 2 <= lists <= 4, lists
+        assert w.errors >= lists - 1
+    finally:
+        w.stop()
+        api.stop()

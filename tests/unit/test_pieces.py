@@ -184,3 +184,48 @@ def test_exports_rotate_by_size(tmp_path: Path) -> None:
             assert next(csv.reader(f)) == SCHEMAS["http_request"]
     for p in tmp_path.glob("r.jsonl*"):
         assert all(json.loads(line)["type"] == "http_request" for line in p.read_text().splitlines())
+
+
+def test_exports_count_what_they_wrote_and_rotated(tmp_path: Path) -> None:
+    from podscope.sinks.files import export_metrics
+
+    rec = {k: "x" * 10 for k in SCHEMAS["http_request"]}
+    j = open_export(f"jsonl:{tmp_path / 'r.jsonl'}", max_bytes=2000, keep=2)
+    c = open_export(f"csv:{tmp_path / 'r.csv'}", max_bytes=2000, keep=2)
+    for _ in range(40):
+        j.record("http_request", rec)
+        c.record("http_request", rec)
+    j.record("dns_query", {"time": 1})
+    fams = {f.name: f for f in export_metrics([j, c])}
+    written = {(s.labels["path"], s.labels["type"]): s.value
+               for s in fams["podscope_export_records_written"].samples}
+    assert written == {(j.path, "http_request"): 40, (j.path, "dns_query"): 1,
+                       (c.path, "http_request"): 40}
+    rotated = {s.labels["path"]: s.value for s in fams["podscope_export_files_rotated"].samples}
+    # every rotation left a file behind (two kept, the rest deleted): at least those two
+    assert rotated[j.path] >= 2 and rotated[c.path] >= 2
+    lines = sum(len(p.read_text().splitlines()) for p in tmp_path.glob("r.jsonl*"))
+    assert lines <= 41  # what the kept files hold, of the 41 written
+    j.close()
+    c.close()
+
+
+@pytest.mark.parametrize("target,route,record", [
+    ("/a;jsessionid=SECRET", "/a", "/a;jsessionid=<redacted>"),
+    ("/cart;jsessionid=S3CR3T/items", "/cart/items", "/cart;jsessionid=<redacted>/items"),
+    ("/invite/AbCdEfGhIjKlMnOp", "/invite/{id}", "/invite/<redacted>"),
+    ("/u/bob@example.com/profile", "/u/{id}/profile", "/u/<redacted>/profile"),
+    ("/v1/tokens/sk_live_abcdef1234567890", "/v1/tokens/{id}", "/v1/tokens/<redacted>"),
+    ("/a/b;v=1?x=2", "/a/b", "/a/b;v=<redacted>?x=<redacted>"),
+    # left alone: words, CamelCase, numbers (templated, not secret), file names
+    ("/api/GetUserProfileSettings", "/api/GetUserProfileSettings",
+     "/api/GetUserProfileSettings"),
+    ("/notifications/settings", "/notifications/settings", "/notifications/settings"),
+    ("/users/123/orders", "/users/{id}/orders", "/users/123/orders"),
+    ("/static/app.min.js", "/static/app.min.js", "/static/app.min.js"),
+])
+def test_routes_and_records_carry_no_secrets(target: str, route: str, record: str) -> None:
+    from podscope.protocols.routes import redact_target, template_path
+
+    assert template_path(target) == route
+    assert redact_target(target) == record

@@ -35,7 +35,8 @@ class Collector(Protocol):
     def maintain(self) -> None: ...
 
     def forget_pods(self, uids: set[str]) -> None:
-        """These pods are gone (deleted, past the grace period): drop their series."""
+        """These pods and containers are gone (past the grace period): drop their series.
+        `uids` holds identities (metadata.store.identity): pod UIDs, "container:<id>"."""
         ...
 
     def close(self) -> None: ...

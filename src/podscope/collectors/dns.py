@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 
 from .. import features, libbpf
 from ..features import Signal
-from ..metadata.store import Labels, MetadataStore
+from ..metadata.store import Labels, MetadataStore, identity
 from ..protocols import dns
 from .base import (
     Emit,
@@ -142,10 +142,10 @@ class DnsCollector:
 
     def forget_pods(self, uids: set[str]) -> None:
         with self._lock:
-            for k in [k for k in self._hist if k[0].k8s_pod_uid in uids]:
+            for k in [k for k in self._hist if identity(k[0]) in uids]:
                 del self._hist[k]
                 del self._sum_ns[k]
-            for tk in [tk for tk in self.timeouts.values if tk[0].k8s_pod_uid in uids]:
+            for tk in [tk for tk in self.timeouts.values if identity(tk[0]) in uids]:
                 del self.timeouts.values[tk]
 
     # ---- events ----

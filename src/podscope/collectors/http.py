@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 
 from .. import features, libbpf
 from ..features import Signal
-from ..metadata.store import Labels, MetadataStore
+from ..metadata.store import Labels, MetadataStore, identity
 from ..protocols import http1, http2
 from ..protocols.routes import RouteBudget, redact_headers, redact_target, template_path
 from .base import HIST_SLOTS_DEFAULT as SLOTS
@@ -704,15 +704,16 @@ class HttpCollector:
             tables: list[dict[Any, Any]] = [self._aggs, self._rpcs, self.h2_outcomes,
                                             self.unanswered]
             for d in tables:
-                for k in [k for k in d if k[0].k8s_pod_uid in uids]:
+                for k in [k for k in d if identity(k[0]) in uids]:
                     del d[k]
             self._label_cache.clear()
             self.budget.forget(lambda owner: isinstance(owner, Labels)
-                               and owner.k8s_pod_uid in uids)
+                               and identity(owner) in uids)
 
     def _live(self, labels: Labels) -> Labels | None:
         """Labels with today's names; None for a pod gone for good."""
-        if labels.k8s_pod_uid and self.store.retired(labels.k8s_pod_uid):
+        ident = identity(labels)
+        if ident and self.store.retired(ident):
             return None
         return self.store.renamed(labels)
 

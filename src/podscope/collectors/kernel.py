@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from .. import libbpf
 from ..features import Signal
 from ..metadata.cgroups import parse_cgroup_path, v1_mounts
-from ..metadata.store import Labels, MetadataStore
+from ..metadata.store import Labels, MetadataStore, identity
 from .base import Emit, Sums, attach, loss_families, program_signals
 
 log = logging.getLogger("podscope.kernel")
@@ -211,7 +211,7 @@ class KernelCollector:
     def forget_pods(self, uids: set[str]) -> None:
         m = self.obj.map("kernel_counts")
         for key, _ in list(m.items(self.LabelKey, ct.c_uint64)):
-            if self.store.labels(key.pod.cgroup_id, key.pod.netns).k8s_pod_uid in uids:
+            if identity(self.store.labels(key.pod.cgroup_id, key.pod.netns)) in uids:
                 m.delete(key)
 
     def _on_event(self, data: bytes) -> None:

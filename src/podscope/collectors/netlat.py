@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from .. import libbpf
 from ..features import Signal
-from ..metadata.store import Labels, MetadataStore
+from ..metadata.store import Labels, MetadataStore, identity
 from .base import Histogram, label_names, log2_histogram, loss_families, program_signals
 
 
@@ -91,7 +91,7 @@ class NetlatCollector:
     def forget_pods(self, uids: set[str]) -> None:
         m = self.obj.map("netlat_hists")
         for key, _ in list(m.items(self.Key, self.Hist)):
-            if self.store.labels(key.pod.cgroup_id, key.pod.netns).k8s_pod_uid in uids:
+            if identity(self.store.labels(key.pod.cgroup_id, key.pod.netns)) in uids:
                 m.delete(key)
 
     def close(self) -> None:

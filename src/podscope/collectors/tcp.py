@@ -21,7 +21,7 @@ from prometheus_client.core import (
 from .. import features, libbpf
 from ..features import Signal
 from ..metadata.namespaces import in_netns, read_netstat
-from ..metadata.store import Labels, MetadataStore
+from ..metadata.store import Labels, MetadataStore, identity
 from .base import (
     Emit,
     Histogram,
@@ -276,7 +276,7 @@ class TcpCollector:
             m = self.obj.map(name)
             for key, _ in list(m.items(key_type, value_type)):
                 pk = key if name == "tcp_pods" else key.pod
-                if self.store.labels(pk.cgroup_id, pk.netns).k8s_pod_uid in uids:
+                if identity(self.store.labels(pk.cgroup_id, pk.netns)) in uids:
                     m.delete(key)
 
     def _drop_recycled_netns(self) -> None:

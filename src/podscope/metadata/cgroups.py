@@ -220,6 +220,16 @@ class CgroupResolver:
                 p = self._paths.get(cgroup_id)
             return p
 
+    def live_paths(self, max_age: float = 30.0) -> list[str]:
+        """Paths of the directories that exist (walked again when the last walk is older than
+        max_age; between walks the kernel's mkdir/rmdir keep the table current)."""
+        with self._lock:
+            if time.monotonic() - self._last_scan >= max_age:
+                self._scan()
+                for cid in self._dead:
+                    self._paths.pop(cid, None)
+            return list(self._paths.values())
+
     def invalidate(self) -> None:
         with self._lock:
             self._last_scan = 0.0

@@ -68,7 +68,11 @@ def workload(meta: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def pod_meta(obj: Mapping[str, Any], deleted_at: float | None = None) -> PodMeta:
+    """What podscope keeps of a pod object; ValueError (or AttributeError, TypeError) when it is
+    not one (null, no UID)."""
     meta = obj.get("metadata") or {}
+    if not meta.get("uid"):
+        raise ValueError("a pod without metadata.uid")
     status = obj.get("status") or {}
     containers: dict[str, str] = {}
     for key in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses"):
@@ -105,6 +109,9 @@ def cluster_configured(kubeconfig: str = "") -> bool:
     return os.path.exists(path.split(os.pathsep)[0])
 
 
+STABLE_WATCH_SECONDS = 60.0  # a watch that ran this long resets the backoff
+
+
 class KubeWatcher:
     """on_list(pods) replaces the whole set; on_event(kind, pod) applies one change."""
 
@@ -120,6 +127,7 @@ class KubeWatcher:
         self.up = False
         self.lists = 0  # full lists done (the first, and one per 410 or error)
         self.errors = 0
+        self.malformed = 0  # list items and watch events that were not pods: skipped
         self.last_error = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -142,6 +150,9 @@ class KubeWatcher:
         import kubernetes.config  # noqa: F401
         import kubernetes.watch  # noqa: F401
 
+        # urllib3 logs three lines per retry of every attempt: the watcher says one per change
+        # of the API's state instead (_failed)
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
         self._thread = threading.Thread(target=self._run, name="podscope-kube", daemon=True)
         self._thread.start()
 
@@ -151,25 +162,31 @@ class KubeWatcher:
             self._watch.stop()
 
     def _run(self) -> None:
+        """List, then watch from the list's version. Failures back off like client-go's
+        reflector: 0.8 s doubling to max_backoff with jitter, reset only by a watch that ran
+        stably for a while (a watch failing right after each list must not relist every second
+        from every node of a cluster)."""
         from kubernetes.client.rest import ApiException
 
-        backoff = 0.5
+        backoff = 0.8
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 if self._api is None:
                     self._api = self._client()
                 rv = self._list()
-                backoff = 0.5
                 self._follow(rv)
             except ApiException as e:
-                if e.status == 410:  # our version was compacted away: list again, at once
+                if e.status == 410 and time.monotonic() - started > 1.0:
                     log.info("pod watch expired (410 Gone): listing again")
-                    continue
+                    continue  # our version was compacted away: list again, at once
                 self._failed(f"Kubernetes API: {e.status} {e.reason}")
             except Exception as e:  # noqa: BLE001 (unreachable, refused, bad config: retry)
                 self._failed(f"Kubernetes API: {type(e).__name__}: {e}")
             else:
                 continue
+            if time.monotonic() - started > STABLE_WATCH_SECONDS:
+                backoff = 0.8
             self._stop.wait(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, self.max_backoff)
 
@@ -190,7 +207,13 @@ class KubeWatcher:
                                                      _preload_content=False,
                                                      _request_timeout=30)
         body = json.loads(resp.data)
-        self.on_list([pod_meta(p) for p in body.get("items") or []])
+        pods = []
+        for p in body.get("items") or []:
+            try:
+                pods.append(pod_meta(p))
+            except (AttributeError, TypeError, KeyError, ValueError):
+                self.malformed += 1  # one bad item never costs the whole list
+        self.on_list(pods)
         self.lists += 1
         self.up = True
         return str(body["metadata"]["resourceVersion"])
@@ -210,6 +233,11 @@ class KubeWatcher:
                 if ev["type"] == "BOOKMARK":
                     continue
                 deleted = time.monotonic() if ev["type"] == "DELETED" else None
-                self.on_event(ev["type"], pod_meta(obj, deleted))
+                try:
+                    meta = pod_meta(obj, deleted)
+                except (AttributeError, TypeError, KeyError, ValueError):
+                    self.malformed += 1
+                    continue
+                self.on_event(ev["type"], meta)
                 self.up = True
             self.up = True  # a watch that ended by its timeout: resume from rv

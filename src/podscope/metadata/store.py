@@ -37,6 +37,14 @@ class Labels(NamedTuple):
 
 
 LABEL_NAMES: tuple[str, ...] = Labels._fields
+
+
+def identity(labels: Labels) -> str:
+    """What a series belongs to, for retiring it: the pod's UID, else "container:<id>" (outside
+    Kubernetes), else "" (the node itself: never retired)."""
+    if labels.k8s_pod_uid:
+        return labels.k8s_pod_uid
+    return f"container:{labels.container_id}" if labels.container_id else ""
 _MAX_CACHE = 65536
 
 
@@ -47,7 +55,13 @@ class MetadataStore:
         self.node = node
         self.grace = grace  # seconds a deleted pod's series stay (their last increments scraped)
         self._pods: dict[str, PodMeta] = {}  # from the Kubernetes API, by UID
-        self._retired: dict[str, float] = {}  # UIDs of pods gone for good -> when
+        self._retired: dict[str, float] = {}  # identities (see identity()) gone for good -> when
+        # Identities labels were made for, and since when each has had no cgroup, no network
+        # namespace and no live pod in the API: gone for `grace`, it is retired (with or
+        # without an API that reported the deletion).
+        self._seen: dict[str, float] = {}
+        self._dead_since: dict[str, float] = {}
+        self._alive_at = 0.0
         self.api: KubeWatcher | None = None  # when there is a cluster
         self.docker: DockerNames | None = None  # container names on plain Docker hosts
         self._comm: dict[str, tuple[float, str]] = {}  # cgroup path -> (when, process name)
@@ -225,6 +239,10 @@ class MetadataStore:
                                      "Failed attempts to list or watch pods")
         errors.add_metric([], self.api.errors)
         yield errors
+        bad = CounterMetricFamily("podscope_metadata_api_malformed_total",
+                                  "Pod list items and watch events that were not pods (skipped)")
+        bad.add_metric([], self.api.malformed)
+        yield bad
 
     def pod_by_ip(self, ip: str) -> PodMeta | None:
         """The live pod of this node with that address (service-map edges)."""
@@ -236,9 +254,32 @@ class MetadataStore:
     def pod(self, uid: str) -> PodMeta | None:
         return self._pods.get(uid)
 
+    def _saw(self, ident: str) -> None:
+        if ident not in self._seen:
+            if len(self._seen) >= _MAX_CACHE:
+                self._seen.clear()
+            self._seen[ident] = time.monotonic()
+
+    def _alive(self) -> set[str]:
+        """Identities with a cgroup, a network namespace or a live pod in the API now."""
+        alive = {uid for uid, p in list(self._pods.items()) if p.deleted_at is None}
+        if self.resolver is not None:
+            for path in self.resolver.live_paths():
+                ref = parse_cgroup_path(path)
+                if ref.pod_uid:
+                    alive.add(ref.pod_uid)
+                elif ref.container_id:
+                    alive.add(f"container:{ref.container_id}")
+        for inode in self.namespaces():
+            owner = self._netns_last.get(inode)
+            if owner:
+                alive.add(owner)
+        return alive
+
     def retire(self) -> set[str]:
-        """Pods deleted more than `grace` seconds ago: forgotten, and returned so that
-        collectors drop their series. A pod whose UID is retired never comes back."""
+        """Identities gone for more than `grace` seconds — pods the API deleted, and pods and
+        containers whose cgroups and network namespaces are gone, API or not: forgotten, and
+        returned so that collectors drop their series. A retired identity never comes back."""
         now = time.monotonic()
         gone: set[str] = set()
         with self._lock:
@@ -247,9 +288,23 @@ class MetadataStore:
                     del self._pods[uid]
                     self._retired[uid] = now
                     gone.add(uid)
-            for uid, at in list(self._retired.items()):
-                if now - at > 3600:  # its cgroups are long gone
-                    del self._retired[uid]
+            for ident, at in list(self._retired.items()):
+                if now - at > max(3600, 2 * self.grace):  # its cgroups are long gone
+                    del self._retired[ident]
+        if now - self._alive_at >= min(10.0, self.grace / 2):
+            self._alive_at = now
+            alive = self._alive()
+            for ident in list(self._seen):
+                if ident in alive or ident in gone:
+                    self._dead_since.pop(ident, None)
+                    continue
+                since = self._dead_since.setdefault(ident, now)
+                if now - since >= self.grace:
+                    gone.add(ident)
+                    self._retired[ident] = now
+                    del self._dead_since[ident]
+            for ident in gone:
+                self._seen.pop(ident, None)
         return gone
 
     def forget_netns(self, inodes: set[int]) -> None:
@@ -259,8 +314,8 @@ class MetadataStore:
                 self._netns_last.pop(inode, None)
                 self._netns_refs.pop(inode, None)
 
-    def retired(self, uid: str) -> bool:
-        return uid in self._retired
+    def retired(self, ident: str) -> bool:
+        return ident in self._retired
 
     def labels(self, cgroup_id: int, netns: int) -> Labels:
         """Who a (cgroup id, netns inode) pair from BPF is. A container's own cgroup says it best,
@@ -291,6 +346,8 @@ class MetadataStore:
 
     def _container_labels(self, ref: CgroupRef) -> Labels:
         """A container (or a runtime's pod) outside Kubernetes: its id, its runtime's names."""
+        if ref.container_id:
+            self._saw(f"container:{ref.container_id}")
         name = self.docker.name(ref.container_id) if self.docker and ref.container_id else ""
         pod = self.docker.pod_name(ref.runtime_pod) if self.docker and ref.runtime_pod else ""
         return Labels(container_id=ref.container_id, cgroup=ref.path, k8s_node_name=self.node,
@@ -335,6 +392,7 @@ class MetadataStore:
         return labels
 
     def _pod_labels(self, uid: str, cid: str, path: str) -> Labels:
+        self._saw(uid)
         p = self._pods.get(uid)
         if p is None:  # not (yet) known to the API, or the API is away: the UID says who
             return Labels(k8s_pod_uid=uid, container_id=cid, cgroup=path, k8s_node_name=self.node)

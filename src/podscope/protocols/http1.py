@@ -277,8 +277,13 @@ class Pair:
     response: Message | None  # None: the connection ended without a response
 
 
+MAX_PENDING = 1024  # requests waiting for their responses on one connection (pipelining)
+
+
 class Exchange:
-    """Pairs requests with responses on one connection (FIFO: HTTP/1.x answers in order)."""
+    """Pairs requests with responses on one connection (FIFO: HTTP/1.x answers in order). At
+    most MAX_PENDING requests wait for their answers: one more is "too_many_pending" (the
+    connection starts over), never memory without bound."""
 
     def __init__(self) -> None:
         self.requests = MessageStream(is_request=True)
@@ -295,6 +300,8 @@ class Exchange:
         return done
 
     def add_request(self, m: Message) -> None:
+        if len(self.pending) >= MAX_PENDING:
+            raise HttpParseError("too_many_pending")
         self.pending.append(m)
         self.responses.request_methods.append(m.head.method)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -20,8 +21,33 @@ ALWAYS_REDACTED_HEADERS = frozenset({"authorization", "proxy-authorization", "co
                                      "x-api-key", "x-auth-token"})
 
 
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
+
+
+def _entropy(seg: str) -> float:
+    """Shannon entropy, bits per character."""
+    n = len(seg)
+    return -sum(c / n * math.log2(c / n) for c in (seg.count(ch) for ch in set(seg)))
+
+
+def _is_token(seg: str) -> bool:
+    """A random-looking segment of letters (an invite code, a session id): long, upper and
+    lower case in similar measure, many different characters. CamelCase words have few upper
+    case letters; words in one case are left alone."""
+    if len(seg) < 12 or not seg.isalnum():
+        return False
+    upper = sum(c.isupper() for c in seg)
+    return 0.3 <= upper / len(seg) <= 0.7 and _entropy(seg) >= 3.5
+
+
+def _is_secret(seg: str) -> bool:
+    """What must not leave the node even in a record: an e-mail address, a token."""
+    return bool(_EMAIL.match(seg)) or _is_token(seg) or (_B64.match(seg) is not None and
+                                                          _is_id(seg))
+
+
 def _is_id(seg: str) -> bool:
-    if _NUM.match(seg) or _UUID.match(seg):
+    if _NUM.match(seg) or _UUID.match(seg) or _EMAIL.match(seg) or _is_token(seg):
         return True
     if _HEX.match(seg) and any(c.isdigit() for c in seg):
         return True
@@ -42,15 +68,28 @@ def template_path(target: str) -> str:
             path = "/" + path.split("://", 1)[1].partition("/")[2]
         else:
             return path if path == "*" else "/"
-    segs = path.split("/")
+    # path parameters (";jsessionid=...") are never part of a route
+    segs = [seg.split(";", 1)[0] for seg in path.split("/")]
     return "/".join("{id}" if s and _is_id(s) else s for s in segs) or "/"
 
 
 def redact_target(target: str) -> str:
-    """Keep the path and the query's names; every query value is replaced."""
+    """Keep the path and the query's names: every query value and path parameter value is
+    replaced, and so is a path segment that is an e-mail address or a token."""
     path, sep, query = target.partition("?")
+    if ";" in path or "@" in path or any(_is_secret(s) for s in path.split("/") if s):
+        segs = []
+        for seg in path.split("/"):
+            base, semi, params = seg.partition(";")
+            base = REDACTED if base and _is_secret(base) else base
+            if semi:
+                base += ";" + ";".join(
+                    f"{name}={REDACTED}" if eq else name
+                    for name, eq, _v in (p.partition("=") for p in params.split(";")))
+            segs.append(base)
+        path = "/".join(segs)
     if not sep:
-        return target
+        return path
     parts = []
     for item in query.split("&"):
         name, eq, _value = item.partition("=")

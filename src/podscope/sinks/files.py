@@ -12,10 +12,11 @@ import csv
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 import orjson
+from prometheus_client.core import CounterMetricFamily, Metric
 
 IDENTITY = ["k8s_pod_uid", "container_id", "k8s_namespace_name", "k8s_pod_name",
             "k8s_container_name", "k8s_node_name", "k8s_workload_kind", "k8s_workload_name",
@@ -85,6 +86,22 @@ class _Rotating:
         self.f.close()
 
 
+def export_metrics(sinks: list[JsonlSink | CsvSink]) -> Iterable[Metric]:
+    """What the exports wrote and rotated away, by file: with podscope_events_lost_total they
+    reconcile (every record was written, rotated or lost)."""
+    written = CounterMetricFamily("podscope_export_records_written_total",
+                                  "Records written to an export file", labels=["path", "type"])
+    rotated = CounterMetricFamily("podscope_export_files_rotated_total",
+                                  "Times an export file was rotated (renamed to PATH.1)",
+                                  labels=["path"])
+    for sink in sinks:
+        for kind, n in sorted(sink.written.items()):
+            written.add_metric([sink.path, kind], n)
+        rotated.add_metric([sink.path], sink.rotations)
+    yield written
+    yield rotated
+
+
 class JsonlSink:
     """One JSON object per line (orjson: a record costs about a tenth of json.dumps here)."""
 
@@ -92,12 +109,18 @@ class JsonlSink:
         self.path = path
         self._file = _Rotating(path, max_bytes, keep, binary=True)
         self._lock = threading.Lock()
+        self.written: dict[str, int] = {}
+
+    @property
+    def rotations(self) -> int:
+        return self._file.rotations
 
     def record(self, kind: str, rec: dict[str, Any]) -> None:
         line = orjson.dumps({"type": kind, **rec}, option=orjson.OPT_APPEND_NEWLINE)
         with self._lock:
             self._file.f.write(line)
             self._file.wrote()
+            self.written[kind] = self.written.get(kind, 0) + 1
 
     def flush(self) -> None:
         with self._lock:
@@ -115,6 +138,11 @@ class CsvSink:
         self._files: dict[str, _Rotating] = {}
         self._writers: dict[str, tuple[IO[Any], Any]] = {}  # kind -> (file, its DictWriter)
         self._lock = threading.Lock()
+        self.written: dict[str, int] = {}
+
+    @property
+    def rotations(self) -> int:
+        return sum(rf.rotations for rf in list(self._files.values()))
 
     def _writer(self, kind: str) -> tuple[_Rotating, Any]:
         rf = self._files.get(kind)
@@ -138,6 +166,7 @@ class CsvSink:
             w.writerow({k: "" if v is None else json.dumps(v) if isinstance(v, (list, dict))
                         else v for k, v in rec.items()})
             rf.wrote()
+            self.written[kind] = self.written.get(kind, 0) + 1
 
     def flush(self) -> None:
         with self._lock:

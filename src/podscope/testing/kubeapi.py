@@ -114,6 +114,8 @@ class KubeAPIServer:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._running = False
+        self.extra_items: list[Any] = []  # added to every list as they are (malformed items)
+        self.fail_watches = False  # answer every watch with a 500
 
     # --- life cycle ---
     def start(self) -> KubeAPIServer:
@@ -196,7 +198,8 @@ class KubeAPIServer:
                      if (namespace is None or p["metadata"]["namespace"] == namespace)
                      and _matches(p, fields, labels)]
             return {"kind": "PodList", "apiVersion": "v1",
-                    "metadata": {"resourceVersion": str(self._rv)}, "items": items}
+                    "metadata": {"resourceVersion": str(self._rv)},
+                    "items": items + copy.deepcopy(self.extra_items)}
 
     def watch(self, rv: str, fields: str, labels: str, namespace: str | None,
               timeout: float, bookmarks: bool, send: Callable[[Obj], None]) -> None:
@@ -287,6 +290,9 @@ class _Handler(BaseHTTPRequestHandler):
         fields, labels = q.get("fieldSelector", ""), q.get("labelSelector", "")
         if q.get("watch") not in ("true", "1"):
             self._json(200, api.list_pods(fields, labels, namespace))
+            return
+        if api.fail_watches:
+            self._json(500, _status(500, "InternalError", "watch refused (test)"))
             return
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
