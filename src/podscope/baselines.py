@@ -152,7 +152,7 @@ def report_cli(agent: str, pod: str | None, as_json: bool) -> int:
     import urllib.error
     import urllib.request
 
-    from .trace import pod_matches
+    from .metadata.resolve import Target, resolve
 
     url = agent.rstrip("/") + "/api/v1/baselines"
     if "://" not in url:
@@ -162,11 +162,11 @@ def report_cli(agent: str, pod: str | None, as_json: bool) -> int:
             view = json.loads(r.read())
     except (OSError, ValueError, urllib.error.URLError) as e:
         raise ValueError(f"cannot read {url}: {e} (is an agent running with --listen?)") from None
-    pods = [p for p in view["pods"] if not pod or pod_matches(
-        {"k8s_namespace_name": p["namespace"], "k8s_pod_name": p["name"],
-         "k8s_pod_uid": p["uid"], "container_id": ""}, pod)]
-    if pod and not pods:
-        raise ValueError(f"no baseline for pod {pod!r} yet (it needs requests in two intervals)")
+    pods = view["pods"]
+    if pod:  # the agent's pods: the same matching as every command's
+        targets = [Target(p["uid"], p["namespace"], p["name"], frozenset()) for p in pods]
+        t = resolve(None, pod, pods=targets)
+        pods = [p for p in pods if p["uid"] == t.uid]
     if as_json:
         print(json.dumps({**view, "pods": pods}))
     else:

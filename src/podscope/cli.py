@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="one JSON object per line")
     t.add_argument("--headers", action="store_true",
                    help="include request and response headers (credentials redacted)")
+    t.add_argument("--kubeconfig", metavar="FILE", default="",
+                   help="Kubernetes API access, as the agent's (pod names)")
+    t.add_argument("--node-name", default="", help="this node's name (default: $NODE_NAME)")
     t.add_argument("--blocked-reasons", action="store_true",
                    help="server requests: blocked time by reason (sleep, lock, disk, network); "
                         "adds a probe to every context switch while tracing")
@@ -150,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
             logging.basicConfig(level=logging.WARNING, format="podscope: %(message)s")
             return trace.run(args.pod, args.min_duration, args.status, args.duration, args.json,
-                             args.headers, blocked_reasons=args.blocked_reasons)
+                             args.headers, blocked_reasons=args.blocked_reasons,
+                             kubeconfig=args.kubeconfig, node=args.node_name)
         if args.cmd == "report":
             from . import baselines
 

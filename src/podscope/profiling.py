@@ -14,20 +14,15 @@ from typing import Any
 
 from . import features, flamegraph
 from .collectors.profile import Profile, Profiler, as_dict
-from .metadata import kube
-from .metadata.cgroups import pod_containers
+from .metadata.resolve import Target, cli_store, container_cgroups, resolve
 from .metadata.store import MetadataStore
-from .trace import pod_matches
 
 log = logging.getLogger("podscope.profile")
 
 
-def pod_cgroups(store: MetadataStore, pod: str) -> dict[int, str]:
-    """cgroup id -> path of the containers of `pod` on this node."""
-    if store.resolver is None:
-        return {}
-    return {cid: rel for cid, rel in pod_containers(store.resolver.root).items()
-            if pod_matches(store.labels(cid, 0)._asdict(), pod)}
+def pod_cgroups(store: MetadataStore, uid: str) -> dict[int, str]:
+    """cgroup id -> path of the containers of the pod with this UID (triggers)."""
+    return container_cgroups(store, Target(uid, "", "", frozenset()))
 
 
 def write(p: Profile, out_dir: str, title: str) -> dict[str, str]:
@@ -52,21 +47,11 @@ def run(pod: str, duration: float, off_cpu: bool, frequency: int, out_dir: str,
     """With reports_dir (the agent's), the profile is written there as a report of its own, in
     the triggers' format: the agent lists it at /api/reports and on its page."""
     cg2 = features.preflight()
-    store = MetadataStore(cg2, node=kube.node_name(""))
-    if "/" in pod:  # namespace/name: only the API knows names
-        if not kube.cluster_configured(kubeconfig):
-            raise ValueError(f"--pod {pod}: names need the Kubernetes API (--kubeconfig); "
-                             "a pod UID or container id prefix works without it")
-        w = kube.KubeWatcher(store.node, store.set_pods, store.pod_event, kubeconfig=kubeconfig)
-        store.api = w
-        w.start()
-        deadline = time.monotonic() + 10
-        while not w.up and time.monotonic() < deadline:
-            time.sleep(0.1)
-        w.stop()
-    chosen = pod_cgroups(store, pod)
+    store = cli_store(cg2, kubeconfig)
+    target = resolve(store, pod)
+    chosen = container_cgroups(store, target)
     if not chosen:
-        raise ValueError(f"no container of pod {pod!r} on this node")
+        raise ValueError(f"--pod {pod}: {target.title} has no container running on this node")
     started = time.time()
     if reports_dir:
         uid = next((store.labels(c, 0).k8s_pod_uid for c in chosen), "") or "pod"

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from . import features
 from .collectors.http import HttpCollector
-from .metadata.store import MetadataStore
+from .metadata.resolve import cli_store, resolve
 
 _DUR = re.compile(r"^\s*([0-9.]+)\s*(ns|us|µs|ms|s|m)?\s*$")
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, None: 1.0}
@@ -64,7 +64,8 @@ def pod_matches(rec: dict[str, Any], want: str) -> bool:
 
 def format_line(rec: dict[str, Any]) -> str:
     t = time.strftime("%H:%M:%S", time.localtime(rec["time"])) + f".{int(rec['time'] % 1 * 1e3):03d}"
-    pod = rec.get("k8s_pod_name") or rec.get("k8s_pod_uid") or rec.get("cgroup") or "-"
+    pod = (f"{rec.get('k8s_namespace_name')}/{rec['k8s_pod_name']}" if rec.get("k8s_pod_name")
+           else rec.get("container_name") or rec.get("k8s_pod_uid") or rec.get("cgroup") or "-")
     status = rec["status"] if rec["status"] is not None else "---"
     peer = f"{rec['peer_addr']}:{rec['peer_port']}"
     line = (f"{t} {rec['role']:<6} {pod[:36]:<36} {rec['method']:<7} {status} "
@@ -85,11 +86,12 @@ def format_line(rec: dict[str, Any]) -> str:
 
 def run(pod: str | None, min_duration: str | None, status: str | None, duration: float | None,
         as_json: bool, capture_headers: bool = False, out: IO[str] = sys.stdout,
-        blocked_reasons: bool = False) -> int:
+        blocked_reasons: bool = False, kubeconfig: str = "", node: str = "") -> int:
     min_s = parse_duration(min_duration) if min_duration else 0.0
     status_ok = status_filter(status) if status else None
     cg2 = features.preflight()
-    store = MetadataStore(cg2)
+    store = cli_store(cg2, kubeconfig, node)
+    target = resolve(store, pod) if pod else None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -99,7 +101,7 @@ def run(pod: str | None, min_duration: str | None, status: str | None, duration:
             return
         if status_ok is not None and not status_ok(rec["status"]):
             return
-        if pod and not pod_matches(rec, pod):
+        if target is not None and not target.matches(rec):
             return
         out.write((json.dumps(rec) if as_json else format_line(rec)) + "\n")
         out.flush()
@@ -108,7 +110,8 @@ def run(pod: str | None, min_duration: str | None, status: str | None, duration:
                         capture_headers=capture_headers, breakdown_reasons=blocked_reasons)
     try:
         col.start()
-        print("tracing HTTP requests (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        print(f"tracing HTTP requests{' of ' + target.title if target else ''} (Ctrl-C to stop)",
+              file=sys.stderr, flush=True)
         deadline = time.monotonic() + duration if duration else None
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             col.poll(100)

@@ -230,6 +230,11 @@ class CgroupResolver:
                     self._paths.pop(cid, None)
             return list(self._paths.values())
 
+    def paths(self) -> dict[int, str]:
+        """id -> path of the directories known to exist."""
+        with self._lock:
+            return dict(self._paths)
+
     def invalidate(self) -> None:
         with self._lock:
             self._last_scan = 0.0

@@ -254,6 +254,9 @@ class MetadataStore:
     def pod(self, uid: str) -> PodMeta | None:
         return self._pods.get(uid)
 
+    def pods(self) -> dict[str, PodMeta]:
+        return dict(self._pods)
+
     def _saw(self, ident: str) -> None:
         if ident not in self._seen:
             if len(self._seen) >= _MAX_CACHE:
