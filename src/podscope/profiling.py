@@ -61,6 +61,8 @@ def run(pod: str, duration: float, off_cpu: bool, frequency: int, out_dir: str,
     prof.start()
     try:
         time.sleep(duration)
+    except KeyboardInterrupt:  # Ctrl-C: what was collected is written, nothing is lost
+        log.warning("interrupted: writing what was collected so far")
     finally:
         p = prof.stop()
     summary: dict[str, Any] = {"pod": pod, "containers": sorted(chosen.values()), **as_dict(p)}

@@ -62,8 +62,9 @@ def test_daemonset_least_privilege_probes_and_host_mounts() -> None:
     (c,) = pod["containers"]
     sc = c["securityContext"]
     assert sc["privileged"] is False
+    # SYSLOG: kernel symbol addresses in /proc/kallsyms (profiles' kernel frames by name)
     assert sc["capabilities"] == {"drop": ["ALL"], "add": ["BPF", "PERFMON", "SYS_ADMIN",
-                                                          "NET_ADMIN", "SYS_PTRACE"]}
+                                                          "NET_ADMIN", "SYS_PTRACE", "SYSLOG"]}
     assert pod["hostPID"] is True and not pod.get("hostNetwork")
     assert c["resources"]["requests"] and c["resources"]["limits"]
     port = c["ports"][0]["containerPort"]

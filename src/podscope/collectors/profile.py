@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes as ct
+import logging
 import os
 import platform
 from collections import Counter
@@ -61,6 +62,8 @@ def online_cpus() -> list[int]:
     return out
 
 
+log = logging.getLogger("podscope.profile")
+
 # ---- symbols ----
 
 class KernelSymbols:
@@ -76,6 +79,10 @@ class KernelSymbols:
         entries.sort()
         self.addrs = [a for a, _ in entries]
         self.names = [n for _, n in entries]
+        if not entries:
+            log.warning("kernel frames are shown as addresses: %s lists no addresses to this "
+                        "process (kernel.kptr_restrict; podscope needs CAP_SYSLOG to read them)",
+                        path)
 
     def name(self, addr: int) -> str:
         i = bisect.bisect_right(self.addrs, addr) - 1
