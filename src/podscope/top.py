@@ -3,8 +3,9 @@
 It reads /api/v1/overview from a running agent (`--agent URL`; by default the local one at
 127.0.0.1:9464 when it answers), or, without one, loads the probes itself (as root) and computes
 the same overview in-process. Sort with `--sort`, or press the column's key while it runs
-(r requests, e errors, p p99, t retransmits, d drops, q queue, k kernel errors,
-u run-queue p99, n name; x quits).
+(r requests, e errors, p p99, t retransmits, d drops, a accept queue, k kernel errors,
+u run-queue p99, n name; q or x quits). A slow or absent answer keeps the last view on screen
+and tries again; piped output (`--once | ...`) gets every column.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ SORTS = {
     "kernel": "kernel_errors_total", "runqueue": "runqueue_p99_seconds",
 }
 KEYS = {"r": "requests", "e": "errors", "p": "p99", "t": "retransmits", "d": "drops",
-        "q": "queue", "n": "name", "k": "kernel", "u": "runqueue"}
+        "a": "queue", "n": "name", "k": "kernel", "u": "runqueue"}
+QUIT = ("q", "x")
 DEFAULT_AGENT = "http://127.0.0.1:9464"
 
 
@@ -114,7 +116,8 @@ def run(agent_url: str | None, sort: str, interval: float, once: bool, as_json: 
             raise OSError(f"no podscope agent at {agent_url}: {e}") from None
         fetch, close = _local()  # no agent here: run the probes ourselves
         fetch()
-    console = Console()
+    # a pipe or a file gets every column (a terminal gets its own width)
+    console = Console() if sys.stdout.isatty() else Console(width=220)
     try:
         if once:
             time.sleep(interval)  # rates need a second look
@@ -124,18 +127,25 @@ def run(agent_url: str | None, sort: str, interval: float, once: bool, as_json: 
             else:
                 console.print(table(view, sort))
             return 0
-        with _keys() as key, Live(table(fetch(), sort), console=console,
+        view = fetch()
+        with _keys() as key, Live(table(view, sort), console=console,
                                   refresh_per_second=4, screen=False) as live:
             while True:
                 deadline = time.monotonic() + interval
                 while time.monotonic() < deadline:
                     k = key(0.1)
-                    if k == "x":
+                    if k in QUIT:
                         return 0
                     if k in KEYS:
                         sort = KEYS[k]
                         break
-                live.update(table(fetch(), sort))
+                try:
+                    view = fetch()
+                    live.update(table(view, sort))
+                except OSError as e:  # a slow or absent answer: keep the last view, try again
+                    t = table(view, sort)
+                    t.caption = f"[yellow]agent not answering ({e}); showing the last view[/]"
+                    live.update(t)
     except KeyboardInterrupt:
         return 0
     finally:
