@@ -85,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="samples per second per CPU, 1 to 1000 (99)")
     pr.add_argument("--out", default="podscope-profile", metavar="DIR",
                     help="where the .svg, .folded and profile.json go")
-    pr.add_argument("--kubeconfig", metavar="FILE", default="")
+    pr.add_argument("--kubeconfig", metavar="FILE", default="",
+                    help="Kubernetes API access, as the agent's (pod names)")
+    pr.add_argument("--node-name", default="", help="this node's name (default: $NODE_NAME)")
     pr.add_argument("--reports-dir", metavar="DIR", default="",
                     help="write it as a report into the agent's reports_dir (instead of --out): "
                          "the agent lists it at /api/reports and on its page")
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.basicConfig(level=logging.WARNING, format="podscope: %(message)s")
             return profiling.run(args.pod, parse_duration(args.duration), args.off_cpu,
                                  args.frequency, args.out, args.kubeconfig, args.json,
-                                 reports_dir=args.reports_dir)
+                                 reports_dir=args.reports_dir, node=args.node_name)
         from .agent import Agent
         from .config import Config
 

@@ -5,6 +5,7 @@ after --duration)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -18,6 +19,26 @@ from .testing.kubeapi import KubeAPIServer, pod_object_for
 from .testing.pods import Pod, PodNetwork
 
 NODE = "demo-node"
+TAG = "de30"  # the demo's network: bridge psbrde30, namespaces psde30-* (hex: its subnet)
+STATE = Path("/run/podscope-demo.json")  # what a running demo made (gone when it ends)
+
+
+def _clean_previous() -> None:
+    """A demo that was killed (SIGKILL, a crash) left its pods: remove them first."""
+    from .testing.pods import clean_up_after
+
+    if not STATE.exists():
+        return
+    try:
+        state = json.loads(STATE.read_text())
+    except (OSError, ValueError):
+        state = {}
+    left = clean_up_after(state)
+    if left:
+        print(f"podscope demo: could not remove {', '.join(left)}", file=sys.stderr)
+    else:
+        print("podscope demo: removed what an earlier demo left behind", file=sys.stderr)
+    STATE.unlink(missing_ok=True)
 
 
 def _app(pod: Pod, *args: object) -> subprocess.Popen[str]:
@@ -37,11 +58,13 @@ def run(listen: str, duration: float | None) -> int:
         print("podscope demo needs grpcio (pip install grpcio; `make run` installs it)",
               file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="podscope-demo-") as tmp, PodNetwork() as net, \
+    _clean_previous()
+    with tempfile.TemporaryDirectory(prefix="podscope-demo-") as tmp, PodNetwork(TAG) as net, \
             KubeAPIServer() as api:
         backend = net.pod("backend")
         frontend = net.pod("frontend")
         loadgen = net.pod("loadgen", driver="cgroupfs")
+        STATE.write_text(json.dumps(net.state()))
         objs: list[tuple[Pod, str, tuple[str, str], dict[str, Any]]] = [
             (backend, "backend-0", ("StatefulSet", "backend"), {}),
             (frontend, "frontend-7d9f8-x2kq5", ("ReplicaSet", "frontend-7d9f8"),
@@ -53,8 +76,9 @@ def run(listen: str, duration: float | None) -> int:
             obj["metadata"]["name"] = name
             api.add_pod(obj)
         _app(backend, "backend", 8080, 50051)
+        kubeconfig = api.write_kubeconfig(Path(tmp) / "kubeconfig")
         cfg = Config(listen=listen, node_name=NODE, duration=duration,
-                     kubeconfig=str(api.write_kubeconfig(Path(tmp) / "kubeconfig")))
+                     kubeconfig=str(kubeconfig))
         agent = Agent(cfg)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, agent.request_stop)
@@ -76,9 +100,11 @@ Look at:
   {base}/                  the page: pods, service map, latency
   {base}/metrics           Prometheus metrics
   podscope top --agent {base}
-  podscope trace http --pod shop/backend-0
+  podscope trace http --pod shop/backend-0 --kubeconfig {kubeconfig} --node-name {NODE}
+  podscope profile --pod shop/backend-0 --kubeconfig {kubeconfig} --node-name {NODE}
 
 Ctrl-C stops the demo and removes its pods.""", flush=True)
         agent.serve()
+    STATE.unlink(missing_ok=True)
     print("podscope demo: stopped, pods removed", flush=True)
     return 0

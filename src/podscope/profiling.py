@@ -43,11 +43,12 @@ def write(p: Profile, out_dir: str, title: str) -> dict[str, str]:
 
 
 def run(pod: str, duration: float, off_cpu: bool, frequency: int, out_dir: str,
-        kubeconfig: str = "", as_json: bool = False, reports_dir: str = "") -> int:
+        kubeconfig: str = "", as_json: bool = False, reports_dir: str = "",
+        node: str = "") -> int:
     """With reports_dir (the agent's), the profile is written there as a report of its own, in
     the triggers' format: the agent lists it at /api/reports and on its page."""
     cg2 = features.preflight()
-    store = cli_store(cg2, kubeconfig)
+    store = cli_store(cg2, kubeconfig, node)
     target = resolve(store, pod)
     chosen = container_cgroups(store, target)
     if not chosen:

@@ -48,3 +48,49 @@ def test_demo_shows_the_chain_and_cleans_up() -> None:
     procs = subprocess.run(["pgrep", "-f", "podscope.testing.demo_apps"], capture_output=True,
                            text=True).stdout
     assert not procs.strip(), procs
+
+
+def test_a_killed_demo_is_cleaned_up_by_the_next_and_its_suggestions_work() -> None:
+    """SIGKILL leaves the demo's pods behind; the next demo removes them before it starts. The
+    commands it prints work as printed."""
+    import re
+    import signal
+
+    port = free_port()
+    first = subprocess.Popen([PODSCOPE, "demo", "--listen", f"127.0.0.1:{port}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert first.stdout is not None
+        lines = []
+        for line in first.stdout:
+            lines.append(line)
+            if "Ctrl-C stops the demo" in line:
+                break
+        # the suggestions, as printed
+        cmds = [ln.strip() for ln in lines if ln.strip().startswith("podscope trace http")]
+        assert cmds, "".join(lines)
+        argv = cmds[0].split()[1:] + ["--duration", "4"]
+        out = subprocess.run([PODSCOPE, *argv], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert re.search(r"server +shop/backend-0 ", out.stdout), out.stdout[:500]
+        first.send_signal(signal.SIGKILL)  # no clean-up by itself
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "-backend" in left  # what SIGKILL left
+    port2 = free_port()
+    second = subprocess.run([PODSCOPE, "demo", "--duration", "3", "--listen",
+                             f"127.0.0.1:{port2}"], capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "removed what an earlier demo left behind" in second.stderr
+    time.sleep(0.5)
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "-backend" not in left and "-loadgen" not in left, left
+    procs = subprocess.run(["pgrep", "-f", "podscope.testing.demo_apps"], capture_output=True,
+                           text=True).stdout
+    assert not procs.strip(), procs
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "psbrde30" not in links

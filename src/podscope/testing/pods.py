@@ -305,6 +305,16 @@ class PodNetwork:
         _run("ip", "-n", ns, "route", "add", "default", "via", self.gateway)
         return ns, ip
 
+    def state(self) -> dict[str, Any]:
+        """What this network made, for a later clean-up when this process cannot do it (it was
+        killed): see clean_up_after()."""
+        dirs = list(self._made_dirs) + list(self.v1_made)
+        for pod in self.pods:
+            dirs += [d for d in pod.dirs if d not in dirs]
+        return {"bridge": self.bridge if self._up else "",
+                "netns": [p.netns for p in self.pods] + list(self.bare_netns),
+                "cgroups": sorted(dirs, key=len, reverse=True)}
+
     def drop_netns(self, ns: str) -> None:
         """Delete a namespace made by netns() (its veth pair goes with it)."""
         _run("ip", "netns", "del", ns, check=False)
@@ -354,6 +364,42 @@ class PodNetwork:
         self.pods.clear()
         if errors:
             raise RuntimeError("; ".join(errors))
+
+
+def clean_up_after(state: dict[str, Any]) -> list[str]:
+    """Remove what a PodNetwork that was killed left (its state()): the processes in its
+    namespaces and cgroups (by PID), the namespaces, the bridge, the cgroup directories.
+    Returns what could not be removed."""
+    left = []
+    if state.get("bridge"):  # the veths on it first (a namespace's goes only when it is freed)
+        members = _run("ip", "-o", "link", "show", "master", state["bridge"], check=False).stdout
+        for line in members.splitlines():
+            name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
+            if name:
+                _run("ip", "link", "del", name, check=False)
+    for ns in state.get("netns", []):
+        for word in _run("ip", "netns", "pids", ns, check=False).stdout.split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(word), signal.SIGKILL)
+        _run("ip", "netns", "del", ns, check=False)
+    for d in state.get("cgroups", []):
+        for _ in range(50):
+            try:
+                with open(os.path.join(d, "cgroup.procs")) as f:
+                    in_cgroup = [int(x) for x in f.read().split()]
+            except OSError:
+                break
+            if not in_cgroup:
+                break
+            for pid in in_cgroup:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        if not rmdir_when_empty(d) and os.path.isdir(d) and not _has_subdirs(d):
+            left.append(d)
+    if state.get("bridge"):
+        _run("ip", "link", "del", state["bridge"], check=False)
+    return left
 
 
 def _has_subdirs(d: str) -> bool:
