@@ -189,19 +189,7 @@ class Pod:
                 p.wait()
         # Anything the processes started themselves (nginx workers, ...): by PID, from the cgroup.
         for name in list(self.containers):
-            procs_file = os.path.join(self.container_dir(name), "cgroup.procs")
-            for _ in range(50):
-                try:
-                    with open(procs_file) as f:
-                        pids = [int(x) for x in f.read().split()]
-                except FileNotFoundError:
-                    break
-                if not pids:
-                    break
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                time.sleep(0.05)
+            kill_cgroup_procs(self.container_dir(name))
         for fn in self.cleanups:
             fn()
         self.cleanups.clear()
@@ -366,6 +354,22 @@ class PodNetwork:
             raise RuntimeError("; ".join(errors))
 
 
+def kill_cgroup_procs(d: str) -> None:
+    """SIGKILL every process of a cgroup directory (by PID), until it is empty (5 s at most)."""
+    for _ in range(100):
+        try:
+            with open(os.path.join(d, "cgroup.procs")) as f:
+                pids = [int(x) for x in f.read().split()]
+        except OSError:
+            return
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
 def clean_up_after(state: dict[str, Any]) -> list[str]:
     """Remove what a PodNetwork that was killed left (its state()): the processes in its
     namespaces and cgroups (by PID), the namespaces, the bridge, the cgroup directories.
@@ -383,18 +387,7 @@ def clean_up_after(state: dict[str, Any]) -> list[str]:
                 os.kill(int(word), signal.SIGKILL)
         _run("ip", "netns", "del", ns, check=False)
     for d in state.get("cgroups", []):
-        for _ in range(50):
-            try:
-                with open(os.path.join(d, "cgroup.procs")) as f:
-                    in_cgroup = [int(x) for x in f.read().split()]
-            except OSError:
-                break
-            if not in_cgroup:
-                break
-            for pid in in_cgroup:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.05)
+        kill_cgroup_procs(d)
         if not rmdir_when_empty(d) and os.path.isdir(d) and not _has_subdirs(d):
             left.append(d)
     if state.get("bridge"):
