@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -242,3 +243,20 @@ def test_series_of_gone_pods_and_containers_go_without_an_api(pods: PodNetwork,
                        direction="outbound") == 2
     finally:
         agent.stop()
+
+
+def test_the_agent_inside_a_pods_namespace_does_not_hide_its_owner(pods: PodNetwork) -> None:
+    """The agent's threads enter pods' namespaces to read their sockets; /proc/<agent>/ns/net
+    shows where its main thread is at that moment. A scan then must not count the agent as a
+    process of the pod (a namespace with a non-pod process has no single owner)."""
+    from podscope.metadata.namespaces import in_netns
+    from podscope.metadata.store import MetadataStore
+
+    pod = pods.pod("stepped-into")
+    holder = pod.procs[0].pid
+    wait_for(lambda: os.stat(f"/proc/{holder}/ns/net").st_ino == pod.netns_inode, timeout=10)
+    store = MetadataStore(pods.cg2)
+    assert threading.current_thread() is threading.main_thread()
+    lab = in_netns(holder, pod.netns_inode, lambda: store.labels(0, pod.netns_inode))
+    assert lab.k8s_pod_uid == pod.uid
+    assert os.getpid() not in store.namespaces()[pod.netns_inode].pids

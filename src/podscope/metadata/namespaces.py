@@ -45,10 +45,13 @@ def proc_cgroups(pid: int, proc: str = "/proc") -> list[tuple[str, str]]:
 
 
 def scan_ns(kind: str, proc: str = "/proc") -> dict[int, NetnsInfo]:
-    """Every namespace of a kind ("net", "pid", "uts") that has a process in it, with them."""
+    """Every namespace of a kind ("net", "pid", "uts") that has a process in it, with them.
+    The agent itself is left out: its threads step into pods' namespaces for a moment
+    (in_netns), and /proc/<pid>/ns shows where its main thread happens to be."""
+    own = str(os.getpid()) if proc == "/proc" else ""
     out: dict[int, NetnsInfo] = {}
     for name in os.listdir(proc):
-        if not name.isdigit():
+        if not name.isdigit() or name == own:
             continue
         try:
             link = os.readlink(f"{proc}/{name}/ns/{kind}")
@@ -61,17 +64,7 @@ def scan_ns(kind: str, proc: str = "/proc") -> dict[int, NetnsInfo]:
 
 def scan_netns(proc: str = "/proc") -> dict[int, NetnsInfo]:
     """Every network namespace that has a process in it, with those processes."""
-    out: dict[int, NetnsInfo] = {}
-    for name in os.listdir(proc):
-        if not name.isdigit():
-            continue
-        try:
-            link = os.readlink(f"{proc}/{name}/ns/net")
-        except OSError:
-            continue
-        ino = int(link[link.index("[") + 1: -1])
-        out.setdefault(ino, NetnsInfo(ino)).pids.append(int(name))
-    return out
+    return scan_ns("net", proc)
 
 
 def self_netns() -> int:

@@ -66,7 +66,7 @@ class MetadataStore:
         self.docker: DockerNames | None = None  # container names on plain Docker hosts
         self._comm: dict[str, tuple[float, str]] = {}  # cgroup path -> (when, process name)
         self.resolver = CgroupResolver(cgroup2_root, grace=grace) if cgroup2_root else None
-        self.netns_ttl = netns_ttl
+        self.netns_ttl = max(netns_ttl, 0.2)  # a rescan looks owners up: not again at once
         self._lock = threading.Lock()
         self._by_cgroup: dict[int, CgroupRef] = {}
         self._netns: dict[int, NetnsInfo] = {}
