@@ -20,27 +20,36 @@ def start_tcp_server(pod: Pod, log: Path) -> None:
     assert p.stdout is not None and p.stdout.readline().strip() == "listening"
 
 
-def pod_in_freed_netns(pods: PodNetwork, inode: int) -> Pod:
+def pod_in_freed_netns(pods: PodNetwork, inode: int, timeout: float = 60.0) -> Pod:
     """A new pod whose network namespace gets `inode`, freed by a namespace that is gone. The
-    kernel frees an inode when the namespace is destroyed (asynchronously) and hands out the
-    lowest free one: bare namespaces take the lower free ones first, then the pod is made."""
-    fillers: list[str] = []
+    kernel frees an inode when the namespace is destroyed (asynchronously: after a burst of
+    removed namespaces that can take seconds) and hands out the lowest free one: bare namespaces
+    take the lower free ones first, then the pod is made."""
+    fillers: list[str] = []  # holding the free inodes below `inode`
+    deadline = time.monotonic() + timeout
     try:
-        for i in range(2000):
+        i = 0
+        while time.monotonic() < deadline:
             name = f"psfill{pods.tag}-{i}"
+            i += 1
             subprocess.run(["ip", "netns", "add", name], check=True)
-            fillers.append(name)
-            if os.stat(f"/run/netns/{name}").st_ino != inode:
+            got = os.stat(f"/run/netns/{name}").st_ino
+            if got < inode:
+                fillers.append(name)
                 continue
-            subprocess.run(["ip", "netns", "del", fillers.pop()], check=True)
-            for attempt in range(50):
-                time.sleep(0.05)  # the namespace's destruction frees the inode
+            subprocess.run(["ip", "netns", "del", name], check=True)
+            if got > inode:  # not freed yet
+                time.sleep(0.05)
+                continue
+            attempt = 0
+            while time.monotonic() < deadline:  # the destruction of that filler frees it again
+                time.sleep(0.05)
                 pod = pods.pod(f"reuser{attempt}")
+                attempt += 1
                 if pod.netns_inode == inode:
                     return pod
                 pods.remove(pod)
-            break
-        raise AssertionError(f"no new namespace got inode {inode}")
+        raise AssertionError(f"no new namespace got inode {inode} within {timeout:.0f} s")
     finally:
         for name in fillers:
             subprocess.run(["ip", "netns", "del", name], check=False)
@@ -260,3 +269,20 @@ def test_the_agent_inside_a_pods_namespace_does_not_hide_its_owner(pods: PodNetw
     lab = in_netns(holder, pod.netns_inode, lambda: store.labels(0, pod.netns_inode))
     assert lab.k8s_pod_uid == pod.uid
     assert os.getpid() not in store.namespaces()[pod.netns_inode].pids
+
+
+def test_a_namespace_the_last_scan_missed_is_looked_up_again(pods: PodNetwork) -> None:
+    """A pod made just after a scan of /proc: asked about at once, its namespace is unknown
+    (rescans are rate-limited); asked again a moment later, it is the pod's — not remembered
+    as nobody's until the next full rescan."""
+    from podscope.metadata.store import MetadataStore
+
+    store = MetadataStore(pods.cg2)
+    store.namespaces()
+    pod = pods.pod("late-to-the-scan")
+    holder = pod.procs[0].pid
+    wait_for(lambda: os.stat(f"/proc/{holder}/ns/net").st_ino == pod.netns_inode, timeout=10)
+    store._netns_at = time.monotonic()  # as if that scan (which missed the pod) were just made
+    assert store.labels(0, pod.netns_inode).k8s_pod_uid == ""  # rescans are rate-limited
+    time.sleep(0.25)
+    assert store.labels(0, pod.netns_inode).k8s_pod_uid == pod.uid

@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from .. import libbpf
 from ..features import Signal
+from ..metadata.namespaces import host_netns
 from ..metadata.store import Labels, MetadataStore, identity
 from .base import Histogram, label_names, log2_histogram, loss_families, program_signals
 
@@ -45,11 +46,7 @@ class NetlatCollector:
         self.Hist = self.obj.struct("hist")
         self.kinds = {v: k for k, v in self.obj.btf.enum("netlat_kind").items()}
         self._lock = threading.Lock()
-        self._host_netns = 0
-        try:
-            self._host_netns = os.stat("/proc/1/ns/net").st_ino
-        except OSError:
-            pass
+        self._host_netns = host_netns()
 
     @property
     def active(self) -> bool:

@@ -282,8 +282,9 @@ class TcpCollector:
     def _drop_recycled_netns(self) -> None:
         """A namespace inode now names another pod: aggregates keyed by that inode alone (no pod
         cgroup: packets without a socket, sockets of processes outside pods) were the old
-        pod's, and must not become the new one's."""
-        self.store.namespaces()
+        pod's, and must not become the new one's. The scan is fresh at every scrape: a pod
+        made since the last one is then known by its namespace too."""
+        self.store.namespaces(max_age=0.0)
         inodes = self.store.take_recycled_netns()
         if not inodes:
             return

@@ -67,6 +67,17 @@ def scan_netns(proc: str = "/proc") -> dict[int, NetnsInfo]:
     return scan_ns("net", proc)
 
 
+def host_netns(proc: str = "/proc") -> int:
+    """The node's own network namespace (0: unknown). init's, or where init's is not readable
+    (a sandboxing init), kthreadd's: kernel threads always live in the initial namespace."""
+    for pid in (1, 2):
+        try:
+            return os.stat(f"{proc}/{pid}/ns/net").st_ino
+        except OSError:
+            continue
+    return 0
+
+
 def self_netns() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
 

@@ -7,7 +7,6 @@ the pod. Processes outside any pod keep their cgroup path and container id."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterable
@@ -18,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from .cgroups import CgroupRef, CgroupResolver, parse_cgroup_path
 from .docker import DockerNames
 from .kube import KubeWatcher, PodMeta
-from .namespaces import NetnsInfo, proc_cgroups, scan_netns, scan_ns, uts_nodename
+from .namespaces import NetnsInfo, host_netns, proc_cgroups, scan_netns, scan_ns, uts_nodename
 
 
 class Labels(NamedTuple):
@@ -77,10 +76,7 @@ class MetadataStore:
         # drop what they keyed by the inode alone before the switch: it was the old pod's).
         self._netns_last: dict[int, str] = {}  # pod UID, or "container:<id>"
         self._recycled: set[int] = set()
-        try:
-            self.host_netns = os.stat(f"{proc}/1/ns/net").st_ino
-        except OSError:
-            self.host_netns = 0
+        self.host_netns = host_netns(proc)
 
     # --- network namespaces ---
     def namespaces(self, max_age: float | None = None) -> dict[int, NetnsInfo]:
@@ -147,7 +143,11 @@ class MetadataStore:
             if len(self._netns_last) >= _MAX_CACHE:
                 self._netns_last.clear()
             self._netns_last[inode] = who
-        elif info is None and inode in self._netns_last:
+        elif info is None and inode not in self._netns_last:
+            # not known yet: a namespace whose first process the last scan missed is asked
+            # about again (a later scan finds it), never remembered as nobody's
+            return None
+        elif info is None:
             # the namespace is gone: what was keyed by it is still its owner's (until retired)
             last = self._netns_last[inode]
             kind, _, ident = last.partition(":")
