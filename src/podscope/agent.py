@@ -71,6 +71,7 @@ class Agent:
         if self.triggers is not None:
             sources.append(self.triggers.metrics())
         sources.append(self._signal_metrics())
+        sources.append(self._state_metrics())
         if self.files:
             sources.append(export_metrics(self.files))
         for source in sources:
@@ -88,6 +89,20 @@ class Agent:
                                 labels=["collector", "signal", "state", "hooks"])
         for s in self.signals:
             fam.add_metric([s.collector, s.name, s.state, s.hooks], 1)
+        yield fam
+
+    def _state_metrics(self) -> Iterable[Metric]:
+        fam = GaugeMetricFamily("podscope_state_entries",
+                                "Entries in the agent's own tables (each one bounded and "
+                                "expiring): flat over months, or something leaks",
+                                labels=["table"])
+        sizes: dict[str, int] = self.store.state_sizes() if self.store is not None else {}
+        for c in self.collectors:
+            sizer = getattr(c, "state_sizes", None)
+            if sizer is not None:
+                sizes.update(sizer())
+        for table, n in sorted(sizes.items()):
+            fam.add_metric([table], n)
         yield fam
 
     def start(self) -> None:

@@ -23,6 +23,9 @@ class Config:
     http_capture_headers: bool = False  # headers in records (redacted); streams HTTP to user space
     http_route_budget: int = 100  # distinct http_route values per pod; the rest are "__other__"
     http_request_timeout: float = 60.0  # seconds without a response: counted as unanswered
+    # seconds a client series of one server address stays without new requests (peers come
+    # and go with pods: their series must not pile up over months)
+    http_peer_series_ttl: float = 600.0
     netlat: bool = False  # network stack latency (a hash update per packet: a deep probe)
     http_breakdown_reasons: bool = False  # blocked time of server requests by reason (a probe
     # on every context switch while on: a deep diagnostic)

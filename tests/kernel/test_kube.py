@@ -369,3 +369,103 @@ def test_pod_named_by_its_hostname_where_cgroups_say_nothing(tmp_path: Path) -> 
         proc.wait(10)
         subprocess.run(["ip", "netns", "del", ns], check=False)
         rmdir_when_empty(cgdir)
+
+
+def state_entries(m: Metrics) -> dict[str, float]:
+    return {s.labels["table"]: s.value for s in m.samples if s.name == "podscope_state_entries"}
+
+
+def series_count(m: Metrics, pods: bool = False) -> int:
+    """Series (a histogram's buckets fill in over time: its series are its _count), all or
+    those of a pod or container."""
+    return sum(1 for s in m.samples if not s.name.endswith(("_bucket", "_sum")) and (
+        not pods or s.labels.get("k8s_pod_uid") or s.labels.get("container_id")))
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_pod_churn_with_the_api_and_through_an_outage_leaves_nothing_behind(
+        pods: PodNetwork, tmp_path: Path) -> None:
+    """Pods come and go in three rounds: with the API watching, during an API outage (the agent
+    never hears of those pods), and after the API is back. Each pod's requests count on its own
+    UID while it lives; pod_grace after its cgroup and namespace are gone its series are gone,
+    API or not; the agent's own tables and its series come back to where they were."""
+    srv = "http_server_request_duration_seconds_count"
+    client = pods.pod("client")
+    api = KubeAPIServer().start()
+    cfg = tmp_path / "podscope.toml"
+    cfg.write_text('pod_grace = "4s"\nhttp_peer_series_ttl = "3s"\n')
+    churned: list[str] = []
+    addresses: set[str] = set()
+    try:
+        api.add_pod(pod_object_for(client, "shop", NODE, owner=("StatefulSet", "client")))
+        agent = AgentProc(["--node-name", NODE, "--config", str(cfg), "--kubeconfig",
+                           str(api.write_kubeconfig(tmp_path / "kubeconfig"))], tmp_path)
+
+        def churn(tag: str, n: int) -> None:
+            for i in range(n):
+                p = pods.pod(f"{tag}{i}")
+                api.add_pod(pod_object_for(p, "churn", NODE, owner=("ReplicaSet", f"{tag}-7d9f")))
+                start_http_server(p)
+                want = 1 + i % 3
+                http_requests(client, p, want)
+                m = wait_metrics(agent, lambda m, p=p, want=want: m.value(  # type: ignore[misc]
+                    srv, k8s_pod_uid=p.uid) == want)
+                assert m.value(srv, k8s_pod_uid=p.uid) == want, p.name
+                assert m.value("http_client_request_duration_seconds_count",
+                               k8s_pod_uid=client.uid, server_address=p.ip) == want, p.name
+                churned.append(p.uid)
+                addresses.add(p.ip)
+                pods.remove(p)
+                api.delete_pod(p.uid)
+
+        def gone(m: Metrics) -> bool:
+            """No series of a churned pod, nor of the client's requests to one."""
+            return not any(per_pod_samples(m, u) for u in churned) and not any(
+                s.labels.get("server_address") in addresses for s in m.samples)
+
+        def settled() -> Metrics:
+            m = wait_metrics(agent, gone, timeout=40)
+            assert gone(m)
+            return m
+
+        try:
+            wait_metrics(agent, lambda m: m.value("podscope_metadata_api_up") == 1)
+            churn("up", 5)
+            m1 = settled()
+            state1, rss1 = state_entries(m1), rss_kib(agent.proc.pid)
+            port = api.port
+            api.stop()
+            m = wait_metrics(agent, lambda m: m.value("podscope_metadata_api_up") == 0)
+            assert m.value("podscope_metadata_api_up") == 0
+            churn("out", 5)  # pods the agent only knows by UID
+            api.port = port
+            api.start()
+            wait_metrics(agent, lambda m: m.value("podscope_metadata_api_up") == 1, timeout=40)
+            churn("back", 5)
+            m3 = settled()
+            state3, rss3 = state_entries(m3), rss_kib(agent.proc.pid)
+            uids = {s.labels.get("k8s_pod_uid") for s in m3.samples} - {None, ""}
+            assert uids == {client.uid}
+            assert m3.value("podscope_metadata_pods", state="deleted") == 0
+            # per-pod series as before the churn; the node's own gained a few kinds (the API
+            # outage's refused connects, the relist's route)
+            assert series_count(m3, pods=True) <= series_count(m1, pods=True)
+            assert series_count(m3) <= series_count(m1) + 40, (series_count(m1), series_count(m3))
+            for table in ("metadata_pods", "metadata_identities_seen",
+                          "metadata_identities_dying", "metadata_netns_owners", "http_peer_series",
+                          "http_label_cache", "http_streamed_connections",
+                          "metadata_cgroup_refs"):
+                assert state3[table] <= state1[table], (table, state1, state3)
+            # the node's own requests gained a route or two (the relist after the outage)
+            assert state3["http_aggregates"] <= state1["http_aggregates"] + 2, (state1, state3)
+            print(f"series {series_count(m1)} -> {series_count(m3)}, RSS {rss1} -> {rss3} KiB, "
+                  f"state {state3}")
+            assert rss3 < rss1 * 1.25
+        finally:
+            agent.stop()
+    finally:
+        api.stop()

@@ -117,6 +117,10 @@ class DnsCollector:
         attach(o)
         self._ring = libbpf.RingBuffer(o.map("dns_events"), self._on_event)
 
+    def state_sizes(self) -> dict[str, int]:
+        return {"dns_pending_queries": len(self._pending), "dns_tcp_streams": len(self._tcp),
+                "dns_series": len(self._hist) + len(self.unparsed) + len(self.unmatched)}
+
     def signals(self) -> list[Signal]:
         return program_signals(
             self.name, self.obj,

@@ -157,12 +157,15 @@ class HttpCollector:
     def __init__(self, store: MetadataStore, emit: Emit | None = None, records: bool = False,
                  capture_headers: bool = False, route_budget: int = 100,
                  request_timeout: float = 60.0, hooks: str = "auto",
-                 breakdown_reasons: bool = False):
+                 breakdown_reasons: bool = False, peer_series_ttl: float = 600.0):
         self.store = store
         self.emit = emit
         self.records = bool(records and emit)
         self.capture_headers = capture_headers
         self.request_timeout = request_timeout
+        self.peer_series_ttl = peer_series_ttl
+        self._peer_seen: dict[Any, float] = {}  # client series key -> last request (monotonic)
+        self._peers_checked = 0.0
         self.budget = RouteBudget(route_budget)
         self.obj = libbpf.BpfObject(libbpf.bpf_object_path("http"), "http")
         self.kernel = features.kernel()
@@ -304,6 +307,24 @@ class HttpCollector:
                 self._fold(k, per_cpu)
             self._drained_at = time.monotonic()
             self._label_cache.clear()
+            if self._drained_at - self._peers_checked >= min(10.0, self.peer_series_ttl / 4):
+                self._expire_peer_series(self._drained_at)
+
+    def _touch(self, key: AggKey | RpcKey) -> None:
+        """A series with a server address got a request (key[5]: the address)."""
+        if key[5]:
+            self._peer_seen[key] = time.monotonic()
+
+    def _expire_peer_series(self, now: float) -> None:
+        """Client series of a server address without requests for peer_series_ttl go: servers
+        come and go with pods, and a client that talked to every pod it ever saw would keep a
+        series for each. Under the lock."""
+        self._peers_checked = now
+        for key, at in list(self._peer_seen.items()):
+            if now - at >= self.peer_series_ttl:
+                del self._peer_seen[key]
+                self._aggs.pop(key, None)
+                self._rpcs.pop(key, None)
 
     def _route(self, labels: Labels, path_hash: int) -> str:
         """The route of a path hash: the path from http_paths, templated (cached)."""
@@ -344,6 +365,7 @@ class HttpCollector:
                   Agg(slots, sum_ns, req, resp, fb, fb_sum))
 
     def _add(self, key: AggKey, add: Agg) -> None:
+        self._touch(key)
         a = self._aggs.get(key)
         if a is None:
             self._aggs[key] = add
@@ -354,6 +376,7 @@ class HttpCollector:
                     into: dict[Any, Agg] | None = None, first_byte_ns: int | None = None) -> None:
         """One request (the per-request path of streamed connections)."""
         aggs: dict[Any, Agg] = self._aggs if into is None else into
+        self._touch(key)
         a = aggs.get(key)
         if a is None:
             a = aggs[key] = Agg([0] * SLOTS)
@@ -699,11 +722,19 @@ class HttpCollector:
                           peer_port=st.peer_port, local_port=st.local_port, conn_id=st.conn_id,
                           pid=st.pid, mode="stream", headers=headers, first_byte=first_byte)
 
+    def state_sizes(self) -> dict[str, int]:
+        return {"http_aggregates": len(self._aggs) + len(self._rpcs),
+                "http_streamed_connections": len(self._streams),
+                "http_unanswered_series": len(self.unanswered) + len(self.h2_outcomes),
+                "http_routes": len(self._routes) + len(self._templates),
+                "http_label_cache": len(self._label_cache),
+                "http_peer_series": len(self._peer_seen)}
+
     def forget_pods(self, uids: set[str]) -> None:
         with self._lock:
             tables: list[dict[Any, Any]] = [self._aggs, self._rpcs, self.h2_outcomes,
                                             self.unanswered]
-            for d in tables:
+            for d in (*tables, self._peer_seen):
                 for k in [k for k in d if identity(k[0]) in uids]:
                     del d[k]
             self._label_cache.clear()

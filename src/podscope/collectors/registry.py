@@ -56,7 +56,8 @@ def _http(c: Context) -> Collector:
     return HttpCollector(c.store, emit=c.emit, records=c.emit is not None,
                          capture_headers=c.cfg.http_capture_headers,
                          route_budget=c.cfg.http_route_budget,
-                         request_timeout=c.cfg.http_request_timeout, hooks=c.cfg.http_hooks,
+                         request_timeout=c.cfg.http_request_timeout,
+                         peer_series_ttl=c.cfg.http_peer_series_ttl, hooks=c.cfg.http_hooks,
                          breakdown_reasons=c.cfg.http_breakdown_reasons)
 
 

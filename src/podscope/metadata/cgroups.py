@@ -171,6 +171,10 @@ class CgroupResolver:
         rel = os.path.relpath(target, self.root)
         return "/" if rel == "." else "/" + rel
 
+    def sizes(self) -> tuple[int, int]:
+        """Known live directories, and removed ones kept for the grace period."""
+        return len(self._paths), len(self._dead)
+
     def learn(self, cgroup_id: int, path: str) -> None:
         """The kernel made this directory (cgroup_mkdir)."""
         with self._lock:

@@ -53,6 +53,9 @@ class DockerNames:
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
 
+    def size(self) -> int:
+        return len(self._names) + len(self._pods)
+
     def available(self) -> bool:
         return os.access(self.path, os.R_OK | os.W_OK)
 

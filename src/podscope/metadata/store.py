@@ -217,6 +217,23 @@ class MetadataStore:
                 pod = _deleted(pod, pod.deleted_at or time.monotonic())
             self._pods[pod.uid] = pod
 
+    def state_sizes(self) -> dict[str, int]:
+        """Entries in each table this store keeps (each bounded and expiring): exported so that
+        an operator, and the churn tests, can see that nothing only grows."""
+        out = {"metadata_pods": len(self._pods), "metadata_identities_seen": len(self._seen),
+               "metadata_identities_dying": len(self._dead_since),
+               "metadata_identities_retired": len(self._retired),
+               "metadata_cgroup_refs": len(self._by_cgroup),
+               "metadata_netns_owners": len(self._netns_last),
+               "metadata_process_names": len(self._comm)}
+        if self.resolver is not None:
+            live, dead = self.resolver.sizes()
+            out["cgroup_paths_live"] = live
+            out["cgroup_paths_removed"] = dead
+        if self.docker is not None:
+            out["runtime_names"] = self.docker.size()
+        return out
+
     def metrics(self) -> Iterable[Metric]:
         if self.api is None:
             return
@@ -258,7 +275,7 @@ class MetadataStore:
         return dict(self._pods)
 
     def _saw(self, ident: str) -> None:
-        if ident not in self._seen:
+        if ident not in self._seen and ident not in self._retired:
             if len(self._seen) >= _MAX_CACHE:
                 self._seen.clear()
             self._seen[ident] = time.monotonic()
@@ -294,7 +311,8 @@ class MetadataStore:
             for ident, at in list(self._retired.items()):
                 if now - at > max(3600, 2 * self.grace):  # its cgroups are long gone
                     del self._retired[ident]
-        if now - self._alive_at >= min(10.0, self.grace / 2):
+        checked = now - self._alive_at >= min(10.0, self.grace / 2)
+        if checked:
             self._alive_at = now
             alive = self._alive()
             for ident in list(self._seen):
@@ -306,8 +324,15 @@ class MetadataStore:
                     gone.add(ident)
                     self._retired[ident] = now
                     del self._dead_since[ident]
-            for ident in gone:
-                self._seen.pop(ident, None)
+        for ident in gone:
+            self._seen.pop(ident, None)
+            self._dead_since.pop(ident, None)
+        if gone or checked:  # cgroups of the retired are gone for good (ids are not reused)
+            for cid, ref in list(self._by_cgroup.items()):
+                if (ref.pod_uid and ref.pod_uid in self._retired
+                        or f"container:{ref.container_id}" in self._retired
+                        or f"runtime-pod:{ref.runtime_pod}" in self._retired):
+                    del self._by_cgroup[cid]
         return gone
 
     def forget_netns(self, inodes: set[int]) -> None:
