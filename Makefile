@@ -16,12 +16,14 @@ APT_PKGS := clang-16:clang-16 libbpf-dev:/usr/include/bpf/libbpf.h bpftool:bpfto
 	nginx-light:nginx wrk:wrk apache2-utils:ab procps:ps nghttp2-client:h2load \
 	prometheus:prometheus prometheus-pushgateway:prometheus-pushgateway chromium:chromium \
 	linux-perf:perf qemu-system-x86:qemu-system-x86_64 busybox-static:busybox kmod:depmod \
-	podman:podman containerd:containerd runc:runc catatonit:catatonit
+	podman:podman containerd:containerd runc:runc catatonit:catatonit golang-go:go \
+	golang-github-masterminds-sprig-dev:/usr/share/gocode/src/github.com/Masterminds/sprig \
+	golang-gopkg-yaml.v2-dev:/usr/share/gocode/src/gopkg.in/yaml.v2
 BPF_SRCS := $(wildcard $(BPF_DIR)/*.bpf.c)
 BPF_OBJS := $(BPF_SRCS:.bpf.c=.bpf.o)
 BPF_HDRS := $(wildcard $(BPF_DIR)/*.h $(BPF_DIR)/include/*.h)
 
-.PHONY: all run test lint format deps bpf clean bench kernels
+.PHONY: all run test lint format deps bpf clean bench kernels soak
 all: $(VENV)/.installed bpf
 
 run: all
