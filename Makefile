@@ -50,6 +50,11 @@ bench: all
 	$(VENV)/bin/python bench/metadata_scale.py
 	$(VENV)/bin/python bench/sched_overhead.py
 
+# 30 minutes of pod churn, steady traffic and two API outages: the agent's RSS, fds, threads,
+# series and scrape time sampled each minute (bench/RESULTS.md, "Soak").
+soak: all
+	$(VENV)/bin/python bench/soak.py --minutes $(or $(MINUTES),30)
+
 deps: $(BUILD)/.deps
 
 $(BUILD)/.deps: Makefile

@@ -198,7 +198,7 @@ class Pod:
 class PodNetwork:
     """A bridge in the host namespace and any number of pods attached to it."""
 
-    def __init__(self, prefix: str | None = None):
+    def __init__(self, prefix: str | None = None, reuse_addresses: bool = False):
         cg2 = cgroup2_mount()
         if not cg2:
             raise RuntimeError("no cgroup2 mount: test pods need one")
@@ -208,7 +208,10 @@ class PodNetwork:
         self.subnet_id = int(self.tag, 16) % 250 + 1
         self.gateway = f"{SUBNET}.{self.subnet_id}.1"
         self.pods: list[Pod] = []
-        self._count = 0  # pods made (addresses are never reused)
+        self._count = 0  # pods made
+        # Addresses are never reused, unless asked (long runs: a /24 has 253 of them); then the
+        # one freed longest ago comes back first (its veth has long been destroyed).
+        self._free: list[int] | None = [] if reuse_addresses else None
         self._made_dirs: list[str] = []
         self.v1_made: list[str] = []  # cgroup v1 directories made by Pod.set_limit
         self.bare_netns: list[str] = []  # made by netns()
@@ -241,10 +244,17 @@ class PodNetwork:
             self.close()
             raise
 
+    def _next_index(self) -> int:
+        if self._free and (len(self._free) > 32 or self._count >= 253):
+            return self._free.pop(0)
+        if self._count >= 253:
+            raise RuntimeError(f"pod network {self.bridge}: its 253 addresses are all in use")
+        self._count += 1
+        return self._count + 1
+
     def pod(self, name: str, qos: str = "burstable", driver: str = "systemd",
             container: str = "main") -> Pod:
-        self._count += 1
-        idx = self._count + 1
+        idx = self._next_index()
         uid = str(uuid.uuid4())
         cid = secrets.token_hex(32)
         ns = f"ps{self.tag}-{name}"
@@ -278,8 +288,7 @@ class PodNetwork:
         """A bare network namespace on the bridge, for a container runtime to join (podman's
         `--network ns:`, ctr's `--with-ns`): no cgroup, no process. Returns (name, address);
         removed with the network."""
-        self._count += 1
-        idx = self._count + 1
+        idx = self._next_index()
         ns = f"ps{self.tag}-{name}"
         ip = f"{SUBNET}.{self.subnet_id}.{idx}"
         host_if = f"psv{self.tag}{idx:02d}"
@@ -313,6 +322,8 @@ class PodNetwork:
         """Tear one pod down as the kubelet does: processes, network namespace, cgroups."""
         pod.stop()
         _run("ip", "netns", "del", pod.netns, check=False)
+        if self._free is not None:
+            self._free.append(int(pod.ip.rsplit(".", 1)[1]))
         pod.drop_etc()
         for d in sorted(pod.dirs, key=len, reverse=True):
             rmdir_when_empty(d)
