@@ -57,6 +57,11 @@ def test_podman_containers_and_a_podman_pod(pods: PodNetwork, podman: Podman,
                                network=f"ns:/run/netns/{cli_ns}")
         ok, miss = map(int, out.split()[-2:])
         assert (ok, miss) == (9, 4), out
+        # a container of a moment in pm-web's own namespace (--network container:, as Docker
+        # Compose's network_mode: service:), talking to it over the shared loopback
+        out = podman.container("pm-side", "sh", "-c", CLIENT.format(n=3, m=1, ip="127.0.0.1"),
+                               network="container:pm-web")
+        assert out.split()[-2:] == ["3", "1"], out
         # a pod: two containers that talk over the pod's own loopback
         podman.pod("pm-shop")
         podman.container("shop-api", "httpd", "-f", "-p", "8080", "-h", "/www", pod="pm-shop",
@@ -76,30 +81,35 @@ def test_podman_containers_and_a_podman_pod(pods: PodNetwork, podman: Podman,
             return agent.metrics().value("http_server_request_duration_seconds_count",
                                          container_id=cid)
 
-        wait_for(lambda: served(web) >= 13 and served(api) >= 7, timeout=20)
+        wait_for(lambda: served(web) >= 17 and served(api) >= 7, timeout=20)
         m = agent.metrics()
     finally:
         agent.stop()
     # exact counts, by status, each on its own container
-    for cid, want in ((web, {"200": 9, "404": 4}), (api, {"200": 5, "404": 2})):
+    for cid, want in ((web, {"200": 12, "404": 5}), (api, {"200": 5, "404": 2})):
         got = {code: int(m.value("http_server_request_duration_seconds_count", container_id=cid,
                                  http_response_status_code=code)) for code in want}
         assert got == want, (cid, got)
     clients = {s["container_name"]: s for s in series(
         m, "http_client_request_duration_seconds_count") if s.get("container_name")}
-    assert set(clients) >= {"pm-client", "shop-worker"}, clients
+    assert set(clients) >= {"pm-client", "shop-worker", "pm-side"}, clients
     assert m.value("http_client_request_duration_seconds_count", container_name="pm-client") == 13
+    assert m.value("http_client_request_duration_seconds_count", container_name="pm-side") == 4
     assert m.value("http_client_request_duration_seconds_count", container_name="shop-worker") == 7
     assert m.value("podscope_tcp_connections_opened_total", container_name="pm-client",
                    direction="outbound") == 13
     # names: every series of these containers carries the runtime's names, the pod's too
-    names = {web: ("pm-web", ""), api: ("shop-api", "pm-shop")}
+    # (pm-web and the container that joined its namespace are one unit, named after pm-web)
+    names = {web: ("pm-web", "pm-web"), api: ("shop-api", "pm-shop")}
     for s in m.samples:
         cid = s.labels.get("container_id", "")
         if cid in names:
             assert (s.labels["container_name"], s.labels["pod_name"]) == names[cid], s
         if s.labels.get("container_name") == "shop-worker":
             assert s.labels["pod_name"] == "pm-shop", s
+        if s.labels.get("container_name") in ("pm-side", "pm-client"):
+            assert s.labels["pod_name"] == ("pm-web" if s.labels["container_name"] == "pm-side"
+                                            else ""), s
         assert not (s.labels.get("cgroup", "").startswith("/libpod_parent/")
                     and re.fullmatch(r"/libpod_parent/[0-9a-f]{64}", s.labels["cgroup"])
                     and s.labels.get("container_id")), s  # the pod's directory is no container

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from podscope.metadata.cgroups import CgroupRef
 from podscope.metadata.kube import KubeWatcher, PodMeta, pod_meta, workload
 from podscope.metadata.store import MetadataStore
 from podscope.testing.kubeapi import KubeAPIServer, pod_object
@@ -187,6 +188,29 @@ def test_docker_names_from_the_engine_socket(tmp_path: Path) -> None:
         engine.containers["b" * 64] = "late"
         time.sleep(0.25)
         assert names.name("b" * 64) == "late"
+
+
+def test_containers_sharing_a_network_namespace_are_one_unit(tmp_path: Path) -> None:
+    """`--network container:<x>` outside any runtime pod: both carry x's name as pod_name."""
+    from podscope.metadata.docker import DockerNames
+    from podscope.testing.dockerapi import DockerAPIServer
+
+    owner, joiner, alone = "a" * 64, "b" * 64, "c" * 64
+    with DockerAPIServer(str(tmp_path / "docker.sock")) as engine:
+        engine.containers.update({owner: "db", joiner: "db-exporter", alone: "web"})
+        engine.network_modes[joiner] = f"container:{owner}"
+        names = DockerNames(str(tmp_path / "docker.sock"), min_interval=0.0)
+        assert names.network_pod(joiner) == "db" and names.network_pod(owner) == "db"
+        assert names.network_owner(joiner) == owner and names.network_owner(owner) == owner
+        assert names.network_pod(alone) == "" and names.network_owner(alone) == ""
+        # the store labels each container as itself, grouped under the owner's name
+        store = MetadataStore(None, node="n")
+        store.docker = names
+        lab = store._container_labels(CgroupRef(path=f"/system.slice/docker-{joiner}.scope",
+                                                container_id=joiner))
+        assert (lab.container_name, lab.pod_name) == ("db-exporter", "db")
+        bare = lab._replace(pod_name="")
+        assert store.renamed(bare) == lab
 
 
 def test_malformed_items_are_skipped_and_counted(tmp_path: Path) -> None:

@@ -4,6 +4,12 @@
 container's id and name, and asks again when an id it does not know shows up (at most every
 `min_interval` seconds). A socket that is missing or unreadable means no names, said once in the
 log; nothing else changes.
+
+Containers that share one network namespace without a runtime pod (`--network container:<x>`,
+as Docker Compose's `network_mode: service:x` makes) are one unit, as a pod is: each keeps its
+own container labels, and all carry `pod_name` = the name of the container whose namespace they
+share. The engine says who joined whom in a container's `HostConfig.NetworkMode` (Docker's list
+has it; podman's compatible list does not, so its containers are inspected once each).
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class DockerNames:
         self.max_names = max_names
         self._names: dict[str, str] = {}
         self._pods: dict[str, str] = {}  # podman pod id -> name
+        self._joined: dict[str, str] = {}  # container id -> the container whose netns it joined
+        self._netmode_known: set[str] = set()  # ids whose NetworkMode was read
         self._libpod = True  # until the engine says it has no such endpoint
         self._at = -1e9
         self._lock = threading.Lock()
@@ -54,7 +62,7 @@ class DockerNames:
         self._follower: threading.Thread | None = None
 
     def size(self) -> int:
-        return len(self._names) + len(self._pods)
+        return len(self._names) + len(self._pods) + len(self._netmode_known)
 
     def available(self) -> bool:
         return os.access(self.path, os.R_OK | os.W_OK)
@@ -103,6 +111,9 @@ class DockerNames:
                     if len(self._names) >= self.max_names:
                         self._names.clear()
                     self._names[cid] = name
+                if cid and cid not in self._netmode_known:
+                    # now, while it exists: a container of a moment is gone by the next list
+                    self._read_netmode(cid, None)
         finally:
             conn.close()
 
@@ -125,6 +136,61 @@ class DockerNames:
             return got
         self._maybe_refresh()
         return self._pods.get(pod_id, "")
+
+    def network_pod(self, container_id: str) -> str:
+        """For containers sharing one network namespace outside any runtime pod: the name of
+        the container that owns the namespace, for it and for those that joined it ("" when
+        the container shares its namespace with no other, or is unknown)."""
+        if not container_id:
+            return ""
+        if container_id not in self._netmode_known:
+            self._maybe_refresh()
+        owner = self._joined.get(container_id)
+        if owner is None and container_id in self._joined.values():
+            owner = container_id
+        if owner is None:
+            return ""
+        return self._names.get(owner, "")
+
+    def network_owner(self, container_id: str) -> str:
+        """The id of the container whose network namespace this one uses, when namespaces are
+        shared (itself, if others joined it); "" otherwise."""
+        owner = self._joined.get(container_id)
+        if owner is not None:
+            return owner
+        return container_id if container_id and container_id in self._joined.values() else ""
+
+    def _read_netmode(self, cid: str, host_config: object) -> None:
+        """Remember whose network namespace `cid` joined; `host_config` from the list, or None
+        to inspect the container."""
+        if not isinstance(host_config, dict):
+            try:
+                status, body = self._get(f"/containers/{cid}/json")
+            except (OSError, http.client.HTTPException):
+                return
+            if status != 200:
+                self._netmode_known.add(cid)  # gone: nothing to learn any more
+                return
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                return
+            host_config = doc.get("HostConfig") if isinstance(doc, dict) else None
+            if not isinstance(host_config, dict):
+                host_config = {}
+        if len(self._netmode_known) >= self.max_names:
+            self._netmode_known.clear()
+            self._joined.clear()
+        self._netmode_known.add(cid)
+        mode = str(host_config.get("NetworkMode") or "")
+        if mode.startswith("container:"):
+            target = mode.partition(":")[2]
+            # the engine writes the id; a name or a short id is looked up
+            if target not in self._names:
+                target = next((i for i, n in self._names.items()
+                               if n == target or i.startswith(target)), target)
+            if target and target != cid:
+                self._joined[cid] = target
 
     def _maybe_refresh(self) -> None:
         with self._lock:
@@ -149,9 +215,8 @@ class DockerNames:
             if status != 200:
                 raise OSError(f"HTTP {status}")
             names = {}
-            for c in json.loads(body):
-                if not isinstance(c, dict):
-                    continue
+            listed = [c for c in json.loads(body) if isinstance(c, dict)]
+            for c in listed:
                 cid, cnames = str(c.get("Id", "")), c.get("Names") or []
                 if cid and cnames:
                     names[cid] = str(cnames[0]).lstrip("/")
@@ -160,6 +225,13 @@ class DockerNames:
             if len(self._names) + len(names) > self.max_names:
                 self._names.clear()
             self._names.update(names)
+            inspected = 0
+            for c in listed:
+                cid = str(c.get("Id", ""))
+                if cid and cid not in self._netmode_known and inspected < 256:
+                    hc = c.get("HostConfig")
+                    inspected += not isinstance(hc, dict)
+                    self._read_netmode(cid, hc)
             if self._libpod:
                 status, body = self._get("/v4.0.0/libpod/pods/json")
                 if status == 404:

@@ -70,6 +70,12 @@ class MetadataStore:
         self._by_cgroup: dict[int, CgroupRef] = {}
         self._netns: dict[int, NetnsInfo] = {}
         self._netns_refs: dict[int, CgroupRef | None] = {}
+        # Outside pods, containers seen using another container's network namespace
+        # (--network container:): joiner id -> owner id, and the owners. Learned from the
+        # sockets' own namespaces, so a joiner that lived for a moment is grouped too.
+        self._joined: dict[str, str] = {}
+        self._joined_owners: set[str] = set()
+        self._joined_checked: dict[tuple[str, int], float] = {}
         self._netns_at = 0.0
         # Network namespace inode numbers are reused once a namespace is gone. The pod each
         # inode last belonged to, and the inodes that now belong to another pod (collectors
@@ -115,7 +121,8 @@ class MetadataStore:
         owner: CgroupRef | None = None
         if info:
             uids: set[str] = set()
-            refs = [r for r in (proc_pod_ref(pid, self.proc) for pid in info.pids[:64]) if r]
+            pairs = [(pid, r) for pid in info.pids[:64] if (r := proc_pod_ref(pid, self.proc))]
+            refs = [r for _, r in pairs]
             for ref in refs:
                 uids.add(ref.pod_uid)
                 if ref.pod_uid and owner is None:
@@ -133,6 +140,17 @@ class MetadataStore:
                 # or one runtime pod's (a podman pod: its containers share the namespace)
                 owner = CgroupRef(path=refs[0].path.rsplit("/", 1)[0],
                                   runtime_pod=refs[0].runtime_pod)
+            elif owner is None and not any(uids) and not any(rtpods) and cids and all(cids):
+                # or containers that joined one container's namespace (--network container:):
+                # the namespace is that container's, as the engine says, or else the one
+                # whose process has been in it longest
+                groups = ({self.docker.network_owner(c) for c in cids} if self.docker
+                          else {""})
+                if len(groups) == 1 and (group := groups.pop()):
+                    owner = next((r for r in refs if r.container_id == group),
+                                 CgroupRef(path="", container_id=group))
+                else:
+                    owner = min(pairs, key=lambda pr: _start_time(pr[0], self.proc))[1]
         if owner is not None:
             who = (owner.pod_uid or (f"container:{owner.container_id}" if owner.container_id
                                      else f"runtime-pod:{owner.runtime_pod}"))
@@ -225,7 +243,8 @@ class MetadataStore:
                "metadata_identities_retired": len(self._retired),
                "metadata_cgroup_refs": len(self._by_cgroup),
                "metadata_netns_owners": len(self._netns_last),
-               "metadata_process_names": len(self._comm)}
+               "metadata_process_names": len(self._comm),
+               "metadata_shared_networks": len(self._joined) + len(self._joined_checked)}
         if self.resolver is not None:
             live, dead = self.resolver.sizes()
             out["cgroup_paths_live"] = live
@@ -327,6 +346,10 @@ class MetadataStore:
         for ident in gone:
             self._seen.pop(ident, None)
             self._dead_since.pop(ident, None)
+            if ident.startswith("container:"):
+                cid = ident.partition(":")[2]
+                self._joined.pop(cid, None)
+                self._joined_owners.discard(cid)
         if gone or checked:  # cgroups of the retired are gone for good (ids are not reused)
             for cid, ref in list(self._by_cgroup.items()):
                 if (ref.pod_uid and ref.pod_uid in self._retired
@@ -355,6 +378,8 @@ class MetadataStore:
         if ref is not None and ref.in_pod:
             return self._pod_labels(ref.pod_uid, ref.container_id, ref.path)
         if ref is not None and (ref.container_id or ref.runtime_pod):
+            if ref.container_id and not ref.runtime_pod and netns and netns != self.host_netns:
+                self._note_joined(ref.container_id, netns)
             return self._container_labels(ref)
         owner = self._netns_owner(netns) if netns else None
         if owner is not None and owner.in_pod:
@@ -372,12 +397,46 @@ class MetadataStore:
             return Labels(cgroup=f"netns:{netns}", k8s_node_name=self.node)
         return Labels(k8s_node_name=self.node)
 
+    def _note_joined(self, cid: str, netns: int) -> None:
+        """A container's socket in a namespace that another container owns: it joined that
+        container's network (checked again every 5 s while the owner is unclear)."""
+        if cid in self._joined or cid in self._joined_owners:
+            return
+        now = time.monotonic()
+        if now - self._joined_checked.get((cid, netns), -1e9) < 5.0:
+            return
+        if len(self._joined_checked) >= _MAX_CACHE:
+            self._joined_checked.clear()
+        self._joined_checked[(cid, netns)] = now
+        owner = self._netns_owner(netns)
+        if (owner is None or owner.in_pod or owner.runtime_pod or not owner.container_id
+                or owner.container_id == cid):
+            return
+        if len(self._joined) >= _MAX_CACHE:
+            self._joined.clear()
+            self._joined_owners.clear()
+        self._joined[cid] = owner.container_id
+        self._joined_owners.add(owner.container_id)
+
+    def _network_pod(self, cid: str) -> str:
+        """The name of the container whose network namespace `cid` shares with others."""
+        if self.docker is None or not cid:
+            return ""
+        named = self.docker.network_pod(cid)
+        if named:
+            return named
+        owner = self._joined.get(cid) or (cid if cid in self._joined_owners else "")
+        return self.docker.name(owner) if owner else ""
+
     def _container_labels(self, ref: CgroupRef) -> Labels:
         """A container (or a runtime's pod) outside Kubernetes: its id, its runtime's names."""
         if ref.container_id:
             self._saw(f"container:{ref.container_id}")
         name = self.docker.name(ref.container_id) if self.docker and ref.container_id else ""
-        pod = self.docker.pod_name(ref.runtime_pod) if self.docker and ref.runtime_pod else ""
+        pod = ""
+        if self.docker is not None:
+            pod = (self.docker.pod_name(ref.runtime_pod) if ref.runtime_pod
+                   else self._network_pod(ref.container_id))
         return Labels(container_id=ref.container_id, cgroup=ref.path, k8s_node_name=self.node,
                       container_name=name, process_name=self._process_name(ref), pod_name=pod)
 
@@ -415,7 +474,8 @@ class MetadataStore:
         if self.docker and labels.cgroup and (not labels.container_name or not labels.pod_name):
             ref = parse_cgroup_path(labels.cgroup)
             name = labels.container_name or self.docker.name(labels.container_id)
-            pod = labels.pod_name or self.docker.pod_name(ref.runtime_pod)
+            pod = labels.pod_name or (self.docker.pod_name(ref.runtime_pod) if ref.runtime_pod
+                                      else self._network_pod(labels.container_id))
             return labels._replace(container_name=name, pod_name=pod)
         return labels
 
@@ -428,6 +488,15 @@ class MetadataStore:
                       k8s_pod_name=p.name, k8s_container_name=p.containers.get(cid, "") if cid
                       else "", k8s_node_name=self.node, k8s_workload_kind=p.workload_kind,
                       k8s_workload_name=p.workload_name, cgroup=path)
+
+
+def _start_time(pid: int, proc: str) -> int:
+    """A process's start time in clock ticks since boot (a gone one: last)."""
+    try:
+        with open(f"{proc}/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 1 << 62
 
 
 def proc_pod_ref(pid: int, proc: str = "/proc") -> CgroupRef | None:

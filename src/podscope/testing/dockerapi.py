@@ -1,5 +1,7 @@
 """The part of the Docker Engine API podscope reads (`GET /containers/json`), on a unix socket,
-for tests on hosts where no Docker engine can run. Containers are (id, name) pairs."""
+for tests on hosts where no Docker engine can run. Containers are (id, name) pairs; as Docker's
+list does, each entry carries its HostConfig.NetworkMode ("default", or "container:<id>" for
+one that joined another's network namespace)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ class DockerAPIServer:
     def __init__(self, path: str):
         self.path = path
         self.containers: dict[str, str] = {}  # id -> name
+        self.network_modes: dict[str, str] = {}  # id -> NetworkMode (absent: "default")
         self.requests = 0
         api = self
 
@@ -30,7 +33,9 @@ class DockerAPIServer:
                 if not self.path.startswith("/containers/json"):
                     self.send_error(404)
                     return
-                body = json.dumps([{"Id": cid, "Names": ["/" + name], "State": "running"}
+                body = json.dumps([{"Id": cid, "Names": ["/" + name], "State": "running",
+                                    "HostConfig": {"NetworkMode":
+                                                   api.network_modes.get(cid, "default")}}
                                    for cid, name in api.containers.items()]).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
