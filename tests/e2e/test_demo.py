@@ -4,7 +4,9 @@ and everything is gone when it stops (root, real BPF, real pods)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import tempfile
 import time
 import urllib.request
 
@@ -73,6 +75,24 @@ def test_a_killed_demo_is_cleaned_up_by_the_next_and_its_suggestions_work() -> N
         out = subprocess.run([PODSCOPE, *argv], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert re.search(r"server +shop/backend-0 ", out.stdout), out.stdout[:500]
+        printed = {c.split()[1]: c.split()[1:] for c in
+                   (ln.strip() for ln in lines) if c.startswith("podscope ")
+                   and not c.startswith("podscope demo")}
+        assert set(printed) == {"top", "trace", "profile"}, printed
+        top = subprocess.run([PODSCOPE, *printed["top"], "--once"], capture_output=True,
+                             text=True, timeout=60)
+        assert top.returncode == 0 and "backend-0" in top.stdout, top.stdout + top.stderr
+        with tempfile.TemporaryDirectory() as tmp:
+            prof = subprocess.run([PODSCOPE, *printed["profile"], "--duration", "2s", "--out",
+                                   tmp], capture_output=True, text=True, timeout=120)
+            assert prof.returncode == 0, prof.stderr
+            assert any(f.endswith(".svg") for f in os.listdir(tmp)), os.listdir(tmp)
+        # a name that matches nothing: one line with the closest candidates, exit 2
+        wrong = [a.replace("shop/backend-0", "shop/backend-9") for a in argv]
+        miss = subprocess.run([PODSCOPE, *wrong], capture_output=True, text=True, timeout=60)
+        assert miss.returncode == 2, miss.stdout + miss.stderr
+        assert miss.stderr.strip().count("\n") == 0 and "closest: shop/backend-0" in miss.stderr, \
+            miss.stderr
         first.send_signal(signal.SIGKILL)  # no clean-up by itself
         first.wait(10)
     finally:

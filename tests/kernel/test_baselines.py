@@ -50,6 +50,12 @@ def test_idle_and_load_baselines(pods: PodNetwork, tmp_path: Path) -> None:
                                f"127.0.0.1:{agent.port}"], capture_output=True, text=True,
                               timeout=30).stdout
         assert "idle" in text and "load" in text and "now" in text
+        # a pod that is not there: one line naming it, exit 2 (never "no baseline yet")
+        miss = subprocess.run([PODSCOPE, "report", "--pod", "nosuchpod", "--agent",
+                               f"127.0.0.1:{agent.port}"], capture_output=True, text=True,
+                              timeout=30)
+        assert miss.returncode == 2 and "--pod nosuchpod" in miss.stderr, miss.stderr
+        assert miss.stderr.strip().count("\n") == 0 and "baseline" not in miss.stderr
     finally:
         agent.stop()
 
