@@ -124,7 +124,10 @@ class Podman:
 
     def close(self) -> None:
         self.run("pod", "rm", "-af", "-t", "0", check=False)
-        self.run("rm", "-af", "-t", "0", check=False)
+        for _ in range(3):  # a container another joined (--network container:) goes after it
+            self.run("rm", "-af", "-t", "0", check=False)
+            if not self.run("ps", "-aq", check=False).stdout.strip():
+                break
         if self._service is not None:
             self._service.send_signal(signal.SIGTERM)
             try:
@@ -150,6 +153,11 @@ class Podman:
             if not left or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
+        # what podman left mounted below its directory (a container it could not remove)
+        with open("/proc/self/mounts") as f:
+            mounts = [line.split()[1] for line in f if line.split()[1].startswith(f"{self.base}/")]
+        for m in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", m], check=False, capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
 
 
