@@ -106,6 +106,9 @@ class Churn:
                         stdout=subprocess.PIPE, text=True)
         assert srv.stdout is not None and srv.stdout.readline().strip() == "listening"
         n = random.randint(1, 20)
+        # addresses are reused: the client must not send to the previous owner's MAC address
+        subprocess.run(["ip", "-n", self.client.netns, "neigh", "flush", "to", pod.ip],
+                       check=False, capture_output=True)
         out = self.client.run([sys.executable, str(FIXTURES / "http_client.py"), pod.ip, "8080",
                                json.dumps([["GET", "/status/200", n]])], check=False)
         if out.returncode == 0:
