@@ -101,6 +101,8 @@ class Agent:
             sizer = getattr(c, "state_sizes", None)
             if sizer is not None:
                 sizes.update(sizer())
+        if self.baselines is not None:
+            sizes["baselines"] = self.baselines.size()
         for table, n in sorted(sizes.items()):
             fam.add_metric([table], n)
         yield fam

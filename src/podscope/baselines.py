@@ -98,8 +98,16 @@ class Baselines:
                     continue
                 ring = self._ring.setdefault(key, deque(maxlen=self.keep))
                 ring.append(_Interval(now - t0, n, bucket_delta(p.buckets, b0) if n else {}))
+            # a pod whose series are gone (retired pod_grace after it ended) leaves no baseline
             for key in [k for k in self._last if k not in cur["pods"]]:
                 self._last.pop(key, None)
+            for key in [k for k in self._ring if k not in cur["pods"]]:
+                self._ring.pop(key, None)
+            for key in [k for k in self._info if k not in cur["pods"]]:
+                self._info.pop(key, None)
+
+    def size(self) -> int:
+        return len(self._last) + len(self._ring) + len(self._info)
 
     def view(self) -> dict[str, Any]:
         out = []

@@ -347,9 +347,9 @@ class MetadataStore:
             self._seen.pop(ident, None)
             self._dead_since.pop(ident, None)
             if ident.startswith("container:"):
-                cid = ident.partition(":")[2]
-                self._joined.pop(cid, None)
-                self._joined_owners.discard(cid)
+                container = ident.partition(":")[2]
+                self._joined.pop(container, None)
+                self._joined_owners.discard(container)
         if gone or checked:  # cgroups of the retired are gone for good (ids are not reused)
             for cid, ref in list(self._by_cgroup.items()):
                 if (ref.pod_uid and ref.pod_uid in self._retired
