@@ -18,6 +18,7 @@ from podscope.testing.pods import Pod, PodNetwork
 from podscope.testing.servers import start_nginx
 from podscope.trace import format_line as trace_format
 from tests.conftest import PODSCOPE, AgentProc, Metrics, python_cmd
+from tests.kernel.test_tcp import wait_for
 
 SERVER_HIST = "http_server_request_duration_seconds_count"
 CLIENT_HIST = "http_client_request_duration_seconds_count"
@@ -153,6 +154,34 @@ def test_python_server_status_mix_and_latency(pods: PodNetwork, tmp_path: Path,
         # one connection: one id on each side, made the same way in every hook set
         assert len({r["connection_id"] for r in recs}) == 1
         assert len({r["connection_id"] for r in client_recs}) == 1
+    finally:
+        agent.stop()
+
+
+@pytest.mark.parametrize("capture", ["kernel", "stream"])
+def test_chunked_responses_of_100kb_written_at_once(pods: PodNetwork, tmp_path: Path,
+                                                   capture: str) -> None:
+    """A server that writes each 100 KB chunked body in one syscall (the kernel captures 8 KB of
+    it): every request counted, with the kernel pairing and with headers captured (streamed)."""
+    server = pods.pod("server")
+    client = pods.pod("client")
+    start_py_server(server)
+    args = ["--http-headers"] if capture == "stream" else []
+    agent = AgentProc(args, tmp_path)
+    try:
+        plan = [["GET", "/bigchunked/100000", 15], ["GET", "/status/404", 4],
+                ["GET", "/bigchunked/100000", 5], ["HEAD", "/bigchunked/100000", 2]]
+        truth = Counter(json.loads(client.run(
+            python_cmd("http_client.py", server.ip, 8080, json.dumps(plan))).stdout))
+        assert truth.pop("_connections") == 1
+        assert truth == {"GET 200": 20, "GET 404": 4, "HEAD 200": 2}
+        wait_for(lambda: by_method_status(agent.metrics(), SERVER_HIST,
+                                          k8s_pod_uid=server.uid) == truth, timeout=10)
+        m = agent.metrics()
+        assert by_method_status(m, CLIENT_HIST, k8s_pod_uid=client.uid) == truth
+        assert m.value("podscope_http_parse_errors_total") == 0
+        if capture == "stream":
+            assert m.value("podscope_http_connections_streamed_total") >= 2
     finally:
         agent.stop()
 

@@ -93,7 +93,7 @@ def test_exchange_close_ends_bodies_and_unanswered_requests() -> None:
     (b"\x16\x03\x01\x02\x00", "not_http"),
     (b"GET /a HTTP/2.0\r\n\r\n", "bad_request_line"),
     (b"GET /a HTTP/1.1\r\nBad Header\r\n\r\n", "bad_header"),
-    (b"FOO /a HTTP/1.1\r\n\r\n", "bad_request_line"),
+    (b"G@T /a HTTP/1.1\r\n\r\n", "bad_request_line"),
     (b"POST /a HTTP/1.1\r\nContent-Length: \xb25\r\n\r\n", "bad_content_length"),
     (b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad_chunk"),
 ])

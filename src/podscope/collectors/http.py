@@ -605,7 +605,13 @@ class HttpCollector:
             st.ex.client_bytes(payload, skipped)
         else:
             st.resp.add(ev.len, ev.ts_ns)
-            for pair in st.ex.server_bytes(payload, skipped):
+            try:
+                pairs = st.ex.server_bytes(payload, skipped)
+            except http1.HttpParseError as e:
+                for pair in e.pairs:  # what the bytes completed before the error still counts
+                    self._pair(st, pair)
+                raise
+            for pair in pairs:
                 self._pair(st, pair)
 
     def _h2_error(self, st: _Stream, e: http2.H2Error, ev: Any, payload: bytes) -> None:
