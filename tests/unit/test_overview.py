@@ -55,3 +55,25 @@ def test_rates_and_window_quantiles_across_trimmed_buckets() -> None:
     assert second["requests_total"] == 8
     assert 3 / 0.7 < second["requests_per_second"] < 3 / 0.6
     assert 0.001 < second["p99_seconds"] <= 0.002  # the window's requests, not all of them
+
+
+def test_baselines_forget_pods_whose_series_are_gone() -> None:
+    """Pods come and go: the baselines of those whose series went leave with them."""
+    from podscope.baselines import Baselines
+    from podscope.overview import _PodTotals
+
+    live: dict[str, _PodTotals] = {}
+
+    def totals() -> dict[str, object]:
+        return {"pods": dict(live), "info": {k: {"k8s_pod_name": k} for k in live}}
+
+    b = Baselines(totals, interval=10.0)  # type: ignore[arg-type]
+    for i in range(50):
+        live[f"pod-{i}"] = _PodTotals(requests=0.0)
+        b.tick(float(i * 10))
+        live[f"pod-{i}"] = _PodTotals(requests=5.0, buckets={0.1: 5.0})
+        b.tick(float(i * 10 + 5))
+        assert b.view()["pods"][-1]["id"] == f"pod-{i}"
+        del live[f"pod-{i}"]
+    b.tick(1000.0)
+    assert b.size() == 0 and b.view()["pods"] == []
