@@ -300,9 +300,13 @@ class MetadataStore:
             self._seen[ident] = time.monotonic()
 
     def _alive(self) -> set[str]:
-        """Identities with a cgroup, a network namespace or a live pod in the API now."""
-        alive = {uid for uid, p in list(self._pods.items()) if p.deleted_at is None}
-        if self.resolver is not None:
+        """Identities with a cgroup or a network namespace now. The API's word counts only
+        where no cgroup v2 tree can say it: a pod that died while the API was away is still
+        listed as running, and must go like any other."""
+        alive: set[str] = set()
+        if self.resolver is None:
+            alive = {uid for uid, p in list(self._pods.items()) if p.deleted_at is None}
+        else:
             for path in self.resolver.live_paths():
                 ref = parse_cgroup_path(path)
                 if ref.pod_uid:
