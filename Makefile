@@ -23,7 +23,7 @@ BPF_SRCS := $(wildcard $(BPF_DIR)/*.bpf.c)
 BPF_OBJS := $(BPF_SRCS:.bpf.c=.bpf.o)
 BPF_HDRS := $(wildcard $(BPF_DIR)/*.h $(BPF_DIR)/include/*.h)
 
-.PHONY: all run test lint format deps bpf clean bench kernels soak
+.PHONY: all run test lint format deps bpf clean bench kernels soak fuzz
 all: $(VENV)/.installed bpf
 
 run: all
@@ -54,6 +54,10 @@ bench: all
 # series and scrape time sampled each minute (bench/RESULTS.md, "Soak").
 soak: all
 	$(VENV)/bin/python bench/soak.py --minutes $(or $(MINUTES),30)
+
+# The HTTP/1 stream parser fuzzed for MINUTES (5): escaping exceptions, hangs, split invariance.
+fuzz: $(VENV)/.installed
+	$(VENV)/bin/python bench/fuzz_http1.py --minutes $(or $(MINUTES),5)
 
 deps: $(BUILD)/.deps
 

@@ -75,7 +75,7 @@ def test_garbage_is_counted_and_the_connection_resumes() -> None:
     c = collector(recs)
     c._on_stream(event(c, "HTTP_S_DATA", True, REQ))
     c._on_stream(event(c, "HTTP_S_DATA", False, b"\x00\x01 binary junk\r\n\r\n"))
-    assert c.parse_errors == {"bad_status_line": 1}
+    assert c.parse_errors == {"not_http": 1}
     c._on_stream(event(c, "HTTP_S_DATA", False, RESP))  # not after a request: ignored
     c._on_stream(event(c, "HTTP_S_DATA", True, REQ))
     c._on_stream(event(c, "HTTP_S_DATA", False, RESP))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MAX_HEAD = 64 * 1024  # a head larger than this is treated as malformed
@@ -92,15 +93,13 @@ def _start_line(line: bytes, is_request: bool) -> Head:
 def parse_head(data: bytes | bytearray, is_request: bool) -> Head | None:
     """Parse a message head at the start of data. None: not complete yet. Lines may end in
     CRLF or a bare LF (RFC 9112 section 2.2); obs-fold continuation lines are joined."""
+    if data[:1] and not is_token(bytes(data[:1])):  # whatever the split: the first byte says
+        raise HttpParseError("not_http")
     m = _EMPTY_LINE.search(data)
     if m is None:
         first = data.find(b"\n")
         if first >= 0:  # a whole start line: say at once if it is none
             _start_line(bytes(data[:first]).rstrip(b"\r"), is_request)
-        elif len(data) > MAX_HEAD:
-            raise HttpParseError("head_too_large")
-        elif data[:1] and not is_token(bytes(data[:1])):
-            raise HttpParseError("not_http")
         if len(data) > MAX_HEAD:
             raise HttpParseError("head_too_large")
         return None
@@ -232,6 +231,14 @@ class MessageStream:
         self._lost = False  # a chunked body's framing was lost: it ends at the next message
         # responses: the methods of the requests they answer, in order (HEAD has no body)
         self.request_methods: deque[str] = deque()
+        # called with each message as it completes, before the bytes after it are parsed (an
+        # exchange pairs it then: what happens is the same whatever pieces the bytes came in)
+        self.sink: Callable[[Message], None] | None = None
+
+    def _emit(self, out: list[Message], msg: Message) -> None:
+        out.append(msg)
+        if self.sink is not None:
+            self.sink(msg)
 
     def feed(self, data: bytes) -> list[Message]:
         if self.tunnel:
@@ -243,8 +250,8 @@ class MessageStream:
                 self.cur.body_len += len(data)
                 self.offset += len(data)
                 return []
-            out.append(self._finish(0))  # it ended where this write begins
             self._lost = False
+            self._emit(out, self._finish(0))  # it ended where this write begins
         self.buf += data
         if self.held:
             if len(self.buf) > MAX_HELD:  # no answer, bytes flowing: it is a tunnel
@@ -295,7 +302,7 @@ class MessageStream:
                         self._chunked = ChunkedBody()
                     self._left = n
                     if kind in ("none", "tunnel") or (kind == "length" and n == 0):
-                        out.append(self._finish(pos))
+                        self._emit(out, self._finish(pos))
                         if kind == "tunnel":
                             self.tunnel = True
                             pos = len(self.buf)
@@ -311,7 +318,7 @@ class MessageStream:
                     pos += take
                     if self._left:
                         break
-                    out.append(self._finish(pos))
+                    self._emit(out, self._finish(pos))
                     if self.is_request and self.cur is None and out[-1].head.header("upgrade"):
                         self.held = True
                 elif kind == "chunked":
@@ -320,7 +327,7 @@ class MessageStream:
                     self.cur.body_len = self._chunked.body_len
                     if not done:
                         break
-                    out.append(self._finish(pos))
+                    self._emit(out, self._finish(pos))
                 else:  # until the connection closes
                     self.cur.body_len += len(self.buf) - pos
                     pos = len(self.buf)
@@ -369,7 +376,10 @@ class MessageStream:
             raise HttpParseError("truncated")
         self._left -= n
         self.cur.body_len += n
-        return [self._finish(0)] if not self._left else []
+        out: list[Message] = []
+        if not self._left:
+            self._emit(out, self._finish(0))
+        return out
 
     def _finish(self, pos: int) -> Message:
         assert self.cur is not None
@@ -411,6 +421,9 @@ class Exchange:
         self.requests = MessageStream(is_request=True)
         self.responses = MessageStream(is_request=False)
         self.pending: deque[Message] = deque()
+        self._out: list[Pair] = []
+        self.requests.sink = self.add_request
+        self.responses.sink = self._on_response
 
     @property
     def tunnel(self) -> bool:
@@ -418,18 +431,10 @@ class Exchange:
 
     def client_bytes(self, data: bytes, skipped: int = 0) -> list[Message]:
         """Bytes from the client (then `skipped` bytes that were not captured); returns the
-        requests they completed (on an error, those completed before it are kept)."""
-        done: list[Message] = []
-        try:
-            done += self.requests.feed(data) if data else []
-            done += self.requests.skip(skipped)
-        except HttpParseError as e:
-            for m in e.messages:
-                self.add_request(m)
-            raise
-        for m in done:
-            self.add_request(m)
-        return done
+        requests they completed. Each request is pending as soon as it is complete: on an
+        error, those before it stay, whatever the pieces the bytes came in."""
+        done = self.requests.feed(data) if data else []
+        return done + self.requests.skip(skipped)
 
     def add_request(self, m: Message) -> None:
         if len(self.pending) >= MAX_PENDING:
@@ -438,32 +443,29 @@ class Exchange:
         self.responses.request_methods.append(m.head.method)
 
     def server_bytes(self, data: bytes, skipped: int = 0) -> list[Pair]:
-        """Bytes from the server; returns the pairs they completed (on an error, the pairs
-        completed before it ride on the error as `pairs`)."""
-        out: list[Pair] = []
+        """Bytes from the server; returns the pairs they completed. Each response is paired as
+        soon as it is complete: on an error, the pairs before it ride on the error as `pairs`."""
+        self._out = []
         try:
-            done = self.responses.feed(data) if data else []
-            done += self.responses.skip(skipped)
+            if data:
+                self.responses.feed(data)
+            self.responses.skip(skipped)
         except HttpParseError as e:
-            self._pair(e.messages, out)
-            e.pairs = out
+            e.pairs = self._out
             raise
-        self._pair(done, out)
-        return out
+        return self._out
 
-    def _pair(self, done: list[Message], out: list[Pair]) -> None:
-        for m in done:
-            if 100 <= m.head.status < 200 and m.head.status != 101:
-                continue  # interim (100 Continue, 103 Early Hints): the final response follows
-            req = self.pending.popleft() if self.pending else None
-            if req is None:
-                raise HttpParseError("response_without_request")
-            out.append(Pair(req, m))
-            if self.requests.held and not self.pending:  # the answer to the held request
-                tunnel = m.head.status == 101 or (req.head.method == "CONNECT"
-                                                  and 200 <= m.head.status < 300)
-                for r in self.requests.release(tunnel):
-                    self.add_request(r)
+    def _on_response(self, m: Message) -> None:
+        if 100 <= m.head.status < 200 and m.head.status != 101:
+            return  # interim (100 Continue, 103 Early Hints): the final response follows
+        req = self.pending.popleft() if self.pending else None
+        if req is None:
+            raise HttpParseError("response_without_request")
+        self._out.append(Pair(req, m))
+        if self.requests.held and not self.pending:  # the answer to the held request
+            tunnel = m.head.status == 101 or (req.head.method == "CONNECT"
+                                              and 200 <= m.head.status < 300)
+            self.requests.release(tunnel)  # released requests are pending (the sink)
 
     def close(self) -> list[Pair]:
         out = []
