@@ -134,3 +134,22 @@ def test_fuzz_http2_stream_events_never_raise(events: list[tuple[bool, bytes, in
         c._on_stream(event(c, "HTTP_S_DATA", inbound, PREFACE[:len(data) % 30] + data,
                            length=len(data) + extra, proto=proto, gap=gap))
     c._on_stream(event(c, "HTTP_S_CLOSE", False, b"", proto=2))
+
+
+def test_a_method_outside_the_known_set_is_other_with_its_original() -> None:
+    """RFC 9110: any token is a method. Metrics say _OTHER (a bounded label), the record keeps
+    what was sent, as the OpenTelemetry conventions ask (http.request.method_original)."""
+    from opentelemetry.sdk.resources import Resource
+
+    from podscope.sinks.otlp import span_of
+
+    recs: list[dict[str, Any]] = []
+    c = collector(recs)
+    c._on_stream(event(c, "HTTP_S_DATA", True, b"PROPFIND /dav/1 HTTP/1.1\r\nDepth: 1\r\n\r\n"))
+    c._on_stream(event(c, "HTTP_S_DATA", False, RESP.replace(b"200 OK", b"207 Multi")))
+    (r,) = recs
+    assert (r["method"], r["method_original"], r["status"]) == ("_OTHER", "PROPFIND", 207)
+    assert c.parse_errors == {}
+    span = span_of(r, Resource({}))
+    assert span.name == "HTTP /dav/{id}" and span.attributes is not None
+    assert span.attributes["http.request.method_original"] == "PROPFIND"

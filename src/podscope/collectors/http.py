@@ -494,7 +494,8 @@ class HttpCollector:
                  mode: str, headers: dict[str, list[tuple[str, str]]] | None = None,
                  protocol: str = "1.1", grpc_status: int | None = None,
                  decode: str = "full", first_byte: int = 0,
-                 breakdown: dict[str, float | None] | None = None) -> None:
+                 breakdown: dict[str, float | None] | None = None,
+                 method_original: str | None = None) -> None:
         peer_addr = peer if isinstance(peer, str) else self._peer(family, peer)
         path, route = self._target(target)
         rec: dict[str, Any] = {
@@ -502,7 +503,8 @@ class HttpCollector:
             **labels._asdict(),
             "role": ROLES.get(role, "?"),
             "peer_addr": peer_addr, "peer_port": peer_port, "local_port": local_port,
-            "method": method, "path": path, "route": route, "status": status or None,
+            "method": method, "method_original": method_original,
+            "path": path, "route": route, "status": status or None,
             "duration_seconds": round(max(end - start, 0) / 1e9, 9),
             "first_byte_seconds": (round(max(first_byte - start, 0) / 1e9, 9)
                                    if first_byte and status else None),
@@ -726,7 +728,8 @@ class HttpCollector:
                           status=status, start=start, end=end, req_bytes=req_bytes,
                           resp_bytes=resp_bytes, family=st.family, peer=st.peer_addr,
                           peer_port=st.peer_port, local_port=st.local_port, conn_id=st.conn_id,
-                          pid=st.pid, mode="stream", headers=headers, first_byte=first_byte)
+                          pid=st.pid, mode="stream", headers=headers, first_byte=first_byte,
+                          method_original=req.head.method if method == "_OTHER" else None)
 
     def state_sizes(self) -> dict[str, int]:
         return {"http_aggregates": len(self._aggs) + len(self._rpcs),

@@ -37,8 +37,8 @@ SCHEMAS: dict[str, list[str]] = {
     ],
     "http_request": [
         "time", *IDENTITY, "role", "peer_addr", "peer_port", "local_port", "method",
-        "path", "route", "status", "duration_seconds", "first_byte_seconds", "request_bytes",
-        "response_bytes",
+        "method_original", "path", "route", "status", "duration_seconds", "first_byte_seconds",
+        "request_bytes", "response_bytes",
         "connection_id", "pid", "capture", "protocol", "grpc_status", "decode",
         "on_cpu_seconds", "runqueue_seconds", "blocked_seconds", "blocked_sleep_seconds",
         "blocked_lock_seconds", "blocked_disk_seconds", "blocked_network_seconds",

@@ -130,11 +130,14 @@ def span_of(rec: dict[str, Any], resource: Resource) -> ReadableSpan:
         method = str(rec.get("method") or "_OTHER")
         route = str(rec.get("route") or "")
         attrs.update({"http.request.method": method, "url.path": path.split("?", 1)[0]})
+        if rec.get("method_original"):
+            attrs["http.request.method_original"] = str(rec["method_original"])
         if route:
             attrs["http.route"] = route
         if rec.get("status"):
             attrs["http.response.status_code"] = int(rec["status"])
-        name = f"{method} {route}" if route else method
+        verb = "HTTP" if method == "_OTHER" else method  # the conventions' name for _OTHER
+        name = f"{verb} {route}" if route else verb
     if server:
         attrs["server.port"] = int(rec.get("local_port") or 0)
         attrs["client.address"] = attrs["network.peer.address"]
