@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -39,6 +40,10 @@ from podscope.testing.pods import Pod, PodNetwork  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 NODE = "soak-node"
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM removes what the run made (pods, the agent), as Ctrl-C
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -141,6 +146,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/soak.py runs as root (pods, BPF)", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _terminated)
     total = args.minutes * 60
     outages = [(total / 3, total / 3 + 180), (2 * total / 3, 2 * total / 3 + 180)]
     rows: list[dict[str, Any]] = []

@@ -23,6 +23,14 @@ FIXTURES = ROOT / "tests" / "fixtures"
 PODSCOPE = shutil.which("podscope", path=str(Path(sys.executable).parent)) or "podscope"
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # pytest then tears the fixtures down: pods, cgroups, agents
+
+
+# A test run stopped with SIGTERM (a CI timeout, a killed make) cleans up as Ctrl-C does.
+signal.signal(signal.SIGTERM, _terminated)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,6 +7,7 @@ fails. Daemons are stopped by PID."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -69,6 +70,38 @@ def _remove_tree(d: str) -> None:
             pass
 
 
+def _netavark_rules() -> list[tuple[str, str, str]]:
+    """(command, table, line) of every iptables-save line that names netavark's chains."""
+    out = []
+    for cmd in ("iptables", "ip6tables"):
+        try:
+            dump = subprocess.run([f"{cmd}-save"], capture_output=True, text=True,
+                                  check=False).stdout
+        except FileNotFoundError:
+            continue
+        table = ""
+        for line in dump.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif "NETAVARK" in line and line.startswith((":", "-A ")):
+                out.append((cmd, table, line))
+    return out
+
+
+def _remove_netavark_rules() -> None:
+    """The jumps into netavark's chains, then the chains (podman's bridge networks make them)."""
+    rules = _netavark_rules()
+    for cmd, table, line in rules:
+        if line.startswith("-A ") and not line.split()[1].startswith("NETAVARK"):
+            subprocess.run([cmd, "-t", table, "-D", *shlex.split(line[3:])], check=False,
+                           capture_output=True)
+    for flag in ("-F", "-X"):
+        for cmd, table, line in rules:
+            if line.startswith(":"):
+                subprocess.run([cmd, "-t", table, flag, line[1:].split()[0]], check=False,
+                               capture_output=True)
+
+
 class Podman:
     """podman with its own storage (vfs), run directory and configuration, in a new directory
     below /tmp (podman wants its run directory's path short)."""
@@ -82,6 +115,7 @@ class Podman:
         self._service: subprocess.Popen[bytes] | None = None
         self._had_parent = {r: os.path.isdir(os.path.join(r, "libpod_parent"))
                             for r in _cgroup_dirs()}
+        self._had_firewall = bool(_netavark_rules())
         self.run("import", str(image_tar(base)), IMAGE)
 
     def run(self, *args: str, check: bool = True,
@@ -153,6 +187,8 @@ class Podman:
             if not left or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
+        if not self._had_firewall:  # netavark's chains, if a network made them
+            _remove_netavark_rules()
         # what podman left mounted below its directory (a container it could not remove)
         with open("/proc/self/mounts") as f:
             mounts = [line.split()[1] for line in f if line.split()[1].startswith(f"{self.base}/")]
