@@ -81,7 +81,15 @@ def test_podman_containers_and_a_podman_pod(pods: PodNetwork, podman: Podman,
             return agent.metrics().value("http_server_request_duration_seconds_count",
                                          container_id=cid)
 
-        wait_for(lambda: served(web) >= 17 and served(api) >= 7, timeout=20)
+        def named() -> bool:  # podman's pod names come from its API, refreshed every 5 s
+            want = {api: "pm-shop", web: "pm-web"}
+            return all(s.labels["pod_name"] == want.get(s.labels.get("container_id", ""),
+                                                        "pm-shop")
+                       for s in agent.metrics().samples
+                       if s.labels.get("container_id") in want
+                       or s.labels.get("container_name") == "shop-worker")
+
+        wait_for(lambda: served(web) >= 17 and served(api) >= 7 and named(), timeout=20)
         m = agent.metrics()
     finally:
         agent.stop()
@@ -104,9 +112,9 @@ def test_podman_containers_and_a_podman_pod(pods: PodNetwork, podman: Podman,
     for s in m.samples:
         cid = s.labels.get("container_id", "")
         if cid in names:
-            assert (s.labels["container_name"], s.labels["pod_name"]) == names[cid], s
+            assert (s.labels["container_name"], s.labels["pod_name"]) == names[cid], s.labels
         if s.labels.get("container_name") == "shop-worker":
-            assert s.labels["pod_name"] == "pm-shop", s
+            assert s.labels["pod_name"] == "pm-shop", s.labels
         if s.labels.get("container_name") in ("pm-side", "pm-client"):
             assert s.labels["pod_name"] == ("pm-web" if s.labels["container_name"] == "pm-side"
                                             else ""), s
@@ -197,12 +205,17 @@ def test_podman_churn_every_container_keeps_its_own_counts(pods: PodNetwork, pod
         rate = 12 / (time.monotonic() - t0)
         assert len(set(inodes)) < len(inodes), "no namespace inode was reused"
         want = sum(n for _, n in truth.values())
-        def counted() -> float:
+        def settled() -> bool:
+            """All requests counted, and every series named (a name learned from the runtime's
+            event stream may come a moment after the container is gone: the series is renamed)."""
             m = agent.metrics()
-            return sum(m.value("http_client_request_duration_seconds_count", container_id=c)
-                       for c in truth)
+            counted = sum(m.value("http_client_request_duration_seconds_count", container_id=c)
+                          for c in truth)
+            return counted >= want and all(
+                s.labels["container_name"] == truth[s.labels["container_id"]][0]
+                for s in m.samples if s.labels.get("container_id") in truth)
 
-        wait_for(lambda: counted() >= want, timeout=20)
+        wait_for(settled, timeout=20)
         m = agent.metrics()
     finally:
         agent.stop()

@@ -248,3 +248,18 @@ def test_a_watch_that_fails_after_each_list_backs_off(tmp_path: Path) -> None:
     finally:
         w.stop()
         api.stop()
+
+
+def test_a_cgroup_id_learned_late_names_its_series(tmp_path: Path) -> None:
+    """A container made and gone before the agent read the kernel's word of its directory: its
+    series made meanwhile say only `id:N`, and take the container's labels once it is known."""
+    from podscope.metadata.cgroups import CgroupResolver
+
+    store = MetadataStore(None, node="n")
+    store.resolver = CgroupResolver(str(tmp_path))
+    early = store.labels(4242, 0)
+    assert early.cgroup == "id:4242" and store.renamed(early) == early
+    store.resolver.learn(4242, f"/libpod_parent/libpod-{CID}")
+    store.resolver.removed(4242, f"/libpod_parent/libpod-{CID}")
+    late = store.renamed(early)
+    assert late.container_id == CID and late.cgroup == f"/libpod_parent/libpod-{CID}"

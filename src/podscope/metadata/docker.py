@@ -9,7 +9,8 @@ Containers that share one network namespace without a runtime pod (`--network co
 as Docker Compose's `network_mode: service:x` makes) are one unit, as a pod is: each keeps its
 own container labels, and all carry `pod_name` = the name of the container whose namespace they
 share. The engine says who joined whom in a container's `HostConfig.NetworkMode` (Docker's list
-has it; podman's compatible list does not, so its containers are inspected once each).
+has it; podman's compatible list does not, so its containers are inspected once each); a joiner
+of a moment, gone before the list, is found by the metadata store from its sockets' namespace.
 """
 
 from __future__ import annotations
@@ -111,9 +112,6 @@ class DockerNames:
                     if len(self._names) >= self.max_names:
                         self._names.clear()
                     self._names[cid] = name
-                if cid and cid not in self._netmode_known:
-                    # now, while it exists: a container of a moment is gone by the next list
-                    self._read_netmode(cid, None)
         finally:
             conn.close()
 
@@ -143,9 +141,7 @@ class DockerNames:
         the container shares its namespace with no other, or is unknown)."""
         if not container_id:
             return ""
-        if container_id not in self._netmode_known:
-            self._maybe_refresh()
-        owner = self._joined.get(container_id)
+        owner = self._joined.get(container_id)  # learned by the list (refreshed for names)
         if owner is None and container_id in self._joined.values():
             owner = container_id
         if owner is None:

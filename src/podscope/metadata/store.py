@@ -475,6 +475,11 @@ class MetadataStore:
         container keeps one label set."""
         if labels.k8s_pod_uid:
             return self._pod_labels(labels.k8s_pod_uid, labels.container_id, labels.cgroup)
+        if labels.cgroup.startswith("id:"):
+            # a cgroup id not known when the series was made (its directory came and went
+            # before the kernel's word of it was read): named as soon as it is known
+            cid = int(labels.cgroup[3:]) if labels.cgroup[3:].isdigit() else 0
+            return self.labels(cid, 0) if cid and self.cgroup_ref(cid) is not None else labels
         if self.docker and labels.cgroup and (not labels.container_name or not labels.pod_name):
             ref = parse_cgroup_path(labels.cgroup)
             name = labels.container_name or self.docker.name(labels.container_id)
