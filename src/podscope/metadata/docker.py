@@ -141,7 +141,8 @@ class DockerNames:
         the container shares its namespace with no other, or is unknown)."""
         if not container_id:
             return ""
-        owner = self._joined.get(container_id)  # learned by the list (refreshed for names)
+        self.name(container_id)  # an id not known yet: the list is asked (rate-limited)
+        owner = self._joined.get(container_id)
         if owner is None and container_id in self._joined.values():
             owner = container_id
         if owner is None:
