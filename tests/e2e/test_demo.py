@@ -14,6 +14,16 @@ from tests.conftest import PODSCOPE, free_port
 from tests.kernel.test_tcp import wait_for
 
 
+def assert_no_demo_left() -> None:
+    """No demo namespace and no demo process (a moment for the kernel to finish removing)."""
+    time.sleep(0.5)
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "-loadgen" not in left and "-backend" not in left, left
+    procs = subprocess.run(["pgrep", "-f", "podscope.testing.demo_apps"], capture_output=True,
+                           text=True).stdout
+    assert not procs.strip(), procs
+
+
 def test_demo_shows_the_chain_and_cleans_up() -> None:
     port = free_port()
     demo = subprocess.Popen([PODSCOPE, "demo", "--duration", "15", "--listen",
@@ -44,12 +54,7 @@ def test_demo_shows_the_chain_and_cleans_up() -> None:
         if demo.poll() is None:
             demo.terminate()
             demo.wait(60)
-    time.sleep(0.5)
-    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "-loadgen" not in left and "-backend" not in left, left
-    procs = subprocess.run(["pgrep", "-f", "podscope.testing.demo_apps"], capture_output=True,
-                           text=True).stdout
-    assert not procs.strip(), procs
+    assert_no_demo_left()
 
 
 def test_a_killed_demo_is_cleaned_up_by_the_next_and_its_suggestions_work() -> None:
@@ -106,11 +111,6 @@ def test_a_killed_demo_is_cleaned_up_by_the_next_and_its_suggestions_work() -> N
                              f"127.0.0.1:{port2}"], capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "removed what an earlier demo left behind" in second.stderr
-    time.sleep(0.5)
-    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "-backend" not in left and "-loadgen" not in left, left
-    procs = subprocess.run(["pgrep", "-f", "podscope.testing.demo_apps"], capture_output=True,
-                           text=True).stdout
-    assert not procs.strip(), procs
+    assert_no_demo_left()
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert "psbrde30" not in links

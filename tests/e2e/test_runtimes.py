@@ -38,15 +38,20 @@ def series(m: Metrics, name: str, **labels: str) -> list[dict[str, str]]:
     return m.series(name, **labels)
 
 
-def test_podman_containers_and_a_podman_pod(pods: PodNetwork, podman: Podman,
-                                            tmp_path: Path) -> None:
-    web_ns, web_ip = pods.netns("pm-web")
-    cli_ns, _ = pods.netns("pm-cli")
+def agent_with_podman_api(podman: Podman, tmp_path: Path) -> AgentProc:
+    """podman's Docker-compatible API on a socket, and an agent outside Kubernetes using it."""
     sock = tmp_path / "podman.sock"
     podman.service(sock)
     cfg = tmp_path / "podscope.toml"
     cfg.write_text(f'kubernetes = "off"\ndocker_socket = "{sock}"\n')
-    agent = AgentProc(["--config", str(cfg)], tmp_path)
+    return AgentProc(["--config", str(cfg)], tmp_path)
+
+
+def test_podman_containers_and_a_podman_pod(pods: PodNetwork, podman: Podman,
+                                            tmp_path: Path) -> None:
+    web_ns, web_ip = pods.netns("pm-web")
+    cli_ns, _ = pods.netns("pm-cli")
+    agent = agent_with_podman_api(podman, tmp_path)
     try:
         podman.container("pm-web", "httpd", "-f", "-p", "8080", "-h", "/www",
                          network=f"ns:/run/netns/{web_ns}", detach=True)
@@ -176,11 +181,7 @@ def test_podman_churn_every_container_keeps_its_own_counts(pods: PodNetwork, pod
     deleted after it, so the next one gets the same inode: each container's counts are its own
     tally, under its own id and name."""
     web_ns, web_ip = pods.netns("pm-web")
-    sock = tmp_path / "podman.sock"
-    podman.service(sock)
-    cfg = tmp_path / "podscope.toml"
-    cfg.write_text(f'kubernetes = "off"\ndocker_socket = "{sock}"\n')
-    agent = AgentProc(["--config", str(cfg)], tmp_path)
+    agent = agent_with_podman_api(podman, tmp_path)
     truth: dict[str, tuple[str, int]] = {}  # id -> (name, requests)
     inodes = []
     try:

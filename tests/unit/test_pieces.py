@@ -16,7 +16,7 @@ from podscope.collectors.tcp import errno_reason
 from podscope.config import Config
 from podscope.metadata.namespaces import proc_cgroup_v2, read_netstat
 from podscope.metadata.store import Labels
-from podscope.sinks.files import SCHEMAS, open_export
+from podscope.sinks.files import SCHEMAS, CsvSink, JsonlSink, open_export
 
 PROC = str(Path(__file__).resolve().parent.parent / "fixtures" / "proc")
 
@@ -163,13 +163,20 @@ def test_records_doc_lists_every_column_in_order() -> None:
         assert ["time", *IDENTITY, *cols[1:]] == SCHEMAS[kind], kind
 
 
-def test_exports_rotate_by_size(tmp_path: Path) -> None:
+def rotated_exports(tmp_path: Path) -> tuple[dict[str, str], JsonlSink | CsvSink,
+                                              JsonlSink | CsvSink]:
+    """A JSON lines and a CSV export of 2000 bytes each, two old files kept, 40 records in."""
     rec = {k: "x" * 10 for k in SCHEMAS["http_request"]}
     j = open_export(f"jsonl:{tmp_path / 'r.jsonl'}", max_bytes=2000, keep=2)
     c = open_export(f"csv:{tmp_path / 'r.csv'}", max_bytes=2000, keep=2)
     for _ in range(40):
         j.record("http_request", rec)
         c.record("http_request", rec)
+    return rec, j, c
+
+
+def test_exports_rotate_by_size(tmp_path: Path) -> None:
+    rec, j, c = rotated_exports(tmp_path)
     j.close()
     c.close()
     for name in ("r.jsonl", "r.csv"):
@@ -189,12 +196,7 @@ def test_exports_rotate_by_size(tmp_path: Path) -> None:
 def test_exports_count_what_they_wrote_and_rotated(tmp_path: Path) -> None:
     from podscope.sinks.files import export_metrics
 
-    rec = {k: "x" * 10 for k in SCHEMAS["http_request"]}
-    j = open_export(f"jsonl:{tmp_path / 'r.jsonl'}", max_bytes=2000, keep=2)
-    c = open_export(f"csv:{tmp_path / 'r.csv'}", max_bytes=2000, keep=2)
-    for _ in range(40):
-        j.record("http_request", rec)
-        c.record("http_request", rec)
+    rec, j, c = rotated_exports(tmp_path)
     j.record("dns_query", {"time": 1})
     fams = {f.name: f for f in export_metrics([j, c])}
     written = {(s.labels["path"], s.labels["type"]): s.value

@@ -272,14 +272,7 @@ class PodNetwork:
                 self._made_dirs.append(d)
                 if i >= len(parts) - 1:
                     pod.dirs.append(d)
-        host_if = f"psv{self.tag}{idx:02d}"
-        _run("ip", "netns", "add", ns)
-        _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        _run("ip", "link", "set", host_if, "master", self.bridge, "up")
-        _run("ip", "-n", ns, "addr", "add", f"{pod.ip}/24", "dev", "eth0")
-        _run("ip", "-n", ns, "link", "set", "eth0", "up")
-        _run("ip", "-n", ns, "link", "set", "lo", "up")
-        _run("ip", "-n", ns, "route", "add", "default", "via", self.gateway)
+        self._wire(ns, idx, pod.ip)
         # like the pause container: a pod's namespace always has a process in it
         pod.popen(["sleep", "infinity"])
         return pod
@@ -291,8 +284,14 @@ class PodNetwork:
         idx = self._next_index()
         ns = f"ps{self.tag}-{name}"
         ip = f"{SUBNET}.{self.subnet_id}.{idx}"
-        host_if = f"psv{self.tag}{idx:02d}"
         self.bare_netns.append(ns)
+        self._wire(ns, idx, ip)
+        return ns, ip
+
+    def _wire(self, ns: str, idx: int, ip: str) -> None:
+        """A new network namespace `ns` on the bridge: a veth pair, `ip` on its eth0, the
+        bridge as its default route."""
+        host_if = f"psv{self.tag}{idx:02d}"
         _run("ip", "netns", "add", ns)
         _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
         _run("ip", "link", "set", host_if, "master", self.bridge, "up")
@@ -300,7 +299,6 @@ class PodNetwork:
         _run("ip", "-n", ns, "link", "set", "eth0", "up")
         _run("ip", "-n", ns, "link", "set", "lo", "up")
         _run("ip", "-n", ns, "route", "add", "default", "via", self.gateway)
-        return ns, ip
 
     def state(self) -> dict[str, Any]:
         """What this network made, for a later clean-up when this process cannot do it (it was
