@@ -90,20 +90,23 @@ def _start_line(line: bytes, is_request: bool) -> Head:
     return Head(False, version[5:].decode(), status=int(code))
 
 
-def parse_head(data: bytes | bytearray, is_request: bool) -> Head | None:
-    """Parse a message head at the start of data. None: not complete yet. Lines may end in
-    CRLF or a bare LF (RFC 9112 section 2.2); obs-fold continuation lines are joined."""
-    if data[:1] and not is_token(bytes(data[:1])):  # whatever the split: the first byte says
-        raise HttpParseError("not_http")
-    m = _EMPTY_LINE.search(data)
+def parse_head(data: bytes | bytearray, is_request: bool, pos: int = 0) -> Head | None:
+    """Parse a message head at data[pos:] (read in place: no copy of what follows). None: not
+    complete yet. Lines may end in CRLF or a bare LF (RFC 9112 section 2.2); obs-fold
+    continuation lines are joined."""
+    if data[pos:pos + 1] and not is_token(bytes(data[pos:pos + 1])):  # whatever the split:
+        raise HttpParseError("not_http")  # the first byte says
+    end = pos + MAX_HEAD + 4
+    m = _EMPTY_LINE.search(data, pos, end)
     if m is None:
-        first = data.find(b"\n")
+        first = data.find(b"\n", pos, end)
         if first >= 0:  # a whole start line: say at once if it is none
-            _start_line(bytes(data[:first]).rstrip(b"\r"), is_request)
-        if len(data) > MAX_HEAD:
+            _start_line(bytes(data[pos:first]).rstrip(b"\r"), is_request)
+        if len(data) - pos > MAX_HEAD:
             raise HttpParseError("head_too_large")
         return None
-    lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in bytes(data[:m.start()]).split(b"\n")]
+    lines = [ln[:-1] if ln.endswith(b"\r") else ln
+             for ln in bytes(data[pos:m.start()]).split(b"\n")]
     head = _start_line(lines[0], is_request)
     for line in lines[1:]:
         if line[:1] in (b" ", b"\t"):  # obs-fold: part of the line before
@@ -116,7 +119,7 @@ def parse_head(data: bytes | bytearray, is_request: bool) -> Head | None:
         if not sep or not is_token(name):
             raise HttpParseError("bad_header")
         head.headers.append((name.decode("latin-1"), value.strip(b" \t").decode("latin-1")))
-    head.head_len = m.end()
+    head.head_len = m.end() - pos
     return head
 
 
@@ -284,7 +287,7 @@ class MessageStream:
                         pos += 2 if self.buf[pos] == 0x0D else 1
                     if pos >= len(self.buf) or self.buf[pos] == 0x0D:
                         break
-                    head = parse_head(bytes(self.buf[pos:pos + MAX_HEAD + 4]), self.is_request)
+                    head = parse_head(self.buf, self.is_request, pos)
                     if head is None:
                         break
                     method = ""
