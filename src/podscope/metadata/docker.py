@@ -54,6 +54,7 @@ class DockerNames:
         self._names: dict[str, str] = {}
         self._pods: dict[str, str] = {}  # podman pod id -> name
         self._joined: dict[str, str] = {}  # container id -> the container whose netns it joined
+        self._owners: set[str] = set()  # containers others joined
         self._netmode_known: set[str] = set()  # ids whose NetworkMode was read
         self._libpod = True  # until the engine says it has no such endpoint
         self._at = -1e9
@@ -142,12 +143,8 @@ class DockerNames:
         if not container_id:
             return ""
         self.name(container_id)  # an id not known yet: the list is asked (rate-limited)
-        owner = self._joined.get(container_id)
-        if owner is None and container_id in self._joined.values():
-            owner = container_id
-        if owner is None:
-            return ""
-        return self._names.get(owner, "")
+        owner = self.network_owner(container_id)
+        return self._names.get(owner, "") if owner else ""
 
     def network_owner(self, container_id: str) -> str:
         """The id of the container whose network namespace this one uses, when namespaces are
@@ -155,7 +152,7 @@ class DockerNames:
         owner = self._joined.get(container_id)
         if owner is not None:
             return owner
-        return container_id if container_id and container_id in self._joined.values() else ""
+        return container_id if container_id in self._owners else ""
 
     def _read_netmode(self, cid: str, host_config: object) -> None:
         """Remember whose network namespace `cid` joined; `host_config` from the list, or None
@@ -178,6 +175,7 @@ class DockerNames:
         if len(self._netmode_known) >= self.max_names:
             self._netmode_known.clear()
             self._joined.clear()
+            self._owners.clear()
         self._netmode_known.add(cid)
         mode = str(host_config.get("NetworkMode") or "")
         if mode.startswith("container:"):
@@ -188,6 +186,7 @@ class DockerNames:
                                if n == target or i.startswith(target)), target)
             if target and target != cid:
                 self._joined[cid] = target
+                self._owners.add(target)
 
     def _maybe_refresh(self) -> None:
         with self._lock:
