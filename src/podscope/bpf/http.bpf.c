@@ -125,10 +125,15 @@ struct scan_ctx {
 	__u32 n;	/* bytes copied to s->head */
 	__u32 head_len; /* offset after the empty line, 0 if not within n */
 	__u64 clen;	/* Content-Length value */
+	__u32 from;	/* where the start line begins (after empty lines, RFC 9112 section 2.2) */
+	__u32 eol1;	/* offset after the start line's '\n', 0 if not within n */
+	__u32 te_at;	/* a Transfer-Encoding value begins here; its line's end is pending */
 	__u8 has_clen;
-	__u8 chunked;
-	__u8 want_fields; /* responses: look for Content-Length and Transfer-Encoding */
-	__u8 _pad[5];
+	__u8 has_te;
+	__u8 chunked; /* the last coding of the last Transfer-Encoding line is chunked */
+	__u8 want_fields; /* look for Content-Length and Transfer-Encoding */
+	__u8 bad; /* framing the kernel does not follow (repeated or odd values): user space parses */
+	__u8 _pad[7];
 };
 
 struct iov_ctx {
@@ -342,25 +347,54 @@ static __always_inline __u64 load8(const struct scratch *s, __u32 off)
 
 #define LOWER8 0x2020202020202020ULL
 
-/* Content-Length's value at p (after the name): optional spaces, then up to 19 digits. */
+/* Content-Length's value at p (after the name): optional spaces, up to 19 digits, optional
+ * spaces, the line's end. Anything else (a list, a sign, a second line with another value: RFC
+ * 9112 section 6.3) is left to user space, which parses the message whole. */
 static __always_inline void parse_clen(const struct scratch *s, __u32 p, struct scan_ctx *cx)
 {
 	__u64 v = 0;
+	__u8 ch = 0;
 	int d;
 
-	if (s->head[p & HEAD_MASK] == ' ')
+	if (s->head[p & HEAD_MASK] == ' ' || s->head[p & HEAD_MASK] == '\t')
 		p++;
 	for (d = 0; d < 19; d++) {
-		__u8 ch = s->head[(p + d) & HEAD_MASK];
-
+		ch = s->head[(p + d) & HEAD_MASK];
 		if (ch < '0' || ch > '9')
 			break;
 		v = v * 10 + (ch - '0');
 	}
-	if (d > 0) {
-		cx->clen = v;
-		cx->has_clen = 1;
-	}
+	if (ch == ' ' || ch == '\t')
+		ch = s->head[(p + d + 1) & HEAD_MASK];
+	if (d == 0 || (ch != '\r' && ch != '\n') || (cx->has_clen && cx->clen != v))
+		cx->bad = 1;
+	cx->clen = v;
+	cx->has_clen = 1;
+}
+
+static __always_inline bool is_ows(__u8 ch)
+{
+	return ch == ' ' || ch == '\t';
+}
+
+/* The Transfer-Encoding line whose value began at cx->te_at ended with the '\n' at eol: the
+ * body is chunked when its last coding is (RFC 9112 section 6.1: "gzip, chunked" is; "chunked"
+ * then a line "identity" is not). */
+static __always_inline void te_line_end(const struct scratch *s, __u32 eol, struct scan_ctx *cx)
+{
+	__u32 e = eol, v = cx->te_at;
+
+	if (e > v && s->head[(e - 1) & HEAD_MASK] == '\r')
+		e--;
+	if (e > v && is_ows(s->head[(e - 1) & HEAD_MASK]))
+		e--;
+	if (e > v && is_ows(s->head[(e - 1) & HEAD_MASK]))
+		e--;
+	cx->chunked = e >= v + 7 &&
+		      ((load8(s, e - 7) | LOWER8) & M7) == W8('c', 'h', 'u', 'n', 'k', 'e', 'd', 0) &&
+		      (e == v + 7 || is_ows(s->head[(e - 8) & HEAD_MASK]) ||
+		       s->head[(e - 8) & HEAD_MASK] == ',');
+	cx->te_at = 0;
 }
 
 /* A line starts at p. Returns 1 at the empty line that ends the head. */
@@ -383,12 +417,8 @@ static __always_inline int scan_line_at(const struct scratch *s, __u32 p, struct
 		   (load8(s, p) | LOWER8) == W8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r') &&
 		   (load8(s, p + 8) | LOWER8) == W8('-', 'e', 'n', 'c', 'o', 'd', 'i', 'n') &&
 		   ((load8(s, p + 16) | LOWER8) & 0xffff) == W4('g', ':', 0, 0)) {
-		__u32 v = p + 18;
-
-		if (s->head[v & HEAD_MASK] == ' ')
-			v++;
-		if (((load8(s, v) | LOWER8) & M7) == W8('c', 'h', 'u', 'n', 'k', 'e', 'd', 0))
-			cx->chunked = 1;
+		cx->te_at = p + 18; /* its last coding is known at the line's end */
+		cx->has_te = 1;
 	}
 	return 0;
 }
@@ -412,6 +442,12 @@ static __always_inline long scan_word_at(const struct scratch *s, __u32 off, str
 		t &= t - 1;
 		if (s->head[(p - 1) & HEAD_MASK] != '\n') /* a false match above a real one */
 			continue;
+		if (p <= cx->from) /* empty lines before the start line */
+			continue;
+		if (!cx->eol1)
+			cx->eol1 = p;
+		if (cx->te_at)
+			te_line_end(s, p - 1, cx);
 		if (p >= cx->n)
 			return 1;
 		/* most lines cannot matter: only the empty line, Content-*, Transfer-* */
@@ -468,10 +504,81 @@ static __always_inline int fetch_head(struct scratch *s, const struct io_desc *d
 	s->cx.n = n;
 	s->cx.head_len = 0;
 	s->cx.clen = 0;
+	s->cx.eol1 = 0;
+	s->cx.te_at = 0;
 	s->cx.has_clen = 0;
+	s->cx.has_te = 0;
 	s->cx.chunked = 0;
+	s->cx.bad = 0;
 	s->cx.want_fields = want_fields;
+	/* empty lines before a message are ignored (RFC 9112 section 2.2): a stray CRLF after a
+	 * body, a 304 or a 100 Continue */
+	s->cx.from = 0;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__u8 ch = s->head[i];
+
+		if (ch != '\r' && ch != '\n')
+			break;
+		s->cx.from = i + 1;
+	}
 	return 0;
+}
+
+static __always_inline bool is_tchar(__u8 ch)
+{
+	/* RFC 9110 section 5.6.2; methods in use are upper case letters, '-' and '_' */
+	return (ch >= 'A' && ch <= 'Z') || ch == '-' || ch == '_' || (ch >= '0' && ch <= '9') ||
+	       (ch >= 'a' && ch <= 'z') || ch == '.' || ch == '!' || ch == '*' || ch == '+';
+}
+
+/* Could a request start in these 8 bytes, other than with one of the nine known methods? Empty
+ * lines first, or a method podscope does not know (REPORT, PURGE, M-SEARCH, PROPFIND, QUERY). */
+static __always_inline bool maybe_request(__u64 w)
+{
+	__u8 c0 = w & 0xff, c1 = (w >> 8) & 0xff;
+
+	return c0 == '\r' || c0 == '\n' ||
+	       (c0 >= 'A' && c0 <= 'Z' && ((c1 >= 'A' && c1 <= 'Z') || c1 == '-' || c1 == '_'));
+}
+
+/* After fetch_head and scan_words: the request line at s->cx.from, as (method << 16) | the
+ * target's offset, or -1. A method outside the nine is HTTP_M_OTHER: any token (RFC 9110
+ * section 9.1), when the line ends in " HTTP/1.x" (so that "SET k v" of another protocol is
+ * not taken for one). A global function: verified once. */
+__noinline int http_req_line(__u32 slot)
+{
+	struct scratch *s = scratch_at(slot);
+	__u32 from, target = 0, i, e;
+	__u8 m;
+
+	if (!s)
+		return -1;
+	from = s->cx.from & 7;
+	m = method_of(load8(s, from), &target);
+	if (m != 0xff)
+		return (int)((__u32)m << 16 | (from + target));
+	for (i = 0; i < 24; i++) {
+		__u8 ch = s->head[(from + i) & HEAD_MASK];
+
+		if (ch == ' ')
+			break;
+		if (!is_tchar(ch))
+			return -1;
+	}
+	if (i == 0 || i >= 24)
+		return -1;
+	e = s->cx.eol1; /* after the '\n' */
+	if (e < from + i + 11)
+		return -1;
+	e--;
+	if (s->head[(e - 1) & HEAD_MASK] == '\r')
+		e--;
+	if (((load8(s, e - 8) & M7) != W8('H', 'T', 'T', 'P', '/', '1', '.', 0)) ||
+	    s->head[(e - 9) & HEAD_MASK] != ' ' || s->head[(e - 1) & HEAD_MASK] < '0' ||
+	    s->head[(e - 1) & HEAD_MASK] > '9')
+		return -1;
+	return (int)((__u32)HTTP_M_OTHER << 16 | (from + i + 1));
 }
 
 /* ---- connections ---- */
@@ -830,45 +937,64 @@ static __always_inline void to_stream(struct http_conn *c, struct scratch *s, in
 
 /* ---- the in-kernel state machine ---- */
 
+/* Does a request start at this syscall's data? The nine known methods from the first 8 bytes;
+ * empty lines first or another method only after reading the head. */
+static __always_inline bool starts_request(struct scratch *s, int ret)
+{
+	__u32 target;
+	__u64 w;
+
+	if (!s->have)
+		return false;
+	w = peek8(&s->io, ret);
+	if (method_of(w, &target) != 0xff)
+		return true;
+	if (!maybe_request(w) || fetch_head(s, &s->io, ret, false))
+		return false;
+	scan_words();
+	return http_req_line(SLOT_TASK) >= 0;
+}
+
 /* Bytes in the request direction (server: read; client: write); the data is s->io. */
 __noinline int http_on_request(__u64 key, __s32 ret, __u32 inbound)
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct http_conn *c = conn_get(key);
 	struct scratch *s = scratch();
-	__u32 target = 0, t2;
-	__u8 method;
+	__u32 head_len;
+	int line;
 
 	if (!c || !s)
 		return 0;
 	if (c->phase == HTTP_PHASE_REQUEST) {
 		/* body bytes, unless a second request comes before the first was answered
 		 * (pipelining across syscalls): then user space takes over */
-		if (s->have && method_of(peek8(&s->io, ret), &target) != 0xff)
+		if (starts_request(s, ret))
 			to_stream(c, s, ret, inbound);
 		else
 			c->req_bytes += ret;
 		return 0;
 	}
-	if (!s->have || fetch_head(s, &s->io, ret, false))
+	if (!s->have || fetch_head(s, &s->io, ret, true))
 		return 0;
-	method = method_of(load8(s, 0), &target);
-	if (method == 0xff)
+	scan_words();
+	line = http_req_line(SLOT_TASK);
+	if (line < 0)
 		return 0;
-	if (stream_all) {
-		to_stream(c, s, ret, inbound); /* header capture: user space parses everything */
-		return 0;
-	}
+	head_len = s->cx.head_len;
+	/* User space parses everything when asked to (header capture), and whatever the kernel
+	 * does not follow: a method outside the nine (its name goes to records), framing it
+	 * leaves alone, bytes after this request in the same syscall (pipelining; a stray CRLF) */
 	if (c->phase == HTTP_PHASE_RESPONSE)
 		http_finish(key, c->last_ns, SLOT_TASK); /* the previous response ran until now */
-	/* another request right after this one's head, in the same syscall: pipelining */
-	scan_words();
-	if (s->cx.head_len && s->cx.head_len + 8 <= s->cx.n &&
-	    method_of(load8(s, s->cx.head_len), &t2) != 0xff) {
+	if (stream_all || (line >> 16) == HTTP_M_OTHER || s->cx.bad ||
+	    (s->cx.has_te && !s->cx.chunked) ||
+	    (head_len && !s->cx.has_te &&
+	     (__u64)head_len + (s->cx.has_clen ? s->cx.clen : 0) < (__u64)ret)) {
 		to_stream(c, s, ret, inbound);
 		return 0;
 	}
-	c->method = method;
+	c->method = line >> 16;
 	c->phase = HTTP_PHASE_REQUEST;
 	c->req_start = now;
 	c->last_ns = now;
@@ -876,7 +1002,7 @@ __noinline int http_on_request(__u64 key, __s32 ret, __u32 inbound)
 	c->pid = bpf_get_current_pid_tgid() >> 32;
 	if (c->role == HTTP_ROLE_SERVER)
 		breakdown_start(c);
-	read_target(c, s, target);
+	read_target(c, s, line & 0xffff);
 	return 0;
 }
 
@@ -918,8 +1044,10 @@ __noinline int http_on_response(__u64 key, __s32 ret)
 	__u64 now = bpf_ktime_get_ns();
 	struct http_conn *c = conn_get(key);
 	struct scratch *s = scratch();
-	__u32 head_len;
+	__u32 head_len, from;
 	__u8 st[4] = {};
+	__u16 status;
+	bool tunnel;
 
 	if (!c || !s)
 		return 0;
@@ -933,16 +1061,30 @@ __noinline int http_on_response(__u64 key, __s32 ret)
 	}
 	if (c->phase != HTTP_PHASE_REQUEST || !s->have)
 		return 0; /* no request is waiting: not ours */
-	if (fetch_head(s, &s->io, ret, true) || !is_response(load8(s, 0)))
+	if (fetch_head(s, &s->io, ret, true))
+		return 0;
+	from = s->cx.from & 7;
+	if (!is_response(load8(s, from)))
 		return 0;
 	scan_words();
-	__builtin_memcpy(st, &s->head[9], 3);
-	if (s->head[8] != ' ' || st[0] < '1' || st[0] > '5' || st[1] < '0' || st[1] > '9' ||
-	    st[2] < '0' || st[2] > '9') {
+	st[0] = s->head[(from + 9) & HEAD_MASK];
+	st[1] = s->head[(from + 10) & HEAD_MASK];
+	st[2] = s->head[(from + 11) & HEAD_MASK];
+	if (s->head[(from + 8) & HEAD_MASK] != ' ' || st[0] < '1' || st[0] > '5' || st[1] < '0' ||
+	    st[1] > '9' || st[2] < '0' || st[2] > '9') {
 		count(HTTP_C_BAD_STATUS_LINE);
 		return 0;
 	}
-	c->status = (st[0] - '0') * 100 + (st[1] - '0') * 10 + (st[2] - '0');
+	status = (st[0] - '0') * 100 + (st[1] - '0') * 10 + (st[2] - '0');
+	tunnel = status == 101 || (c->method == HTTP_M_CONNECT && status >= 200 && status < 300);
+	/* framing the kernel does not follow (a repeated Content-Length with another value, a
+	 * Transfer-Encoding whose last coding is not chunked): user space parses the exchange */
+	if (!tunnel && status >= 200 && c->method != HTTP_M_HEAD && status != 204 &&
+	    status != 304 && (s->cx.bad || (s->cx.has_te && !s->cx.chunked))) {
+		to_stream(c, s, ret, c->role == HTTP_ROLE_CLIENT);
+		return 0;
+	}
+	c->status = status;
 	if (c->status < 200 && c->status != 101) {
 		c->status = 0;
 		c->resp_bytes += ret; /* 100 Continue, 103 Early Hints: the final response follows */
@@ -958,8 +1100,7 @@ __noinline int http_on_response(__u64 key, __s32 ret)
 	if (!head_len) {
 		count(HTTP_C_HEAD_INCOMPLETE);
 		c->framing = HTTP_FRAMING_UNKNOWN;
-	} else if (c->method == HTTP_M_HEAD || c->status == 204 || c->status == 304 ||
-		   c->status == 101) {
+	} else if (c->method == HTTP_M_HEAD || c->status == 204 || c->status == 304 || tunnel) {
 		c->framing = HTTP_FRAMING_EMPTY;
 	} else if (s->cx.chunked) {
 		c->framing = HTTP_FRAMING_CHUNKED;
@@ -974,7 +1115,12 @@ __noinline int http_on_response(__u64 key, __s32 ret)
 		bool upgraded = c->status == 101;
 
 		http_finish(key, now, SLOT_TASK);
-		if (upgraded) { /* WebSocket or h2c: look at the connection afresh (h2c: a preface) */
+		if (tunnel && !upgraded) {
+			/* a 2xx to CONNECT: the bytes that follow are the tunnel's, not HTTP
+			 * (RFC 9110 section 9.3.6) */
+			c->mode = HTTP_MODE_OFF;
+			c->tries = 0;
+		} else if (upgraded) { /* WebSocket or h2c: look at the connection afresh (h2c: a preface) */
 			c->mode = HTTP_MODE_NEW;
 			c->tries = 0;
 			/* h2c whose server SETTINGS came in the same buffer as the 101: HTTP/2 from here,
@@ -1032,11 +1178,20 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 									    bpf_ktime_get_ns(), SLOT_TASK);
 		return 0;
 	}
-	if (c && c->mode == HTTP_MODE_OFF)
+	/* not HTTP (or a tunnel): every 64th syscall looks again for an HTTP/1.x head, so that a
+	 * connection first seen in the middle of a long body (the agent started then, or
+	 * streamed events were lost) finds the next message */
+	if (c && c->mode == HTTP_MODE_OFF && (++c->tries & 63))
 		return 0;
 	have = btf ? sys_args_from_regs(&s->call.a) : true;
 	have = have && io_desc_get(&s->io, &s->call.a);
 	s->have = have;
+	if (c && c->mode == HTTP_MODE_OFF) {
+		w = have ? peek8(&s->io, ret) : 0;
+		if (method_of(w, &target) == 0xff && !is_response(w))
+			return 0;
+		c->mode = HTTP_MODE_NEW;
+	}
 	if (c && c->mode == HTTP_MODE_STREAM) {
 		http_stream_emit(key, ret, (inbound ? EMIT_INBOUND : 0) | (have ? EMIT_HAVE_IO : 0) |
 						   EMIT_KIND(HTTP_S_DATA));
@@ -1073,6 +1228,9 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 			role = inbound ? HTTP_ROLE_SERVER : HTTP_ROLE_CLIENT;
 		else if (is_response(w))
 			role = inbound ? HTTP_ROLE_CLIENT : HTTP_ROLE_SERVER;
+		else if (have && maybe_request(w) && !fetch_head(s, &s->io, ret, true) &&
+			 (scan_words(), http_req_line(SLOT_TASK) >= 0))
+			role = inbound ? HTTP_ROLE_SERVER : HTTP_ROLE_CLIENT;
 		else
 			role = 0;
 		if (!c && !(c = conn_new(s, key)))
