@@ -12,7 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from podscope.protocols.http1 import Exchange, HttpParseError, MessageStream
+from podscope.protocols.http1 import (
+    Exchange,
+    HttpParseError,
+    MessageStream,
+    find_request,
+    looks_like_http1,
+)
 
 
 @dataclass(frozen=True)
@@ -210,3 +216,43 @@ def test_chunked_body_beyond_the_capture(size: int) -> None:
     ex.server_bytes(whole[:cap], len(whole) - cap)
     (last,) = ex.close()
     assert last.response is not None and last.response.complete
+
+
+def test_chunked_request_beyond_the_capture_ends_at_its_answer() -> None:
+    """curl uploading with Transfer-Encoding: chunked writes the body at once: its framing is
+    lost to the capture, and the final response (after a 100 Continue) says the request ended."""
+    head = b"POST /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
+    body = b"7530\r\n" + b"a" * 30000 + b"\r\n0\r\n\r\n"
+    ex = Exchange()
+    assert ex.client_bytes(head) == []
+    assert ex.server_bytes(b"HTTP/1.1 100 Continue\r\n\r\n") == []
+    assert ex.client_bytes(body[:8192], len(body) - 8192) == []
+    (p,) = ex.server_bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert p.request.head.method == "POST" and p.request.end == len(head) + len(body)
+    assert p.response is not None and p.response.head.status == 200
+    assert [m.head.target for m in ex.client_bytes(REQ)] == ["/a"]  # and the next one parses
+
+
+@pytest.mark.parametrize(("data", "at"), [
+    (REQ, 0),
+    (b"\r\n" + REQ, 2),  # an empty line first: the request starts after it
+    (b"dy of the last one\r\n" + REQ, 20),  # the end of a body the capture started in
+    (b"zz\nREPORT /cal HTTP/1.1\r\n\r\n", 3),  # any token method
+    (b"zz\nM-SEARCH * HTTP/1.1\n\n", 3),  # bare LF
+    (b"zzz GET / HTTP/1.1\r\n", -1),  # not at a line start
+    (b"SET k v\r\nGET /x HTTP/2.0\r\n", -1),  # another protocol's line; not HTTP/1.x
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", -1),  # TLS
+])
+def test_find_request_resynchronises_at_a_request_line(data: bytes, at: int) -> None:
+    assert find_request(data) == at
+    if at >= 0:
+        assert looks_like_http1(data[at:])
+
+
+def test_looks_like_http1_follows_the_kernel() -> None:
+    """The in-kernel test: the nine methods by their first bytes, others only with a request
+    line that ends in HTTP/1.x, after up to four empty-line bytes."""
+    assert looks_like_http1(b"GET /") and looks_like_http1(b"\r\nPOST /")
+    assert looks_like_http1(b"PROPFIND /d HTTP/1.1\r\n") and looks_like_http1(b"HTTP/1.1 200")
+    assert not looks_like_http1(b"PROPFIND /d") and not looks_like_http1(b"SET k v\r\n")
+    assert not looks_like_http1(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")

@@ -153,3 +153,19 @@ def test_a_method_outside_the_known_set_is_other_with_its_original() -> None:
     span = span_of(r, Resource({}))
     assert span.name == "HTTP /dav/{id}" and span.attributes is not None
     assert span.attributes["http.request.method_original"] == "PROPFIND"
+
+
+def test_a_lost_event_resynchronises_inside_the_next_write() -> None:
+    """Events were lost in the middle of a body: the next read holds the body's end and then a
+    new request. The request is found at its line start and paired; no error for the rest."""
+    recs: list[dict[str, Any]] = []
+    c = collector(recs)
+    post = b"POST /up HTTP/1.1\r\nContent-Length: 100000\r\n\r\n" + b"p" * 4000
+    c._on_stream(event(c, "HTTP_S_DATA", True, post, ts=1_000))
+    c._on_stream(event(c, "HTTP_S_DATA", True, b"p" * 50 + b"\r\n" + REQ, ts=2_000, gap=1))
+    c._on_stream(event(c, "HTTP_S_DATA", False, RESP, ts=3_000))
+    c._on_stream(event(c, "HTTP_S_DATA", True, REQ, ts=4_000))
+    c._on_stream(event(c, "HTTP_S_DATA", False, RESP, ts=5_000))
+    assert [(r["method"], r["path"], r["status"]) for r in recs] == [("GET", "/a/1", 200)] * 2
+    assert c.parse_errors == {"stream_events_lost": 1} and c.resyncs == 1
+    assert recs[0]["request_bytes"] == len(REQ)

@@ -207,6 +207,7 @@ class HttpCollector:
         self._h2_blocks: http2.BlockCache = {}  # shared by all HTTP/2 connections
         self._templates: dict[str, str] = {}  # target -> route template, for streamed requests
         self.parse_errors: dict[str, int] = {}
+        self.resyncs = 0  # streamed connections that found a request again after an error
         self.unanswered: dict[tuple[Labels, str, str], int] = {}
         self._ring: libbpf.RingBuffer | None = None
         self._mono_to_wall = time.time() - time.monotonic()
@@ -596,17 +597,22 @@ class HttpCollector:
             del self._streams[st.conn_id]
             return
         is_request = (st.role == ROLE_SERVER) == bool(ev.inbound)
+        length = ev.len
         if st.broken:
-            if not (is_request and http1.looks_like_http1(payload[:16])
-                    and not payload.startswith(b"HTTP/")):
+            # resynchronise at the next request line, also one that starts inside these bytes
+            # (the end of a body the stream lost, then the next request)
+            at = http1.find_request(payload) if is_request else -1
+            if at < 0:
                 return
             st.broken = False
-        skipped = ev.len - len(payload)
+            self.resyncs += 1
+            payload, length = payload[at:], length - at
+        skipped = length - len(payload)
         if is_request:
-            st.req.add(ev.len, ev.ts_ns)
+            st.req.add(length, ev.ts_ns)
             st.ex.client_bytes(payload, skipped)
         else:
-            st.resp.add(ev.len, ev.ts_ns)
+            st.resp.add(length, ev.ts_ns)
             try:
                 pairs = st.ex.server_bytes(payload, skipped)
             except http1.HttpParseError as e:
@@ -799,6 +805,7 @@ class HttpCollector:
             rpcs = [(k, a.copy()) for k, a in self._rpcs.items()]
             outcomes = dict(self.h2_outcomes)
             errors = dict(self.parse_errors)
+            resyncs = self.resyncs
             overflow = dict(self.budget.overflow)
         # names as the metadata store knows them now (a pod first seen while the API was away
         # was labelled by UID): series of the same pod merge
@@ -918,3 +925,8 @@ class HttpCollector:
                                        "(pipelining, header capture)")
         streamed.add_metric([], kernel.get("HTTP_C_STREAMED", 0))
         yield streamed
+        rs = CounterMetricFamily("podscope_http_resyncs_total",
+                                 "Streamed HTTP/1.x connections that found the next request line "
+                                 "after unparsable or lost bytes")
+        rs.add_metric([], resyncs)
+        yield rs

@@ -64,12 +64,31 @@ class Message:
     complete: bool = True  # False: ended by the connection closing (or cut short)
 
 
+# A request line: a token method, a target, "HTTP/1.x", the line's end (RFC 9112 section 3).
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,24} [^\s]{1,8192} HTTP/1\.[0-9]\r?\n")
+
+
 def looks_like_http1(data: bytes) -> bool:
-    """The in-kernel test, restated: a request method followed by a space, or 'HTTP/1.'."""
+    """The in-kernel test, restated: after up to four empty-line bytes, 'HTTP/1.', one of the
+    nine known methods and a space, or any token method on a line that ends in ' HTTP/1.x'."""
+    data = data[:4].lstrip(b"\r\n") + data[4:]
     if data.startswith(b"HTTP/1."):
         return True
     sp = data.find(b" ", 0, 8)
-    return sp > 0 and data[:sp] in METHODS
+    return (sp > 0 and data[:sp] in METHODS) or _REQUEST_LINE.match(data) is not None
+
+
+def find_request(data: bytes | bytearray, pos: int = 0) -> int:
+    """Where the first request line at or after pos begins (at pos or right after a line feed),
+    -1 if none: how a stream whose capture began in the middle of a message, or lost bytes,
+    finds the next message boundary (RFC 9112 section 2.2 allows a recipient to skip to one)."""
+    while 0 <= pos < len(data):
+        if _REQUEST_LINE.match(data, pos):
+            return pos
+        pos = data.find(b"\n", pos)
+        if pos >= 0:
+            pos += 1
+    return -1
 
 
 def _start_line(line: bytes, is_request: bool) -> Head:
@@ -384,6 +403,15 @@ class MessageStream:
             self._emit(out, self._finish(0))
         return out
 
+    def end_lost(self) -> bool:
+        """The other side proved that a message whose chunked framing was lost has ended (a
+        final response came for the request being sent): complete it, to the sink."""
+        if not self._lost or self.cur is None:
+            return False
+        self._lost = False
+        self._emit([], self._finish(len(self.buf)))
+        return True
+
     def _finish(self, pos: int) -> Message:
         assert self.cur is not None
         msg = self.cur
@@ -461,6 +489,9 @@ class Exchange:
     def _on_response(self, m: Message) -> None:
         if 100 <= m.head.status < 200 and m.head.status != 101:
             return  # interim (100 Continue, 103 Early Hints): the final response follows
+        if not self.pending:
+            # a request whose chunked body went beyond the capture ends where its answer comes
+            self.requests.end_lost()
         req = self.pending.popleft() if self.pending else None
         if req is None:
             raise HttpParseError("response_without_request")
