@@ -286,6 +286,38 @@ def test_connection_opened_before_the_agent(pods: PodNetwork, tmp_path: Path) ->
         agent.stop()
 
 
+def test_agent_started_in_the_middle_of_a_long_body_finds_the_next_requests(
+        pods: PodNetwork, tmp_path: Path) -> None:
+    """The agent starts while a 200 kB upload is halfway: the connection shows no HTTP head for
+    far more syscalls than the kernel tries before giving up on it. It still looks again (every
+    64th syscall), so the keep-alive requests that follow are found: from one on, every one."""
+    server = pods.pod("server")
+    client = pods.pod("client")
+    start_py_server(server)
+    p = client.popen(python_cmd("http_raw.py", "midbody", server.ip, 8080, 150),
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdin is not None
+    assert p.stdout.readline().strip() == "ready"
+    exp = tmp_path / "records.jsonl"
+    agent = AgentProc(["--export", f"jsonl:{exp}"], tmp_path)
+    try:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        statuses = json.loads(p.stdout.readline())["statuses"]
+        assert statuses == [200] * 151
+        for pod, role in ((server, "server"), (client, "client")):
+            first = wait_records(exp, 1, k8s_pod_uid=pod.uid, role=role)
+            assert first, role
+            want = 150 - int(first[0]["path"].rsplit("/", 1)[1])
+            got = [int(r["path"].rsplit("/", 1)[1])
+                   for r in wait_records(exp, want, k8s_pod_uid=pod.uid, role=role)]
+            assert got and got == list(range(got[0], 150)) and got[0] <= 100, (role, got)
+            assert all(r["status"] == 200
+                       for r in records(exp, k8s_pod_uid=pod.uid, role=role))
+    finally:
+        agent.stop()
+
+
 def test_request_timeout_counts_unanswered(pods: PodNetwork, tmp_path: Path) -> None:
     server = pods.pod("server")
     client = pods.pod("client")
