@@ -55,9 +55,12 @@ bench: all
 soak: all
 	$(VENV)/bin/python bench/soak.py --minutes $(or $(MINUTES),30)
 
-# The HTTP/1 stream parser fuzzed for MINUTES (5): escaping exceptions, hangs, split invariance.
-fuzz: $(VENV)/.installed
+# Both HTTP/1 paths fuzzed for MINUTES (5) each: the stream parser (escaping exceptions, hangs,
+# split invariance), then the in-kernel path and the collector over real loopback sockets (agent
+# health, agreement with the parser).
+fuzz: all
 	$(VENV)/bin/python bench/fuzz_http1.py --minutes $(or $(MINUTES),5)
+	$(VENV)/bin/python bench/fuzz_http1_kernel.py --minutes $(or $(MINUTES),5)
 
 deps: $(BUILD)/.deps
 

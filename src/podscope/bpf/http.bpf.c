@@ -35,6 +35,7 @@
 #define HTTP_MAX_CONNS 32768
 #define HTTP_MAX_AGG   16384
 #define HEAD_MASK      (2 * HTTP_HEAD_MAX - 1)
+#define HTTP_EMPTY_MAX 16 /* CR and LF bytes skipped before a message (RFC 9112 section 2.2) */
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -379,10 +380,17 @@ static __always_inline bool is_ows(__u8 ch)
 
 /* The Transfer-Encoding line whose value began at cx->te_at ended with the '\n' at eol: the
  * body is chunked when its last coding is (RFC 9112 section 6.1: "gzip, chunked" is; "chunked"
- * then a line "identity" is not). */
-static __always_inline void te_line_end(const struct scratch *s, __u32 eol, struct scan_ctx *cx)
+ * then a line "identity" is not). A global function: verified once, not at every line start. */
+__noinline int http_te_end(__u32 eol)
 {
-	__u32 e = eol, v = cx->te_at;
+	struct scratch *s = scratch();
+	struct scan_ctx *cx;
+	__u32 e = eol, v;
+
+	if (!s)
+		return 0;
+	cx = &s->cx;
+	v = cx->te_at;
 
 	if (e > v && s->head[(e - 1) & HEAD_MASK] == '\r')
 		e--;
@@ -395,6 +403,7 @@ static __always_inline void te_line_end(const struct scratch *s, __u32 eol, stru
 		      (e == v + 7 || is_ows(s->head[(e - 8) & HEAD_MASK]) ||
 		       s->head[(e - 8) & HEAD_MASK] == ',');
 	cx->te_at = 0;
+	return 0;
 }
 
 /* A line starts at p. Returns 1 at the empty line that ends the head. */
@@ -447,7 +456,7 @@ static __always_inline long scan_word_at(const struct scratch *s, __u32 off, str
 		if (!cx->eol1)
 			cx->eol1 = p;
 		if (cx->te_at)
-			te_line_end(s, p - 1, cx);
+			http_te_end(p - 1);
 		if (p >= cx->n)
 			return 1;
 		/* most lines cannot matter: only the empty line, Content-*, Transfer-* */
@@ -479,6 +488,24 @@ static __always_inline void scan_words(void)
 	for (__u32 b = 0; b < HTTP_HEAD_MAX / 32; b++)
 		if (http_scan_block(b))
 			break;
+}
+
+/* s->cx.from: past the CR and LF bytes before the message. A global function: verified once. */
+__noinline int http_skip_empty(__u32 slot)
+{
+	struct scratch *s = scratch_at(slot);
+	__u32 i;
+
+	if (!s)
+		return 0;
+	for (i = 0; i < HTTP_EMPTY_MAX; i++) {
+		__u8 ch = s->head[i];
+
+		if (ch != '\r' && ch != '\n')
+			break;
+	}
+	s->cx.from = i;
+	return 0;
 }
 
 /* Copy up to HTTP_HEAD_MAX bytes of the syscall's first buffer into s->head. */
@@ -514,22 +541,16 @@ static __always_inline int fetch_head(struct scratch *s, const struct io_desc *d
 	/* empty lines before a message are ignored (RFC 9112 section 2.2): a stray CRLF after a
 	 * body, a 304 or a 100 Continue */
 	s->cx.from = 0;
-#pragma unroll
-	for (int i = 0; i < 4; i++) {
-		__u8 ch = s->head[i];
-
-		if (ch != '\r' && ch != '\n')
-			break;
-		s->cx.from = i + 1;
-	}
+	http_skip_empty(SLOT_TASK);
 	return 0;
 }
 
 static __always_inline bool is_tchar(__u8 ch)
 {
-	/* RFC 9110 section 5.6.2; methods in use are upper case letters, '-' and '_' */
-	return (ch >= 'A' && ch <= 'Z') || ch == '-' || ch == '_' || (ch >= '0' && ch <= '9') ||
-	       (ch >= 'a' && ch <= 'z') || ch == '.' || ch == '!' || ch == '*' || ch == '+';
+	/* RFC 9110 section 5.6.2, as two bitmaps of the ASCII range: few branches to verify */
+	__u64 m = ch < 64 ? 0x03ff6cfa00000000ULL : ch < 128 ? 0x57ffffffc7fffffeULL : 0;
+
+	return (m >> (ch & 63)) & 1;
 }
 
 /* Could a request start in these 8 bytes, other than with one of the nine known methods? Empty
@@ -538,8 +559,7 @@ static __always_inline bool maybe_request(__u64 w)
 {
 	__u8 c0 = w & 0xff, c1 = (w >> 8) & 0xff;
 
-	return c0 == '\r' || c0 == '\n' ||
-	       (c0 >= 'A' && c0 <= 'Z' && ((c1 >= 'A' && c1 <= 'Z') || c1 == '-' || c1 == '_'));
+	return c0 == '\r' || c0 == '\n' || (is_tchar(c0) && is_tchar(c1));
 }
 
 /* After fetch_head and scan_words: the request line at s->cx.from, as (method << 16) | the
@@ -554,11 +574,11 @@ __noinline int http_req_line(__u32 slot)
 
 	if (!s)
 		return -1;
-	from = s->cx.from & 7;
+	from = s->cx.from & (2 * HTTP_EMPTY_MAX - 1);
 	m = method_of(load8(s, from), &target);
 	if (m != 0xff)
 		return (int)((__u32)m << 16 | (from + target));
-	for (i = 0; i < 24; i++) {
+	for (i = 0; i < 25; i++) {
 		__u8 ch = s->head[(from + i) & HEAD_MASK];
 
 		if (ch == ' ')
@@ -566,7 +586,7 @@ __noinline int http_req_line(__u32 slot)
 		if (!is_tchar(ch))
 			return -1;
 	}
-	if (i == 0 || i >= 24)
+	if (i == 0 || i > 24)
 		return -1;
 	e = s->cx.eol1; /* after the '\n' */
 	if (e < from + i + 11)
@@ -676,6 +696,7 @@ static __always_inline void conn_reset_exchange(struct http_conn *c)
 	c->req_start = 0;
 	c->resp_start = 0;
 	c->req_bytes = 0;
+	c->req_expect = 0;
 	c->resp_bytes = 0;
 	c->resp_expect = 0;
 	c->status = 0;
@@ -900,7 +921,8 @@ __noinline int http_stream_emit(__u64 key, __s32 ret, __u32 flags)
 
 /* Hand a connection to user space from this syscall on. A request still waiting for its response
  * goes first, as a seed: its method and target, its start and its size so far. */
-static __always_inline void to_stream(struct http_conn *c, struct scratch *s, int ret, bool inbound)
+static __always_inline void to_stream(struct http_conn *c, struct scratch *s, int ret, bool inbound,
+				      __u32 skip)
 {
 	c->mode = HTTP_MODE_STREAM;
 	c->proto = HTTP_PROTO_1;
@@ -932,7 +954,7 @@ static __always_inline void to_stream(struct http_conn *c, struct scratch *s, in
 	conn_reset_exchange(c);
 	count(HTTP_C_STREAMED);
 	http_stream_emit(c->sk, ret, (inbound ? EMIT_INBOUND : 0) | (s->have ? EMIT_HAVE_IO : 0) |
-					     EMIT_KIND(HTTP_S_DATA));
+					     EMIT_KIND(HTTP_S_DATA) | EMIT_SKIP(skip & 0xffff));
 }
 
 /* ---- the in-kernel state machine ---- */
@@ -968,11 +990,22 @@ __noinline int http_on_request(__u64 key, __s32 ret, __u32 inbound)
 		return 0;
 	if (c->phase == HTTP_PHASE_REQUEST) {
 		/* body bytes, unless a second request comes before the first was answered
-		 * (pipelining across syscalls): then user space takes over */
-		if (starts_request(s, ret))
-			to_stream(c, s, ret, inbound);
-		else
+		 * (pipelining across syscalls): then user space takes over, told where in these
+		 * bytes the body ends when its length is known */
+		if (c->req_expect && c->req_bytes + ret <= c->req_expect) {
+			c->req_bytes += ret; /* within the body, whatever the bytes look like */
+		} else if (c->req_expect) {
+			/* past the request's end: the next one, before this one was answered (or a
+			 * stray CRLF: user space skips it), however small the pieces it comes in */
+			if (c->req_expect - c->req_bytes < 0xffff)
+				to_stream(c, s, ret, inbound, c->req_expect - c->req_bytes);
+			else
+				c->req_bytes += ret;
+		} else if (starts_request(s, ret)) { /* a head longer than the kernel reads */
+			to_stream(c, s, ret, inbound, 0);
+		} else {
 			c->req_bytes += ret;
+		}
 		return 0;
 	}
 	if (!s->have || fetch_head(s, &s->io, ret, true))
@@ -982,20 +1015,20 @@ __noinline int http_on_request(__u64 key, __s32 ret, __u32 inbound)
 	if (line < 0)
 		return 0;
 	head_len = s->cx.head_len;
-	/* User space parses everything when asked to (header capture), and whatever the kernel
-	 * does not follow: a method outside the nine (its name goes to records), framing it
-	 * leaves alone, bytes after this request in the same syscall (pipelining; a stray CRLF) */
 	if (c->phase == HTTP_PHASE_RESPONSE)
 		http_finish(key, c->last_ns, SLOT_TASK); /* the previous response ran until now */
-	if (stream_all || (line >> 16) == HTTP_M_OTHER || s->cx.bad ||
-	    (s->cx.has_te && !s->cx.chunked) ||
-	    (head_len && !s->cx.has_te &&
-	     (__u64)head_len + (s->cx.has_clen ? s->cx.clen : 0) < (__u64)ret)) {
-		to_stream(c, s, ret, inbound);
+	/* User space parses everything when asked to (header capture), and whatever the kernel
+	 * does not follow: a method outside the nine (its name goes to records), a chunked body
+	 * (where it ends, and so whether a request follows it, needs its framing parsed), framing
+	 * it leaves alone, bytes after this request in the same syscall (pipelining; a stray CRLF) */
+	if (stream_all || (line >> 16) == HTTP_M_OTHER || s->cx.bad || s->cx.has_te ||
+	    (head_len && (__u64)head_len + s->cx.clen < (__u64)ret)) {
+		to_stream(c, s, ret, inbound, 0);
 		return 0;
 	}
 	c->method = line >> 16;
 	c->phase = HTTP_PHASE_REQUEST;
+	c->req_expect = head_len ? head_len + s->cx.clen : 0;
 	c->req_start = now;
 	c->last_ns = now;
 	c->req_bytes = ret;
@@ -1038,6 +1071,20 @@ static __always_inline bool chunked_end_iov(const struct io_desc *d, int ret)
 	return tail == W8('0', '\r', '\n', '\r', '\n', 0, 0, 0);
 }
 
+/* After a 101: does an HTTP/2 SETTINGS frame follow the head (at head_len) in s->head? (The v5.10
+ * verifier does not carry a bound checked on a copy or through a stack spill to the register
+ * that indexes: mask it behind a barrier.) */
+__noinline int http_h2c_settings(__u32 head_len)
+{
+	struct scratch *s = scratch();
+
+	if (!s || !head_len || head_len > HTTP_HEAD_MAX - 9 || head_len + 9 > s->cx.n)
+		return 0;
+	barrier_var(head_len); /* the compiler checked a copy: bound the register itself */
+	head_len &= HTTP_HEAD_MAX - 1;
+	return s->head[(head_len + 3) & HEAD_MASK] == 4 && h2_frame_ok(&s->head[head_len]);
+}
+
 /* Bytes in the response direction (server: write; client: read); the data is s->io. */
 __noinline int http_on_response(__u64 key, __s32 ret)
 {
@@ -1063,7 +1110,7 @@ __noinline int http_on_response(__u64 key, __s32 ret)
 		return 0; /* no request is waiting: not ours */
 	if (fetch_head(s, &s->io, ret, true))
 		return 0;
-	from = s->cx.from & 7;
+	from = s->cx.from & (2 * HTTP_EMPTY_MAX - 1);
 	if (!is_response(load8(s, from)))
 		return 0;
 	scan_words();
@@ -1081,7 +1128,7 @@ __noinline int http_on_response(__u64 key, __s32 ret)
 	 * Transfer-Encoding whose last coding is not chunked): user space parses the exchange */
 	if (!tunnel && status >= 200 && c->method != HTTP_M_HEAD && status != 204 &&
 	    status != 304 && (s->cx.bad || (s->cx.has_te && !s->cx.chunked))) {
-		to_stream(c, s, ret, c->role == HTTP_ROLE_CLIENT);
+		to_stream(c, s, ret, c->role == HTTP_ROLE_CLIENT, 0);
 		return 0;
 	}
 	c->status = status;
@@ -1125,9 +1172,7 @@ __noinline int http_on_response(__u64 key, __s32 ret)
 			c->tries = 0;
 			/* h2c whose server SETTINGS came in the same buffer as the 101: HTTP/2 from here,
 			 * or the stream's first frames (and HPACK table entries) would be missed */
-			if (head_len && head_len + 9 <= s->cx.n && head_len <= HTTP_HEAD_MAX - 9 &&
-			    s->head[(head_len + 3) & (HTTP_HEAD_MAX - 1)] == 4 &&
-			    h2_frame_ok(&s->head[head_len & (HTTP_HEAD_MAX - 1)])) {
+			if (http_h2c_settings(head_len)) {
 				c->mode = HTTP_MODE_STREAM;
 				c->proto = HTTP_PROTO_2;
 				count(HTTP_C_STREAMED);

@@ -143,6 +143,7 @@ struct http_conn {
 	__u64 req_bytes;
 	__u64 resp_bytes;
 	__u64 resp_expect; /* total response bytes when the framing says so (head + Content-Length) */
+	__u64 req_expect;  /* total request bytes (head + Content-Length); 0: chunked or not known */
 	__u64 path_hash;
 	__u32 pid;
 	__u16 status;

@@ -597,7 +597,9 @@ class HttpCollector:
             del self._streams[st.conn_id]
             return
         is_request = (st.role == ROLE_SERVER) == bool(ev.inbound)
-        length = ev.len
+        # the kernel handed the connection over in the middle of these bytes: the first `skip`
+        # end the body of the request it had been following (already counted in its seed)
+        payload, length = payload[ev.skip:], ev.len - ev.skip
         if st.broken:
             # resynchronise at the next request line, also one that starts inside these bytes
             # (the end of a body the stream lost, then the next request)

@@ -69,9 +69,9 @@ _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,24} [^\s]{1,8192} HT
 
 
 def looks_like_http1(data: bytes) -> bool:
-    """The in-kernel test, restated: after up to four empty-line bytes, 'HTTP/1.', one of the
+    """The in-kernel test, restated: after up to 16 empty-line bytes, 'HTTP/1.', one of the
     nine known methods and a space, or any token method on a line that ends in ' HTTP/1.x'."""
-    data = data[:4].lstrip(b"\r\n") + data[4:]
+    data = data[:16].lstrip(b"\r\n") + data[16:]
     if data.startswith(b"HTTP/1."):
         return True
     sp = data.find(b" ", 0, 8)
