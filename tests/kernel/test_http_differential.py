@@ -19,7 +19,7 @@ from pathlib import Path
 from podscope.protocols import http1
 from podscope.testing.pods import Pod, PodNetwork
 from podscope.testing.servers import start_nginx
-from tests.conftest import AgentProc, python_cmd
+from tests.conftest import SLOW, AgentProc, python_cmd
 from tests.kernel.test_http import records, start_py_server
 
 Row = tuple[str, str, int | None, int]  # method, target, status (None: unanswered), response bytes
@@ -69,7 +69,7 @@ def seen(path: Path, pod: Pod, role: str) -> Counter[Row]:
 
 def settle(paths: list[Path], least: int, timeout: float = 20.0) -> None:
     """Until every export holds at least `least` records and none grew for a second."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * SLOW
     last: list[int] = []
     while time.monotonic() < deadline:
         now = [len(records(p)) for p in paths]
@@ -129,7 +129,7 @@ def test_kernel_path_stream_path_and_parser_agree(pods: PodNetwork, tmp_path: Pa
         assert m, wrk
         wrk_done = int(m.group(1))
 
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 20 * SLOW
         while any(not c.with_suffix(".done").exists()
                   for d in (ng_rec, py_rec) for c in d.glob("*.order")):
             assert time.monotonic() < deadline, "relay connections did not end"
