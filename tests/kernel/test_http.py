@@ -265,19 +265,33 @@ def test_pipelining_framing_and_fd_reuse(pods: PodNetwork, tmp_path: Path) -> No
         agent.stop()
 
 
-def test_connection_opened_before_the_agent(pods: PodNetwork, tmp_path: Path) -> None:
+def raw_client_halfway(pods: PodNetwork, mode: str, *args: object) -> tuple[
+        Pod, Pod, subprocess.Popen[str]]:
+    """A server pod, and a client pod whose http_raw.py (mode) has said "ready": it goes on
+    when go() is called."""
     server = pods.pod("server")
     client = pods.pod("client")
     start_py_server(server)
-    p = client.popen(python_cmd("http_raw.py", "preexisting", server.ip, 8080, 9),
+    p = client.popen(python_cmd("http_raw.py", mode, server.ip, 8080, *args),
                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None and p.stdin is not None
     assert p.stdout.readline().strip() == "ready"
+    return server, client, p
+
+
+def go(p: subprocess.Popen[str]) -> list[int]:
+    """The raw client goes on; its statuses when it is done."""
+    assert p.stdout is not None and p.stdin is not None
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    return list(json.loads(p.stdout.readline())["statuses"])
+
+
+def test_connection_opened_before_the_agent(pods: PodNetwork, tmp_path: Path) -> None:
+    server, client, p = raw_client_halfway(pods, "preexisting", 9)
     agent = AgentProc([], tmp_path)
     try:
-        p.stdin.write("go\n")
-        p.stdin.flush()
-        statuses = json.loads(p.stdout.readline())["statuses"]
+        statuses = go(p)
         truth = Counter(f"GET {s}" for s in statuses)
         m = agent.metrics()
         assert by_method_status(m, SERVER_HIST, k8s_pod_uid=server.uid) == truth
@@ -291,20 +305,11 @@ def test_agent_started_in_the_middle_of_a_long_body_finds_the_next_requests(
     """The agent starts while a 200 kB upload is halfway: the connection shows no HTTP head for
     far more syscalls than the kernel tries before giving up on it. It still looks again (every
     64th syscall), so the keep-alive requests that follow are found: from one on, every one."""
-    server = pods.pod("server")
-    client = pods.pod("client")
-    start_py_server(server)
-    p = client.popen(python_cmd("http_raw.py", "midbody", server.ip, 8080, 150),
-                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert p.stdout is not None and p.stdin is not None
-    assert p.stdout.readline().strip() == "ready"
+    server, client, p = raw_client_halfway(pods, "midbody", 150)
     exp = tmp_path / "records.jsonl"
     agent = AgentProc(["--export", f"jsonl:{exp}"], tmp_path)
     try:
-        p.stdin.write("go\n")
-        p.stdin.flush()
-        statuses = json.loads(p.stdout.readline())["statuses"]
-        assert statuses == [200] * 151
+        assert go(p) == [200] * 151
         for pod, role in ((server, "server"), (client, "client")):
             first = wait_records(exp, 1, k8s_pod_uid=pod.uid, role=role)
             assert first, role
