@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -34,9 +35,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fuzz_http1 import SEEDS_REQ, SEEDS_RESP, mutate, pieces  # noqa: E402
+from fuzz_http1 import SEEDS_REQ, SEEDS_RESP, mutate  # noqa: E402
 from tcp_overhead import write_results  # noqa: E402
 
+from podscope.protocols import http1  # noqa: E402
 from podscope.protocols.http1 import Exchange, HttpParseError  # noqa: E402
 
 SETTLE = 5.0
@@ -44,16 +46,25 @@ BATCH = 100
 Row = tuple[str, int | None]
 
 
-def head_whole(rnd: random.Random, data: bytes) -> list[bytes]:
-    """Random pieces that keep the first head in one piece: the shape the in-kernel path is
-    built for (a message starts where a syscall's data does, its head within the first 512
-    bytes); bodies and later messages are cut anywhere."""
-    start = len(data) - len(data.lstrip(b"\r\n"))  # empty lines before the message
-    ends = [i + n for i, n in ((data.find(b"\r\n\r\n", start), 4),
-                               (data.find(b"\n\n", start), 2)) if i >= 0]
-    at = min(ends) if ends else len(data)
-    rest = pieces(rnd, data[at:])
-    return [data[:at] + (rest[0] if rest else b""), *rest[1:]] if data else []
+_RESPONSE_START = re.compile(rb"(?:^|(?<=\n))HTTP/1\.")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
+def heads_whole(rnd: random.Random, data: bytes, is_request: bool) -> list[bytes]:
+    """Random pieces that never cut a message head: the shape the in-kernel path is built for
+    (a head starts where a syscall's data does, or is streamed to user space, and is whole in
+    one syscall, as servers and clients write them); bodies are cut anywhere."""
+    starts = ([m.start() for m in re.finditer(rb"(?:^|(?<=\n))[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ", data)
+               if http1.find_request(data, m.start()) == m.start()] if is_request
+              else [m.start() for m in _RESPONSE_START.finditer(data)])
+    spans = []
+    for a in starts:
+        end = _HEAD_END.search(data, a)
+        spans.append((a, end.end() if end else len(data)))
+    cuts = [c for c in {rnd.randint(1, max(1, len(data) - 1)) for _ in range(rnd.randint(0, 8))}
+            if not any(a < c < b for a, b in spans)]
+    bounds = sorted({0, *cuts, len(data)})
+    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
 def parse(req: list[bytes], resp: list[bytes]) -> list[Row] | None:
@@ -129,9 +140,11 @@ class Agent:
             self.proc.wait()
 
 
-def exchange(listener: socket.socket, req: list[bytes], resp: list[bytes]) -> int:
+def exchange(listener: socket.socket, req: list[bytes], resp: list[bytes]) -> tuple[int, float]:
     """One connection: the request pieces, then (once the server read them all) the response
-    pieces, then both sides close. Returns the client's port."""
+    pieces, then both sides close. Returns the client's port and when it connected (a record of
+    an earlier connection from the same port is older)."""
+    t0 = time.time()
     c = socket.create_connection(listener.getsockname())
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     s, _ = listener.accept()
@@ -154,7 +167,7 @@ def exchange(listener: socket.socket, req: list[bytes], resp: list[bytes]) -> in
     except OSError:
         pass
     c.close()
-    return port
+    return port, t0
 
 
 def main() -> int:
@@ -182,13 +195,15 @@ def main() -> int:
         deadline = time.monotonic() + args.minutes * 60
         while time.monotonic() < deadline:
             batch: dict[int, tuple[list[bytes], list[bytes], list[Row] | None]] = {}
+            since: dict[int, float] = {}
             for _ in range(BATCH):
                 req = mutate(rnd, rnd.choice(SEEDS_REQ)) if rnd.random() < 0.8 \
                     else rnd.choice(SEEDS_REQ)
                 resp = mutate(rnd, rnd.choice(SEEDS_RESP)) if rnd.random() < 0.8 \
                     else rnd.choice(SEEDS_RESP)
-                rq, rs = head_whole(rnd, req), head_whole(rnd, resp)
-                batch[exchange(listener, rq, rs)] = (rq, rs, parse(rq, rs))
+                rq, rs = heads_whole(rnd, req, True), heads_whole(rnd, resp, False)
+                port, since[port] = exchange(listener, rq, rs)
+                batch[port] = (rq, rs, parse(rq, rs))
                 n += 1
             for name, a in agents.items():
                 seen: dict[int, list[Row]] = {}
@@ -197,7 +212,7 @@ def main() -> int:
                 while True:
                     for r in a.records():
                         peer = int(r["peer_port"])  # type: ignore[call-overload]
-                        if peer in batch:
+                        if peer in batch and float(r["time"]) >= since[peer] - 0.01:  # type: ignore[arg-type]
                             m = str(r["method_original"] or r["method"])
                             st = r["status"]
                             seen.setdefault(peer, []).append(

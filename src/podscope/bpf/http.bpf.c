@@ -559,7 +559,7 @@ static __always_inline bool maybe_request(__u64 w)
 {
 	__u8 c0 = w & 0xff, c1 = (w >> 8) & 0xff;
 
-	return c0 == '\r' || c0 == '\n' || (is_tchar(c0) && is_tchar(c1));
+	return c0 == '\r' || c0 == '\n' || (is_tchar(c0) && (is_tchar(c1) || c1 == ' '));
 }
 
 /* After fetch_head and scan_words: the request line at s->cx.from, as (method << 16) | the
@@ -959,6 +959,18 @@ static __always_inline void to_stream(struct http_conn *c, struct scratch *s, in
 
 /* ---- the in-kernel state machine ---- */
 
+/* A request line (any method, after empty lines) at the start of the syscall's data (s->io)?
+ * The head read and scanned; a global function: verified once, however many callers. */
+__noinline int http_req_start(__s32 ret)
+{
+	struct scratch *s = scratch();
+
+	if (!s || !s->have || fetch_head(s, &s->io, ret, true))
+		return 0;
+	scan_words();
+	return http_req_line(SLOT_TASK) >= 0;
+}
+
 /* Does a request start at this syscall's data? The nine known methods from the first 8 bytes;
  * empty lines first or another method only after reading the head. */
 static __always_inline bool starts_request(struct scratch *s, int ret)
@@ -969,12 +981,7 @@ static __always_inline bool starts_request(struct scratch *s, int ret)
 	if (!s->have)
 		return false;
 	w = peek8(&s->io, ret);
-	if (method_of(w, &target) != 0xff)
-		return true;
-	if (!maybe_request(w) || fetch_head(s, &s->io, ret, false))
-		return false;
-	scan_words();
-	return http_req_line(SLOT_TASK) >= 0;
+	return method_of(w, &target) != 0xff || (maybe_request(w) && http_req_start(ret));
 }
 
 /* Bytes in the request direction (server: read; client: write); the data is s->io. */
@@ -1273,8 +1280,7 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 			role = inbound ? HTTP_ROLE_SERVER : HTTP_ROLE_CLIENT;
 		else if (is_response(w))
 			role = inbound ? HTTP_ROLE_CLIENT : HTTP_ROLE_SERVER;
-		else if (have && maybe_request(w) && !fetch_head(s, &s->io, ret, true) &&
-			 (scan_words(), http_req_line(SLOT_TASK) >= 0))
+		else if (have && maybe_request(w) && http_req_start(ret))
 			role = inbound ? HTTP_ROLE_SERVER : HTTP_ROLE_CLIENT;
 		else
 			role = 0;
