@@ -57,7 +57,8 @@ def heads_whole(rnd: random.Random, data: bytes, is_request: bool) -> list[bytes
     starts = ([m.start() for m in re.finditer(rb"(?:^|(?<=\n))[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ", data)
                if http1.find_request(data, m.start()) == m.start()] if is_request
               else [m.start() for m in _RESPONSE_START.finditer(data)])
-    spans = []
+    first = len(data) - len(data.lstrip(b"\r\n"))  # the first head, whatever its shape
+    spans = [(0, m.end() if (m := _HEAD_END.search(data, first)) else len(data))]
     for a in starts:
         end = _HEAD_END.search(data, a)
         spans.append((a, end.end() if end else len(data)))

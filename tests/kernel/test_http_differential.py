@@ -96,7 +96,7 @@ def test_kernel_path_stream_path_and_parser_agree(pods: PodNetwork, tmp_path: Pa
         # curl: one keep-alive connection each, every framing the server has
         client.run(["curl", "-sf", "-o", "/dev/null", *(f"{py}{p}" for p in [
             "/status/200", "/chunked/20", "/bigchunked/102400", "/bytes/100000", "/status/204",
-            "/status/304", "/gzipchunked", "/te2", "/cl2", "/close/3000"])])
+            "/status/304", "/gzipchunked", "/te2", "/cl2", "/early", "/close/3000"])])
         client.run(["curl", "-s", "-o", "/dev/null", f"{py}/status/404", f"{py}/reason",
                     f"{ng}/ok", f"{ng}/missing", f"{ng}/error"])
         client.run(["curl", "-sfI", f"{py}/bytes/10", f"{ng}/ok"])

@@ -1138,12 +1138,16 @@ __noinline int http_on_response(__u64 key, __s32 ret)
 		to_stream(c, s, ret, c->role == HTTP_ROLE_CLIENT, 0);
 		return 0;
 	}
-	c->status = status;
-	if (c->status < 200 && c->status != 101) {
-		c->status = 0;
-		c->resp_bytes += ret; /* 100 Continue, 103 Early Hints: the final response follows */
+	if (status < 200 && status != 101) {
+		/* 100 Continue, 103 Early Hints: the final response follows, in a later syscall;
+		 * when in this one (or the head does not end in it), user space parses them */
+		if (!s->cx.head_len || s->cx.head_len < (__u32)ret)
+			to_stream(c, s, ret, c->role == HTTP_ROLE_CLIENT, 0);
+		else
+			c->resp_bytes += ret;
 		return 0;
 	}
+	c->status = status;
 	c->phase = HTTP_PHASE_RESPONSE;
 	c->resp_start = now;
 	if (c->role == HTTP_ROLE_SERVER)
