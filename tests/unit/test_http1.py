@@ -11,7 +11,6 @@ from podscope.protocols.http1 import (
     HttpParseError,
     MessageStream,
     body_framing,
-    looks_like_http1,
     parse_head,
 )
 from podscope.protocols.routes import (
@@ -102,10 +101,6 @@ def test_malformed_requests(data: bytes, reason: str) -> None:
         MessageStream(True).feed(data)
     assert e.value.reason == reason
 
-
-def test_in_kernel_recognition_rule() -> None:
-    assert looks_like_http1(b"GET / HTTP/1.1") and looks_like_http1(b"HTTP/1.1 200 OK")
-    assert not looks_like_http1(b"PRI * HTTP/2.0") and not looks_like_http1(b"\x16\x03\x01")
 
 
 @settings(max_examples=400, deadline=None)

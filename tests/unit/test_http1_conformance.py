@@ -17,7 +17,6 @@ from podscope.protocols.http1 import (
     HttpParseError,
     MessageStream,
     find_request,
-    looks_like_http1,
 )
 
 
@@ -245,14 +244,3 @@ def test_chunked_request_beyond_the_capture_ends_at_its_answer() -> None:
 ])
 def test_find_request_resynchronises_at_a_request_line(data: bytes, at: int) -> None:
     assert find_request(data) == at
-    if at >= 0:
-        assert looks_like_http1(data[at:])
-
-
-def test_looks_like_http1_follows_the_kernel() -> None:
-    """The in-kernel test: the nine methods by their first bytes, others only with a request
-    line that ends in HTTP/1.x, after up to 16 empty-line bytes."""
-    assert looks_like_http1(b"GET /") and looks_like_http1(b"\r\nPOST /")
-    assert looks_like_http1(b"PROPFIND /d HTTP/1.1\r\n") and looks_like_http1(b"HTTP/1.1 200")
-    assert not looks_like_http1(b"PROPFIND /d") and not looks_like_http1(b"SET k v\r\n")
-    assert not looks_like_http1(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")

@@ -14,10 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MAX_HEAD = 64 * 1024  # a head larger than this is treated as malformed
-# The methods the kernel recognises a connection by (its first bytes); a parsed request may carry
-# any token as its method (RFC 9110 section 9.1), reported as "_OTHER" outside this set.
-METHODS = frozenset({b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH",
-                     b"CONNECT", b"TRACE"})
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _EMPTY_LINE = re.compile(rb"\n\r?\n")  # the end of a head: an empty line, CRLF or bare LF
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
@@ -66,16 +62,6 @@ class Message:
 
 # A request line: a token method, a target, "HTTP/1.x", the line's end (RFC 9112 section 3).
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,24} [^\s]{1,8192} HTTP/1\.[0-9]\r?\n")
-
-
-def looks_like_http1(data: bytes) -> bool:
-    """The in-kernel test, restated: after up to 16 empty-line bytes, 'HTTP/1.', one of the
-    nine known methods and a space, or any token method on a line that ends in ' HTTP/1.x'."""
-    data = data[:16].lstrip(b"\r\n") + data[16:]
-    if data.startswith(b"HTTP/1."):
-        return True
-    sp = data.find(b" ", 0, 8)
-    return (sp > 0 and data[:sp] in METHODS) or _REQUEST_LINE.match(data) is not None
 
 
 def find_request(data: bytes | bytearray, pos: int = 0) -> int:
