@@ -6,6 +6,8 @@ after --duration)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +36,9 @@ def _clean_previous() -> None:
     except (OSError, ValueError):
         state = {}
     left = clean_up_after(state)
+    workdir = state.get("workdir", "")
+    if os.path.basename(workdir).startswith("podscope-demo-"):  # its kubeconfig
+        shutil.rmtree(workdir, ignore_errors=True)
     if left:
         print(f"podscope demo: could not remove {', '.join(left)}", file=sys.stderr)
     else:
@@ -64,7 +69,7 @@ def run(listen: str, duration: float | None) -> int:
         backend = net.pod("backend")
         frontend = net.pod("frontend")
         loadgen = net.pod("loadgen", driver="cgroupfs")
-        STATE.write_text(json.dumps(net.state()))
+        STATE.write_text(json.dumps({**net.state(), "workdir": tmp}))
         objs: list[tuple[Pod, str, tuple[str, str], dict[str, Any]]] = [
             (backend, "backend-0", ("StatefulSet", "backend"), {}),
             (frontend, "frontend-7d9f8-x2kq5", ("ReplicaSet", "frontend-7d9f8"),

@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 from tests.conftest import PODSCOPE, free_port
 from tests.kernel.test_tcp import wait_for
@@ -22,6 +23,8 @@ def assert_no_demo_left() -> None:
     procs = subprocess.run(["pgrep", "-f", "podscope.testing.demo_apps"], capture_output=True,
                            text=True).stdout
     assert not procs.strip(), procs
+    workdirs = list(Path(tempfile.gettempdir()).glob("podscope-demo-*"))  # its kubeconfig
+    assert not workdirs, workdirs
 
 
 def test_demo_shows_the_chain_and_cleans_up() -> None:
