@@ -23,23 +23,22 @@ import os
 import random
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fuzz_http1 import SEEDS_REQ, SEEDS_RESP, mutate  # noqa: E402
 from tcp_overhead import write_results  # noqa: E402
 
 from podscope.protocols import http1  # noqa: E402
 from podscope.protocols.http1 import Exchange, HttpParseError  # noqa: E402
+from tests.conftest import AgentProc  # noqa: E402
 
 SETTLE = 5.0
 BATCH = 100
@@ -91,28 +90,18 @@ def parse(req: list[bytes], resp: list[bytes]) -> list[Row] | None:
             for p in pairs]
 
 
-class Agent:
+class Agent(AgentProc):
+    """The tests' agent process, exporting records; `records()` reads the new ones."""
+
     def __init__(self, work: Path, name: str, extra: list[str]):
         self.export = work / f"{name}.jsonl"
-        self.log = work / f"{name}.log"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        exe = shutil.which("podscope", path=str(Path(sys.executable).parent)) or "podscope"
-        self.proc = subprocess.Popen([exe, "run", "--listen", f"127.0.0.1:{self.port}",
-                                      "--export", f"jsonl:{self.export}", *extra],
-                                     stdout=open(self.log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
         self.read_at = 0
-        deadline = time.monotonic() + 60
-        while not self.healthy():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise SystemExit(f"agent {name} did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.2)
+        super().__init__(["--export", f"jsonl:{self.export}", *extra], work)
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as r:
-                return r.status == 200
+            self.get("/healthz")
+            return True
         except OSError:
             return False
 
@@ -131,14 +120,6 @@ class Agent:
             if r.get("type") == "http_request" and r.get("role") == "server":
                 out.append(r)
         return out
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def exchange(listener: socket.socket, req: list[bytes], resp: list[bytes]) -> tuple[int, float]:
