@@ -33,6 +33,10 @@ class Config:
     cpu: bool = True  # context switches, off-CPU time, run-queue delay of pod containers
     dns: bool = True  # DNS queries of pods (UDP and TCP port 53): latency, rcode, timeouts
     dns_timeout: float = 5.0  # seconds without an answer: the query timed out (glibc's default)
+    tls: str = "pods"  # TLS plaintext through uprobes on the TLS libraries of processes in pods
+    # and containers (pods), of every process (all), or nowhere (off)
+    max_uprobe_files: int = 256  # files (libraries, binaries) with uprobes at once
+    uprobe_detach_after: float = 60.0  # seconds after the last process mapping a file is gone
     http_hooks: str = "auto"  # socket (tp_btf sock_*_length) | syscalls (syscall tracepoints):
     # for HTTP and DNS (auto: socket where the kernel has those tracepoints, Linux 6.3)
     node_name: str = ""  # this node's name (default: $NODE_NAME, then the host name)
@@ -105,8 +109,10 @@ FLAGS = {"listen": "--listen", "duration": "--duration", "exports": "--export",
          "push_interval": "--push-interval", "kubeconfig": "--kubeconfig"}
 
 _CHOICES = {"log_level": ("debug", "info", "warning", "error"),
-            "http_hooks": ("auto", "socket", "syscalls"), "kubernetes": ("auto", "on", "off")}
+            "http_hooks": ("auto", "socket", "syscalls"), "kubernetes": ("auto", "on", "off"),
+            "tls": ("pods", "all", "off")}
 _INT_MIN = {"export_max_bytes": 0, "export_keep": 0, "http_route_budget": 1,
+            "max_uprobe_files": 0,
             "reports_per_hour": 0}
 _URLS = ("pushgateway", "otlp")
 _TRUE = ("true", "on", "yes", "1")

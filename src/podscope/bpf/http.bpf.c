@@ -28,6 +28,7 @@
 #include "sockio.bpf.h"
 #include "task_store.bpf.h"
 #include "http.h"
+#include "tls.bpf.h"
 
 #define AF_INET6    10
 #define IPPROTO_TCP 6
@@ -186,6 +187,8 @@ const enum http_stream_kind *unused_stream_kind __attribute__((unused));
 const enum http_phase *unused_phase __attribute__((unused));
 const enum http_mode *unused_mode __attribute__((unused));
 const enum http_proto *unused_proto __attribute__((unused));
+const struct http_proc_event *unused_proc_event __attribute__((unused));
+const struct tls_call *unused_tls_call __attribute__((unused));
 
 static __always_inline void count(__u32 which)
 {
@@ -226,6 +229,15 @@ static __always_inline __u64 peek8(const struct io_desc *d, int ret)
 	if (ret < 8 || d->len < 8)
 		return 0;
 	bpf_probe_read_user(&w, sizeof(w), (void *)d->base);
+	return w;
+}
+
+/* The first bytes as a word for is_tls_record: OpenSSL reads a record's 5-byte header alone. */
+static __always_inline __u64 peek_record(const struct io_desc *d, int ret, __u64 w)
+{
+	if (w || ret < 5 || d->len < 5)
+		return w;
+	bpf_probe_read_user(&w, 5, (void *)d->base);
 	return w;
 }
 
@@ -760,6 +772,7 @@ __noinline int http_finish(__u64 key, __u64 end_ns, __u32 slot)
 	k.method = c->method;
 	k.role = c->role;
 	k.family = c->family;
+	k.tls = c->tls;
 	if (c->role == HTTP_ROLE_CLIENT) {
 		__builtin_memcpy(k.peer_addr, c->peer_addr, sizeof(k.peer_addr));
 		k.peer_port = c->peer_port;
@@ -808,6 +821,7 @@ __noinline int http_finish(__u64 key, __u64 end_ns, __u32 slot)
 			r->role = c->role;
 			r->family = c->family;
 			r->framing = c->framing;
+			r->tls = c->tls;
 			r->breakdown = c->phase == HTTP_PHASE_RESPONSE ? c->bd_state : HTTP_BD_NONE;
 			__builtin_memcpy(&r->bd, &c->bd, sizeof(r->bd));
 			__builtin_memcpy(r->peer_addr, c->peer_addr, sizeof(r->peer_addr));
@@ -908,6 +922,7 @@ __noinline int http_stream_emit(__u64 key, __s32 ret, __u32 flags)
 	ev->proto = c->proto;
 	ev->sk = c->sk;
 	ev->gap = c->stream_gap;
+	ev->tls = c->tls;
 	ev->skip = flags >> 16;
 	err = bpf_ringbuf_output(&http_stream, ev, sizeof(*ev) + clamp_len(cap, HTTP_CHUNK_MAX), 0);
 	if (err) {
@@ -943,6 +958,7 @@ static __always_inline void to_stream(struct http_conn *c, struct scratch *s, in
 		s->ev.proto = HTTP_PROTO_1;
 		s->ev.sk = c->sk;
 		s->ev.gap = 0;
+		s->ev.tls = c->tls;
 		s->ev.skip = 0;
 		s->ev.local_port = c->local_port;
 		s->ev.peer_port = c->peer_port;
@@ -1213,7 +1229,7 @@ static __always_inline struct http_conn *conn_new(struct scratch *s, __u64 key)
 /* Data on a TCP socket: ret bytes moved (<= 0: end of file or error). btf: the socket tracepoints
  * (sk is a BTF pointer; the syscall's arguments from its registers); otherwise the syscall hooks'
  * worker (the arguments are in s->call). */
-static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool btf)
+static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool btf, bool plain)
 {
 	struct scratch *s = scratch();
 	struct http_conn *c;
@@ -1226,6 +1242,10 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 		return 0;
 	key = sk_key(s, sk);
 	c = conn_get(key);
+	if (!plain && c && c->tls) { /* ciphertext: the plaintext comes from the TLS library */
+		tls_socket_io(key, inbound);
+		return 0;
+	}
 	if (ret <= 0) {
 		/* end of file from the peer: a response delimited by the close is complete */
 		if (ret == 0 && inbound && c && c->mode == HTTP_MODE_KERNEL &&
@@ -1244,8 +1264,13 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 	s->have = have;
 	if (c && c->mode == HTTP_MODE_OFF) {
 		w = have ? peek8(&s->io, ret) : 0;
-		if (method_of(w, &target) == 0xff && !is_response(w))
+		if (method_of(w, &target) == 0xff && !is_response(w)) {
+			if (!plain && have && is_tls_record(peek_record(&s->io, ret, w))) {
+				c->tls = 1; /* STARTTLS, or TLS first seen mid-way */
+				tls_socket_io(key, inbound);
+			}
 			return 0;
+		}
 		c->mode = HTTP_MODE_NEW;
 	}
 	if (c && c->mode == HTTP_MODE_STREAM) {
@@ -1255,6 +1280,13 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 	}
 	if (!c || c->mode == HTTP_MODE_NEW) {
 		w = have ? peek8(&s->io, ret) : 0;
+		if (!plain && have && is_tls_record(peek_record(&s->io, ret, w))) {
+			if (!c && !(c = conn_new(s, key)))
+				return 0;
+			c->tls = 1;
+			tls_socket_io(key, inbound);
+			return 0;
+		}
 		if (is_h2_preface(w)) {
 			/* HTTP/2: user space decodes it (HPACK state lives there) */
 			if (!c && !(c = conn_new(s, key)))
@@ -1314,7 +1346,7 @@ int BPF_PROG(http_recv, struct sock *sk, int ret, int flags)
 		return 0;
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	return on_data(sk, ret, true, true);
+	return on_data(sk, ret, true, true, false);
 }
 
 SEC("tp_btf/sock_send_length")
@@ -1322,7 +1354,7 @@ int BPF_PROG(http_send, struct sock *sk, int ret, int flags)
 {
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	return on_data(sk, ret, false, true);
+	return on_data(sk, ret, false, true, false);
 }
 
 /* ---- hook set 2: the syscall tracepoints (every kernel) ----
@@ -1342,6 +1374,10 @@ static __always_inline int sx_enter(struct trace_event_raw_sys_enter *ctx, __u64
 	if (!sk || type != SOCK_STREAM || proto != IPPROTO_TCP)
 		return 0;
 	c = conn_get(sk);
+	if (c && c->tls) {
+		tls_socket_io(sk, inbound);
+		return 0;
+	}
 	if (c && c->mode == HTTP_MODE_OFF)
 		return 0;
 	sx_save(&http_calls, sk, nr, ctx->args[1], ctx->args[2], 0);
@@ -1381,7 +1417,160 @@ int http_x_work(void *ctx)
 
 	if (!s)
 		return 0;
-	return on_data((struct sock *)(unsigned long)s->call.sk, (int)s->ret, s->inbound, false);
+	return on_data((struct sock *)(unsigned long)s->call.sk, (int)s->ret, s->inbound, false,
+		       false);
+}
+
+/* ---- hook set 3: TLS libraries (uprobes; see include/tls.bpf.h) ----
+ * OpenSSL 1.1 and 3, BoringSSL, shared or linked into a binary. Entry uprobes remember the call
+ * per thread; one uretprobe takes its plaintext to on_data, by the socket underneath. */
+
+static __always_inline int tls_enter(struct pt_regs *ctx, __u32 op, bool ex)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tls_call tc = {};
+
+	/* a handshake inside a read or write (renegotiation) is part of that call */
+	if (op == TLS_OP_HANDSHAKE && bpf_map_lookup_elem(&tls_calls, &id))
+		return 0;
+	tc.ssl = PT_REGS_PARM1(ctx);
+	tc.buf = PT_REGS_PARM2(ctx);
+	tc.len_ptr = ex ? PT_REGS_PARM4(ctx) : 0;
+	tc.op = op;
+	if (op == TLS_OP_READ)
+		tc.hint_sk = tls_take_read_hint();
+	bpf_map_update_elem(&tls_calls, &id, &tc, BPF_ANY);
+	return 0;
+}
+
+SEC("uprobe")
+int tls_rd_e(struct pt_regs *ctx) /* SSL_read(ssl, buf, num) */
+{
+	return tls_enter(ctx, TLS_OP_READ, false);
+}
+
+SEC("uprobe")
+int tls_rdx_e(struct pt_regs *ctx) /* SSL_read_ex(ssl, buf, num, &readbytes) */
+{
+	return tls_enter(ctx, TLS_OP_READ, true);
+}
+
+SEC("uprobe")
+int tls_wr_e(struct pt_regs *ctx) /* SSL_write(ssl, buf, num) */
+{
+	return tls_enter(ctx, TLS_OP_WRITE, false);
+}
+
+SEC("uprobe")
+int tls_wrx_e(struct pt_regs *ctx) /* SSL_write_ex(ssl, buf, num, &written) */
+{
+	return tls_enter(ctx, TLS_OP_WRITE, true);
+}
+
+SEC("uprobe")
+int tls_hs_e(struct pt_regs *ctx) /* SSL_do_handshake(ssl) */
+{
+	return tls_enter(ctx, TLS_OP_HANDSHAKE, false);
+}
+
+SEC("uprobe")
+int tls_setfd(struct pt_regs *ctx) /* SSL_set_fd(ssl, fd): the exact binding */
+{
+	__u16 type = 0, proto = 0;
+	__u64 sk = fd_socket((int)PT_REGS_PARM2(ctx), &type, &proto);
+
+	if (sk && type == SOCK_STREAM && proto == IPPROTO_TCP)
+		tls_bind(PT_REGS_PARM1(ctx), sk);
+	return 0;
+}
+
+SEC("uprobe")
+int tls_free(struct pt_regs *ctx) /* SSL_free(ssl): its address may be reused */
+{
+	struct tls_ssl_key k = { .ssl = PT_REGS_PARM1(ctx),
+				 .tgid = bpf_get_current_pid_tgid() >> 32 };
+
+	bpf_map_delete_elem(&tls_socks, &k);
+	return 0;
+}
+
+SEC("uretprobe")
+int tls_ret(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid(), sk, n = 0;
+	struct tls_call *p = bpf_map_lookup_elem(&tls_calls, &id), tc;
+	long rc = PT_REGS_RC(ctx);
+	struct http_conn *c;
+	struct scratch *s;
+
+	if (!p)
+		return 0;
+	tc = *p;
+	bpf_map_delete_elem(&tls_calls, &id);
+	if (tc.op != TLS_OP_HANDSHAKE) {
+		if (tc.len_ptr) { /* the _ex calls return 1 and write the count */
+			if (rc == 1 && bpf_probe_read_user(&n, sizeof(n), (void *)tc.len_ptr))
+				n = 0;
+		} else if (rc > 0) {
+			n = rc;
+		}
+	}
+	if (n > 0x7fffffff)
+		n = 0;
+	/* also without data: an object with no socket yet is remembered (memory BIOs) */
+	sk = tls_call_sock(&tc, n > 0);
+	if (!n)
+		return 0;
+	if (!sk) {
+		count(HTTP_C_TLS_UNBOUND);
+		return 0;
+	}
+	s = scratch();
+	if (!s)
+		return 0;
+	c = conn_get(sk);
+	if (!c && !(c = conn_new(s, sk)))
+		return 0;
+	c->tls = 1;
+	count(HTTP_C_TLS_PLAINTEXT);
+	s->call.a.nr = tc.op == TLS_OP_READ ? NR_read : NR_write;
+	s->call.a.a2 = tc.buf;
+	s->call.a.a3 = n;
+	return on_data((struct sock *)(unsigned long)sk, (int)n, tc.op == TLS_OP_READ, false, true);
+}
+
+/* Processes to look at for TLS libraries and Go binaries (user space reads their maps). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 16);
+} http_procs SEC(".maps");
+
+static __always_inline void proc_event(__u32 kind)
+{
+	struct http_proc_event ev = { .cgroup_id = bpf_get_current_cgroup_id(),
+				      .pid = bpf_get_current_pid_tgid() >> 32,
+				      .kind = kind };
+
+	if (bpf_ringbuf_output(&http_procs, &ev, sizeof(ev), 0))
+		count(HTTP_C_PROC_LOST);
+}
+
+SEC("tracepoint/sched/sched_process_exec")
+int http_exec(void *ctx)
+{
+	proc_event(HTTP_PROC_EXEC);
+	return 0;
+}
+
+#define PROT_EXEC 4
+
+SEC("tracepoint/syscalls/sys_enter_mmap")
+int http_mmap(struct trace_event_raw_sys_enter *ctx)
+{
+	/* an executable mapping of a file: a shared library being loaded (dlopen, the linker) */
+	if ((ctx->args[2] & PROT_EXEC) && (long)ctx->args[4] >= 0)
+		proc_event(HTTP_PROC_MMAP);
+	return 0;
 }
 
 /* ---- the end of a connection (both hook sets) ---- */

@@ -67,7 +67,10 @@ enum http_counter {
 	HTTP_C_UNREADABLE = 5,	    /* the syscall's buffer could not be read */
 	HTTP_C_STREAMED = 6,	    /* connections handed to user space */
 	HTTP_C_WORK_LOST = 7,	    /* syscall hooks: the worker program could not be reached */
-	HTTP_C_MAX = 8,
+	HTTP_C_TLS_UNBOUND = 8,	    /* TLS plaintext whose socket was not known: not counted */
+	HTTP_C_TLS_PLAINTEXT = 9,   /* TLS library calls whose plaintext was followed */
+	HTTP_C_PROC_LOST = 10,	    /* http_procs ring buffer full: a process is found by the rescan */
+	HTTP_C_MAX = 11,
 };
 
 /* Aggregates per (pod, role, method, status, path, peer), per CPU (no atomics, no shared cache
@@ -82,7 +85,7 @@ struct http_agg_key {
 	__u8 method;	    /* enum http_method */
 	__u8 role;	    /* enum http_role */
 	__u8 family;	    /* 2 or 10 */
-	__u8 _pad;
+	__u8 tls;	    /* 1: seen through a TLS library (uprobes) */
 };
 
 struct http_agg {
@@ -162,7 +165,9 @@ struct http_conn {
 	__u8 path[HTTP_PATH_MAX];
 	__u8 stream_gap; /* a stream event was lost: the next one says so */
 	__u8 bd_state;	 /* enum http_breakdown_state of the current request */
-	__u8 _pad2[2];
+	__u8 tls;	 /* TLS records on the socket: its bytes are ciphertext, the plaintext comes
+			  * from the TLS library's uprobes (tls_*) */
+	__u8 _pad2;
 	__u32 bd_tid; /* the thread that read the request head, and its counters then */
 	__u64 bd_ran;
 	__u64 bd_waited;
@@ -189,7 +194,9 @@ struct http_record {
 	__u8 role;
 	__u8 family;
 	__u8 framing;
-	__u32 breakdown; /* enum http_breakdown_state */
+	__u8 breakdown; /* enum http_breakdown_state */
+	__u8 tls;
+	__u8 _pad[2];
 	__u8 peer_addr[16];
 	__u8 path[HTTP_PATH_MAX]; /* the target as sent, query included, cut at HTTP_PATH_MAX */
 	struct http_breakdown bd;
@@ -221,10 +228,40 @@ struct http_stream_event {
 	__u8 method; /* HTTP_S_SEED only */
 	__u8 proto;  /* enum http_proto */
 	__u8 gap;    /* 1: events of this connection were lost before this one */
-	__u8 _pad1;
+	__u8 tls;
 	__u16 skip;  /* leading captured bytes that are not the stream's (the 101 head before h2c) */
 	__u8 _pad[2];
 	__u64 sk;    /* the socket's address: the key of http_conns */
+};
+
+/* TLS libraries: which call a thread is in, from its entry uprobe to its return. */
+enum tls_op {
+	TLS_OP_READ = 1,
+	TLS_OP_WRITE = 2,
+	TLS_OP_HANDSHAKE = 3,
+};
+
+struct tls_call {
+	__u64 ssl;     /* the library's connection object (SSL *) */
+	__u64 buf;     /* the plaintext */
+	__u64 len_ptr; /* SSL_read_ex/SSL_write_ex: where the byte count is written (0: the return) */
+	__u64 sk;      /* the socket the thread used inside the call (0: none yet) */
+	__u64 hint_sk; /* memory BIOs: the TLS socket the thread read just before this read call */
+	__u32 op;      /* enum tls_op */
+	__u32 _pad;
+};
+
+/* Processes whose mappings changed (exec, or an executable file mapped): user space looks at
+ * /proc/PID/maps for TLS libraries and Go binaries. */
+enum http_proc_kind {
+	HTTP_PROC_EXEC = 1,
+	HTTP_PROC_MMAP = 2,
+};
+
+struct http_proc_event {
+	__u64 cgroup_id;
+	__u32 pid;
+	__u32 kind; /* enum http_proc_kind */
 };
 
 #endif

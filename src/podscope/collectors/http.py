@@ -24,6 +24,7 @@ from ..features import Signal
 from ..metadata.store import Labels, MetadataStore, identity
 from ..protocols import http1, http2
 from ..protocols.routes import RouteBudget, redact_headers, redact_target, template_path
+from ..uprobes.manager import UprobeManager
 from .base import HIST_SLOTS_DEFAULT as SLOTS
 from .base import (
     Emit,
@@ -58,6 +59,11 @@ def _slot(dur_ns: int) -> int:
     return 0 if dur_ns <= 0 else min(dur_ns.bit_length(), SLOTS - 1)
 
 
+def _scheme(tls: bool | int) -> str:
+    """OpenTelemetry's url.scheme: what the connection carried the request in."""
+    return "https" if tls else "http"
+
+
 def _identity(labels: Labels) -> Labels:
     """Who a series is without the names from the API (which can come later): the key of
     per-pod budgets."""
@@ -72,9 +78,9 @@ def _addr(family: int, raw: bytes) -> str:
     return str(ipaddress.IPv4Address(raw[:4]))
 
 
-# (labels, role, method, status, route, server_address, server_port)
-# (labels, role, method, status, route, server_address, server_port, protocol version)
-AggKey = tuple[Labels, int, str, int, str, str, int, str]
+# (labels, role, method, status, route, server_address, server_port, protocol version,
+#  url scheme: https when seen through a TLS library)
+AggKey = tuple[Labels, int, str, int, str, str, int, str, str]
 # (labels, role, service, method, grpc status code, server_address, server_port)
 RpcKey = tuple[Labels, int, str, str, str, str, int]
 PROTO_H1, PROTO_H2, PROTO_H2_MIDWAY = 1, 2, 3
@@ -149,6 +155,7 @@ class _Stream:
     seeds: dict[int, tuple[int, int]] = field(default_factory=dict)  # id(msg) -> (start, bytes)
     h2: http2.H2Connection | None = None
     midway_sk: int = 0  # an HTTP/2 connection seen mid-way: its kernel key, to turn it off
+    tls: bool = False  # its plaintext comes from a TLS library's uprobes
 
 
 class HttpCollector:
@@ -157,7 +164,9 @@ class HttpCollector:
     def __init__(self, store: MetadataStore, emit: Emit | None = None, records: bool = False,
                  capture_headers: bool = False, route_budget: int = 100,
                  request_timeout: float = 60.0, hooks: str = "auto",
-                 breakdown_reasons: bool = False, peer_series_ttl: float = 600.0):
+                 breakdown_reasons: bool = False, peer_series_ttl: float = 600.0,
+                 tls: str = "pods", max_uprobe_files: int = 256,
+                 uprobe_detach_after: float = 60.0):
         self.store = store
         self.emit = emit
         self.records = bool(records and emit)
@@ -175,6 +184,11 @@ class HttpCollector:
         features.set_prev_state(self.obj)
         self.hooks = features.socket_hooks(hooks)
         wanted = set(self.HOOK_SETS[self.hooks]) | {"http_close", "http_offcpu"}
+        self.tls_scope = tls
+        if tls != "off":
+            wanted |= set(self.TLS_PROGS)
+        self.uprobes: UprobeManager | None = None
+        self._uprobe_args = (tls, max_uprobe_files, uprobe_detach_after)
         for prog in self.obj.programs():
             prog.autoload = prog.name in wanted
         self._reasons_wanted = breakdown_reasons
@@ -192,6 +206,7 @@ class HttpCollector:
         self.Conn = o.struct("http_conn")
         self.Record = o.struct("http_record")
         self.StreamEv = o.struct("http_stream_event")
+        self.ProcEv = o.struct("http_proc_event")
         self.counters = o.btf.enum("http_counter")
         self.stream_kinds = o.btf.enum("http_stream_kind")
         self.phases = o.btf.enum("http_phase")
@@ -225,6 +240,9 @@ class HttpCollector:
         "socket": ["http_recv", "http_send"],
         "syscalls": [f"http_{d}_{n}" for n in SYSCALLS for d in "ex"] + ["http_x_work"],
     }
+    # TLS libraries (attached per file by the uprobe manager) and what finds their processes
+    TLS_PROGS = ("tls_rd_e", "tls_rdx_e", "tls_wr_e", "tls_wrx_e", "tls_hs_e", "tls_setfd",
+                 "tls_free", "tls_ret", "http_exec", "http_mmap")
     HOOK_NAMES = {
         "socket": "socket tracepoints (sock_recv_length, sock_send_length)",
         "syscalls": "syscall tracepoints (" + ", ".join(SYSCALLS) + ")",
@@ -237,15 +255,26 @@ class HttpCollector:
             o.map(name).check_types(self.AggKey, self.Agg)
         o.map("http_paths").check_types(ct.c_uint64, self.Path)
         o.map("http_conns").check_types(ct.c_uint64, self.Conn)
-        o.load(optional=["http_offcpu"])
+        o.load(optional=["http_offcpu", *self.TLS_PROGS])
         if self.hooks == "syscalls":  # the sys_exit programs hand each call to the worker
             o.map("http_work").update(ct.c_uint32(0), ct.c_uint32(o.program("http_x_work").fd))
-        attach(o, skip=("http_offcpu", "http_x_work"))
+        uprobe_progs = [p for p in self.TLS_PROGS if p.startswith("tls_")]
+        attach(o, skip=("http_offcpu", "http_x_work", *uprobe_progs),
+               optional=("http_exec", "http_mmap"))
         if self._reasons_wanted:
             self.set_blocked_reasons(True)
         self._ring = libbpf.RingBuffer(o.map("http_stream"), self._on_stream)
         if self.records:
             self._ring.add(o.map("http_records"), self._on_record)
+        scope, max_files, detach_after = self._uprobe_args
+        if scope != "off" and not any(p in o.refused for p in uprobe_progs):
+            self.uprobes = UprobeManager(o, scope, max_files=max_files,
+                                         detach_after=detach_after, proc=self.store.proc)
+            if "http_exec" not in o.refused and "http_mmap" not in o.refused:
+                self._ring.add(o.map("http_procs"), self._on_proc)
+            else:  # no exec/mmap events: the full pass is all there is
+                self.uprobes.rescan = 1.0
+            self.uprobes.tick()
 
     def signals(self) -> list[Signal]:
         hooks = self.HOOK_NAMES[self.hooks]
@@ -279,7 +308,13 @@ class HttpCollector:
             self._offcpu = None
         return True
 
+    def _on_proc(self, data: bytes) -> None:
+        if self.uprobes is not None and len(data) >= ct.sizeof(self.ProcEv):
+            self.uprobes.event(self.ProcEv.from_buffer_copy(data).pid)
+
     def close(self) -> None:
+        if self.uprobes is not None:
+            self.uprobes.close()
         if self._ring:
             self._ring.close()
             self._ring = None
@@ -287,6 +322,8 @@ class HttpCollector:
 
     def poll(self, timeout_ms: int) -> int:
         n = self._ring.poll(timeout_ms) if self._ring else 0
+        if self.uprobes is not None:
+            self.uprobes.tick()
         if time.monotonic() - self._drained_at >= 1.0:
             self.drain()
         return n
@@ -362,7 +399,7 @@ class HttpCollector:
         addr, port = ("", 0)
         if k.role == ROLE_CLIENT:
             addr, port = _addr(k.family, bytes(k.peer_addr)), k.peer_port
-        self._add((labels, k.role, method, k.status, route, addr, port, "1.1"),
+        self._add((labels, k.role, method, k.status, route, addr, port, "1.1", _scheme(k.tls)),
                   Agg(slots, sum_ns, req, resp, fb, fb_sum))
 
     def _add(self, key: AggKey, add: Agg) -> None:
@@ -391,7 +428,8 @@ class HttpCollector:
 
     def _add_one(self, labels: Labels, role: int, method: str, status: int, target: str,
                  addr: str, port: int, dur_ns: int, req: int, resp: int,
-                 version: str = "1.1", first_byte_ns: int | None = None) -> None:
+                 version: str = "1.1", first_byte_ns: int | None = None,
+                 tls: bool = False) -> None:
         if status == 0:
             key_u = (labels, ROLES.get(role, "?"), "no_response")
             self.unanswered[key_u] = self.unanswered.get(key_u, 0) + 1
@@ -403,8 +441,8 @@ class HttpCollector:
                 self._templates.clear()
             self._templates[target] = route
         route = self.budget.route(_identity(labels), route)
-        self._add_sample((labels, role, method, status, route, addr, port, version), dur_ns, req,
-                         resp, first_byte_ns=first_byte_ns)
+        self._add_sample((labels, role, method, status, route, addr, port, version, _scheme(tls)),
+                         dur_ns, req, resp, first_byte_ns=first_byte_ns)
 
     def expire(self) -> None:
         """Requests waiting longer than request_timeout: counted as unanswered (reason timeout)
@@ -442,7 +480,7 @@ class HttpCollector:
             start=r.req_start, end=r.end_ns, req_bytes=r.req_bytes, resp_bytes=r.resp_bytes,
             family=r.family, peer=data[ao: ao + 16], peer_port=r.peer_port,
             local_port=r.local_port, conn_id=r.conn_id, pid=r.pid, mode="kernel",
-            first_byte=r.resp_start, breakdown=self._breakdown(r))
+            first_byte=r.resp_start, breakdown=self._breakdown(r), tls=bool(r.tls))
 
     def _breakdown(self, r: Any) -> dict[str, float | None] | None:
         """Where the handling thread's time went (server requests of the kernel path): seconds
@@ -496,7 +534,7 @@ class HttpCollector:
                  protocol: str = "1.1", grpc_status: int | None = None,
                  decode: str = "full", first_byte: int = 0,
                  breakdown: dict[str, float | None] | None = None,
-                 method_original: str | None = None) -> None:
+                 method_original: str | None = None, tls: bool = False) -> None:
         peer_addr = peer if isinstance(peer, str) else self._peer(family, peer)
         path, route = self._target(target)
         rec: dict[str, Any] = {
@@ -512,6 +550,7 @@ class HttpCollector:
             "request_bytes": req_bytes, "response_bytes": resp_bytes,
             "connection_id": conn_id, "pid": pid, "capture": mode,
             "protocol": protocol, "grpc_status": grpc_status, "decode": decode,
+            "url_scheme": _scheme(tls), "tls": tls,
         }
         rec.update(breakdown or EMPTY_BREAKDOWN)
         if headers is not None:
@@ -545,7 +584,8 @@ class HttpCollector:
                     self._error("streamed_connections_evicted")
                 st = self._streams[ev.conn_id] = _Stream(
                     ev.conn_id, ev.role, ev.cgroup_id, ev.netns, ev.family, ev.local_port,
-                    _addr(ev.family, bytes(ev.peer_addr)), ev.peer_port, ev.pid)
+                    _addr(ev.family, bytes(ev.peer_addr)), ev.peer_port, ev.pid,
+                    tls=bool(ev.tls))
                 if ev.proto == PROTO_H2:
                     st.h2 = http2.H2Connection(ROLES.get(ev.role, "server"),
                                                  blocks=self._h2_blocks)
@@ -695,7 +735,7 @@ class HttpCollector:
             self._add_one(labels, st.role, method, 0 if r.reset else r.status, r.path, addr,
                           port, dur, r.req_bytes, r.resp_bytes, version="2",
                           first_byte_ns=(max(r.first_byte_ns - r.start_ns, 0)
-                                         if r.first_byte_ns else None))
+                                         if r.first_byte_ns else None), tls=st.tls)
         if self.records or self.listeners:
             self._publish(labels=labels, role=st.role, method=r.method, target=r.path,
                           status=0 if r.reset else r.status, start=r.start_ns, end=r.end_ns,
@@ -703,7 +743,7 @@ class HttpCollector:
                           peer=st.peer_addr, peer_port=st.peer_port, local_port=st.local_port,
                           conn_id=st.conn_id, pid=st.pid, mode="stream", protocol="2",
                           grpc_status=r.grpc_status, decode=r.outcome,
-                          first_byte=r.first_byte_ns)
+                          first_byte=r.first_byte_ns, tls=st.tls)
 
     def _pair(self, st: _Stream, pair: http1.Pair) -> None:
         req, resp = pair.request, pair.response
@@ -726,7 +766,8 @@ class HttpCollector:
         method = req.head.method if req.head.method in METHOD_IDS else "_OTHER"
         self._add_one(labels, st.role, method, status, req.head.target, addr, port,
                       end - start, req_bytes, resp_bytes,
-                      first_byte_ns=max(first_byte - start, 0) if first_byte else None)
+                      first_byte_ns=max(first_byte - start, 0) if first_byte else None,
+                      tls=st.tls)
         if self.records or self.listeners:
             headers = None
             if self.capture_headers:
@@ -737,10 +778,12 @@ class HttpCollector:
                           resp_bytes=resp_bytes, family=st.family, peer=st.peer_addr,
                           peer_port=st.peer_port, local_port=st.local_port, conn_id=st.conn_id,
                           pid=st.pid, mode="stream", headers=headers, first_byte=first_byte,
-                          method_original=req.head.method if method == "_OTHER" else None)
+                          method_original=req.head.method if method == "_OTHER" else None,
+                          tls=st.tls)
 
     def state_sizes(self) -> dict[str, int]:
-        return {"http_aggregates": len(self._aggs) + len(self._rpcs),
+        up = self.uprobes.state_sizes() if self.uprobes is not None else {}
+        return {**up, "http_aggregates": len(self._aggs) + len(self._rpcs),
                 "http_streamed_connections": len(self._streams),
                 "http_unanswered_series": len(self.unanswered) + len(self.h2_outcomes),
                 "http_routes": len(self._routes) + len(self._templates),
@@ -795,12 +838,13 @@ class HttpCollector:
             "http_server_request_duration_seconds",
             "Duration of HTTP server requests: request head read to last response byte written",
             labels=label_names("http_request_method", "http_response_status_code", "http_route",
-                               "network_protocol_version"))
+                               "network_protocol_version", "url_scheme"))
         client = Histogram(
             "http_client_request_duration_seconds",
             "Duration of HTTP client requests: request head written to last response byte read",
             labels=label_names("http_request_method", "http_response_status_code", "http_route",
-                               "network_protocol_version", "server_address", "server_port"))
+                               "network_protocol_version", "url_scheme", "server_address",
+                               "server_port"))
         with self._lock:
             aggs = [(k, a.copy()) for k, a in self._aggs.items()]
             unanswered = dict(self.unanswered)
@@ -818,20 +862,21 @@ class HttpCollector:
             "HTTP server requests: request head read to the first response byte written (the "
             "handler's wait), beside http_server_request_duration_seconds",
             labels=label_names("http_request_method", "http_response_status_code", "http_route",
-                               "network_protocol_version"))
+                               "network_protocol_version", "url_scheme"))
         fb_client = Histogram(
             "podscope_http_client_time_to_first_byte_seconds",
             "HTTP client requests: request head written to the first response byte read (the "
             "network and the server); the rest of http_client_request_duration_seconds is the "
             "download",
             labels=label_names("http_request_method", "http_response_status_code", "http_route",
-                               "network_protocol_version", "server_address", "server_port"))
+                               "network_protocol_version", "url_scheme", "server_address",
+                               "server_port"))
         top = top_slot(a.slots for _k, a in aggs)
         fb_top = top_slot(a.fb_slots for _k, a in aggs)
-        for (labels, role, method, status, route, addr, port, version), a in aggs:
+        for (labels, role, method, status, route, addr, port, version, scheme), a in aggs:
             buckets = log2_buckets(a.slots, HIST_UNIT, top)
             fb = log2_buckets(a.fb_slots, HIST_UNIT, fb_top)
-            values = list(labels) + [method, str(status), route, version]
+            values = list(labels) + [method, str(status), route, version, scheme]
             if role == ROLE_CLIENT:
                 values += [addr, str(port)]
                 client.add_metric(values, buckets, a.sum_ns * HIST_UNIT)
@@ -855,7 +900,7 @@ class HttpCollector:
                 labels=label_names("http_request_method", "http_response_status_code",
                                    "http_route"))
             sums: dict[tuple[str, ...], list[int]] = {}
-            for (labels, role, method, status, route, _a, _p, _v), a in aggs:
+            for (labels, role, method, status, route, _a, _p, _v, _s), a in aggs:
                 if ROLES.get(role) != role_name:
                     continue
                 k = tuple(labels) + (method, str(status), route)
@@ -920,13 +965,24 @@ class HttpCollector:
             pe.add_metric([reason], n)
         yield pe
         yield from loss_families({"http_records": kernel.get("HTTP_C_RECORDS_LOST", 0),
-                                  "http_stream": kernel.get("HTTP_C_STREAM_LOST", 0)}, "http",
+                                  "http_stream": kernel.get("HTTP_C_STREAM_LOST", 0),
+                                  "http_procs": kernel.get("HTTP_C_PROC_LOST", 0)}, "http",
                                  kernel.get("HTTP_C_MAP_FULL", 0))
         streamed = CounterMetricFamily("podscope_http_connections_streamed_total",
                                        "HTTP connections handed to user space for parsing "
                                        "(pipelining, header capture)")
         streamed.add_metric([], kernel.get("HTTP_C_STREAMED", 0))
         yield streamed
+        tls = CounterMetricFamily("podscope_tls_calls_total",
+                                  "Read and write calls of TLS libraries (uprobes) by outcome: "
+                                  "plaintext (followed as HTTP on its socket) or unbound (the "
+                                  "socket underneath was not known: not counted)",
+                                  labels=["outcome"])
+        tls.add_metric(["plaintext"], kernel.get("HTTP_C_TLS_PLAINTEXT", 0))
+        tls.add_metric(["unbound"], kernel.get("HTTP_C_TLS_UNBOUND", 0))
+        yield tls
+        if self.uprobes is not None:
+            yield from self.uprobes.metrics()
         rs = CounterMetricFamily("podscope_http_resyncs_total",
                                  "Streamed HTTP/1.x connections that found the next request line "
                                  "after unparsable or lost bytes")

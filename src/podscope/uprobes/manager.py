@@ -1,0 +1,264 @@
+"""Uprobes on the TLS libraries of the processes podscope watches.
+
+Which processes: those of pods and containers ("pods", the default) or every process ("all").
+When: every process at start, then each one the kernel says exec'd or mapped an executable file
+(sched_process_exec, an mmap with PROT_EXEC: a shared library loaded), looked at a few
+milliseconds later; a full pass every `rescan` seconds catches anything missed.
+How: once per file (device, inode), however many processes map it, through the process's own
+root (containers have their own files); the probes go when no process has mapped it for
+`detach_after` seconds. At most `max_files` files are probed at once; the rest are counted."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .. import libbpf
+from ..metadata.store import proc_pod_ref
+from . import elf, procs
+
+log = logging.getLogger("podscope.uprobes")
+
+# (function, program, return probe) per kind of file
+OPENSSL_PROBES = (
+    ("SSL_read", "tls_rd_e", False), ("SSL_read", "tls_ret", True),
+    ("SSL_read_ex", "tls_rdx_e", False), ("SSL_read_ex", "tls_ret", True),
+    ("SSL_write", "tls_wr_e", False), ("SSL_write", "tls_ret", True),
+    ("SSL_write_ex", "tls_wrx_e", False), ("SSL_write_ex", "tls_ret", True),
+    ("SSL_do_handshake", "tls_hs_e", False), ("SSL_do_handshake", "tls_ret", True),
+    ("SSL_set_fd", "tls_setfd", False), ("SSL_free", "tls_free", False),
+)
+SCOPES = ("pods", "all", "off")
+EVENT_DELAY = 0.03  # seconds between an exec/mmap event and reading the process's maps
+
+
+@dataclass
+class Target:
+    """One probed file."""
+    key: tuple[int, int]  # (device, inode)
+    path: str  # where it was opened from
+    kind: str
+    links: list[libbpf.Link] = field(default_factory=list)
+    pids: set[int] = field(default_factory=set)
+    unused_since: float = 0.0  # monotonic time the last process went (0: in use)
+
+
+class UprobeManager:
+    def __init__(self, obj: libbpf.BpfObject, scope: str = "pods", max_files: int = 256,
+                 detach_after: float = 60.0, rescan: float = 30.0, proc: str = "/proc",
+                 inspect: Callable[[str], elf.ElfInfo] = elf.inspect):
+        if scope not in SCOPES:
+            raise ValueError(f"uprobe scope {scope!r}: expected one of {', '.join(SCOPES)}")
+        self.obj = obj
+        self.scope = scope
+        self.max_files = max_files
+        self.detach_after = detach_after
+        self.rescan = rescan
+        self.proc = proc
+        self._inspect = inspect
+        self.self_pid = os.getpid()
+        self._kinds: dict[tuple[int, int], elf.ElfInfo] = {}  # files looked at (bounded)
+        self.targets: dict[tuple[int, int], Target] = {}
+        self._pids: dict[int, tuple[int, set[tuple[int, int]]]] = {}  # pid -> (start, files)
+        self._wanted: dict[str, bool] = {}  # cgroup path -> in scope (bounded)
+        self._due: dict[int, float] = {}  # pid -> when to look at it
+        self._event_at: dict[int, float] = {}  # pid -> when its event came
+        self._last_scan = 0.0
+        self.errors: dict[str, int] = {}
+        self.skipped_files = 0  # files not probed: max_files reached
+        self.attach_latency: list[float] = []  # seconds from event to probes, last 256
+
+    # --- what to look at ---
+    def event(self, pid: int) -> None:
+        """The kernel saw pid exec or map an executable file."""
+        if pid == self.self_pid or len(self._due) > 65536:
+            return
+        now = time.monotonic()
+        self._due.setdefault(pid, now + EVENT_DELAY)
+        self._event_at.setdefault(pid, now)
+
+    def tick(self) -> None:
+        """Look at the processes whose time has come; a full pass when one is due."""
+        now = time.monotonic()
+        if now - self._last_scan >= self.rescan:
+            self._last_scan = now
+            self.scan_all()
+        elif self._due:
+            for pid in [p for p, t in self._due.items() if t <= now]:
+                del self._due[pid]
+                self._look(pid, self._event_at.pop(pid, None))
+        if self.targets:
+            self._expire(now)
+
+    def scan_all(self) -> None:
+        seen = set()
+        for name in os.listdir(self.proc):
+            if name.isdigit():
+                pid = int(name)
+                seen.add(pid)
+                self._look(pid, None)
+        for pid in [p for p in self._pids if p not in seen]:
+            self._gone(pid)
+        self._due.clear()
+        self._event_at.clear()
+
+    def _in_scope(self, pid: int) -> bool:
+        if pid == self.self_pid or self.scope == "off":
+            return False
+        if self.scope == "all":
+            return True
+        ref = proc_pod_ref(pid, self.proc)
+        return ref is not None and bool(ref.pod_uid or ref.container_id)
+
+    def _look(self, pid: int, event_at: float | None) -> None:
+        start = procs.start_time(pid, self.proc)
+        if not start:
+            self._gone(pid)
+            return
+        if not self._in_scope(pid):
+            if pid in self._pids:
+                self._gone(pid)
+            return
+        files: set[tuple[int, int]] = set()
+        for m in procs.exec_mappings(pid, self.proc):
+            key = (m.dev, m.inode)
+            info = self._kinds.get(key)
+            if info is None:
+                path = procs.openable(pid, m, self.proc)
+                if path is None:
+                    continue
+                try:
+                    info = self._inspect(path)
+                except OSError as e:
+                    self._error("file_unreadable")
+                    log.debug("uprobes: cannot read %s of pid %d: %s", m.path, pid, e)
+                    continue
+                if len(self._kinds) >= 65536:
+                    self._kinds.clear()
+                self._kinds[key] = info
+            if not info.kind:
+                continue
+            if key not in self.targets and not self._attach(pid, m, info):
+                continue
+            files.add(key)
+            t = self.targets[key]
+            t.pids.add(pid)
+            t.unused_since = 0.0
+        old = self._pids.get(pid)
+        if old:
+            for key in old[1] - files:
+                self._release(key, pid)
+        if files:
+            self._pids[pid] = (start, files)
+            if event_at is not None and (not old or files - old[1]):
+                self.attach_latency.append(time.monotonic() - event_at)
+                del self.attach_latency[:-256]
+        else:
+            self._pids.pop(pid, None)
+
+    # --- probes ---
+    def _attach(self, pid: int, m: procs.Mapped, info: elf.ElfInfo) -> bool:
+        if info.kind != "openssl":
+            return False  # Go binaries: not yet
+        if len(self.targets) >= self.max_files:
+            self.skipped_files += 1
+            return False
+        path = procs.openable(pid, m, self.proc)
+        if path is None:
+            return False
+        t = Target((m.dev, m.inode), path, info.kind)
+        try:
+            for func, prog, ret in OPENSSL_PROBES:
+                if func in info.funcs:
+                    t.links.append(self.obj.program(prog).attach_uprobe(path, func,
+                                                                         retprobe=ret))
+        except libbpf.BpfError as e:
+            self._error("attach_failed")
+            log.warning("uprobes: %s (%s, pid %d): %s", m.path, info.kind, pid, e.short)
+            for link in t.links:
+                self._destroy(link)
+            return False
+        self.targets[t.key] = t
+        log.info("uprobes: %s probes on %s (pid %d)", info.kind, m.path, pid)
+        return True
+
+    def _destroy(self, link: libbpf.Link) -> None:
+        link.destroy()
+        if link in self.obj.links:
+            self.obj.links.remove(link)
+
+    def _release(self, key: tuple[int, int], pid: int) -> None:
+        t = self.targets.get(key)
+        if t is not None:
+            t.pids.discard(pid)
+            if not t.pids:
+                t.unused_since = time.monotonic()
+
+    def _gone(self, pid: int) -> None:
+        old = self._pids.pop(pid, None)
+        if old:
+            for key in old[1]:
+                self._release(key, pid)
+
+    def _expire(self, now: float) -> None:
+        # processes that exited since they were looked at
+        for pid, (start, _) in list(self._pids.items()):
+            if procs.start_time(pid, self.proc) != start:
+                self._gone(pid)
+        for key, t in list(self.targets.items()):
+            if t.unused_since and now - t.unused_since >= self.detach_after:
+                for link in t.links:
+                    self._destroy(link)
+                del self.targets[key]
+                log.info("uprobes: %s probes removed from %s (no process maps it)", t.kind,
+                         t.path)
+
+    def _error(self, reason: str) -> None:
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+    def close(self) -> None:
+        for t in self.targets.values():
+            for link in t.links:
+                self._destroy(link)
+        self.targets.clear()
+
+    # --- what it says ---
+    def state_sizes(self) -> dict[str, int]:
+        return {"uprobe_files": len(self.targets), "uprobe_processes": len(self._pids),
+                "uprobe_files_inspected": len(self._kinds)}
+
+    def found(self) -> list[dict[str, object]]:
+        """Probed files and the processes mapping them (podscope check, the web page)."""
+        return [{"kind": t.kind, "path": t.path, "probes": len(t.links), "pids": sorted(t.pids)}
+                for t in self.targets.values()]
+
+    def metrics(self) -> Iterable[Metric]:
+        files = GaugeMetricFamily("podscope_uprobe_files",
+                                  "Executable files with podscope uprobes (TLS libraries, "
+                                  "binaries with TLS linked in)", labels=["kind"])
+        probes = GaugeMetricFamily("podscope_uprobes_attached", "Uprobes attached",
+                                   labels=["kind"])
+        by_kind: dict[str, tuple[int, int]] = {}
+        for t in self.targets.values():
+            n, p = by_kind.get(t.kind, (0, 0))
+            by_kind[t.kind] = (n + 1, p + len(t.links))
+        for kind, (n, p) in sorted(by_kind.items()):
+            files.add_metric([kind], n)
+            probes.add_metric([kind], p)
+        yield files
+        yield probes
+        procs_g = GaugeMetricFamily("podscope_uprobe_processes",
+                                    "Processes that map a probed file")
+        procs_g.add_metric([], len(self._pids))
+        yield procs_g
+        errs = CounterMetricFamily("podscope_uprobe_errors",
+                                   "Files podscope could not probe, by reason "
+                                   "(limit: more than max_uprobe_files)", labels=["reason"])
+        for reason, n in sorted({**self.errors, "limit": self.skipped_files}.items()):
+            errs.add_metric([reason], n)
+        yield errs
