@@ -26,7 +26,7 @@ http {{
   scgi_temp_path {tmp}/scgi;
   server {{
     listen {port} backlog=4096;
-{locations}
+{tls}{locations}
   }}
 }}
 """
@@ -39,15 +39,28 @@ DEFAULT_LOCATIONS = """
 """
 
 
+def make_certificate(directory: Path, name: str = "localhost") -> tuple[Path, Path]:
+    """A self-signed certificate and its key (openssl), for TLS servers in tests."""
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
 def start_nginx(pod: Pod, port: int | str = 80, workers: int = 1,
-                locations: str = DEFAULT_LOCATIONS) -> subprocess.Popen[bytes]:
+                locations: str = DEFAULT_LOCATIONS,
+                tls: tuple[Path, Path] | None = None) -> subprocess.Popen[bytes]:
     """nginx in the pod, serving `locations`; returns once it accepts connections. `port` may
-    carry listen options ("8080 http2": HTTP/2 over cleartext, prior knowledge)."""
+    carry listen options ("8080 http2": HTTP/2 over cleartext, prior knowledge; "443 ssl http2":
+    TLS with HTTP/2 by ALPN, with `tls` = (certificate, key))."""
     listen = str(port)
     port = int(listen.split()[0])
     tmp = tempfile.mkdtemp(prefix="podscope-nginx-")
     conf = Path(tmp) / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, port=listen, workers=workers,
+    tls_conf = (f"    ssl_certificate {tls[0]};\n    ssl_certificate_key {tls[1]};\n"
+                if tls else "")
+    conf.write_text(NGINX_CONF.format(tmp=tmp, port=listen, workers=workers, tls=tls_conf,
                                       locations=locations.replace("{{", "{").replace("}}", "}")))
     proc = pod.popen(["nginx", "-e", f"{tmp}/error.log", "-c", str(conf)])
     pod.cleanups.append(lambda: shutil.rmtree(tmp, ignore_errors=True))

@@ -16,7 +16,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from .. import libbpf
 from ..metadata.store import proc_pod_ref
@@ -34,6 +39,7 @@ OPENSSL_PROBES = (
     ("SSL_set_fd", "tls_setfd", False), ("SSL_free", "tls_free", False),
 )
 SCOPES = ("pods", "all", "off")
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, float("inf"))
 EVENT_DELAY = 0.03  # seconds between an exec/mmap event and reading the process's maps
 
 
@@ -71,7 +77,10 @@ class UprobeManager:
         self._last_scan = 0.0
         self.errors: dict[str, int] = {}
         self.skipped_files = 0  # files not probed: max_files reached
-        self.attach_latency: list[float] = []  # seconds from event to probes, last 256
+        # seconds from a process's exec/mmap event to its files being probed (cumulative
+        # histogram counts per bucket, and the sum)
+        self.latency_counts = [0] * len(LATENCY_BUCKETS)
+        self.latency_sum = 0.0
 
     # --- what to look at ---
     def event(self, pid: int) -> None:
@@ -156,8 +165,11 @@ class UprobeManager:
         if files:
             self._pids[pid] = (start, files)
             if event_at is not None and (not old or files - old[1]):
-                self.attach_latency.append(time.monotonic() - event_at)
-                del self.attach_latency[:-256]
+                took = time.monotonic() - event_at
+                self.latency_sum += took
+                for i, le in enumerate(LATENCY_BUCKETS):
+                    if took <= le:
+                        self.latency_counts[i] += 1
         else:
             self._pids.pop(pid, None)
 
@@ -234,8 +246,8 @@ class UprobeManager:
 
     def found(self) -> list[dict[str, object]]:
         """Probed files and the processes mapping them (podscope check, the web page)."""
-        return [{"kind": t.kind, "path": t.path, "probes": len(t.links), "pids": sorted(t.pids)}
-                for t in self.targets.values()]
+        return [{"kind": t.kind, "path": _host_path(t.path), "probes": len(t.links),
+                 "pids": sorted(t.pids)} for t in self.targets.values()]
 
     def metrics(self) -> Iterable[Metric]:
         files = GaugeMetricFamily("podscope_uprobe_files",
@@ -252,6 +264,19 @@ class UprobeManager:
             probes.add_metric([kind], p)
         yield files
         yield probes
+        per_file = GaugeMetricFamily("podscope_uprobe_file_processes",
+                                     "Processes mapping each probed file (0: its probes go "
+                                     "after uprobe_detach_after)", labels=["kind", "path"])
+        for t in self.targets.values():
+            per_file.add_metric([t.kind, _host_path(t.path)], len(t.pids))
+        yield per_file
+        lat = HistogramMetricFamily(
+            "podscope_uprobe_attach_seconds",
+            "From a process's exec (or its mapping of a library) to uprobes on its files",
+            buckets=[(_le(le), n) for le, n in zip(LATENCY_BUCKETS, self.latency_counts,
+                                                    strict=True)],
+            sum_value=self.latency_sum)
+        yield lat
         procs_g = GaugeMetricFamily("podscope_uprobe_processes",
                                     "Processes that map a probed file")
         procs_g.add_metric([], len(self._pids))
@@ -262,3 +287,15 @@ class UprobeManager:
         for reason, n in sorted({**self.errors, "limit": self.skipped_files}.items()):
             errs.add_metric([reason], n)
         yield errs
+
+
+def _le(v: float) -> str:
+    return "+Inf" if v == float("inf") else repr(v)
+
+
+def _host_path(path: str) -> str:
+    """/proc/PID/root/usr/lib/x.so -> /usr/lib/x.so (the name inside the process)."""
+    parts = path.split("/", 4)
+    if len(parts) == 5 and parts[1] == "proc" and parts[3] == "root":
+        return "/" + parts[4]
+    return path
