@@ -37,6 +37,7 @@
 #define HTTP_MAX_AGG   16384
 #define HEAD_MASK      (2 * HTTP_HEAD_MAX - 1)
 #define HTTP_EMPTY_MAX 16 /* CR and LF bytes skipped before a message (RFC 9112 section 2.2) */
+#define HTTP_REQ_MIN   16 /* "X / HTTP/1.1" CRLF CRLF: the shortest request */
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -1031,6 +1032,13 @@ __noinline int http_on_request(__u64 key, __s32 ret, __u32 inbound)
 		}
 		return 0;
 	}
+	if (s->have && ret < HTTP_REQ_MIN) {
+		/* fewer bytes than the shortest request: a request read in pieces (Go's server
+		 * reads one byte ahead while a handler runs), or a stray CRLF: user space joins
+		 * the pieces */
+		to_stream(c, s, ret, inbound, 0);
+		return 0;
+	}
 	if (!s->have || fetch_head(s, &s->io, ret, true))
 		return 0;
 	scan_words();
@@ -1537,6 +1545,114 @@ int tls_ret(struct pt_regs *ctx)
 	s->call.a.a2 = tc.buf;
 	s->call.a.a3 = n;
 	return on_data((struct sock *)(unsigned long)sk, (int)n, tc.op == TLS_OP_READ, false, true);
+}
+
+/* Go crypto/tls (include/tls.bpf.h). Offsets of the fields on the way from a tls.Conn to its
+ * descriptor: the same from Go 1.17 (the register ABI) to today (user space's table). */
+const volatile __u32 go_tls_conn_off = 0;    /* crypto/tls.Conn.conn (net.Conn interface) */
+const volatile __u32 go_tcpconn_fd_off = 0;  /* net.conn.fd (*netFD) */
+const volatile __u32 go_netfd_sysfd_off = 16; /* net.netFD.pfd (poll.FD) + poll.FD.Sysfd */
+
+#if defined(__TARGET_ARCH_x86)
+#define GO_PARAM1(x) ((x)->ax)
+#define GO_PARAM2(x) ((x)->bx)
+#define GO_PARAM3(x) ((x)->cx)
+#define GO_G(x)	     ((x)->r14)
+#elif defined(__TARGET_ARCH_arm64)
+#define GO_PARAM1(x) ((x)->regs[0])
+#define GO_PARAM2(x) ((x)->regs[1])
+#define GO_PARAM3(x) ((x)->regs[2])
+#define GO_G(x)	     ((x)->regs[28])
+#endif
+
+static __always_inline __u64 go_conn_sock(__u64 conn)
+{
+	__u64 data = 0, netfd = 0;
+	__s64 fd = -1;
+	__u16 type = 0, proto = 0;
+	__u64 sk;
+
+	if (bpf_probe_read_user(&data, sizeof(data), (void *)(conn + go_tls_conn_off + 8)) || !data)
+		return 0;
+	if (bpf_probe_read_user(&netfd, sizeof(netfd), (void *)(data + go_tcpconn_fd_off)) || !netfd)
+		return 0;
+	if (bpf_probe_read_user(&fd, sizeof(fd), (void *)(netfd + go_netfd_sysfd_off)))
+		return 0;
+	sk = fd_socket(fd, &type, &proto);
+	return sk && type == SOCK_STREAM && proto == IPPROTO_TCP ? sk : 0;
+}
+
+static __always_inline int go_tls_enter(struct pt_regs *ctx, __u32 op)
+{
+	struct go_call_key k = { .g = GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32 };
+	struct tls_call tc = {};
+
+	tc.ssl = GO_PARAM1(ctx);
+	tc.buf = GO_PARAM2(ctx);
+	tc.op = op;
+	tc.sk = go_conn_sock(tc.ssl);
+	if (!tc.sk) {
+		count(HTTP_C_TLS_UNBOUND);
+		return 0;
+	}
+	bpf_map_update_elem(&go_calls, &k, &tc, BPF_ANY);
+	return 0;
+}
+
+SEC("uprobe")
+int go_tls_rd_e(struct pt_regs *ctx) /* crypto/tls.(*Conn).Read */
+{
+	return go_tls_enter(ctx, TLS_OP_READ);
+}
+
+static __always_inline int go_tls_data(struct tls_call *tc, __s64 n)
+{
+	struct http_conn *c;
+	struct scratch *s;
+
+	if (n <= 0 || n > 0x7fffffff || !(s = scratch()))
+		return 0;
+	c = conn_get(tc->sk);
+	if (!c && !(c = conn_new(s, tc->sk)))
+		return 0;
+	c->tls = 1;
+	count(HTTP_C_TLS_PLAINTEXT);
+	s->call.a.nr = tc->op == TLS_OP_READ ? NR_read : NR_write;
+	s->call.a.a2 = tc->buf;
+	s->call.a.a3 = n;
+	return on_data((struct sock *)(unsigned long)tc->sk, (int)n, tc->op == TLS_OP_READ, false,
+		       true);
+}
+
+/* Write returns once all of b is written (or on an error that ends the connection): its bytes
+ * are taken at the entry, before the peer can answer them. Another goroutine reads the answer
+ * (net/http's client and HTTP/2 have a reader and a writer per connection): its Read may return
+ * before this Write's RET probe runs. */
+SEC("uprobe")
+int go_tls_wr_e(struct pt_regs *ctx) /* crypto/tls.(*Conn).Write */
+{
+	struct tls_call tc = { .op = TLS_OP_WRITE };
+
+	tc.sk = go_conn_sock(GO_PARAM1(ctx));
+	tc.buf = GO_PARAM2(ctx);
+	if (!tc.sk) {
+		count(HTTP_C_TLS_UNBOUND);
+		return 0;
+	}
+	return go_tls_data(&tc, (__s64)GO_PARAM3(ctx));
+}
+
+SEC("uprobe")
+int go_tls_ret(struct pt_regs *ctx) /* every RET of Read */
+{
+	struct go_call_key k = { .g = GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32 };
+	struct tls_call *p = bpf_map_lookup_elem(&go_calls, &k), tc;
+
+	if (!p)
+		return 0;
+	tc = *p;
+	bpf_map_delete_elem(&go_calls, &k);
+	return go_tls_data(&tc, (__s64)GO_PARAM1(ctx));
 }
 
 /* Processes to look at for TLS libraries and Go binaries (user space reads their maps). */

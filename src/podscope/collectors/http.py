@@ -242,7 +242,8 @@ class HttpCollector:
     }
     # TLS libraries (attached per file by the uprobe manager) and what finds their processes
     TLS_PROGS = ("tls_rd_e", "tls_rdx_e", "tls_wr_e", "tls_wrx_e", "tls_hs_e", "tls_setfd",
-                 "tls_free", "tls_ret", "http_exec", "http_mmap")
+                 "tls_free", "tls_ret", "go_tls_rd_e", "go_tls_wr_e", "go_tls_ret", "http_exec",
+                 "http_mmap")
     HOOK_NAMES = {
         "socket": "socket tracepoints (sock_recv_length, sock_send_length)",
         "syscalls": "syscall tracepoints (" + ", ".join(SYSCALLS) + ")",
@@ -258,7 +259,7 @@ class HttpCollector:
         o.load(optional=["http_offcpu", *self.TLS_PROGS])
         if self.hooks == "syscalls":  # the sys_exit programs hand each call to the worker
             o.map("http_work").update(ct.c_uint32(0), ct.c_uint32(o.program("http_x_work").fd))
-        uprobe_progs = [p for p in self.TLS_PROGS if p.startswith("tls_")]
+        uprobe_progs = [p for p in self.TLS_PROGS if not p.startswith("http_")]
         attach(o, skip=("http_offcpu", "http_x_work", *uprobe_progs),
                optional=("http_exec", "http_mmap"))
         if self._reasons_wanted:

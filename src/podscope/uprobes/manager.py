@@ -38,6 +38,7 @@ OPENSSL_PROBES = (
     ("SSL_do_handshake", "tls_hs_e", False), ("SSL_do_handshake", "tls_ret", True),
     ("SSL_set_fd", "tls_setfd", False), ("SSL_free", "tls_free", False),
 )
+GO_ENTRIES = {"crypto/tls.(*Conn).Read": "go_tls_rd_e", "crypto/tls.(*Conn).Write": "go_tls_wr_e"}
 SCOPES = ("pods", "all", "off")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, float("inf"))
 EVENT_DELAY = 0.03  # seconds between an exec/mmap event and reading the process's maps
@@ -70,6 +71,7 @@ class UprobeManager:
         self.self_pid = os.getpid()
         self._kinds: dict[tuple[int, int], elf.ElfInfo] = {}  # files looked at (bounded)
         self.targets: dict[tuple[int, int], Target] = {}
+        self._refused: set[tuple[int, int]] = set()  # files said once not to be probed
         self._pids: dict[int, tuple[int, set[tuple[int, int]]]] = {}  # pid -> (start, files)
         self._wanted: dict[str, bool] = {}  # cgroup path -> in scope (bounded)
         self._due: dict[int, float] = {}  # pid -> when to look at it
@@ -174,9 +176,22 @@ class UprobeManager:
             self._pids.pop(pid, None)
 
     # --- probes ---
+    def _probes(self, info: elf.ElfInfo) -> list[tuple[str, int, str, bool]]:
+        """(function, offset, program, return probe) for a file."""
+        if info.kind == "openssl":
+            return [(f, 0, prog, ret) for f, prog, ret in OPENSSL_PROBES if f in info.funcs]
+        out = [(f, 0, GO_ENTRIES[f], False) for f in sorted(info.funcs)]
+        for func, offsets in info.returns:
+            out += [(func, off, "go_tls_ret", False) for off in offsets]
+        return out
+
     def _attach(self, pid: int, m: procs.Mapped, info: elf.ElfInfo) -> bool:
-        if info.kind != "openssl":
-            return False  # Go binaries: not yet
+        if info.why_not:
+            if (m.dev, m.inode) not in self._refused:
+                self._refused.add((m.dev, m.inode))
+                self._error("go_stripped" if info.stripped else "go_unsupported")
+                log.warning("uprobes: %s (pid %d): not probed: %s", m.path, pid, info.why_not)
+            return False
         if len(self.targets) >= self.max_files:
             self.skipped_files += 1
             return False
@@ -185,10 +200,9 @@ class UprobeManager:
             return False
         t = Target((m.dev, m.inode), path, info.kind)
         try:
-            for func, prog, ret in OPENSSL_PROBES:
-                if func in info.funcs:
-                    t.links.append(self.obj.program(prog).attach_uprobe(path, func,
-                                                                         retprobe=ret))
+            for func, off, prog, ret in self._probes(info):
+                t.links.append(self.obj.program(prog).attach_uprobe(path, func, offset=off,
+                                                                     retprobe=ret))
         except libbpf.BpfError as e:
             self._error("attach_failed")
             log.warning("uprobes: %s (%s, pid %d): %s", m.path, info.kind, pid, e.short)

@@ -152,4 +152,25 @@ static __always_inline __u64 tls_call_sock(const struct tls_call *tc, bool got_d
 	return 0;
 }
 
+/* ---- Go crypto/tls ----
+ * (*Conn).Write at its entry (the whole buffer is written), (*Conn).Read with uprobes at the entry
+ * and at every RET (a uretprobe would rewrite the return address on a goroutine stack, which Go
+ * moves). Go's register ABI (1.17):
+ * the receiver in RAX, the slice in RBX (pointer) and RCX (length), the result n in RAX; R14
+ * holds the goroutine, the key from entry to return (a goroutine that blocks in Read may come
+ * back on another thread). The socket: tls.Conn.conn (an interface: its data word) -> the
+ * net.TCPConn's netFD -> poll.FD.Sysfd, a descriptor of the process. */
+struct go_call_key {
+	__u64 g;
+	__u32 tgid;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TLS_MAX_CALLS);
+	__type(key, struct go_call_key);
+	__type(value, struct tls_call);
+} go_calls SEC(".maps");
+
 #endif
