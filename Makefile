@@ -19,7 +19,8 @@ APT_PKGS := clang-16:clang-16 libbpf-dev:/usr/include/bpf/libbpf.h bpftool:bpfto
 	podman:podman containerd:containerd runc:runc catatonit:catatonit golang-go:go \
 	golang-github-masterminds-sprig-dev:/usr/share/gocode/src/github.com/Masterminds/sprig \
 	golang-gopkg-yaml.v2-dev:/usr/share/gocode/src/gopkg.in/yaml.v2 \
-	nodejs:node libssl-dev:/usr/include/openssl/ssl.h openssl:openssl curl:curl gcc:gcc
+	nodejs:node libssl-dev:/usr/include/openssl/ssl.h openssl:openssl curl:curl gcc:gcc \
+	golang-google-grpc-dev:/usr/share/gocode/src/google.golang.org/grpc
 BPF_SRCS := $(wildcard $(BPF_DIR)/*.bpf.c)
 BPF_OBJS := $(BPF_SRCS:.bpf.c=.bpf.o)
 BPF_HDRS := $(wildcard $(BPF_DIR)/*.h $(BPF_DIR)/include/*.h)

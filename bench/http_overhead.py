@@ -11,6 +11,11 @@ Workloads, each in two test pods, alternating rounds with the agent off and on:
                 decoded in user space (frames, HPACK), so this is the agent's capacity
   nginx-h2-8k   the same at a fixed 8000 requests/s (h2load --rps 1000 per connection): agent
                 CPU per request when it keeps up
+  nginx-tls     nginx over TLS (OpenSSL), wrk keep-alive over https (-t2 -c32): the plaintext
+                from uprobes on libssl (SSL_read/SSL_write entry and return) into the kernel path
+  go-h2-tls     a Go net/http server over TLS with HTTP/2 (crypto/tls uprobes at the entry and
+                every RET of Read, the entry of Write), h2load -c8 -m10 as fast as it goes: HTTP/2
+                decoded in user space, agent CPU per request
 
 Reports per workload: median throughput ratio on/off, p99 latency ratio, BPF run time per
 request (kernel.bpf_stats_enabled), agent CPU per 10k requests, events lost, agent peak RSS.
@@ -42,16 +47,19 @@ from tcp_overhead import (  # noqa: E402
     write_results,
 )
 
+from podscope.testing.gobuild import build_go  # noqa: E402
 from podscope.testing.pods import Pod, PodNetwork  # noqa: E402
-from podscope.testing.servers import start_nginx  # noqa: E402
+from podscope.testing.servers import make_certificate, start_nginx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSCALLS = ("read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg")
 MY_PROGS = ({"tcp_state", "tcp_rst_send", "tcp_rst_recv", "tcp_drop", "tcp_iter", "http_recv",
              "http_send", "http_close", "http_x_work", "dns_recv", "dns_send"}
             | {f"http_{d}_{n}" for n in SYSCALLS for d in "ex"}
-            | {f"dns_{d}_{n}" for n in SYSCALLS + ("recvmmsg", "sendmmsg") for d in "ex"})
-COLLECTORS = ("tcp_", "http_", "dns_")
+            | {f"dns_{d}_{n}" for n in SYSCALLS + ("recvmmsg", "sendmmsg") for d in "ex"}
+            | {"tls_rd_e", "tls_rdx_e", "tls_wr_e", "tls_wrx_e", "tls_hs_e", "tls_setfd",
+               "tls_free", "tls_ret", "go_tls_rd_e", "go_tls_wr_e", "go_tls_ret"})
+COLLECTORS = ("tcp_", "http_", "dns_", "tls_", "go_tls_")
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
@@ -108,7 +116,22 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float) -> dict[st
     server = net.pod(f"s{tag}")
     client = net.pod(f"c{tag}", driver="cgroupfs")
     agent_args: list[str] = []
-    if name.startswith("nginx-h2"):
+    tmp = tempfile.mkdtemp(prefix="podscope-bench-")
+    server.cleanups.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    if name == "go-h2-tls":
+        cert, key = make_certificate(Path(tmp))
+        binary = build_go(ROOT / "tests" / "fixtures" / "go" / "gohttps.go", Path(tmp) / "gohttps")
+        p = server.popen([str(binary), "server", "8443", str(cert), str(key)],
+                         stdout=subprocess.PIPE, text=True)
+        assert p.stdout is not None and p.stdout.readline().strip() == "listening"
+        url = f"https://{server.ip}:8443/ok"
+
+        def load(secs: float) -> dict[str, float]:
+            return h2load(client, url, secs, 8, 10, 0)
+    elif name == "nginx-tls":
+        start_nginx(server, port="443 ssl", tls=make_certificate(Path(tmp)))
+        url, conns, threads = f"https://{server.ip}/ok", 32, 2
+    elif name.startswith("nginx-h2"):
         start_nginx(server, port="8080 http2")
         url = f"http://{server.ip}:8080/ok"
         rate = 1000 if name == "nginx-h2-8k" else 0
@@ -124,11 +147,9 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float) -> dict[st
         assert p.stdout is not None and p.stdout.readline().strip() == "listening"
         # one connection: a Python server's threads would queue on the GIL, not on the work
         url, conns, threads = f"http://{server.ip}:8080/work/1000", 1, 1
-    if not name.startswith("nginx-h2"):
+    if not name.startswith("nginx-h2") and name != "go-h2-tls":
         def load(secs: float) -> dict[str, float]:
             return wrk(client, url, secs, conns, threads)
-    tmp = tempfile.mkdtemp(prefix="podscope-bench-")
-    server.cleanups.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
     if name.endswith("records"):
         agent_args = ["--export", f"jsonl:{tmp}/records.jsonl"]
     if name.endswith("syscalls"):
@@ -198,7 +219,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--only", action="append", default=[],
                     choices=["nginx-tiny", "handler-1ms", "nginx-records", "nginx-syscalls",
-                             "nginx-h2", "nginx-h2-8k"])
+                             "nginx-h2", "nginx-h2-8k", "nginx-tls", "go-h2-tls"])
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "http_overhead.json"))
     a = ap.parse_args()
     with PodNetwork() as net:

@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     ck = sub.add_parser("check", help="which signals this kernel supports, and why not")
     ck.add_argument("--json", action="store_true", help="the report as JSON")
+    ck.add_argument("--tls", action="store_true",
+                    help="the TLS libraries and Go binaries the agent would probe, per pod")
+    ck.add_argument("--all", action="store_true",
+                    help="with --tls: every process, not only those of pods and containers")
     tp = sub.add_parser("top", help="live table of pods and their golden signals")
     tp.add_argument("--agent", metavar="URL",
                     help="a running agent (default: 127.0.0.1:9464 if it answers, else the "
@@ -127,6 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     from .libbpf import BpfError
 
     try:
+        if args.cmd == "check" and args.tls:
+            import json
+
+            from .uprobes.manager import survey
+
+            found = survey(scope="all" if args.all else "pods")
+            if args.json:
+                print(json.dumps(found, indent=1))
+            else:
+                print(format_tls_survey(found))
+            return 0
         if args.cmd == "check":
             logging.basicConfig(level=logging.ERROR, format="podscope: %(message)s")
             report = features.check()
@@ -193,3 +208,24 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def format_tls_survey(found: list[dict[str, object]]) -> str:
+    """podscope check --tls: per pod (or container, or cgroup), the processes and their files."""
+    if not found:
+        return "no process of a pod or container maps a TLS library or a Go binary with TLS"
+    lines = []
+    by_owner: dict[str, list[dict[str, object]]] = {}
+    for f in found:
+        owner = (f"pod {f['pod_uid']}" if f["pod_uid"] else
+                 f"container {str(f['container_id'])[:12]}" if f["container_id"] else
+                 f"cgroup {f['cgroup']}")
+        by_owner.setdefault(owner, []).append(f)
+    for owner, items in by_owner.items():
+        lines.append(owner)
+        for f in items:
+            state = "probed" if f["probed"] else f"not probed: {f['why_not']}"
+            ver = f" {f['go_version']}" if f["go_version"] else ""
+            lines.append(f"  pid {f['pid']:<7} {str(f['process']):<16} {f['kind']}{ver:<10} "
+                         f"{f['path']}  ({state})")
+    return "\n".join(lines)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from podscope.testing.pods import PodNetwork
+from podscope.testing.gobuild import build_go
+from podscope.testing.pods import Pod, PodNetwork
 from podscope.testing.servers import make_certificate, start_nginx
 from tests.conftest import FIXTURES, SLOW, AgentProc, Metrics, python_cmd
 from tests.kernel.test_http import CLIENT_HIST, SERVER_HIST, by_method_status
@@ -259,5 +260,149 @@ def test_tls_off_leaves_tls_alone(pods: PodNetwork, tmp_path: Path) -> None:
         assert not by_method_status(m, SERVER_HIST, k8s_pod_uid=server.uid)
         assert not m.series("podscope_uprobe_files")
         assert parse_errors(m) == 0
+    finally:
+        agent.stop()
+
+
+# --- Go: crypto/tls (uprobes at the entry and every RET), net/http and grpc-go ---
+
+GO_FIXTURES = FIXTURES / "go"
+
+
+@pytest.fixture(scope="module")
+def go_bins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("go")
+    return {name: build_go(GO_FIXTURES / f"{name}.go", d / name)
+            for name in ("gohttps", "gogrpc")}
+
+
+def _json_counts(out: str) -> Counter[str]:
+    return Counter(json.loads(out.strip().splitlines()[-1]))
+
+
+def rpc_counts(m: Metrics, name: str, **labels: str) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for s in m.samples:
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+            out[f"{s.labels['rpc_method']} {s.labels['rpc_grpc_status_code']}"] += int(s.value)
+    return out
+
+
+def start_go(pod: Pod, cmd: list[str]) -> subprocess.Popen[str]:
+    p = pod.popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "listening", cmd
+    return p
+
+
+def test_go_net_http_over_tls_http1_and_http2_server_and_client(
+        pods: PodNetwork, tmp_path: Path, go_bins: dict[str, Path]) -> None:
+    server = pods.pod("server")
+    client = pods.pod("client")
+    cert, key = make_certificate(tmp_path)
+    p = start_go(server, [str(go_bins["gohttps"]), "server", "8443", str(cert), str(key)])
+    agent = AgentProc([], tmp_path)
+    try:
+        url = f"https://{server.ip}:8443"
+        h1 = _json_counts(client.run([str(go_bins["gohttps"]), "client", url, "43", "3",
+                                      "h1"]).stdout)
+        h2 = _json_counts(client.run([str(go_bins["gohttps"]), "client", url, "37", "2",
+                                      "h2"]).stdout)
+        assert sum(h1.values()) == 43 and sum(h2.values()) == 37
+
+        def complete(m: Metrics) -> bool:
+            return sum(by_method_status(m, CLIENT_HIST, k8s_pod_uid=client.uid).values()) >= 80
+
+        m = wait_metrics(agent, complete)
+        for hist, pod in ((SERVER_HIST, server), (CLIENT_HIST, client)):
+            for version, truth in (("1.1", h1), ("2", h2)):
+                got = by_method_status(m, hist, k8s_pod_uid=pod.uid, url_scheme="https",
+                                       network_protocol_version=version)
+                assert got == truth, (hist, version, got)
+        assert parse_errors(m) == 0
+        assert m.value("podscope_tls_calls_total", outcome="unbound") == 0
+        assert m.value("podscope_uprobe_files", kind="go") == 1
+    finally:
+        agent.stop()
+        p.terminate()
+        p.wait()
+
+
+@pytest.mark.parametrize("transport", ["tls", "h2c"])
+def test_grpc_go_unary_and_streaming_with_ok_and_error_statuses(
+        pods: PodNetwork, tmp_path: Path, go_bins: dict[str, Path], transport: str) -> None:
+    server = pods.pod("server")
+    client = pods.pod("client")
+    cert, key = make_certificate(tmp_path)
+    creds = [str(cert), str(key)] if transport == "tls" else []
+    p = start_go(server, [str(go_bins["gogrpc"]), "server", "50051", *creds])
+    agent = AgentProc([], tmp_path)
+    try:
+        truth = _json_counts(client.run([str(go_bins["gogrpc"]), "client",
+                                         f"{server.ip}:50051", transport, "31", "9"]).stdout)
+        assert sum(truth.values()) == 40
+        assert {"Check 0", "Check 5", "Check 13", "Watch 0", "Watch 13"} <= set(truth)
+
+        def complete(m: Metrics) -> bool:
+            return sum(rpc_counts(m, "rpc_client_duration_seconds_count",
+                                  k8s_pod_uid=client.uid).values()) >= 40
+
+        m = wait_metrics(agent, complete)
+        assert rpc_counts(m, "rpc_server_duration_seconds_count",
+                          k8s_pod_uid=server.uid) == truth
+        assert rpc_counts(m, "rpc_client_duration_seconds_count", k8s_pod_uid=client.uid,
+                          server_port="50051") == truth
+        assert parse_errors(m) == 0
+        assert m.value("podscope_http2_decode_total", outcome="full") >= 80
+    finally:
+        agent.stop()
+        p.terminate()
+        p.wait()
+
+
+def test_go_https_connection_opened_before_the_agent_started(
+        pods: PodNetwork, tmp_path: Path, go_bins: dict[str, Path]) -> None:
+    server = pods.pod("server")
+    client = pods.pod("client")
+    cert, key = make_certificate(tmp_path)
+    srv = start_go(server, [str(go_bins["gohttps"]), "server", "8443", str(cert), str(key)])
+    p = client.popen([str(go_bins["gohttps"]), "hold", f"https://{server.ip}:8443", "h1"],
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdin is not None and p.stdout is not None
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        agent = AgentProc([], tmp_path)
+        try:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            assert p.stdout.readline().strip() == "done"
+            truth = Counter({"GET 200": 17, "GET 404": 4})
+            m = wait_metrics(agent, lambda m: sum(by_method_status(
+                m, SERVER_HIST, k8s_pod_uid=server.uid).values()) >= 21)
+            for hist, pod in ((SERVER_HIST, server), (CLIENT_HIST, client)):
+                assert by_method_status(m, hist, k8s_pod_uid=pod.uid,
+                                        url_scheme="https") == truth, hist
+        finally:
+            agent.stop()
+    finally:
+        p.kill()
+        p.wait()
+        srv.terminate()
+        srv.wait()
+
+
+def test_stripped_go_binary_is_reported(pods: PodNetwork, tmp_path: Path) -> None:
+    """A Go binary without its symbol table (-ldflags=-s) is not probed, and says so."""
+    binary = build_go(GO_FIXTURES / "gohttps.go", tmp_path / "stripped", ldflags="-s -w")
+    server = pods.pod("server")
+    cert, key = make_certificate(tmp_path)
+    agent = AgentProc([], tmp_path)
+    try:
+        p = start_go(server, [str(binary), "server", "8443", str(cert), str(key)])
+        m = wait_metrics(agent, lambda m: m.value("podscope_uprobe_errors_total",
+                                                  reason="go_stripped") >= 1)
+        assert m.value("podscope_uprobe_errors_total", reason="go_stripped") == 1
+        assert "stripped Go binary" in agent.log.read_text()
+        p.terminate()
+        p.wait()
     finally:
         agent.stop()

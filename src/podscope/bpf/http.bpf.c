@@ -1433,10 +1433,22 @@ int http_x_work(void *ctx)
  * OpenSSL 1.1 and 3, BoringSSL, shared or linked into a binary. Entry uprobes remember the call
  * per thread; one uretprobe takes its plaintext to on_data, by the socket underneath. */
 
+/* Uprobes fire in every process that maps a probed file: never in the agent's own (its calls to
+ * the Kubernetes API, to an OTLP collector). */
+const volatile __u32 self_tgid = 0;
+
+static __always_inline bool tls_self(void)
+{
+	return (bpf_get_current_pid_tgid() >> 32) == self_tgid;
+}
+
 static __always_inline int tls_enter(struct pt_regs *ctx, __u32 op, bool ex)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct tls_call tc = {};
+
+	if (tls_self())
+		return 0;
 
 	/* a handshake inside a read or write (renegotiation) is part of that call */
 	if (op == TLS_OP_HANDSHAKE && bpf_map_lookup_elem(&tls_calls, &id))
@@ -1587,6 +1599,9 @@ static __always_inline int go_tls_enter(struct pt_regs *ctx, __u32 op)
 	struct go_call_key k = { .g = GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32 };
 	struct tls_call tc = {};
 
+	if (tls_self())
+		return 0;
+
 	tc.ssl = GO_PARAM1(ctx);
 	tc.buf = GO_PARAM2(ctx);
 	tc.op = op;
@@ -1633,6 +1648,8 @@ int go_tls_wr_e(struct pt_regs *ctx) /* crypto/tls.(*Conn).Write */
 {
 	struct tls_call tc = { .op = TLS_OP_WRITE };
 
+	if (tls_self())
+		return 0;
 	tc.sk = go_conn_sock(GO_PARAM1(ctx));
 	tc.buf = GO_PARAM2(ctx);
 	if (!tc.sk) {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes as ct
 import ipaddress
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -179,7 +180,8 @@ class HttpCollector:
         self.obj = libbpf.BpfObject(libbpf.bpf_object_path("http"), "http")
         self.kernel = features.kernel()
         self.obj.set_rodata(emit_records=self.records, stream_all=capture_headers,
-                            has_task_pt_regs=self.kernel.has_task_pt_regs)
+                            has_task_pt_regs=self.kernel.has_task_pt_regs,
+                            self_tgid=os.getpid())
         features.use_task_store(self.obj, "http_threads")
         features.set_prev_state(self.obj)
         self.hooks = features.socket_hooks(hooks)
@@ -287,6 +289,19 @@ class HttpCollector:
             "request blocked time by reason (deep probe)":
                 "Linux before 5.15 has no bpf_task_pt_regs: the syscall a thread blocked in is "
                 "unknown, so only disk (D state) and other are told apart"}
+        if self.tls_scope != "off":
+            tls_progs = [p for p in self.TLS_PROGS if not p.startswith("http_")]
+            out += program_signals(
+                self.name, self.obj,
+                {"HTTPS: TLS libraries (OpenSSL, BoringSSL, Go crypto/tls)": tls_progs},
+                f"uprobes on the TLS libraries and Go binaries of {self.tls_scope} "
+                "(podscope check --tls: what is found)")
+            out += program_signals(
+                self.name, self.obj,
+                {"new processes probed at exec and library load": ["http_exec", "http_mmap"]},
+                degraded={} if self.uprobes is None or self.uprobes.rescan > 1.0 else {
+                    "new processes probed at exec and library load":
+                        "no exec/mmap tracepoints: a full /proc pass every second instead"})
         out += program_signals(self.name, self.obj,
                                {"request blocked time by reason (deep probe)": ["http_offcpu"]},
                                degraded=degraded, default=False)

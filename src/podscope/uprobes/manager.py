@@ -313,3 +313,39 @@ def _host_path(path: str) -> str:
     if len(parts) == 5 and parts[1] == "proc" and parts[3] == "root":
         return "/" + parts[4]
     return path
+
+
+def survey(proc: str = "/proc", scope: str = "pods") -> list[dict[str, object]]:
+    """What the agent would probe now, without probing: per process in scope that maps a TLS
+    library or a Go binary with crypto/tls, the file, its kind and, when it cannot be probed,
+    why (`podscope check --tls`)."""
+    kinds: dict[tuple[int, int], elf.ElfInfo] = {}
+    out: list[dict[str, object]] = []
+    me = os.getpid()
+    for name in sorted(os.listdir(proc), key=lambda n: (len(n), n)):
+        if not name.isdigit() or int(name) == me:
+            continue
+        pid = int(name)
+        ref = proc_pod_ref(pid, proc)
+        if ref is None or (scope == "pods" and not (ref.pod_uid or ref.container_id)):
+            continue
+        for m in procs.exec_mappings(pid, proc):
+            key = (m.dev, m.inode)
+            if key not in kinds:
+                path = procs.openable(pid, m, proc)
+                try:
+                    kinds[key] = elf.inspect(path) if path else elf.ElfInfo("", frozenset())
+                except OSError:
+                    kinds[key] = elf.ElfInfo("", frozenset())
+            info = kinds[key]
+            if info.kind:
+                try:
+                    comm = open(f"{proc}/{pid}/comm").read().strip()  # noqa: SIM115
+                except OSError:
+                    comm = ""
+                out.append({"pid": pid, "process": comm, "pod_uid": ref.pod_uid,
+                            "container_id": ref.container_id, "cgroup": ref.path,
+                            "path": m.path, "kind": info.kind,
+                            "go_version": info.go_version,
+                            "probed": not info.why_not, "why_not": info.why_not})
+    return out
