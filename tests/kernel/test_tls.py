@@ -376,11 +376,16 @@ def test_go_https_connection_opened_before_the_agent_started(
             p.stdin.flush()
             assert p.stdout.readline().strip() == "done"
             truth = Counter({"GET 200": 17, "GET 404": 4})
-            m = wait_metrics(agent, lambda m: sum(by_method_status(
-                m, SERVER_HIST, k8s_pod_uid=server.uid).values()) >= 21)
+            # both sides had a goroutine blocked in (*Conn).Read when the probes came (the
+            # server's connection reader, the client's read loop): that Read has no entry,
+            # its receiver and buffer are taken from their spill slots at its RET
+            m = wait_metrics(agent, lambda m: all(sum(by_method_status(
+                m, hist, k8s_pod_uid=pod.uid).values()) >= 21 for hist, pod in (
+                    (SERVER_HIST, server), (CLIENT_HIST, client))))
             for hist, pod in ((SERVER_HIST, server), (CLIENT_HIST, client)):
                 assert by_method_status(m, hist, k8s_pod_uid=pod.uid,
                                         url_scheme="https") == truth, hist
+            assert parse_errors(m) == 0
         finally:
             agent.stop()
     finally:

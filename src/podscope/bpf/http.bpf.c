@@ -1577,7 +1577,9 @@ const volatile __u32 go_netfd_sysfd_off = 16; /* net.netFD.pfd (poll.FD) + poll.
 #define GO_G(x)	     ((x)->regs[28])
 #endif
 
-static __always_inline __u64 go_conn_sock(__u64 conn)
+/* The socket of a tls.Conn; 0 (and *closed) once the connection is closed (poll.FD.Sysfd -1:
+ * Go's HTTP/2 reader and close_notify meet a closed descriptor). */
+static __always_inline __u64 go_conn_sock(__u64 conn, bool *closed)
 {
 	__u64 data = 0, netfd = 0;
 	__s64 fd = -1;
@@ -1590,6 +1592,10 @@ static __always_inline __u64 go_conn_sock(__u64 conn)
 		return 0;
 	if (bpf_probe_read_user(&fd, sizeof(fd), (void *)(netfd + go_netfd_sysfd_off)))
 		return 0;
+	if (fd < 0) {
+		*closed = true;
+		return 0;
+	}
 	sk = fd_socket(fd, &type, &proto);
 	return sk && type == SOCK_STREAM && proto == IPPROTO_TCP ? sk : 0;
 }
@@ -1602,12 +1608,15 @@ static __always_inline int go_tls_enter(struct pt_regs *ctx, __u32 op)
 	if (tls_self())
 		return 0;
 
+	bool closed = false;
+
 	tc.ssl = GO_PARAM1(ctx);
 	tc.buf = GO_PARAM2(ctx);
 	tc.op = op;
-	tc.sk = go_conn_sock(tc.ssl);
+	tc.sk = go_conn_sock(tc.ssl, &closed);
 	if (!tc.sk) {
-		count(HTTP_C_TLS_UNBOUND);
+		if (!closed)
+			count(HTTP_C_TLS_UNBOUND);
 		return 0;
 	}
 	bpf_map_update_elem(&go_calls, &k, &tc, BPF_ANY);
@@ -1650,23 +1659,49 @@ int go_tls_wr_e(struct pt_regs *ctx) /* crypto/tls.(*Conn).Write */
 
 	if (tls_self())
 		return 0;
-	tc.sk = go_conn_sock(GO_PARAM1(ctx));
+	bool closed = false;
+
+	tc.sk = go_conn_sock(GO_PARAM1(ctx), &closed);
 	tc.buf = GO_PARAM2(ctx);
 	if (!tc.sk) {
-		count(HTTP_C_TLS_UNBOUND);
+		if (!closed)
+			count(HTTP_C_TLS_UNBOUND);
 		return 0;
 	}
 	return go_tls_data(&tc, (__s64)GO_PARAM3(ctx));
+}
+
+/* A Read whose entry was not seen: it was already waiting when the probes came (an idle
+ * keep-alive connection's reader, at the agent's start). Its receiver and slice are in their
+ * spill slots, which the register ABI reserves in the caller's frame just above the return
+ * address: Read keeps both across its calls, so they are there at its RET. */
+static __always_inline int go_tls_ret_unseen(struct pt_regs *ctx)
+{
+#if defined(__TARGET_ARCH_x86)
+	struct tls_call tc = { .op = TLS_OP_READ };
+	bool closed = false;
+	__u64 conn = 0;
+
+	if (tls_self() || bpf_probe_read_user(&conn, sizeof(conn), (void *)(ctx->sp + 8)) ||
+	    bpf_probe_read_user(&tc.buf, sizeof(tc.buf), (void *)(ctx->sp + 16)))
+		return 0;
+	tc.sk = go_conn_sock(conn, &closed);
+	if (!tc.sk)
+		return 0;
+	return go_tls_data(&tc, (__s64)GO_PARAM1(ctx));
+#else
+	return 0;
+#endif
 }
 
 SEC("uprobe")
 int go_tls_ret(struct pt_regs *ctx) /* every RET of Read */
 {
 	struct go_call_key k = { .g = GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32 };
-	struct tls_call *p = bpf_map_lookup_elem(&go_calls, &k), tc;
+	struct tls_call *p = bpf_map_lookup_elem(&go_calls, &k), tc = { .op = TLS_OP_READ };
 
 	if (!p)
-		return 0;
+		return go_tls_ret_unseen(ctx);
 	tc = *p;
 	bpf_map_delete_elem(&go_calls, &k);
 	return go_tls_data(&tc, (__s64)GO_PARAM1(ctx));

@@ -293,7 +293,7 @@ class HttpCollector:
             tls_progs = [p for p in self.TLS_PROGS if not p.startswith("http_")]
             out += program_signals(
                 self.name, self.obj,
-                {"HTTPS: TLS libraries (OpenSSL, BoringSSL, Go crypto/tls)": tls_progs},
+                {"HTTPS through TLS libraries (uprobes)": tls_progs},
                 f"uprobes on the TLS libraries and Go binaries of {self.tls_scope} "
                 "(podscope check --tls: what is found)")
             out += program_signals(

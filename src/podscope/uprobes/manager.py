@@ -108,7 +108,13 @@ class UprobeManager:
 
     def scan_all(self) -> None:
         seen = set()
-        for name in os.listdir(self.proc):
+        try:
+            names = os.listdir(self.proc)
+        except OSError as e:
+            self._error("proc_unreadable")
+            log.debug("uprobes: %s: %s", self.proc, e)
+            names = []
+        for name in names:
             if name.isdigit():
                 pid = int(name)
                 seen.add(pid)
