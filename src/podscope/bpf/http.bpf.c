@@ -162,6 +162,9 @@ struct scratch {
 	struct http_agg agg;
 	struct http_path path;
 	struct http_conn conn;
+	struct http_h2_hint hint;    /* Go's HTTP/2 header blocks */
+	__u64 hf_ptr;		     /* the []hpack.HeaderField being read */
+	__u64 hf_len;
 	struct http_stream_event ev; /* followed by data: one contiguous ring-buffer record */
 	__u8 data[2 * HTTP_CHUNK_MAX];
 };
@@ -190,6 +193,7 @@ const enum http_mode *unused_mode __attribute__((unused));
 const enum http_proto *unused_proto __attribute__((unused));
 const struct http_proc_event *unused_proc_event __attribute__((unused));
 const struct tls_call *unused_tls_call __attribute__((unused));
+const struct http_h2_hint *unused_h2_hint __attribute__((unused));
 
 static __always_inline void count(__u32 which)
 {
@@ -1705,6 +1709,365 @@ int go_tls_ret(struct pt_regs *ctx) /* every RET of Read */
 	tc = *p;
 	bpf_map_delete_elem(&go_calls, &k);
 	return go_tls_data(&tc, (__s64)GO_PARAM1(ctx));
+}
+
+/* ---- Go's HTTP/2 and gRPC header blocks before HPACK ----
+ * net/http's bundled HTTP/2 and grpc-go, server and client: the fields of each header block
+ * sent or received, named by (socket, stream id), go to user space beside the connection's
+ * frames (a HTTP_S_HINT stream event): the decoder there names the streams whose HPACK state it
+ * does not have. Struct offsets come per process from the binary's DWARF (go_offsets). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct go_h2_offsets);
+} go_offsets SEC(".maps");
+
+/* net/http's client: the request encodeHeaders saw, until writeHeaders gives its stream id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TLS_MAX_CALLS);
+	__type(key, struct go_call_key);
+	__type(value, struct http_h2_hint);
+} go_h2_requests SEC(".maps");
+
+static __always_inline struct go_h2_offsets *go_offs(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	return bpf_map_lookup_elem(&go_offsets, &tgid);
+}
+
+static __always_inline __u64 go_read_ptr(__u64 addr)
+{
+	__u64 v = 0;
+
+	bpf_probe_read_user(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+/* The socket behind a net.Conn interface stored at addr: a *net.TCPConn, or a *tls.Conn over
+ * one (told apart by the interface's type descriptor). */
+static __always_inline __u64 go_iface_sock(const struct go_h2_offsets *o, __u64 addr,
+					   bool *tls)
+{
+	__u64 itab = go_read_ptr(addr), data = go_read_ptr(addr + 8), typ;
+	bool closed = false;
+	__u16 type = 0, proto = 0;
+	__s64 fd = -1;
+	__u64 netfd;
+
+	if (!itab || !data)
+		return 0;
+	typ = go_read_ptr(itab + 8);
+	if (typ && typ == o->type_wrap_conn) { /* the net.Conn it embeds first */
+		itab = go_read_ptr(data);
+		data = go_read_ptr(data + 8);
+		if (!itab || !data)
+			return 0;
+		typ = go_read_ptr(itab + 8);
+	}
+	*tls = typ == o->type_tls_conn;
+	if (*tls)
+		return go_conn_sock(data, &closed);
+	if (typ != o->type_tcp_conn)
+		return 0;
+	netfd = go_read_ptr(data + go_tcpconn_fd_off);
+	if (!netfd || bpf_probe_read_user(&fd, sizeof(fd), (void *)(netfd + go_netfd_sysfd_off)) ||
+	    fd < 0)
+		return 0;
+	addr = fd_socket(fd, &type, &proto);
+	return addr && type == SOCK_STREAM && proto == IPPROTO_TCP ? addr : 0;
+}
+
+#define GO_STR(dst, max, lenf, ptr, len)                                                         \
+	do {                                                                                       \
+		__u64 _n = (len) < (max) ? (len) : (max);                                          \
+		if (!bpf_probe_read_user((dst), _n & ((max) - 1 | (max)), (void *)(ptr)))          \
+			(lenf) = _n;                                                               \
+	} while (0)
+
+/* One hpack.HeaderField {Name, Value string; Sensitive bool} of s->hf_ptr into s->hint. */
+__noinline int go_h2_field(__u32 i)
+{
+	struct scratch *s = scratch();
+	__u64 f[4] = {}; /* name ptr, name len, value ptr, value len */
+	__u64 name[2] = {};
+	__u8 v[12] = {};
+
+	if (!s || i >= s->hf_len)
+		return 1;
+	if (bpf_probe_read_user(f, sizeof(f), (void *)(s->hf_ptr + i * 40)))
+		return 1;
+	if (f[1] < 5 || f[1] > 16 ||
+	    bpf_probe_read_user(name, f[1] & 15 ? f[1] & 15 : 16, (void *)f[0]))
+		return 0;
+	switch (f[1]) {
+	case 7:
+		if ((name[0] & M7) == W8(':', 'm', 'e', 't', 'h', 'o', 'd', 0)) {
+			GO_STR(s->hint.method, H2_HINT_METHOD, s->hint.method_len, f[2], f[3]);
+		} else if ((name[0] & M7) == W8(':', 's', 't', 'a', 't', 'u', 's', 0) &&
+			   f[3] == 3 && !bpf_probe_read_user(v, 3, (void *)f[2])) {
+			s->hint.status = (v[0] - '0') * 100 + (v[1] - '0') * 10 + (v[2] - '0');
+		}
+		break;
+	case 5:
+		if ((name[0] & M5) == W8(':', 'p', 'a', 't', 'h', 0, 0, 0))
+			GO_STR(s->hint.path, H2_HINT_PATH, s->hint.path_len, f[2], f[3]);
+		break;
+	case 10:
+		if (name[0] == W8(':', 'a', 'u', 't', 'h', 'o', 'r', 'i') &&
+		    (name[1] & 0xffff) == ('t' | 'y' << 8))
+			GO_STR(s->hint.authority, H2_HINT_AUTH, s->hint.authority_len, f[2], f[3]);
+		break;
+	case 11:
+		if (name[0] == W8('g', 'r', 'p', 'c', '-', 's', 't', 'a') &&
+		    (name[1] & 0xffffff) == ('t' | 'u' << 8 | 's' << 16) && f[3] >= 1 && f[3] <= 2 &&
+		    !bpf_probe_read_user(v, 2, (void *)f[2])) {
+			s->hint.grpc_status = v[0] - '0';
+			if (f[3] == 2)
+				s->hint.grpc_status = s->hint.grpc_status * 10 + (v[1] - '0');
+		}
+		break;
+	case 12:
+		if (name[0] == W8('c', 'o', 'n', 't', 'e', 'n', 't', '-') &&
+		    (name[1] & M4) == W4('t', 'y', 'p', 'e') && f[3] >= 16 &&
+		    !bpf_probe_read_user(v, 12, (void *)(f[2] + 4)) &&
+		    *(__u64 *)v == W8('i', 'c', 'a', 't', 'i', 'o', 'n', '/') &&
+		    *(__u32 *)&v[8] == W4('g', 'r', 'p', 'c'))
+			s->hint.grpc = 1;
+		break;
+	}
+	return 0;
+}
+
+static __always_inline void go_h2_hint_reset(struct scratch *s, __u32 sid, __u8 sent)
+{
+	__builtin_memset(&s->hint, 0, sizeof(s->hint));
+	s->hint.stream_id = sid;
+	s->hint.sent = sent;
+	s->hint.grpc_status = -1;
+}
+
+/* s->hint to user space, on the stream of connection sk. A connection not seen yet (opened
+ * before the agent, quiet since) is HTTP/2 met mid-way: the program speaks HTTP/2 on it. */
+__noinline int go_h2_emit(__u64 sk, __u32 tls)
+{
+	struct scratch *s = scratch();
+	struct http_conn *c = conn_get(sk);
+
+	if (!s)
+		return 0;
+	if (!c || c->mode == HTTP_MODE_NEW || c->mode == HTTP_MODE_OFF) {
+		if (!c && !(c = conn_new(s, sk)))
+			return 0;
+		conn_init(c, s, (struct sock *)(unsigned long)sk, 0, false);
+		c->tls = tls;
+		c->mode = HTTP_MODE_STREAM;
+		c->proto = HTTP_PROTO_2_MIDWAY;
+		count(HTTP_C_STREAMED);
+	}
+	if (c->mode != HTTP_MODE_STREAM || c->proto == HTTP_PROTO_1) {
+		count(HTTP_C_H2_HINT_MISSED);
+		return 0;
+	}
+	s->ev.conn_id = c->id;
+	s->ev.cgroup_id = c->pod.cgroup_id;
+	s->ev.ts_ns = bpf_ktime_get_ns();
+	s->ev.netns = c->pod.netns;
+	s->ev.pid = bpf_get_current_pid_tgid() >> 32;
+	s->ev.len = 0;
+	s->ev.captured = sizeof(s->hint);
+	s->ev.kind = HTTP_S_HINT;
+	s->ev.inbound = 0;
+	s->ev.role = c->role;
+	s->ev.family = c->family;
+	s->ev.local_port = c->local_port;
+	s->ev.peer_port = c->peer_port;
+	__builtin_memcpy(s->ev.peer_addr, c->peer_addr, sizeof(s->ev.peer_addr));
+	s->ev.method = 0;
+	s->ev.proto = c->proto;
+	s->ev.sk = sk;
+	s->ev.gap = 0;
+	s->ev.tls = c->tls;
+	s->ev.skip = 0;
+	__builtin_memcpy(s->data, &s->hint, sizeof(s->hint));
+	if (bpf_ringbuf_output(&http_stream, &s->ev, sizeof(s->ev) + sizeof(s->hint), 0))
+		count(HTTP_C_STREAM_LOST);
+	else
+		count(HTTP_C_H2_HINTS);
+	return 0;
+}
+
+/* A received MetaHeadersFrame (its fields decoded) on the connection whose net.Conn is at
+ * conn_addr. */
+static __always_inline int go_h2_meta(const struct go_h2_offsets *o, __u64 conn_addr, __u64 frame)
+{
+	struct scratch *s = scratch();
+	__u64 hf = 0, sk;
+	__u32 sid = 0;
+	bool tls = false;
+
+	if (!s || !frame)
+		return 0;
+	sk = go_iface_sock(o, conn_addr, &tls);
+	if (!sk)
+		return 0;
+	hf = go_read_ptr(frame); /* the embedded *HeadersFrame, which starts with its FrameHeader */
+	if (!hf || bpf_probe_read_user(&sid, sizeof(sid), (void *)(hf + o->frame_stream_id)))
+		return 0;
+	go_h2_hint_reset(s, sid, 0);
+	s->hf_ptr = go_read_ptr(frame + o->meta_fields);
+	s->hf_len = go_read_ptr(frame + o->meta_fields + 8);
+	for (__u32 i = 0; i < 16; i++)
+		if (go_h2_field(i))
+			break;
+	return go_h2_emit(sk, tls);
+}
+
+SEC("uprobe")
+int go_grpc_srv_rh(struct pt_regs *ctx) /* transport.(*http2Server).operateHeaders(t, frame) */
+{
+	struct go_h2_offsets *o = go_offs();
+
+	if (!o || tls_self())
+		return 0;
+	return go_h2_meta(o, GO_PARAM1(ctx) + o->grpc_server_conn, GO_PARAM2(ctx));
+}
+
+SEC("uprobe")
+int go_grpc_cli_rh(struct pt_regs *ctx) /* transport.(*http2Client).operateHeaders(t, frame) */
+{
+	struct go_h2_offsets *o = go_offs();
+
+	if (!o || tls_self())
+		return 0;
+	return go_h2_meta(o, GO_PARAM1(ctx) + o->grpc_client_conn, GO_PARAM2(ctx));
+}
+
+SEC("uprobe")
+int go_nh_srv_rh(struct pt_regs *ctx) /* net/http.(*http2serverConn).processHeaders(sc, f) */
+{
+	struct go_h2_offsets *o = go_offs();
+
+	if (!o || tls_self())
+		return 0;
+	return go_h2_meta(o, GO_PARAM1(ctx) + o->nh_sc_conn, GO_PARAM2(ctx));
+}
+
+SEC("uprobe")
+int go_nh_cli_rh(struct pt_regs *ctx) /* net/http.(*http2clientConnReadLoop).processHeaders */
+{
+	struct go_h2_offsets *o = go_offs();
+	__u64 cc;
+
+	if (!o || tls_self())
+		return 0;
+	cc = go_read_ptr(GO_PARAM1(ctx) + o->nh_rl_cc);
+	if (!cc)
+		return 0;
+	return go_h2_meta(o, cc + o->nh_cc_tconn, GO_PARAM2(ctx));
+}
+
+/* grpc-go sends every header block through loopyWriter.writeHeader(streamID, endStream, hf,
+ * onWrite): the fields before HPACK. The connection: l.framer.writer.conn. */
+SEC("uprobe")
+int go_grpc_wh(struct pt_regs *ctx)
+{
+	struct go_h2_offsets *o = go_offs();
+	struct scratch *s = scratch();
+	__u64 fr, w, sk;
+	bool tls = false;
+
+	if (!o || !s || tls_self())
+		return 0;
+	fr = go_read_ptr(GO_PARAM1(ctx) + o->grpc_loopy_framer);
+	w = fr ? go_read_ptr(fr + o->grpc_framer_writer) : 0;
+	sk = w ? go_iface_sock(o, w + o->grpc_bufwriter_conn, &tls) : 0;
+	if (!sk)
+		return 0;
+	go_h2_hint_reset(s, (__u32)GO_PARAM2(ctx), 1);
+#if defined(__TARGET_ARCH_x86)
+	s->hf_ptr = ctx->di;
+	s->hf_len = ctx->si;
+#else
+	s->hf_ptr = ctx->regs[3];
+	s->hf_len = ctx->regs[4];
+#endif
+	for (__u32 i = 0; i < 16; i++)
+		if (go_h2_field(i))
+			break;
+	return go_h2_emit(sk, tls);
+}
+
+/* net/http's server writes response headers with writeHeaders(st, headerData): the status. */
+SEC("uprobe")
+int go_nh_srv_wh(struct pt_regs *ctx)
+{
+	struct go_h2_offsets *o = go_offs();
+	struct scratch *s = scratch();
+	__u64 hd = GO_PARAM3(ctx), code = 0, sk;
+	__u32 sid = 0;
+	bool tls = false;
+
+	if (!o || !s || !hd || tls_self())
+		return 0;
+	sk = go_iface_sock(o, GO_PARAM1(ctx) + o->nh_sc_conn, &tls);
+	if (!sk || bpf_probe_read_user(&sid, sizeof(sid), (void *)(hd + o->nh_res_stream_id)))
+		return 0;
+	code = go_read_ptr(hd + o->nh_res_code);
+	if (!code)
+		return 0; /* trailers */
+	go_h2_hint_reset(s, sid, 1);
+	s->hint.status = code;
+	return go_h2_emit(sk, tls);
+}
+
+/* net/http's client: encodeHeaders(cc, req, ...) has the request, writeHeaders(cc, streamID,
+ * ...) right after on the same goroutine gives its stream. */
+SEC("uprobe")
+int go_nh_cli_enc(struct pt_regs *ctx)
+{
+	struct go_call_key k = { .g = GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32 };
+	struct go_h2_offsets *o = go_offs();
+	struct scratch *s = scratch();
+	__u64 req = GO_PARAM2(ctx), str[2], url;
+
+	if (!o || !s || !req || tls_self())
+		return 0;
+	go_h2_hint_reset(s, 0, 1);
+	if (!bpf_probe_read_user(str, sizeof(str), (void *)(req + o->req_method)))
+		GO_STR(s->hint.method, H2_HINT_METHOD, s->hint.method_len, str[0], str[1]);
+	if (!s->hint.method_len) {
+		__builtin_memcpy(s->hint.method, "GET", 3);
+		s->hint.method_len = 3;
+	}
+	url = go_read_ptr(req + o->req_url);
+	if (url && !bpf_probe_read_user(str, sizeof(str), (void *)(url + o->url_path)))
+		GO_STR(s->hint.path, H2_HINT_PATH, s->hint.path_len, str[0], str[1]);
+	if (!bpf_probe_read_user(str, sizeof(str), (void *)(req + o->req_host)))
+		GO_STR(s->hint.authority, H2_HINT_AUTH, s->hint.authority_len, str[0], str[1]);
+	bpf_map_update_elem(&go_h2_requests, &k, &s->hint, BPF_ANY);
+	return 0;
+}
+
+SEC("uprobe")
+int go_nh_cli_wh(struct pt_regs *ctx)
+{
+	struct go_call_key k = { .g = GO_G(ctx), .tgid = bpf_get_current_pid_tgid() >> 32 };
+	struct go_h2_offsets *o = go_offs();
+	struct scratch *s = scratch();
+	struct http_h2_hint *h = bpf_map_lookup_elem(&go_h2_requests, &k);
+	bool tls = false;
+	__u64 sk;
+
+	if (!o || !s || !h || tls_self())
+		return 0;
+	__builtin_memcpy(&s->hint, h, sizeof(s->hint));
+	bpf_map_delete_elem(&go_h2_requests, &k);
+	s->hint.stream_id = (__u32)GO_PARAM2(ctx);
+	sk = go_iface_sock(o, GO_PARAM1(ctx) + o->nh_cc_tconn, &tls);
+	return sk ? go_h2_emit(sk, tls) : 0;
 }
 
 /* Processes to look at for TLS libraries and Go binaries (user space reads their maps). */

@@ -70,7 +70,9 @@ enum http_counter {
 	HTTP_C_TLS_UNBOUND = 8,	    /* TLS plaintext whose socket was not known: not counted */
 	HTTP_C_TLS_PLAINTEXT = 9,   /* TLS library calls whose plaintext was followed */
 	HTTP_C_PROC_LOST = 10,	    /* http_procs ring buffer full: a process is found by the rescan */
-	HTTP_C_MAX = 11,
+	HTTP_C_H2_HINTS = 11,	    /* HTTP/2 header blocks read from Go programs */
+	HTTP_C_H2_HINT_MISSED = 12, /* ... whose connection was not known (or no offsets) */
+	HTTP_C_MAX = 13,
 };
 
 /* Aggregates per (pod, role, method, status, path, peer), per CPU (no atomics, no shared cache
@@ -207,6 +209,56 @@ enum http_stream_kind {
 	HTTP_S_CLOSE = 1,
 	HTTP_S_SEED = 2, /* a request the kernel saw before streaming began: ts_ns = its start,
 			  * len = its bytes so far, data = its target, method set */
+	HTTP_S_HINT = 3, /* data = a struct http_h2_hint: one HTTP/2 header block as the Go program
+			  * that sent or received it had it before HPACK */
+};
+
+#define H2_HINT_METHOD 16
+#define H2_HINT_PATH   128
+#define H2_HINT_AUTH   64
+
+/* The fields of one HTTP/2 header block that a request's metrics need, read from a Go program
+ * (net/http's HTTP/2, grpc-go) before HPACK encoding or after decoding: the stream is named on
+ * connections whose HPACK state the decoder in user space does not have (opened before the
+ * agent started). */
+struct http_h2_hint {
+	__u32 stream_id;
+	__u8 sent;	   /* 1: this side sent the block; 0: it received it */
+	__u8 grpc;	   /* content-type application/grpc... */
+	__u16 status;	   /* :status, 0 if none */
+	__s32 grpc_status; /* -1 if none */
+	__u8 method_len;
+	__u8 path_len;
+	__u8 authority_len;
+	__u8 _pad;
+	__u8 method[H2_HINT_METHOD];
+	__u8 path[H2_HINT_PATH];
+	__u8 authority[H2_HINT_AUTH];
+};
+
+/* Go programs: where the fields are, per process (user space, from the binary's DWARF). */
+struct go_h2_offsets {
+	__u32 grpc_server_conn;	 /* transport.http2Server.conn */
+	__u32 grpc_client_conn;	 /* transport.http2Client.conn */
+	__u32 grpc_loopy_framer; /* transport.loopyWriter.framer */
+	__u32 grpc_framer_writer; /* transport.framer.writer */
+	__u32 grpc_bufwriter_conn; /* transport.bufWriter.conn */
+	__u32 meta_fields;	 /* http2.MetaHeadersFrame.Fields (both packages) */
+	__u32 frame_stream_id;	 /* http2.FrameHeader.StreamID (HeadersFrame starts with it) */
+	__u32 nh_sc_conn;	 /* net/http.http2serverConn.conn */
+	__u32 nh_res_stream_id;	 /* net/http.http2writeResHeaders.streamID */
+	__u32 nh_res_code;	 /* net/http.http2writeResHeaders.httpResCode */
+	__u32 nh_rl_cc;		 /* net/http.http2clientConnReadLoop.cc */
+	__u32 nh_cc_tconn;	 /* net/http.http2ClientConn.tconn */
+	__u32 req_method;	 /* net/http.Request.Method */
+	__u32 req_url;		 /* net/http.Request.URL */
+	__u32 req_host;		 /* net/http.Request.Host */
+	__u32 url_path;		 /* net/url.URL.Path */
+	__u32 _pad;
+	__u64 type_tcp_conn;	 /* runtime addresses of the type descriptors of *net.TCPConn and */
+	__u64 type_tls_conn;	 /* *crypto/tls.Conn: what a net.Conn interface holds */
+	__u64 type_wrap_conn;	 /* grpc-go's *credentials.syscallConn: a net.Conn (first field)
+				  * around the *tls.Conn */
 };
 
 /* Streamed data of a connection in HTTP_MODE_STREAM, followed by `captured` bytes. */

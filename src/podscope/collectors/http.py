@@ -209,6 +209,8 @@ class HttpCollector:
         self.Record = o.struct("http_record")
         self.StreamEv = o.struct("http_stream_event")
         self.ProcEv = o.struct("http_proc_event")
+        self.Hint = o.struct("http_h2_hint")
+        self.h2_hints = 0
         self.counters = o.btf.enum("http_counter")
         self.stream_kinds = o.btf.enum("http_stream_kind")
         self.phases = o.btf.enum("http_phase")
@@ -244,8 +246,9 @@ class HttpCollector:
     }
     # TLS libraries (attached per file by the uprobe manager) and what finds their processes
     TLS_PROGS = ("tls_rd_e", "tls_rdx_e", "tls_wr_e", "tls_wrx_e", "tls_hs_e", "tls_setfd",
-                 "tls_free", "tls_ret", "go_tls_rd_e", "go_tls_wr_e", "go_tls_ret", "http_exec",
-                 "http_mmap")
+                 "tls_free", "tls_ret", "go_tls_rd_e", "go_tls_wr_e", "go_tls_ret",
+                 "go_grpc_srv_rh", "go_grpc_cli_rh", "go_grpc_wh", "go_nh_srv_rh", "go_nh_srv_wh",
+                 "go_nh_cli_rh", "go_nh_cli_enc", "go_nh_cli_wh", "http_exec", "http_mmap")
     HOOK_NAMES = {
         "socket": "socket tracepoints (sock_recv_length, sock_send_length)",
         "syscalls": "syscall tracepoints (" + ", ".join(SYSCALLS) + ")",
@@ -590,28 +593,17 @@ class HttpCollector:
         payload = data[hdr: hdr + ev.captured]
         with self._lock:
             st = self._streams.get(ev.conn_id)
+            if st is None and ev.kind == self.stream_kinds["HTTP_S_HINT"] and ev.proto in (
+                    PROTO_H2, PROTO_H2_MIDWAY):
+                st = self._new_stream(ev)
+            if ev.kind == self.stream_kinds["HTTP_S_HINT"]:
+                if st is not None and st.h2 is not None:
+                    self._h2_hint(st, payload, ev.ts_ns)
+                return
             if st is None:
                 if ev.kind == self.stream_kinds["HTTP_S_CLOSE"]:
                     return
-                if len(self._streams) >= MAX_STREAMED_CONNS:
-                    # closes were lost (or too many at once): drop the longest idle one
-                    idle = min(self._streams.values(), key=lambda x: x.last_ts)
-                    del self._streams[idle.conn_id]
-                    self._error("streamed_connections_evicted")
-                st = self._streams[ev.conn_id] = _Stream(
-                    ev.conn_id, ev.role, ev.cgroup_id, ev.netns, ev.family, ev.local_port,
-                    _addr(ev.family, bytes(ev.peer_addr)), ev.peer_port, ev.pid,
-                    tls=bool(ev.tls))
-                if ev.proto == PROTO_H2:
-                    st.h2 = http2.H2Connection(ROLES.get(ev.role, "server"),
-                                                 blocks=self._h2_blocks)
-                elif ev.proto == PROTO_H2_MIDWAY:
-                    # which side is the client is not known from a frame: guess from the ports
-                    # (servers listen on the lower one), the first header block settles it
-                    st.role = ROLE_SERVER if ev.local_port < ev.peer_port else ROLE_CLIENT
-                    st.midway_sk = ev.sk
-                    st.h2 = http2.H2Connection(ROLES[st.role], seen_start=False,
-                                               role_known=False, blocks=self._h2_blocks)
+                st = self._new_stream(ev)
             if ev.gap:  # events of this connection were lost: its parse state is void
                 self._error("stream_events_lost")
                 if st.h2 is not None:
@@ -629,6 +621,26 @@ class HttpCollector:
                 self._restart(st)
             except http2.H2Error as e:
                 self._h2_error(st, e, ev, payload)
+
+    def _new_stream(self, ev: Any) -> _Stream:
+        if len(self._streams) >= MAX_STREAMED_CONNS:
+            # closes were lost (or too many at once): drop the longest idle one
+            idle = min(self._streams.values(), key=lambda x: x.last_ts)
+            del self._streams[idle.conn_id]
+            self._error("streamed_connections_evicted")
+        st = self._streams[ev.conn_id] = _Stream(
+            ev.conn_id, ev.role, ev.cgroup_id, ev.netns, ev.family, ev.local_port,
+            _addr(ev.family, bytes(ev.peer_addr)), ev.peer_port, ev.pid, tls=bool(ev.tls))
+        if ev.proto == PROTO_H2:
+            st.h2 = http2.H2Connection(ROLES.get(ev.role, "server"), blocks=self._h2_blocks)
+        elif ev.proto == PROTO_H2_MIDWAY:
+            # which side is the client is not known from a frame: guess from the ports
+            # (servers listen on the lower one), the first header block settles it
+            st.role = ROLE_SERVER if ev.local_port < ev.peer_port else ROLE_CLIENT
+            st.midway_sk = ev.sk
+            st.h2 = http2.H2Connection(ROLES[st.role], seen_start=False, role_known=False,
+                                       blocks=self._h2_blocks)
+        return st
 
     def _restart(self, st: _Stream) -> None:
         """Forget what was in flight (counted as unparsed); resume at the next request head."""
@@ -702,6 +714,32 @@ class HttpCollector:
         # start over without the dynamic tables: decode what can be decoded
         st.h2 = http2.H2Connection(ROLES.get(st.role, "server"), seen_start=False,
                                    blocks=self._h2_blocks)
+
+    def _h2_hint(self, st: _Stream, payload: bytes, ts: int) -> None:
+        """A header block as the Go program had it before HPACK (uprobes): names the stream."""
+        assert st.h2 is not None
+        if len(payload) < ct.sizeof(self.Hint):
+            self._error("short_event")
+            return
+        h = self.Hint.from_buffer_copy(payload)
+        fields: dict[str, Any] = {}
+        if h.method_len:
+            fields["method"] = bytes(h.method[: h.method_len]).decode("latin-1")
+        if h.path_len:
+            fields["path"] = bytes(h.path[: h.path_len]).decode("latin-1")
+        if h.authority_len:
+            fields["authority"] = bytes(h.authority[: h.authority_len]).decode("latin-1")
+        if h.status:
+            fields["status"] = h.status
+        if h.grpc_status >= 0:
+            fields["grpc_status"] = h.grpc_status
+        if h.grpc:
+            fields["content_type"] = "application/grpc"
+        # the side that wrote this block: this program (sent) or its peer
+        from_client = bool(h.sent) == (st.role == ROLE_CLIENT)
+        self.h2_hints += 1
+        for req in st.h2.hint(h.stream_id, from_client, fields, ts):
+            self._h2_request(st, req)
 
     def _turn_off(self, sk: int) -> None:
         m = self.obj.map("http_conns")

@@ -131,7 +131,8 @@ class H2Request:
     end_ns: int = 0
     first_byte_ns: int = 0  # the response's first HEADERS frame
     reset: bool = False
-    outcome: str = "full"  # full | partial | none
+    outcome: str = "full"  # full | partial | none | uprobes (named by hints, see hint())
+    hinted: bool = False
     _req_done: bool = False
     _resp_done: bool = False
 
@@ -213,13 +214,50 @@ class H2Connection:
             for d in (self.client, self.server):
                 d.table.synced = False
         self.streams: dict[int, H2Request] = {}
+        # header blocks named by the program itself (uprobes) before their frames came
+        self.hints: dict[tuple[int, bool], dict[str, Any]] = {}
+        self.hinted = False  # hints come for this connection (a probed Go program)
+        # finished streams whose last header block is not decoded, waiting for its hint: it
+        # comes before the next bytes from that side (the program's reader names each block
+        # before it reads on)
+        self.waiting: dict[int, H2Request] = {}
 
     # --- input ---
+    def hint(self, stream_id: int, from_client: bool, fields: dict[str, Any], ts: int = 0
+             ) -> list[H2Request]:
+        """One header block of stream_id as the program that sent or received it had it before
+        HPACK (H2Request attributes: method, path, authority, status, grpc_status, content_type):
+        it names the stream where the decoder could not (no HPACK state: a connection seen
+        mid-way). Returns the requests it finished (one waiting for this hint)."""
+        self.hinted = True
+        st = self.waiting.get(stream_id)
+        if st is not None:
+            _apply_hint(st, fields)
+            if not _named(st):  # another block of it is still to be named (its trailers)
+                return []
+            del self.waiting[stream_id]
+            _hinted_outcome(st)
+            return [st]
+        st = self.streams.get(stream_id)
+        if st is None:
+            if len(self.hints) >= MAX_STREAMS:
+                self.hints.clear()
+            self.hints[(stream_id, from_client)] = {**fields, "_ts": ts}
+            return []
+        _apply_hint(st, fields)
+        return []
+
+    def _release(self, out: list[H2Request]) -> None:
+        out.extend(self.waiting.values())
+        self.waiting.clear()
+
     def feed(self, from_client: bool, data: bytes, ts: int, uncaptured: int = 0) -> list[H2Request]:
         """Bytes one side sent (then `uncaptured` bytes that were not copied). Returns the
         requests these bytes finished."""
         d = self.client if from_client else self.server
         out: list[H2Request] = []
+        if self.waiting and not from_client:
+            self._release(out)  # their hints would have come before these bytes
         if not self.seen_start and not d.buf and data.startswith(PREFACE):
             # taken for mid-way (a server's SETTINGS can come first), but this is the start
             if not from_client:
@@ -395,6 +433,14 @@ class H2Connection:
             if len(self.streams) >= MAX_STREAMS:
                 raise H2Error("too_many_streams")
             st = self.streams[sid] = H2Request(sid, start_ns=ts, outcome=outcome)
+        if st is None and (sid, True) in self.hints and len(self.streams) < MAX_STREAMS:
+            # a request whose frames were not seen (read before the probes came, in pieces
+            # the decoder could not place) but that the program named: it starts there
+            named = self.hints.pop((sid, True))
+            st = self.streams[sid] = H2Request(sid, start_ns=named.get("_ts") or ts,
+                                               outcome="partial")
+            st._req_done = True
+            _apply_hint(st, named)
         if st is None:
             return  # the server speaks on a stream whose request we never saw
         if not d.is_client and not st.first_byte_ns:
@@ -406,6 +452,10 @@ class H2Connection:
                 setattr(st, attr, value)
             if summary.content_type and not st.content_type:
                 st.content_type = summary.content_type
+        if self.hints:
+            h = self.hints.pop((sid, d.is_client), None)
+            if h is not None:
+                _apply_hint(st, h)
         if flags & END_STREAM:
             self._end(d, st, ts, out)
 
@@ -418,11 +468,17 @@ class H2Connection:
         if st._resp_done:  # a response that ends first ends the exchange (the server is done)
             self.streams.pop(st.stream_id, None)
             self.decoded += 1
+            if (self.hinted and st.outcome != "full" and not _named(st)
+                    and len(self.waiting) < MAX_STREAMS):
+                self.waiting[st.stream_id] = st
+                return
+            _hinted_outcome(st)
             out.append(st)
 
     def close(self, ts: int) -> list[H2Request]:
         """The connection ended: what is still open did not finish."""
-        out = []
+        out: list[H2Request] = []
+        self._release(out)
         for st in self.streams.values():
             st.reset = True
             st.end_ns = ts
@@ -452,3 +508,32 @@ def grpc_service_method(path: str) -> tuple[str, str]:
     if len(parts) == 3 and not parts[0] and parts[1] and parts[2]:
         return parts[1], parts[2]
     return UNKNOWN, UNKNOWN
+
+
+def _apply_hint(st: H2Request, fields: dict[str, Any]) -> None:
+    """What the decoder left unknown, from a hint (never overrides what it decoded)."""
+    for attr, value in fields.items():
+        if attr == "_ts":
+            continue
+        if attr in ("method", "path") and getattr(st, attr) != UNKNOWN:
+            continue
+        if attr == "status" and st.status:
+            continue
+        if attr == "grpc_status" and st.grpc_status is not None:
+            continue
+        if attr in ("authority", "content_type") and getattr(st, attr):
+            continue
+        setattr(st, attr, value)
+    st.hinted = True
+
+
+def _named(st: H2Request) -> bool:
+    """Method, path and the status (gRPC: its status) known."""
+    if UNKNOWN in (st.method, st.path):
+        return False
+    return st.grpc_status is not None if st.is_grpc else bool(st.status)
+
+
+def _hinted_outcome(st: H2Request) -> None:
+    if st.outcome != "full" and st.hinted and _named(st):
+        st.outcome = "uprobes"

@@ -30,9 +30,102 @@ class ElfInfo:
     # in for return probes)
     returns: tuple[tuple[str, tuple[int, ...]], ...] = ()
     why_not: str = ""  # a Go binary that cannot be probed: why
+    # Go's HTTP/2 and gRPC: (function, program) to attach, the struct offsets and the type
+    # descriptor addresses (link-time: add the load bias of a PIE)
+    h2_probes: tuple[tuple[str, str], ...] = ()
+    h2_offsets: tuple[tuple[str, int], ...] = ()
+    h2_types: tuple[tuple[str, int], ...] = ()
+    pie: bool = False
 
 
 GO_MIN = (1, 17)  # the register ABI
+
+# Go's HTTP/2 and gRPC: function -> program (the header blocks before HPACK)
+GO_H2_FUNCS = {
+    "google.golang.org/grpc/internal/transport.(*http2Server).operateHeaders": "go_grpc_srv_rh",
+    "google.golang.org/grpc/internal/transport.(*http2Client).operateHeaders": "go_grpc_cli_rh",
+    "google.golang.org/grpc/internal/transport.(*loopyWriter).writeHeader": "go_grpc_wh",
+    "net/http.(*http2serverConn).processHeaders": "go_nh_srv_rh",
+    "net/http.(*http2serverConn).writeHeaders": "go_nh_srv_wh",
+    "net/http.(*http2clientConnReadLoop).processHeaders": "go_nh_cli_rh",
+    "net/http.(*http2ClientConn).encodeHeaders": "go_nh_cli_enc",
+    "net/http.(*http2ClientConn).writeHeaders": "go_nh_cli_wh",
+}
+_GRPC_T = "google.golang.org/grpc/internal/transport."
+# struct go_h2_offsets field -> (DWARF struct names, member)
+GO_H2_FIELDS = {
+    "grpc_server_conn": ((_GRPC_T + "http2Server",), "conn"),
+    "grpc_client_conn": ((_GRPC_T + "http2Client",), "conn"),
+    "grpc_loopy_framer": ((_GRPC_T + "loopyWriter",), "framer"),
+    "grpc_framer_writer": ((_GRPC_T + "framer",), "writer"),
+    "grpc_bufwriter_conn": ((_GRPC_T + "bufWriter",), "conn"),
+    "meta_fields": (("golang.org/x/net/http2.MetaHeadersFrame", "net/http.http2MetaHeadersFrame"),
+                    "Fields"),
+    "frame_stream_id": (("golang.org/x/net/http2.FrameHeader", "net/http.http2FrameHeader"),
+                        "StreamID"),
+    "nh_sc_conn": (("net/http.http2serverConn",), "conn"),
+    "nh_res_stream_id": (("net/http.http2writeResHeaders",), "streamID"),
+    "nh_res_code": (("net/http.http2writeResHeaders",), "httpResCode"),
+    "nh_rl_cc": (("net/http.http2clientConnReadLoop",), "cc"),
+    "nh_cc_tconn": (("net/http.http2ClientConn",), "tconn"),
+    "req_method": (("net/http.Request",), "Method"),
+    "req_url": (("net/http.Request",), "URL"),
+    "req_host": (("net/http.Request",), "Host"),
+    "url_path": (("net/url.URL",), "Path"),
+}
+# what each program needs (a program whose fields the DWARF lacks is not attached)
+GO_H2_NEEDS = {
+    "go_grpc_srv_rh": ("grpc_server_conn", "meta_fields", "frame_stream_id"),
+    "go_grpc_cli_rh": ("grpc_client_conn", "meta_fields", "frame_stream_id"),
+    "go_grpc_wh": ("grpc_loopy_framer", "grpc_framer_writer", "grpc_bufwriter_conn"),
+    "go_nh_srv_rh": ("nh_sc_conn", "meta_fields", "frame_stream_id"),
+    "go_nh_srv_wh": ("nh_sc_conn", "nh_res_stream_id", "nh_res_code"),
+    "go_nh_cli_rh": ("nh_rl_cc", "nh_cc_tconn", "meta_fields", "frame_stream_id"),
+    "go_nh_cli_enc": ("req_method", "req_url", "req_host", "url_path"),
+    "go_nh_cli_wh": ("nh_cc_tconn",),
+}
+GO_TYPES = {"type_tcp_conn": "*net.TCPConn", "type_tls_conn": "*crypto/tls.Conn",
+            "type_wrap_conn": "*google.golang.org/grpc/internal/credentials.syscallConn"}
+GO_TYPES_NEEDED = ("type_tcp_conn", "type_tls_conn")
+
+
+def go_h2_layout(elf: ELFFile, sections: dict[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
+    """(struct go_h2_offsets fields from DWARF, type descriptor addresses from the symbols) of
+    a Go binary; empty when it has no DWARF (-ldflags=-w)."""
+    if ".debug_info" not in sections:
+        return {}, {}
+    wanted: dict[str, list[tuple[str, str]]] = {}
+    for field_name, (structs, member) in GO_H2_FIELDS.items():
+        for st in structs:
+            wanted.setdefault(st, []).append((member, field_name))
+    offsets: dict[str, int] = {}
+    dwarf = elf.get_dwarf_info()
+    for cu in dwarf.iter_CUs():
+        for die in cu.iter_DIEs():
+            if die.tag != "DW_TAG_structure_type":
+                continue
+            name = die.attributes.get("DW_AT_name")
+            members = wanted.get(name.value.decode("latin-1")) if name else None
+            if not members:
+                continue
+            by_member = dict(members)
+            for child in die.iter_children():
+                cname = child.attributes.get("DW_AT_name")
+                loc = child.attributes.get("DW_AT_data_member_location")
+                if cname and loc is not None:
+                    f = by_member.get(cname.value.decode("latin-1"))
+                    if f is not None and isinstance(loc.value, int):
+                        offsets.setdefault(f, loc.value)
+    # the type descriptors, from the static itabs of (type, net.Conn): itab._type at +8
+    types: dict[str, int] = {}
+    names = {f"go{sep}itab.{t},net.Conn": k for k, t in GO_TYPES.items() for sep in ".:"}
+    for sym in sections[".symtab"].iter_symbols():
+        k = names.get(sym.name)
+        if k is not None:
+            (types[k],) = struct.unpack("<Q", _read_at(elf, sym["st_value"] + 8, 8))
+            if len(types) == len(GO_TYPES):
+                break
+    return offsets, types
 
 
 def go_version(data: bytes, elf: ELFFile) -> str:
@@ -158,8 +251,8 @@ def _go(elf: ELFFile, sections: dict[str, Any]) -> ElfInfo:
         # stripped (-ldflags=-s): the functions are not found by name here
         return ElfInfo("go", frozenset(), stripped=True, go_version=version,
                        why_not="stripped Go binary (no symbol table)")
-    funcs = frozenset(_defined(elf, sections, GO_TLS_FUNCS))
-    if not funcs:
+    funcs = frozenset(_defined(elf, sections, GO_TLS_FUNCS + tuple(GO_H2_FUNCS)))
+    if not funcs & set(GO_TLS_FUNCS):
         return ElfInfo("", frozenset(), go_version=version)
     if _parse_go_version(version) < GO_MIN:
         return ElfInfo("go", funcs, go_version=version,
@@ -168,4 +261,15 @@ def _go(elf: ELFFile, sections: dict[str, Any]) -> ElfInfo:
     rets = _func_returns(elf, sections, reads)
     if any(not rets.get(f) for f in reads):
         return ElfInfo("go", funcs, go_version=version, why_not="no RET found in crypto/tls")
-    return ElfInfo("go", funcs, go_version=version, returns=tuple(sorted(rets.items())))
+    h2 = [f for f in GO_H2_FUNCS if f in funcs]
+    probes: list[tuple[str, str]] = []
+    offsets: dict[str, int] = {}
+    types: dict[str, int] = {}
+    if h2:
+        offsets, types = go_h2_layout(elf, sections)
+        if all(k in types for k in GO_TYPES_NEEDED):
+            probes = [(f, GO_H2_FUNCS[f]) for f in h2
+                      if all(n in offsets for n in GO_H2_NEEDS[GO_H2_FUNCS[f]])]
+    return ElfInfo("go", funcs, go_version=version, returns=tuple(sorted(rets.items())),
+                   h2_probes=tuple(probes), h2_offsets=tuple(sorted(offsets.items())),
+                   h2_types=tuple(sorted(types.items())), pie=elf["e_type"] == "ET_DYN")

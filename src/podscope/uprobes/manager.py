@@ -10,11 +10,13 @@ root (containers have their own files); the probes go when no process has mapped
 
 from __future__ import annotations
 
+import ctypes as ct
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -72,6 +74,8 @@ class UprobeManager:
         self._kinds: dict[tuple[int, int], elf.ElfInfo] = {}  # files looked at (bounded)
         self.targets: dict[tuple[int, int], Target] = {}
         self._refused: set[tuple[int, int]] = set()  # files said once not to be probed
+        self._go_pids: set[int] = set()  # processes with an entry in go_offsets
+        self._Offsets: Any = None
         self._pids: dict[int, tuple[int, set[tuple[int, int]]]] = {}  # pid -> (start, files)
         self._wanted: dict[str, bool] = {}  # cgroup path -> in scope (bounded)
         self._due: dict[int, float] = {}  # pid -> when to look at it
@@ -163,6 +167,9 @@ class UprobeManager:
             if key not in self.targets and not self._attach(pid, m, info):
                 continue
             files.add(key)
+            if info.h2_probes and not info.pie:
+                self._go_offsets(pid, info)
+                self._go_pids.add(pid)
             t = self.targets[key]
             t.pids.add(pid)
             t.unused_since = 0.0
@@ -186,10 +193,30 @@ class UprobeManager:
         """(function, offset, program, return probe) for a file."""
         if info.kind == "openssl":
             return [(f, 0, prog, ret) for f, prog, ret in OPENSSL_PROBES if f in info.funcs]
-        out = [(f, 0, GO_ENTRIES[f], False) for f in sorted(info.funcs)]
+        out = [(f, 0, GO_ENTRIES[f], False) for f in sorted(info.funcs) if f in GO_ENTRIES]
         for func, offsets in info.returns:
             out += [(func, off, "go_tls_ret", False) for off in offsets]
+        if not info.pie:  # a position-independent Go binary: its type addresses move
+            out += [(func, 0, prog, False) for func, prog in info.h2_probes]
         return out
+
+    def _go_offsets(self, pid: int, info: elf.ElfInfo | None) -> None:
+        """Where a Go process keeps what the HTTP/2 header probes read (per process: the map
+        go_offsets); None: forget it."""
+        m = self.obj.map("go_offsets")
+        key = ct.c_uint32(pid)
+        if info is None:
+            m.delete(key)
+            return
+        if self._Offsets is None:
+            self._Offsets = self.obj.struct("go_h2_offsets")
+        v = self._Offsets()
+        for name, off in info.h2_offsets + info.h2_types:
+            setattr(v, name, off)
+        try:
+            m.update(key, v)
+        except libbpf.BpfError:
+            self._error("go_offsets_full")
 
     def _attach(self, pid: int, m: procs.Mapped, info: elf.ElfInfo) -> bool:
         if info.why_not:
@@ -232,6 +259,9 @@ class UprobeManager:
                 t.unused_since = time.monotonic()
 
     def _gone(self, pid: int) -> None:
+        if pid in self._go_pids:
+            self._go_pids.discard(pid)
+            self._go_offsets(pid, None)
         old = self._pids.pop(pid, None)
         if old:
             for key in old[1]:
