@@ -359,13 +359,16 @@ def test_grpc_go_unary_and_streaming_with_ok_and_error_statuses(
         p.wait()
 
 
+@pytest.mark.parametrize("proto", ["h1", "h2"])
 def test_go_https_connection_opened_before_the_agent_started(
-        pods: PodNetwork, tmp_path: Path, go_bins: dict[str, Path]) -> None:
+        pods: PodNetwork, tmp_path: Path, go_bins: dict[str, Path], proto: str) -> None:
+    """HTTP/2: the HPACK state of the connection is unknown to the decoder; the header blocks
+    come from net/http's HTTP/2 code before HPACK (outcome "uprobes")."""
     server = pods.pod("server")
     client = pods.pod("client")
     cert, key = make_certificate(tmp_path)
     srv = start_go(server, [str(go_bins["gohttps"]), "server", "8443", str(cert), str(key)])
-    p = client.popen([str(go_bins["gohttps"]), "hold", f"https://{server.ip}:8443", "h1"],
+    p = client.popen([str(go_bins["gohttps"]), "hold", f"https://{server.ip}:8443", proto],
                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert p.stdin is not None and p.stdout is not None
     try:
@@ -382,10 +385,53 @@ def test_go_https_connection_opened_before_the_agent_started(
             m = wait_metrics(agent, lambda m: all(sum(by_method_status(
                 m, hist, k8s_pod_uid=pod.uid).values()) >= 21 for hist, pod in (
                     (SERVER_HIST, server), (CLIENT_HIST, client))))
+            version = "2" if proto == "h2" else "1.1"
             for hist, pod in ((SERVER_HIST, server), (CLIENT_HIST, client)):
-                assert by_method_status(m, hist, k8s_pod_uid=pod.uid,
-                                        url_scheme="https") == truth, hist
+                assert by_method_status(m, hist, k8s_pod_uid=pod.uid, url_scheme="https",
+                                        network_protocol_version=version) == truth, hist
             assert parse_errors(m) == 0
+            if proto == "h2":
+                assert m.value("podscope_http2_decode_total", outcome="uprobes") == 42
+                assert m.value("podscope_http2_decode_total", outcome="partial") == 0
+        finally:
+            agent.stop()
+    finally:
+        p.kill()
+        p.wait()
+        srv.terminate()
+        srv.wait()
+
+
+@pytest.mark.parametrize("transport", ["tls", "h2c"])
+def test_grpc_connection_opened_before_the_agent_started(
+        pods: PodNetwork, tmp_path: Path, go_bins: dict[str, Path], transport: str) -> None:
+    """grpc-go's header blocks before HPACK (operateHeaders, loopyWriter.writeHeader): every
+    call after the start by service, method and status on both sides, none partial."""
+    server = pods.pod("server")
+    client = pods.pod("client")
+    cert, key = make_certificate(tmp_path)
+    creds = [str(cert), str(key)] if transport == "tls" else []
+    srv = start_go(server, [str(go_bins["gogrpc"]), "server", "50051", *creds])
+    p = client.popen([str(go_bins["gogrpc"]), "hold", f"{server.ip}:50051", transport],
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdin is not None and p.stdout is not None
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        agent = AgentProc([], tmp_path)
+        try:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            assert p.stdout.readline().strip() == "done"
+            truth = Counter({"Check 0": 11, "Check 5": 2})
+            m = wait_metrics(agent, lambda m: all(sum(rpc_counts(
+                m, f"rpc_{side}_duration_seconds_count", k8s_pod_uid=pod.uid).values()) >= 13
+                for side, pod in (("server", server), ("client", client))))
+            for side, pod in (("server", server), ("client", client)):
+                assert rpc_counts(m, f"rpc_{side}_duration_seconds_count",
+                                  k8s_pod_uid=pod.uid) == truth, side
+            assert not by_method_status(m, SERVER_HIST, k8s_pod_uid=server.uid)
+            assert m.value("podscope_http2_decode_total", outcome="uprobes") == 26
+            assert m.value("podscope_http2_decode_total", outcome="partial") == 0
         finally:
             agent.stop()
     finally:

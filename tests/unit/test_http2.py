@@ -267,3 +267,57 @@ def test_deferred_table_entries_end_as_added_ones(adds: list[tuple[int, int]], s
     lazy.flush()
     assert list(lazy.dynamic_entries) == list(direct.dynamic_entries)
     assert lazy._current_size == direct._current_size
+
+
+def test_hints_name_streams_the_decoder_could_not() -> None:
+    """Header blocks named by the program (uprobes before HPACK): a block it sent comes before
+    its frame, one it received after; a stream whose last block is not decoded waits for its
+    hint until the next bytes from that side."""
+    c, s = Peer(), Peer()
+    for sid in (1, 3):
+        grpc_call(c, s, sid, "/pkg.Svc/Warm", 0)  # the tables fill before the observer starts
+    conn = H2Connection("client", seen_start=False)
+    r5, p5 = grpc_call(c, s, 5, "/pkg.Svc/Warm", 0)
+    # the client sent its request: the hint first, then the frames
+    assert conn.hint(5, True, {"method": "POST", "path": "/pkg.Svc/Warm",
+                               "content_type": "application/grpc"}, 10) == []
+    assert conn.feed(True, r5, 11) == []
+    # the response's frames first: its trailers are not decodable, so the stream waits
+    assert conn.feed(False, p5, 12) == []
+    assert conn.hint(5, False, {"status": 200, "content_type": "application/grpc"}) == []
+    (d,) = conn.hint(5, False, {"grpc_status": 0})  # the trailers' hint finishes it
+    assert (d.method, d.path, d.grpc_status, d.outcome) == ("POST", "/pkg.Svc/Warm", 0,
+                                                            "uprobes")
+    # a stream whose trailers' hint never comes is released by the next bytes of that side
+    r7, p7 = grpc_call(c, s, 7, "/pkg.Svc/Warm", 5)
+    conn.hint(7, True, {"method": "POST", "path": "/pkg.Svc/Warm",
+                        "content_type": "application/grpc"})
+    conn.feed(True, r7, 13)
+    assert conn.feed(False, p7, 14) == []
+    r9, p9 = grpc_call(c, s, 9, "/pkg.Svc/Warm", 0)
+    conn.feed(True, r9, 15)
+    out = conn.feed(False, p9, 16)
+    assert [x.stream_id for x in out][:1] == [7] and out[0].outcome == "partial"
+    # what the decoder did decode is never overridden by a hint
+    conn2 = H2Connection("server")
+    c2, s2 = Peer(), Peer()
+    req, resp = grpc_call(c2, s2, 1, "/pkg.Svc/Real", 0)
+    conn2.feed(True, PREFACE + req, 1)
+    conn2.hint(1, True, {"path": "/other"})
+    (d,) = conn2.feed(False, resp, 2)
+    assert d.path == "/pkg.Svc/Real" and d.outcome == "full"
+
+
+def test_a_request_seen_only_through_its_hint_is_counted() -> None:
+    """The request's frames were read before the probes came (the decoder could not place
+    them): the server's response on that stream and the program's hint make the request."""
+    c, s = Peer(), Peer()
+    grpc_call(c, s, 1, "/pkg.Svc/Warm", 0)
+    conn = H2Connection("server", seen_start=False)
+    _req, resp = grpc_call(c, s, 3, "/pkg.Svc/Warm", 0)
+    conn.hint(3, True, {"method": "POST", "path": "/pkg.Svc/Warm",
+                        "content_type": "application/grpc"}, 100)
+    conn.hint(3, False, {"grpc_status": 0, "status": 200})
+    (d,) = conn.feed(False, resp, 200)
+    assert (d.method, d.path, d.start_ns, d.end_ns, d.grpc_status) == (
+        "POST", "/pkg.Svc/Warm", 100, 200, 0)

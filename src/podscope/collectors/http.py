@@ -735,6 +735,15 @@ class HttpCollector:
             fields["grpc_status"] = h.grpc_status
         if h.grpc:
             fields["content_type"] = "application/grpc"
+        if not st.h2.role_known and fields.keys() & {"method", "path", "status", "grpc_status"}:
+            # a connection met mid-way: the program says which side it is
+            request = bool(fields.keys() & {"method", "path"})
+            role = ROLE_CLIENT if bool(h.sent) == request else ROLE_SERVER
+            if role != st.role:
+                st.role = role
+                st.h2 = http2.H2Connection(ROLES[role], seen_start=False,
+                                           blocks=self._h2_blocks)
+            st.h2.role_known = True
         # the side that wrote this block: this program (sent) or its peer
         from_client = bool(h.sent) == (st.role == ROLE_CLIENT)
         self.h2_hints += 1
