@@ -135,8 +135,12 @@ def test_check_reports_this_kernel() -> None:
     by = {(s["collector"], s["name"]): s for s in sigs}
     assert sum(c == "tcp" for c, _ in by) >= 5
     assert by[("tcp", "packet drops by reason")]["hooks"] == "tp_btf/kfree_skb"
+    tls = ("HTTPS through TLS libraries (uprobes)",
+           "new processes probed at exec and library load")
     assert all(s["hooks"].startswith("socket tracepoints") for s in sigs
-               if s["collector"] in ("http", "dns") and s["default"])
+               if s["collector"] in ("http", "dns") and s["default"] and s["name"] not in tls)
+    assert by[("http", tls[0])]["hooks"].startswith("uprobes on the TLS libraries")
+    assert "sched_process_exec" in by[("http", tls[1])]["hooks"]
     for coll in ("tcp", "http", "dns", "kernel", "sched", "netlat", "profile"):
         assert any(c == coll and s["load_ms"] > 0 for (c, _), s in by.items()), coll
     assert {"OOM kills by victim", "mount failures by errno",
@@ -175,6 +179,11 @@ def test_no_cgroup2_is_a_clear_error() -> None:
                          f"umount -l {mnt} && exec {PODSCOPE} check"], "no cgroup2")
 
 
+LIBSSL = next(str(p) for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
+                                "/usr/lib64", "/usr/lib")
+              for p in sorted(Path(d).glob("libssl.so.*")) if p.is_file())
+
+
 def test_every_object_loads_and_every_default_program_attaches() -> None:
     bpf_dir = Path(libbpf.bpf_object_path("tcp")).parent
     objs = sorted(bpf_dir.glob("*.bpf.o"))
@@ -192,6 +201,8 @@ def test_every_object_loads_and_every_default_program_attaches() -> None:
                     link = p.attach_iter()
                 elif p.section == "perf_event":  # the profiler's sampler: on a CPU-clock event
                     link = p.attach_perf_event(perf_cpu_clock(0, 99))
+                elif p.section in ("uprobe", "uretprobe"):  # attached per file: any one here
+                    link = p.attach_uprobe(LIBSSL, "SSL_read", retprobe=p.section == "uretprobe")
                 else:
                     link = p.attach()
                 assert link.fd >= 0, p.name
