@@ -77,8 +77,9 @@ def test_nginx_over_tls_with_ab_curl_and_h2load_exact_counts(pods: PodNetwork, t
         v2 = Counter({"GET 200": h2 + 3})
 
         def complete(m: Metrics) -> bool:
-            return sum(by_method_status(m, SERVER_HIST, k8s_pod_uid=server.uid).values()) >= \
-                sum(v11.values()) + sum(v2.values())
+            return all(sum(by_method_status(m, hist, k8s_pod_uid=pod.uid).values()) >=
+                       sum(v11.values()) + sum(v2.values())
+                       for hist, pod in ((SERVER_HIST, server), (CLIENT_HIST, client)))
 
         m = wait_metrics(agent, complete)
         for side, hist, pod in (("server", SERVER_HIST, server), ("client", CLIENT_HIST, client)):
@@ -126,8 +127,9 @@ def test_node_https_server_and_clients_node_and_python_ssl(pods: PodNetwork, tmp
         total = node_truth + py_truth
 
         def complete(m: Metrics) -> bool:
-            return sum(by_method_status(m, CLIENT_HIST, k8s_pod_uid=client.uid).values()) >= \
-                sum(total.values())
+            return all(sum(by_method_status(m, hist, k8s_pod_uid=pod.uid).values()) >=
+                       sum(total.values())
+                       for hist, pod in ((SERVER_HIST, server), (CLIENT_HIST, client)))
 
         m = wait_metrics(agent, complete)
         assert by_method_status(m, SERVER_HIST, k8s_pod_uid=server.uid,
@@ -310,7 +312,8 @@ def test_go_net_http_over_tls_http1_and_http2_server_and_client(
         assert sum(h1.values()) == 43 and sum(h2.values()) == 37
 
         def complete(m: Metrics) -> bool:
-            return sum(by_method_status(m, CLIENT_HIST, k8s_pod_uid=client.uid).values()) >= 80
+            return all(sum(by_method_status(m, hist, k8s_pod_uid=pod.uid).values()) >= 80
+                       for hist, pod in ((SERVER_HIST, server), (CLIENT_HIST, client)))
 
         m = wait_metrics(agent, complete)
         for hist, pod in ((SERVER_HIST, server), (CLIENT_HIST, client)):
@@ -343,8 +346,9 @@ def test_grpc_go_unary_and_streaming_with_ok_and_error_statuses(
         assert {"Check 0", "Check 5", "Check 13", "Watch 0", "Watch 13"} <= set(truth)
 
         def complete(m: Metrics) -> bool:
-            return sum(rpc_counts(m, "rpc_client_duration_seconds_count",
-                                  k8s_pod_uid=client.uid).values()) >= 40
+            return all(sum(rpc_counts(m, f"rpc_{side}_duration_seconds_count",
+                                      k8s_pod_uid=pod.uid).values()) >= 40
+                       for side, pod in (("server", server), ("client", client)))
 
         m = wait_metrics(agent, complete)
         assert rpc_counts(m, "rpc_server_duration_seconds_count",
@@ -441,19 +445,28 @@ def test_grpc_connection_opened_before_the_agent_started(
         srv.wait()
 
 
-def test_stripped_go_binary_is_reported(pods: PodNetwork, tmp_path: Path) -> None:
-    """A Go binary without its symbol table (-ldflags=-s) is not probed, and says so."""
+def test_stripped_go_binary_found_by_its_function_table(pods: PodNetwork, tmp_path: Path) -> None:
+    """A Go binary built with -ldflags="-s -w" (no symbol table, no DWARF): crypto/tls found in
+    .gopclntab and probed by file offset; every request counted on both sides."""
     binary = build_go(GO_FIXTURES / "gohttps.go", tmp_path / "stripped", ldflags="-s -w")
+    assert " .symtab " not in subprocess.run(["readelf", "-S", str(binary)], capture_output=True,
+                                           text=True, check=True).stdout
     server = pods.pod("server")
+    client = pods.pod("client")
     cert, key = make_certificate(tmp_path)
+    p = start_go(server, [str(binary), "server", "8443", str(cert), str(key)])
     agent = AgentProc([], tmp_path)
     try:
-        p = start_go(server, [str(binary), "server", "8443", str(cert), str(key)])
-        m = wait_metrics(agent, lambda m: m.value("podscope_uprobe_errors_total",
-                                                  reason="go_stripped") >= 1)
-        assert m.value("podscope_uprobe_errors_total", reason="go_stripped") == 1
-        assert "stripped Go binary" in agent.log.read_text()
-        p.terminate()
-        p.wait()
+        truth = _json_counts(client.run([str(binary), "client", f"https://{server.ip}:8443",
+                                         "29", "2", "h1"]).stdout)
+        sides = ((SERVER_HIST, server), (CLIENT_HIST, client))
+        m = wait_metrics(agent, lambda m: all(sum(by_method_status(
+            m, hist, k8s_pod_uid=pod.uid).values()) >= 29 for hist, pod in sides))
+        for hist, pod in sides:
+            assert by_method_status(m, hist, k8s_pod_uid=pod.uid, url_scheme="https") == truth
+        assert m.value("podscope_uprobe_files", kind="go") == 1
+        assert m.value("podscope_uprobe_errors_total", reason="go_stripped") == 0
     finally:
         agent.stop()
+        p.terminate()
+        p.wait()

@@ -36,6 +36,8 @@ class ElfInfo:
     h2_offsets: tuple[tuple[str, int], ...] = ()
     h2_types: tuple[tuple[str, int], ...] = ()
     pie: bool = False
+    # stripped Go binaries: each function's offset in the file (probed by offset, not name)
+    file_offsets: tuple[tuple[str, int], ...] = ()
 
 
 GO_MIN = (1, 17)  # the register ABI
@@ -171,10 +173,75 @@ def _parse_go_version(v: str) -> tuple[int, int]:
         return (0, 0)
 
 
+def go_funcs(pclntab: bytes, names: set[str]) -> dict[str, tuple[int, int]]:
+    """(address, size) of the named functions from Go's own function table (.gopclntab): a
+    stripped binary (-ldflags=-s) keeps it, the runtime needs it. Go 1.16 and later."""
+    if len(pclntab) < 8:
+        return {}
+    magic = struct.unpack_from("<I", pclntab)[0]
+    ptr = pclntab[7]
+    word = "<Q" if ptr == 8 else "<I"
+
+    def uintptr(at: int) -> int:
+        return int(struct.unpack_from(word, pclntab, at)[0])
+
+    hdr = 8
+    if magic in (0xFFFFFFF0, 0xFFFFFFF1):  # Go 1.18, 1.20
+        nfunc = uintptr(hdr)
+        text_start = uintptr(hdr + 2 * ptr)
+        funcname_off = uintptr(hdr + 3 * ptr)
+        pcln_off = uintptr(hdr + 7 * ptr)
+        ent, ent_size = "<II", 8
+    elif magic == 0xFFFFFFFA:  # Go 1.16, 1.17
+        nfunc = uintptr(hdr)
+        text_start = 0
+        funcname_off = uintptr(hdr + 2 * ptr)
+        pcln_off = uintptr(hdr + 6 * ptr)
+        ent, ent_size = ("<QQ", 16) if ptr == 8 else ("<II", 8)
+    else:
+        return {}
+    out: dict[str, tuple[int, int]] = {}
+    tab = pcln_off
+    for i in range(nfunc):
+        entry, funcoff = struct.unpack_from(ent, pclntab, tab + i * ent_size)
+        next_entry = struct.unpack_from(ent, pclntab, tab + (i + 1) * ent_size)[0]
+        name_off = struct.unpack_from("<i", pclntab, pcln_off + funcoff + (
+            4 if ent_size == 8 else ptr))[0]
+        at = funcname_off + name_off
+        end = pclntab.find(b"\0", at)
+        name = pclntab[at:end].decode("latin-1")
+        if name in names:
+            out[name] = (text_start + entry, next_entry - entry)
+            if len(out) == len(names):
+                break
+    return out
+
+
+def _file_offset(elf: ELFFile, addr: int) -> int:
+    for seg in elf.iter_segments():
+        if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= addr < seg["p_vaddr"] + seg["p_filesz"]:
+            return int(addr - seg["p_vaddr"] + seg["p_offset"])
+    raise ValueError(f"address {addr:#x} is in no loaded segment")
+
+
+def _rets(elf: ELFFile, addr: int, size: int) -> tuple[int, ...]:
+    import capstone  # type: ignore[import-untyped]
+
+    arch = elf["e_machine"]
+    if arch == "EM_X86_64":
+        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    elif arch == "EM_AARCH64":
+        md = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+    else:
+        return ()
+    code = _read_at(elf, addr, size)
+    return tuple(i.address - addr for i in md.disasm(code, addr) if i.mnemonic == "ret")
+
+
 def _func_returns(elf: ELFFile, sections: dict[str, Any], names: tuple[str, ...]
                   ) -> dict[str, tuple[int, ...]]:
     """Offsets of the RET instructions of each named function (x86-64 and arm64)."""
-    import capstone  # type: ignore[import-untyped]
+    import capstone
 
     arch = elf["e_machine"]
     if arch == "EM_X86_64":
@@ -248,9 +315,7 @@ def _go(elf: ELFFile, sections: dict[str, Any]) -> ElfInfo:
     version = (go_version(sections[".go.buildinfo"].data(), elf)
                if ".go.buildinfo" in sections else "")
     if ".symtab" not in sections:
-        # stripped (-ldflags=-s): the functions are not found by name here
-        return ElfInfo("go", frozenset(), stripped=True, go_version=version,
-                       why_not="stripped Go binary (no symbol table)")
+        return _go_stripped(elf, sections, version)
     funcs = frozenset(_defined(elf, sections, GO_TLS_FUNCS + tuple(GO_H2_FUNCS)))
     if not funcs & set(GO_TLS_FUNCS):
         return ElfInfo("", frozenset(), go_version=version)
@@ -273,3 +338,28 @@ def _go(elf: ELFFile, sections: dict[str, Any]) -> ElfInfo:
     return ElfInfo("go", funcs, go_version=version, returns=tuple(sorted(rets.items())),
                    h2_probes=tuple(probes), h2_offsets=tuple(sorted(offsets.items())),
                    h2_types=tuple(sorted(types.items())), pie=elf["e_type"] == "ET_DYN")
+
+
+def _go_stripped(elf: ELFFile, sections: dict[str, Any], version: str) -> ElfInfo:
+    """A Go binary without its symbol table (-ldflags=-s): the functions from .gopclntab,
+    probed by file offset. Its HTTP/2 structs are not known without DWARF (-w goes with -s):
+    crypto/tls only."""
+    if ".gopclntab" not in sections:
+        return ElfInfo("go", frozenset(), stripped=True, go_version=version,
+                       why_not="stripped Go binary without .gopclntab")
+    found = go_funcs(sections[".gopclntab"].data(), set(GO_TLS_FUNCS))
+    if not found:
+        return ElfInfo("", frozenset(), stripped=True, go_version=version)
+    if _parse_go_version(version) < GO_MIN:
+        return ElfInfo("go", frozenset(found), stripped=True, go_version=version,
+                       why_not=f"{version or 'unknown Go version'}: before Go 1.17's register ABI")
+    rets: dict[str, tuple[int, ...]] = {}
+    for f in GO_TLS_READS:
+        if f in found:
+            rets[f] = _rets(elf, *found[f])
+            if not rets[f]:
+                return ElfInfo("go", frozenset(found), stripped=True, go_version=version,
+                               why_not="no RET found in crypto/tls")
+    offsets = tuple(sorted((f, _file_offset(elf, a)) for f, (a, _n) in found.items()))
+    return ElfInfo("go", frozenset(found), stripped=True, go_version=version,
+                   returns=tuple(sorted(rets.items())), file_offsets=offsets)

@@ -189,13 +189,19 @@ class UprobeManager:
             self._pids.pop(pid, None)
 
     # --- probes ---
-    def _probes(self, info: elf.ElfInfo) -> list[tuple[str, int, str, bool]]:
-        """(function, offset, program, return probe) for a file."""
+    def _probes(self, info: elf.ElfInfo) -> list[tuple[str | None, int, str, bool]]:
+        """(function, offset, program, return probe) for a file; function None: the offset is
+        the file offset (a stripped Go binary, its functions from .gopclntab)."""
         if info.kind == "openssl":
             return [(f, 0, prog, ret) for f, prog, ret in OPENSSL_PROBES if f in info.funcs]
-        out = [(f, 0, GO_ENTRIES[f], False) for f in sorted(info.funcs) if f in GO_ENTRIES]
+        base = dict(info.file_offsets)
+
+        def at(func: str, off: int) -> tuple[str | None, int]:
+            return (None, base[func] + off) if func in base else (func, off)
+
+        out = [(*at(f, 0), GO_ENTRIES[f], False) for f in sorted(info.funcs) if f in GO_ENTRIES]
         for func, offsets in info.returns:
-            out += [(func, off, "go_tls_ret", False) for off in offsets]
+            out += [(*at(func, off), "go_tls_ret", False) for off in offsets]
         if not info.pie:  # a position-independent Go binary: its type addresses move
             out += [(func, 0, prog, False) for func, prog in info.h2_probes]
         return out
