@@ -25,8 +25,10 @@ def collector(records: list[dict[str, Any]]) -> HttpCollector:
 
 
 def event(c: HttpCollector, kind: str, inbound: bool, data: bytes, length: int | None = None,
-          ts: int = 1000, conn: int = 7, method: int = 0, proto: int = 1, gap: int = 0) -> bytes:
+          ts: int = 1000, conn: int = 7, method: int = 0, proto: int = 1, gap: int = 0,
+          tls: int = 0) -> bytes:
     ev = c.StreamEv()
+    ev.tls = tls
     ev.conn_id = conn
     ev.ts_ns = ts
     ev.len = len(data) if length is None else length
@@ -169,3 +171,22 @@ def test_a_lost_event_resynchronises_inside_the_next_write() -> None:
     assert [(r["method"], r["path"], r["status"]) for r in recs] == [("GET", "/a/1", 200)] * 2
     assert c.parse_errors == {"stream_events_lost": 1} and c.resyncs == 1
     assert recs[0]["request_bytes"] == len(REQ)
+
+
+def test_tls_plaintext_is_https_in_metrics_records_and_spans() -> None:
+    """A connection whose bytes came from a TLS library (uprobes): url_scheme https on the
+    series, url_scheme and tls in the record, url.scheme on the span."""
+    from opentelemetry.sdk.resources import Resource
+
+    from podscope.sinks.otlp import span_of
+
+    recs: list[dict[str, Any]] = []
+    c = collector(recs)
+    c._on_stream(event(c, "HTTP_S_DATA", True, REQ, tls=1))
+    c._on_stream(event(c, "HTTP_S_DATA", False, RESP, tls=1))
+    c._on_stream(event(c, "HTTP_S_DATA", True, REQ, conn=8))
+    c._on_stream(event(c, "HTTP_S_DATA", False, RESP, conn=8))
+    assert [(r["url_scheme"], r["tls"]) for r in recs] == [("https", True), ("http", False)]
+    assert sorted(k[8] for k in c._aggs) == ["http", "https"]
+    span = span_of(recs[0], Resource({}))
+    assert span.attributes is not None and span.attributes["url.scheme"] == "https"

@@ -62,6 +62,7 @@ ATTRIBUTE_NAMES = {
     "http_response_status_code": "http.response.status_code",
     "http_route": "http.route",
     "network_protocol_version": "network.protocol.version",
+    "url_scheme": "url.scheme",
     "server_address": "server.address",
     "server_port": "server.port",
     "rpc_system": "rpc.system",
@@ -120,7 +121,10 @@ def span_of(rec: dict[str, Any], resource: Resource) -> ReadableSpan:
         "network.protocol.version": str(rec.get("protocol") or "1.1"),
         "network.peer.address": str(rec.get("peer_addr") or ""),
         "network.peer.port": int(rec.get("peer_port") or 0),
+        "url.scheme": str(rec.get("url_scheme") or "http"),
     }
+    if rec.get("tls"):
+        attrs["tls.protocol.name"] = "tls"
     if grpc:
         service, _, method = path.lstrip("/").partition("/")
         attrs.update({"rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
