@@ -6,6 +6,7 @@ ssl module; a client with OpenSSL linked in, started after the agent."""
 from __future__ import annotations
 
 import json
+import platform
 import re
 import shutil
 import subprocess
@@ -197,6 +198,56 @@ def build_static_client(out: Path) -> Path:
     assert re.search(r" T SSL_write$", nm, re.M) and "libssl" not in subprocess.run(
         ["ldd", str(out)], capture_output=True, text=True).stdout
     return out
+
+
+OPENSSL11 = Path(__file__).resolve().parents[2] / "build" / "openssl11"
+
+
+def openssl11_client(out: Path) -> tuple[Path, Path]:
+    """tests/fixtures/tls_client.c linked against OpenSSL 1.1 as a shared library: Debian 11's
+    libssl1.1 and libssl-dev (through the kernel matrix's private apt configuration for
+    bullseye; the system's sources untouched), unpacked under build/. Returns (client, the
+    libssl.so.1.1 it maps)."""
+    from tests.matrix.run import bullseye_apt
+
+    lib = OPENSSL11 / "usr" / "lib" / "x86_64-linux-gnu"
+    if not (lib / "libssl.so.1.1").exists():
+        debs = OPENSSL11 / "debs"
+        debs.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["apt-get", "download", "-q", "libssl1.1", "libssl-dev"], cwd=debs,
+                       env=bullseye_apt(), check=True, capture_output=True)
+        for deb in sorted(debs.glob("*.deb")):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(OPENSSL11)], check=True)
+    inc = OPENSSL11 / "usr" / "include"
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f"-I{inc}", f"-I{inc}/x86_64-linux-gnu",
+                    "-o", str(out), str(FIXTURES / "tls_client.c"), f"-L{lib}",
+                    "-l:libssl.so.1.1", "-l:libcrypto.so.1.1", f"-Wl,-rpath,{lib}"],
+                   check=True, capture_output=True)
+    return out, lib / "libssl.so.1.1"
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="Debian 11's amd64 packages")
+def test_openssl_1_1_shared_library(pods: PodNetwork, tmp_path: Path) -> None:
+    """OpenSSL 1.1 (Debian 11's libssl.so.1.1): the same functions, the same counts."""
+    client_bin, libssl11 = openssl11_client(tmp_path / "client11")
+    server = pods.pod("server")
+    client = pods.pod("client")
+    start_nginx(server, "443 ssl", tls=make_certificate(tmp_path))
+    agent = AgentProc([], tmp_path)
+    try:
+        # the library is new to the agent: a first process maps it (and waits), then the test
+        client.run([str(client_bin), server.ip, "443", "1", "1500"])
+        truth = Counter(json.loads(client.run([str(client_bin), server.ip, "443", "19",
+                                               "0"]).stdout))
+        sides = ((SERVER_HIST, server), (CLIENT_HIST, client))
+        m = wait_metrics(agent, lambda m: all(sum(by_method_status(
+            m, hist, k8s_pod_uid=pod.uid).values()) >= 20 for hist, pod in sides))
+        assert by_method_status(m, CLIENT_HIST, k8s_pod_uid=client.uid,
+                                url_scheme="https") == truth + Counter({"GET 200": 1})
+        assert m.value("podscope_uprobe_file_processes", path=str(libssl11)) == 0
+        assert m.series("podscope_uprobe_file_processes", path=str(libssl11), kind="openssl")
+    finally:
+        agent.stop()
 
 
 def file_processes(m: Metrics, path: Path) -> list[dict[str, str]]:
