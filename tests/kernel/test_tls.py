@@ -19,7 +19,7 @@ import pytest
 from podscope.testing.gobuild import build_go
 from podscope.testing.pods import Pod, PodNetwork
 from podscope.testing.servers import make_certificate, start_nginx
-from tests.conftest import FIXTURES, SLOW, AgentProc, Metrics, python_cmd
+from tests.conftest import FIXTURES, PODSCOPE, SLOW, AgentProc, Metrics, python_cmd
 from tests.kernel.test_http import CLIENT_HIST, SERVER_HIST, by_method_status
 
 NODE = shutil.which("node")
@@ -521,3 +521,33 @@ def test_stripped_go_binary_found_by_its_function_table(pods: PodNetwork, tmp_pa
         agent.stop()
         p.terminate()
         p.wait()
+
+
+def test_check_tls_lists_per_pod_and_the_file_limit_is_counted(pods: PodNetwork,
+                                                                tmp_path: Path) -> None:
+    """`podscope check --tls` names, per pod, the processes and the files that would be probed;
+    with max_uprobe_files = 1 the second file is not probed, and that is counted."""
+    server = pods.pod("server")
+    client = pods.pod("client")
+    start_nginx(server, "443 ssl", tls=make_certificate(tmp_path))
+    out = subprocess.run([PODSCOPE, "check", "--tls", "--json"], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    found = [f for f in json.loads(out) if f["pod_uid"] == server.uid]
+    assert found and all(f["kind"] == "openssl" and "libssl.so" in f["path"] and f["probed"]
+                         for f in found), found
+    text = subprocess.run([PODSCOPE, "check", "--tls"], capture_output=True, text=True,
+                          check=True, timeout=60).stdout
+    assert f"pod {server.uid}" in text and "nginx" in text
+    binary = build_static_client(tmp_path / "tls_client")
+    cfg = tmp_path / "podscope.toml"
+    cfg.write_text("max_uprobe_files = 1\n")
+    agent = AgentProc(["--config", str(cfg)], tmp_path)
+    try:
+        client.run([str(binary), server.ip, "443", "3", "500"])
+        m = wait_metrics(agent, lambda m: m.value("podscope_uprobe_errors_total",
+                                                  reason="limit") >= 1)
+        assert m.value("podscope_uprobe_errors_total", reason="limit") >= 1
+        assert m.value("podscope_uprobe_files") == 1  # nginx's libssl, found first
+        assert not file_processes(m, binary)
+    finally:
+        agent.stop()

@@ -227,6 +227,8 @@ class UprobeManager:
     def _attach(self, pid: int, m: procs.Mapped, info: elf.ElfInfo) -> bool:
         if info.why_not:
             if (m.dev, m.inode) not in self._refused:
+                if len(self._refused) >= 65536:
+                    self._refused.clear()
                 self._refused.add((m.dev, m.inode))
                 self._error("go_stripped" if info.stripped else "go_unsupported")
                 log.warning("uprobes: %s (pid %d): not probed: %s", m.path, pid, info.why_not)
