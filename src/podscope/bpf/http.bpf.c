@@ -2093,14 +2093,15 @@ int http_exec(void *ctx)
 	return 0;
 }
 
-#define PROT_EXEC 4
-
-SEC("tracepoint/syscalls/sys_enter_mmap")
-int http_mmap(struct trace_event_raw_sys_enter *ctx)
+/* The dynamic linker (glibc's and musl's ld.so) calls _dl_debug_state after each change to the
+ * loaded libraries, at start-up and at every dlopen (debuggers put their breakpoint there): a
+ * uprobe on it says a process has new libraries without tracing a syscall (a syscall
+ * tracepoint would put every syscall of every process on the slow path). */
+SEC("uprobe")
+int http_dlmap(struct pt_regs *ctx)
 {
-	/* an executable mapping of a file: a shared library being loaded (dlopen, the linker) */
-	if ((ctx->args[2] & PROT_EXEC) && (long)ctx->args[4] >= 0)
-		proc_event(HTTP_PROC_MMAP);
+	if (!tls_self())
+		proc_event(HTTP_PROC_LIBS);
 	return 0;
 }
 

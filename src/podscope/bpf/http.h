@@ -303,11 +303,11 @@ struct tls_call {
 	__u32 _pad;
 };
 
-/* Processes whose mappings changed (exec, or an executable file mapped): user space looks at
+/* Processes whose mappings changed (exec, or libraries loaded): user space looks at
  * /proc/PID/maps for TLS libraries and Go binaries. */
 enum http_proc_kind {
 	HTTP_PROC_EXEC = 1,
-	HTTP_PROC_MMAP = 2,
+	HTTP_PROC_LIBS = 2,
 };
 
 struct http_proc_event {

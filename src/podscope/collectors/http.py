@@ -248,7 +248,7 @@ class HttpCollector:
     TLS_PROGS = ("tls_rd_e", "tls_rdx_e", "tls_wr_e", "tls_wrx_e", "tls_hs_e", "tls_setfd",
                  "tls_free", "tls_ret", "go_tls_rd_e", "go_tls_wr_e", "go_tls_ret",
                  "go_grpc_srv_rh", "go_grpc_cli_rh", "go_grpc_wh", "go_nh_srv_rh", "go_nh_srv_wh",
-                 "go_nh_cli_rh", "go_nh_cli_enc", "go_nh_cli_wh", "http_exec", "http_mmap")
+                 "go_nh_cli_rh", "go_nh_cli_enc", "go_nh_cli_wh", "http_dlmap", "http_exec")
     HOOK_NAMES = {
         "socket": "socket tracepoints (sock_recv_length, sock_send_length)",
         "syscalls": "syscall tracepoints (" + ", ".join(SYSCALLS) + ")",
@@ -264,22 +264,23 @@ class HttpCollector:
         o.load(optional=["http_offcpu", *self.TLS_PROGS])
         if self.hooks == "syscalls":  # the sys_exit programs hand each call to the worker
             o.map("http_work").update(ct.c_uint32(0), ct.c_uint32(o.program("http_x_work").fd))
-        uprobe_progs = [p for p in self.TLS_PROGS if not p.startswith("http_")]
-        attach(o, skip=("http_offcpu", "http_x_work", *uprobe_progs),
-               optional=("http_exec", "http_mmap"))
+        uprobe_progs = [p for p in self.TLS_PROGS if p != "http_exec"]
+        attach(o, skip=("http_offcpu", "http_x_work", *uprobe_progs), optional=("http_exec",))
         if self._reasons_wanted:
             self.set_blocked_reasons(True)
         self._ring = libbpf.RingBuffer(o.map("http_stream"), self._on_stream)
         if self.records:
             self._ring.add(o.map("http_records"), self._on_record)
         scope, max_files, detach_after = self._uprobe_args
-        if scope != "off" and not any(p in o.refused for p in uprobe_progs):
+        tls_progs = [p for p in uprobe_progs if p != "http_dlmap"]
+        if scope != "off" and not any(p in o.refused for p in tls_progs):
             self.uprobes = UprobeManager(o, scope, max_files=max_files,
                                          detach_after=detach_after, proc=self.store.proc)
-            if "http_exec" not in o.refused and "http_mmap" not in o.refused:
+            self.uprobes.watch_loads = "http_dlmap" not in o.refused
+            if "http_exec" not in o.refused:
                 self._ring.add(o.map("http_procs"), self._on_proc)
-            else:  # no exec/mmap events: the full pass is all there is
-                self.uprobes.rescan = 1.0
+            if "http_exec" in o.refused or "http_dlmap" in o.refused:
+                self.uprobes.rescan = 1.0  # without the events, the full pass finds processes
             self.uprobes.tick()
 
     def signals(self) -> list[Signal]:
@@ -294,17 +295,21 @@ class HttpCollector:
                 "unknown, so only disk (D state) and other are told apart"}
         if self.tls_scope != "off":
             tls_progs = [p for p in self.TLS_PROGS if not p.startswith("http_")]
+            found_by = {"new processes probed at exec and library load": [
+                "http_exec", "http_dlmap"]}
             out += program_signals(
                 self.name, self.obj,
                 {"HTTPS through TLS libraries (uprobes)": tls_progs},
                 f"uprobes on the TLS libraries and Go binaries of {self.tls_scope} "
                 "(podscope check --tls: what is found)")
             out += program_signals(
-                self.name, self.obj,
-                {"new processes probed at exec and library load": ["http_exec", "http_mmap"]},
+                self.name, self.obj, found_by,
+                "tracepoint/sched/sched_process_exec, a uprobe on the dynamic linker's "
+                "_dl_debug_state",
                 degraded={} if self.uprobes is None or self.uprobes.rescan > 1.0 else {
                     "new processes probed at exec and library load":
-                        "no exec/mmap tracepoints: a full /proc pass every second instead"})
+                        "no exec tracepoint or dynamic linker uprobe: a full /proc pass every "
+                        "second instead"}, partial=True)
         out += program_signals(self.name, self.obj,
                                {"request blocked time by reason (deep probe)": ["http_offcpu"]},
                                degraded=degraded, default=False)

@@ -22,7 +22,7 @@ GO_TLS_READS = ("crypto/tls.(*Conn).Read",)  # probed at each RET too
 
 @dataclass(frozen=True)
 class ElfInfo:
-    kind: str  # "openssl", "go" or "" (nothing to hook)
+    kind: str  # "openssl", "go", "ld" (a dynamic linker) or "" (nothing to hook)
     funcs: frozenset[str]  # the functions of the kind's list that the file has
     stripped: bool = False  # a Go binary without its symbol table
     go_version: str = ""  # "go1.19.8"
@@ -303,11 +303,13 @@ def inspect(path: str) -> ElfInfo:
             sections = {s.name: s for s in elf.iter_sections()}
             if ".gopclntab" in sections or ".go.buildinfo" in sections:
                 return _go(elf, sections)
-            funcs = frozenset(_defined(elf, sections, OPENSSL_FUNCS))
+            funcs = frozenset(_defined(elf, sections, OPENSSL_FUNCS + ("_dl_debug_state",)))
         except (ELFError, ValueError, IndexError, struct.error):  # not ELF, or truncated
             return ElfInfo("", frozenset())
     if "SSL_read" in funcs and "SSL_write" in funcs:
         return ElfInfo("openssl", funcs)
+    if "_dl_debug_state" in funcs:  # a dynamic linker: told when a process loads libraries
+        return ElfInfo("ld", frozenset({"_dl_debug_state"}))
     return ElfInfo("", frozenset())
 
 

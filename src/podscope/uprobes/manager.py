@@ -1,9 +1,10 @@
 """Uprobes on the TLS libraries of the processes podscope watches.
 
 Which processes: those of pods and containers ("pods", the default) or every process ("all").
-When: every process at start, then each one the kernel says exec'd or mapped an executable file
-(sched_process_exec, an mmap with PROT_EXEC: a shared library loaded), looked at a few
-milliseconds later; a full pass every `rescan` seconds catches anything missed.
+When: every process at start, then each one the kernel says exec'd (sched_process_exec) or
+loaded libraries (a uprobe on the dynamic linker's _dl_debug_state, which it calls after each
+change to the loaded libraries), looked at a few milliseconds later; a full pass every `rescan`
+seconds catches anything missed.
 How: once per file (device, inode), however many processes map it, through the process's own
 root (containers have their own files); the probes go when no process has mapped it for
 `detach_after` seconds. At most `max_files` files are probed at once; the rest are counted."""
@@ -65,6 +66,7 @@ class UprobeManager:
             raise ValueError(f"uprobe scope {scope!r}: expected one of {', '.join(SCOPES)}")
         self.obj = obj
         self.scope = scope
+        self.watch_loads = True  # probe dynamic linkers (False: the full pass finds libraries)
         self.max_files = max_files
         self.detach_after = detach_after
         self.rescan = rescan
@@ -162,7 +164,7 @@ class UprobeManager:
                 if len(self._kinds) >= 65536:
                     self._kinds.clear()
                 self._kinds[key] = info
-            if not info.kind:
+            if not info.kind or (info.kind == "ld" and not self.watch_loads):
                 continue
             if key not in self.targets and not self._attach(pid, m, info):
                 continue
@@ -194,6 +196,8 @@ class UprobeManager:
         the file offset (a stripped Go binary, its functions from .gopclntab)."""
         if info.kind == "openssl":
             return [(f, 0, prog, ret) for f, prog, ret in OPENSSL_PROBES if f in info.funcs]
+        if info.kind == "ld":
+            return [("_dl_debug_state", 0, "http_dlmap", False)] if self.watch_loads else []
         base = dict(info.file_offsets)
 
         def at(func: str, off: int) -> tuple[str | None, int]:
@@ -382,7 +386,7 @@ def survey(proc: str = "/proc", scope: str = "pods") -> list[dict[str, object]]:
                 except OSError:
                     kinds[key] = elf.ElfInfo("", frozenset())
             info = kinds[key]
-            if info.kind:
+            if info.kind in ("openssl", "go"):
                 try:
                     comm = open(f"{proc}/{pid}/comm").read().strip()  # noqa: SIM115
                 except OSError:
