@@ -334,7 +334,8 @@ class HttpCollector:
 
     def _on_proc(self, data: bytes) -> None:
         if self.uprobes is not None and len(data) >= ct.sizeof(self.ProcEv):
-            self.uprobes.event(self.ProcEv.from_buffer_copy(data).pid)
+            ev = self.ProcEv.from_buffer_copy(data)
+            self.uprobes.event(ev.pid, ev.cgroup_id)
 
     def close(self) -> None:
         if self.uprobes is not None:

@@ -81,6 +81,8 @@ class UprobeManager:
         self._pids: dict[int, tuple[int, set[tuple[int, int]]]] = {}  # pid -> (start, files)
         self._wanted: dict[str, bool] = {}  # cgroup path -> in scope (bounded)
         self._due: dict[int, float] = {}  # pid -> when to look at it
+        self._event_cg: dict[int, int] = {}  # pid -> the cgroup its event came from
+        self._cg_scope: dict[int, bool] = {}  # cgroup id -> its processes are in scope
         self._event_at: dict[int, float] = {}  # pid -> when its event came
         self._last_scan = 0.0
         self.errors: dict[str, int] = {}
@@ -91,10 +93,15 @@ class UprobeManager:
         self.latency_sum = 0.0
 
     # --- what to look at ---
-    def event(self, pid: int) -> None:
-        """The kernel saw pid exec or map an executable file."""
+    def event(self, pid: int, cgroup_id: int = 0) -> None:
+        """The kernel saw pid exec or load libraries. Processes of a cgroup already found out of
+        scope cost a dict lookup (an exec storm on the host is not read from /proc)."""
         if pid == self.self_pid or len(self._due) > 65536:
             return
+        if cgroup_id and self._cg_scope.get(cgroup_id) is False:
+            return
+        if cgroup_id and self.scope == "pods" and len(self._event_cg) < 65536:
+            self._event_cg[pid] = cgroup_id
         now = time.monotonic()
         self._due.setdefault(pid, now + EVENT_DELAY)
         self._event_at.setdefault(pid, now)
@@ -129,6 +136,7 @@ class UprobeManager:
             self._gone(pid)
         self._due.clear()
         self._event_at.clear()
+        self._event_cg.clear()
 
     def _in_scope(self, pid: int) -> bool:
         if pid == self.self_pid or self.scope == "off":
@@ -136,7 +144,13 @@ class UprobeManager:
         if self.scope == "all":
             return True
         ref = proc_pod_ref(pid, self.proc)
-        return ref is not None and bool(ref.pod_uid or ref.container_id)
+        ok = ref is not None and bool(ref.pod_uid or ref.container_id)
+        cg = self._event_cg.pop(pid, 0)
+        if cg and ref is not None:
+            if len(self._cg_scope) >= 65536:
+                self._cg_scope.clear()
+            self._cg_scope[cg] = ok
+        return ok
 
     def _look(self, pid: int, event_at: float | None) -> None:
         start = procs.start_time(pid, self.proc)
