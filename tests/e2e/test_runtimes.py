@@ -233,3 +233,44 @@ def test_podman_churn_every_container_keeps_its_own_counts(pods: PodNetwork, pod
     # nothing of theirs went anywhere else: the server saw exactly their requests
     served = int(m.value("http_server_request_duration_seconds_count", container_name="pm-web"))
     assert served == want
+
+
+def test_tls_client_inside_a_container_is_probed_through_its_own_root(
+        pods: PodNetwork, tmp_path: Path) -> None:
+    """A podman container whose image carries its own TLS client (OpenSSL linked in, a file
+    that exists only inside the container): found in the container's maps, opened through
+    /proc/PID/root, probed; its requests are its own container's, exact."""
+    from podscope.testing.servers import make_certificate, start_nginx
+    from tests.kernel.test_http import CLIENT_HIST, SERVER_HIST, by_method_status
+    from tests.kernel.test_tls import build_static_client
+
+    client_bin = build_static_client(tmp_path / "tls_client", fully_static=True)
+    pm = Podman(extra={"/bin/tls_client": client_bin})
+    try:
+        server = pods.pod("server")
+        start_nginx(server, "443 ssl", tls=make_certificate(tmp_path))
+        cli_ns, _ = pods.netns("pm-tls")
+        agent = agent_with_podman_api(pm, tmp_path)
+        try:
+            out = pm.container("pm-tls", "/bin/tls_client", server.ip, "443", "17", "1500",
+                               network=f"ns:/run/netns/{cli_ns}", cidfile=tmp_path / "cid")
+            truth = json.loads(out.splitlines()[-1])
+            assert truth == {"GET 200": 17}
+            cid = (tmp_path / "cid").read_text().strip()
+
+            def counted() -> bool:
+                m = agent.metrics()
+                return sum(by_method_status(m, CLIENT_HIST, container_id=cid).values()) >= 17
+
+            wait_for(counted, timeout=10)
+            m = agent.metrics()
+            assert by_method_status(m, CLIENT_HIST, container_id=cid,
+                                    url_scheme="https") == truth
+            assert by_method_status(m, SERVER_HIST, k8s_pod_uid=server.uid,
+                                    url_scheme="https") == truth
+            files = m.series("podscope_uprobe_file_processes", kind="openssl")
+            assert any(f["path"] == "/bin/tls_client" for f in files), files
+        finally:
+            agent.stop()
+    finally:
+        pm.close()

@@ -189,11 +189,13 @@ def test_tls_connection_opened_before_the_agent_started(pods: PodNetwork,
         p.wait()
 
 
-def build_static_client(out: Path) -> Path:
-    """tests/fixtures/tls_client.c with OpenSSL (libssl.a, libcrypto.a) linked into it."""
+def build_static_client(out: Path, fully_static: bool = False) -> Path:
+    """tests/fixtures/tls_client.c with OpenSSL (libssl.a, libcrypto.a) linked into it;
+    fully_static: libc too (for an image without one)."""
+    link = (["-static", "-lssl", "-lcrypto"] if fully_static else
+            ["-Wl,-Bstatic", "-lssl", "-lcrypto", "-Wl,-Bdynamic", "-ldl", "-lpthread"])
     subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(out),
-                    str(FIXTURES / "tls_client.c"), "-Wl,-Bstatic", "-lssl", "-lcrypto",
-                    "-Wl,-Bdynamic", "-ldl", "-lpthread"], check=True, capture_output=True)
+                    str(FIXTURES / "tls_client.c"), *link], check=True, capture_output=True)
     nm = subprocess.run(["nm", str(out)], check=True, capture_output=True, text=True).stdout
     assert re.search(r" T SSL_write$", nm, re.M) and "libssl" not in subprocess.run(
         ["ldd", str(out)], capture_output=True, text=True).stdout

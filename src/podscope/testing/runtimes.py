@@ -30,8 +30,9 @@ events_logfile_path = "{base}/events.log"
 """
 
 
-def image_tar(dest: Path) -> Path:
-    """A root file system tar: the static busybox, its applets, and /www/ok for its httpd."""
+def image_tar(dest: Path, extra: dict[str, Path] | None = None) -> Path:
+    """A root file system tar: the static busybox, its applets, and /www/ok for its httpd;
+    `extra`: more files (path in the image -> file here)."""
     root = dest / "rootfs"
     (root / "bin").mkdir(parents=True, exist_ok=True)
     (root / "www").mkdir(exist_ok=True)
@@ -42,6 +43,10 @@ def image_tar(dest: Path) -> Path:
         if not link.exists():
             link.symlink_to("busybox")
     (root / "www" / "ok").write_text("ok\n")
+    for inside, src in (extra or {}).items():
+        target = root / inside.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
     tar = dest / "rootfs.tar"
     with tarfile.open(tar, "w") as t:
         t.add(root, arcname=".")
@@ -106,7 +111,7 @@ class Podman:
     """podman with its own storage (vfs), run directory and configuration, in a new directory
     below /tmp (podman wants its run directory's path short)."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra: dict[str, Path] | None = None) -> None:
         base = self.base = Path(tempfile.mkdtemp(prefix="ps-pm-", dir="/tmp"))
         (base / "containers.conf").write_text(CONTAINERS_CONF.format(base=base))
         self.env = dict(os.environ, CONTAINERS_CONF=str(base / "containers.conf"))
@@ -116,7 +121,7 @@ class Podman:
         self._had_parent = {r: os.path.isdir(os.path.join(r, "libpod_parent"))
                             for r in _cgroup_dirs()}
         self._had_firewall = bool(_netavark_rules())
-        self.run("import", str(image_tar(base)), IMAGE)
+        self.run("import", str(image_tar(base, extra)), IMAGE)
 
     def run(self, *args: str, check: bool = True,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
