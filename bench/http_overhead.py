@@ -112,7 +112,8 @@ def lost_events(text: str) -> int:
 
 
 def scenario(net: PodNetwork, name: str, rounds: int, seconds: float) -> dict[str, Any]:
-    tag = "".join(w[0] for w in name.split("-"))  # nginx-tiny -> nt
+    # nginx-tiny -> nt, nginx-tls -> nts (pod names must differ between scenarios)
+    tag = "".join(w[0] for w in name.split("-")) + ("s" if name.endswith("tls") else "")
     server = net.pod(f"s{tag}")
     client = net.pod(f"c{tag}", driver="cgroupfs")
     agent_args: list[str] = []
