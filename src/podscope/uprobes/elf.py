@@ -158,11 +158,8 @@ def go_version(data: bytes, elf: ELFFile) -> str:
 
 
 def _read_at(elf: ELFFile, addr: int, size: int) -> bytes:
-    for seg in elf.iter_segments():
-        if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= addr < seg["p_vaddr"] + seg["p_filesz"]:
-            elf.stream.seek(addr - seg["p_vaddr"] + seg["p_offset"])
-            return bytes(elf.stream.read(size))
-    raise ValueError(f"address {addr:#x} is in no loaded segment")
+    elf.stream.seek(_file_offset(elf, addr))
+    return bytes(elf.stream.read(size))
 
 
 def _parse_go_version(v: str) -> tuple[int, int]:
@@ -240,24 +237,12 @@ def _rets(elf: ELFFile, addr: int, size: int) -> tuple[int, ...]:
 
 def _func_returns(elf: ELFFile, sections: dict[str, Any], names: tuple[str, ...]
                   ) -> dict[str, tuple[int, ...]]:
-    """Offsets of the RET instructions of each named function (x86-64 and arm64)."""
-    import capstone
-
-    arch = elf["e_machine"]
-    if arch == "EM_X86_64":
-        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    elif arch == "EM_AARCH64":
-        md = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
-    else:
-        return {}
+    """Offsets of the RET instructions of each named function, found by the symbol table."""
     wanted = set(names)
     out: dict[str, tuple[int, ...]] = {}
     for sym in sections[".symtab"].iter_symbols():
         if sym.name in wanted and sym["st_size"]:
-            addr, size = sym["st_value"], sym["st_size"]
-            code = _read_at(elf, addr, size)
-            out[sym.name] = tuple(i.address - addr for i in md.disasm(code, addr)
-                                  if i.mnemonic == "ret")
+            out[sym.name] = _rets(elf, sym["st_value"], sym["st_size"])
             if len(out) == len(wanted):
                 break
     return out
