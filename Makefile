@@ -20,13 +20,19 @@ APT_PKGS := clang-16:clang-16 libbpf-dev:/usr/include/bpf/libbpf.h bpftool:bpfto
 	golang-github-masterminds-sprig-dev:/usr/share/gocode/src/github.com/Masterminds/sprig \
 	golang-gopkg-yaml.v2-dev:/usr/share/gocode/src/gopkg.in/yaml.v2 \
 	nodejs:node libssl-dev:/usr/include/openssl/ssl.h openssl:openssl curl:curl gcc:gcc \
-	golang-google-grpc-dev:/usr/share/gocode/src/google.golang.org/grpc
+	golang-google-grpc-dev:/usr/share/gocode/src/google.golang.org/grpc python3-dev:python3-config
 BPF_SRCS := $(wildcard $(BPF_DIR)/*.bpf.c)
 BPF_OBJS := $(BPF_SRCS:.bpf.c=.bpf.o)
 BPF_HDRS := $(wildcard $(BPF_DIR)/*.h $(BPF_DIR)/include/*.h)
+# podscope._fast: the per-event paths in compiled code (src/podscope/native, built in place)
+FAST := src/podscope/_fast$(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+FAST_SRCS := $(wildcard src/podscope/native/*.c src/podscope/native/*.h)
 
 .PHONY: all run test lint format deps bpf clean bench kernels soak fuzz
-all: $(VENV)/.installed bpf
+all: $(VENV)/.installed bpf $(FAST)
+
+$(FAST): $(FAST_SRCS) $(BPF_HDRS) setup.py $(VENV)/.installed
+	$(VENV)/bin/python setup.py -q build_ext --inplace --build-temp $(BUILD)/native
 
 run: all
 	$(VENV)/bin/podscope run --listen $(LISTEN)
@@ -91,4 +97,4 @@ $(BPF_DIR)/%.bpf.o: $(BPF_DIR)/%.bpf.c $(BPF_HDRS) $(BUILD)/vmlinux.h
 	  -I$(BUILD) -I$(BPF_DIR) -I$(BPF_DIR)/include -c $< -o $@
 
 clean:
-	rm -rf $(BUILD) $(BPF_OBJS)
+	rm -rf $(BUILD) $(BPF_OBJS) $(FAST)

@@ -57,6 +57,11 @@ class Agent:
         if self.otlp is not None:
             self.otlp.record(kind, rec)
 
+    def _emit_lines(self, kind: str, lines: bytes, n: int) -> None:
+        for sink in self.files:
+            assert isinstance(sink, JsonlSink)  # offered only when all of them are
+            sink.write_lines(kind, lines, n)
+
     def metrics(self) -> Iterable[Metric]:
         """Every collector's families; one family per name (podscope_events_lost_total and
         friends are shared: their samples are merged)."""
@@ -137,7 +142,10 @@ class Agent:
         self.files = [open_export(spec, cfg.export_max_bytes, cfg.export_keep)
                       for spec in self.cfg.exports]
         records = bool(self.files) or self.otlp is not None
-        ctx = registry.Context(cfg, self.store, emit=self._emit if records else None)
+        lines_only = (records and self.otlp is None
+                      and all(isinstance(f, JsonlSink) for f in self.files))
+        ctx = registry.Context(cfg, self.store, emit=self._emit if records else None,
+                               emit_lines=self._emit_lines if lines_only else None)
         self.netlat: NetlatCollector | None = None
         for spec in registry.SPECS:  # each in its own guarded step: one refusal costs one
             if not spec.enabled(cfg):

@@ -15,6 +15,9 @@ from ..metadata.store import LABEL_NAMES, Labels
 
 Record = dict[str, Any]
 Emit = Callable[[str, Record], None]
+# Records already encoded as JSON lines, a batch at a time: (kind, lines, how many). Offered
+# when every record sink takes such lines (the jsonl export), so compiled code can write them.
+EmitLines = Callable[[str, bytes, int], None]
 
 HIST_SLOTS_DEFAULT = 40
 

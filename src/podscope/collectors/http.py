@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from .. import features, libbpf
+from .. import _fast, features, libbpf
 from ..features import Signal
 from ..metadata.store import Labels, MetadataStore, identity
 from ..protocols import http1, http2
@@ -29,6 +30,7 @@ from ..uprobes.manager import UprobeManager
 from .base import HIST_SLOTS_DEFAULT as SLOTS
 from .base import (
     Emit,
+    EmitLines,
     Histogram,
     attach,
     label_names,
@@ -167,10 +169,12 @@ class HttpCollector:
                  request_timeout: float = 60.0, hooks: str = "auto",
                  breakdown_reasons: bool = False, peer_series_ttl: float = 600.0,
                  tls: str = "pods", max_uprobe_files: int = 256,
-                 uprobe_detach_after: float = 60.0):
+                 uprobe_detach_after: float = 60.0, emit_lines: EmitLines | None = None):
         self.store = store
         self.emit = emit
         self.records = bool(records and emit)
+        self.emit_lines = emit_lines if self.records else None
+        self._jsonl: _fast.HttpJsonl | None = None  # the kernel's records as JSON lines, compiled
         self.capture_headers = capture_headers
         self.request_timeout = request_timeout
         self.peer_series_ttl = peer_series_ttl
@@ -269,7 +273,10 @@ class HttpCollector:
         if self._reasons_wanted:
             self.set_blocked_reasons(True)
         self._ring = libbpf.RingBuffer(o.map("http_stream"), self._on_stream)
-        if self.records:
+        if self.records and self.emit_lines is not None:
+            self._jsonl = self._jsonl_encoder()
+            self._ring.add(o.map("http_records"), self._on_records, batch=True)
+        elif self.records:
             self._ring.add(o.map("http_records"), self._on_record)
         scope, max_files, detach_after = self._uprobe_args
         tls_progs = [p for p in uprobe_progs if p != "http_dlmap"]
@@ -370,6 +377,8 @@ class HttpCollector:
                 self._fold(k, per_cpu)
             self._drained_at = time.monotonic()
             self._label_cache.clear()
+            if self._jsonl is not None:
+                self._jsonl.clear_labels()
             if self._drained_at - self._peers_checked >= min(10.0, self.peer_series_ttl / 4):
                 self._expire_peer_series(self._drained_at)
 
@@ -492,6 +501,44 @@ class HttpCollector:
         self.unanswered[key] = self.unanswered.get(key, 0) + 1
 
     # --- records from the kernel ---
+    def _jsonl_encoder(self) -> _fast.HttpJsonl:
+        """The compiled encoder of the kernel's records into the jsonl export's lines. It asks
+        this side once per distinct value for what takes policy (labels, redaction, routes)."""
+        if _fast.HTTP_RECORD_SIZE != self._rec_size:
+            raise RuntimeError(f"podscope._fast was built for a {_fast.HTTP_RECORD_SIZE}-byte "
+                               f"struct http_record, http.bpf.o has {self._rec_size}: "
+                               "rebuild both (make)")
+
+        def labels_of(cgroup_id: int, netns: int) -> bytes:
+            return orjson.dumps(self._labels(cgroup_id, netns)._asdict())[1:-1]
+
+        def target_of(raw: bytes) -> bytes:
+            path, route = self._target(raw.decode("latin-1"))
+            return orjson.dumps({"path": path, "route": route})[1:-1]
+
+        def peer_of(family: int, raw: bytes) -> bytes:
+            return orjson.dumps(_addr(family, raw))
+
+        methods = tuple(orjson.dumps(METHODS[i]) for i in range(len(METHODS)))
+        reasons = tuple(orjson.dumps(f"blocked_{r}_seconds") for r in self.block_reasons)
+        return _fast.HttpJsonl(labels_of, target_of, peer_of, methods, reasons,
+                               self._mono_to_wall)
+
+    def _on_records(self, batch: bytes) -> None:
+        """A batch of kernel records: JSON lines from compiled code, unless someone in this
+        process wants them as dicts."""
+        if self.listeners or self._jsonl is None or self.emit_lines is None:
+            for data in _fast.split(batch):
+                self._on_record(data)
+            return
+        short = self._jsonl.short_records
+        lines, n = self._jsonl.encode(batch)
+        if self._jsonl.short_records != short:
+            self.parse_errors["short_event"] = (self.parse_errors.get("short_event", 0)
+                                                + self._jsonl.short_records - short)
+        if n:
+            self.emit_lines("http_request", lines, n)
+
     def _on_record(self, data: bytes) -> None:
         if len(data) < self._rec_size:
             self._error("short_event")

@@ -15,7 +15,7 @@ from ..config import Config
 from ..features import Signal
 from ..libbpf import BpfError
 from ..metadata.store import MetadataStore
-from .base import Collector, Emit
+from .base import Collector, Emit, EmitLines
 
 log = logging.getLogger("podscope.collectors")
 
@@ -25,6 +25,7 @@ class Context:
     cfg: Config
     store: MetadataStore
     emit: Emit | None = None  # where records go (None: no records are wanted)
+    emit_lines: EmitLines | None = None  # where records go as JSON lines, when they all can
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ def _http(c: Context) -> Collector:
     from .http import HttpCollector
 
     return HttpCollector(c.store, emit=c.emit, records=c.emit is not None,
+                         emit_lines=c.emit_lines,
                          capture_headers=c.cfg.http_capture_headers,
                          route_budget=c.cfg.http_route_budget,
                          request_timeout=c.cfg.http_request_timeout,

@@ -1,0 +1,16 @@
+"""The compiled part of podscope (podscope._fast): everything else is in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "podscope._fast",
+            sources=["src/podscope/native/fast.c", "src/podscope/native/records.c"],
+            # -iquote: bpf/features.h must not stand in for glibc's <features.h>
+            extra_compile_args=["-iquote", "src/podscope/bpf", "-iquote", "src/podscope/bpf/include",
+                                "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter",
+                                "-Wno-missing-field-initializers", "-std=gnu11"],
+        )
+    ],
+)
