@@ -19,7 +19,7 @@ Workloads, each in two test pods, alternating rounds with the agent off and on:
 
 Reports per workload: median throughput ratio on/off, p99 latency ratio, BPF run time per
 request (kernel.bpf_stats_enabled), agent CPU per 10k requests, events lost, agent peak RSS.
-Usage: python bench/http_overhead.py [--rounds N] [--seconds S] [--out FILE]
+Usage: python bench/http_overhead.py [--rounds N] [--seconds S] [--out FILE] [--baseline REF]
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tcp_overhead import (  # noqa: E402
     Agent,
+    baseline_tree,
     bpf_prog_stats,
     proc_cpu_seconds,
     proc_hwm_mb,
@@ -111,7 +112,8 @@ def lost_events(text: str) -> int:
                if line.startswith("podscope_events_lost_total{"))
 
 
-def scenario(net: PodNetwork, name: str, rounds: int, seconds: float) -> dict[str, Any]:
+def scenario(net: PodNetwork, name: str, rounds: int, seconds: float,
+             baseline: Path | None = None) -> list[dict[str, Any]]:
     # nginx-tiny -> nt, nginx-tls -> nts (pod names must differ between scenarios)
     tag = "".join(w[0] for w in name.split("-")) + ("s" if name.endswith("tls") else "")
     server = net.pod(f"s{tag}")
@@ -157,61 +159,75 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float) -> dict[st
         Path(f"{tmp}/podscope.toml").write_text('http_hooks = "syscalls"\n')
         agent_args = ["--config", f"{tmp}/podscope.toml"]
     load(2)  # warm-up
-    ratios, p99_ratios, off_rps, on_rps = [], [], [], []
-    on_requests = lost = 0
-    agent_cpu = hwm = 0.0
+    variants: dict[str, Path | None] = {"on": None}
+    if baseline is not None:
+        variants["base"] = baseline
+    modes = ["off", *variants]
+    ratios: dict[str, list[float]] = {v: [] for v in variants}
+    p99_ratios: dict[str, list[float]] = {v: [] for v in variants}
+    rps: dict[str, list[float]] = {m: [] for m in modes}
+    on_requests = dict.fromkeys(variants, 0)
+    lost = dict.fromkeys(variants, 0)
+    agent_cpu = dict.fromkeys(variants, 0.0)
+    hwm = dict.fromkeys(variants, 0.0)
     for i in range(rounds):
         got: dict[str, dict[str, float]] = {}
-        for mode in (("off", "on") if i % 2 == 0 else ("on", "off")):
+        for mode in modes[i % len(modes):] + modes[:i % len(modes)]:  # each first in turn
             if mode == "off":
                 time.sleep(1.0)
                 got[mode] = load(seconds)
                 continue
-            agent = Agent(agent_args)
+            agent = Agent(agent_args, tree=variants[mode])
             time.sleep(1.0)
             cpu0 = proc_cpu_seconds(agent.proc.pid)
             got[mode] = load(seconds)
             time.sleep(0.5)  # let the agent drain what is in flight
-            lost += lost_events(agent.scrape())
-            agent_cpu += proc_cpu_seconds(agent.proc.pid) - cpu0
-            hwm = max(hwm, proc_hwm_mb(agent.proc.pid))
+            lost[mode] += lost_events(agent.scrape())
+            agent_cpu[mode] += proc_cpu_seconds(agent.proc.pid) - cpu0
+            hwm[mode] = max(hwm[mode], proc_hwm_mb(agent.proc.pid))
             agent.stop()
-            on_requests += int(got[mode]["requests"])
+            on_requests[mode] += int(got[mode]["requests"])
             if os.path.exists(f"{tmp}/records.jsonl"):
                 os.unlink(f"{tmp}/records.jsonl")
-        off_rps.append(got["off"]["rps"])
-        on_rps.append(got["on"]["rps"])
-        ratios.append(got["on"]["rps"] / got["off"]["rps"])
-        p99_ratios.append(got["on"]["p99_s"] / got["off"]["p99_s"])
-        print(f"  {name} round {i + 1}: off {got['off']['rps']:.0f} rps, on {got['on']['rps']:.0f}"
-              f" rps, ratio {ratios[-1]:.4f}, p99 ratio {p99_ratios[-1]:.3f}", flush=True)
-    # BPF run time in a separate run: kernel.bpf_stats_enabled itself costs two clock reads per
-    # program run, so the throughput rounds above run without it
-    with bpf_stats():
-        agent = Agent(agent_args)
-        time.sleep(1.0)
-        ns0, cnt0 = bpf_prog_stats(MY_PROGS)
-        by0 = {c: bpf_prog_stats({p for p in MY_PROGS if p.startswith(c)}) for c in COLLECTORS}
-        prof = load(seconds)
-        ns1, cnt1 = bpf_prog_stats(MY_PROGS)
-        by1 = {c: bpf_prog_stats({p for p in MY_PROGS if p.startswith(c)}) for c in COLLECTORS}
-        agent.stop()
-    bpf_ns, bpf_cnt = ns1 - ns0, cnt1 - cnt0
-    return {
-        "scenario": name, "rounds": rounds, "seconds_per_run": seconds,
-        "median_ratio_on_off": statistics.median(ratios), "ratios": ratios,
-        "median_p99_latency_ratio_on_off": statistics.median(p99_ratios),
-        "off_rps": off_rps, "on_rps": on_rps,
-        "bpf_ns_per_request": bpf_ns / prof["requests"],
-        "bpf_program_runs_per_request": bpf_cnt / prof["requests"],
-        "bpf_ns_per_request_by_collector": {
-            c: (by1[c][0] - by0[c][0]) / prof["requests"] for c in COLLECTORS},
-        "agent_cpu_seconds_per_10k_requests": agent_cpu / on_requests * 10_000
-        if on_requests else None,
-        "requests_per_agent_cpu_second": on_requests / agent_cpu if agent_cpu else None,
-        "events_lost": lost,
-        "agent_peak_rss_mb": hwm,
-    }
+        for m in modes:
+            rps[m].append(got[m]["rps"])
+        for v in variants:
+            ratios[v].append(got[v]["rps"] / got["off"]["rps"])
+            p99_ratios[v].append(got[v]["p99_s"] / got["off"]["p99_s"])
+        print(f"  {name} round {i + 1}: " + ", ".join(f"{m} {got[m]['rps']:.0f} rps" for m in modes)
+              + ", ratio " + " ".join(f"{v} {ratios[v][-1]:.4f}" for v in variants), flush=True)
+    out = []
+    for v, tree in variants.items():
+        # BPF run time in a separate run: kernel.bpf_stats_enabled itself costs two clock reads
+        # per program run, so the throughput rounds above run without it
+        with bpf_stats():
+            agent = Agent(agent_args, tree=tree)
+            time.sleep(1.0)
+            ns0, cnt0 = bpf_prog_stats(MY_PROGS)
+            by0 = {c: bpf_prog_stats({p for p in MY_PROGS if p.startswith(c)}) for c in COLLECTORS}
+            prof = load(seconds)
+            ns1, cnt1 = bpf_prog_stats(MY_PROGS)
+            by1 = {c: bpf_prog_stats({p for p in MY_PROGS if p.startswith(c)}) for c in COLLECTORS}
+            agent.stop()
+        bpf_ns, bpf_cnt = ns1 - ns0, cnt1 - cnt0
+        out.append({
+            "scenario": name if tree is None else f"{name} @{tree.name.removeprefix('baseline-')}",
+            "rounds": rounds, "seconds_per_run": seconds,
+            "median_ratio_on_off": statistics.median(ratios[v]), "ratios": ratios[v],
+            "median_p99_latency_ratio_on_off": statistics.median(p99_ratios[v]),
+            "off_rps": rps["off"], "on_rps": rps[v],
+            "bpf_ns_per_request": bpf_ns / prof["requests"],
+            "bpf_program_runs_per_request": bpf_cnt / prof["requests"],
+            "bpf_ns_per_request_by_collector": {
+                c: (by1[c][0] - by0[c][0]) / prof["requests"] for c in COLLECTORS},
+            "agent_cpu_seconds_per_10k_requests": agent_cpu[v] / on_requests[v] * 10_000
+            if on_requests[v] else None,
+            "requests_per_agent_cpu_second": on_requests[v] / agent_cpu[v]
+            if agent_cpu[v] else None,
+            "events_lost": lost[v],
+            "agent_peak_rss_mb": hwm[v],
+        })
+    return out
 
 
 def main() -> int:
@@ -222,10 +238,14 @@ def main() -> int:
                     choices=["nginx-tiny", "handler-1ms", "nginx-records", "nginx-syscalls",
                              "nginx-h2", "nginx-h2-8k", "nginx-tls", "go-h2-tls"])
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "http_overhead.json"))
+    ap.add_argument("--baseline", metavar="REF",
+                    help="also run the agent of this git revision (built in bench/out), in the "
+                         "same rounds: the before and after of a change side by side")
     a = ap.parse_args()
+    base = baseline_tree(a.baseline) if a.baseline else None
     with PodNetwork() as net:
-        results = [scenario(net, name, a.rounds, a.seconds)
-                   for name in (a.only or ["nginx-tiny", "handler-1ms", "nginx-records"])]
+        results = [r for name in (a.only or ["nginx-tiny", "handler-1ms", "nginx-records"])
+                   for r in scenario(net, name, a.rounds, a.seconds, base)]
     write_results(a.out, results)
     return 0
 

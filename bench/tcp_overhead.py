@@ -66,11 +66,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def baseline_tree(ref: str) -> Path:
+    """A built copy of the podscope of git revision `ref` (bench/out/baseline-REF): the
+    "before" column of a change, measured in the same invocation as the "after"."""
+    root = Path(__file__).resolve().parent.parent
+    rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", ref], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    tree = root / "bench" / "out" / f"baseline-{rev}"
+    if not tree.exists():
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(tree), rev],
+                       check=True)
+    subprocess.run(["make", "-C", str(tree), "bpf", f"BUILD={root / 'build'}"], check=True)
+    if (tree / "setup.py").exists():
+        subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tree,
+                       check=True)
+    return tree
+
+
 class Agent:
-    def __init__(self, args: list[str] | None = None) -> None:
+    def __init__(self, args: list[str] | None = None, tree: Path | None = None) -> None:
+        """tree: run the podscope of another source tree (a baseline, see baseline_tree)."""
         self.port = free_port()
-        self.proc = subprocess.Popen([PODSCOPE, "run", "--listen", f"127.0.0.1:{self.port}",
-                                      "--log-level", "warning", *(args or [])])
+        cmd, env = [PODSCOPE], None
+        if tree is not None:
+            cmd = [sys.executable, "-m", "podscope"]
+            env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+        self.proc = subprocess.Popen([*cmd, "run", "--listen", f"127.0.0.1:{self.port}",
+                                      "--log-level", "warning", *(args or [])], env=env)
         deadline = time.monotonic() + 30
         while True:
             try:

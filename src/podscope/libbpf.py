@@ -125,6 +125,7 @@ def lib() -> ct.CDLL:
         "ring_buffer__poll": (INT, [P, INT]),
         "ring_buffer__consume": (INT, [P]),
         "ring_buffer__free": (None, [P]),
+        "ring_buffer__epoll_fd": (INT, [P]),
         "btf__load_vmlinux_btf": (P, []),
         "btf__free": (None, [P]),
         "btf__find_by_name_kind": (INT, [P, CP, U32]),
@@ -584,30 +585,35 @@ class RingBuffer:
     """Drains BPF ring buffers without a trip into Python per record: libbpf's callback is the
     compiled one of podscope._fast, which gathers each map's records in a Batch while the poll
     runs (no GIL held). After the poll, a map's handler gets either the whole batch at once
-    (`batch=True`: bytes in Batch.take()'s layout, for compiled consumers) or each record's
-    bytes in turn."""
+    (`batch=True`: a memoryview of the Batch in place, valid during the call, for compiled
+    consumers) or each record's bytes in turn."""
 
-    def __init__(self, m: Map, handler: Callable[[bytes], None], batch: bool = False):
+    def __init__(self, m: Map, handler: Callable[[Any], None], batch: bool = False):
         self.map = m
-        self._sinks: list[tuple[Map, _fast.Batch, Callable[[bytes], None], bool]] = []
+        self._sinks: list[tuple[Map, _fast.Batch, Callable[[Any], None], bool]] = []
         self._cb = SAMPLE_FN(_fast.SAMPLE_CALLBACK)
         b = self._sink(m, handler, batch)
         self.ptr = lib().ring_buffer__new(m.fd, self._cb, b.ctx, None)
         if not self.ptr:
             raise BpfError(f"creating ring buffer reader for map {m.name}", _errno())
 
-    def _sink(self, m: Map, handler: Callable[[bytes], None], batch: bool) -> _fast.Batch:
+    def _sink(self, m: Map, handler: Callable[[Any], None], batch: bool) -> _fast.Batch:
         b = _fast.Batch()
         self._sinks.append((m, b, handler, batch))  # kept alive as long as the reader
         return b
 
-    def add(self, m: Map, handler: Callable[[bytes], None], batch: bool = False) -> None:
+    def add(self, m: Map, handler: Callable[[Any], None], batch: bool = False) -> None:
         """Drain another ring buffer map in the same poll."""
         b = self._sink(m, handler, batch)
         ret = lib().ring_buffer__add(self.ptr, m.fd, self._cb, b.ctx)
         if ret:
             self._sinks.pop()
             raise BpfError(f"adding ring buffer {m.name} to the reader of {self.map.name}", ret)
+
+    @property
+    def epoll_fd(self) -> int:
+        """Readable when any of the maps has records: wait on it, then consume()."""
+        return int(lib().ring_buffer__epoll_fd(self.ptr))
 
     @property
     def dropped(self) -> int:
@@ -618,14 +624,15 @@ class RingBuffer:
         for m, b, handler, batch in self._sinks:
             if not b.pending:
                 continue
-            data = b.take()
             if batch:
-                try:
-                    handler(data)
-                except Exception:  # a consumer's bug loses this batch, never the reader
-                    log.exception("ring buffer %s batch handler failed", m.name)
+                with memoryview(b) as view:  # read in place, no copy
+                    try:
+                        handler(view)
+                    except Exception:  # a consumer's bug loses this batch, never the reader
+                        log.exception("ring buffer %s batch handler failed", m.name)
+                b.clear()
                 continue
-            for rec in _fast.split(data):
+            for rec in _fast.split(b.take()):
                 try:
                     handler(rec)
                 except Exception:

@@ -130,3 +130,24 @@ def test_records_go_as_dicts_while_someone_in_the_process_listens() -> None:
     raw = record(c, {"status": 200, "role": 1, "method": 1, "path": b"/x", "path_len": 2})
     c._on_records(gather([raw]))
     assert not lines and len(dicts) == len(seen) == 1 and seen[0]["path"] == "/x"
+
+
+def test_a_batch_is_read_in_place_and_cannot_move_while_viewed() -> None:
+    b = _fast.Batch()
+    for r in (b"abc", b"defgh"):
+        buf = ct.create_string_buffer(r, len(r))
+        SAMPLE(b.ctx, ct.addressof(buf), len(r))
+    with memoryview(b) as view:
+        assert _fast.split(view) == [b"abc", b"defgh"]
+        with pytest.raises(BufferError):
+            b.clear()
+    b.clear()
+    assert b.pending == 0 and b.take() == b""
+
+
+def test_compiled_lines_are_handed_over_in_bounded_chunks() -> None:
+    c, _dicts, lines = collector()
+    raw = record(c, {"status": 200, "role": 1, "method": 1, "path": b"/x", "path_len": 2})
+    c._on_records(gather([raw] * 2000))  # ~1 MB of lines
+    assert len(lines) > 2 and all(len(chunk) < 300_000 for chunk in lines)
+    assert sum(chunk.count(b"\n") for chunk in lines) == 2000

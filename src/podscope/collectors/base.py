@@ -35,6 +35,9 @@ class Collector(Protocol):
 
     def poll(self, timeout_ms: int) -> int: ...
 
+    # A collector with ring buffers also has `wait_fd() -> int | None`: readable when poll()
+    # has events to take. The agent waits on all of them at once (agent.serve).
+
     def maintain(self) -> None: ...
 
     def forget_pods(self, uids: set[str]) -> None:

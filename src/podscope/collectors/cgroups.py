@@ -57,6 +57,10 @@ class CgroupEventsCollector:
             resolver.removed(e.id, path)
             self.seen["removed"] += 1
 
+    def wait_fd(self) -> int | None:
+        """Readable when poll() has events to take (None: nothing to wait on)."""
+        return self._ring.epoll_fd if self._ring else None
+
     def poll(self, timeout_ms: int) -> int:
         n = self._ring.poll(timeout_ms) if self._ring else 0
         now = time.monotonic()

@@ -54,6 +54,7 @@ _KERNEL_PARSE_ERRORS = {"HTTP_C_BAD_STATUS_LINE": "bad_status_line",
                         "HTTP_C_UNREADABLE": "unreadable_buffer"}
 HIST_UNIT = 1e-9  # kernel histograms are in nanoseconds
 UNKNOWN_ROUTE = "__unknown__"  # the path of a hash was evicted before it was read
+RECORDS_RING = 4 << 20  # bytes of the records ring buffer, when records are wanted
 MAX_STREAMED_CONNS = 20_000  # connections parsed in user space at once (bounded memory)
 
 
@@ -265,6 +266,9 @@ class HttpCollector:
             o.map(name).check_types(self.AggKey, self.Agg)
         o.map("http_paths").check_types(ct.c_uint64, self.Path)
         o.map("http_conns").check_types(ct.c_uint64, self.Conn)
+        # a record per request and side: 4 MB holds ~170 ms of them at 100k records/s (the
+        # agent takes them 5 ms after the first one lands); none wanted, the smallest ring
+        o.map("http_records").set_max_entries(RECORDS_RING if self.records else 4096)
         o.load(optional=["http_offcpu", *self.TLS_PROGS])
         if self.hooks == "syscalls":  # the sys_exit programs hand each call to the worker
             o.map("http_work").update(ct.c_uint32(0), ct.c_uint32(o.program("http_x_work").fd))
@@ -351,6 +355,10 @@ class HttpCollector:
             self._ring.close()
             self._ring = None
         self.obj.close()
+
+    def wait_fd(self) -> int | None:
+        """Readable when poll() has events to take (None: nothing to wait on)."""
+        return self._ring.epoll_fd if self._ring else None
 
     def poll(self, timeout_ms: int) -> int:
         n = self._ring.poll(timeout_ms) if self._ring else 0
@@ -524,7 +532,7 @@ class HttpCollector:
         return _fast.HttpJsonl(labels_of, target_of, peer_of, methods, reasons,
                                self._mono_to_wall)
 
-    def _on_records(self, batch: bytes) -> None:
+    def _on_records(self, batch: bytes | memoryview) -> None:
         """A batch of kernel records: JSON lines from compiled code, unless someone in this
         process wants them as dicts."""
         if self.listeners or self._jsonl is None or self.emit_lines is None:
@@ -532,12 +540,11 @@ class HttpCollector:
                 self._on_record(data)
             return
         short = self._jsonl.short_records
-        lines, n = self._jsonl.encode(batch)
+        emit = self.emit_lines
+        self._jsonl.encode(batch, lambda lines, n: emit("http_request", lines, n))
         if self._jsonl.short_records != short:
             self.parse_errors["short_event"] = (self.parse_errors.get("short_event", 0)
                                                 + self._jsonl.short_records - short)
-        if n:
-            self.emit_lines("http_request", lines, n)
 
     def _on_record(self, data: bytes) -> None:
         if len(data) < self._rec_size:

@@ -202,6 +202,10 @@ class KernelCollector:
             self._ring = None
         self.obj.close()
 
+    def wait_fd(self) -> int | None:
+        """Readable when poll() has events to take (None: nothing to wait on)."""
+        return self._ring.epoll_fd if self._ring else None
+
     def poll(self, timeout_ms: int) -> int:
         return self._ring.poll(timeout_ms) if self._ring else 0
 

@@ -169,6 +169,10 @@ class TcpCollector:
             self._ring = None
         self.obj.close()
 
+    def wait_fd(self) -> int | None:
+        """Readable when poll() has events to take (None: nothing to wait on)."""
+        return self._ring.epoll_fd if self._ring else None
+
     def poll(self, timeout_ms: int) -> int:
         if not self._ring:
             return 0

@@ -121,6 +121,7 @@ struct batch {
 
 typedef struct {
 	PyObject_HEAD struct batch b;
+	Py_ssize_t exports; /* views handed out: the buffer must not move while any is alive */
 } BatchObject;
 
 /* libbpf's ring_buffer_sample_fn. Never fails: a record that cannot be kept is counted. */
@@ -172,18 +173,58 @@ static void Batch_dealloc(BatchObject *self)
 	Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* The gathered records in place (no copy): memoryview(batch). Only between polls. */
+static int Batch_getbuffer(BatchObject *self, Py_buffer *view, int flags)
+{
+	if (PyBuffer_FillInfo(view, (PyObject *)self, self->b.buf ? self->b.buf : "",
+			      (Py_ssize_t)self->b.len, 1, flags) < 0)
+		return -1;
+	self->exports++;
+	return 0;
+}
+
+static void Batch_releasebuffer(BatchObject *self, Py_buffer *view)
+{
+	self->exports--;
+}
+
+static PyBufferProcs Batch_as_buffer = {
+	.bf_getbuffer = (getbufferproc)Batch_getbuffer,
+	.bf_releasebuffer = (releasebufferproc)Batch_releasebuffer,
+};
+
+static void batch_shrink(struct batch *b)
+{
+	/* a burst's buffer is given back once it is mostly idle: memory stays bounded */
+	if (b->cap > (1u << 20) && b->len < b->cap / 8) {
+		free(b->buf);
+		b->buf = NULL;
+		b->cap = 0;
+	}
+}
+
+static PyObject *Batch_clear(BatchObject *self, PyObject *unused)
+{
+	if (self->exports) {
+		PyErr_SetString(PyExc_BufferError, "Batch.clear() while a view of it is alive");
+		return NULL;
+	}
+	self->b.len = 0;
+	batch_shrink(&self->b);
+	Py_RETURN_NONE;
+}
+
 static PyObject *Batch_take(BatchObject *self, PyObject *unused)
 {
+	if (self->exports) {
+		PyErr_SetString(PyExc_BufferError, "Batch.take() while a view of it is alive");
+		return NULL;
+	}
 	PyObject *r = PyBytes_FromStringAndSize(self->b.buf, (Py_ssize_t)self->b.len);
 	if (!r)
 		return NULL;
-	/* a burst's buffer is given back once it is mostly idle: memory stays bounded */
-	if (self->b.cap > (4u << 20) && self->b.len < self->b.cap / 8) {
-		free(self->b.buf);
-		self->b.buf = NULL;
-		self->b.cap = 0;
-	}
 	self->b.len = 0;
+	batch_shrink(&self->b);
 	return r;
 }
 
@@ -205,6 +246,8 @@ static PyObject *Batch_get_pending(BatchObject *self, void *closure)
 static PyMethodDef Batch_methods[] = {
 	{"take", (PyCFunction)Batch_take, METH_NOARGS,
 	 "The records gathered since the last take, as one bytes object (see split)."},
+	{"clear", (PyCFunction)Batch_clear, METH_NOARGS,
+	 "Forget the gathered records (after reading them in place: memoryview(batch))."},
 	{NULL},
 };
 
@@ -225,6 +268,7 @@ static PyTypeObject BatchType = {
 	.tp_dealloc = (destructor)Batch_dealloc,
 	.tp_methods = Batch_methods,
 	.tp_getset = Batch_getset,
+	.tp_as_buffer = &Batch_as_buffer,
 };
 
 /* --- module -------------------------------------------------------------------------------- */

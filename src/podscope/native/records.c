@@ -246,13 +246,34 @@ static void put_line(EncoderObject *self, struct out *o, const struct http_recor
 	self->lines++;
 }
 
-/* encode(batch) -> (bytes of JSON lines, lines) */
-static PyObject *Encoder_encode(EncoderObject *self, PyObject *arg)
+#define CHUNK (256 * 1024) /* output handed to write() at a time: memory stays bounded */
+
+static int flush_chunk(struct out *o, PyObject *write, long *n)
+{
+	if (o->failed) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	if (!o->len)
+		return 0;
+	PyObject *r = PyObject_CallFunction(write, "y#l", o->buf, (Py_ssize_t)o->len, *n);
+	o->len = 0;
+	*n = 0;
+	Py_XDECREF(r);
+	return r ? 0 : -1;
+}
+
+/* encode(batch, write) -> lines: write(JSON lines, how many) is called per chunk */
+static PyObject *Encoder_encode(EncoderObject *self, PyObject *args)
 {
 	Py_buffer view;
+	PyObject *arg, *write;
+	if (!PyArg_ParseTuple(args, "OO", &arg, &write))
+		return NULL;
 	if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
 		return NULL;
 	struct out o = {0};
+	long total = 0;
 	size_t pos = 0, size;
 	const char *data;
 	long n = 0;
@@ -274,15 +295,17 @@ static PyObject *Encoder_encode(EncoderObject *self, PyObject *arg)
 			break;
 		}
 		n++;
+		total++;
+		if (o.len >= CHUNK && flush_chunk(&o, write, &n)) {
+			err = 1;
+			break;
+		}
 	}
 	PyBuffer_Release(&view);
-	if (!err && o.failed) {
-		PyErr_NoMemory();
+	if (!err && flush_chunk(&o, write, &n))
 		err = 1;
-	}
-	PyObject *res = err ? NULL : Py_BuildValue("(y#l)", o.buf ? o.buf : "", (Py_ssize_t)o.len, n);
 	out_free(&o);
-	return res;
+	return err ? NULL : PyLong_FromLong(total);
 }
 
 static PyObject *Encoder_clear_labels(EncoderObject *self, PyObject *unused)
@@ -303,8 +326,9 @@ static PyObject *Encoder_get_cached(EncoderObject *self, void *closure)
 }
 
 static PyMethodDef Encoder_methods[] = {
-	{"encode", (PyCFunction)Encoder_encode, METH_O,
-	 "A batch of struct http_record (Batch.take()) -> (JSON lines, number of lines)."},
+	{"encode", (PyCFunction)Encoder_encode, METH_VARARGS,
+	 "encode(batch, write): a batch of struct http_record (Batch) as JSON lines, handed to\n"
+	 "write(lines, how many) a chunk at a time. Returns the number of lines."},
 	{"clear_labels", (PyCFunction)Encoder_clear_labels, METH_NOARGS,
 	 "Forget the cached labels (names can change: call at every aggregate drain)."},
 	{NULL},
