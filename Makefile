@@ -28,7 +28,7 @@ BPF_HDRS := $(wildcard $(BPF_DIR)/*.h $(BPF_DIR)/include/*.h)
 FAST := src/podscope/_fast$(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 FAST_SRCS := $(wildcard src/podscope/native/*.c src/podscope/native/*.h)
 
-.PHONY: all run test lint format deps bpf clean bench kernels soak fuzz
+.PHONY: all run test lint format deps bpf clean bench kernels soak fuzz fuzz-native
 all: $(VENV)/.installed bpf $(FAST)
 
 $(FAST): $(FAST_SRCS) $(BPF_HDRS) setup.py $(VENV)/.installed
@@ -69,6 +69,18 @@ soak: all
 fuzz: all
 	$(VENV)/bin/python bench/fuzz_http1.py --minutes $(or $(MINUTES),5)
 	$(VENV)/bin/python bench/fuzz_http1_kernel.py --minutes $(or $(MINUTES),5)
+
+# podscope._fast built with AddressSanitizer and UBSan, fuzzed through its Python API for
+# MINUTES (5): any memory error or undefined behaviour aborts with the sanitizer's report.
+SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+fuzz-native: all
+	rm -rf $(BUILD)/asan
+	CFLAGS="$(SANITIZE) -g" LDFLAGS="$(SANITIZE)" $(VENV)/bin/python setup.py -q build_ext \
+	  --build-lib $(BUILD)/asan --build-temp $(BUILD)/asan/tmp
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  $(VENV)/bin/python bench/fuzz_native.py --minutes $(or $(MINUTES),5) \
+	  --module $$(ls $(BUILD)/asan/podscope/_fast*.so)
 
 deps: $(BUILD)/.deps
 

@@ -1,0 +1,152 @@
+"""Fuzz podscope._fast (src/podscope/native) built with AddressSanitizer and UBSan: `make
+fuzz-native` builds it into build/asan and runs this with libasan preloaded, so any out-of-bounds
+access, use-after-free or undefined behaviour aborts the run with a report.
+
+Every entry point gets random input for MINUTES:
+- the ring buffer callback with random record sizes and a random batch limit, then take/split,
+  the in-place view and clear (every record comes back, in order, or is counted as dropped);
+- split of random bytes (well framed, truncated, garbage): a list or ValueError, nothing else;
+- HttpJsonl.encode of random batches of random struct http_record bytes (any path, address,
+  method, role, breakdown), short records among them, resolvers that sometimes fail: the lines
+  parse as JSON and there is one per whole record, or the resolver's own exception comes back.
+A crash is the sanitizer's report and a non-zero exit. Prints one JSON line of figures and
+writes it to bench/results/<date>/fuzz_native.json.
+Usage: python bench/fuzz_native.py [--minutes 5] [--seed N] [--module build/asan/_fast...so]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes as ct
+import importlib.machinery
+import importlib.util
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def load_module(path: str) -> None:
+    """Import the given build of podscope._fast (the sanitized one) in place of the package's."""
+    import podscope
+
+    loader = importlib.machinery.ExtensionFileLoader("podscope._fast", path)
+    spec = importlib.util.spec_from_file_location("podscope._fast", path, loader=loader)
+    assert spec is not None
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    sys.modules["podscope._fast"] = mod
+    podscope._fast = mod  # type: ignore[attr-defined]
+
+
+class Boom(Exception):
+    pass
+
+
+def in_order(got: list[bytes], sent: list[bytes]) -> bool:
+    """got is sent with some records left out, the rest in their order."""
+    it = iter(sent)
+    return all(any(g == s for s in it) for g in got)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--seed", type=int, default=int(time.time()))
+    ap.add_argument("--module", help="a build of podscope._fast to fuzz (default: the package's)")
+    a = ap.parse_args()
+    if a.module:
+        load_module(a.module)
+    from tcp_overhead import write_results
+
+    from podscope import _fast, libbpf
+    from podscope.collectors.http import METHODS
+
+    rng = random.Random(a.seed)
+    sample = libbpf.SAMPLE_FN(_fast.SAMPLE_CALLBACK)
+    size = _fast.HTTP_RECORD_SIZE
+    figures = {"seed": a.seed, "module": a.module or _fast.__file__, "batches": 0,
+               "records": 0, "dropped": 0, "split_inputs": 0, "split_errors": 0,
+               "encoded_lines": 0, "short_records": 0, "resolver_failures": 0}
+
+    def labels_of(cg: int, netns: int) -> bytes:
+        if rng.random() < 0.01:
+            raise Boom()
+        return b'"cgroup":"id:%d","netns":%d' % (cg, netns)
+
+    def target_of(raw: bytes) -> bytes:
+        if rng.random() < 0.01:
+            raise Boom()
+        return b'"path":%s,"route":"/r"' % json.dumps(raw.decode("latin-1")).encode()
+
+    def peer_of(family: int, raw: bytes) -> bytes:
+        return json.dumps(raw.hex()).encode()
+
+    enc = _fast.HttpJsonl(labels_of, target_of, peer_of,
+                          tuple(json.dumps(METHODS[i]).encode() for i in range(len(METHODS))),
+                          tuple(b'"r%d"' % i for i in range(5)), 1.7e9)
+    deadline = time.monotonic() + a.minutes * 60
+    while time.monotonic() < deadline:
+        # the callback, take, split, view, clear
+        b = _fast.Batch(limit=rng.choice([4096, 65536, 1 << 20]))
+        recs = [rng.randbytes(rng.choice([0, 1, 7, 8, 9, size - 1, size, size + 5,
+                                          rng.randrange(0, 70000)])) for _ in range(rng.randrange(40))]
+        dropped0 = b.dropped
+        for r in recs:
+            buf = ct.create_string_buffer(r, len(r))
+            sample(b.ctx, ct.addressof(buf), len(r))
+        if rng.random() < 0.5:
+            got = _fast.split(b.take())
+        else:
+            with memoryview(b) as view:
+                got = _fast.split(view)
+            b.clear()
+        kept = len(recs) - (b.dropped - dropped0)
+        assert len(got) == kept and in_order(got, recs), "a batch lost or reordered records"
+        figures["batches"] += 1
+        figures["records"] += len(recs)
+        figures["dropped"] += b.dropped - dropped0
+        # split of arbitrary bytes
+        data = bytearray(rng.randbytes(rng.randrange(0, 200)))
+        if rng.random() < 0.5 and len(data) >= 8:
+            data[0:4] = rng.randrange(0, 300).to_bytes(4, "little")
+        figures["split_inputs"] += 1
+        try:
+            _fast.split(bytes(data))
+        except ValueError:
+            figures["split_errors"] += 1
+        # records
+        b = _fast.Batch()
+        recs = []
+        for _ in range(rng.randrange(1, 30)):
+            n = size if rng.random() < 0.9 else rng.randrange(0, size + 64)
+            r = bytearray(rng.randbytes(n))
+            recs.append(bytes(r))
+            buf = ct.create_string_buffer(bytes(r), len(r))
+            sample(b.ctx, ct.addressof(buf), len(r))
+        out: list[bytes] = []
+        short0 = enc.short_records
+        try:
+            lines = enc.encode(b.take(), lambda chunk, n, out=out: out.append(chunk))
+        except Boom:
+            figures["resolver_failures"] += 1
+            continue
+        text = b"".join(out).splitlines()
+        assert len(text) == lines == sum(len(r) >= size for r in recs), "line count"
+        for line in text:
+            json.loads(line)
+        figures["encoded_lines"] += lines
+        figures["short_records"] += enc.short_records - short0
+    print(json.dumps(figures), flush=True)
+    out_dir = Path(__file__).resolve().parent / "results" / time.strftime("%Y-%m-%d")
+    write_results(str(out_dir / "fuzz_native.json"), [figures])
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    raise SystemExit(main())
