@@ -8,7 +8,10 @@ Every entry point gets random input for MINUTES:
 - split of random bytes (well framed, truncated, garbage): a list or ValueError, nothing else;
 - HttpJsonl.encode of random batches of random struct http_record bytes (any path, address,
   method, role, breakdown), short records among them, resolvers that sometimes fail: the lines
-  parse as JSON and there is one per whole record, or the resolver's own exception comes back.
+  parse as JSON and there is one per whole record, or the resolver's own exception comes back;
+- H2Wire.feed of HTTP/2 connections: real header blocks (hpack's encoder, Huffman or not, table
+  size changes) in frames cut at random points, mutated (bytes flipped, cut, inserted), both
+  directions, seen from the start or mid-way, with uncaptured gaps: events or a reason.
 A crash is the sanitizer's report and a non-zero exit. Prints one JSON line of figures and
 writes it to bench/results/<date>/fuzz_native.json.
 Usage: python bench/fuzz_native.py [--minutes 5] [--seed N] [--module build/asan/_fast...so]
@@ -71,7 +74,8 @@ def main() -> int:
     size = _fast.HTTP_RECORD_SIZE
     figures = {"seed": a.seed, "module": a.module or _fast.__file__, "batches": 0,
                "records": 0, "dropped": 0, "split_inputs": 0, "split_errors": 0,
-               "encoded_lines": 0, "short_records": 0, "resolver_failures": 0}
+               "encoded_lines": 0, "short_records": 0, "resolver_failures": 0,
+               "h2_connections": 0, "h2_events": 0, "h2_errors": 0}
 
     def labels_of(cg: int, netns: int) -> bytes:
         if rng.random() < 0.01:
@@ -86,11 +90,75 @@ def main() -> int:
     def peer_of(family: int, raw: bytes) -> bytes:
         return json.dumps(raw.hex()).encode()
 
+    from hpack import Encoder
+
+    from podscope.protocols import http2
+
+    def h2_stream() -> bytes:
+        """A client's bytes: preface, SETTINGS, HEADERS (+CONTINUATION), DATA, RST, GOAWAY."""
+        e = Encoder()
+        out = bytearray(http2.PREFACE if rng.random() < 0.7 else b"")
+        for sid in range(1, rng.randrange(2, 20), 2):
+            if rng.random() < 0.2:
+                e.header_table_size = rng.choice([0, 100, 4096, 70000 if rng.random() < .1 else 8])
+            hdrs = [(rng.choice([":method", ":path", ":status", "content-type", "grpc-status",
+                                 "x-y", ":authority"]),
+                     rng.choice(["GET", "/a/b", "200", "application/grpc", "0", "v" * 200, ""]))
+                    for _ in range(rng.randrange(6))]
+            block = e.encode(hdrs, huffman=rng.random() < 0.5)
+            cut = rng.randrange(len(block) + 1)
+            flags = http2.END_STREAM if rng.random() < 0.5 else 0
+            if rng.random() < 0.3:  # split into HEADERS + CONTINUATION
+                out += frame(http2.HEADERS, flags, sid, block[:cut])
+                out += frame(http2.CONTINUATION, http2.END_HEADERS, sid, block[cut:])
+            else:
+                pad = rng.random() < 0.2
+                body = (bytes([3]) + block + b"\0\0\0") if pad else block
+                out += frame(http2.HEADERS, flags | http2.END_HEADERS | (http2.PADDED if pad
+                                                                         else 0), sid, body)
+            if rng.random() < 0.5:
+                out += frame(http2.DATA, http2.END_STREAM, sid, rng.randbytes(rng.randrange(300)))
+            if rng.random() < 0.1:
+                out += frame(rng.choice([http2.RST_STREAM, http2.GOAWAY, http2.SETTINGS,
+                                         http2.PING]), 0, sid, rng.randbytes(8))
+        for _ in range(rng.randrange(4)):  # mutations
+            if not out:
+                break
+            i = rng.randrange(len(out))
+            op = rng.randrange(3)
+            if op == 0:
+                out[i] ^= 1 << rng.randrange(8)
+            elif op == 1:
+                del out[i:i + rng.randrange(1, 20)]
+            else:
+                out[i:i] = rng.randbytes(rng.randrange(1, 10))
+        return bytes(out)
+
+    def frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
+        return (len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + sid.to_bytes(4, "big")
+                + payload)
+
     enc = _fast.HttpJsonl(labels_of, target_of, peer_of,
                           tuple(json.dumps(METHODS[i]).encode() for i in range(len(METHODS))),
                           tuple(b'"r%d"' % i for i in range(5)), 1.7e9)
     deadline = time.monotonic() + a.minutes * 60
     while time.monotonic() < deadline:
+        # HTTP/2: a connection's two directions in random pieces
+        wire = _fast.H2Wire(rng.random() < 0.6)
+        figures["h2_connections"] += 1
+        for _ in range(rng.randrange(1, 4)):
+            data, from_client = h2_stream(), rng.random() < 0.7
+            pos = 0
+            while pos < len(data):
+                n = rng.randrange(1, 400)
+                gap = rng.randrange(0, 50) if rng.random() < 0.05 else 0
+                events, error = wire.feed(from_client, data[pos:pos + n], gap)
+                pos += n
+                figures["h2_events"] += len(events)
+                if error is not None:
+                    figures["h2_errors"] += 1
+                    wire = _fast.H2Wire(False)
+                    break
         # the callback, take, split, view, clear
         b = _fast.Batch(limit=rng.choice([4096, 65536, 1 << 20]))
         recs = [rng.randbytes(rng.choice([0, 1, 7, 8, 9, size - 1, size, size + 5,

@@ -1,5 +1,6 @@
 # Types of podscope._fast (src/podscope/native/*.c), the compiled per-event paths.
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 SAMPLE_CALLBACK: int  # address of the ring_buffer_sample_fn that fills a Batch
 HTTP_RECORD_SIZE: int  # sizeof(struct http_record) as the extension was compiled
@@ -23,3 +24,19 @@ class HttpJsonl:
                  reasons: tuple[bytes, ...], mono_to_wall: float) -> None: ...
     def encode(self, batch: bytes | memoryview, write: Callable[[bytes, int], object]) -> int: ...
     def clear_labels(self) -> None: ...
+
+# HTTP/2 frames and HPACK (native/h2.c)
+EV_DATA: int
+EV_HEADERS: int
+EV_RST: int
+EV_GOAWAY: int
+EV_PREFACE: int
+
+def h2_huffman(codes: Sequence[int], lengths: Sequence[int]) -> None: ...
+
+class H2Wire:
+    seen_start: bool
+    def __init__(self, seen_start: bool = True) -> None: ...
+    def feed(self, from_client: bool, data: bytes | memoryview, uncaptured: int = 0
+             ) -> tuple[list[tuple[Any, ...]], str | None]: ...
+    def buffered(self, from_client: bool) -> int: ...

@@ -86,7 +86,7 @@ def test_large_data_is_counted_not_kept() -> None:
     conn.feed(True, PREFACE + c.headers(1, [(":method", "POST"), (":path", "/up")]), 1)
     hdr = frame(DATA, END_STREAM, 1, b"x" * 100000)[:9]
     conn.feed(True, hdr + b"x" * 1000, 2, uncaptured=99000)
-    assert conn.streams[1].req_bytes == 100000 and not conn.client.buf
+    assert conn.streams[1].req_bytes == 100000 and conn.wire.buffered(True) == 0
 
 
 def test_mid_connection_start_decodes_what_it_can_and_never_guesses() -> None:
@@ -125,7 +125,7 @@ def test_header_flood_is_bounded() -> None:
         raise AssertionError("no limit")
 
 
-def test_block_caches_hold_only_small_blocks() -> None:
+def test_large_header_blocks_are_decoded_not_kept() -> None:
     """Distinct large header blocks (a client sending big cookies) are decoded, not kept."""
     conn = H2Connection("server")
     conn.feed(True, PREFACE, 0)
@@ -134,9 +134,8 @@ def test_block_caches_hold_only_small_blocks() -> None:
         # :method GET, :path /, then `cookie` (static name 32) as a literal without indexing
         block = b"\x82\x84\x0f\x11" + _hpack_len(len(value)) + value
         conn.feed(True, frame(HEADERS, END_HEADERS | END_STREAM, i, block), i)
-    assert len(conn.client.table.dynamic_entries) == 0
-    assert not conn.blocks and not conn.client.cache
-    assert len(conn.streams) == 100
+    assert conn.wire.buffered(True) == 0
+    assert len(conn.streams) == 100 and {st.path for st in conn.streams.values()} == {"/"}
 
 
 def _hpack_len(n: int) -> bytes:
@@ -222,9 +221,9 @@ def test_decoded_block_cache_follows_the_table() -> None:
     assert req(9, b"\x82\xbe") == "/two"  # index 62 is now the newer entry
 
 
-def test_cached_blocks_keep_the_dynamic_table_in_step() -> None:
-    """A block with literals that add to the table (nginx's responses) is cached by its bytes;
-    a hit must add the same entries, so that a later block referring to them decodes right."""
+def test_repeated_blocks_keep_the_dynamic_table_in_step() -> None:
+    """Blocks with literals that add to the table (nginx's responses), repeated: a later block
+    referring to the entries decodes as hpack's own decoder does."""
     conn = H2Connection("server")
     ref = Decoder()
     conn.feed(True, PREFACE + frame(SETTINGS, 0, 0, b""), 1)
@@ -244,29 +243,61 @@ def test_cached_blocks_keep_the_dynamic_table_in_step() -> None:
         out = conn.feed(False, frame(HEADERS, END_HEADERS | END_STREAM, sid, b"\x88"), sid + 1)
         got += [(r.path, r.outcome) for r in out]
     assert got == [(f"/p/{i % 3}", "full") for i in range(1, 40, 2)] + [("/p/0", "full")]
-    # the three distinct request blocks and the response block were decoded once each
-    assert len(conn.blocks) == 4
-    conn.client.table.flush()
-    assert list(conn.client.table.dynamic_entries) == list(ref.header_table.dynamic_entries)
 
 
-@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 300)), max_size=60),
-       st.integers(0, 600))
-def test_deferred_table_entries_end_as_added_ones(adds: list[tuple[int, int]], size: int) -> None:
-    """Deferred adds, flushed, leave the table as adding them one by one does (evictions and
-    entries larger than the whole table included)."""
-    from podscope.protocols.http2 import _Table
-    direct, lazy = _Table(), _Table()
-    for t in (direct, lazy):
-        t.maxsize = size
-        t.add(b"old", b"x" * 40)
-    entries = [(b"n%d" % n, b"v" * length) for n, length in adds]
-    for name, value in entries:
-        direct.add(name, value)
-    lazy.defer(entries)
-    lazy.flush()
-    assert list(lazy.dynamic_entries) == list(direct.dynamic_entries)
-    assert lazy._current_size == direct._current_size
+NAMES = [":method", ":path", ":authority", ":status", "grpc-status", "grpc-message",
+         "content-type", "x-a", "cookie", "user-agent"]
+VALUES = st.one_of(st.sampled_from(["GET", "POST", "/", "/a/b?c=1", "200", "404", "0", "13",
+                                    "application/grpc", "text/html", "", "x" * 300]),
+                   st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.tuples(st.sampled_from(NAMES), VALUES), max_size=12),
+                          st.booleans(), st.sampled_from([None, 0, 64, 256, 4096, 65536])),
+                min_size=1, max_size=12))
+def test_decoding_agrees_with_hpack(blocks: list[tuple[list[tuple[str, str]], bool, int | None]]
+                                    ) -> None:
+    """Any header blocks, Huffman or not, across table size changes: each stream carries what
+    hpack's own decoder reads from the same bytes (the last of a repeated field; a status only
+    when it is digits; the first content-type)."""
+    conn = H2Connection("server")
+    enc, ref = Encoder(), Decoder()
+    ref.max_allowed_table_size = 65536  # what H2Wire allows before any SETTINGS
+    conn.feed(True, PREFACE, 0)
+    for n, (headers, huffman, table) in enumerate(blocks):
+        if table is not None:
+            enc.header_table_size = table
+        block = enc.encode(headers, huffman=huffman)
+        want: dict[str, object] = {"method": UNKNOWN, "path": UNKNOWN, "authority": "",
+                                   "status": 0, "grpc_status": None, "grpc_message": "",
+                                   "content_type": ""}
+        for name, value in ref.decode(block):
+            attr = {":method": "method", ":path": "path", ":authority": "authority",
+                    "grpc-message": "grpc_message"}.get(name)
+            if attr:
+                want[attr] = value
+            elif name in (":status", "grpc-status") and value.isdigit():
+                want["status" if name == ":status" else "grpc_status"] = int(value)
+            elif name == "content-type" and not want["content_type"]:
+                want["content_type"] = value
+        sid = 2 * n + 1
+        conn.feed(True, frame(HEADERS, END_HEADERS, sid, block), sid)
+        got = conn.streams[sid]
+        assert {k: getattr(got, k) for k in want} == want
+        assert got.outcome == "full"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400), st.booleans(), st.booleans())
+def test_any_bytes_give_requests_or_h2error(data: bytes, seen: bool, from_client: bool) -> None:
+    conn = H2Connection("server", seen_start=seen)
+    try:
+        conn.feed(from_client, (PREFACE if seen and from_client else b"") + data, 1)
+        conn.feed(not from_client, data[::-1], 2)
+        conn.close(3)
+    except H2Error:
+        pass
 
 
 def test_hints_name_streams_the_decoder_could_not() -> None:

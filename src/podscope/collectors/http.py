@@ -228,7 +228,6 @@ class HttpCollector:
         self._slot = 0
         self._drained_at = 0.0
         self._streams: dict[int, _Stream] = {}
-        self._h2_blocks: http2.BlockCache = {}  # shared by all HTTP/2 connections
         self._templates: dict[str, str] = {}  # target -> route template, for streamed requests
         self.parse_errors: dict[str, int] = {}
         self.resyncs = 0  # streamed connections that found a request again after an error
@@ -667,8 +666,7 @@ class HttpCollector:
             if ev.gap:  # events of this connection were lost: its parse state is void
                 self._error("stream_events_lost")
                 if st.h2 is not None:
-                    st.h2 = http2.H2Connection(ROLES.get(st.role, "server"), seen_start=False,
-                                               blocks=self._h2_blocks)
+                    st.h2 = http2.H2Connection(ROLES.get(st.role, "server"), seen_start=False)
                 else:
                     self._restart(st)
             try:
@@ -692,14 +690,13 @@ class HttpCollector:
             ev.conn_id, ev.role, ev.cgroup_id, ev.netns, ev.family, ev.local_port,
             _addr(ev.family, bytes(ev.peer_addr)), ev.peer_port, ev.pid, tls=bool(ev.tls))
         if ev.proto == PROTO_H2:
-            st.h2 = http2.H2Connection(ROLES.get(ev.role, "server"), blocks=self._h2_blocks)
+            st.h2 = http2.H2Connection(ROLES.get(ev.role, "server"))
         elif ev.proto == PROTO_H2_MIDWAY:
             # which side is the client is not known from a frame: guess from the ports
             # (servers listen on the lower one), the first header block settles it
             st.role = ROLE_SERVER if ev.local_port < ev.peer_port else ROLE_CLIENT
             st.midway_sk = ev.sk
-            st.h2 = http2.H2Connection(ROLES[st.role], seen_start=False, role_known=False,
-                                       blocks=self._h2_blocks)
+            st.h2 = http2.H2Connection(ROLES[st.role], seen_start=False, role_known=False)
         return st
 
     def _restart(self, st: _Stream) -> None:
@@ -756,8 +753,7 @@ class HttpCollector:
         assert st.h2 is not None
         if e.reason == "role_swapped":  # the guess about a mid-way connection was wrong
             st.role = ROLE_CLIENT if st.role == ROLE_SERVER else ROLE_SERVER
-            st.h2 = http2.H2Connection(ROLES[st.role], seen_start=False,
-                                       blocks=self._h2_blocks)
+            st.h2 = http2.H2Connection(ROLES[st.role], seen_start=False)
             try:  # the same bytes again, read the right way round
                 self._h2_event(st, ev, payload)
             except http2.H2Error as e2:
@@ -772,8 +768,7 @@ class HttpCollector:
             return
         self._error("http2_" + e.reason)
         # start over without the dynamic tables: decode what can be decoded
-        st.h2 = http2.H2Connection(ROLES.get(st.role, "server"), seen_start=False,
-                                   blocks=self._h2_blocks)
+        st.h2 = http2.H2Connection(ROLES.get(st.role, "server"), seen_start=False)
 
     def _h2_hint(self, st: _Stream, payload: bytes, ts: int) -> None:
         """A header block as the Go program had it before HPACK (uprobes): names the stream."""
@@ -801,8 +796,7 @@ class HttpCollector:
             role = ROLE_CLIENT if bool(h.sent) == request else ROLE_SERVER
             if role != st.role:
                 st.role = role
-                st.h2 = http2.H2Connection(ROLES[role], seen_start=False,
-                                           blocks=self._h2_blocks)
+                st.h2 = http2.H2Connection(ROLES[role], seen_start=False)
             st.h2.role_known = True
         # the side that wrote this block: this program (sent) or its peer
         from_client = bool(h.sent) == (st.role == ROLE_CLIENT)

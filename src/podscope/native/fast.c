@@ -33,7 +33,7 @@ int out_reserve(struct out *o, size_t more)
 
 void out_put(struct out *o, const void *p, size_t n)
 {
-	if (out_reserve(o, n))
+	if (!n || out_reserve(o, n)) /* memcpy of nothing may still not take NULL */
 		return;
 	memcpy(o->buf + o->len, p, n);
 	o->len += n;
@@ -323,7 +323,7 @@ PyMODINIT_FUNC PyInit__fast(void)
 	Py_INCREF(&BatchType);
 	if (PyModule_AddObject(m, "Batch", (PyObject *)&BatchType) < 0 ||
 	    PyModule_AddObject(m, "SAMPLE_CALLBACK", PyLong_FromVoidPtr((void *)sample_cb)) < 0 ||
-	    records_init(m) < 0) {
+	    records_init(m) < 0 || h2_init(m) < 0) {
 		Py_DECREF(m);
 		return NULL;
 	}

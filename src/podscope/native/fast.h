@@ -34,5 +34,6 @@ void out_free(struct out *o);
 int batch_next(const char *buf, size_t len, size_t *pos, const char **data, size_t *size);
 
 int records_init(PyObject *module);
+int h2_init(PyObject *module);
 
 #endif

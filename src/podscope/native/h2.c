@@ -1,0 +1,813 @@
+/* HTTP/2 on the wire, in compiled code: frames and HPACK of one connection, both directions.
+ *
+ * H2Wire takes each direction's bytes as the syscalls delivered them and returns what the
+ * request bookkeeping (protocols/http2.py H2Connection) needs, as a list of small tuples:
+ *   (EV_HEADERS, stream, flags, outcome, method, path, authority, status, grpc_status,
+ *    grpc_message, content_type, has_status, has_method)   one whole header block, decoded
+ *   (EV_DATA, stream, flags, length)                          a DATA frame (payload not kept)
+ *   (EV_RST, stream)   (EV_GOAWAY, last stream)   (EV_PREFACE,)
+ * Header fields that are absent are None; `outcome` is 0 (decoded), 1 (partial: a reference
+ * to a dynamic-table entry this side never saw) or 2 (not decodable). Malformed input ends
+ * the call with the reason as the second item of the result (the events before it stand).
+ *
+ * State is bounded: a frame or header block larger than MAX_HEADER_BLOCK is an error, the
+ * dynamic table is capped at MAX_TABLE bytes, a header list at MAX_HEADER_LIST. The Huffman
+ * code is not restated here: h2_huffman() takes it from the hpack library at import. */
+#include "fast.h"
+
+#include <string.h>
+
+#define MAX_FRAME (1u << 24)
+#define MAX_HEADER_BLOCK (256u * 1024)
+#define MAX_TABLE (64u * 1024)
+#define MAX_HEADER_LIST (64u * 1024) /* as hpack's Decoder: the decoded size of one block */
+#define DEFAULT_TABLE 4096
+#define STATIC_ENTRIES 61
+
+enum { DATA = 0, HEADERS = 1, RST_STREAM = 3, SETTINGS = 4, PUSH_PROMISE = 5, GOAWAY = 7,
+       CONTINUATION = 9 };
+enum { F_END_STREAM = 0x1, F_ACK = 0x1, F_END_HEADERS = 0x4, F_PADDED = 0x8, F_PRIORITY = 0x20 };
+enum { EV_DATA = 0, EV_HEADERS = 1, EV_RST = 3, EV_GOAWAY = 7, EV_PREFACE = 16 };
+
+static const char PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+#define PREFACE_LEN 24
+
+/* --- Huffman (RFC 7541 appendix B), as a binary tree built from the code table ------------- */
+
+#define HUFF_NODES 512
+static int16_t huff_tree[HUFF_NODES][2]; /* child node, or -(symbol + 1) at a leaf; 0: none */
+static int huff_ready;
+
+static PyObject *h2_huffman(PyObject *mod, PyObject *args)
+{
+	PyObject *codes, *lengths;
+	if (!PyArg_ParseTuple(args, "OO", &codes, &lengths))
+		return NULL;
+	PyObject *c = PySequence_Fast(codes, "codes: a sequence");
+	PyObject *l = c ? PySequence_Fast(lengths, "lengths: a sequence") : NULL;
+	if (!l) {
+		Py_XDECREF(c);
+		return NULL;
+	}
+	int ok = PySequence_Fast_GET_SIZE(c) == 257 && PySequence_Fast_GET_SIZE(l) == 257;
+	int used = 1;
+	memset(huff_tree, 0, sizeof(huff_tree));
+	for (int sym = 0; ok && sym < 257; sym++) {
+		unsigned long code = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(c, sym));
+		long len = PyLong_AsLong(PySequence_Fast_GET_ITEM(l, sym));
+		if (PyErr_Occurred() || len < 1 || len > 30) {
+			ok = 0;
+			break;
+		}
+		int node = 0;
+		for (long bit = len - 1; ok && bit >= 0; bit--) {
+			int b = (code >> bit) & 1;
+			if (bit == 0) {
+				if (huff_tree[node][b] != 0)
+					ok = 0;
+				huff_tree[node][b] = (int16_t)(-(sym + 1));
+			} else if (huff_tree[node][b] == 0) {
+				if (used >= HUFF_NODES) {
+					ok = 0;
+					break;
+				}
+				huff_tree[node][b] = (int16_t)used;
+				node = used++;
+			} else if (huff_tree[node][b] < 0) {
+				ok = 0; /* not a prefix code */
+			} else {
+				node = huff_tree[node][b];
+			}
+		}
+	}
+	Py_DECREF(c);
+	Py_DECREF(l);
+	if (!ok) {
+		if (!PyErr_Occurred())
+			PyErr_SetString(PyExc_ValueError, "h2_huffman: not HPACK's 257-symbol code");
+		return NULL;
+	}
+	huff_ready = 1;
+	Py_RETURN_NONE;
+}
+
+/* Decodes n bytes into out (grown as needed). 0, or -1 on a malformed string (EOS inside,
+ * padding longer than 7 bits or not all ones). */
+static int huff_decode(const uint8_t *p, size_t n, struct out *o)
+{
+	int node = 0, depth = 0, ones = 1;
+	if (out_reserve(o, n * 8 / 5 + 1))
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		for (int bit = 7; bit >= 0; bit--) {
+			int b = (p[i] >> bit) & 1;
+			int next = huff_tree[node][b];
+			ones &= b;
+			depth++;
+			if (next < 0) {
+				int sym = -next - 1;
+				if (sym == 256)
+					return -1;
+				char ch = (char)sym;
+				out_put(o, &ch, 1);
+				node = depth = 0;
+				ones = 1;
+			} else if (next == 0) {
+				return -1;
+			} else {
+				node = next;
+			}
+		}
+	}
+	return (depth > 7 || !ones || o->failed) ? -1 : 0;
+}
+
+/* --- the static table ------------------------------------------------------------------------ */
+
+static const char *const STATIC[STATIC_ENTRIES][2] = {
+	{":authority", ""}, {":method", "GET"}, {":method", "POST"}, {":path", "/"},
+	{":path", "/index.html"}, {":scheme", "http"}, {":scheme", "https"}, {":status", "200"},
+	{":status", "204"}, {":status", "206"}, {":status", "304"}, {":status", "400"},
+	{":status", "404"}, {":status", "500"}, {"accept-charset", ""},
+	{"accept-encoding", "gzip, deflate"}, {"accept-language", ""}, {"accept-ranges", ""},
+	{"accept", ""}, {"access-control-allow-origin", ""}, {"age", ""}, {"allow", ""},
+	{"authorization", ""}, {"cache-control", ""}, {"content-disposition", ""},
+	{"content-encoding", ""}, {"content-language", ""}, {"content-length", ""},
+	{"content-location", ""}, {"content-range", ""}, {"content-type", ""}, {"cookie", ""},
+	{"date", ""}, {"etag", ""}, {"expect", ""}, {"expires", ""}, {"from", ""}, {"host", ""},
+	{"if-match", ""}, {"if-modified-since", ""}, {"if-none-match", ""}, {"if-range", ""},
+	{"if-unmodified-since", ""}, {"last-modified", ""}, {"link", ""}, {"location", ""},
+	{"max-forwards", ""}, {"proxy-authenticate", ""}, {"proxy-authorization", ""},
+	{"range", ""}, {"referer", ""}, {"refresh", ""}, {"retry-after", ""}, {"server", ""},
+	{"set-cookie", ""}, {"strict-transport-security", ""}, {"transfer-encoding", ""},
+	{"user-agent", ""}, {"vary", ""}, {"via", ""}, {"www-authenticate", ""},
+};
+
+/* --- one direction's HPACK decoder ------------------------------------------------------------ */
+
+struct entry {
+	char *data; /* name then value */
+	uint32_t name_len, value_len;
+};
+
+struct table {
+	struct entry *ring; /* newest at ring[head], then older ones */
+	uint32_t cap, head, count;
+	uint32_t size, maxsize, max_allowed;
+	int synced;	   /* the connection's start was seen: every reference must resolve */
+	unsigned long misses; /* references to entries never seen */
+};
+
+static void table_evict(struct table *t, uint32_t room)
+{
+	while (t->count && t->size + room > t->maxsize) {
+		struct entry *e = &t->ring[(t->head + t->count - 1) % t->cap];
+		t->size -= e->name_len + e->value_len + 32;
+		free(e->data);
+		e->data = NULL;
+		t->count--;
+	}
+}
+
+static int table_add(struct table *t, const char *name, uint32_t nl, const char *value,
+		     uint32_t vl)
+{
+	uint32_t sz = nl + vl + 32;
+	if (sz > t->maxsize) { /* larger than the table: it empties (RFC 7541 4.4) */
+		table_evict(t, t->maxsize + 1);
+		return 0;
+	}
+	table_evict(t, sz);
+	if (t->count == t->cap) {
+		uint32_t cap = t->cap ? t->cap * 2 : 32;
+		struct entry *r = calloc(cap, sizeof(*r));
+		if (!r)
+			return -1;
+		for (uint32_t i = 0; i < t->count; i++)
+			r[i] = t->ring[(t->head + i) % t->cap];
+		free(t->ring);
+		t->ring = r;
+		t->cap = cap;
+		t->head = 0;
+	}
+	char *d = malloc(nl + vl + 1);
+	if (!d)
+		return -1;
+	if (nl) /* an empty name or value may have no storage at all */
+		memcpy(d, name, nl);
+	if (vl)
+		memcpy(d + nl, value, vl);
+	t->head = (t->head + t->cap - 1) % t->cap;
+	t->ring[t->head] = (struct entry){d, nl, vl};
+	t->count++;
+	t->size += sz;
+	return 0;
+}
+
+static void table_free(struct table *t)
+{
+	for (uint32_t i = 0; i < t->count; i++)
+		free(t->ring[(t->head + i) % t->cap].data);
+	free(t->ring);
+	memset(t, 0, sizeof(*t));
+}
+
+static const char UNKNOWN_NAME[] = "__unknown__";
+
+/* The (name, value) of an index; the marker for one never seen when not synced. -1: error. */
+static int table_get(struct table *t, uint64_t idx, const char **n, uint32_t *nl, const char **v,
+		     uint32_t *vl)
+{
+	if (idx >= 1 && idx <= STATIC_ENTRIES) {
+		*n = STATIC[idx - 1][0];
+		*nl = (uint32_t)strlen(*n);
+		*v = STATIC[idx - 1][1];
+		*vl = (uint32_t)strlen(*v);
+		return 0;
+	}
+	if (idx > STATIC_ENTRIES && idx - STATIC_ENTRIES - 1 < t->count) {
+		struct entry *e = &t->ring[(t->head + (idx - STATIC_ENTRIES - 1)) % t->cap];
+		*n = e->data;
+		*nl = e->name_len;
+		*v = e->data + e->name_len;
+		*vl = e->value_len;
+		return 0;
+	}
+	if (t->synced)
+		return -1;
+	t->misses++;
+	*n = *v = UNKNOWN_NAME;
+	*nl = *vl = sizeof(UNKNOWN_NAME) - 1;
+	return 0;
+}
+
+static int hp_int(const uint8_t *p, size_t n, size_t *pos, int prefix, uint64_t *val)
+{
+	if (*pos >= n)
+		return -1;
+	uint64_t max = (1u << prefix) - 1, v = p[(*pos)++] & max;
+	if (v == max) {
+		int shift = 0;
+		for (;;) {
+			if (*pos >= n || shift > 56)
+				return -1;
+			uint8_t b = p[(*pos)++];
+			v += (uint64_t)(b & 0x7f) << shift;
+			if (!(b & 0x80))
+				break;
+			shift += 7;
+		}
+	}
+	*val = v;
+	return 0;
+}
+
+/* A string literal into o (its start at *at). */
+static int hp_str(const uint8_t *p, size_t n, size_t *pos, struct out *o, size_t *at,
+		  uint32_t *len)
+{
+	if (*pos >= n)
+		return -1;
+	int huff = p[*pos] & 0x80;
+	uint64_t l;
+	if (hp_int(p, n, pos, 7, &l) || l > n - *pos)
+		return -1;
+	*at = o->len;
+	if (huff) {
+		if (huff_decode(p + *pos, (size_t)l, o))
+			return -1;
+	} else {
+		out_put(o, p + *pos, (size_t)l);
+	}
+	*pos += (size_t)l;
+	*len = (uint32_t)(o->len - *at);
+	return o->failed ? -1 : 0;
+}
+
+/* What a header block says about its stream (the fields H2Connection sets). */
+struct summary {
+	const char *method, *path, *authority, *grpc_message, *content_type;
+	uint32_t method_len, path_len, authority_len, grpc_message_len, content_type_len;
+	long long status, grpc_status; /* -1: absent */
+	int has_status, has_method;
+};
+
+static int is_name(const char *n, uint32_t nl, const char *want)
+{
+	size_t wl = strlen(want);
+	return nl == wl && !memcmp(n, want, wl);
+}
+
+static long long digits(const char *v, uint32_t vl)
+{
+	if (!vl || vl > 18)
+		return -1;
+	long long x = 0;
+	for (uint32_t i = 0; i < vl; i++) {
+		if (v[i] < '0' || v[i] > '9')
+			return -1;
+		x = x * 10 + (v[i] - '0');
+	}
+	return x;
+}
+
+/* Decodes a block. 0 (the summary set), or -1: not decodable. */
+static int hpack_block(struct table *t, const uint8_t *p, size_t n, struct summary *s,
+		       struct out *strings)
+{
+	size_t pos = 0, inflated = 0;
+	int headers = 0;
+	memset(s, 0, sizeof(*s));
+	s->status = s->grpc_status = -1;
+	strings->len = 0;
+	/* offsets into strings of each field, resolved to pointers at the end (it may move) */
+	struct {
+		size_t at;
+		uint32_t len;
+		int set;
+	} f[5] = {{0}};
+	enum { M, P, A, G, C };
+	while (pos < n) {
+		uint8_t b = p[pos];
+		const char *name, *value;
+		uint32_t nl, vl;
+		size_t nat, vat;
+		int add = 0;
+		if (b & 0x80) { /* indexed */
+			uint64_t idx;
+			if (hp_int(p, n, &pos, 7, &idx) || table_get(t, idx, &name, &nl, &value, &vl))
+				return -1;
+		} else if ((b & 0xe0) == 0x20) { /* dynamic table size update */
+			uint64_t sz;
+			if (headers || hp_int(p, n, &pos, 5, &sz) || sz > t->max_allowed)
+				return -1;
+			t->maxsize = (uint32_t)sz;
+			table_evict(t, 0);
+			continue;
+		} else { /* a literal: with incremental indexing (01), without (0000), never (0001) */
+			int prefix = (b & 0x40) ? 6 : 4;
+			uint64_t idx;
+			add = (b & 0x40) != 0;
+			if (hp_int(p, n, &pos, prefix, &idx))
+				return -1;
+			if (idx) {
+				const char *in, *iv;
+				uint32_t inl, ivl;
+				if (table_get(t, idx, &in, &inl, &iv, &ivl))
+					return -1;
+				nat = strings->len;
+				out_put(strings, in, inl);
+				nl = inl;
+			} else if (hp_str(p, n, &pos, strings, &nat, &nl)) {
+				return -1;
+			}
+			if (hp_str(p, n, &pos, strings, &vat, &vl) || strings->failed)
+				return -1;
+			name = strings->buf + nat;
+			value = strings->buf + vat;
+			if (add && table_add(t, name, nl, value, vl))
+				return -1;
+			goto found;
+		}
+		/* an indexed field: its name and value are copied so that every field is in strings */
+		nat = strings->len;
+		out_put(strings, name, nl);
+		vat = strings->len;
+		out_put(strings, value, vl);
+		if (strings->failed)
+			return -1;
+		name = strings->buf + nat;
+		value = strings->buf + vat;
+	found:
+		headers++;
+		inflated += nl + vl + 32;
+		if (inflated > MAX_HEADER_LIST)
+			return -1;
+		{
+			int which = -1;
+			if (is_name(name, nl, ":method"))
+				which = M, s->has_method = 1;
+			else if (is_name(name, nl, ":path"))
+				which = P;
+			else if (is_name(name, nl, ":authority"))
+				which = A;
+			else if (is_name(name, nl, "grpc-message"))
+				which = G;
+			else if (is_name(name, nl, ":status")) {
+				s->has_status = 1;
+				long long d = digits(value, vl);
+				if (d >= 0)
+					s->status = d;
+			} else if (is_name(name, nl, "grpc-status")) {
+				long long d = digits(value, vl);
+				if (d >= 0)
+					s->grpc_status = d;
+			} else if (is_name(name, nl, "content-type") && !f[C].len) {
+				which = C;
+			}
+			if (which >= 0) {
+				f[which].at = vat;
+				f[which].len = vl;
+				f[which].set = 1;
+			}
+		}
+	}
+	if (t->maxsize > t->max_allowed) /* a SETTINGS shrank it and the encoder did not follow */
+		return -1;
+	const char **ptr[5] = {&s->method, &s->path, &s->authority, &s->grpc_message,
+			       &s->content_type};
+	uint32_t *len[5] = {&s->method_len, &s->path_len, &s->authority_len, &s->grpc_message_len,
+			    &s->content_type_len};
+	for (int i = 0; i < 5; i++) {
+		*ptr[i] = f[i].set ? strings->buf + f[i].at : NULL;
+		*len[i] = f[i].len;
+	}
+	return 0;
+}
+
+/* --- H2Wire ----------------------------------------------------------------------------------- */
+
+struct direction {
+	int is_client;
+	struct out buf;	    /* bytes of a frame not complete yet */
+	uint32_t preface_left;
+	uint64_t skip;	    /* DATA payload bytes still to pass over (not captured) */
+	struct out block;   /* header block being assembled */
+	int in_block;
+	uint32_t block_stream;
+	uint8_t block_flags;
+	struct table table;
+};
+
+typedef struct {
+	PyObject_HEAD struct direction client, server;
+	int seen_start;
+	struct out strings; /* scratch for decoded names and values */
+	PyObject *events;   /* the list being filled by feed() */
+} WireObject;
+
+static int Wire_init(WireObject *self, PyObject *args, PyObject *kw)
+{
+	static char *names[] = {"seen_start", NULL};
+	int seen = 1;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|p", names, &seen))
+		return -1;
+	if (!huff_ready) {
+		PyErr_SetString(PyExc_RuntimeError, "H2Wire: h2_huffman() was not called");
+		return -1;
+	}
+	self->seen_start = seen;
+	self->client.is_client = 1;
+	struct direction *ds[2] = {&self->client, &self->server};
+	for (int i = 0; i < 2; i++) {
+		ds[i]->table.maxsize = DEFAULT_TABLE;
+		ds[i]->table.max_allowed = MAX_TABLE;
+		ds[i]->table.synced = seen;
+	}
+	if (seen)
+		self->client.preface_left = PREFACE_LEN;
+	return 0;
+}
+
+static void Wire_dealloc(WireObject *self)
+{
+	struct direction *ds[2] = {&self->client, &self->server};
+	for (int i = 0; i < 2; i++) {
+		out_free(&ds[i]->buf);
+		out_free(&ds[i]->block);
+		table_free(&ds[i]->table);
+	}
+	out_free(&self->strings);
+	Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int emit(WireObject *self, PyObject *ev)
+{
+	if (!ev)
+		return -1;
+	int r = PyList_Append(self->events, ev);
+	Py_DECREF(ev);
+	return r;
+}
+
+static PyObject *str_or_none(const char *p, uint32_t n)
+{
+	if (!p)
+		Py_RETURN_NONE;
+	return PyUnicode_DecodeLatin1(p, (Py_ssize_t)n, NULL);
+}
+
+static PyObject *int_or_none(long long v)
+{
+	if (v < 0)
+		Py_RETURN_NONE;
+	return PyLong_FromLongLong(v);
+}
+
+/* A whole header block of d: decoded, and its event emitted. */
+static int headers_done(WireObject *self, struct direction *d)
+{
+	struct summary s;
+	unsigned long misses = d->table.misses;
+	int outcome;
+	d->in_block = 0;
+	if (hpack_block(&d->table, (const uint8_t *)d->block.buf, d->block.len, &s,
+			&self->strings)) {
+		if (d->table.synced) {
+			d->block.len = 0;
+			return 1; /* "hpack" */
+		}
+		outcome = 2;
+		memset(&s, 0, sizeof(s));
+		s.status = s.grpc_status = -1;
+	} else {
+		outcome = d->table.misses > misses ? 1 : 0;
+	}
+	d->block.len = 0;
+	if (d->block.cap > 65536) /* a large block's memory is not kept */
+		out_free(&d->block);
+	PyObject *ev = Py_BuildValue(
+		"(iIiiNNNNNNNii)", EV_HEADERS, d->block_stream, (int)d->block_flags, outcome,
+		str_or_none(s.method, s.method_len), str_or_none(s.path, s.path_len),
+		str_or_none(s.authority, s.authority_len), int_or_none(s.status),
+		int_or_none(s.grpc_status), str_or_none(s.grpc_message, s.grpc_message_len),
+		str_or_none(s.content_type, s.content_type_len), s.has_status, s.has_method);
+	return emit(self, ev) ? -1 : 0;
+}
+
+/* One whole frame (not DATA outside a block). 0, -1 (Python error), or a reason > 0. */
+static const char *const REASONS[] = {
+	NULL, "hpack", "continuation_expected", "unexpected_continuation", "headers_too_large",
+	"bad_padding", "frame_too_large", "truncated", "bad_preface", "role_swapped",
+};
+enum { R_HPACK = 1, R_CONT_EXPECTED, R_UNEXPECTED_CONT, R_HEADERS_TOO_LARGE, R_BAD_PADDING,
+       R_FRAME_TOO_LARGE, R_TRUNCATED, R_BAD_PREFACE, R_ROLE_SWAPPED };
+
+static int frame(WireObject *self, struct direction *d, uint8_t type, uint8_t flags, uint32_t sid,
+		 const uint8_t *p, uint32_t len)
+{
+	if (d->in_block && type != CONTINUATION)
+		return R_CONT_EXPECTED;
+	switch (type) {
+	case DATA:
+		return emit(self, Py_BuildValue("(iIiI)", EV_DATA, sid, (int)flags, len)) ? -1 : 0;
+	case HEADERS: {
+		uint32_t pos = 0, end = len;
+		if (flags & F_PADDED) {
+			if (!len)
+				return R_BAD_PADDING;
+			end -= p[0];
+			pos = 1;
+		}
+		if (flags & F_PRIORITY)
+			pos += 5;
+		if (end < pos || end > len)
+			return R_BAD_PADDING;
+		d->block.len = 0;
+		out_put(&d->block, p + pos, end - pos);
+		if (d->block.failed)
+			return -1;
+		d->in_block = 1;
+		d->block_stream = sid;
+		d->block_flags = flags;
+		if (flags & F_END_HEADERS) {
+			int r = headers_done(self, d);
+			return r > 0 ? R_HPACK : r;
+		}
+		return 0;
+	}
+	case PUSH_PROMISE: /* a promised stream's headers: not a request of this client */
+		return 0;
+	case CONTINUATION:
+		if (!d->in_block || sid != d->block_stream)
+			return R_UNEXPECTED_CONT;
+		out_put(&d->block, p, len);
+		if (d->block.failed)
+			return -1;
+		if (d->block.len > MAX_HEADER_BLOCK)
+			return R_HEADERS_TOO_LARGE;
+		if (flags & F_END_HEADERS) {
+			int r = headers_done(self, d);
+			return r > 0 ? R_HPACK : r;
+		}
+		return 0;
+	case RST_STREAM:
+		return emit(self, Py_BuildValue("(iI)", EV_RST, sid)) ? -1 : 0;
+	case SETTINGS:
+		if (flags & F_ACK)
+			return 0;
+		for (uint32_t i = 0; i + 6 <= len; i += 6) {
+			if (((p[i] << 8) | p[i + 1]) == 0x1) { /* HEADER_TABLE_SIZE */
+				uint32_t v = (uint32_t)p[i + 2] << 24 | p[i + 3] << 16 | p[i + 4] << 8 |
+					     p[i + 5];
+				/* the sender's decoder limit binds the other side's encoder */
+				struct direction *other = d->is_client ? &self->server : &self->client;
+				other->table.max_allowed = v < MAX_TABLE ? v : MAX_TABLE;
+			}
+		}
+		return 0;
+	case GOAWAY:
+		if (len >= 4) {
+			uint32_t last = ((uint32_t)p[0] << 24 | p[1] << 16 | p[2] << 8 | p[3]) &
+					0x7fffffffu;
+			return emit(self, Py_BuildValue("(iI)", EV_GOAWAY, last)) ? -1 : 0;
+		}
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+/* The frames in d->buf: as many as are whole; DATA payload is passed over, not kept. */
+static int frames(WireObject *self, struct direction *d)
+{
+	const uint8_t *b = (const uint8_t *)d->buf.buf;
+	size_t n = d->buf.len, pos = 0;
+	int r = 0;
+	for (;;) {
+		if (d->skip) {
+			uint64_t take = d->skip < n - pos ? d->skip : n - pos;
+			d->skip -= take;
+			pos += (size_t)take;
+			if (d->skip)
+				break;
+		}
+		if (n - pos < 9)
+			break;
+		uint32_t len = (uint32_t)b[pos] << 16 | b[pos + 1] << 8 | b[pos + 2];
+		uint8_t type = b[pos + 3], flags = b[pos + 4];
+		uint32_t sid = ((uint32_t)b[pos + 5] << 24 | b[pos + 6] << 16 | b[pos + 7] << 8 |
+				b[pos + 8]) &
+			       0x7fffffffu;
+		if (len > MAX_FRAME) {
+			r = R_FRAME_TOO_LARGE;
+			break;
+		}
+		if (type == DATA && n - pos < 9 + (size_t)len) {
+			/* DATA payload is only counted: do not wait for (or keep) its bytes */
+			size_t avail = n - pos - 9;
+			if ((r = frame(self, d, type, flags, sid, NULL, len)) != 0)
+				break;
+			d->skip = len - avail;
+			pos = n;
+			break;
+		}
+		if (n - pos < 9 + (size_t)len) {
+			if (len > MAX_HEADER_BLOCK)
+				r = R_FRAME_TOO_LARGE;
+			break;
+		}
+		if (type == DATA && !d->in_block) {
+			pos += 9 + (size_t)len;
+			if ((r = frame(self, d, type, flags, sid, NULL, len)) != 0)
+				break;
+			continue;
+		}
+		const uint8_t *payload = b + pos + 9;
+		pos += 9 + (size_t)len;
+		if ((r = frame(self, d, type, flags, sid, payload, len)) != 0)
+			break;
+	}
+	if (r)
+		return r;
+	/* keep the incomplete frame's bytes only */
+	if (pos && n > pos)
+		memmove(d->buf.buf, d->buf.buf + pos, n - pos);
+	d->buf.len = n - pos;
+	if (d->buf.len > MAX_HEADER_BLOCK + 9)
+		return R_FRAME_TOO_LARGE;
+	if (!d->buf.len && d->buf.cap > 65536)
+		out_free(&d->buf);
+	return 0;
+}
+
+static int feed(WireObject *self, int from_client, const uint8_t *data, size_t n,
+		uint64_t uncaptured)
+{
+	struct direction *d = from_client ? &self->client : &self->server;
+	if (!self->seen_start && !d->buf.len && n >= PREFACE_LEN && !memcmp(data, PREFACE,
+									   PREFACE_LEN)) {
+		/* taken for mid-way (a server's SETTINGS can come first), but this is the start */
+		if (!from_client)
+			return R_ROLE_SWAPPED;
+		self->seen_start = 1;
+		self->client.table.synced = self->server.table.synced = 1;
+		if (emit(self, Py_BuildValue("(i)", EV_PREFACE)))
+			return -1;
+		data += PREFACE_LEN;
+		n -= PREFACE_LEN;
+	}
+	if (d->preface_left) {
+		size_t take = d->preface_left < n ? d->preface_left : n;
+		if (memcmp(PREFACE + PREFACE_LEN - d->preface_left, data, take))
+			return R_BAD_PREFACE;
+		d->preface_left -= (uint32_t)take;
+		data += take;
+		n -= take;
+	}
+	out_put(&d->buf, data, n);
+	if (d->buf.failed)
+		return -1;
+	int r = frames(self, d);
+	if (r)
+		return r;
+	if (uncaptured) { /* bytes we did not see: only DATA payload can be passed over */
+		if (d->buf.len || uncaptured > d->skip)
+			return R_TRUNCATED;
+		d->skip -= uncaptured;
+	}
+	return 0;
+}
+
+/* feed(from_client, data, uncaptured=0) -> (events, error reason or None) */
+static PyObject *Wire_feed(WireObject *self, PyObject *args)
+{
+	int from_client;
+	Py_buffer view;
+	unsigned long long uncaptured = 0;
+	if (!PyArg_ParseTuple(args, "py*|K", &from_client, &view, &uncaptured))
+		return NULL;
+	self->events = PyList_New(0);
+	if (!self->events) {
+		PyBuffer_Release(&view);
+		return NULL;
+	}
+	int r = feed(self, from_client, view.buf, (size_t)view.len, uncaptured);
+	PyBuffer_Release(&view);
+	PyObject *events = self->events;
+	self->events = NULL;
+	if (r < 0) {
+		Py_DECREF(events);
+		if (!PyErr_Occurred())
+			PyErr_NoMemory();
+		return NULL;
+	}
+	if (r > 0) { /* the direction's state is void: the caller starts the connection over */
+		struct direction *d = from_client ? &self->client : &self->server;
+		d->buf.len = 0;
+		d->in_block = 0;
+	}
+	return Py_BuildValue("(Nz)", events, r ? REASONS[r] : NULL);
+}
+
+static PyObject *Wire_buffered(WireObject *self, PyObject *args)
+{
+	int from_client;
+	if (!PyArg_ParseTuple(args, "p", &from_client))
+		return NULL;
+	struct direction *d = from_client ? &self->client : &self->server;
+	return PyLong_FromSize_t(d->buf.len);
+}
+
+static PyObject *Wire_get_seen_start(WireObject *self, void *closure)
+{
+	return PyBool_FromLong(self->seen_start);
+}
+
+static PyMethodDef Wire_methods[] = {
+	{"feed", (PyCFunction)Wire_feed, METH_VARARGS,
+	 "feed(from_client, data, uncaptured=0) -> (events, error reason or None)"},
+	{"buffered", (PyCFunction)Wire_buffered, METH_VARARGS,
+	 "buffered(from_client) -> bytes of an incomplete frame held"},
+	{NULL},
+};
+
+static PyGetSetDef Wire_getset[] = {
+	{"seen_start", (getter)Wire_get_seen_start, NULL, "the client preface was seen", NULL},
+	{NULL},
+};
+
+static PyTypeObject WireType = {
+	PyVarObject_HEAD_INIT(NULL, 0).tp_name = "podscope._fast.H2Wire",
+	.tp_basicsize = sizeof(WireObject),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_doc = "HTTP/2 frames and HPACK of one connection (see native/h2.c).",
+	.tp_new = PyType_GenericNew,
+	.tp_init = (initproc)Wire_init,
+	.tp_dealloc = (destructor)Wire_dealloc,
+	.tp_methods = Wire_methods,
+	.tp_getset = Wire_getset,
+};
+
+static PyMethodDef h2_functions[] = {
+	{"h2_huffman", h2_huffman, METH_VARARGS,
+	 "h2_huffman(codes, lengths): HPACK's Huffman code (257 symbols), before any H2Wire."},
+	{NULL},
+};
+
+int h2_init(PyObject *m)
+{
+	if (PyType_Ready(&WireType) < 0)
+		return -1;
+	Py_INCREF(&WireType);
+	if (PyModule_AddObject(m, "H2Wire", (PyObject *)&WireType) < 0)
+		return -1;
+	if (PyModule_AddFunctions(m, h2_functions) < 0)
+		return -1;
+	const int consts[][1] = {{EV_DATA}, {EV_HEADERS}, {EV_RST}, {EV_GOAWAY}, {EV_PREFACE}};
+	const char *names[] = {"EV_DATA", "EV_HEADERS", "EV_RST", "EV_GOAWAY", "EV_PREFACE"};
+	for (int i = 0; i < 5; i++)
+		if (PyModule_AddIntConstant(m, names[i], consts[i][0]) < 0)
+			return -1;
+	return 0;
+}
