@@ -11,7 +11,10 @@ Every entry point gets random input for MINUTES:
   parse as JSON and there is one per whole record, or the resolver's own exception comes back;
 - H2Wire.feed of HTTP/2 connections: real header blocks (hpack's encoder, Huffman or not, table
   size changes) in frames cut at random points, mutated (bytes flipped, cut, inserted), both
-  directions, seen from the start or mid-way, with uncaptured gaps: events or a reason.
+  directions, seen from the start or mid-way, with uncaptured gaps: events or a reason;
+- H2Engine.process of stream event batches (struct http_stream_event with those bytes, random
+  kinds, lost-event marks, hints, closes, truncated events, several connections at once), then
+  take(): aggregate cells of the right size, and every connection handed over or kept.
 A crash is the sanitizer's report and a non-zero exit. Prints one JSON line of figures and
 writes it to bench/results/<date>/fuzz_native.json.
 Usage: python bench/fuzz_native.py [--minutes 5] [--seed N] [--module build/asan/_fast...so]
@@ -75,7 +78,23 @@ def main() -> int:
     figures = {"seed": a.seed, "module": a.module or _fast.__file__, "batches": 0,
                "records": 0, "dropped": 0, "split_inputs": 0, "split_errors": 0,
                "encoded_lines": 0, "short_records": 0, "resolver_failures": 0,
-               "h2_connections": 0, "h2_events": 0, "h2_errors": 0}
+               "h2_connections": 0, "h2_events": 0, "h2_errors": 0,
+               "engine_events": 0, "engine_left": 0, "engine_handovers": 0, "engine_cells": 0}
+    import ctypes as _ct
+
+    http_obj = libbpf.BpfObject(libbpf.bpf_object_path("http"), "http")  # its BTF: the layout
+    StreamEv = http_obj.struct("http_stream_event")
+    python_conns: dict[int, object] = {}
+
+    def adopt(record: bytes, wire: object, decoded: int, streams: list[tuple[object, ...]]
+              ) -> None:
+        ev = StreamEv.from_buffer_copy(record[:_ct.sizeof(StreamEv)])
+        python_conns[ev.conn_id] = wire
+        figures["engine_handovers"] += 1
+        if len(python_conns) > 5:
+            python_conns.clear()
+
+    engine = _fast.H2Engine(python_conns, adopt)
 
     def labels_of(cg: int, netns: int) -> bytes:
         if rng.random() < 0.01:
@@ -159,6 +178,31 @@ def main() -> int:
                     figures["h2_errors"] += 1
                     wire = _fast.H2Wire(False)
                     break
+        # the engine: stream events of a few connections
+        b = _fast.Batch()
+        for _ in range(rng.randrange(1, 40)):
+            ev = StreamEv()
+            ev.conn_id = rng.randrange(1, 50)
+            ev.kind = rng.choice([0, 0, 0, 0, 1, 2, 3])
+            ev.proto = rng.choice([2, 2, 2, 1, 3])
+            ev.gap = int(rng.random() < 0.03)
+            ev.role, ev.inbound = rng.choice([1, 2]), rng.randrange(2)
+            ev.ts_ns = rng.randrange(1 << 40)
+            data = h2_stream()[:rng.randrange(0, 600)] if ev.kind == 0 else rng.randbytes(40)
+            ev.captured = len(data) if rng.random() < 0.9 else rng.randrange(0, 1000)
+            ev.len = ev.captured + (rng.randrange(0, 100) if rng.random() < 0.1 else 0)
+            ev.skip = rng.randrange(0, 30) if rng.random() < 0.05 else 0
+            rec = bytes(ev) + data
+            if rng.random() < 0.02:
+                rec = rec[:rng.randrange(len(rec))]
+            buf = ct.create_string_buffer(rec, len(rec))
+            sample(b.ctx, ct.addressof(buf), len(rec))
+            figures["engine_events"] += 1
+        figures["engine_left"] += len(engine.process(b.take()))
+        if rng.random() < 0.1:
+            cells, _errors = engine.take()
+            assert all(len(cell) == _fast.H2_CELL_SIZE for _k, cell in cells)
+            figures["engine_cells"] += len(cells)
         # the callback, take, split, view, clear
         b = _fast.Batch(limit=rng.choice([4096, 65536, 1 << 20]))
         recs = [rng.randbytes(rng.choice([0, 1, 7, 8, 9, size - 1, size, size + 5,

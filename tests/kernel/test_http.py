@@ -366,7 +366,9 @@ def test_no_credentials_in_any_export(pods: PodNetwork, tmp_path: Path) -> None:
         for secret in ("client-secret-token", "client-secret-cookie", "server-secret-cookie",
                        "query-secret-value"):
             assert secret not in text, (f, secret)
-    assert "<redacted>" in (tmp_path / "r.http_request.csv").read_text()
+    # the first record type seen takes PATH, the next PATH.<type>.csv (docs/records.md): which
+    # one comes first depends on when each ring buffer is drained
+    assert any("<redacted>" in f.read_text() for f in (csv, *tmp_path.glob("r.*.csv")))
 
 
 def test_trace_cli_filters(pods: PodNetwork, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import ctypes as ct
 import ipaddress
 import logging
 import os
+import struct
 import threading
 import time
 from collections import deque
@@ -54,6 +55,8 @@ _KERNEL_PARSE_ERRORS = {"HTTP_C_BAD_STATUS_LINE": "bad_status_line",
                         "HTTP_C_UNREADABLE": "unreadable_buffer"}
 HIST_UNIT = 1e-9  # kernel histograms are in nanoseconds
 UNKNOWN_ROUTE = "__unknown__"  # the path of a hash was evicted before it was read
+# an aggregate cell of the HTTP/2 engine (native/h2engine.c struct cell)
+_H2_CELL = struct.Struct(f"<6Q{SLOTS}Q{SLOTS}Q")
 RECORDS_RING = 4 << 20  # bytes of the records ring buffer, when records are wanted
 MAX_STREAMED_CONNS = 20_000  # connections parsed in user space at once (bounded memory)
 
@@ -176,6 +179,9 @@ class HttpCollector:
         self.records = bool(records and emit)
         self.emit_lines = emit_lines if self.records else None
         self._jsonl: _fast.HttpJsonl | None = None  # the kernel's records as JSON lines, compiled
+        # HTTP/2 connections seen from their start, decoded and aggregated in compiled code
+        # (no records wanted: each request would need its dict anyway)
+        self._h2: _fast.H2Engine | None = None
         self.capture_headers = capture_headers
         self.request_timeout = request_timeout
         self.peer_series_ttl = peer_series_ttl
@@ -275,7 +281,13 @@ class HttpCollector:
         attach(o, skip=("http_offcpu", "http_x_work", *uprobe_progs), optional=("http_exec",))
         if self._reasons_wanted:
             self.set_blocked_reasons(True)
-        self._ring = libbpf.RingBuffer(o.map("http_stream"), self._on_stream)
+        if not self.records:
+            if _fast.H2_CELL_SIZE != _H2_CELL.size:
+                raise RuntimeError("podscope._fast is not the build of this source: run make")
+            self._h2 = _fast.H2Engine(self._streams, self._adopt)
+            self._ring = libbpf.RingBuffer(o.map("http_stream"), self._on_streams, batch=True)
+        else:
+            self._ring = libbpf.RingBuffer(o.map("http_stream"), self._on_stream)
         if self.records and self.emit_lines is not None:
             self._jsonl = self._jsonl_encoder()
             self._ring.add(o.map("http_records"), self._on_records, batch=True)
@@ -382,6 +394,7 @@ class HttpCollector:
             m = self.obj.map(f"http_agg{old}")
             for k, per_cpu in m.items(self.AggKey, self.AggPerCpu, delete=True):
                 self._fold(k, per_cpu)
+            self._fold_h2()
             self._drained_at = time.monotonic()
             self._label_cache.clear()
             if self._jsonl is not None:
@@ -444,12 +457,7 @@ class HttpCollector:
                   Agg(slots, sum_ns, req, resp, fb, fb_sum))
 
     def _add(self, key: AggKey, add: Agg) -> None:
-        self._touch(key)
-        a = self._aggs.get(key)
-        if a is None:
-            self._aggs[key] = add
-        else:
-            a.merge(add)
+        self._merge(key, add, self._aggs)
 
     def _add_sample(self, key: AggKey | RpcKey, dur_ns: int, req: int, resp: int,
                     into: dict[Any, Agg] | None = None, first_byte_ns: int | None = None) -> None:
@@ -472,18 +480,21 @@ class HttpCollector:
                  version: str = "1.1", first_byte_ns: int | None = None,
                  tls: bool = False) -> None:
         if status == 0:
-            key_u = (labels, ROLES.get(role, "?"), "no_response")
-            self.unanswered[key_u] = self.unanswered.get(key_u, 0) + 1
+            self._unanswered(labels, role, "no_response")
             return
+        self._add_sample((labels, role, method, status, self._route_of(labels, target), addr,
+                          port, version, _scheme(tls)),
+                         dur_ns, req, resp, first_byte_ns=first_byte_ns)
+
+    def _route_of(self, labels: Labels, target: str) -> str:
+        """The route template of a streamed request's target, within the pod's budget."""
         route = self._templates.get(target)
         if route is None:
             route = http2.UNKNOWN if target == http2.UNKNOWN else template_path(target)
             if len(self._templates) >= 4096:
                 self._templates.clear()
             self._templates[target] = route
-        route = self.budget.route(_identity(labels), route)
-        self._add_sample((labels, role, method, status, route, addr, port, version, _scheme(tls)),
-                         dur_ns, req, resp, first_byte_ns=first_byte_ns)
+        return self.budget.route(_identity(labels), route)
 
     def expire(self) -> None:
         """Requests waiting longer than request_timeout: counted as unanswered (reason timeout)
@@ -642,6 +653,88 @@ class HttpCollector:
     # --- streamed connections ---
     def _error(self, reason: str) -> None:
         self.parse_errors[reason] = self.parse_errors.get(reason, 0) + 1
+
+    def _on_streams(self, batch: memoryview) -> None:
+        """A batch of stream events: HTTP/2 connections seen from their start go through the
+        compiled engine; the rest (HTTP/1, mid-way, hinted, broken) one by one, in order."""
+        assert self._h2 is not None
+        with self._lock:
+            left = self._h2.process(batch)
+        for data in left:
+            self._on_stream(data)
+
+    def _adopt(self, record: bytes, wire: _fast.H2Wire | None, decoded: int,
+               streams: list[tuple[Any, ...]]) -> None:
+        """A connection the engine hands over (under the lock): with its HPACK state and open
+        streams, or (wire None) after malformed bytes, to start over mid-way as _h2_error does."""
+        ev = self.StreamEv.from_buffer_copy(record[: ct.sizeof(self.StreamEv)])
+        st = self._new_stream(ev)
+        st.role, st.midway_sk = ev.role, 0
+        role = ROLES.get(st.role, "server")
+        if wire is None:
+            st.h2 = http2.H2Connection(role, seen_start=False)
+            return
+        h2 = st.h2 = http2.H2Connection(role)
+        h2.wire, h2.decoded = wire, decoded
+        for (sid, method, path, authority, content_type, status, grpc_status, grpc_message,
+             req_b, resp_b, start, end, first_byte, reset, req_done, resp_done, outcome) in streams:
+            h2.streams[sid] = http2.H2Request(
+                sid, method=method or http2.UNKNOWN, path=path or http2.UNKNOWN,
+                authority=authority or "", status=status,
+                grpc_status=None if grpc_status < 0 else grpc_status,
+                grpc_message=grpc_message or "", content_type=content_type or "",
+                req_bytes=req_b, resp_bytes=resp_b, start_ns=start, end_ns=end,
+                first_byte_ns=first_byte, reset=bool(reset), outcome=outcome,
+                _req_done=bool(req_done), _resp_done=bool(resp_done))
+
+    def _fold_h2(self) -> None:
+        """What the HTTP/2 engine finished since the last drain, into the series (under the
+        lock): one cell per connection and request kind, as _h2_request does per request."""
+        if self._h2 is None:
+            return
+        cells, errors = self._h2.take()
+        for reason, n in errors.items():
+            self.parse_errors[reason] = self.parse_errors.get(reason, 0) + n
+        for (ident, method, path, status, grpc_status, is_grpc, reset, outcome), cell in cells:
+            cgroup_id, netns, role, tls, family, peer, peer_port = ident
+            v = _H2_CELL.unpack(cell)
+            count = v[0]
+            agg = Agg(list(v[6:6 + SLOTS]), v[1], v[2], v[3], list(v[6 + SLOTS:]), v[5])
+            labels = self._labels(cgroup_id, netns)
+            key_o = (labels, outcome)
+            self.h2_outcomes[key_o] = self.h2_outcomes.get(key_o, 0) + count
+            addr, port = (self._peer(family, peer), peer_port) if role == ROLE_CLIENT else ("", 0)
+            path = http2.UNKNOWN if path is None else path
+            grpc = None if grpc_status < 0 else grpc_status
+            if is_grpc or grpc is not None:
+                service, rpc = http2.grpc_service_method(path)
+                code = str(grpc) if grpc is not None else (
+                    "CANCELLED_OR_RESET" if reset else http2.UNKNOWN)
+                if reset and grpc is None:
+                    self._unanswered(labels, role, "reset", count)
+                else:
+                    agg.fb_slots, agg.fb_sum_ns = [0] * SLOTS, 0  # as _add_sample for RPCs
+                    self._merge((labels, role, service, rpc, code, addr, port), agg, self._rpcs)
+                continue
+            answered = 0 if reset else int(status)
+            if answered == 0:
+                self._unanswered(labels, role, "no_response", count)
+                continue
+            m = method if method in METHOD_IDS else "_OTHER"
+            self._merge((labels, role, m, answered, self._route_of(labels, path), addr, port,
+                         "2", _scheme(tls)), agg, self._aggs)
+
+    def _unanswered(self, labels: Labels, role: int, reason: str, n: int = 1) -> None:
+        key = (labels, ROLES.get(role, "?"), reason)
+        self.unanswered[key] = self.unanswered.get(key, 0) + n
+
+    def _merge(self, key: AggKey | RpcKey, add: Agg, into: dict[Any, Agg]) -> None:
+        self._touch(key)
+        a = into.get(key)
+        if a is None:
+            into[key] = add
+        else:
+            a.merge(add)
 
     def _on_stream(self, data: bytes) -> None:
         hdr = ct.sizeof(self.StreamEv)
@@ -902,6 +995,7 @@ class HttpCollector:
         up = self.uprobes.state_sizes() if self.uprobes is not None else {}
         return {**up, "http_aggregates": len(self._aggs) + len(self._rpcs),
                 "http_streamed_connections": len(self._streams),
+                "http2_engine_connections": self._h2.connections if self._h2 is not None else 0,
                 "http_unanswered_series": len(self.unanswered) + len(self.h2_outcomes),
                 "http_routes": len(self._routes) + len(self._templates),
                 "http_label_cache": len(self._label_cache),

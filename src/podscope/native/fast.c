@@ -4,7 +4,7 @@
  * into Python per record (~1-2 us); here the callback is this file's C function: it appends the
  * record to a Batch (no Python object is touched: it runs while ring_buffer__poll holds no GIL),
  * and Python takes the whole batch as one bytes object after the poll. */
-#include "fast.h"
+#include "h2.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -323,7 +323,7 @@ PyMODINIT_FUNC PyInit__fast(void)
 	Py_INCREF(&BatchType);
 	if (PyModule_AddObject(m, "Batch", (PyObject *)&BatchType) < 0 ||
 	    PyModule_AddObject(m, "SAMPLE_CALLBACK", PyLong_FromVoidPtr((void *)sample_cb)) < 0 ||
-	    records_init(m) < 0 || h2_init(m) < 0) {
+	    records_init(m) < 0 || h2_init(m) < 0 || h2engine_init(m) < 0) {
 		Py_DECREF(m);
 		return NULL;
 	}

@@ -13,7 +13,7 @@
  * State is bounded: a frame or header block larger than MAX_HEADER_BLOCK is an error, the
  * dynamic table is capped at MAX_TABLE bytes, a header list at MAX_HEADER_LIST. The Huffman
  * code is not restated here: h2_huffman() takes it from the hpack library at import. */
-#include "fast.h"
+#include "h2.h"
 
 #include <string.h>
 
@@ -27,7 +27,6 @@
 enum { DATA = 0, HEADERS = 1, RST_STREAM = 3, SETTINGS = 4, PUSH_PROMISE = 5, GOAWAY = 7,
        CONTINUATION = 9 };
 enum { F_END_STREAM = 0x1, F_ACK = 0x1, F_END_HEADERS = 0x4, F_PADDED = 0x8, F_PRIORITY = 0x20 };
-enum { EV_DATA = 0, EV_HEADERS = 1, EV_RST = 3, EV_GOAWAY = 7, EV_PREFACE = 16 };
 
 static const char PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #define PREFACE_LEN 24
@@ -144,19 +143,6 @@ static const char *const STATIC[STATIC_ENTRIES][2] = {
 };
 
 /* --- one direction's HPACK decoder ------------------------------------------------------------ */
-
-struct entry {
-	char *data; /* name then value */
-	uint32_t name_len, value_len;
-};
-
-struct table {
-	struct entry *ring; /* newest at ring[head], then older ones */
-	uint32_t cap, head, count;
-	uint32_t size, maxsize, max_allowed;
-	int synced;	   /* the connection's start was seen: every reference must resolve */
-	unsigned long misses; /* references to entries never seen */
-};
 
 static void table_evict(struct table *t, uint32_t room)
 {
@@ -283,14 +269,6 @@ static int hp_str(const uint8_t *p, size_t n, size_t *pos, struct out *o, size_t
 	*len = (uint32_t)(o->len - *at);
 	return o->failed ? -1 : 0;
 }
-
-/* What a header block says about its stream (the fields H2Connection sets). */
-struct summary {
-	const char *method, *path, *authority, *grpc_message, *content_type;
-	uint32_t method_len, path_len, authority_len, grpc_message_len, content_type_len;
-	long long status, grpc_status; /* -1: absent */
-	int has_status, has_method;
-};
 
 static int is_name(const char *n, uint32_t nl, const char *want)
 {
@@ -427,24 +405,21 @@ static int hpack_block(struct table *t, const uint8_t *p, size_t n, struct summa
 
 /* --- H2Wire ----------------------------------------------------------------------------------- */
 
-struct direction {
-	int is_client;
-	struct out buf;	    /* bytes of a frame not complete yet */
-	uint32_t preface_left;
-	uint64_t skip;	    /* DATA payload bytes still to pass over (not captured) */
-	struct out block;   /* header block being assembled */
-	int in_block;
-	uint32_t block_stream;
-	uint8_t block_flags;
-	struct table table;
-};
+static PyObject *str_or_none(const char *p, uint32_t n)
+{
+	if (!p)
+		Py_RETURN_NONE;
+	return PyUnicode_DecodeLatin1(p, (Py_ssize_t)n, NULL);
+}
 
-typedef struct {
-	PyObject_HEAD struct direction client, server;
-	int seen_start;
-	struct out strings; /* scratch for decoded names and values */
-	PyObject *events;   /* the list being filled by feed() */
-} WireObject;
+static PyObject *int_or_none(long long v)
+{
+	if (v < 0)
+		Py_RETURN_NONE;
+	return PyLong_FromLongLong(v);
+}
+
+static int sink_list(void *ctx, int from_client, const struct wire_event *ev);
 
 static int Wire_init(WireObject *self, PyObject *args, PyObject *kw)
 {
@@ -481,27 +456,42 @@ static void Wire_dealloc(WireObject *self)
 	Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int emit(WireObject *self, PyObject *ev)
+static int emit(WireObject *self, int kind, uint32_t sid, int flags, uint32_t n, int outcome,
+		const struct summary *s)
 {
+	struct wire_event ev = {kind, sid, flags, n, outcome, s};
+	return self->sink(self->sink_ctx, self->from_client, &ev);
+}
+
+static int sink_list(void *ctx, int from_client, const struct wire_event *e)
+{
+	PyObject *ev;
+	const struct summary *s = e->s;
+	switch (e->kind) {
+	case EV_HEADERS:
+		ev = Py_BuildValue("(iIiiNNNNNNNii)", EV_HEADERS, e->sid, e->flags, e->outcome,
+				   str_or_none(s->method, s->method_len),
+				   str_or_none(s->path, s->path_len),
+				   str_or_none(s->authority, s->authority_len), int_or_none(s->status),
+				   int_or_none(s->grpc_status),
+				   str_or_none(s->grpc_message, s->grpc_message_len),
+				   str_or_none(s->content_type, s->content_type_len), s->has_status,
+				   s->has_method);
+		break;
+	case EV_DATA:
+		ev = Py_BuildValue("(iIiI)", EV_DATA, e->sid, e->flags, e->n);
+		break;
+	case EV_PREFACE:
+		ev = Py_BuildValue("(i)", EV_PREFACE);
+		break;
+	default: /* RST (stream), GOAWAY (last stream) */
+		ev = Py_BuildValue("(iI)", e->kind, e->kind == EV_GOAWAY ? e->n : e->sid);
+	}
 	if (!ev)
 		return -1;
-	int r = PyList_Append(self->events, ev);
+	int r = PyList_Append((PyObject *)ctx, ev);
 	Py_DECREF(ev);
 	return r;
-}
-
-static PyObject *str_or_none(const char *p, uint32_t n)
-{
-	if (!p)
-		Py_RETURN_NONE;
-	return PyUnicode_DecodeLatin1(p, (Py_ssize_t)n, NULL);
-}
-
-static PyObject *int_or_none(long long v)
-{
-	if (v < 0)
-		Py_RETURN_NONE;
-	return PyLong_FromLongLong(v);
 }
 
 /* A whole header block of d: decoded, and its event emitted. */
@@ -526,13 +516,7 @@ static int headers_done(WireObject *self, struct direction *d)
 	d->block.len = 0;
 	if (d->block.cap > 65536) /* a large block's memory is not kept */
 		out_free(&d->block);
-	PyObject *ev = Py_BuildValue(
-		"(iIiiNNNNNNNii)", EV_HEADERS, d->block_stream, (int)d->block_flags, outcome,
-		str_or_none(s.method, s.method_len), str_or_none(s.path, s.path_len),
-		str_or_none(s.authority, s.authority_len), int_or_none(s.status),
-		int_or_none(s.grpc_status), str_or_none(s.grpc_message, s.grpc_message_len),
-		str_or_none(s.content_type, s.content_type_len), s.has_status, s.has_method);
-	return emit(self, ev) ? -1 : 0;
+	return emit(self, EV_HEADERS, d->block_stream, d->block_flags, 0, outcome, &s) ? -1 : 0;
 }
 
 /* One whole frame (not DATA outside a block). 0, -1 (Python error), or a reason > 0. */
@@ -550,7 +534,7 @@ static int frame(WireObject *self, struct direction *d, uint8_t type, uint8_t fl
 		return R_CONT_EXPECTED;
 	switch (type) {
 	case DATA:
-		return emit(self, Py_BuildValue("(iIiI)", EV_DATA, sid, (int)flags, len)) ? -1 : 0;
+		return emit(self, EV_DATA, sid, flags, len, 0, NULL) ? -1 : 0;
 	case HEADERS: {
 		uint32_t pos = 0, end = len;
 		if (flags & F_PADDED) {
@@ -592,7 +576,7 @@ static int frame(WireObject *self, struct direction *d, uint8_t type, uint8_t fl
 		}
 		return 0;
 	case RST_STREAM:
-		return emit(self, Py_BuildValue("(iI)", EV_RST, sid)) ? -1 : 0;
+		return emit(self, EV_RST, sid, flags, 0, 0, NULL) ? -1 : 0;
 	case SETTINGS:
 		if (flags & F_ACK)
 			return 0;
@@ -610,7 +594,7 @@ static int frame(WireObject *self, struct direction *d, uint8_t type, uint8_t fl
 		if (len >= 4) {
 			uint32_t last = ((uint32_t)p[0] << 24 | p[1] << 16 | p[2] << 8 | p[3]) &
 					0x7fffffffu;
-			return emit(self, Py_BuildValue("(iI)", EV_GOAWAY, last)) ? -1 : 0;
+			return emit(self, EV_GOAWAY, sid, flags, last, 0, NULL) ? -1 : 0;
 		}
 		return 0;
 	default:
@@ -681,8 +665,29 @@ static int frames(WireObject *self, struct direction *d)
 	return 0;
 }
 
-static int feed(WireObject *self, int from_client, const uint8_t *data, size_t n,
-		uint64_t uncaptured)
+static int feed_dir(WireObject *self, int from_client, const uint8_t *data, size_t n,
+		    uint64_t uncaptured);
+
+int wire_feed(WireObject *self, int from_client, const uint8_t *data, size_t n,
+	      uint64_t uncaptured)
+{
+	self->from_client = from_client;
+	int r = feed_dir(self, from_client, data, n, uncaptured);
+	if (r > 0) { /* the direction's state is void: the caller starts the connection over */
+		struct direction *d = from_client ? &self->client : &self->server;
+		d->buf.len = 0;
+		d->in_block = 0;
+	}
+	return r;
+}
+
+const char *wire_reason(int r)
+{
+	return r > 0 && r < (int)(sizeof(REASONS) / sizeof(REASONS[0])) ? REASONS[r] : "error";
+}
+
+static int feed_dir(WireObject *self, int from_client, const uint8_t *data, size_t n,
+		    uint64_t uncaptured)
 {
 	struct direction *d = from_client ? &self->client : &self->server;
 	if (!self->seen_start && !d->buf.len && n >= PREFACE_LEN && !memcmp(data, PREFACE,
@@ -692,7 +697,7 @@ static int feed(WireObject *self, int from_client, const uint8_t *data, size_t n
 			return R_ROLE_SWAPPED;
 		self->seen_start = 1;
 		self->client.table.synced = self->server.table.synced = 1;
-		if (emit(self, Py_BuildValue("(i)", EV_PREFACE)))
+		if (emit(self, EV_PREFACE, 0, 0, 0, 0, NULL))
 			return -1;
 		data += PREFACE_LEN;
 		n -= PREFACE_LEN;
@@ -727,25 +732,21 @@ static PyObject *Wire_feed(WireObject *self, PyObject *args)
 	unsigned long long uncaptured = 0;
 	if (!PyArg_ParseTuple(args, "py*|K", &from_client, &view, &uncaptured))
 		return NULL;
-	self->events = PyList_New(0);
-	if (!self->events) {
+	PyObject *events = PyList_New(0);
+	if (!events) {
 		PyBuffer_Release(&view);
 		return NULL;
 	}
-	int r = feed(self, from_client, view.buf, (size_t)view.len, uncaptured);
+	self->sink = sink_list;
+	self->sink_ctx = events;
+	int r = wire_feed(self, from_client, view.buf, (size_t)view.len, uncaptured);
 	PyBuffer_Release(&view);
-	PyObject *events = self->events;
-	self->events = NULL;
+	self->sink_ctx = NULL;
 	if (r < 0) {
 		Py_DECREF(events);
 		if (!PyErr_Occurred())
 			PyErr_NoMemory();
 		return NULL;
-	}
-	if (r > 0) { /* the direction's state is void: the caller starts the connection over */
-		struct direction *d = from_client ? &self->client : &self->server;
-		d->buf.len = 0;
-		d->in_block = 0;
 	}
 	return Py_BuildValue("(Nz)", events, r ? REASONS[r] : NULL);
 }
@@ -777,7 +778,7 @@ static PyGetSetDef Wire_getset[] = {
 	{NULL},
 };
 
-static PyTypeObject WireType = {
+PyTypeObject WireType = {
 	PyVarObject_HEAD_INIT(NULL, 0).tp_name = "podscope._fast.H2Wire",
 	.tp_basicsize = sizeof(WireObject),
 	.tp_flags = Py_TPFLAGS_DEFAULT,

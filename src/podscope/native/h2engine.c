@@ -1,0 +1,670 @@
+/* HTTP/2 requests at full speed: the stream events of HTTP/2 connections (struct
+ * http_stream_event, bpf/http.h) go from a ring buffer batch to H2Wire and to the requests'
+ * bookkeeping here, with no Python per event or per request. Finished requests are aggregated
+ * per (connection identity, method, path, status, gRPC status, reset, outcome): Python folds
+ * those few cells into its series once a second (collectors/http.py), applying routes,
+ * budgets and labels as it does for every other request.
+ *
+ * The engine takes only the common case: a connection whose client preface it saw. Everything
+ * else stays with Python's path, which it hands over whole: a connection seen mid-way, one
+ * whose events were lost, one a Go program names with hints (uprobes), one whose bytes were
+ * malformed. The hand-over gives Python the connection's H2Wire (its HPACK state) and its open
+ * streams, so nothing is decoded twice or lost. Bounded: connections (MAX_CONNS, the least
+ * recently used evicted and counted), streams per connection (MAX_STREAMS), aggregate cells
+ * per second (MAX_CELLS, beyond which each request is its own cell). */
+#include <linux/types.h>
+
+#include "h2.h"
+#include "http.h"
+
+#include <string.h>
+
+#define MAX_CONNS 20000
+#define MAX_STREAMS 4096
+#define MAX_CELLS 16384
+#define SLOTS 40 /* collectors/base.py HIST_SLOTS_DEFAULT */
+
+/* The cell of one aggregate, as bytes (collectors/http.py reads it with struct). */
+struct cell {
+	uint64_t count, sum_ns, req_bytes, resp_bytes, fb_count, fb_sum_ns;
+	uint64_t slots[SLOTS], fb_slots[SLOTS];
+};
+
+struct req {
+	uint32_t sid;
+	PyObject *method, *path, *authority, *content_type, *grpc_message; /* str or NULL */
+	long long status, grpc_status;
+	uint64_t req_bytes, resp_bytes, start, end, first_byte;
+	uint8_t reset, req_done, resp_done, outcome; /* outcome: 0 full, 1 partial, 2 none */
+};
+
+struct engine;
+
+struct conn {
+	struct engine *engine;
+	uint64_t conn_id, last_ts, ts; /* ts: of the event being fed */
+	uint8_t role;
+	unsigned long decoded;
+	PyObject *ident;   /* (cgroup_id, netns, role, tls, family, peer_addr, peer_port) */
+	WireObject *wire;
+	struct req *streams; /* open streams, unordered */
+	uint32_t count, cap;
+	int error; /* a reason from the bookkeeping (too_many_streams) */
+};
+
+typedef struct engine {
+	PyObject_HEAD PyObject *conns; /* conn_id -> capsule(struct conn) */
+	PyObject *python;	       /* the collector's own streamed connections (a dict) */
+	PyObject *adopt;	       /* adopt(event, wire or None, decoded, streams) */
+	PyObject *cells;	       /* key -> bytearray(struct cell) */
+	PyObject *overflow;	       /* [(key, bytes(struct cell))] past MAX_CELLS */
+	PyObject *errors;	       /* reason -> count */
+	unsigned long long events, requests;
+} EngineObject;
+
+static const char CAPSULE[] = "podscope.h2conn";
+static const char *const OUTCOME[] = {"full", "partial", "none"};
+static PyObject *outcome_str[3]; /* the same three, as interned str (h2engine_init) */
+
+/* --- streams ------------------------------------------------------------------------------- */
+
+static void req_clear(struct req *r)
+{
+	Py_CLEAR(r->method);
+	Py_CLEAR(r->path);
+	Py_CLEAR(r->authority);
+	Py_CLEAR(r->content_type);
+	Py_CLEAR(r->grpc_message);
+}
+
+static struct req *stream_get(struct conn *c, uint32_t sid)
+{
+	for (uint32_t i = 0; i < c->count; i++)
+		if (c->streams[i].sid == sid)
+			return &c->streams[i];
+	return NULL;
+}
+
+static struct req *stream_new(struct conn *c, uint32_t sid, uint64_t ts, int outcome)
+{
+	if (c->count >= MAX_STREAMS)
+		return NULL;
+	if (c->count == c->cap) {
+		uint32_t cap = c->cap ? c->cap * 2 : 16;
+		struct req *s = realloc(c->streams, cap * sizeof(*s));
+		if (!s)
+			return NULL;
+		c->streams = s;
+		c->cap = cap;
+	}
+	struct req *r = &c->streams[c->count++];
+	memset(r, 0, sizeof(*r));
+	r->sid = sid;
+	r->status = 0;
+	r->grpc_status = -1;
+	r->start = ts;
+	r->outcome = (uint8_t)outcome;
+	return r;
+}
+
+/* Removes r (its references move to *out when out is given, else are dropped). */
+static void stream_remove(struct conn *c, struct req *r, struct req *out)
+{
+	if (out)
+		*out = *r;
+	else
+		req_clear(r);
+	*r = c->streams[--c->count];
+}
+
+static void conn_free(struct conn *c)
+{
+	for (uint32_t i = 0; i < c->count; i++)
+		req_clear(&c->streams[i]);
+	free(c->streams);
+	Py_XDECREF(c->ident);
+	Py_XDECREF(c->wire);
+	free(c);
+}
+
+static void capsule_free(PyObject *cap)
+{
+	struct conn *c = PyCapsule_GetPointer(cap, CAPSULE);
+	if (c)
+		conn_free(c);
+}
+
+/* --- finished requests: aggregated ---------------------------------------------------------- */
+
+static int slot_of(uint64_t ns)
+{
+	if (!ns)
+		return 0;
+	int bits = 64 - __builtin_clzll(ns);
+	return bits < SLOTS - 1 ? bits : SLOTS - 1;
+}
+
+static int content_is_grpc(PyObject *ct)
+{
+	if (!ct)
+		return 0;
+	Py_ssize_t n;
+	const char *s = PyUnicode_AsUTF8AndSize(ct, &n);
+	return s && n >= 16 && !memcmp(s, "application/grpc", 16);
+}
+
+static int bump(EngineObject *e, const char *reason)
+{
+	PyObject *k = PyUnicode_FromString(reason);
+	if (!k)
+		return -1;
+	PyObject *v = PyDict_GetItemWithError(e->errors, k);
+	long n = v ? PyLong_AsLong(v) : 0;
+	PyObject *nv = PyErr_Occurred() ? NULL : PyLong_FromLong(n + 1);
+	int r = nv ? PyDict_SetItem(e->errors, k, nv) : -1;
+	Py_XDECREF(nv);
+	Py_DECREF(k);
+	return r;
+}
+
+static PyObject *or_none(PyObject *o)
+{
+	return o ? o : Py_None;
+}
+
+/* A finished request (its references are dropped here). */
+static int finish(struct conn *c, struct req *r)
+{
+	EngineObject *e = (EngineObject *)c->engine;
+	int rc = -1;
+	e->requests++;
+	c->decoded++;
+	PyObject *status = PyLong_FromLongLong(r->status);
+	PyObject *grpc = PyLong_FromLongLong(r->grpc_status);
+	PyObject *key = (status && grpc) ? PyTuple_Pack(8, c->ident, or_none(r->method),
+							   or_none(r->path), status, grpc,
+							   content_is_grpc(r->content_type) ? Py_True : Py_False,
+							   r->reset ? Py_True : Py_False,
+							   outcome_str[r->outcome])
+					 : NULL;
+	Py_XDECREF(status);
+	Py_XDECREF(grpc);
+	if (!key)
+		goto out;
+	struct cell *cl, one;
+	PyObject *v = PyDict_GetItemWithError(e->cells, key);
+	if (!v && PyErr_Occurred())
+		goto out_key;
+	if (v) {
+		cl = (struct cell *)PyByteArray_AS_STRING(v);
+	} else if (PyDict_GET_SIZE(e->cells) < MAX_CELLS) {
+		v = PyByteArray_FromStringAndSize(NULL, sizeof(struct cell));
+		if (!v)
+			goto out_key;
+		memset(PyByteArray_AS_STRING(v), 0, sizeof(struct cell));
+		int err = PyDict_SetItem(e->cells, key, v);
+		Py_DECREF(v);
+		if (err)
+			goto out_key;
+		cl = (struct cell *)PyByteArray_AS_STRING(v);
+	} else {
+		memset(&one, 0, sizeof(one));
+		cl = &one;
+	}
+	uint64_t dur = r->end > r->start ? r->end - r->start : 0;
+	cl->count++;
+	cl->sum_ns += dur;
+	cl->slots[slot_of(dur)]++;
+	cl->req_bytes += r->req_bytes;
+	cl->resp_bytes += r->resp_bytes;
+	if (r->first_byte) {
+		uint64_t fb = r->first_byte > r->start ? r->first_byte - r->start : 0;
+		cl->fb_count++;
+		cl->fb_sum_ns += fb;
+		cl->fb_slots[slot_of(fb)]++;
+	}
+	if (cl == &one) {
+		PyObject *item = Py_BuildValue("(Oy#)", key, (const char *)&one,
+					       (Py_ssize_t)sizeof(one));
+		if (!item || PyList_Append(e->overflow, item)) {
+			Py_XDECREF(item);
+			goto out_key;
+		}
+		Py_DECREF(item);
+	}
+	rc = 0;
+out_key:
+	Py_DECREF(key);
+out:
+	req_clear(r);
+	return rc;
+}
+
+/* --- the wire's events ----------------------------------------------------------------------- */
+
+static PyObject *latin1(const char *p, uint32_t n)
+{
+	return PyUnicode_DecodeLatin1(p, (Py_ssize_t)n, NULL);
+}
+
+static int set_str(PyObject **slot, const char *p, uint32_t n)
+{
+	PyObject *s = latin1(p, n);
+	if (!s)
+		return -1;
+	Py_XSETREF(*slot, s);
+	return 0;
+}
+
+static int end_stream(struct conn *c, int is_client, struct req *r)
+{
+	if (is_client) {
+		r->req_done = 1;
+	} else {
+		r->resp_done = 1;
+		r->end = c->ts;
+	}
+	if (!r->resp_done)
+		return 0;
+	/* a response that ends first ends the exchange (the server is done) */
+	struct req done;
+	stream_remove(c, r, &done);
+	return finish(c, &done);
+}
+
+static int on_headers(struct conn *c, int is_client, const struct wire_event *ev)
+{
+	struct req *r = stream_get(c, ev->sid);
+	if (is_client && !r) {
+		r = stream_new(c, ev->sid, c->ts, ev->outcome);
+		if (!r) {
+			c->error = 1; /* too_many_streams (or memory) */
+			return 0;
+		}
+	}
+	if (!r)
+		return 0; /* the server speaks on a stream whose request was never seen */
+	if (!is_client && !r->first_byte)
+		r->first_byte = c->ts;
+	if (ev->outcome && r->outcome != 2)
+		r->outcome = (uint8_t)ev->outcome;
+	const struct summary *s = ev->s;
+	if ((s->method && set_str(&r->method, s->method, s->method_len)) ||
+	    (s->path && set_str(&r->path, s->path, s->path_len)) ||
+	    (s->authority && set_str(&r->authority, s->authority, s->authority_len)) ||
+	    (s->grpc_message && set_str(&r->grpc_message, s->grpc_message, s->grpc_message_len)))
+		return -1;
+	if (s->status >= 0)
+		r->status = s->status;
+	if (s->grpc_status >= 0)
+		r->grpc_status = s->grpc_status;
+	if (s->content_type && s->content_type_len &&
+	    (!r->content_type || !PyUnicode_GET_LENGTH(r->content_type)) &&
+	    set_str(&r->content_type, s->content_type, s->content_type_len))
+		return -1;
+	if (ev->flags & 0x1)
+		return end_stream(c, is_client, r);
+	return 0;
+}
+
+static int sink_engine(void *ctx, int from_client, const struct wire_event *ev)
+{
+	struct conn *c = ctx;
+	struct req *r, done;
+	switch (ev->kind) {
+	case EV_HEADERS:
+		return on_headers(c, from_client, ev);
+	case EV_DATA:
+		r = stream_get(c, ev->sid);
+		if (!r)
+			return 0;
+		if (from_client)
+			r->req_bytes += ev->n;
+		else
+			r->resp_bytes += ev->n;
+		return (ev->flags & 0x1) ? end_stream(c, from_client, r) : 0;
+	case EV_RST:
+		r = stream_get(c, ev->sid);
+		if (!r)
+			return 0;
+		stream_remove(c, r, &done);
+		done.reset = 1;
+		done.end = c->ts;
+		return finish(c, &done);
+	case EV_GOAWAY:
+		for (uint32_t i = 0; i < c->count;) {
+			if (c->streams[i].sid > ev->n) {
+				stream_remove(c, &c->streams[i], &done);
+				done.reset = 1;
+				done.end = c->ts;
+				if (finish(c, &done))
+					return -1;
+			} else {
+				i++;
+			}
+		}
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+/* --- connections ------------------------------------------------------------------------------ */
+
+static int drop(EngineObject *e, PyObject *key)
+{
+	return PyDict_DelItem(e->conns, key);
+}
+
+/* Hands c over to Python: adopt(event, wire or None, decoded, open streams). */
+static int hand_over(EngineObject *e, PyObject *key, struct conn *c, const char *rec, size_t size,
+		     int with_state)
+{
+	PyObject *streams = PyList_New(0);
+	if (!streams)
+		return -1;
+	for (uint32_t i = 0; with_state && i < c->count; i++) {
+		struct req *r = &c->streams[i];
+		PyObject *t = Py_BuildValue(
+			"(IOOOOLLOKKKKKiiis)", r->sid, or_none(r->method), or_none(r->path),
+			or_none(r->authority), or_none(r->content_type), r->status, r->grpc_status,
+			or_none(r->grpc_message), (unsigned long long)r->req_bytes,
+			(unsigned long long)r->resp_bytes, (unsigned long long)r->start,
+			(unsigned long long)r->end, (unsigned long long)r->first_byte, r->reset,
+			r->req_done, r->resp_done, OUTCOME[r->outcome]);
+		if (!t || PyList_Append(streams, t)) {
+			Py_XDECREF(t);
+			Py_DECREF(streams);
+			return -1;
+		}
+		Py_DECREF(t);
+	}
+	PyObject *res = PyObject_CallFunction(e->adopt, "y#OkN", rec, (Py_ssize_t)size,
+					      with_state ? (PyObject *)c->wire : Py_None,
+					      c->decoded, streams);
+	if (!res)
+		return -1;
+	Py_DECREF(res);
+	return drop(e, key);
+}
+
+static int evict_one(EngineObject *e)
+{
+	PyObject *k, *v, *oldest = NULL;
+	Py_ssize_t pos = 0;
+	uint64_t ts = UINT64_MAX;
+	while (PyDict_Next(e->conns, &pos, &k, &v)) {
+		struct conn *c = PyCapsule_GetPointer(v, CAPSULE);
+		if (c && c->last_ts < ts) {
+			ts = c->last_ts;
+			oldest = k;
+		}
+	}
+	if (!oldest)
+		return 0;
+	Py_INCREF(oldest);
+	int r = drop(e, oldest);
+	Py_DECREF(oldest);
+	return r ? r : bump(e, "streamed_connections_evicted");
+}
+
+static struct conn *conn_new(EngineObject *e, PyObject *key, const struct http_stream_event *ev)
+{
+	if (PyDict_GET_SIZE(e->conns) >= MAX_CONNS && evict_one(e))
+		return NULL;
+	struct conn *c = calloc(1, sizeof(*c));
+	if (!c)
+		return (struct conn *)PyErr_NoMemory();
+	c->engine = e;
+	c->conn_id = ev->conn_id;
+	c->role = ev->role;
+	c->ident = Py_BuildValue("(KIiiiy#i)", (unsigned long long)ev->cgroup_id,
+				 (unsigned)ev->netns, ev->role, ev->tls ? 1 : 0, ev->family,
+				 (const char *)ev->peer_addr, (Py_ssize_t)sizeof(ev->peer_addr),
+				 ev->peer_port);
+	c->wire = (WireObject *)PyObject_CallFunction((PyObject *)&WireType, "(i)", 1);
+	PyObject *cap = (c->ident && c->wire) ? PyCapsule_New(c, CAPSULE, capsule_free) : NULL;
+	if (!cap) {
+		conn_free(c);
+		return NULL;
+	}
+	int err = PyDict_SetItem(e->conns, key, cap);
+	Py_DECREF(cap); /* the dict owns it, and c with it */
+	return err ? NULL : c;
+}
+
+static int feed_conn(EngineObject *e, PyObject *key, struct conn *c,
+		     const struct http_stream_event *ev, const char *rec, size_t size)
+{
+	const char *payload = rec + sizeof(*ev);
+	size_t cap = size - sizeof(*ev);
+	if (ev->captured < cap)
+		cap = ev->captured;
+	size_t skip = ev->skip < cap ? ev->skip : cap;
+	uint64_t uncaptured = ev->len > cap ? ev->len - cap : 0;
+	int from_client = (c->role == HTTP_ROLE_SERVER) == (ev->inbound != 0);
+	c->ts = c->last_ts = ev->ts_ns;
+	c->wire->sink = sink_engine;
+	c->wire->sink_ctx = c;
+	int r = wire_feed(c->wire, from_client, (const uint8_t *)payload + skip, cap - skip,
+			  uncaptured);
+	c->wire->sink_ctx = NULL;
+	if (r < 0)
+		return -1;
+	if (r > 0 || c->error) {
+		/* as Python's path: counted, and the connection starts over mid-way (in Python) */
+		char reason[64];
+		snprintf(reason, sizeof(reason), "http2_%s",
+			 r > 0 ? wire_reason(r) : "too_many_streams");
+		if (bump(e, reason))
+			return -1;
+		return hand_over(e, key, c, rec, size, 0);
+	}
+	return 0;
+}
+
+static int close_conn(EngineObject *e, PyObject *key, struct conn *c, uint64_t ts)
+{
+	struct req done;
+	while (c->count) {
+		stream_remove(c, &c->streams[0], &done);
+		done.reset = 1;
+		done.end = ts;
+		if (finish(c, &done))
+			return -1;
+	}
+	return drop(e, key);
+}
+
+/* One stream event: 1 when it is Python's to handle, 0 when done here, -1 on error. */
+static int one(EngineObject *e, const char *rec, size_t size)
+{
+	struct http_stream_event ev;
+	if (size < sizeof(ev))
+		return 1; /* Python counts it (short_event) */
+	memcpy(&ev, rec, sizeof(ev));
+	PyObject *key = PyLong_FromUnsignedLongLong(ev.conn_id);
+	if (!key)
+		return -1;
+	int rc = 1;
+	PyObject *cap = PyDict_GetItemWithError(e->conns, key);
+	if (cap) {
+		struct conn *c = PyCapsule_GetPointer(cap, CAPSULE);
+		if (!c)
+			rc = -1;
+		else if (ev.kind == HTTP_S_HINT || ev.gap)
+			rc = hand_over(e, key, c, rec, size, 1) ? -1 : 1; /* then Python's */
+		else if (ev.kind == HTTP_S_CLOSE)
+			rc = close_conn(e, key, c, ev.ts_ns) ? -1 : 0;
+		else if (ev.kind == HTTP_S_DATA)
+			rc = feed_conn(e, key, c, &ev, rec, size) ? -1 : 0;
+		else
+			rc = 0;
+	} else if (PyErr_Occurred()) {
+		rc = -1;
+	} else if (ev.kind == HTTP_S_DATA && ev.proto == HTTP_PROTO_2 && !ev.gap) {
+		int mine = PyDict_Contains(e->python, key);
+		if (mine < 0) {
+			rc = -1;
+		} else if (!mine) {
+			struct conn *c = conn_new(e, key, &ev);
+			rc = !c ? -1 : feed_conn(e, key, c, &ev, rec, size) ? -1 : 0;
+		}
+	}
+	Py_DECREF(key);
+	return rc;
+}
+
+/* process(batch) -> the events that are Python's (bytes each) */
+static PyObject *Engine_process(EngineObject *e, PyObject *arg)
+{
+	Py_buffer view;
+	if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
+		return NULL;
+	PyObject *left = PyList_New(0);
+	size_t pos = 0, size;
+	const char *data;
+	int r;
+	while (left && (r = batch_next(view.buf, (size_t)view.len, &pos, &data, &size)) != 0) {
+		if (r < 0) {
+			PyErr_SetString(PyExc_ValueError, "malformed batch");
+			Py_CLEAR(left);
+			break;
+		}
+		e->events++;
+		int rc = one(e, data, size);
+		if (rc < 0) {
+			Py_CLEAR(left);
+			break;
+		}
+		if (rc == 1) {
+			PyObject *b = PyBytes_FromStringAndSize(data, (Py_ssize_t)size);
+			if (!b || PyList_Append(left, b))
+				Py_CLEAR(left);
+			Py_XDECREF(b);
+		}
+	}
+	PyBuffer_Release(&view);
+	return left;
+}
+
+/* take() -> ([(key, cell bytes)], {reason: count}): what finished since the last take */
+static PyObject *Engine_take(EngineObject *e, PyObject *unused)
+{
+	PyObject *items = e->overflow, *errors = e->errors;
+	PyObject *k, *v;
+	Py_ssize_t pos = 0;
+	while (PyDict_Next(e->cells, &pos, &k, &v)) {
+		PyObject *t = Py_BuildValue("(Oy#)", k, PyByteArray_AS_STRING(v),
+					    PyByteArray_GET_SIZE(v));
+		if (!t || PyList_Append(items, t)) {
+			Py_XDECREF(t);
+			return NULL;
+		}
+		Py_DECREF(t);
+	}
+	PyObject *cells = PyDict_New(), *overflow = PyList_New(0), *errs = PyDict_New();
+	if (!cells || !overflow || !errs) {
+		Py_XDECREF(cells);
+		Py_XDECREF(overflow);
+		Py_XDECREF(errs);
+		return NULL;
+	}
+	Py_SETREF(e->cells, cells);
+	e->overflow = overflow;
+	e->errors = errs;
+	return Py_BuildValue("(NN)", items, errors);
+}
+
+static PyObject *Engine_forget(EngineObject *e, PyObject *key)
+{
+	if (PyDict_DelItem(e->conns, key) && PyErr_ExceptionMatches(PyExc_KeyError))
+		PyErr_Clear();
+	if (PyErr_Occurred())
+		return NULL;
+	Py_RETURN_NONE;
+}
+
+static int Engine_init(EngineObject *e, PyObject *args, PyObject *kw)
+{
+	static char *names[] = {"python", "adopt", NULL};
+	PyObject *python, *adopt;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O", names, &PyDict_Type, &python, &adopt))
+		return -1;
+	Py_INCREF(python);
+	Py_INCREF(adopt);
+	e->python = python;
+	e->adopt = adopt;
+	e->conns = PyDict_New();
+	e->cells = PyDict_New();
+	e->overflow = PyList_New(0);
+	e->errors = PyDict_New();
+	return (e->conns && e->cells && e->overflow && e->errors) ? 0 : -1;
+}
+
+static void Engine_dealloc(EngineObject *e)
+{
+	Py_XDECREF(e->python);
+	Py_XDECREF(e->adopt);
+	Py_XDECREF(e->conns);
+	Py_XDECREF(e->cells);
+	Py_XDECREF(e->overflow);
+	Py_XDECREF(e->errors);
+	Py_TYPE(e)->tp_free((PyObject *)e);
+}
+
+static PyObject *Engine_get_connections(EngineObject *e, void *closure)
+{
+	return PyLong_FromSsize_t(PyDict_GET_SIZE(e->conns));
+}
+
+static PyObject *Engine_get_events(EngineObject *e, void *closure)
+{
+	return PyLong_FromUnsignedLongLong(e->events);
+}
+
+static PyObject *Engine_get_requests(EngineObject *e, void *closure)
+{
+	return PyLong_FromUnsignedLongLong(e->requests);
+}
+
+static PyMethodDef Engine_methods[] = {
+	{"process", (PyCFunction)Engine_process, METH_O,
+	 "process(batch of stream events) -> the events that are Python's, as bytes each"},
+	{"take", (PyCFunction)Engine_take, METH_NOARGS,
+	 "take() -> ([(key, cell)], {error reason: count}) since the last take"},
+	{"forget", (PyCFunction)Engine_forget, METH_O, "forget(conn_id): drop a connection"},
+	{NULL},
+};
+
+static PyGetSetDef Engine_getset[] = {
+	{"connections", (getter)Engine_get_connections, NULL, "connections held", NULL},
+	{"events", (getter)Engine_get_events, NULL, "stream events seen", NULL},
+	{"requests", (getter)Engine_get_requests, NULL, "requests finished here", NULL},
+	{NULL},
+};
+
+static PyTypeObject EngineType = {
+	PyVarObject_HEAD_INIT(NULL, 0).tp_name = "podscope._fast.H2Engine",
+	.tp_basicsize = sizeof(EngineObject),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_doc = "HTTP/2 connections' stream events to aggregated requests (native/h2engine.c).",
+	.tp_new = PyType_GenericNew,
+	.tp_init = (initproc)Engine_init,
+	.tp_dealloc = (destructor)Engine_dealloc,
+	.tp_methods = Engine_methods,
+	.tp_getset = Engine_getset,
+};
+
+int h2engine_init(PyObject *m)
+{
+	for (int i = 0; i < 3; i++)
+		if (!(outcome_str[i] = PyUnicode_InternFromString(OUTCOME[i])))
+			return -1;
+	if (PyType_Ready(&EngineType) < 0)
+		return -1;
+	Py_INCREF(&EngineType);
+	if (PyModule_AddObject(m, "H2Engine", (PyObject *)&EngineType) < 0)
+		return -1;
+	return PyModule_AddIntConstant(m, "H2_CELL_SIZE", sizeof(struct cell));
+}

@@ -1,0 +1,204 @@
+"""The compiled HTTP/2 engine (podscope._fast.H2Engine) against the Python path it stands in for:
+the same stream events, cut anywhere, give the same series — per route, per gRPC method, resets,
+unanswered, decode outcomes, errors — also when a connection is handed over to Python midway
+(a hint from a probed Go program, lost events, malformed bytes)."""
+
+from __future__ import annotations
+
+import ctypes as ct
+from typing import Any
+
+from hpack import Encoder
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from podscope import _fast, libbpf
+from podscope.collectors.http import HttpCollector
+from podscope.metadata.store import MetadataStore
+from podscope.protocols.http2 import (
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADERS,
+    PREFACE,
+    RST_STREAM,
+    SETTINGS,
+)
+
+SAMPLE = libbpf.SAMPLE_FN(_fast.SAMPLE_CALLBACK)
+
+
+def frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + sid.to_bytes(4, "big") + payload
+
+
+def collector(engine: bool) -> HttpCollector:
+    c = HttpCollector(MetadataStore(None, proc="/nonexistent"))
+    if engine:
+        c._h2 = _fast.H2Engine(c._streams, c._adopt)
+    return c
+
+
+def event(c: HttpCollector, kind: str, inbound: bool, data: bytes, ts: int, conn: int = 7,
+          role: int = 1, gap: int = 0, length: int | None = None) -> bytes:
+    ev = c.StreamEv()
+    ev.conn_id, ev.ts_ns, ev.cgroup_id = conn, ts, 0
+    ev.len = len(data) if length is None else length
+    ev.captured = len(data)
+    ev.kind = c.stream_kinds[kind]
+    ev.inbound = int(inbound)
+    ev.role, ev.family, ev.proto, ev.gap = role, 2, 2, gap
+    ev.local_port, ev.peer_port = 8080, 40000
+    ev.peer_addr[:4] = [10, 0, 0, 9]
+    return bytes(ev) + data
+
+
+def hint(c: HttpCollector, sid: int, sent: bool, ts: int, conn: int = 7, **fields: Any) -> bytes:
+    h = c.Hint()
+    h.stream_id, h.sent, h.grpc_status = sid, int(sent), fields.get("grpc_status", -1)
+    h.status = fields.get("status", 0)
+    for name in ("method", "path"):
+        v = fields.get(name, "").encode()
+        setattr(h, f"{name}_len", len(v))
+        ct.memmove(ct.addressof(h) + getattr(c.Hint, name).offset, v, len(v))
+    return event(c, "HTTP_S_HINT", False, bytes(h), ts, conn=conn)
+
+
+def batch(records: list[bytes]) -> bytes:
+    b = _fast.Batch()
+    for r in records:
+        buf = ct.create_string_buffer(r, len(r))
+        SAMPLE(b.ctx, ct.addressof(buf), len(r))
+    return b.take()
+
+
+def run(c: HttpCollector, records: list[bytes], per_batch: int) -> dict[str, Any]:
+    if c._h2 is not None:
+        for i in range(0, len(records), per_batch):
+            c._on_streams(memoryview(batch(records[i:i + per_batch])))
+        with c._lock:
+            c._fold_h2()
+    else:
+        for r in records:
+            c._on_stream(r)
+    return {"aggs": c._aggs, "rpcs": c._rpcs, "unanswered": c.unanswered,
+            "outcomes": c.h2_outcomes, "errors": c.parse_errors}
+
+
+def workload(cuts: list[int], requests: int) -> list[tuple[bool, bytes]]:
+    """A server's view of one connection: the client's bytes (inbound) and its own. HTTP GETs,
+    gRPC calls with statuses, a reset stream, pieces cut at `cuts`."""
+    ce, se = Encoder(), Encoder()
+    cli = bytearray(PREFACE + frame(SETTINGS, 0, 0, b""))
+    srv = bytearray(frame(SETTINGS, 0, 0, b""))
+    out: list[tuple[bool, bytes]] = []
+    for n in range(requests):
+        sid = 2 * n + 1
+        if n % 3 == 2:  # gRPC
+            cli += frame(HEADERS, END_HEADERS, sid, ce.encode([
+                (":method", "POST"), (":scheme", "http"), (":path", f"/pkg.S/M{n % 2}"),
+                (":authority", "s"), ("content-type", "application/grpc")]))
+            cli += frame(DATA, END_STREAM, sid, b"\0\0\0\0\1x")
+            out += [(True, bytes(cli))]
+            cli.clear()
+            srv += frame(HEADERS, END_HEADERS, sid, se.encode([
+                (":status", "200"), ("content-type", "application/grpc")]))
+            srv += frame(DATA, 0, sid, b"\0\0\0\0\1y")
+            srv += frame(HEADERS, END_HEADERS | END_STREAM, sid,
+                         se.encode([("grpc-status", str(n % 4))]))
+        else:
+            cli += frame(HEADERS, END_HEADERS | END_STREAM, sid, ce.encode([
+                (":method", "GET"), (":scheme", "http"), (":path", f"/u/{n}"), (":authority", "s")]))
+            out += [(True, bytes(cli))]
+            cli.clear()
+            if n % 7 == 5:
+                srv += frame(RST_STREAM, 0, sid, b"\0\0\0\x08")
+            else:
+                srv += frame(HEADERS, END_HEADERS, sid, se.encode([
+                    (":status", "404" if n % 5 == 0 else "200"), ("server", "nginx")]))
+                srv += frame(DATA, END_STREAM, sid, b"hello")
+        data = bytes(srv)
+        srv.clear()
+        pos = 0
+        for cut in sorted({c % (len(data) + 1) for c in cuts} | {len(data)}):
+            if cut > pos:
+                out.append((False, data[pos:cut]))
+                pos = cut
+    return out
+
+
+def as_events(c: HttpCollector, pieces: list[tuple[bool, bytes]], close: bool = True) -> list[bytes]:
+    recs = [event(c, "HTTP_S_DATA", inbound, data, ts=1000 * (i + 1))
+            for i, (inbound, data) in enumerate(pieces)]
+    if close:
+        recs.append(event(c, "HTTP_S_CLOSE", False, b"", ts=1000 * (len(pieces) + 1)))
+    return recs
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 400), max_size=6), st.integers(1, 30), st.integers(1, 9))
+def test_the_engine_makes_the_series_the_python_path_makes(cuts: list[int], n: int,
+                                                           per_batch: int) -> None:
+    py, fast = collector(False), collector(True)
+    pieces = workload(cuts, n)
+    want = run(py, as_events(py, pieces), 1)
+    got = run(fast, as_events(fast, pieces), per_batch)
+    assert got == want
+    assert fast._h2 is not None and fast._h2.requests == n and fast._h2.connections == 0
+
+
+def test_open_streams_at_close_are_unanswered_in_both() -> None:
+    py, fast = collector(False), collector(True)
+    pieces = workload([], 4)
+    pieces = pieces[:-1]  # the last response never came
+    assert run(fast, as_events(fast, pieces), 3) == run(py, as_events(py, pieces), 1)
+    assert any(k[2] == "no_response" for k in fast.unanswered)
+
+
+def test_a_hint_hands_the_connection_over_with_its_state() -> None:
+    """A Go program's hint: from then on Python has the connection — its HPACK tables and the
+    stream in flight — and every request is still counted once."""
+    py, fast = collector(False), collector(True)
+    pieces = workload([], 6)
+    for c in (py, fast):
+        recs = as_events(c, pieces[:5], close=False)  # request 3's response still to come
+        recs.append(hint(c, 7, True, 5500, method="GET", path="/u/3"))
+        recs += [event(c, "HTTP_S_DATA", inbound, data, ts=6000 + i)
+                 for i, (inbound, data) in enumerate(pieces[5:])]
+        recs.append(event(c, "HTTP_S_CLOSE", False, b"", ts=9000))
+        run(c, recs, 4)
+    assert fast._h2 is not None and fast._h2.connections == 0 and 0 < fast._h2.requests < 6
+    assert run(fast, [], 1) == run(py, [], 1)
+    assert not fast._streams  # closed in Python
+
+
+def test_malformed_bytes_are_counted_and_the_connection_goes_on_mid_way() -> None:
+    py, fast = collector(False), collector(True)
+    pieces = workload([], 3)
+    bad = pieces[:2] + [(True, frame(9, END_HEADERS, 99, b"x"))] + pieces[2:]  # CONTINUATION
+    assert run(fast, as_events(fast, bad), 2) == run(py, as_events(py, bad), 1)
+    assert fast.parse_errors == {"http2_unexpected_continuation": 1}
+
+
+def test_lost_events_hand_the_connection_over() -> None:
+    py, fast = collector(False), collector(True)
+    pieces = workload([], 5)
+    for c in (py, fast):
+        recs = as_events(c, pieces[:4], close=False)
+        recs.append(event(c, "HTTP_S_DATA", True, pieces[4][1], ts=5000, gap=1))
+        recs += as_events(c, pieces[5:])
+        run(c, recs, 3)
+    assert run(fast, [], 1) == run(py, [], 1)
+    assert fast.parse_errors == {"stream_events_lost": 1}
+
+
+def test_goaway_ends_later_streams() -> None:
+    py, fast = collector(False), collector(True)
+    ce = Encoder()
+    reqs = b"".join(frame(HEADERS, END_HEADERS | END_STREAM, sid, ce.encode(
+        [(":method", "GET"), (":path", "/g"), (":scheme", "http"), (":authority", "a")]))
+        for sid in (1, 3, 5))
+    pieces = [(True, PREFACE + reqs), (False, frame(GOAWAY, 0, 0, b"\0\0\0\x01\0\0\0\0"))]
+    assert run(fast, as_events(fast, pieces), 2) == run(py, as_events(py, pieces), 1)
+    assert sum(fast.unanswered.values()) == 3  # 1 is open at close; 3 and 5 by the GOAWAY
