@@ -86,10 +86,9 @@ def main() -> int:
     StreamEv = http_obj.struct("http_stream_event")
     python_conns: dict[int, object] = {}
 
-    def adopt(record: bytes, wire: object, decoded: int, streams: list[tuple[object, ...]]
-              ) -> None:
+    def adopt(record: bytes) -> None:
         ev = StreamEv.from_buffer_copy(record[:_ct.sizeof(StreamEv)])
-        python_conns[ev.conn_id] = wire
+        python_conns[ev.conn_id] = None
         figures["engine_handovers"] += 1
         if len(python_conns) > 5:
             python_conns.clear()

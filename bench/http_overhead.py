@@ -11,6 +11,9 @@ Workloads, each in two test pods, alternating rounds with the agent off and on:
                 decoded in user space (frames, HPACK), so this is the agent's capacity
   nginx-h2-8k   the same at a fixed 8000 requests/s (h2load --rps 1000 per connection): agent
                 CPU per request when it keeps up
+  grpc-unary    grpc-go's health server (tests/fixtures/go/gogrpc.go, h2c) and its load mode: unary
+                calls from 16 goroutines on one connection, as fast as they go (the Go program is
+                probed by the default agent's uprobes too: gRPC header hints)
   nginx-tls     nginx over TLS (OpenSSL), wrk keep-alive over https (-t2 -c32): the plaintext
                 from uprobes on libssl (SSL_read/SSL_write entry and return) into the kernel path
   go-h2-tls     a Go net/http server over TLS with HTTP/2 (crypto/tls uprobes at the entry and
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -121,7 +125,18 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float,
     agent_args: list[str] = []
     tmp = tempfile.mkdtemp(prefix="podscope-bench-")
     server.cleanups.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
-    if name == "go-h2-tls":
+    if name == "grpc-unary":
+        binary = build_go(ROOT / "tests" / "fixtures" / "go" / "gogrpc.go", Path(tmp) / "gogrpc")
+        p = server.popen([str(binary), "server", "50051"], stdout=subprocess.PIPE, text=True)
+        assert p.stdout is not None and p.stdout.readline().strip() == "listening"
+
+        def load(secs: float) -> dict[str, float]:
+            out = json.loads(client.run([str(binary), "load", f"{server.ip}:50051", "h2c",
+                                         str(secs), "16"]).stdout)
+            # mean call time in the p99 column, as for h2load
+            return {"requests": out["requests"], "rps": out["requests"] / out["seconds"],
+                    "p99_s": out["mean_s"], "non2xx": 0}
+    elif name == "go-h2-tls":
         cert, key = make_certificate(Path(tmp))
         binary = build_go(ROOT / "tests" / "fixtures" / "go" / "gohttps.go", Path(tmp) / "gohttps")
         p = server.popen([str(binary), "server", "8443", str(cert), str(key)],
@@ -150,7 +165,7 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float,
         assert p.stdout is not None and p.stdout.readline().strip() == "listening"
         # one connection: a Python server's threads would queue on the GIL, not on the work
         url, conns, threads = f"http://{server.ip}:8080/work/1000", 1, 1
-    if not name.startswith("nginx-h2") and name != "go-h2-tls":
+    if not name.startswith("nginx-h2") and name not in ("go-h2-tls", "grpc-unary"):
         def load(secs: float) -> dict[str, float]:
             return wrk(client, url, secs, conns, threads)
     if name.endswith("records"):
@@ -236,7 +251,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--only", action="append", default=[],
                     choices=["nginx-tiny", "handler-1ms", "nginx-records", "nginx-syscalls",
-                             "nginx-h2", "nginx-h2-8k", "nginx-tls", "go-h2-tls"])
+                             "nginx-h2", "nginx-h2-8k", "nginx-tls", "go-h2-tls",
+                             "grpc-unary"])
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "http_overhead.json"))
     ap.add_argument("--baseline", metavar="REF",
                     help="also run the agent of this git revision (built in bench/out), in the "

@@ -1,7 +1,7 @@
 """The compiled HTTP/2 engine (podscope._fast.H2Engine) against the Python path it stands in for:
 the same stream events, cut anywhere, give the same series — per route, per gRPC method, resets,
-unanswered, decode outcomes, errors — also when a connection is handed over to Python midway
-(a hint from a probed Go program, lost events, malformed bytes)."""
+unanswered, decode outcomes, errors — also when a connection goes to Python midway (lost
+events, malformed bytes) or a probed Go program sends hints."""
 
 from __future__ import annotations
 
@@ -156,9 +156,9 @@ def test_open_streams_at_close_are_unanswered_in_both() -> None:
     assert any(k[2] == "no_response" for k in fast.unanswered)
 
 
-def test_a_hint_hands_the_connection_over_with_its_state() -> None:
-    """A Go program's hint: from then on Python has the connection — its HPACK tables and the
-    stream in flight — and every request is still counted once."""
+def test_hints_on_a_connection_decoded_from_its_start_change_nothing() -> None:
+    """A Go program's hint names what a decoder without HPACK state could not; on a connection
+    seen from its preface it is counted and the series are Python's, request for request."""
     py, fast = collector(False), collector(True)
     pieces = workload([], 6)
     for c in (py, fast):
@@ -168,9 +168,10 @@ def test_a_hint_hands_the_connection_over_with_its_state() -> None:
                  for i, (inbound, data) in enumerate(pieces[5:])]
         recs.append(event(c, "HTTP_S_CLOSE", False, b"", ts=9000))
         run(c, recs, 4)
-    assert fast._h2 is not None and fast._h2.connections == 0 and 0 < fast._h2.requests < 6
+    assert fast._h2 is not None and fast._h2.connections == 0 and fast._h2.hints == 1
+    assert fast._h2.requests == py.h2_outcomes[next(iter(py.h2_outcomes))] == 6
     assert run(fast, [], 1) == run(py, [], 1)
-    assert not fast._streams  # closed in Python
+    assert not fast._streams  # it never went to Python
 
 
 def test_malformed_bytes_are_counted_and_the_connection_goes_on_mid_way() -> None:

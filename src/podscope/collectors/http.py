@@ -663,29 +663,13 @@ class HttpCollector:
         for data in left:
             self._on_stream(data)
 
-    def _adopt(self, record: bytes, wire: _fast.H2Wire | None, decoded: int,
-               streams: list[tuple[Any, ...]]) -> None:
-        """A connection the engine hands over (under the lock): with its HPACK state and open
-        streams, or (wire None) after malformed bytes, to start over mid-way as _h2_error does."""
+    def _adopt(self, record: bytes) -> None:
+        """A connection the engine met malformed bytes on (under the lock): counted there, and
+        started over mid-way here, as _h2_error does."""
         ev = self.StreamEv.from_buffer_copy(record[: ct.sizeof(self.StreamEv)])
         st = self._new_stream(ev)
         st.role, st.midway_sk = ev.role, 0
-        role = ROLES.get(st.role, "server")
-        if wire is None:
-            st.h2 = http2.H2Connection(role, seen_start=False)
-            return
-        h2 = st.h2 = http2.H2Connection(role)
-        h2.wire, h2.decoded = wire, decoded
-        for (sid, method, path, authority, content_type, status, grpc_status, grpc_message,
-             req_b, resp_b, start, end, first_byte, reset, req_done, resp_done, outcome) in streams:
-            h2.streams[sid] = http2.H2Request(
-                sid, method=method or http2.UNKNOWN, path=path or http2.UNKNOWN,
-                authority=authority or "", status=status,
-                grpc_status=None if grpc_status < 0 else grpc_status,
-                grpc_message=grpc_message or "", content_type=content_type or "",
-                req_bytes=req_b, resp_bytes=resp_b, start_ns=start, end_ns=end,
-                first_byte_ns=first_byte, reset=bool(reset), outcome=outcome,
-                _req_done=bool(req_done), _resp_done=bool(resp_done))
+        st.h2 = http2.H2Connection(ROLES.get(st.role, "server"), seen_start=False)
 
     def _fold_h2(self) -> None:
         """What the HTTP/2 engine finished since the last drain, into the series (under the
@@ -693,6 +677,7 @@ class HttpCollector:
         if self._h2 is None:
             return
         cells, errors = self._h2.take()
+        self.h2_hints = self._h2.hints
         for reason, n in errors.items():
             self.parse_errors[reason] = self.parse_errors.get(reason, 0) + n
         for (ident, method, path, status, grpc_status, is_grpc, reset, outcome), cell in cells:

@@ -36,6 +36,7 @@ static const char PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #define HUFF_NODES 512
 static int16_t huff_tree[HUFF_NODES][2]; /* child node, or -(symbol + 1) at a leaf; 0: none */
 static int huff_ready;
+static int huff_build_steps(void);
 
 static PyObject *h2_huffman(PyObject *mod, PyObject *args)
 {
@@ -86,39 +87,104 @@ static PyObject *h2_huffman(PyObject *mod, PyObject *args)
 			PyErr_SetString(PyExc_ValueError, "h2_huffman: not HPACK's 257-symbol code");
 		return NULL;
 	}
+	if (huff_build_steps()) {
+		PyErr_SetString(PyExc_ValueError, "h2_huffman: too many tree nodes");
+		return NULL;
+	}
 	huff_ready = 1;
 	Py_RETURN_NONE;
+}
+
+/* Decoding 4 bits at a time: from each internal node of the tree (a state) and a nibble, the
+ * state reached, the symbol completed on the way (at most one: codes are 5 bits or more), or
+ * a failure (EOS, or a code that does not exist). Built once from huff_tree. */
+#define HUFF_STATES 256
+struct huff_step {
+	uint8_t next;	/* the state after the nibble */
+	uint8_t emit;	/* 1: sym completed */
+	uint8_t fail;	/* 1: EOS or no such code */
+	uint8_t sym;
+};
+static struct huff_step huff_steps[HUFF_STATES][16];
+static uint8_t huff_accept[HUFF_STATES]; /* a valid end: all ones since the last symbol, < 8 */
+static int16_t huff_state_of[HUFF_NODES]; /* tree node -> state */
+
+static int huff_build_steps(void)
+{
+	int states = 0;
+	for (int i = 0; i < HUFF_NODES; i++)
+		huff_state_of[i] = -1;
+	/* the internal nodes are 0..used-1 in huff_tree; each is a state */
+	for (int node = 0; node < HUFF_NODES; node++) {
+		if (node && !huff_tree[node][0] && !huff_tree[node][1])
+			continue;
+		if (states >= HUFF_STATES)
+			return -1;
+		huff_state_of[node] = (int16_t)states++;
+	}
+	memset(huff_accept, 0, sizeof(huff_accept));
+	for (int node = 0, depth = 0; depth < 8 && node >= 0; depth++) {
+		huff_accept[huff_state_of[node]] = 1;
+		int next = huff_tree[node][1];
+		if (next <= 0)
+			break;
+		node = next;
+	}
+	for (int node = 0; node < HUFF_NODES; node++) {
+		int st = huff_state_of[node];
+		if (st < 0)
+			continue;
+		for (int x = 0; x < 16; x++) {
+			struct huff_step step = {0};
+			int cur = node;
+			for (int bit = 3; bit >= 0; bit--) {
+				int next = huff_tree[cur][(x >> bit) & 1];
+				if (next < 0) {
+					int sym = -next - 1;
+					if (sym == 256 || step.emit) {
+						step.fail = 1;
+						break;
+					}
+					step.emit = 1;
+					step.sym = (uint8_t)sym;
+					cur = 0;
+				} else if (next == 0) {
+					step.fail = 1;
+					break;
+				} else {
+					cur = next;
+				}
+			}
+			step.next = step.fail ? 0 : (uint8_t)huff_state_of[cur];
+			huff_steps[st][x] = step;
+		}
+	}
+	return 0;
 }
 
 /* Decodes n bytes into out (grown as needed). 0, or -1 on a malformed string (EOS inside,
  * padding longer than 7 bits or not all ones). */
 static int huff_decode(const uint8_t *p, size_t n, struct out *o)
 {
-	int node = 0, depth = 0, ones = 1;
 	if (out_reserve(o, n * 8 / 5 + 1))
 		return -1;
+	char *w = o->buf + o->len;
+	uint8_t st = 0;
 	for (size_t i = 0; i < n; i++) {
-		for (int bit = 7; bit >= 0; bit--) {
-			int b = (p[i] >> bit) & 1;
-			int next = huff_tree[node][b];
-			ones &= b;
-			depth++;
-			if (next < 0) {
-				int sym = -next - 1;
-				if (sym == 256)
-					return -1;
-				char ch = (char)sym;
-				out_put(o, &ch, 1);
-				node = depth = 0;
-				ones = 1;
-			} else if (next == 0) {
-				return -1;
-			} else {
-				node = next;
-			}
-		}
+		const struct huff_step *a = &huff_steps[st][p[i] >> 4];
+		if (a->fail)
+			return -1;
+		if (a->emit)
+			*w++ = (char)a->sym;
+		const struct huff_step *b = &huff_steps[a->next][p[i] & 15];
+		if (b->fail)
+			return -1;
+		if (b->emit)
+			*w++ = (char)b->sym;
+		st = b->next;
 	}
-	return (depth > 7 || !ones || o->failed) ? -1 : 0;
+	o->len = (size_t)(w - o->buf);
+	return huff_accept[st] ? 0 : -1;
 }
 
 /* --- the static table ------------------------------------------------------------------------ */
@@ -141,6 +207,8 @@ static const char *const STATIC[STATIC_ENTRIES][2] = {
 	{"set-cookie", ""}, {"strict-transport-security", ""}, {"transfer-encoding", ""},
 	{"user-agent", ""}, {"vary", ""}, {"via", ""}, {"www-authenticate", ""},
 };
+
+static uint32_t static_len[STATIC_ENTRIES][2]; /* strlen of each, once (h2_init) */
 
 /* --- one direction's HPACK decoder ------------------------------------------------------------ */
 
@@ -206,9 +274,9 @@ static int table_get(struct table *t, uint64_t idx, const char **n, uint32_t *nl
 {
 	if (idx >= 1 && idx <= STATIC_ENTRIES) {
 		*n = STATIC[idx - 1][0];
-		*nl = (uint32_t)strlen(*n);
+		*nl = static_len[idx - 1][0];
 		*v = STATIC[idx - 1][1];
-		*vl = (uint32_t)strlen(*v);
+		*vl = static_len[idx - 1][1];
 		return 0;
 	}
 	if (idx > STATIC_ENTRIES && idx - STATIC_ENTRIES - 1 < t->count) {
@@ -603,10 +671,11 @@ static int frame(WireObject *self, struct direction *d, uint8_t type, uint8_t fl
 }
 
 /* The frames in d->buf: as many as are whole; DATA payload is passed over, not kept. */
-static int frames(WireObject *self, struct direction *d)
+/* The whole frames of b[0..n): *used set to the bytes consumed (the rest is an incomplete frame);
+ * DATA payload is passed over, not kept. 0 or a reason. */
+static int frames(WireObject *self, struct direction *d, const uint8_t *b, size_t n, size_t *used)
 {
-	const uint8_t *b = (const uint8_t *)d->buf.buf;
-	size_t n = d->buf.len, pos = 0;
+	size_t pos = 0;
 	int r = 0;
 	for (;;) {
 		if (d->skip) {
@@ -652,17 +721,8 @@ static int frames(WireObject *self, struct direction *d)
 		if ((r = frame(self, d, type, flags, sid, payload, len)) != 0)
 			break;
 	}
-	if (r)
-		return r;
-	/* keep the incomplete frame's bytes only */
-	if (pos && n > pos)
-		memmove(d->buf.buf, d->buf.buf + pos, n - pos);
-	d->buf.len = n - pos;
-	if (d->buf.len > MAX_HEADER_BLOCK + 9)
-		return R_FRAME_TOO_LARGE;
-	if (!d->buf.len && d->buf.cap > 65536)
-		out_free(&d->buf);
-	return 0;
+	*used = pos;
+	return r;
 }
 
 static int feed_dir(WireObject *self, int from_client, const uint8_t *data, size_t n,
@@ -710,12 +770,28 @@ static int feed_dir(WireObject *self, int from_client, const uint8_t *data, size
 		data += take;
 		n -= take;
 	}
-	out_put(&d->buf, data, n);
+	size_t used;
+	int r;
+	if (!d->buf.len) { /* the common case: frames read where the bytes are, the tail kept */
+		if ((r = frames(self, d, data, n, &used)) != 0)
+			return r;
+		out_put(&d->buf, data + used, n - used);
+	} else {
+		out_put(&d->buf, data, n);
+		if (d->buf.failed)
+			return -1;
+		if ((r = frames(self, d, (const uint8_t *)d->buf.buf, d->buf.len, &used)) != 0)
+			return r;
+		if (used && d->buf.len > used)
+			memmove(d->buf.buf, d->buf.buf + used, d->buf.len - used);
+		d->buf.len -= used;
+	}
 	if (d->buf.failed)
 		return -1;
-	int r = frames(self, d);
-	if (r)
-		return r;
+	if (d->buf.len > MAX_HEADER_BLOCK + 9)
+		return R_FRAME_TOO_LARGE;
+	if (!d->buf.len && d->buf.cap > 65536)
+		out_free(&d->buf);
 	if (uncaptured) { /* bytes we did not see: only DATA payload can be passed over */
 		if (d->buf.len || uncaptured > d->skip)
 			return R_TRUNCATED;
@@ -798,6 +874,10 @@ static PyMethodDef h2_functions[] = {
 
 int h2_init(PyObject *m)
 {
+	for (int i = 0; i < STATIC_ENTRIES; i++) {
+		static_len[i][0] = (uint32_t)strlen(STATIC[i][0]);
+		static_len[i][1] = (uint32_t)strlen(STATIC[i][1]);
+	}
 	if (PyType_Ready(&WireType) < 0)
 		return -1;
 	Py_INCREF(&WireType);

@@ -5,11 +5,10 @@
  * those few cells into its series once a second (collectors/http.py), applying routes,
  * budgets and labels as it does for every other request.
  *
- * The engine takes only the common case: a connection whose client preface it saw. Everything
- * else stays with Python's path, which it hands over whole: a connection seen mid-way, one
- * whose events were lost, one a Go program names with hints (uprobes), one whose bytes were
- * malformed. The hand-over gives Python the connection's H2Wire (its HPACK state) and its open
- * streams, so nothing is decoded twice or lost. Bounded: connections (MAX_CONNS, the least
+ * The engine takes only the common case: a connection whose client preface it saw, so that its
+ * HPACK state is whole (the hints of probed Go programs name nothing new there: counted, not
+ * applied). Everything else is Python's path: a connection seen mid-way; one whose events
+ * were lost or whose bytes were malformed, which Python then starts over mid-way. Bounded: connections (MAX_CONNS, the least
  * recently used evicted and counted), streams per connection (MAX_STREAMS), aggregate cells
  * per second (MAX_CELLS, beyond which each request is its own cell). */
 #include <linux/types.h>
@@ -55,11 +54,13 @@ struct conn {
 typedef struct engine {
 	PyObject_HEAD PyObject *conns; /* conn_id -> capsule(struct conn) */
 	PyObject *python;	       /* the collector's own streamed connections (a dict) */
-	PyObject *adopt;	       /* adopt(event, wire or None, decoded, streams) */
+	PyObject *adopt;	       /* adopt(event): Python takes the connection, mid-way */
 	PyObject *cells;	       /* key -> bytearray(struct cell) */
 	PyObject *overflow;	       /* [(key, bytes(struct cell))] past MAX_CELLS */
 	PyObject *errors;	       /* reason -> count */
-	unsigned long long events, requests;
+	PyObject *left;		       /* connections with an event left to Python in this batch:
+					* their later events follow it there, in order */
+	unsigned long long events, requests, hints;
 } EngineObject;
 
 static const char CAPSULE[] = "podscope.h2conn";
@@ -356,32 +357,11 @@ static int drop(EngineObject *e, PyObject *key)
 	return PyDict_DelItem(e->conns, key);
 }
 
-/* Hands c over to Python: adopt(event, wire or None, decoded, open streams). */
-static int hand_over(EngineObject *e, PyObject *key, struct conn *c, const char *rec, size_t size,
-		     int with_state)
+/* Hands the connection over to Python after malformed bytes: adopt(event) starts it over
+ * mid-way there, as Python's own path does after an H2Error. */
+static int hand_over(EngineObject *e, PyObject *key, const char *rec, size_t size)
 {
-	PyObject *streams = PyList_New(0);
-	if (!streams)
-		return -1;
-	for (uint32_t i = 0; with_state && i < c->count; i++) {
-		struct req *r = &c->streams[i];
-		PyObject *t = Py_BuildValue(
-			"(IOOOOLLOKKKKKiiis)", r->sid, or_none(r->method), or_none(r->path),
-			or_none(r->authority), or_none(r->content_type), r->status, r->grpc_status,
-			or_none(r->grpc_message), (unsigned long long)r->req_bytes,
-			(unsigned long long)r->resp_bytes, (unsigned long long)r->start,
-			(unsigned long long)r->end, (unsigned long long)r->first_byte, r->reset,
-			r->req_done, r->resp_done, OUTCOME[r->outcome]);
-		if (!t || PyList_Append(streams, t)) {
-			Py_XDECREF(t);
-			Py_DECREF(streams);
-			return -1;
-		}
-		Py_DECREF(t);
-	}
-	PyObject *res = PyObject_CallFunction(e->adopt, "y#OkN", rec, (Py_ssize_t)size,
-					      with_state ? (PyObject *)c->wire : Py_None,
-					      c->decoded, streams);
+	PyObject *res = PyObject_CallFunction(e->adopt, "(y#)", rec, (Py_ssize_t)size);
 	if (!res)
 		return -1;
 	Py_DECREF(res);
@@ -458,7 +438,7 @@ static int feed_conn(EngineObject *e, PyObject *key, struct conn *c,
 			 r > 0 ? wire_reason(r) : "too_many_streams");
 		if (bump(e, reason))
 			return -1;
-		return hand_over(e, key, c, rec, size, 0);
+		return hand_over(e, key, rec, size);
 	}
 	return 0;
 }
@@ -487,13 +467,20 @@ static int one(EngineObject *e, const char *rec, size_t size)
 	if (!key)
 		return -1;
 	int rc = 1;
-	PyObject *cap = PyDict_GetItemWithError(e->conns, key);
-	if (cap) {
+	int left = PySet_Contains(e->left, key);
+	PyObject *cap = left ? NULL : PyDict_GetItemWithError(e->conns, key);
+	if (left) {
+		rc = left < 0 ? -1 : 1;
+	} else if (cap) {
 		struct conn *c = PyCapsule_GetPointer(cap, CAPSULE);
 		if (!c)
 			rc = -1;
-		else if (ev.kind == HTTP_S_HINT || ev.gap)
-			rc = hand_over(e, key, c, rec, size, 1) ? -1 : 1; /* then Python's */
+		else if (ev.kind == HTTP_S_HINT)
+			/* a Go program's hint names what a decoder without HPACK state could not: this
+			 * connection was decoded from its start, so it names nothing new */
+			e->hints++, rc = 0;
+		else if (ev.gap) /* its state is void: Python starts it over mid-way */
+			rc = drop(e, key) ? -1 : 1;
 		else if (ev.kind == HTTP_S_CLOSE)
 			rc = close_conn(e, key, c, ev.ts_ns) ? -1 : 0;
 		else if (ev.kind == HTTP_S_DATA)
@@ -511,6 +498,8 @@ static int one(EngineObject *e, const char *rec, size_t size)
 			rc = !c ? -1 : feed_conn(e, key, c, &ev, rec, size) ? -1 : 0;
 		}
 	}
+	if (rc == 1 && PySet_Add(e->left, key))
+		rc = -1;
 	Py_DECREF(key);
 	return rc;
 }
@@ -521,7 +510,7 @@ static PyObject *Engine_process(EngineObject *e, PyObject *arg)
 	Py_buffer view;
 	if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
 		return NULL;
-	PyObject *left = PyList_New(0);
+	PyObject *left = PySet_Clear(e->left) ? NULL : PyList_New(0);
 	size_t pos = 0, size;
 	const char *data;
 	int r;
@@ -599,7 +588,8 @@ static int Engine_init(EngineObject *e, PyObject *args, PyObject *kw)
 	e->cells = PyDict_New();
 	e->overflow = PyList_New(0);
 	e->errors = PyDict_New();
-	return (e->conns && e->cells && e->overflow && e->errors) ? 0 : -1;
+	e->left = PySet_New(NULL);
+	return (e->conns && e->cells && e->overflow && e->errors && e->left) ? 0 : -1;
 }
 
 static void Engine_dealloc(EngineObject *e)
@@ -610,6 +600,7 @@ static void Engine_dealloc(EngineObject *e)
 	Py_XDECREF(e->cells);
 	Py_XDECREF(e->overflow);
 	Py_XDECREF(e->errors);
+	Py_XDECREF(e->left);
 	Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
@@ -628,6 +619,11 @@ static PyObject *Engine_get_requests(EngineObject *e, void *closure)
 	return PyLong_FromUnsignedLongLong(e->requests);
 }
 
+static PyObject *Engine_get_hints(EngineObject *e, void *closure)
+{
+	return PyLong_FromUnsignedLongLong(e->hints);
+}
+
 static PyMethodDef Engine_methods[] = {
 	{"process", (PyCFunction)Engine_process, METH_O,
 	 "process(batch of stream events) -> the events that are Python's, as bytes each"},
@@ -641,6 +637,7 @@ static PyGetSetDef Engine_getset[] = {
 	{"connections", (getter)Engine_get_connections, NULL, "connections held", NULL},
 	{"events", (getter)Engine_get_events, NULL, "stream events seen", NULL},
 	{"requests", (getter)Engine_get_requests, NULL, "requests finished here", NULL},
+	{"hints", (getter)Engine_get_hints, NULL, "hints on connections decoded here", NULL},
 	{NULL},
 };
 
