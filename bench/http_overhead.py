@@ -14,6 +14,7 @@ Workloads, each in two test pods, alternating rounds with the agent off and on:
   grpc-unary    grpc-go's health server (tests/fixtures/go/gogrpc.go, h2c) and its load mode: unary
                 calls from 16 goroutines on one connection, as fast as they go (the Go program is
                 probed by the default agent's uprobes too: gRPC header hints)
+  grpc-unary-no-uprobes  the same with tls = "off": no uprobes, the HTTP/2 decoding alone
   nginx-tls     nginx over TLS (OpenSSL), wrk keep-alive over https (-t2 -c32): the plaintext
                 from uprobes on libssl (SSL_read/SSL_write entry and return) into the kernel path
   go-h2-tls     a Go net/http server over TLS with HTTP/2 (crypto/tls uprobes at the entry and
@@ -125,7 +126,7 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float,
     agent_args: list[str] = []
     tmp = tempfile.mkdtemp(prefix="podscope-bench-")
     server.cleanups.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
-    if name == "grpc-unary":
+    if name.startswith("grpc-unary"):
         binary = build_go(ROOT / "tests" / "fixtures" / "go" / "gogrpc.go", Path(tmp) / "gogrpc")
         p = server.popen([str(binary), "server", "50051"], stdout=subprocess.PIPE, text=True)
         assert p.stdout is not None and p.stdout.readline().strip() == "listening"
@@ -165,11 +166,14 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float,
         assert p.stdout is not None and p.stdout.readline().strip() == "listening"
         # one connection: a Python server's threads would queue on the GIL, not on the work
         url, conns, threads = f"http://{server.ip}:8080/work/1000", 1, 1
-    if not name.startswith("nginx-h2") and name not in ("go-h2-tls", "grpc-unary"):
+    if not name.startswith(("nginx-h2", "grpc-unary")) and name != "go-h2-tls":
         def load(secs: float) -> dict[str, float]:
             return wrk(client, url, secs, conns, threads)
     if name.endswith("records"):
         agent_args = ["--export", f"jsonl:{tmp}/records.jsonl"]
+    if name.endswith("no-uprobes"):
+        Path(f"{tmp}/podscope.toml").write_text('tls = "off"\n')
+        agent_args = ["--config", f"{tmp}/podscope.toml"]
     if name.endswith("syscalls"):
         Path(f"{tmp}/podscope.toml").write_text('http_hooks = "syscalls"\n')
         agent_args = ["--config", f"{tmp}/podscope.toml"]
@@ -252,7 +256,7 @@ def main() -> int:
     ap.add_argument("--only", action="append", default=[],
                     choices=["nginx-tiny", "handler-1ms", "nginx-records", "nginx-syscalls",
                              "nginx-h2", "nginx-h2-8k", "nginx-tls", "go-h2-tls",
-                             "grpc-unary"])
+                             "grpc-unary", "grpc-unary-no-uprobes"])
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "http_overhead.json"))
     ap.add_argument("--baseline", metavar="REF",
                     help="also run the agent of this git revision (built in bench/out), in the "

@@ -100,6 +100,7 @@ def fake(tmp_path: Path) -> FakeProc:
 def manager(fake: FakeProc, **kw: Any) -> tuple[UprobeManager, FakeObj]:
     obj = FakeObj()
     m = UprobeManager(obj, proc=str(fake.proc), inspect=inspect, **kw)  # type: ignore[arg-type]
+    m.expire_every = 0.0  # every tick() looks for exited processes
     return m, obj
 
 

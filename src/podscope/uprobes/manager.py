@@ -85,6 +85,10 @@ class UprobeManager:
         self._cg_scope: dict[int, bool] = {}  # cgroup id -> its processes are in scope
         self._event_at: dict[int, float] = {}  # pid -> when its event came
         self._last_scan = 0.0
+        # exited processes and unused files are looked for at most this often: tick() runs at
+        # every wake of the agent (hundreds a second under load), a /proc read per process each
+        self.expire_every = 1.0
+        self._expired_at = 0.0
         self.errors: dict[str, int] = {}
         self.skipped_files = 0  # files not probed: max_files reached
         # seconds from a process's exec/mmap event to its files being probed (cumulative
@@ -116,7 +120,8 @@ class UprobeManager:
             for pid in [p for p, t in self._due.items() if t <= now]:
                 del self._due[pid]
                 self._look(pid, self._event_at.pop(pid, None))
-        if self.targets:
+        if self.targets and now - self._expired_at >= self.expire_every:
+            self._expired_at = now
             self._expire(now)
 
     def scan_all(self) -> None:
