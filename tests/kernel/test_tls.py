@@ -246,6 +246,9 @@ def test_openssl_1_1_shared_library(pods: PodNetwork, tmp_path: Path) -> None:
             m, hist, k8s_pod_uid=pod.uid).values()) >= 20 for hist, pod in sides))
         assert by_method_status(m, CLIENT_HIST, k8s_pod_uid=client.uid,
                                 url_scheme="https") == truth + Counter({"GET 200": 1})
+        # exited processes are looked for once a second
+        m = wait_metrics(agent, lambda m: m.value("podscope_uprobe_file_processes",
+                                                  path=str(libssl11)) == 0)
         assert m.value("podscope_uprobe_file_processes", path=str(libssl11)) == 0
         assert m.series("podscope_uprobe_file_processes", path=str(libssl11), kind="openssl")
     finally:

@@ -41,20 +41,22 @@ def collector(engine: bool) -> HttpCollector:
 
 
 def event(c: HttpCollector, kind: str, inbound: bool, data: bytes, ts: int, conn: int = 7,
-          role: int = 1, gap: int = 0, length: int | None = None) -> bytes:
+          role: int = 1, gap: int = 0, length: int | None = None, proto: int = 2,
+          ports: tuple[int, int] = (8080, 40000)) -> bytes:
     ev = c.StreamEv()
     ev.conn_id, ev.ts_ns, ev.cgroup_id = conn, ts, 0
     ev.len = len(data) if length is None else length
     ev.captured = len(data)
     ev.kind = c.stream_kinds[kind]
     ev.inbound = int(inbound)
-    ev.role, ev.family, ev.proto, ev.gap = role, 2, 2, gap
-    ev.local_port, ev.peer_port = 8080, 40000
+    ev.role, ev.family, ev.proto, ev.gap = role, 2, proto, gap
+    ev.local_port, ev.peer_port = ports
     ev.peer_addr[:4] = [10, 0, 0, 9]
     return bytes(ev) + data
 
 
-def hint(c: HttpCollector, sid: int, sent: bool, ts: int, conn: int = 7, **fields: Any) -> bytes:
+def hint(c: HttpCollector, sid: int, sent: bool, ts: int, conn: int = 7, proto: int = 2,
+         ports: tuple[int, int] = (8080, 40000), **fields: Any) -> bytes:
     h = c.Hint()
     h.stream_id, h.sent, h.grpc_status = sid, int(sent), fields.get("grpc_status", -1)
     h.status = fields.get("status", 0)
@@ -62,7 +64,7 @@ def hint(c: HttpCollector, sid: int, sent: bool, ts: int, conn: int = 7, **field
         v = fields.get(name, "").encode()
         setattr(h, f"{name}_len", len(v))
         ct.memmove(ct.addressof(h) + getattr(c.Hint, name).offset, v, len(v))
-    return event(c, "HTTP_S_HINT", False, bytes(h), ts, conn=conn)
+    return event(c, "HTTP_S_HINT", False, bytes(h), ts, conn=conn, proto=proto, ports=ports)
 
 
 def batch(records: list[bytes]) -> bytes:
@@ -203,3 +205,61 @@ def test_goaway_ends_later_streams() -> None:
     pieces = [(True, PREFACE + reqs), (False, frame(GOAWAY, 0, 0, b"\0\0\0\x01\0\0\0\0"))]
     assert run(fast, as_events(fast, pieces), 2) == run(py, as_events(py, pieces), 1)
     assert sum(fast.unanswered.values()) == 3  # 1 is open at close; 3 and 5 by the GOAWAY
+
+
+def test_a_client_that_names_its_request_before_its_preface_is_decoded_here() -> None:
+    """A Go client's hint comes before its first write, so the kernel meets the connection as
+    mid-way; the first bytes are its preface: a connection decoded from its start, here."""
+    py, fast = collector(False), collector(True)
+    ce, se = Encoder(), Encoder()
+    req = PREFACE + frame(SETTINGS, 0, 0, b"") + frame(HEADERS, END_HEADERS | END_STREAM, 1,
+                                                         ce.encode([(":method", "GET"),
+                                                                    (":path", "/first"),
+                                                                    (":scheme", "http"),
+                                                                    (":authority", "a")]))
+    resp = frame(HEADERS, END_HEADERS, 1, se.encode([(":status", "200")])) + frame(
+        DATA, END_STREAM, 1, b"ok")
+    ports = (40000, 8080)  # the client's side
+    for c in (py, fast):
+        recs = [hint(c, 1, True, 900, proto=3, ports=ports, method="GET", path="/first"),
+                event(c, "HTTP_S_DATA", False, req, 1000, role=2, proto=3, ports=ports),
+                event(c, "HTTP_S_DATA", True, resp, 2000, role=2, proto=3, ports=ports),
+                event(c, "HTTP_S_CLOSE", False, b"", 3000, role=2, proto=3, ports=ports)]
+        run(c, recs, 2)
+    assert fast._h2 is not None and fast._h2.hints == 1 and fast._h2.requests == 1
+    assert not fast._streams and fast._h2.connections == 0
+    assert run(fast, [], 1) == run(py, [], 1)
+
+
+def test_hints_of_a_connection_met_mid_way_go_to_python_first() -> None:
+    """Hints, then bytes that are not a preface (a connection opened before the agent): Python
+    gets the hints, then the bytes, in order, as without the engine."""
+    py, fast = collector(False), collector(True)
+    se = Encoder()
+    resp = frame(HEADERS, END_HEADERS | END_STREAM, 1, se.encode([(":status", "200")]))
+    for c in (py, fast):
+        recs = [hint(c, 1, False, 900, proto=3, method="GET", path="/warm"),
+                event(c, "HTTP_S_DATA", False, resp, 1000, proto=3),
+                event(c, "HTTP_S_CLOSE", False, b"", 3000, proto=3)]
+        run(c, recs, 1)
+    assert fast._h2 is not None and fast._h2.requests == 0 and fast._h2.connections == 0
+    assert run(fast, [], 1) == run(py, [], 1)
+
+
+def test_a_server_that_speaks_before_the_preface_is_decoded_here() -> None:
+    """Go's servers write their SETTINGS before they read the client's preface: the kernel meets
+    the connection as mid-way; the preface that follows decides, and the SETTINGS are replayed."""
+    import time
+
+    py, fast = collector(False), collector(True)
+    now = time.monotonic_ns()  # waiting events are kept for a second of this clock
+    pieces = workload([], 4)
+    for c in (py, fast):
+        recs = [event(c, "HTTP_S_DATA", False, frame(SETTINGS, 0, 0, b"\0\x03\0\0\0\x64"), now,
+                      proto=3)]
+        recs += [event(c, "HTTP_S_DATA", inbound, data, now + 1000 * (i + 1), proto=3)
+                 for i, (inbound, data) in enumerate(pieces)]
+        recs.append(event(c, "HTTP_S_CLOSE", False, b"", now + 10**6, proto=3))
+        run(c, recs, 3)
+    assert fast._h2 is not None and fast._h2.requests == 4 and not fast._streams
+    assert run(fast, [], 1) == run(py, [], 1)

@@ -182,6 +182,7 @@ class HttpCollector:
         # HTTP/2 connections seen from their start, decoded and aggregated in compiled code
         # (no records wanted: each request would need its dict anyway)
         self._h2: _fast.H2Engine | None = None
+        self._h2_flushed = 0.0
         self.capture_headers = capture_headers
         self.request_timeout = request_timeout
         self.peer_series_ttl = peer_series_ttl
@@ -373,6 +374,9 @@ class HttpCollector:
 
     def poll(self, timeout_ms: int) -> int:
         n = self._ring.poll(timeout_ms) if self._ring else 0
+        if self._h2 is not None and time.monotonic() - self._h2_flushed >= 1.0:
+            self._h2_flushed = time.monotonic()
+            self._on_streams(memoryview(b""))  # events that waited too long go to Python
         if self.uprobes is not None:
             self.uprobes.tick()
         if time.monotonic() - self._drained_at >= 1.0:

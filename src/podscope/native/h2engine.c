@@ -17,10 +17,13 @@
 #include "http.h"
 
 #include <string.h>
+#include <time.h>
 
 #define MAX_CONNS 20000
 #define MAX_STREAMS 4096
 #define MAX_CELLS 16384
+#define MAX_PENDING 4096 /* connections whose first events wait for the bytes that decide */
+#define MAX_STASH 32	 /* events kept per such connection */
 #define SLOTS 40 /* collectors/base.py HIST_SLOTS_DEFAULT */
 
 /* The cell of one aggregate, as bytes (collectors/http.py reads it with struct). */
@@ -60,6 +63,7 @@ typedef struct engine {
 	PyObject *errors;	       /* reason -> count */
 	PyObject *left;		       /* connections with an event left to Python in this batch:
 					* their later events follow it there, in order */
+	PyObject *pending;	       /* conn_id -> [events] waiting for the bytes that decide */
 	unsigned long long events, requests, hints;
 } EngineObject;
 
@@ -388,7 +392,8 @@ static int evict_one(EngineObject *e)
 	return r ? r : bump(e, "streamed_connections_evicted");
 }
 
-static struct conn *conn_new(EngineObject *e, PyObject *key, const struct http_stream_event *ev)
+static struct conn *conn_new(EngineObject *e, PyObject *key, const struct http_stream_event *ev,
+			     int role)
 {
 	if (PyDict_GET_SIZE(e->conns) >= MAX_CONNS && evict_one(e))
 		return NULL;
@@ -397,9 +402,9 @@ static struct conn *conn_new(EngineObject *e, PyObject *key, const struct http_s
 		return (struct conn *)PyErr_NoMemory();
 	c->engine = e;
 	c->conn_id = ev->conn_id;
-	c->role = ev->role;
+	c->role = (uint8_t)role;
 	c->ident = Py_BuildValue("(KIiiiy#i)", (unsigned long long)ev->cgroup_id,
-				 (unsigned)ev->netns, ev->role, ev->tls ? 1 : 0, ev->family,
+				 (unsigned)ev->netns, role, ev->tls ? 1 : 0, ev->family,
 				 (const char *)ev->peer_addr, (Py_ssize_t)sizeof(ev->peer_addr),
 				 ev->peer_port);
 	c->wire = (WireObject *)PyObject_CallFunction((PyObject *)&WireType, "(i)", 1);
@@ -456,8 +461,144 @@ static int close_conn(EngineObject *e, PyObject *key, struct conn *c, uint64_t t
 	return drop(e, key);
 }
 
+/* The hints stashed for key go to Python (appended to left, before what comes next). */
+static int flush(EngineObject *e, PyObject *key, PyObject *stash, PyObject *left)
+{
+	Py_INCREF(stash);
+	Py_ssize_t n = PyList_GET_SIZE(stash);
+	int r = 0;
+	for (Py_ssize_t i = 0; !r && i < n; i++)
+		r = PyList_Append(left, PyList_GET_ITEM(stash, i));
+	Py_DECREF(stash);
+	if (!r)
+		r = PyDict_DelItem(e->pending, key);
+	return r ? r : PySet_Add(e->left, key);
+}
+
+static int flush_all(EngineObject *e, PyObject *left)
+{
+	PyObject *items = PyDict_Items(e->pending);
+	if (!items)
+		return -1;
+	int r = 0;
+	for (Py_ssize_t i = 0; !r && i < PyList_GET_SIZE(items); i++) {
+		PyObject *kv = PyList_GET_ITEM(items, i);
+		r = flush(e, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1), left);
+	}
+	Py_DECREF(items);
+	return r;
+}
+
+static int starts_with_preface(const struct http_stream_event *ev, const char *rec, size_t size)
+{
+	static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+	size_t cap = size - sizeof(*ev);
+	if (ev->captured < cap)
+		cap = ev->captured;
+	size_t skip = ev->skip < cap ? ev->skip : cap;
+	return cap - skip >= 24 && !memcmp(rec + sizeof(*ev) + skip, preface, 24);
+}
+
+#define STASH_NS 1000000000ULL /* how long events may wait for the bytes that decide */
+
+static uint64_t first_ts(PyObject *stash)
+{
+	struct http_stream_event ev;
+	PyObject *b = PyList_GET_ITEM(stash, 0);
+	memcpy(&ev, PyBytes_AS_STRING(b), sizeof(ev));
+	return ev.ts_ns;
+}
+
+/* An event of a connection neither here nor in Python, that the kernel takes for HTTP/2.
+ * Its first events do not always say whether its start was seen: a Go client names its request
+ * (a hint) before writing it, a Go server writes its SETTINGS before it reads the client's
+ * preface. Such events wait (a second at most, MAX_STASH of them), and the preface decides: a
+ * connection whose preface comes is decoded here whole (hints name nothing new there), any other
+ * goes to Python, its waiting events first. 1: Python's, 0: done here, -1: error. */
+static int unknown(EngineObject *e, PyObject *key, const struct http_stream_event *ev,
+		   const char *rec, size_t size, PyObject *left)
+{
+	PyObject *stash = PyDict_GetItemWithError(e->pending, key);
+	if (!stash && PyErr_Occurred())
+		return -1;
+	int h2 = !ev->gap && (ev->proto == HTTP_PROTO_2 || ev->proto == HTTP_PROTO_2_MIDWAY);
+	int data = h2 && ev->kind == HTTP_S_DATA;
+	int preface = data && starts_with_preface(ev, rec, size);
+	if (data && (ev->proto == HTTP_PROTO_2 || preface)) {
+		/* the preface's sender is the client; a connection the kernel saw start knows */
+		int role = !preface ? ev->role : ev->inbound ? HTTP_ROLE_SERVER : HTTP_ROLE_CLIENT;
+		struct conn *c = conn_new(e, key, ev, role);
+		if (!c)
+			return -1;
+		if (stash) { /* what waited: the other side's first frames, and hints */
+			Py_INCREF(stash);
+			int err = PyDict_DelItem(e->pending, key);
+			for (Py_ssize_t i = 0; !err && i < PyList_GET_SIZE(stash); i++) {
+				PyObject *b = PyList_GET_ITEM(stash, i);
+				struct http_stream_event sev;
+				memcpy(&sev, PyBytes_AS_STRING(b), sizeof(sev));
+				int mine = PyDict_Contains(e->conns, key);
+				if (mine <= 0) /* handed over on the way: the rest is Python's, in order */
+					err = mine < 0 || PyList_Append(left, b);
+				else if (sev.kind == HTTP_S_HINT)
+					e->hints++;
+				else
+					err = feed_conn(e, key, c, &sev, PyBytes_AS_STRING(b),
+							(size_t)PyBytes_GET_SIZE(b));
+			}
+			Py_DECREF(stash);
+			if (err)
+				return -1;
+			int mine = PyDict_Contains(e->conns, key);
+			if (mine <= 0)
+				return mine < 0 ? -1 : 1;
+		}
+		return feed_conn(e, key, c, ev, rec, size) ? -1 : 0;
+	}
+	if (h2 && (ev->kind == HTTP_S_HINT || data) &&
+	    (!stash || (PyList_GET_SIZE(stash) < MAX_STASH && ev->ts_ns - first_ts(stash) < STASH_NS))) {
+		if (!stash) {
+			if (PyDict_GET_SIZE(e->pending) >= MAX_PENDING && flush_all(e, left))
+				return -1;
+			stash = PyList_New(0);
+			int err = !stash || PyDict_SetItem(e->pending, key, stash);
+			Py_XDECREF(stash);
+			if (err)
+				return -1;
+		}
+		PyObject *b = PyBytes_FromStringAndSize(rec, (Py_ssize_t)size);
+		int err = !b || PyList_Append(stash, b);
+		Py_XDECREF(b);
+		return err ? -1 : 0;
+	}
+	if (stash && flush(e, key, stash, left))
+		return -1;
+	return 1;
+}
+
+/* Waiting events older than STASH_NS go to Python (process() of an empty batch: each second). */
+static int flush_old(EngineObject *e, PyObject *left)
+{
+	if (!PyDict_GET_SIZE(e->pending))
+		return 0;
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	uint64_t t = (uint64_t)now.tv_sec * 1000000000ULL + (uint64_t)now.tv_nsec;
+	PyObject *items = PyDict_Items(e->pending);
+	if (!items)
+		return -1;
+	int r = 0;
+	for (Py_ssize_t i = 0; !r && i < PyList_GET_SIZE(items); i++) {
+		PyObject *kv = PyList_GET_ITEM(items, i);
+		if (t - first_ts(PyTuple_GET_ITEM(kv, 1)) >= STASH_NS)
+			r = flush(e, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1), left);
+	}
+	Py_DECREF(items);
+	return r;
+}
+
 /* One stream event: 1 when it is Python's to handle, 0 when done here, -1 on error. */
-static int one(EngineObject *e, const char *rec, size_t size)
+static int one(EngineObject *e, const char *rec, size_t size, PyObject *leftlist)
 {
 	struct http_stream_event ev;
 	if (size < sizeof(ev))
@@ -489,14 +630,9 @@ static int one(EngineObject *e, const char *rec, size_t size)
 			rc = 0;
 	} else if (PyErr_Occurred()) {
 		rc = -1;
-	} else if (ev.kind == HTTP_S_DATA && ev.proto == HTTP_PROTO_2 && !ev.gap) {
+	} else {
 		int mine = PyDict_Contains(e->python, key);
-		if (mine < 0) {
-			rc = -1;
-		} else if (!mine) {
-			struct conn *c = conn_new(e, key, &ev);
-			rc = !c ? -1 : feed_conn(e, key, c, &ev, rec, size) ? -1 : 0;
-		}
+		rc = mine < 0 ? -1 : mine ? 1 : unknown(e, key, &ev, rec, size, leftlist);
 	}
 	if (rc == 1 && PySet_Add(e->left, key))
 		rc = -1;
@@ -511,6 +647,8 @@ static PyObject *Engine_process(EngineObject *e, PyObject *arg)
 	if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
 		return NULL;
 	PyObject *left = PySet_Clear(e->left) ? NULL : PyList_New(0);
+	if (left && flush_old(e, left))
+		Py_CLEAR(left);
 	size_t pos = 0, size;
 	const char *data;
 	int r;
@@ -521,7 +659,7 @@ static PyObject *Engine_process(EngineObject *e, PyObject *arg)
 			break;
 		}
 		e->events++;
-		int rc = one(e, data, size);
+		int rc = one(e, data, size, left);
 		if (rc < 0) {
 			Py_CLEAR(left);
 			break;
@@ -589,7 +727,8 @@ static int Engine_init(EngineObject *e, PyObject *args, PyObject *kw)
 	e->overflow = PyList_New(0);
 	e->errors = PyDict_New();
 	e->left = PySet_New(NULL);
-	return (e->conns && e->cells && e->overflow && e->errors && e->left) ? 0 : -1;
+	e->pending = PyDict_New();
+	return (e->conns && e->cells && e->overflow && e->errors && e->left && e->pending) ? 0 : -1;
 }
 
 static void Engine_dealloc(EngineObject *e)
@@ -601,12 +740,13 @@ static void Engine_dealloc(EngineObject *e)
 	Py_XDECREF(e->overflow);
 	Py_XDECREF(e->errors);
 	Py_XDECREF(e->left);
+	Py_XDECREF(e->pending);
 	Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
 static PyObject *Engine_get_connections(EngineObject *e, void *closure)
 {
-	return PyLong_FromSsize_t(PyDict_GET_SIZE(e->conns));
+	return PyLong_FromSsize_t(PyDict_GET_SIZE(e->conns) + PyDict_GET_SIZE(e->pending));
 }
 
 static PyObject *Engine_get_events(EngineObject *e, void *closure)
