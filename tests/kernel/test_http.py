@@ -419,11 +419,16 @@ def test_where_server_time_went(pods: PodNetwork, tmp_path: Path) -> None:
         client.run(python_cmd("http_client.py", server.ip, 8080, json.dumps(plan)))
         recs = server_records_of(exp, "/sleep/50", 10)
         assert len(recs) == 10
+        reasons = [k for k in recs[0] if k.startswith("blocked_") and k != "blocked_seconds"]
+        # a sched_switch the probe did not see (one way: on these VMs BPF does not run while PID 1's
+        # threads are current: KERNEL.md) leaves a request's reasons all zero: one in ten at most
+        missed = [r for r in recs if not any(r[k] for k in reasons)]
+        assert len(missed) <= 1, missed
         for r in recs:
             print({k: v for k, v in r.items() if "seconds" in k})
             assert 0.045 <= r["blocked_seconds"] < 0.07, r
             assert r["on_cpu_seconds"] < 0.01 and r["runqueue_seconds"] < 0.01, r
-            assert r["blocked_sleep_seconds"] >= 0.8 * r["blocked_seconds"], r
+            assert r in missed or r["blocked_sleep_seconds"] >= 0.8 * r["blocked_seconds"], r
             parts = r["on_cpu_seconds"] + r["runqueue_seconds"] + r["blocked_seconds"]
             assert parts == pytest.approx(r["first_byte_seconds"], abs=1e-6)
         burners = [busy.popen(["taskset", "-c", "0", *python_cmd("kernel_workload.py", "burn", 8)],
