@@ -475,15 +475,32 @@ static int flush(EngineObject *e, PyObject *key, PyObject *stash, PyObject *left
 	return r ? r : PySet_Add(e->left, key);
 }
 
-static int flush_all(EngineObject *e, PyObject *left)
+#define STASH_NS 1000000000ULL /* how long events may wait for the bytes that decide */
+
+static uint64_t first_ts(PyObject *stash)
 {
+	struct http_stream_event ev;
+	PyObject *b = PyList_GET_ITEM(stash, 0);
+	memcpy(&ev, PyBytes_AS_STRING(b), sizeof(ev));
+	return ev.ts_ns;
+}
+
+/* The waiting connections whose first event is older than age_ns (0: all) go to Python. */
+static int flush_waiting(EngineObject *e, PyObject *left, uint64_t age_ns)
+{
+	if (!PyDict_GET_SIZE(e->pending))
+		return 0;
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	uint64_t t = (uint64_t)now.tv_sec * 1000000000ULL + (uint64_t)now.tv_nsec;
 	PyObject *items = PyDict_Items(e->pending);
 	if (!items)
 		return -1;
 	int r = 0;
 	for (Py_ssize_t i = 0; !r && i < PyList_GET_SIZE(items); i++) {
 		PyObject *kv = PyList_GET_ITEM(items, i);
-		r = flush(e, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1), left);
+		if (!age_ns || t - first_ts(PyTuple_GET_ITEM(kv, 1)) >= age_ns)
+			r = flush(e, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1), left);
 	}
 	Py_DECREF(items);
 	return r;
@@ -497,16 +514,6 @@ static int starts_with_preface(const struct http_stream_event *ev, const char *r
 		cap = ev->captured;
 	size_t skip = ev->skip < cap ? ev->skip : cap;
 	return cap - skip >= 24 && !memcmp(rec + sizeof(*ev) + skip, preface, 24);
-}
-
-#define STASH_NS 1000000000ULL /* how long events may wait for the bytes that decide */
-
-static uint64_t first_ts(PyObject *stash)
-{
-	struct http_stream_event ev;
-	PyObject *b = PyList_GET_ITEM(stash, 0);
-	memcpy(&ev, PyBytes_AS_STRING(b), sizeof(ev));
-	return ev.ts_ns;
 }
 
 /* An event of a connection neither here nor in Python, that the kernel takes for HTTP/2.
@@ -558,7 +565,7 @@ static int unknown(EngineObject *e, PyObject *key, const struct http_stream_even
 	if (h2 && (ev->kind == HTTP_S_HINT || data) &&
 	    (!stash || (PyList_GET_SIZE(stash) < MAX_STASH && ev->ts_ns - first_ts(stash) < STASH_NS))) {
 		if (!stash) {
-			if (PyDict_GET_SIZE(e->pending) >= MAX_PENDING && flush_all(e, left))
+			if (PyDict_GET_SIZE(e->pending) >= MAX_PENDING && flush_waiting(e, left, 0))
 				return -1;
 			stash = PyList_New(0);
 			int err = !stash || PyDict_SetItem(e->pending, key, stash);
@@ -574,27 +581,6 @@ static int unknown(EngineObject *e, PyObject *key, const struct http_stream_even
 	if (stash && flush(e, key, stash, left))
 		return -1;
 	return 1;
-}
-
-/* Waiting events older than STASH_NS go to Python (process() of an empty batch: each second). */
-static int flush_old(EngineObject *e, PyObject *left)
-{
-	if (!PyDict_GET_SIZE(e->pending))
-		return 0;
-	struct timespec now;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	uint64_t t = (uint64_t)now.tv_sec * 1000000000ULL + (uint64_t)now.tv_nsec;
-	PyObject *items = PyDict_Items(e->pending);
-	if (!items)
-		return -1;
-	int r = 0;
-	for (Py_ssize_t i = 0; !r && i < PyList_GET_SIZE(items); i++) {
-		PyObject *kv = PyList_GET_ITEM(items, i);
-		if (t - first_ts(PyTuple_GET_ITEM(kv, 1)) >= STASH_NS)
-			r = flush(e, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1), left);
-	}
-	Py_DECREF(items);
-	return r;
 }
 
 /* One stream event: 1 when it is Python's to handle, 0 when done here, -1 on error. */
@@ -647,7 +633,8 @@ static PyObject *Engine_process(EngineObject *e, PyObject *arg)
 	if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
 		return NULL;
 	PyObject *left = PySet_Clear(e->left) ? NULL : PyList_New(0);
-	if (left && flush_old(e, left))
+	/* waiting events older than STASH_NS go to Python (an empty batch: each second) */
+	if (left && flush_waiting(e, left, STASH_NS))
 		Py_CLEAR(left);
 	size_t pos = 0, size;
 	const char *data;
