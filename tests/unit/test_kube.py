@@ -263,3 +263,24 @@ def test_a_cgroup_id_learned_late_names_its_series(tmp_path: Path) -> None:
     store.resolver.removed(4242, f"/libpod_parent/libpod-{CID}")
     late = store.renamed(early)
     assert late.container_id == CID and late.cgroup == f"/libpod_parent/libpod-{CID}"
+
+
+def test_a_removed_cgroup_leaves_the_ref_cache(tmp_path: Path) -> None:
+    """Refs are cached only for cgroups that exist: one removed later leaves the cache at the
+    next sweep, and a late event of a removed cgroup is named without coming back into it."""
+    from podscope.metadata.cgroups import CgroupResolver
+
+    store = MetadataStore(None, node="n")
+    store.resolver = CgroupResolver(str(tmp_path))
+    path = f"/libpod_parent/libpod-{CID}"
+    store.resolver.learn(4242, path)
+    store.resolver.learn(4343, "/system.slice/cron.service")
+    assert store.cgroup_ref(4242) is not None and store.cgroup_ref(4343) is not None
+    assert store.state_sizes()["metadata_cgroup_refs"] == 2
+    store.resolver.removed(4242, path)
+    store.resolver.removed(4343, "/system.slice/cron.service")
+    store.retire()
+    assert store.state_sizes()["metadata_cgroup_refs"] == 0
+    ref = store.cgroup_ref(4242)  # the removed directory's path is still known for its grace
+    assert ref is not None and ref.container_id == CID
+    assert store.state_sizes()["metadata_cgroup_refs"] == 0

@@ -213,10 +213,17 @@ class MetadataStore:
         if path is None:
             return None
         ref = parse_cgroup_path(path)
+        if not self.resolver.alive(cgroup_id) or self._retired_ref(ref):
+            return ref  # a late event of a removed cgroup: named, never cached again
         if len(self._by_cgroup) >= _MAX_CACHE:
             self._by_cgroup.clear()
         self._by_cgroup[cgroup_id] = ref
         return ref
+
+    def _retired_ref(self, ref: CgroupRef) -> bool:
+        return bool(ref.pod_uid and ref.pod_uid in self._retired
+                    or f"container:{ref.container_id}" in self._retired
+                    or f"runtime-pod:{ref.runtime_pod}" in self._retired)
 
     # --- pods from the Kubernetes API ---
     def set_pods(self, pods: list[PodMeta]) -> None:
@@ -354,11 +361,10 @@ class MetadataStore:
                 container = ident.partition(":")[2]
                 self._joined.pop(container, None)
                 self._joined_owners.discard(container)
-        if gone or checked:  # cgroups of the retired are gone for good (ids are not reused)
+        if gone or checked:  # cgroups of the retired, and removed ones, are gone for good
+            exists = self.resolver.alive if self.resolver else (lambda _cid: True)
             for cid, ref in list(self._by_cgroup.items()):
-                if (ref.pod_uid and ref.pod_uid in self._retired
-                        or f"container:{ref.container_id}" in self._retired
-                        or f"runtime-pod:{ref.runtime_pod}" in self._retired):
+                if self._retired_ref(ref) or not exists(cid):
                     del self._by_cgroup[cid]
         return gone
 
