@@ -37,6 +37,7 @@ static const char PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 static int16_t huff_tree[HUFF_NODES][2]; /* child node, or -(symbol + 1) at a leaf; 0: none */
 static int huff_ready;
 static int huff_build_steps(void);
+static void huff_memo_clear(void);
 
 static PyObject *h2_huffman(PyObject *mod, PyObject *args)
 {
@@ -52,6 +53,7 @@ static PyObject *h2_huffman(PyObject *mod, PyObject *args)
 	int ok = PySequence_Fast_GET_SIZE(c) == 257 && PySequence_Fast_GET_SIZE(l) == 257;
 	int used = 1;
 	memset(huff_tree, 0, sizeof(huff_tree));
+	huff_memo_clear();
 	for (int sym = 0; ok && sym < 257; sym++) {
 		unsigned long code = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(c, sym));
 		long len = PyLong_AsLong(PySequence_Fast_GET_ITEM(l, sym));
@@ -187,6 +189,44 @@ static int huff_decode(const uint8_t *p, size_t n, struct out *o)
 	return huff_accept[st] ? 0 : -1;
 }
 
+/* Short Huffman strings decoded lately, by their code (one slot per hash): a server repeats its
+ * own values on every response (date, server, content-type sent as literals), and the same
+ * bytes decode the same way, errors included, so a hit is exact. */
+#define HUFF_MEMO_ENC 48
+#define HUFF_MEMO_SLOTS 256
+static struct {
+	uint8_t enc_len, dec_len;
+	uint8_t enc[HUFF_MEMO_ENC];
+	char dec[HUFF_MEMO_ENC * 8 / 5 + 1];
+} huff_memo_slots[HUFF_MEMO_SLOTS];
+
+static void huff_memo_clear(void)
+{
+	memset(huff_memo_slots, 0, sizeof(huff_memo_slots));
+}
+
+static int huff_memo(const uint8_t *p, uint32_t n, struct out *o)
+{
+	uint32_t h = 2166136261u ^ n;
+	for (uint32_t i = 0; i < n; i++)
+		h = (h ^ p[i]) * 16777619u;
+	typeof(&huff_memo_slots[0]) m = &huff_memo_slots[(h ^ (h >> 16)) % HUFF_MEMO_SLOTS];
+	if (n && m->enc_len == n && !memcmp(m->enc, p, n)) {
+		out_put(o, m->dec, m->dec_len);
+		return 0;
+	}
+	size_t at = o->len;
+	if (huff_decode(p, n, o))
+		return -1;
+	if (!o->failed && o->len - at <= sizeof(m->dec)) {
+		m->enc_len = (uint8_t)n;
+		memcpy(m->enc, p, n);
+		m->dec_len = (uint8_t)(o->len - at);
+		memcpy(m->dec, o->buf + at, m->dec_len);
+	}
+	return 0;
+}
+
 /* --- the static table ------------------------------------------------------------------------ */
 
 static const char *const STATIC[STATIC_ENTRIES][2] = {
@@ -217,10 +257,42 @@ static void table_evict(struct table *t, uint32_t room)
 	while (t->count && t->size + room > t->maxsize) {
 		struct entry *e = &t->ring[(t->head + t->count - 1) % t->cap];
 		t->size -= e->name_len + e->value_len + 32;
-		free(e->data);
-		e->data = NULL;
 		t->count--;
 	}
+}
+
+/* Room for `need` more bytes at the arena's end: the live entries moved to its start (oldest
+ * first, so every move goes down), in a larger arena when they fill more than 3/4 of it. */
+static int table_compact(struct table *t, uint32_t need)
+{
+	uint32_t live = 0;
+	for (uint32_t i = 0; i < t->count; i++) {
+		const struct entry *e = &t->ring[(t->head + i) % t->cap];
+		live += e->name_len + e->value_len;
+	}
+	uint32_t cap = t->arena_cap;
+	char *dst = t->arena;
+	if (!dst || (uint64_t)live + need > (uint64_t)cap * 3 / 4) {
+		cap = (live + need) / 2 * 3 + 256;
+		if (!(dst = malloc(cap)))
+			return -1;
+	}
+	uint32_t pos = 0;
+	for (uint32_t i = t->count; i-- > 0;) {
+		struct entry *e = &t->ring[(t->head + i) % t->cap];
+		uint32_t len = e->name_len + e->value_len;
+		if (len)
+			memmove(dst + pos, t->arena + e->off, len);
+		e->off = pos;
+		pos += len;
+	}
+	if (dst != t->arena) {
+		free(t->arena);
+		t->arena = dst;
+		t->arena_cap = cap;
+	}
+	t->arena_len = pos;
+	return 0;
 }
 
 static int table_add(struct table *t, const char *name, uint32_t nl, const char *value,
@@ -244,15 +316,16 @@ static int table_add(struct table *t, const char *name, uint32_t nl, const char 
 		t->cap = cap;
 		t->head = 0;
 	}
-	char *d = malloc(nl + vl + 1);
-	if (!d)
+	if ((!t->arena || t->arena_len + nl + vl > t->arena_cap) && table_compact(t, nl + vl))
 		return -1;
+	char *d = t->arena + t->arena_len;
 	if (nl) /* an empty name or value may have no storage at all */
 		memcpy(d, name, nl);
 	if (vl)
 		memcpy(d + nl, value, vl);
 	t->head = (t->head + t->cap - 1) % t->cap;
-	t->ring[t->head] = (struct entry){d, nl, vl};
+	t->ring[t->head] = (struct entry){t->arena_len, nl, vl};
+	t->arena_len += nl + vl;
 	t->count++;
 	t->size += sz;
 	return 0;
@@ -260,9 +333,8 @@ static int table_add(struct table *t, const char *name, uint32_t nl, const char 
 
 static void table_free(struct table *t)
 {
-	for (uint32_t i = 0; i < t->count; i++)
-		free(t->ring[(t->head + i) % t->cap].data);
 	free(t->ring);
+	free(t->arena);
 	memset(t, 0, sizeof(*t));
 }
 
@@ -281,9 +353,9 @@ static int table_get(struct table *t, uint64_t idx, const char **n, uint32_t *nl
 	}
 	if (idx > STATIC_ENTRIES && idx - STATIC_ENTRIES - 1 < t->count) {
 		struct entry *e = &t->ring[(t->head + (idx - STATIC_ENTRIES - 1)) % t->cap];
-		*n = e->data;
+		*n = t->arena + e->off;
 		*nl = e->name_len;
-		*v = e->data + e->name_len;
+		*v = t->arena + e->off + e->name_len;
 		*vl = e->value_len;
 		return 0;
 	}
@@ -327,7 +399,10 @@ static int hp_str(const uint8_t *p, size_t n, size_t *pos, struct out *o, size_t
 	if (hp_int(p, n, pos, 7, &l) || l > n - *pos)
 		return -1;
 	*at = o->len;
-	if (huff) {
+	if (huff && l <= HUFF_MEMO_ENC) {
+		if (huff_memo(p + *pos, (uint32_t)l, o))
+			return -1;
+	} else if (huff) {
 		if (huff_decode(p + *pos, (size_t)l, o))
 			return -1;
 	} else {
@@ -415,15 +490,8 @@ static int hpack_block(struct table *t, const uint8_t *p, size_t n, struct summa
 				return -1;
 			goto found;
 		}
-		/* an indexed field: its name and value are copied so that every field is in strings */
-		nat = strings->len;
-		out_put(strings, name, nl);
-		vat = strings->len;
-		out_put(strings, value, vl);
-		if (strings->failed)
-			return -1;
-		name = strings->buf + nat;
-		value = strings->buf + vat;
+		/* an indexed field: name and value are the table's (copied below if kept) */
+		vat = SIZE_MAX;
 	found:
 		headers++;
 		inflated += nl + vl + 32;
@@ -450,6 +518,12 @@ static int hpack_block(struct table *t, const uint8_t *p, size_t n, struct summa
 					s->grpc_status = d;
 			} else if (is_name(name, nl, "content-type") && !f[C].len) {
 				which = C;
+			}
+			if (which >= 0 && vat == SIZE_MAX) { /* kept: into strings (the table moves) */
+				vat = strings->len;
+				out_put(strings, value, vl);
+				if (strings->failed)
+					return -1;
 			}
 			if (which >= 0) {
 				f[which].at = vat;

@@ -27,13 +27,16 @@ struct wire_event {
 typedef int (*wire_sink)(void *ctx, int from_client, const struct wire_event *ev);
 
 struct entry {
-	char *data; /* name then value */
+	uint32_t off; /* name then value, at arena + off */
 	uint32_t name_len, value_len;
 };
 
 struct table {
 	struct entry *ring; /* newest at ring[head], then older ones */
 	uint32_t cap, head, count;
+	char *arena; /* the entries' bytes, oldest first: appended, compacted when full (an
+		      * encoder that indexes every response header adds and evicts per block) */
+	uint32_t arena_cap, arena_len;
 	uint32_t size, maxsize, max_allowed;
 	int synced;	      /* the connection's start was seen: every reference must resolve */
 	unsigned long misses; /* references to entries never seen */

@@ -25,6 +25,8 @@
 #define MAX_PENDING 4096 /* connections whose first events wait for the bytes that decide */
 #define MAX_STASH 32	 /* events kept per such connection */
 #define SLOTS 40 /* collectors/base.py HIST_SLOTS_DEFAULT */
+#define STR_MEMO 512
+#define STR_MEMO_LEN 256
 
 /* The cell of one aggregate, as bytes (collectors/http.py reads it with struct). */
 struct cell {
@@ -52,6 +54,12 @@ struct conn {
 	struct req *streams; /* open streams, unordered */
 	uint32_t count, cap;
 	int error; /* a reason from the bookkeeping (too_many_streams) */
+	/* the cell of this connection's last request and what keyed it (the same objects: the
+	 * engine's string memo), valid while the engine's cells are of generation last_gen */
+	PyObject *last_cell, *last_method, *last_path;
+	long long last_status, last_grpc;
+	int last_flags;
+	unsigned long long last_gen;
 };
 
 typedef struct engine {
@@ -64,7 +72,10 @@ typedef struct engine {
 	PyObject *left;		       /* connections with an event left to Python in this batch:
 					* their later events follow it there, in order */
 	PyObject *pending;	       /* conn_id -> [events] waiting for the bytes that decide */
+	PyObject *strs[STR_MEMO];      /* short field values made lately, one per hash slot: the
+					* same method, path and authority come on every request */
 	unsigned long long events, requests, hints;
+	unsigned long long gen; /* take()s so far: the cells' generation */
 } EngineObject;
 
 static const char CAPSULE[] = "podscope.h2conn";
@@ -127,6 +138,9 @@ static void conn_free(struct conn *c)
 	for (uint32_t i = 0; i < c->count; i++)
 		req_clear(&c->streams[i]);
 	free(c->streams);
+	Py_XDECREF(c->last_cell);
+	Py_XDECREF(c->last_method);
+	Py_XDECREF(c->last_path);
 	Py_XDECREF(c->ident);
 	Py_XDECREF(c->wire);
 	free(c);
@@ -184,19 +198,27 @@ static int finish(struct conn *c, struct req *r)
 	int rc = -1;
 	e->requests++;
 	c->decoded++;
+	int is_grpc = content_is_grpc(r->content_type);
+	int flags = is_grpc | (r->reset ? 2 : 0) | (r->outcome << 2);
+	PyObject *key = NULL;
+	struct cell *cl, one;
+	if (c->last_cell && c->last_gen == e->gen && c->last_method == r->method &&
+	    c->last_path == r->path && c->last_status == r->status &&
+	    c->last_grpc == r->grpc_status && c->last_flags == flags) {
+		cl = (struct cell *)PyByteArray_AS_STRING(c->last_cell);
+		goto count;
+	}
 	PyObject *status = PyLong_FromLongLong(r->status);
 	PyObject *grpc = PyLong_FromLongLong(r->grpc_status);
-	PyObject *key = (status && grpc) ? PyTuple_Pack(8, c->ident, or_none(r->method),
-							   or_none(r->path), status, grpc,
-							   content_is_grpc(r->content_type) ? Py_True : Py_False,
-							   r->reset ? Py_True : Py_False,
-							   outcome_str[r->outcome])
-					 : NULL;
+	key = (status && grpc) ? PyTuple_Pack(8, c->ident, or_none(r->method), or_none(r->path),
+					      status, grpc, is_grpc ? Py_True : Py_False,
+					      r->reset ? Py_True : Py_False,
+					      outcome_str[r->outcome])
+			       : NULL;
 	Py_XDECREF(status);
 	Py_XDECREF(grpc);
 	if (!key)
 		goto out;
-	struct cell *cl, one;
 	PyObject *v = PyDict_GetItemWithError(e->cells, key);
 	if (!v && PyErr_Occurred())
 		goto out_key;
@@ -216,6 +238,16 @@ static int finish(struct conn *c, struct req *r)
 		memset(&one, 0, sizeof(one));
 		cl = &one;
 	}
+	if (cl != &one) {
+		Py_XSETREF(c->last_cell, Py_NewRef(v));
+		Py_XSETREF(c->last_method, Py_XNewRef(r->method));
+		Py_XSETREF(c->last_path, Py_XNewRef(r->path));
+		c->last_status = r->status;
+		c->last_grpc = r->grpc_status;
+		c->last_flags = flags;
+		c->last_gen = e->gen;
+	}
+count:;
 	uint64_t dur = r->end > r->start ? r->end - r->start : 0;
 	cl->count++;
 	cl->sum_ns += dur;
@@ -239,7 +271,7 @@ static int finish(struct conn *c, struct req *r)
 	}
 	rc = 0;
 out_key:
-	Py_DECREF(key);
+	Py_XDECREF(key);
 out:
 	req_clear(r);
 	return rc;
@@ -252,11 +284,28 @@ static PyObject *latin1(const char *p, uint32_t n)
 	return PyUnicode_DecodeLatin1(p, (Py_ssize_t)n, NULL);
 }
 
-static int set_str(PyObject **slot, const char *p, uint32_t n)
+static int set_str(EngineObject *e, PyObject **slot, const char *p, uint32_t n)
 {
+	PyObject **m = NULL;
+	if (n <= STR_MEMO_LEN) {
+		uint32_t h = 2166136261u ^ n;
+		for (uint32_t i = 0; i < n; i++)
+			h = (h ^ (uint8_t)p[i]) * 16777619u;
+		m = &e->strs[(h ^ (h >> 16)) % STR_MEMO];
+		if (*m && PyUnicode_GET_LENGTH(*m) == n && PyUnicode_KIND(*m) == PyUnicode_1BYTE_KIND &&
+		    !memcmp(PyUnicode_1BYTE_DATA(*m), p, n)) {
+			Py_INCREF(*m);
+			Py_XSETREF(*slot, *m);
+			return 0;
+		}
+	}
 	PyObject *s = latin1(p, n);
 	if (!s)
 		return -1;
+	if (m) {
+		Py_INCREF(s);
+		Py_XSETREF(*m, s);
+	}
 	Py_XSETREF(*slot, s);
 	return 0;
 }
@@ -294,10 +343,11 @@ static int on_headers(struct conn *c, int is_client, const struct wire_event *ev
 	if (ev->outcome && r->outcome != 2)
 		r->outcome = (uint8_t)ev->outcome;
 	const struct summary *s = ev->s;
-	if ((s->method && set_str(&r->method, s->method, s->method_len)) ||
-	    (s->path && set_str(&r->path, s->path, s->path_len)) ||
-	    (s->authority && set_str(&r->authority, s->authority, s->authority_len)) ||
-	    (s->grpc_message && set_str(&r->grpc_message, s->grpc_message, s->grpc_message_len)))
+	EngineObject *e = (EngineObject *)c->engine;
+	if ((s->method && set_str(e, &r->method, s->method, s->method_len)) ||
+	    (s->path && set_str(e, &r->path, s->path, s->path_len)) ||
+	    (s->authority && set_str(e, &r->authority, s->authority, s->authority_len)) ||
+	    (s->grpc_message && set_str(e, &r->grpc_message, s->grpc_message, s->grpc_message_len)))
 		return -1;
 	if (s->status >= 0)
 		r->status = s->status;
@@ -305,7 +355,7 @@ static int on_headers(struct conn *c, int is_client, const struct wire_event *ev
 		r->grpc_status = s->grpc_status;
 	if (s->content_type && s->content_type_len &&
 	    (!r->content_type || !PyUnicode_GET_LENGTH(r->content_type)) &&
-	    set_str(&r->content_type, s->content_type, s->content_type_len))
+	    set_str(e, &r->content_type, s->content_type, s->content_type_len))
 		return -1;
 	if (ev->flags & 0x1)
 		return end_stream(c, is_client, r);
@@ -685,6 +735,7 @@ static PyObject *Engine_take(EngineObject *e, PyObject *unused)
 		return NULL;
 	}
 	Py_SETREF(e->cells, cells);
+	e->gen++; /* the connections' last cells are not the new dict's */
 	e->overflow = overflow;
 	e->errors = errs;
 	return Py_BuildValue("(NN)", items, errors);
@@ -728,6 +779,8 @@ static void Engine_dealloc(EngineObject *e)
 	Py_XDECREF(e->errors);
 	Py_XDECREF(e->left);
 	Py_XDECREF(e->pending);
+	for (int i = 0; i < STR_MEMO; i++)
+		Py_XDECREF(e->strs[i]);
 	Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
