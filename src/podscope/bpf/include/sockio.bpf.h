@@ -188,8 +188,10 @@ static __always_inline bool io_desc_first(struct io_desc *d)
 	return true;
 }
 
-/* The data of a user msghdr; its msg_name (the peer address of sendmsg) in *name. */
-static __always_inline bool io_desc_msghdr(struct io_desc *d, __u64 uptr, __u64 *name)
+/* The data of a user msghdr; its msg_name (the peer address of sendmsg) in *name. first: read
+ * where the first buffer is (base, len), which only a look at the data's start needs. */
+static __always_inline bool io_desc_msghdr_at(struct io_desc *d, __u64 uptr, __u64 *name,
+					      bool first)
 {
 	struct user_msghdr m;
 
@@ -199,10 +201,21 @@ static __always_inline bool io_desc_msghdr(struct io_desc *d, __u64 uptr, __u64 
 	d->cnt = m.msg_iovlen;
 	if (name)
 		*name = (__u64)(unsigned long)m.msg_name;
+	if (!first) {
+		d->base = d->len = 0;
+		return d->cnt > 0;
+	}
 	return io_desc_first(d);
 }
 
-static __always_inline bool io_desc_get(struct io_desc *d, const struct sys_args *a)
+static __always_inline bool io_desc_msghdr(struct io_desc *d, __u64 uptr, __u64 *name)
+{
+	return io_desc_msghdr_at(d, uptr, name, true);
+}
+
+/* Where a data syscall's bytes are; with first, where its first buffer is too (a streamed
+ * connection's copy walks the iovec array itself: one user read fewer). */
+static __always_inline bool io_desc_get_at(struct io_desc *d, const struct sys_args *a, bool first)
 {
 	switch (a->nr) {
 	case NR_read:
@@ -221,11 +234,20 @@ static __always_inline bool io_desc_get(struct io_desc *d, const struct sys_args
 		break;
 	case NR_recvmsg:
 	case NR_sendmsg:
-		return io_desc_msghdr(d, a->a2, 0);
+		return io_desc_msghdr_at(d, a->a2, 0, first);
 	default:
 		return false; /* sendfile, splice, io_uring: bytes are counted, not read */
 	}
+	if (!first) {
+		d->base = d->len = 0;
+		return d->cnt > 0;
+	}
 	return io_desc_first(d);
+}
+
+static __always_inline bool io_desc_get(struct io_desc *d, const struct sys_args *a)
+{
+	return io_desc_get_at(d, a, true);
 }
 
 #endif
