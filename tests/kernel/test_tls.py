@@ -413,6 +413,8 @@ def test_grpc_go_unary_and_streaming_with_ok_and_error_statuses(
                           server_port="50051") == truth
         assert parse_errors(m) == 0
         assert m.value("podscope_http2_decode_total", outcome="full") >= 80
+        # every connection was seen from its start: no process carries the header probes
+        assert m.value("podscope_uprobe_hint_processes") == 0
     finally:
         agent.stop()
         p.terminate()
@@ -492,6 +494,14 @@ def test_grpc_connection_opened_before_the_agent_started(
             assert not by_method_status(m, SERVER_HIST, k8s_pod_uid=server.uid)
             assert m.value("podscope_http2_decode_total", outcome="uprobes") == 26
             assert m.value("podscope_http2_decode_total", outcome="partial") == 0
+            # the header probes were on the two processes that held the connection, and go
+            # with it (looked for every 5 s)
+            assert m.value("podscope_uprobe_hint_processes") == 2
+            p.kill()
+            p.wait()
+            m = wait_metrics(agent, lambda m: m.value("podscope_uprobe_hint_processes") == 0,
+                             timeout=20)
+            assert m.value("podscope_uprobe_hint_processes") == 0
         finally:
             agent.stop()
     finally:

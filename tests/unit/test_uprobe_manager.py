@@ -22,6 +22,7 @@ class FakeLink:
     def __init__(self, where: str) -> None:
         self.where = where
         self.alive = True
+        self.pid = -1
 
     def destroy(self) -> None:
         self.alive = False
@@ -34,16 +35,35 @@ class FakeProgram:
     def attach_uprobe(self, binary: str, func: str | None = None, offset: int = 0,
                       pid: int = -1, retprobe: bool = False) -> FakeLink:
         link = FakeLink(f"{binary}:{func}+{offset}:{self.name}")
+        link.pid = pid
         self.obj.links.append(link)
         return link
+
+
+class FakeMap:
+    def __init__(self) -> None:
+        self.items: dict[int, object] = {}
+
+    def update(self, key: Any, value: object) -> None:
+        self.items[key.value] = value
+
+    def delete(self, key: Any) -> None:
+        self.items.pop(key.value, None)
 
 
 class FakeObj:
     def __init__(self) -> None:
         self.links: list[FakeLink] = []
+        self.maps: dict[str, FakeMap] = {}
 
     def program(self, name: str) -> FakeProgram:
         return FakeProgram(self, name)
+
+    def map(self, name: str) -> FakeMap:
+        return self.maps.setdefault(name, FakeMap())
+
+    def struct(self, name: str) -> type:
+        return type(name, (), {})
 
 
 class FakeProc:
@@ -54,7 +74,7 @@ class FakeProc:
         self.root = base / "root"
         self.proc.mkdir()
         (self.root / "lib").mkdir(parents=True)
-        for name in ("libssl.so.3", "libc.so.6", "ld.so"):
+        for name in ("libssl.so.3", "libc.so.6", "ld.so", "gosrv"):
             (self.root / "lib" / name).write_bytes(name.encode())
 
     def file(self, name: str) -> Path:
@@ -76,10 +96,31 @@ class FakeProc:
         if not (d / "root").exists():
             (d / "root").symlink_to(self.root)
 
+    def sockets(self, pid: int, established: list[int], listening: list[int] = ()) -> None:
+        """The process's socket fds, and its namespace's TCP table (state 01: established)."""
+        fd, net = self.proc / str(pid) / "fd", self.proc / str(pid) / "net"
+        for d in (fd, net):
+            d.mkdir(exist_ok=True)
+            for f in d.iterdir():
+                f.unlink()
+        rows = ["  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt"
+                "   uid  timeout inode"]
+        for i, (ino, st) in enumerate([(n, "01") for n in established]
+                                      + [(n, "0A") for n in listening]):
+            (fd / str(3 + i)).symlink_to(f"socket:[{ino}]")
+            rows.append(f"   {i}: 0100007F:1F90 0100007F:C350 {st} 00000000:00000000 00:00000000"
+                        f" 00000000     0        0 {ino} 1 0000000000000000 20 4 30 10 -1")
+        (net / "tcp").write_text("\n".join(rows) + "\n")
+
     def kill(self, pid: int) -> None:
         d = self.proc / str(pid)
         for f in ("maps", "stat", "cgroup", "root"):
             (d / f).unlink()
+        for sub in ("fd", "net"):
+            if (d / sub).exists():
+                for f in (d / sub).iterdir():
+                    f.unlink()
+                (d / sub).rmdir()
         d.rmdir()
 
 
@@ -89,6 +130,11 @@ def inspect(path: str) -> elf.ElfInfo:
         return elf.ElfInfo("openssl", frozenset({"SSL_read", "SSL_write", "SSL_set_fd"}))
     if name == "ld.so":
         return elf.ElfInfo("ld", frozenset({"_dl_debug_state"}))
+    if name == "gosrv":
+        return elf.ElfInfo("go", frozenset({"crypto/tls.(*Conn).Read"}), h2_probes=(
+            ("golang.org/x/net/http2.(*Framer).WriteHeaders", "go_h2_wh"),
+            ("google.golang.org/grpc/internal/transport.(*http2Server).operateHeaders",
+             "go_grpc_srv_oh")))
     return elf.ElfInfo("", frozenset())
 
 
@@ -181,3 +227,50 @@ def test_an_event_is_looked_at_after_its_delay_and_timed(fake: FakeProc) -> None
     assert m._cg_scope[99] is False
     m.event(52, cgroup_id=99)
     assert 52 not in m._due
+
+
+def test_go_header_probes_only_on_processes_whose_connections_started_unseen(
+        fake: FakeProc) -> None:
+    """At the agent's start, a Go process holding established connections gets the HTTP/2
+    header probes for itself (pid-filtered) until those connections are gone; one with only a
+    listener gets none, nor does one started later. A connection met mid-way later asks for
+    them while it is open."""
+    fake.spawn(20, ["gosrv"])
+    fake.sockets(20, established=[555, 556], listening=[500])
+    fake.spawn(21, ["gosrv"])
+    fake.sockets(21, established=[], listening=[501])
+    m, obj = manager(fake)
+    m.hint_check_every = 0.0
+    m.scan_all()
+    assert set(m.hints) == {20}
+    assert sorted(link.pid for link in m.hints[20].links) == [20, 20]
+    tls = next(t for t in m.targets.values() if t.kind == "go")
+    assert tls.pids == {20, 21} and all(link.pid == -1 for link in tls.links)
+    fake.sockets(20, established=[556, 600], listening=[500])
+    m.tick()
+    assert m.hints[20].old == {556}
+    fake.sockets(20, established=[600], listening=[500])
+    hinted = list(m.hints[20].links)
+    m.tick()
+    assert not m.hints and not any(link.alive for link in hinted)
+    assert all(link.alive for link in tls.links)
+    fake.spawn(22, ["gosrv"], start=200)  # after the start: its connections are seen whole
+    fake.sockets(22, established=[700])
+    m.event(22)
+    m._due[22] = 0.0
+    m.tick()
+    assert 22 in tls.pids and not m.hints
+    midway = {21}
+    m.midway = lambda: midway
+    m.want_hints(1234)  # not a Go process podscope knows: nothing
+    m.want_hints(21)
+    assert set(m.hints) == {21} and not m.hints[21].old
+    m.tick()
+    assert set(m.hints) == {21}  # its connection met mid-way is open
+    midway.clear()
+    m.tick()
+    assert not m.hints
+    m.want_hints(22)
+    fake.kill(22)
+    m.tick()
+    assert not m.hints and m.state_sizes()["uprobe_hint_processes"] == 0

@@ -300,6 +300,7 @@ class HttpCollector:
             self.uprobes = UprobeManager(o, scope, max_files=max_files,
                                          detach_after=detach_after, proc=self.store.proc)
             self.uprobes.watch_loads = "http_dlmap" not in o.refused
+            self.uprobes.midway = self._midway_pids
             if "http_exec" not in o.refused:
                 self._ring.add(o.map("http_procs"), self._on_proc)
             if "http_exec" in o.refused or "http_dlmap" in o.refused:
@@ -667,6 +668,12 @@ class HttpCollector:
         for data in left:
             self._on_stream(data)
 
+    def _midway_pids(self) -> set[int]:
+        """Processes with an HTTP/2 connection open whose start was not seen."""
+        with self._lock:
+            return {st.pid for st in self._streams.values()
+                    if st.h2 is not None and not st.h2.seen_start}
+
     def _adopt(self, record: bytes) -> None:
         """A connection the engine met malformed bytes on (under the lock): counted there, and
         started over mid-way here, as _h2_error does."""
@@ -745,6 +752,8 @@ class HttpCollector:
                 if ev.kind == self.stream_kinds["HTTP_S_CLOSE"]:
                     return
                 st = self._new_stream(ev)
+            if st.h2 is not None and self.uprobes is not None and not st.h2.seen_start:
+                self.uprobes.want_hints(ev.pid)  # a Go program names its header blocks
             if ev.gap:  # events of this connection were lost: its parse state is void
                 self._error("stream_events_lost")
                 if st.h2 is not None:

@@ -7,7 +7,14 @@ change to the loaded libraries), looked at a few milliseconds later; a full pass
 seconds catches anything missed.
 How: once per file (device, inode), however many processes map it, through the process's own
 root (containers have their own files); the probes go when no process has mapped it for
-`detach_after` seconds. At most `max_files` files are probed at once; the rest are counted."""
+`detach_after` seconds. At most `max_files` files are probed at once; the rest are counted.
+
+The Go HTTP/2 header probes (hints) are per process, and only where they name something: a
+connection whose start the agent did not see (its HPACK state is not known). They go on the
+Go processes that hold established connections when the agent starts, until those connections
+are gone, and on a process in which a connection is met mid-way later (events lost), while
+such a connection is open (`midway`: the HTTP collector's word). Elsewhere the frames say it
+all, and a probe would cost a trap per header block (~10 us on a VM)."""
 
 from __future__ import annotations
 
@@ -45,6 +52,14 @@ GO_ENTRIES = {"crypto/tls.(*Conn).Read": "go_tls_rd_e", "crypto/tls.(*Conn).Writ
 SCOPES = ("pods", "all", "off")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, float("inf"))
 EVENT_DELAY = 0.03  # seconds between an exec/mmap event and reading the process's maps
+
+
+@dataclass
+class Hints:
+    """The HTTP/2 header probes of one Go process."""
+    file: tuple[int, int]  # the binary
+    links: list[libbpf.Link] = field(default_factory=list)
+    old: set[int] = field(default_factory=set)  # its connections from before the agent
 
 
 @dataclass
@@ -89,6 +104,12 @@ class UprobeManager:
         # every wake of the agent (hundreds a second under load), a /proc read per process each
         self.expire_every = 1.0
         self._expired_at = 0.0
+        self.hints: dict[int, Hints] = {}  # pid -> its header probes
+        # the processes with a connection met mid-way open (set by the HTTP collector)
+        self.midway: Callable[[], set[int]] = set
+        self.hint_check_every = 5.0  # connections from before the agent looked for this often
+        self._hints_checked = 0.0
+        self._started = False  # the first full pass is the agent's start
         self.errors: dict[str, int] = {}
         self.skipped_files = 0  # files not probed: max_files reached
         # seconds from a process's exec/mmap event to its files being probed (cumulative
@@ -123,6 +144,9 @@ class UprobeManager:
         if self.targets and now - self._expired_at >= self.expire_every:
             self._expired_at = now
             self._expire(now)
+        if self.hints and now - self._hints_checked >= self.hint_check_every:
+            self._hints_checked = now
+            self._check_hints()
 
     def scan_all(self) -> None:
         seen = set()
@@ -139,6 +163,7 @@ class UprobeManager:
                 self._look(pid, None)
         for pid in [p for p in self._pids if p not in seen]:
             self._gone(pid)
+        self._started = True
         self._due.clear()
         self._event_at.clear()
         self._event_cg.clear()
@@ -190,6 +215,10 @@ class UprobeManager:
             files.add(key)
             if info.h2_probes and not info.pie:
                 self._go_offsets(pid, info)
+                if pid not in self._go_pids and not self._started:
+                    old_conns = procs.established_sockets(pid, self.proc)
+                    if old_conns:
+                        self._hint(pid, key, info, old=old_conns)
                 self._go_pids.add(pid)
             t = self.targets[key]
             t.pids.add(pid)
@@ -225,9 +254,54 @@ class UprobeManager:
         out = [(*at(f, 0), GO_ENTRIES[f], False) for f in sorted(info.funcs) if f in GO_ENTRIES]
         for func, offsets in info.returns:
             out += [(*at(func, off), "go_tls_ret", False) for off in offsets]
-        if not info.pie:  # a position-independent Go binary: its type addresses move
-            out += [(func, 0, prog, False) for func, prog in info.h2_probes]
         return out
+
+    # --- the Go HTTP/2 header probes, per process ---
+    def want_hints(self, pid: int) -> None:
+        """A connection of pid was met mid-way: its header blocks are named by the probes."""
+        if pid in self.hints or pid not in self._go_pids or len(self.hints) >= self.max_files:
+            return
+        entry = self._pids.get(pid)
+        for key in entry[1] if entry else ():
+            info = self._kinds.get(key)
+            if info is not None and info.h2_probes and not info.pie:
+                self._hint(pid, key, info)
+                return
+
+    def _hint(self, pid: int, key: tuple[int, int], info: elf.ElfInfo,
+              old: set[int] | None = None) -> None:
+        t = self.targets.get(key)
+        if t is None:
+            return
+        h = Hints(key, old=old or set())
+        try:
+            for func, prog in info.h2_probes:
+                h.links.append(self.obj.program(prog).attach_uprobe(t.path, func, pid=pid))
+        except libbpf.BpfError as e:
+            self._error("attach_failed")
+            log.warning("uprobes: HTTP/2 header probes on %s (pid %d): %s", t.path, pid, e.short)
+            for link in h.links:
+                self._destroy(link)
+            return
+        self.hints[pid] = h
+        log.info("uprobes: HTTP/2 header probes on pid %d (%s)", pid,
+                 f"{len(h.old)} connections from before the agent" if h.old else
+                 "a connection met mid-way")
+
+    def _unhint(self, pid: int) -> None:
+        h = self.hints.pop(pid, None)
+        for link in h.links if h else ():
+            self._destroy(link)
+
+    def _check_hints(self) -> None:
+        midway = self.midway()
+        for pid, h in list(self.hints.items()):
+            if h.old:
+                h.old &= procs.established_sockets(pid, self.proc)
+            if not h.old and pid not in midway:
+                self._unhint(pid)
+                log.info("uprobes: HTTP/2 header probes off pid %d (no connection needs them)",
+                         pid)
 
     def _go_offsets(self, pid: int, info: elf.ElfInfo | None) -> None:
         """Where a Go process keeps what the HTTP/2 header probes read (per process: the map
@@ -290,6 +364,7 @@ class UprobeManager:
                 t.unused_since = time.monotonic()
 
     def _gone(self, pid: int) -> None:
+        self._unhint(pid)
         if pid in self._go_pids:
             self._go_pids.discard(pid)
             self._go_offsets(pid, None)
@@ -315,6 +390,8 @@ class UprobeManager:
         self.errors[reason] = self.errors.get(reason, 0) + 1
 
     def close(self) -> None:
+        for pid in list(self.hints):
+            self._unhint(pid)
         for t in self.targets.values():
             for link in t.links:
                 self._destroy(link)
@@ -323,7 +400,7 @@ class UprobeManager:
     # --- what it says ---
     def state_sizes(self) -> dict[str, int]:
         return {"uprobe_files": len(self.targets), "uprobe_processes": len(self._pids),
-                "uprobe_files_inspected": len(self._kinds)}
+                "uprobe_files_inspected": len(self._kinds), "uprobe_hint_processes": len(self.hints)}
 
     def found(self) -> list[dict[str, object]]:
         """Probed files and the processes mapping them (podscope check, the web page)."""
@@ -362,6 +439,12 @@ class UprobeManager:
                                     "Processes that map a probed file")
         procs_g.add_metric([], len(self._pids))
         yield procs_g
+        hints = GaugeMetricFamily(
+            "podscope_uprobe_hint_processes",
+            "Go processes with HTTP/2 header probes: connections from before the agent, or met "
+            "mid-way, whose HPACK state is not known")
+        hints.add_metric([], len(self.hints))
+        yield hints
         errs = CounterMetricFamily("podscope_uprobe_errors",
                                    "Files podscope could not probe, by reason "
                                    "(limit: more than max_uprobe_files)", labels=["reason"])

@@ -67,3 +67,33 @@ def start_time(pid: int, proc: str = "/proc") -> int:
             return int(f.read().rpartition(")")[2].split()[19])
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def established_sockets(pid: int, proc: str = "/proc") -> set[int]:
+    """Inodes of the established TCP sockets the process holds (its fds, against the TCP tables
+    of its network namespace); empty when it is gone."""
+    held: set[int] = set()
+    try:
+        for fd in os.listdir(f"{proc}/{pid}/fd"):
+            try:
+                link = os.readlink(f"{proc}/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                held.add(int(link[8:-1]))
+    except (OSError, ValueError):
+        return set()
+    if not held:
+        return held
+    out: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"{proc}/{pid}/net/{table}") as f:
+                next(f, None)
+                for line in f:
+                    parts = line.split()
+                    if len(parts) > 9 and parts[3] == "01" and int(parts[9]) in held:
+                        out.add(int(parts[9]))
+        except (OSError, ValueError):
+            continue
+    return out
