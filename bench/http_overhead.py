@@ -123,7 +123,17 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float,
     tag = "".join(w[0] for w in name.split("-")) + ("s" if name.endswith("tls") else "")
     server = net.pod(f"s{tag}")
     client = net.pod(f"c{tag}", driver="cgroupfs")
-    agent_args: list[str] = []
+    try:
+        return measure(name, server, client, rounds, seconds, baseline)
+    finally:
+        # the scenario's servers go with it: a Go server left running would be inspected
+        # (its DWARF) by every later scenario's agent, in their CPU and RSS
+        net.remove(client)
+        net.remove(server)
+
+
+def measure(name: str, server: Pod, client: Pod, rounds: int, seconds: float,
+            baseline: Path | None) -> list[dict[str, Any]]:
     tmp = tempfile.mkdtemp(prefix="podscope-bench-")
     server.cleanups.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
     if name.startswith("grpc-unary"):

@@ -25,6 +25,7 @@
 #define MAX_PENDING 4096 /* connections whose first events wait for the bytes that decide */
 #define MAX_STASH 32	 /* events kept per such connection */
 #define SLOTS 40 /* collectors/base.py HIST_SLOTS_DEFAULT */
+#define CONN_MEMO 1024 /* connections found lately, by id: most events skip the dict */
 #define STR_MEMO 512
 #define STR_MEMO_LEN 256
 
@@ -74,9 +75,15 @@ typedef struct engine {
 	PyObject *pending;	       /* conn_id -> [events] waiting for the bytes that decide */
 	PyObject *strs[STR_MEMO];      /* short field values made lately, one per hash slot: the
 					* same method, path and authority come on every request */
+	struct conn *memo[CONN_MEMO];  /* connections of conns by id slot (conn_free clears its) */
 	unsigned long long events, requests, hints;
 	unsigned long long gen; /* take()s so far: the cells' generation */
 } EngineObject;
+
+static struct conn **memo_slot(struct engine *e, uint64_t conn_id)
+{
+	return &e->memo[(conn_id ^ (conn_id >> 17)) % CONN_MEMO];
+}
 
 static const char CAPSULE[] = "podscope.h2conn";
 static const char *const OUTCOME[] = {"full", "partial", "none"};
@@ -133,8 +140,13 @@ static void stream_remove(struct conn *c, struct req *r, struct req *out)
 	*r = c->streams[--c->count];
 }
 
+static struct conn **memo_slot(struct engine *e, uint64_t conn_id);
+
 static void conn_free(struct conn *c)
 {
+	struct conn **m = c->engine ? memo_slot(c->engine, c->conn_id) : NULL;
+	if (m && *m == c)
+		*m = NULL;
 	for (uint32_t i = 0; i < c->count; i++)
 		req_clear(&c->streams[i]);
 	free(c->streams);
@@ -493,7 +505,12 @@ static int feed_conn(EngineObject *e, PyObject *key, struct conn *c,
 			 r > 0 ? wire_reason(r) : "too_many_streams");
 		if (bump(e, reason))
 			return -1;
-		return hand_over(e, key, rec, size);
+		if (key)
+			return hand_over(e, key, rec, size);
+		key = PyLong_FromUnsignedLongLong(ev->conn_id);
+		r = key ? hand_over(e, key, rec, size) : -1;
+		Py_XDECREF(key);
+		return r;
 	}
 	return 0;
 }
@@ -640,6 +657,10 @@ static int one(EngineObject *e, const char *rec, size_t size, PyObject *leftlist
 	if (size < sizeof(ev))
 		return 1; /* Python counts it (short_event) */
 	memcpy(&ev, rec, sizeof(ev));
+	struct conn **m = memo_slot(e, ev.conn_id);
+	if (*m && (*m)->conn_id == ev.conn_id && ev.kind == HTTP_S_DATA && !ev.gap &&
+	    !PySet_GET_SIZE(e->left)) /* the common case: no Python object made */
+		return feed_conn(e, NULL, *m, &ev, rec, size) ? -1 : 0;
 	PyObject *key = PyLong_FromUnsignedLongLong(ev.conn_id);
 	if (!key)
 		return -1;
@@ -650,6 +671,8 @@ static int one(EngineObject *e, const char *rec, size_t size, PyObject *leftlist
 		rc = left < 0 ? -1 : 1;
 	} else if (cap) {
 		struct conn *c = PyCapsule_GetPointer(cap, CAPSULE);
+		if (c)
+			*m = c;
 		if (!c)
 			rc = -1;
 		else if (ev.kind == HTTP_S_HINT)
