@@ -135,6 +135,7 @@ def scenario(net: PodNetwork, name: str, rounds: int, seconds: float,
 def measure(name: str, server: Pod, client: Pod, rounds: int, seconds: float,
             baseline: Path | None) -> list[dict[str, Any]]:
     tmp = tempfile.mkdtemp(prefix="podscope-bench-")
+    agent_args: list[str] = []
     server.cleanups.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
     if name.startswith("grpc-unary"):
         binary = build_go(ROOT / "tests" / "fixtures" / "go" / "gogrpc.go", Path(tmp) / "gogrpc")
