@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -212,14 +213,16 @@ def measure(name: str, server: Pod, client: Pod, rounds: int, seconds: float,
                 got[mode] = load(seconds)
                 continue
             agent = Agent(agent_args, tree=variants[mode])
-            time.sleep(settle)
-            cpu0 = proc_cpu_seconds(agent.proc.pid)
-            got[mode] = load(seconds)
-            time.sleep(0.5)  # let the agent drain what is in flight
-            lost[mode] += lost_events(agent.scrape())
-            agent_cpu[mode] += proc_cpu_seconds(agent.proc.pid) - cpu0
-            hwm[mode] = max(hwm[mode], proc_hwm_mb(agent.proc.pid))
-            agent.stop()
+            try:
+                time.sleep(settle)
+                cpu0 = proc_cpu_seconds(agent.proc.pid)
+                got[mode] = load(seconds)
+                time.sleep(0.5)  # let the agent drain what is in flight
+                lost[mode] += lost_events(agent.scrape())
+                agent_cpu[mode] += proc_cpu_seconds(agent.proc.pid) - cpu0
+                hwm[mode] = max(hwm[mode], proc_hwm_mb(agent.proc.pid))
+            finally:
+                agent.stop()
             on_requests[mode] += int(got[mode]["requests"])
             if os.path.exists(f"{tmp}/records.jsonl"):
                 os.unlink(f"{tmp}/records.jsonl")
@@ -236,13 +239,17 @@ def measure(name: str, server: Pod, client: Pod, rounds: int, seconds: float,
         # per program run, so the throughput rounds above run without it
         with bpf_stats():
             agent = Agent(agent_args, tree=tree)
-            time.sleep(settle)
-            ns0, cnt0 = bpf_prog_stats(MY_PROGS)
-            by0 = {c: bpf_prog_stats({p for p in MY_PROGS if p.startswith(c)}) for c in COLLECTORS}
-            prof = load(seconds)
-            ns1, cnt1 = bpf_prog_stats(MY_PROGS)
-            by1 = {c: bpf_prog_stats({p for p in MY_PROGS if p.startswith(c)}) for c in COLLECTORS}
-            agent.stop()
+            try:
+                time.sleep(settle)
+                ns0, cnt0 = bpf_prog_stats(MY_PROGS)
+                by0 = {c: bpf_prog_stats({p for p in MY_PROGS if p.startswith(c)})
+                       for c in COLLECTORS}
+                prof = load(seconds)
+                ns1, cnt1 = bpf_prog_stats(MY_PROGS)
+                by1 = {c: bpf_prog_stats({p for p in MY_PROGS if p.startswith(c)})
+                       for c in COLLECTORS}
+            finally:
+                agent.stop()
         bpf_ns, bpf_cnt = ns1 - ns0, cnt1 - cnt0
         out.append({
             "scenario": name if tree is None else f"{name} @{tree.name.removeprefix('baseline-')}",
@@ -264,6 +271,12 @@ def measure(name: str, server: Pod, client: Pod, rounds: int, seconds: float,
     return out
 
 
+def _loaded_progs() -> set[str]:
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    return {p.get("name", "") for p in json.loads(out or "[]")} & MY_PROGS
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
@@ -277,6 +290,13 @@ def main() -> int:
                     help="also run the agent of this git revision (built in bench/out), in the "
                          "same rounds: the before and after of a change side by side")
     a = ap.parse_args()
+    if running := _loaded_progs():
+        print(f"podscope's programs are loaded ({', '.join(sorted(running))}): another "
+              "agent runs, and the rounds without an agent would not be; stop it first",
+              file=sys.stderr)
+        return 2
+    # stopped with SIGTERM: the pods and any agent started go too (finally blocks run)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     base = baseline_tree(a.baseline) if a.baseline else None
     with PodNetwork() as net:
         results = [r for name in (a.only or ["nginx-tiny", "handler-1ms", "nginx-records"])
