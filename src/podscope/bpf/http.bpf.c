@@ -29,6 +29,7 @@
 #include "task_store.bpf.h"
 #include "http.h"
 #include "tls.bpf.h"
+#include "db.bpf.h"
 
 #define AF_INET6    10
 #define IPPROTO_TCP 6
@@ -45,6 +46,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile bool emit_records = false; /* one ring-buffer record per request */
 const volatile bool stream_all = false;	  /* stream every HTTP connection (header capture) */
 const volatile __u32 max_tries = 16;	  /* data syscalls without an HTTP head before giving up */
+const volatile bool detect_db = true;	  /* database and cache protocols (db.bpf.h) */
 const volatile bool has_prev_state = true;   /* sched_switch's prev_state argument (v5.18) */
 const volatile bool has_task_pt_regs = true; /* bpf_task_pt_regs (v5.15): why a thread blocked */
 
@@ -229,15 +231,26 @@ static __always_inline struct http_conn *conn_get(__u64 key)
 	return bpf_map_lookup_elem(&http_conns, &key);
 }
 
-/* The first 8 bytes of the data as a little-endian word, 0 when unreadable. */
+/* The first 8 bytes of the data as a little-endian word, 0 when unreadable. A first buffer shorter
+ * than that (memcaslap writes "set " alone, then the key) is completed from the second one. */
 static __always_inline __u64 peek8(const struct io_desc *d, int ret)
 {
-	__u64 w = 0;
+	struct iovec v[2];
+	__u64 w = 0, w1 = 0, n0;
 
-	if (ret < 8 || d->len < 8)
+	if (ret < 8)
 		return 0;
-	bpf_probe_read_user(&w, sizeof(w), (void *)d->base);
-	return w;
+	if (d->len >= 8) {
+		bpf_probe_read_user(&w, sizeof(w), (void *)d->base);
+		return w;
+	}
+	n0 = d->len;
+	if (!d->iov_ptr || d->cnt < 2 || !n0 || n0 > 7 ||
+	    bpf_probe_read_user(v, sizeof(v), (void *)d->iov_ptr) || v[1].iov_len < 8 - n0 ||
+	    bpf_probe_read_user(&w, clamp_len(n0, 7), (void *)d->base) ||
+	    bpf_probe_read_user(&w1, sizeof(w1), v[1].iov_base))
+		return 0;
+	return w | w1 << ((n0 & 7) * 8);
 }
 
 /* The first bytes as a word for is_tls_record: OpenSSL reads a record's 5-byte header alone. */
@@ -1274,7 +1287,7 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 	__u32 target;
 	bool have;
 	__u64 w, key;
-	__u8 role;
+	__u8 role, proto;
 
 	if (!s)
 		return 0;
@@ -1303,7 +1316,8 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 	s->have = have;
 	if (c && c->mode == HTTP_MODE_OFF) {
 		w = have ? peek8(&s->io, ret) : 0;
-		if (method_of(w, &target) == 0xff && !is_response(w)) {
+		if (method_of(w, &target) == 0xff && !is_response(w) &&
+		    !(detect_db && db_request_proto(w))) {
 			if (!plain && have && is_tls_record(peek_record(&s->io, ret, w))) {
 				c->tls = 1; /* STARTTLS, or TLS first seen mid-way */
 				tls_socket_io(key, inbound);
@@ -1346,6 +1360,18 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 			conn_init(c, s, sk, 0, btf);
 			c->mode = HTTP_MODE_STREAM;
 			c->proto = HTTP_PROTO_2_MIDWAY;
+			count(HTTP_C_STREAMED);
+			http_stream_emit(key, ret, (inbound ? EMIT_INBOUND : 0) | EMIT_HAVE_IO |
+							   EMIT_KIND(HTTP_S_DATA));
+			return 0;
+		}
+		if (detect_db && have && (proto = db_request_proto(w))) {
+			/* a database or cache: user space parses it, from this request on */
+			if (!c && !(c = conn_new(s, key)))
+				return 0;
+			conn_init(c, s, sk, inbound ? HTTP_ROLE_SERVER : HTTP_ROLE_CLIENT, btf);
+			c->mode = HTTP_MODE_STREAM;
+			c->proto = proto;
 			count(HTTP_C_STREAMED);
 			http_stream_emit(key, ret, (inbound ? EMIT_INBOUND : 0) | EMIT_HAVE_IO |
 							   EMIT_KIND(HTTP_S_DATA));

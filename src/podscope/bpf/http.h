@@ -28,6 +28,8 @@ enum http_proto {
 	HTTP_PROTO_1 = 1,	  /* HTTP/1.x (pipelining, header capture) */
 	HTTP_PROTO_2 = 2,	  /* HTTP/2 from its client preface */
 	HTTP_PROTO_2_MIDWAY = 3, /* HTTP/2 frames on a connection whose start was not seen */
+	HTTP_PROTO_REDIS = 4,	  /* RESP (bpf/include/db.bpf.h): parsed in native/dbengine.c */
+	HTTP_PROTO_MEMCACHED = 5, /* memcached's text and meta protocols (the same) */
 };
 
 enum http_phase {
