@@ -323,7 +323,8 @@ PyMODINIT_FUNC PyInit__fast(void)
 	Py_INCREF(&BatchType);
 	if (PyModule_AddObject(m, "Batch", (PyObject *)&BatchType) < 0 ||
 	    PyModule_AddObject(m, "SAMPLE_CALLBACK", PyLong_FromVoidPtr((void *)sample_cb)) < 0 ||
-	    records_init(m) < 0 || h2_init(m) < 0 || h2engine_init(m) < 0) {
+	    records_init(m) < 0 || h2_init(m) < 0 || h2engine_init(m) < 0 ||
+	    dbengine_init(m) < 0) {
 		Py_DECREF(m);
 		return NULL;
 	}

@@ -36,5 +36,6 @@ int batch_next(const char *buf, size_t len, size_t *pos, const char **data, size
 int records_init(PyObject *module);
 int h2_init(PyObject *module);
 int h2engine_init(PyObject *module);
+int dbengine_init(PyObject *module);
 
 #endif

@@ -657,6 +657,8 @@ static int one(EngineObject *e, const char *rec, size_t size, PyObject *leftlist
 	if (size < sizeof(ev))
 		return 1; /* Python counts it (short_event) */
 	memcpy(&ev, rec, sizeof(ev));
+	if (ev.proto >= HTTP_PROTO_REDIS)
+		return 0; /* a database's: native/dbengine.c takes it from the same batch */
 	struct conn **m = memo_slot(e, ev.conn_id);
 	if (*m && (*m)->conn_id == ev.conn_id && ev.kind == HTTP_S_DATA && !ev.gap &&
 	    !PySet_GET_SIZE(e->left)) /* the common case: no Python object made */

@@ -1,0 +1,1048 @@
+/* Databases and caches at full speed: the stream events of connections the kernel found speaking
+ * a database or cache protocol (bpf/include/db.bpf.h) go from a ring-buffer batch to that
+ * protocol's parser here, with no Python per event or per operation. Requests are paired with
+ * their responses in order (pipelining: a bounded queue per connection) and aggregated per
+ * (connection identity, system, operation, status); Python folds the cells into its series once
+ * a second (collectors/http.py), as it does for HTTP/2.
+ *
+ * Protocols: Redis (RESP2 and RESP3: pipelining, errors by prefix, MULTI/EXEC, pushes and
+ * attributes that are not replies, pub/sub left unpaired).
+ *
+ * Bad input never stops anything: a byte that is not the protocol's, a value nested too deep or
+ * bytes lost (not captured by the kernel, or events lost) void the connection's parse state,
+ * counted by reason; the requests in flight are counted as unpaired, and the parser starts
+ * again at the next syscall's data. Bounded: connections (DB_MAX_CONNS, the least recently used
+ * go first), requests in flight per connection (DB_MAX_PENDING), cells (DB_MAX_CELLS, beyond
+ * which each operation is its own cell). */
+#include <linux/types.h>
+
+#include "fast.h"
+#include "http.h"
+
+#include <string.h>
+
+#define DB_MAX_CONNS 20000
+#define DB_MAX_PENDING 1024
+#define DB_MAX_CELLS 16384
+#define SLOTS 40 /* collectors/base.py HIST_SLOTS_DEFAULT */
+#define OP_MAX 32
+#define STATUS_MAX 32
+#define RESP_LINE 64
+#define DEPTH_MAX 16
+
+/* The cell of one aggregate, as bytes (collectors/http.py reads it with struct). */
+struct db_cell {
+	uint64_t count, sum_ns, req_bytes, resp_bytes;
+	uint64_t slots[SLOTS];
+};
+
+struct op {
+	uint64_t ts; /* when the request was complete */
+	uint64_t bytes;
+	uint8_t len;
+	char name[OP_MAX];
+};
+
+/* One direction of RESP: where the parser is in the current top-level value. */
+struct resp {
+	char line[RESP_LINE]; /* the current line's first bytes (type byte included) */
+	uint32_t line_len;
+	uint32_t line_over; /* the line went past RESP_LINE: the rest is passed over */
+	uint64_t skip;	    /* bulk payload (and its CRLF) still to pass over */
+	uint64_t left[DEPTH_MAX]; /* elements still to come in each open aggregate */
+	uint32_t depth;
+	uint32_t in_value; /* a top-level value has begun */
+	uint64_t bytes;	   /* of the current top-level value */
+	int want_name;	   /* requests: the next bulk string is the command's name */
+	int is_cmd;	   /* requests: a command array with elements (a reply will follow) */
+	int kind;	   /* replies: 0 a reply, 1 a push, 2 an attribute (the reply follows) */
+	char name[OP_MAX]; /* requests: the command; replies: the error's prefix */
+	uint8_t name_len;
+	int error; /* replies: an error (its prefix in name) */
+};
+
+/* One direction of memcached's text protocol: lines, and data blocks of a known size. */
+#define MC_LINE 320 /* a key is up to 250 bytes: "VALUE <key> <flags> <bytes> <cas>" fits */
+
+struct mcdir {
+	char line[MC_LINE];
+	uint32_t line_len, line_over;
+	uint64_t skip;	  /* a data block (and its CRLF) still to pass over */
+	uint64_t bytes;	  /* of the current request or response */
+	int in_value;	  /* a request or response has begun */
+	int multi;	  /* responses: a retrieval's VALUE (or STAT) lines, until END */
+	int done_after;	  /* the message is complete when the data block ends */
+	int reply;	  /* requests: a response will come (not noreply, not quiet) */
+	char name[OP_MAX]; /* requests: the command */
+	uint8_t name_len;
+};
+
+struct dbconn {
+	struct dbengine *engine;
+	uint64_t conn_id, last_ts;
+	uint8_t role, proto;
+	PyObject *ident; /* (cgroup_id, netns, role, tls, family, peer_addr, peer_port) */
+	struct resp req, resp;	/* Redis */
+	struct mcdir mreq, mresp; /* memcached */
+	struct op *ops; /* requests waiting for their responses: a ring */
+	uint32_t head, count, cap;
+	int pubsub; /* a subscriber: what comes is messages, not replies */
+	int reply_lost;	     /* replies not all captured: they end before the next request */
+	uint64_t lost_ts;    /* the last reply bytes read meanwhile */
+	uint64_t lost_bytes; /* and how many */
+	int broken; /* the parse state is void until the next syscall's data */
+};
+
+typedef struct dbengine {
+	PyObject_HEAD PyObject *conns; /* conn_id -> capsule(struct dbconn), oldest first */
+	PyObject *cells;	       /* key -> bytearray(struct db_cell) */
+	PyObject *overflow;	       /* [(key, bytes(struct db_cell))] past DB_MAX_CELLS */
+	PyObject *errors;	       /* reason -> count */
+	PyObject *system[16];	       /* the system's name per proto (db_system_name) */
+	unsigned long long events, operations;
+} DbEngineObject;
+
+static const char CAPSULE[] = "podscope.dbconn";
+
+/* --- bookkeeping --------------------------------------------------------------------------- */
+
+static int bump(DbEngineObject *e, const char *reason, long n)
+{
+	PyObject *k = PyUnicode_FromString(reason);
+	if (!k)
+		return -1;
+	PyObject *v = PyDict_GetItemWithError(e->errors, k);
+	long was = v ? PyLong_AsLong(v) : 0;
+	PyObject *nv = PyErr_Occurred() ? NULL : PyLong_FromLong(was + n);
+	int r = nv ? PyDict_SetItem(e->errors, k, nv) : -1;
+	Py_XDECREF(nv);
+	Py_DECREF(k);
+	return r;
+}
+
+static int slot_of(uint64_t ns)
+{
+	if (!ns)
+		return 0;
+	int s = 64 - __builtin_clzll(ns); /* floor(log2(ns)) + 1 */
+	return s < SLOTS ? s : SLOTS - 1;
+}
+
+static void conn_free(struct dbconn *c)
+{
+	free(c->ops);
+	Py_XDECREF(c->ident);
+	free(c);
+}
+
+static void capsule_free(PyObject *cap)
+{
+	struct dbconn *c = PyCapsule_GetPointer(cap, CAPSULE);
+	if (c)
+		conn_free(c);
+}
+
+/* A name from the wire as a label value: command and error names are short words of letters,
+ * digits and a few marks; anything else (garbage, a binary key) is `other`, so that no byte a
+ * client sends becomes a series of its own. */
+static PyObject *label(const char *s, size_t n, const char *other)
+{
+	for (size_t i = 0; i < n; i++) {
+		char ch = s[i];
+		if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+		      ch == '_' || ch == '-' || ch == '.' || ch == ':'))
+			return PyUnicode_FromString(other);
+	}
+	return PyUnicode_FromStringAndSize(s, (Py_ssize_t)n);
+}
+
+/* One operation done: into its cell. */
+static int finish(struct dbconn *c, const struct op *o, uint64_t end, uint64_t resp_bytes,
+		  const char *status, size_t status_len)
+{
+	DbEngineObject *e = (DbEngineObject *)c->engine;
+	e->operations++;
+	PyObject *sys = e->system[c->proto & 15];
+	PyObject *op = label(o->name, o->len, "_OTHER");
+	PyObject *st = op ? label(status, status_len, "_OTHER") : NULL;
+	PyObject *key = st ? PyTuple_Pack(4, c->ident, sys ? sys : Py_None, op, st) : NULL;
+	Py_XDECREF(op);
+	Py_XDECREF(st);
+	if (!key)
+		return -1;
+	struct db_cell *cl, one;
+	PyObject *v = PyDict_GetItemWithError(e->cells, key);
+	int rc = -1;
+	if (!v && PyErr_Occurred())
+		goto out;
+	if (v) {
+		cl = (struct db_cell *)PyByteArray_AS_STRING(v);
+	} else if (PyDict_GET_SIZE(e->cells) < DB_MAX_CELLS) {
+		v = PyByteArray_FromStringAndSize(NULL, sizeof(struct db_cell));
+		if (!v)
+			goto out;
+		memset(PyByteArray_AS_STRING(v), 0, sizeof(struct db_cell));
+		int err = PyDict_SetItem(e->cells, key, v);
+		Py_DECREF(v);
+		if (err)
+			goto out;
+		cl = (struct db_cell *)PyByteArray_AS_STRING(v);
+	} else {
+		memset(&one, 0, sizeof(one));
+		cl = &one;
+	}
+	uint64_t dur = end > o->ts ? end - o->ts : 0;
+	cl->count++;
+	cl->sum_ns += dur;
+	cl->slots[slot_of(dur)]++;
+	cl->req_bytes += o->bytes;
+	cl->resp_bytes += resp_bytes;
+	if (cl == &one) {
+		PyObject *item = Py_BuildValue("(Oy#)", key, (const char *)&one,
+					       (Py_ssize_t)sizeof(one));
+		if (!item || PyList_Append(e->overflow, item)) {
+			Py_XDECREF(item);
+			goto out;
+		}
+		Py_DECREF(item);
+	}
+	rc = 0;
+out:
+	Py_DECREF(key);
+	return rc;
+}
+
+static int push_op(struct dbconn *c, const char *name, size_t len, uint64_t ts, uint64_t bytes)
+{
+	if (c->count >= DB_MAX_PENDING)
+		return bump((DbEngineObject *)c->engine, "db_too_many_in_flight", 1) ? -1 : 0;
+	if (c->count == c->cap) {
+		uint32_t cap = c->cap ? c->cap * 2 : 8;
+		struct op *r = malloc(cap * sizeof(*r));
+		if (!r) {
+			PyErr_NoMemory();
+			return -1;
+		}
+		for (uint32_t i = 0; i < c->count; i++)
+			r[i] = c->ops[(c->head + i) % c->cap];
+		free(c->ops);
+		c->ops = r;
+		c->cap = cap;
+		c->head = 0;
+	}
+	struct op *o = &c->ops[(c->head + c->count) % c->cap];
+	o->ts = ts;
+	o->bytes = bytes;
+	o->len = (uint8_t)(len < OP_MAX ? len : OP_MAX);
+	memcpy(o->name, name, o->len);
+	c->count++;
+	return 0;
+}
+
+static struct op *pop_op(struct dbconn *c)
+{
+	if (!c->count)
+		return NULL;
+	struct op *o = &c->ops[c->head];
+	c->head = (c->head + 1) % c->cap;
+	c->count--;
+	return o;
+}
+
+/* The parse state is void (reason counted): what was in flight is not paired. */
+static int desync(struct dbconn *c, const char *reason)
+{
+	DbEngineObject *e = (DbEngineObject *)c->engine;
+	long lost = c->count;
+	memset(&c->req, 0, sizeof(c->req));
+	memset(&c->resp, 0, sizeof(c->resp));
+	memset(&c->mreq, 0, sizeof(c->mreq));
+	memset(&c->mresp, 0, sizeof(c->mresp));
+	c->head = c->count = 0;
+	c->broken = 1;
+	c->reply_lost = 0;
+	if (bump(e, reason, 1))
+		return -1;
+	return lost ? bump(e, "db_unpaired", lost) : 0;
+}
+
+/* The client sends again after replies it read only in part: those in flight were answered by
+ * then (their status: the reply's start was not an error, or it would have been whole). */
+static int replies_lost(struct dbconn *c)
+{
+	c->reply_lost = 0;
+	memset(&c->resp, 0, sizeof(c->resp));
+	memset(&c->mresp, 0, sizeof(c->mresp));
+	for (int first = 1; c->count; first = 0) {
+		struct op done = *pop_op(c);
+		if (finish(c, &done, c->lost_ts, first ? c->lost_bytes : 0, "", 0))
+			return -1;
+	}
+	return 0;
+}
+
+/* --- RESP (Redis) -------------------------------------------------------------------------- */
+
+static long long resp_int(const char *s, uint32_t n, int *ok)
+{
+	long long v = 0;
+	int neg = 0;
+	uint32_t i = 0;
+	*ok = 0;
+	if (i < n && (s[i] == '-' || s[i] == '+'))
+		neg = s[i++] == '-';
+	if (i == n || n - i > 18)
+		return 0;
+	for (; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return 0;
+		v = v * 10 + (s[i] - '0');
+	}
+	*ok = 1;
+	return neg ? -v : v;
+}
+
+static void upper_into(char *dst, uint8_t *len, const char *src, size_t n)
+{
+	if (n > OP_MAX)
+		n = OP_MAX;
+	for (size_t i = 0; i < n; i++) {
+		char ch = src[i];
+		dst[i] = (ch >= 'a' && ch <= 'z') ? (char)(ch - 32) : ch;
+	}
+	*len = (uint8_t)n;
+}
+
+static int is_subscribe(const struct resp *r)
+{
+	return (r->name_len == 9 && !memcmp(r->name, "SUBSCRIBE", 9)) ||
+	       (r->name_len == 10 && !memcmp(r->name, "PSUBSCRIBE", 10)) ||
+	       (r->name_len == 10 && !memcmp(r->name, "SSUBSCRIBE", 10));
+}
+
+/* A whole top-level value of one side. */
+static int resp_value(struct dbconn *c, struct resp *r, int request, uint64_t ts)
+{
+	if (request) {
+		if (!r->is_cmd && !r->name_len)
+			return 0; /* an empty command (a bare CRLF, an empty array): no reply follows */
+		if (c->pubsub)
+			return 0; /* (UN)SUBSCRIBE, PING in subscribed mode: messages, not replies */
+		if (push_op(c, r->name, r->name_len, ts, r->bytes))
+			return -1;
+		if (is_subscribe(r))
+			c->pubsub = 1; /* replies from here on are confirmations and messages */
+		return 0;
+	}
+	if (r->kind) /* a push (out of band) or an attribute (the reply follows) */
+		return 0;
+	struct op *o = pop_op(c);
+	if (!o) {
+		if (c->pubsub)
+			return 0;
+		return bump((DbEngineObject *)c->engine, "db_unrequested_reply", 1);
+	}
+	struct op done = *o;
+	if (c->pubsub) /* the subscription's first confirmation answers it; the rest is messages */
+		c->head = c->count = 0;
+	return finish(c, &done, ts, r->bytes, r->error ? r->name : "", r->error ? r->name_len : 0);
+}
+
+/* An element of the current value is complete: close the aggregates it completes. 1: the
+ * top-level value is complete. */
+static int resp_element(struct resp *r)
+{
+	while (r->depth) {
+		if (--r->left[r->depth - 1])
+			return 0;
+		r->depth--;
+	}
+	return 1;
+}
+
+/* An aggregate of n elements opens (n <= 0: it is an element itself, complete). */
+static int resp_open(struct resp *r, long long n, int *done)
+{
+	*done = 0;
+	if (n <= 0) {
+		*done = resp_element(r);
+		return 0;
+	}
+	if (r->depth >= DEPTH_MAX)
+		return -1;
+	r->left[r->depth++] = (uint64_t)n;
+	return 0;
+}
+
+/* One line of a side (its type byte first, CRLF stripped). 0, 1 (a value is complete), or -1
+ * (not RESP). */
+static int resp_line(struct resp *r, int request, const char *s, uint32_t n)
+{
+	int ok = 1, done = 0;
+	int top = !r->depth;
+	if (!n)
+		return request && top ? 1 : -1; /* requests: an empty inline command */
+	char t = s[0];
+	long long v = 0;
+	if (strchr("*$%~>|!=(:,#", t))
+		v = resp_int(s + 1, n - 1, &ok);
+	if (request) {
+		if (t == '*') {
+			if (!ok)
+				return -1;
+			if (top) {
+				r->want_name = 1;
+				r->is_cmd = v > 0;
+			}
+			return resp_open(r, v, &done) ? -1 : done;
+		}
+		if (t == '$') {
+			if (!ok)
+				return -1;
+			if (v < 0) {
+				r->want_name = 0;
+				return resp_element(r);
+			}
+			r->skip = (uint64_t)v + 2;
+			return 0;
+		}
+		if (!top)
+			return -1;
+		/* an inline command: its first word names it */
+		uint32_t w = 0;
+		while (w < n && s[w] != ' ')
+			w++;
+		upper_into(r->name, &r->name_len, s, w);
+		return 1;
+	}
+	if (top)
+		r->kind = t == '>' ? 1 : t == '|' ? 2 : 0;
+	switch (t) {
+	case '-': { /* an error: its first word is the status (ERR, WRONGTYPE, MOVED...) */
+		uint32_t w = 1;
+		while (w < n && s[w] != ' ')
+			w++;
+		if (top) {
+			r->error = 1;
+			memcpy(r->name, s + 1, w - 1 < OP_MAX ? w - 1 : OP_MAX);
+			r->name_len = (uint8_t)(w - 1 < OP_MAX ? w - 1 : OP_MAX);
+		}
+		return resp_element(r);
+	}
+	case '+':
+	case '_':
+		return resp_element(r);
+	case ':':
+	case ',':
+	case '#':
+	case '(':
+		return ok ? resp_element(r) : -1;
+	case '$':
+	case '!':
+	case '=':
+		if (!ok)
+			return -1;
+		if (v < 0)
+			return resp_element(r);
+		if (t == '!' && top) {
+			r->error = 1; /* a blob error: its first word, read from the payload */
+			r->want_name = 1;
+		}
+		r->skip = (uint64_t)v + 2;
+		return 0;
+	case '*':
+	case '~':
+	case '>':
+		return ok && !resp_open(r, v, &done) ? done : -1;
+	case '%':
+	case '|':
+		return ok && v < (1LL << 40) && !resp_open(r, v * 2, &done) ? done : -1;
+	default:
+		return -1;
+	}
+}
+
+/* One side's bytes (n of them captured, then `uncaptured` more that were not). */
+static int resp_feed(struct dbconn *c, int request, const uint8_t *p, size_t n,
+		     uint64_t uncaptured, uint64_t ts)
+{
+	struct resp *r = request ? &c->req : &c->resp;
+	size_t pos = 0;
+	while (pos < n) {
+		if (!r->in_value) { /* a top-level value begins */
+			r->in_value = 1;
+			r->bytes = 0;
+			r->name_len = 0;
+			r->want_name = r->is_cmd = r->kind = r->error = 0;
+		}
+		if (r->skip) { /* a bulk string's payload: its first bytes may name the command */
+			size_t take = r->skip < n - pos ? (size_t)r->skip : n - pos;
+			if (r->want_name && r->skip > 2) { /* a piece of it: the name may span syscalls */
+				size_t body = r->skip - 2 < take ? (size_t)(r->skip - 2) : take;
+				for (size_t i = 0; i < body && r->name_len < OP_MAX; i++) {
+					char ch = (char)p[pos + i];
+					if (!request && ch == ' ') { /* a blob error: its first word */
+						r->want_name = 0;
+						break;
+					}
+					r->name[r->name_len++] =
+						request && ch >= 'a' && ch <= 'z' ? (char)(ch - 32) : ch;
+				}
+			}
+			r->skip -= take;
+			r->bytes += take;
+			pos += take;
+			if (!r->skip) {
+				r->want_name = 0;
+				if (resp_element(r)) {
+					r->in_value = 0;
+					if (resp_value(c, r, request, ts))
+						return -1;
+				}
+			}
+			continue;
+		}
+		const uint8_t *nl = memchr(p + pos, '\n', n - pos);
+		size_t end = nl ? (size_t)(nl - p) : n;
+		size_t len = end - pos;
+		if (!r->line_over) {
+			size_t room = RESP_LINE - r->line_len;
+			size_t k = len < room ? len : room;
+			memcpy(r->line + r->line_len, p + pos, k);
+			r->line_len += (uint32_t)k;
+			if (k < len)
+				r->line_over = 1;
+		}
+		r->bytes += len + (nl ? 1 : 0);
+		pos = end + (nl ? 1 : 0);
+		if (!nl)
+			break;
+		uint32_t ll = r->line_len;
+		if (ll && r->line[ll - 1] == '\r')
+			ll--;
+		else if (!r->line_over && (request ? r->depth || (ll && r->line[0] == '*') : 1))
+			return desync(c, "redis_bad_line"); /* RESP lines end in CRLF */
+		int got = resp_line(r, request, r->line, ll);
+		r->line_len = r->line_over = 0;
+		if (got < 0)
+			return desync(c, "redis_not_resp");
+		if (got) {
+			r->in_value = 0;
+			if (resp_value(c, r, request, ts))
+				return -1;
+		}
+	}
+	if (uncaptured) {
+		if (r->skip >= uncaptured) { /* inside a large value: passed over as it would be */
+			r->skip -= uncaptured;
+			r->bytes += uncaptured;
+			if (!r->skip) {
+				r->want_name = 0;
+				if (resp_element(r)) {
+					r->in_value = 0;
+					if (resp_value(c, r, request, ts))
+						return -1;
+				}
+			}
+		} else if (request) {
+			/* a request larger than the kernel copies (MSET of thousands of keys): it is
+			 * whole at this syscall's end, as requests almost always are */
+			r->bytes += uncaptured;
+			if (r->in_value && (r->is_cmd || r->name_len) && resp_value(c, r, 1, ts))
+				return -1;
+			memset(r, 0, sizeof(*r));
+		} else {
+			/* a reply larger than the kernel copies (LRANGE, KEYS, COMMAND DOCS): what is
+			 * answered ends with the last bytes read before the client's next request */
+			c->reply_lost = 1;
+			c->lost_ts = ts;
+			c->lost_bytes = r->bytes + uncaptured;
+			memset(r, 0, sizeof(*r));
+		}
+	}
+	return 0;
+}
+
+/* --- memcached (text and meta protocols) ----------------------------------------------------- */
+
+/* The n-th space-separated token of a line (0: the command), its length in *len; NULL if none. */
+static const char *mc_token(const char *s, uint32_t n, int idx, uint32_t *len)
+{
+	uint32_t i = 0;
+	for (int t = 0;; t++) {
+		while (i < n && s[i] == ' ')
+			i++;
+		if (i >= n)
+			return NULL;
+		uint32_t start = i;
+		while (i < n && s[i] != ' ')
+			i++;
+		if (t == idx) {
+			*len = i - start;
+			return s + start;
+		}
+	}
+}
+
+static int mc_is(const char *w, uint32_t n, const char *want)
+{
+	size_t l = strlen(want);
+	return n == l && !memcmp(w, want, l);
+}
+
+static long long mc_num(const char *w, uint32_t n)
+{
+	int ok;
+	long long v = w ? resp_int(w, n, &ok) : 0;
+	return w && ok && v >= 0 ? v : -1;
+}
+
+/* The idx-th token as a number (-1: none, or not a number). */
+static long long mc_num_at(const char *s, uint32_t n, int idx)
+{
+	uint32_t len = 0;
+	const char *w = mc_token(s, n, idx, &len);
+	return mc_num(w, len);
+}
+
+/* The last token is "noreply" (classic), or a meta command has the q (quiet) flag: no response
+ * comes unless there is something to say, so the request is not paired. */
+static int mc_quiet(const char *s, uint32_t n, int meta)
+{
+	uint32_t len;
+	const char *w;
+	int last = -1;
+	for (int i = 1; (w = mc_token(s, n, i, &len)); i++) {
+		last = i;
+		if (meta && len == 1 && w[0] == 'q')
+			return 1;
+	}
+	if (last < 1)
+		return 0;
+	w = mc_token(s, n, last, &len);
+	return !meta && mc_is(w, len, "noreply");
+}
+
+/* A request line: the command, and the data block that follows (storage commands). 0, or -1
+ * (not memcached). */
+static int mc_request_line(struct mcdir *d, const char *s, uint32_t n)
+{
+	uint32_t cl;
+	const char *cmd = mc_token(s, n, 0, &cl);
+	if (!cmd)
+		return -1;
+	for (uint32_t i = 0; i < cl; i++)
+		if (!((cmd[i] >= 'a' && cmd[i] <= 'z') || cmd[i] == '_'))
+			return -1;
+	d->name_len = (uint8_t)(cl < OP_MAX ? cl : OP_MAX);
+	memcpy(d->name, cmd, d->name_len);
+	int meta = cl == 2 && cmd[0] == 'm';
+	d->reply = !mc_quiet(s, n, meta) && !mc_is(cmd, cl, "quit");
+	long long bytes = -1;
+	if (mc_is(cmd, cl, "set") || mc_is(cmd, cl, "add") || mc_is(cmd, cl, "replace") ||
+	    mc_is(cmd, cl, "append") || mc_is(cmd, cl, "prepend") || mc_is(cmd, cl, "cas"))
+		bytes = mc_num_at(s, n, 4); /* not a number: the server answers CLIENT_ERROR, and */
+	else if (mc_is(cmd, cl, "ms"))	    /* reads what follows as commands, as done here */
+		bytes = mc_num_at(s, n, 2);
+	if (bytes >= 0) {
+		d->skip = (uint64_t)bytes + 2;
+		d->done_after = 1;
+		return 0;
+	}
+	return 1; /* complete */
+}
+
+/* A response line. 1: the response is complete; 0: more follows; -1: not memcached. */
+static int mc_response_line(struct mcdir *d, const char *s, uint32_t n, int *error)
+{
+	uint32_t wl;
+	const char *w = mc_token(s, n, 0, &wl);
+	*error = 0;
+	if (!w)
+		return -1;
+	if (mc_is(w, wl, "VALUE")) {
+		long long bytes = mc_num_at(s, n, 3);
+		if (bytes < 0)
+			return -1;
+		d->multi = 1;
+		d->skip = (uint64_t)bytes + 2;
+		return 0;
+	}
+	if (mc_is(w, wl, "VA")) {
+		long long bytes = mc_num_at(s, n, 1);
+		if (bytes < 0)
+			return -1;
+		d->skip = (uint64_t)bytes + 2;
+		d->done_after = 1;
+		return 0;
+	}
+	if (mc_is(w, wl, "STAT")) {
+		d->multi = 1;
+		return 0;
+	}
+	if (mc_is(w, wl, "ERROR") || mc_is(w, wl, "CLIENT_ERROR") || mc_is(w, wl, "SERVER_ERROR")) {
+		*error = 1;
+		d->name_len = (uint8_t)(wl < OP_MAX ? wl : OP_MAX);
+		memcpy(d->name, w, d->name_len);
+		return 1;
+	}
+	if (d->multi && !mc_is(w, wl, "END"))
+		return -1; /* within a retrieval only VALUE, STAT and END come */
+	for (uint32_t i = 0; i < wl; i++) /* STORED, END, HD, EN, a number... */
+		if (!((w[i] >= 'A' && w[i] <= 'Z') || (w[i] >= '0' && w[i] <= '9') || w[i] == '_'))
+			return -1;
+	return 1;
+}
+
+static int mc_done(struct dbconn *c, int request, uint64_t ts, int error)
+{
+	struct mcdir *d = request ? &c->mreq : &c->mresp;
+	d->in_value = d->multi = d->done_after = 0;
+	if (request)
+		return d->reply ? push_op(c, d->name, d->name_len, ts, d->bytes) : 0;
+	struct op *o = pop_op(c);
+	if (!o)
+		return bump((DbEngineObject *)c->engine, "db_unrequested_reply", 1);
+	struct op done = *o;
+	return finish(c, &done, ts, d->bytes, error ? d->name : "", error ? d->name_len : 0);
+}
+
+static int mc_feed(struct dbconn *c, int request, const uint8_t *p, size_t n,
+		   uint64_t uncaptured, uint64_t ts)
+{
+	struct mcdir *d = request ? &c->mreq : &c->mresp;
+	size_t pos = 0;
+	int error;
+	while (pos < n) {
+		if (!d->in_value) {
+			d->in_value = 1;
+			d->bytes = 0;
+			d->name_len = 0;
+		}
+		if (d->skip) {
+			size_t take = d->skip < n - pos ? (size_t)d->skip : n - pos;
+			d->skip -= take;
+			d->bytes += take;
+			pos += take;
+			if (!d->skip && d->done_after && mc_done(c, request, ts, 0))
+				return -1;
+			continue;
+		}
+		const uint8_t *nl = memchr(p + pos, '\n', n - pos);
+		size_t end = nl ? (size_t)(nl - p) : n;
+		size_t len = end - pos;
+		if (!d->line_over) {
+			size_t room = MC_LINE - d->line_len;
+			size_t k = len < room ? len : room;
+			memcpy(d->line + d->line_len, p + pos, k);
+			d->line_len += (uint32_t)k;
+			if (k < len)
+				d->line_over = 1;
+		}
+		d->bytes += len + (nl ? 1 : 0);
+		pos = end + (nl ? 1 : 0);
+		if (!nl)
+			break;
+		uint32_t ll = d->line_len;
+		if (ll && d->line[ll - 1] == '\r')
+			ll--;
+		int got = request ? mc_request_line(d, d->line, ll) :
+				    mc_response_line(d, d->line, ll, &error);
+		d->line_len = d->line_over = 0;
+		if (got < 0)
+			return desync(c, "memcached_not_text");
+		if (got && mc_done(c, request, ts, request ? 0 : error))
+			return -1;
+	}
+	if (uncaptured) {
+		if (d->skip >= uncaptured) { /* inside a large value */
+			d->skip -= uncaptured;
+			d->bytes += uncaptured;
+			if (!d->skip && d->done_after && mc_done(c, request, ts, 0))
+				return -1;
+		} else if (request) {
+			d->bytes += uncaptured;
+			if (d->in_value && d->name_len && mc_done(c, 1, ts, 0))
+				return -1;
+			memset(d, 0, sizeof(*d));
+		} else {
+			c->reply_lost = 1;
+			c->lost_ts = ts;
+			c->lost_bytes = d->bytes + uncaptured;
+			memset(d, 0, sizeof(*d));
+		}
+	}
+	return 0;
+}
+
+/* --- the engine ---------------------------------------------------------------------------- */
+
+static int db_proto(int proto)
+{
+	return proto == HTTP_PROTO_REDIS || proto == HTTP_PROTO_MEMCACHED;
+}
+
+static struct dbconn *conn_new(DbEngineObject *e, PyObject *key, const struct http_stream_event *ev)
+{
+	if (PyDict_GET_SIZE(e->conns) >= DB_MAX_CONNS) { /* the oldest goes, counted */
+		Py_ssize_t pos = 0;
+		PyObject *k, *v;
+		if (PyDict_Next(e->conns, &pos, &k, &v)) {
+			Py_INCREF(k);
+			int err = PyDict_DelItem(e->conns, k) || bump(e, "db_connections_evicted", 1);
+			Py_DECREF(k);
+			if (err)
+				return NULL;
+		}
+	}
+	struct dbconn *c = calloc(1, sizeof(*c));
+	if (!c)
+		return (struct dbconn *)PyErr_NoMemory();
+	c->engine = e;
+	c->conn_id = ev->conn_id;
+	c->role = ev->role;
+	c->proto = ev->proto;
+	c->ident = Py_BuildValue("(KIiiiy#i)", (unsigned long long)ev->cgroup_id,
+				 (unsigned)ev->netns, ev->role, ev->tls ? 1 : 0, ev->family,
+				 (const char *)ev->peer_addr, (Py_ssize_t)sizeof(ev->peer_addr),
+				 ev->peer_port);
+	PyObject *cap = c->ident ? PyCapsule_New(c, CAPSULE, capsule_free) : NULL;
+	if (!cap) {
+		conn_free(c);
+		return NULL;
+	}
+	int err = PyDict_SetItem(e->conns, key, cap);
+	Py_DECREF(cap);
+	return err ? NULL : c;
+}
+
+static int one(DbEngineObject *e, const char *rec, size_t size)
+{
+	struct http_stream_event ev;
+	if (size < sizeof(ev))
+		return 0;
+	memcpy(&ev, rec, sizeof(ev));
+	if (!db_proto(ev.proto) || (ev.kind != HTTP_S_DATA && ev.kind != HTTP_S_CLOSE))
+		return 0;
+	e->events++;
+	PyObject *key = PyLong_FromUnsignedLongLong(ev.conn_id);
+	if (!key)
+		return -1;
+	int rc = 0;
+	PyObject *cap = PyDict_GetItemWithError(e->conns, key);
+	struct dbconn *c = cap ? PyCapsule_GetPointer(cap, CAPSULE) : NULL;
+	if (PyErr_Occurred()) {
+		rc = -1;
+	} else if (ev.kind == HTTP_S_CLOSE) {
+		if (c && c->reply_lost)
+			rc = replies_lost(c);
+		if (c && c->count && !rc)
+			rc = bump(e, "db_unanswered", c->count);
+		if (c && !rc)
+			rc = PyDict_DelItem(e->conns, key);
+	} else {
+		if (!c)
+			c = conn_new(e, key, &ev);
+		if (!c) {
+			rc = -1;
+		} else {
+			const uint8_t *payload = (const uint8_t *)rec + sizeof(ev);
+			size_t cap_n = size - sizeof(ev);
+			if (ev.captured < cap_n)
+				cap_n = ev.captured;
+			uint64_t uncaptured = ev.len > cap_n ? ev.len - cap_n : 0;
+			int request = (c->role == HTTP_ROLE_SERVER) == (ev.inbound != 0);
+			c->last_ts = ev.ts_ns;
+			if (ev.gap)
+				rc = desync(c, "db_events_lost");
+			if (!rc && c->broken) { /* start over at this syscall's data */
+				c->broken = 0;
+				memset(&c->req, 0, sizeof(c->req));
+				memset(&c->resp, 0, sizeof(c->resp));
+				memset(&c->mreq, 0, sizeof(c->mreq));
+				memset(&c->mresp, 0, sizeof(c->mresp));
+			}
+			if (!rc && c->reply_lost && !request) { /* the rest of the large reply */
+				c->lost_ts = ev.ts_ns;
+				c->lost_bytes += ev.len;
+			} else if (!rc) {
+				if (c->reply_lost && (rc = replies_lost(c)))
+					goto done;
+				rc = c->proto == HTTP_PROTO_MEMCACHED ?
+					     mc_feed(c, request, payload, cap_n, uncaptured, ev.ts_ns) :
+					     resp_feed(c, request, payload, cap_n, uncaptured, ev.ts_ns);
+			}
+		}
+	}
+done:
+	Py_DECREF(key);
+	return rc;
+}
+
+static PyObject *Db_process(DbEngineObject *e, PyObject *arg)
+{
+	Py_buffer view;
+	if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
+		return NULL;
+	size_t pos = 0, size;
+	const char *data;
+	int r, err = 0;
+	while (!err && (r = batch_next(view.buf, (size_t)view.len, &pos, &data, &size)) != 0) {
+		if (r < 0) {
+			PyErr_SetString(PyExc_ValueError, "malformed batch");
+			err = 1;
+			break;
+		}
+		err = one(e, data, size) < 0;
+	}
+	PyBuffer_Release(&view);
+	if (err)
+		return NULL;
+	Py_RETURN_NONE;
+}
+
+static PyObject *Db_process_one(DbEngineObject *e, PyObject *arg)
+{
+	Py_buffer view;
+	if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE))
+		return NULL;
+	int err = one(e, view.buf, (size_t)view.len) < 0;
+	PyBuffer_Release(&view);
+	if (err)
+		return NULL;
+	Py_RETURN_NONE;
+}
+
+static PyObject *Db_take(DbEngineObject *e, PyObject *unused)
+{
+	PyObject *items = e->overflow, *errors = e->errors;
+	PyObject *k, *v;
+	Py_ssize_t pos = 0;
+	while (PyDict_Next(e->cells, &pos, &k, &v)) {
+		PyObject *t = Py_BuildValue("(Oy#)", k, PyByteArray_AS_STRING(v),
+					    PyByteArray_GET_SIZE(v));
+		if (!t || PyList_Append(items, t)) {
+			Py_XDECREF(t);
+			return NULL;
+		}
+		Py_DECREF(t);
+	}
+	PyObject *cells = PyDict_New(), *overflow = PyList_New(0), *errs = PyDict_New();
+	if (!cells || !overflow || !errs) {
+		Py_XDECREF(cells);
+		Py_XDECREF(overflow);
+		Py_XDECREF(errs);
+		return NULL;
+	}
+	Py_SETREF(e->cells, cells);
+	e->overflow = overflow;
+	e->errors = errs;
+	return Py_BuildValue("(NN)", items, errors);
+}
+
+static PyObject *Db_expire(DbEngineObject *e, PyObject *arg)
+{
+	/* connections idle since before `ts` (CLOCK_MONOTONIC ns): their closes were lost */
+	unsigned long long before = PyLong_AsUnsignedLongLong(arg);
+	if (PyErr_Occurred())
+		return NULL;
+	PyObject *gone = PyList_New(0);
+	Py_ssize_t pos = 0;
+	PyObject *k, *v;
+	while (gone && PyDict_Next(e->conns, &pos, &k, &v)) {
+		struct dbconn *c = PyCapsule_GetPointer(v, CAPSULE);
+		if (c && c->last_ts < before && PyList_Append(gone, k))
+			Py_CLEAR(gone);
+	}
+	for (Py_ssize_t i = 0; gone && i < PyList_GET_SIZE(gone); i++)
+		if (PyDict_DelItem(e->conns, PyList_GET_ITEM(gone, i)))
+			Py_CLEAR(gone);
+	if (!gone)
+		return NULL;
+	Py_ssize_t n = PyList_GET_SIZE(gone);
+	Py_DECREF(gone);
+	return PyLong_FromSsize_t(n);
+}
+
+static int Db_init(DbEngineObject *e, PyObject *args, PyObject *kw)
+{
+	static char *names[] = {NULL};
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "", names))
+		return -1;
+	e->conns = PyDict_New();
+	e->cells = PyDict_New();
+	e->overflow = PyList_New(0);
+	e->errors = PyDict_New();
+	e->system[HTTP_PROTO_REDIS] = PyUnicode_InternFromString("redis");
+	e->system[HTTP_PROTO_MEMCACHED] = PyUnicode_InternFromString("memcached");
+	return (e->conns && e->cells && e->overflow && e->errors && e->system[HTTP_PROTO_REDIS] &&
+		e->system[HTTP_PROTO_MEMCACHED])
+		       ? 0
+		       : -1;
+}
+
+static void Db_dealloc(DbEngineObject *e)
+{
+	Py_XDECREF(e->conns);
+	Py_XDECREF(e->cells);
+	Py_XDECREF(e->overflow);
+	Py_XDECREF(e->errors);
+	for (int i = 0; i < 16; i++)
+		Py_XDECREF(e->system[i]);
+	Py_TYPE(e)->tp_free((PyObject *)e);
+}
+
+static PyObject *Db_get_connections(DbEngineObject *e, void *closure)
+{
+	return PyLong_FromSsize_t(PyDict_GET_SIZE(e->conns));
+}
+
+static PyObject *Db_get_events(DbEngineObject *e, void *closure)
+{
+	return PyLong_FromUnsignedLongLong(e->events);
+}
+
+static PyObject *Db_get_operations(DbEngineObject *e, void *closure)
+{
+	return PyLong_FromUnsignedLongLong(e->operations);
+}
+
+static PyMethodDef Db_methods[] = {
+	{"process", (PyCFunction)Db_process, METH_O,
+	 "process(batch of stream events): those of database connections, parsed and paired"},
+	{"process_one", (PyCFunction)Db_process_one, METH_O, "process_one(one stream event)"},
+	{"take", (PyCFunction)Db_take, METH_NOARGS,
+	 "take() -> ([(key, cell)], {error reason: count}) since the last take"},
+	{"expire", (PyCFunction)Db_expire, METH_O,
+	 "expire(before_ns) -> connections idle since before then, forgotten"},
+	{NULL},
+};
+
+static PyGetSetDef Db_getset[] = {
+	{"connections", (getter)Db_get_connections, NULL, "connections held", NULL},
+	{"events", (getter)Db_get_events, NULL, "stream events of database connections", NULL},
+	{"operations", (getter)Db_get_operations, NULL, "operations paired", NULL},
+	{NULL},
+};
+
+static PyTypeObject DbEngineType = {
+	PyVarObject_HEAD_INIT(NULL, 0).tp_name = "podscope._fast.DbEngine",
+	.tp_basicsize = sizeof(DbEngineObject),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_new = PyType_GenericNew,
+	.tp_init = (initproc)Db_init,
+	.tp_dealloc = (destructor)Db_dealloc,
+	.tp_methods = Db_methods,
+	.tp_getset = Db_getset,
+	.tp_doc = "Database and cache protocols of streamed connections: parsed, paired, aggregated",
+};
+
+int dbengine_init(PyObject *m)
+{
+	if (PyType_Ready(&DbEngineType) < 0)
+		return -1;
+	Py_INCREF(&DbEngineType);
+	if (PyModule_AddObject(m, "DbEngine", (PyObject *)&DbEngineType) < 0)
+		return -1;
+	return PyModule_AddIntConstant(m, "DB_CELL_SIZE", sizeof(struct db_cell));
+}
