@@ -20,7 +20,9 @@ APT_PKGS := clang-16:clang-16 libbpf-dev:/usr/include/bpf/libbpf.h bpftool:bpfto
 	golang-github-masterminds-sprig-dev:/usr/share/gocode/src/github.com/Masterminds/sprig \
 	golang-gopkg-yaml.v2-dev:/usr/share/gocode/src/gopkg.in/yaml.v2 \
 	nodejs:node libssl-dev:/usr/include/openssl/ssl.h openssl:openssl curl:curl gcc:gcc \
-	golang-google-grpc-dev:/usr/share/gocode/src/google.golang.org/grpc python3-dev:python3-config
+	golang-google-grpc-dev:/usr/share/gocode/src/google.golang.org/grpc python3-dev:python3-config \
+	redis-server:redis-server redis-tools:redis-benchmark memcached:memcached \
+	libmemcached-tools:memcaslap
 BPF_SRCS := $(wildcard $(BPF_DIR)/*.bpf.c)
 BPF_OBJS := $(BPF_SRCS:.bpf.c=.bpf.o)
 BPF_HDRS := $(wildcard $(BPF_DIR)/*.h $(BPF_DIR)/include/*.h)

@@ -14,7 +14,11 @@ Every entry point gets random input for MINUTES:
   directions, seen from the start or mid-way, with uncaptured gaps: events or a reason;
 - H2Engine.process of stream event batches (struct http_stream_event with those bytes, random
   kinds, lost-event marks, hints, closes, truncated events, several connections at once), then
-  take(): aggregate cells of the right size, and every connection handed over or kept.
+  take(): aggregate cells of the right size, and every connection handed over or kept;
+- DbEngine.process of Redis and memcached connections' stream events: real RESP2/RESP3 commands
+  and replies (pipelined, nested, errors, pushes, attributes) and memcached text and meta
+  requests and responses (data blocks, noreply, quiet, 250-byte keys), mutated, cut at random
+  points, with lost events, uncaptured bytes and closes, several connections at once; take().
 A crash is the sanitizer's report and a non-zero exit. Prints one JSON line of figures and
 writes it to bench/results/<date>/fuzz_native.json.
 Usage: python bench/fuzz_native.py [--minutes 5] [--seed N] [--module build/asan/_fast...so]
@@ -79,7 +83,8 @@ def main() -> int:
                "records": 0, "dropped": 0, "split_inputs": 0, "split_errors": 0,
                "encoded_lines": 0, "short_records": 0, "resolver_failures": 0,
                "h2_connections": 0, "h2_events": 0, "h2_errors": 0,
-               "engine_events": 0, "engine_left": 0, "engine_handovers": 0, "engine_cells": 0}
+               "engine_events": 0, "engine_left": 0, "engine_handovers": 0, "engine_cells": 0,
+               "db_events": 0, "db_operations": 0, "db_errors": 0}
     import ctypes as _ct
 
     http_obj = libbpf.BpfObject(libbpf.bpf_object_path("http"), "http")  # its BTF: the layout
@@ -94,6 +99,80 @@ def main() -> int:
             python_conns.clear()
 
     engine = _fast.H2Engine(python_conns, adopt)
+    db = _fast.DbEngine()
+
+    def bulk(b: bytes) -> bytes:
+        return b"$%d\r\n%s\r\n" % (len(b), b)
+
+    def resp_value(depth: int = 0) -> bytes:
+        t = rng.randrange(12 if depth < 3 else 8)
+        if t == 0:
+            return b"+" + rng.choice([b"OK", b"PONG", b"QUEUED"]) + b"\r\n"
+        if t == 1:
+            return b"-" + rng.choice([b"ERR x", b"WRONGTYPE y", b"MOVED 1 a:1", b"e"]) + b"\r\n"
+        if t == 2:
+            return b":%d\r\n" % rng.randrange(-5, 10**6)
+        if t == 3:
+            return bulk(rng.randbytes(rng.choice([0, 1, 5, 300, 9000])))
+        if t == 4:
+            return rng.choice([b"$-1\r\n", b"*-1\r\n", b"_\r\n", b"#t\r\n", b",1.5\r\n"])
+        if t == 5:
+            return b"!%d\r\nSYNTAX bad\r\n" % len(b"SYNTAX bad")
+        if t in (6, 7):
+            return b"(12345678901234567890\r\n" if t == 6 else b"=7\r\ntxt:abc\r\n"
+        kind = rng.choice([b"*", b"~", b">", b"%", b"|"])
+        n = rng.randrange(0, 4)
+        items = b"".join(resp_value(depth + 1) for _ in range(n * (2 if kind in b"%|" else 1)))
+        return kind + b"%d\r\n" % n + items
+
+    def mc_stream(request: bool) -> bytes:
+        """memcached's text and meta protocols: requests, or responses."""
+        out = b""
+        for _ in range(rng.randrange(1, 6)):
+            key = rng.choice([b"k", b"\x10" * 8 + b"abc", b"k" * 250])
+            data = rng.randbytes(rng.choice([0, 3, 1024, 9000]))
+            if request:
+                out += rng.choice([
+                    b"get " + key + b"\r\n", b"gets " + key + b" " + key + b"\r\n",
+                    b"set " + key + b" 0 0 %d\r\n" % len(data) + data + b"\r\n",
+                    b"set " + key + b" 0 0 %d noreply\r\n" % len(data) + data + b"\r\n",
+                    b"ms " + key + b" %d T0\r\n" % len(data) + data + b"\r\n",
+                    b"mg " + key + b" v q\r\n", b"delete " + key + b"\r\n", b"stats\r\n",
+                    b"incr " + key + b" 1\r\n", b"set k 0 0 x\r\n", b"quit\r\n"])
+            else:
+                out += rng.choice([
+                    b"STORED\r\n", b"END\r\n", b"ERROR\r\n", b"CLIENT_ERROR bad\r\n",
+                    b"VALUE " + key + b" 0 %d\r\n" % len(data) + data + b"\r\nEND\r\n",
+                    b"VA %d t\r\n" % len(data) + data + b"\r\n", b"HD\r\n", b"EN\r\n",
+                    b"STAT pid 1\r\nEND\r\n", b"42\r\n"])
+        return mutate(out)
+
+    def mutate(out: bytes) -> bytes:
+        data = bytearray(out)
+        for _ in range(rng.choice([0, 0, 0, 1, 3])):
+            if data:
+                i = rng.randrange(len(data))
+                op = rng.randrange(3)
+                if op == 0:
+                    data[i] = rng.randrange(256)
+                elif op == 1:
+                    del data[i:i + rng.randrange(1, 8)]
+                else:
+                    data[i:i] = rng.randbytes(rng.randrange(1, 8))
+        return bytes(data)
+
+    def resp_stream(request: bool) -> bytes:
+        out = b""
+        for _ in range(rng.randrange(1, 6)):
+            if request:
+                args = [rng.choice([b"GET", b"set", b"SUBSCRIBE", b"MULTI", b"EXEC",
+                                    rng.randbytes(4)])]
+                args += [rng.randbytes(rng.choice([0, 3, 40])) for _ in range(rng.randrange(3))]
+                out += (b"*%d\r\n" % len(args) + b"".join(bulk(x) for x in args)
+                        if rng.random() < 0.9 else b"PING\r\n")
+            else:
+                out += resp_value()
+        return mutate(out)
 
     def labels_of(cg: int, netns: int) -> bytes:
         if rng.random() < 0.01:
@@ -183,7 +262,7 @@ def main() -> int:
             ev = StreamEv()
             ev.conn_id = rng.randrange(1, 50)
             ev.kind = rng.choice([0, 0, 0, 0, 1, 2, 3])
-            ev.proto = rng.choice([2, 2, 2, 1, 3])
+            ev.proto = rng.choice([2, 2, 2, 1, 3, 4])
             ev.gap = int(rng.random() < 0.03)
             ev.role, ev.inbound = rng.choice([1, 2]), rng.randrange(2)
             ev.ts_ns = rng.randrange(1 << 40)
@@ -202,6 +281,45 @@ def main() -> int:
             cells, _errors = engine.take()
             assert all(len(cell) == _fast.H2_CELL_SIZE for _k, cell in cells)
             figures["engine_cells"] += len(cells)
+        # databases: Redis connections' events, the two sides in random pieces
+        b = _fast.Batch()
+        for _ in range(rng.randrange(1, 30)):
+            conn, role = rng.randrange(1, 8), rng.choice([1, 2])
+            request = rng.random() < 0.5
+            proto = 4 if conn < 5 else 5  # Redis, memcached
+            data = resp_stream(request) if proto == 4 else mc_stream(request)
+            pos = 0
+            while pos < len(data) or not data:
+                n = rng.randrange(1, 200)
+                ev = StreamEv()
+                ev.conn_id, ev.proto, ev.role = conn, rng.choice([proto, proto, proto, 2]), role
+                ev.kind = 1 if rng.random() < 0.03 else 0
+                ev.inbound = int(request == (role == 1))
+                ev.gap = int(rng.random() < 0.02)
+                ev.ts_ns = rng.randrange(1 << 40)
+                piece = data[pos:pos + n]
+                ev.captured = len(piece)
+                ev.len = len(piece) + (rng.randrange(1, 20000) if rng.random() < 0.03 else 0)
+                rec = bytes(ev) + piece
+                if rng.random() < 0.01:
+                    rec = rec[:rng.randrange(len(rec))]
+                buf = ct.create_string_buffer(rec, len(rec))
+                sample(b.ctx, ct.addressof(buf), len(rec))
+                figures["db_events"] += 1
+                pos += n
+                if not data:
+                    break
+        batch = b.take()
+        db.process(batch)
+        engine.process(batch)  # the HTTP/2 engine leaves them alone
+        if rng.random() < 0.2:
+            cells, errors = db.take()
+            assert all(len(cell) == _fast.DB_CELL_SIZE for _k, cell in cells)
+            figures["db_operations"] += sum(int.from_bytes(cell[:8], "little")
+                                            for _k, cell in cells)
+            figures["db_errors"] += sum(errors.values())
+        if rng.random() < 0.01:
+            db.expire(1 << 41)
         # the callback, take, split, view, clear
         b = _fast.Batch(limit=rng.choice([4096, 65536, 1 << 20]))
         recs = [rng.randbytes(rng.choice([0, 1, 7, 8, 9, size - 1, size, size + 5,

@@ -40,6 +40,7 @@ from .base import (
     program_signals,
     top_slot,
 )
+from .db import DbSeries
 
 log = logging.getLogger("podscope.http")
 
@@ -91,6 +92,7 @@ AggKey = tuple[Labels, int, str, int, str, str, int, str, str]
 # (labels, role, service, method, grpc status code, server_address, server_port)
 RpcKey = tuple[Labels, int, str, str, str, str, int]
 PROTO_H1, PROTO_H2, PROTO_H2_MIDWAY = 1, 2, 3
+PROTO_DB = 4  # this and above: database and cache protocols (bpf/http.h enum http_proto)
 BREAKDOWN_FIELDS = ["on_cpu_seconds", "runqueue_seconds", "blocked_seconds",
                     *(f"blocked_{r}_seconds" for r in ("sleep", "lock", "disk", "network", "other"))]
 EMPTY_BREAKDOWN: dict[str, float | None] = dict.fromkeys(BREAKDOWN_FIELDS)
@@ -202,6 +204,7 @@ class HttpCollector:
         if tls != "off":
             wanted |= set(self.TLS_PROGS)
         self.uprobes: UprobeManager | None = None
+        self.db: DbSeries | None = None  # databases and caches (native/dbengine.c)
         self._uprobe_args = (tls, max_uprobe_files, uprobe_detach_after)
         for prog in self.obj.programs():
             prog.autoload = prog.name in wanted
@@ -282,6 +285,7 @@ class HttpCollector:
         attach(o, skip=("http_offcpu", "http_x_work", *uprobe_progs), optional=("http_exec",))
         if self._reasons_wanted:
             self.set_blocked_reasons(True)
+        self.db = DbSeries(self._labels, self._peer, peer_ttl=self.peer_series_ttl)
         if not self.records:
             if _fast.H2_CELL_SIZE != _H2_CELL.size:
                 raise RuntimeError("podscope._fast is not the build of this source: run make")
@@ -400,6 +404,8 @@ class HttpCollector:
             for k, per_cpu in m.items(self.AggKey, self.AggPerCpu, delete=True):
                 self._fold(k, per_cpu)
             self._fold_h2()
+            if self.db is not None:
+                self.db.fold()
             self._drained_at = time.monotonic()
             self._label_cache.clear()
             if self._jsonl is not None:
@@ -417,6 +423,8 @@ class HttpCollector:
         come and go with pods, and a client that talked to every pod it ever saw would keep a
         series for each. Under the lock."""
         self._peers_checked = now
+        if self.db is not None:
+            self.db.expire(now)
         for key, at in list(self._peer_seen.items()):
             if now - at >= self.peer_series_ttl:
                 del self._peer_seen[key]
@@ -665,6 +673,8 @@ class HttpCollector:
         assert self._h2 is not None
         with self._lock:
             left = self._h2.process(batch)
+            if self.db is not None:
+                self.db.engine.process(batch)
         for data in left:
             self._on_stream(data)
 
@@ -738,6 +748,10 @@ class HttpCollector:
             self._error("short_event")
             return
         ev = self.StreamEv.from_buffer_copy(data[:hdr])
+        if ev.proto >= PROTO_DB and self.db is not None:  # a database's: the engine's
+            with self._lock:
+                self.db.engine.process_one(data)
+            return
         payload = data[hdr: hdr + ev.captured]
         with self._lock:
             st = self._streams.get(ev.conn_id)
@@ -991,6 +1005,8 @@ class HttpCollector:
 
     def state_sizes(self) -> dict[str, int]:
         up = self.uprobes.state_sizes() if self.uprobes is not None else {}
+        if self.db is not None:
+            up.update(self.db.state_sizes())
         return {**up, "http_aggregates": len(self._aggs) + len(self._rpcs),
                 "http_streamed_connections": len(self._streams),
                 "http2_engine_connections": self._h2.connections if self._h2 is not None else 0,
@@ -1009,6 +1025,8 @@ class HttpCollector:
             self._label_cache.clear()
             self.budget.forget(lambda owner: isinstance(owner, Labels)
                                and identity(owner) in uids)
+            if self.db is not None:
+                self.db.forget_pods(uids)
 
     def _live(self, labels: Labels) -> Labels | None:
         """Labels with today's names; None for a pod gone for good."""
@@ -1060,6 +1078,7 @@ class HttpCollector:
             rpcs = [(k, a.copy()) for k, a in self._rpcs.items()]
             outcomes = dict(self.h2_outcomes)
             errors = dict(self.parse_errors)
+            db = self.db.snapshot() if self.db is not None else None
             resyncs = self.resyncs
             overflow = dict(self.budget.overflow)
         # names as the metadata store knows them now (a pod first seen while the API was away
@@ -1141,6 +1160,8 @@ class HttpCollector:
                                       a.sum_ns * HIST_UNIT)
         yield rpc_server
         yield rpc_client
+        if db is not None:
+            yield from DbSeries.families(db, self._renamed_aggs, self._renamed_counts)
         dec = CounterMetricFamily("podscope_http2_decode_total",
                                   "HTTP/2 requests by how much of their headers could be decoded "
                                   "(partial, none: the connection's start was not seen)",

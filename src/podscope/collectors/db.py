@@ -1,0 +1,179 @@
+"""Databases and caches per pod: the operations the native engine (native/dbengine.c) parsed and
+paired from the HTTP collector's streamed connections, as OpenTelemetry database series.
+
+Client side (the pod sent the request): `db_client_operation_duration_seconds` with
+`db_system_name`, `db_operation_name`, `db_response_status_code` (the error's code or prefix;
+"" for a success), `server_address` and `server_port`. Server side (the database pod is a pod
+too): `podscope_db_server_operation_duration_seconds`, the same without the server's address.
+
+Bounded: a pod's operation names per system (MAX_OPS_PER_POD; beyond it `_OTHER`, counted), and
+client series of a server address without operations for `peer_ttl` seconds go."""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, Metric
+
+from .. import _fast
+from ..metadata.store import Labels, identity
+from .base import HIST_SLOTS_DEFAULT as SLOTS
+from .base import Histogram, label_names, log2_buckets, top_slot
+
+HIST_UNIT = 1e-9
+ROLE_SERVER, ROLE_CLIENT = 1, 2
+MAX_OPS_PER_POD = 64  # distinct operation names per pod and system
+OTHER = "_OTHER"
+_CELL = struct.Struct(f"<4Q{SLOTS}Q")  # native/dbengine.c struct db_cell
+
+# (labels, role, system, operation, status, server address, server port)
+DbKey = tuple[Labels, int, str, str, str, str, int]
+
+
+class DbOps:
+    """count, sum and log2 slots of one series."""
+
+    __slots__ = ("count", "sum_ns", "slots", "req_bytes", "resp_bytes")
+
+    def __init__(self) -> None:
+        self.count = self.sum_ns = self.req_bytes = self.resp_bytes = 0
+        self.slots = [0] * SLOTS
+
+    def add(self, v: tuple[int, ...]) -> None:
+        self.count += v[0]
+        self.sum_ns += v[1]
+        self.req_bytes += v[2]
+        self.resp_bytes += v[3]
+        for i, n in enumerate(v[4:]):
+            if n:
+                self.slots[i] += n
+
+    def merge(self, o: DbOps) -> None:
+        self.count += o.count
+        self.sum_ns += o.sum_ns
+        self.req_bytes += o.req_bytes
+        self.resp_bytes += o.resp_bytes
+        self.slots = [a + b for a, b in zip(self.slots, o.slots, strict=True)]
+
+
+class DbSeries:
+    def __init__(self, labels_of: Callable[[int, int], Labels],
+                 peer_of: Callable[[int, bytes], str], peer_ttl: float = 300.0) -> None:
+        if _fast.DB_CELL_SIZE != _CELL.size:
+            raise RuntimeError("podscope._fast is not the build of this source: run make")
+        self.engine = _fast.DbEngine()
+        self._labels_of = labels_of
+        self._peer_of = peer_of
+        self.peer_ttl = peer_ttl
+        self._ops: dict[DbKey, DbOps] = {}
+        self._names: dict[tuple[Labels, str], set[str]] = {}  # operation names per pod, system
+        self._peer_seen: dict[DbKey, float] = {}
+        self.over_budget: dict[tuple[Labels, str], int] = {}
+        self.errors: dict[str, int] = {}
+
+    def fold(self) -> None:
+        """What the engine paired since the last fold, into the series (the caller's lock)."""
+        cells, errors = self.engine.take()
+        for reason, n in errors.items():
+            self.errors[reason] = self.errors.get(reason, 0) + n
+        now = time.monotonic()
+        for (ident, system, op, status), cell in cells:
+            cgroup_id, netns, role, _tls, family, peer, peer_port = ident
+            labels = self._labels_of(cgroup_id, netns)
+            names = self._names.setdefault((labels, system), set())
+            if op not in names:
+                if len(names) >= MAX_OPS_PER_POD:
+                    k = (labels, system)
+                    self.over_budget[k] = self.over_budget.get(k, 0) + _CELL.unpack(cell)[0]
+                    op = OTHER
+                else:
+                    names.add(op)
+            addr, port = (self._peer_of(family, peer), peer_port) if role == ROLE_CLIENT \
+                else ("", 0)
+            key: DbKey = (labels, role, system, op, status, addr, port)
+            ops = self._ops.get(key)
+            if ops is None:
+                ops = self._ops[key] = DbOps()
+            ops.add(_CELL.unpack(cell))
+            if addr:
+                self._peer_seen[key] = now
+
+    def expire(self, now: float) -> None:
+        """Client series of a server without operations for peer_ttl go, and idle connections
+        whose closes were lost (the engine's)."""
+        for key, at in list(self._peer_seen.items()):
+            if now - at >= self.peer_ttl:
+                del self._peer_seen[key]
+                self._ops.pop(key, None)
+        self.engine.expire(max(0, time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+                               - int(self.peer_ttl * 1e9)))
+
+    def forget_pods(self, uids: set[str]) -> None:
+        for d in (self._ops, self._peer_seen):
+            for k in [k for k in d if identity(k[0]) in uids]:
+                del d[k]
+        for d2 in (self._names, self.over_budget):
+            for k2 in [k for k in d2 if identity(k[0]) in uids]:
+                del d2[k2]
+
+    def state_sizes(self) -> dict[str, int]:
+        return {"db_series": len(self._ops), "db_engine_connections": self.engine.connections,
+                "db_operation_names": sum(len(v) for v in self._names.values())}
+
+    def snapshot(self) -> tuple[list[tuple[DbKey, DbOps]], dict[Any, int], dict[str, int]]:
+        """The series, the over-budget counts and the errors (taken under the caller's lock)."""
+        return ([(k, _copy(o)) for k, o in self._ops.items()], dict(self.over_budget),
+                dict(self.errors))
+
+    @staticmethod
+    def families(snap: tuple[list[tuple[DbKey, DbOps]], dict[Any, int], dict[str, int]],
+                 live: Callable[[list[tuple[Any, Any]]], list[tuple[Any, Any]]],
+                 live_counts: Callable[[dict[Any, int]], dict[Any, int]]) -> Iterable[Metric]:
+        """The families of a snapshot; `live` renames series (and drops retired pods) as the
+        HTTP collector does its own."""
+        items, over_budget, errors = snap
+        ops = live(items)
+        names = ("db_system_name", "db_operation_name", "db_response_status_code")
+        client = Histogram(
+            "db_client_operation_duration_seconds",
+            "Duration of database and cache operations the pod made: request written to the "
+            "last byte of its response read",
+            labels=label_names(*names, "server_address", "server_port"))
+        server = Histogram(
+            "podscope_db_server_operation_duration_seconds",
+            "Duration of database and cache operations the pod served: request read to the "
+            "last byte of its response written",
+            labels=label_names(*names))
+        top = top_slot(o.slots for _k, o in ops)
+        for (labels, role, system, op, status, addr, port), o in ops:
+            values = list(labels) + [system, op, status]
+            buckets = log2_buckets(o.slots, HIST_UNIT, top)
+            if role == ROLE_CLIENT:
+                client.add_metric(values + [addr, str(port)], buckets, o.sum_ns * HIST_UNIT)
+            else:
+                server.add_metric(values, buckets, o.sum_ns * HIST_UNIT)
+        yield client
+        yield server
+        over = CounterMetricFamily(
+            "podscope_db_operations_over_budget_total",
+            f"Operations counted as db_operation_name=\"{OTHER}\": the pod had used its "
+            f"{MAX_OPS_PER_POD} operation names of that system", labels=label_names("db_system_name"))
+        for (labels, system), n in live_counts(over_budget).items():
+            over.add_metric(list(labels) + [system], n)
+        yield over
+        un = CounterMetricFamily(
+            "podscope_db_unparsed_total",
+            "Database and cache protocol data that could not be parsed or paired, by reason "
+            "(counted, never fatal: the connection's parser starts over)", labels=["reason"])
+        for reason, n in sorted(errors.items()):
+            un.add_metric([reason], n)
+        yield un
+
+
+def _copy(o: DbOps) -> DbOps:
+    c = DbOps()
+    c.merge(o)
+    return c

@@ -1,0 +1,185 @@
+"""Databases and caches against the real servers and clients in test pods (root, real BPF): the
+operations counted per name and status on both sides equal the client's own counts."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from podscope.testing.pods import Pod, PodNetwork
+from tests.conftest import SLOW, AgentProc, Metrics
+
+CLIENT_OPS = "db_client_operation_duration_seconds_count"
+SERVER_OPS = "podscope_db_server_operation_duration_seconds_count"
+
+
+def wait_metrics(agent: AgentProc, ok: Callable[[Metrics], bool], timeout: float = 10.0) -> Metrics:
+    deadline = time.monotonic() + timeout * SLOW
+    while True:
+        m = agent.metrics()
+        if ok(m) or time.monotonic() > deadline:
+            return m
+        time.sleep(0.3)
+
+
+def ops(m: Metrics, name: str, **labels: str) -> dict[tuple[str, str], int]:
+    out: dict[tuple[str, str], int] = {}
+    for s in m.samples:
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+            k = (s.labels["db_operation_name"], s.labels["db_response_status_code"])
+            out[k] = out.get(k, 0) + int(s.value)
+    return out
+
+
+def start_redis(pod: Pod, tmp: Path, port: int = 6379) -> subprocess.Popen[str]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is missing: make installs it (apt-get install redis-server)")
+    p = pod.popen(["redis-server", "--port", str(port), "--bind", "0.0.0.0", "--save", "",
+                   "--appendonly", "no", "--protected-mode", "no", "--dir", str(tmp)],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 10
+    while pod.run(["redis-cli", "-p", str(port), "ping"], check=False).stdout.strip() != "PONG":
+        if time.monotonic() > deadline:
+            raise RuntimeError("redis-server did not come up")
+        time.sleep(0.1)
+    return p
+
+
+def redis_cli(client: Pod, server: Pod, *args: str) -> str:
+    return client.run(["redis-cli", "-h", server.ip, *args]).stdout.strip()
+
+
+def commandstats(pod: Pod) -> dict[str, int]:
+    """The server's own count of calls per command (INFO commandstats), asked from its pod."""
+    out = pod.run(["redis-cli", "INFO", "commandstats"]).stdout
+    calls = {}
+    for line in out.splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line[8:].partition(":")
+            calls[name.upper()] = int(rest.split(",")[0].removeprefix("calls="))
+    return calls
+
+
+@pytest.mark.parametrize("pipeline", [1, 16])
+def test_redis_benchmark_counts_per_command_on_both_sides(pods: PodNetwork, tmp_path: Path,
+                                                          pipeline: int) -> None:
+    """redis-benchmark -n 2311 per command (SET, GET, INCR, LPUSH), pipelined -P 16 or not:
+    each command counted in the client pod and in the server pod as many times as the server's
+    own INFO commandstats says (with -P 16 the benchmark sends whole pipelines: 2320)."""
+    server = pods.pod("redis")
+    client = pods.pod("client")
+    start_redis(server, tmp_path)
+    agent = AgentProc([], tmp_path)
+    try:
+        n = 2311
+        out = client.run(["redis-benchmark", "-h", server.ip, "-n", str(n), "-c", "4",
+                          "-P", str(pipeline), "-t", "set,get,incr,lpush", "--csv"]).stdout
+        done = {line.split(",")[0].strip('"') for line in out.splitlines()[1:] if line}
+        assert done == {"SET", "GET", "INCR", "LPUSH"}, out
+        calls = commandstats(server)
+        want = {(op, ""): calls[op] for op in ("SET", "GET", "INCR", "LPUSH")}
+        assert all(n <= v < n + 16 * 4 for v in want.values()), calls
+
+        def complete(m: Metrics) -> bool:
+            return all(ops(m, name, k8s_pod_uid=pod.uid, db_system_name="redis").get(k, 0) >= v
+                       for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server))
+                       for k, v in want.items()) and bool(ops(m, CLIENT_OPS, k8s_pod_uid=server.uid))
+
+        m = wait_metrics(agent, complete)
+        got_c = ops(m, CLIENT_OPS, k8s_pod_uid=client.uid, db_system_name="redis",
+                    server_address=server.ip, server_port="6379")
+        got_s = ops(m, SERVER_OPS, k8s_pod_uid=server.uid, db_system_name="redis")
+        for k, v in want.items():
+            assert got_c.get(k) == v, (k, got_c)
+            assert got_s.get(k) == v, (k, got_s)
+        # redis-benchmark's own set-up (CONFIG GET) is counted too, and nothing unpaired
+        assert m.value("podscope_db_unparsed_total") == 0
+        # the redis pod's own client: the test's INFO commandstats, over its loopback
+        assert ops(m, CLIENT_OPS, k8s_pod_uid=server.uid) == {("INFO", ""): 1}
+    finally:
+        agent.stop()
+
+
+def test_redis_errors_by_prefix_and_multi_exec(pods: PodNetwork, tmp_path: Path) -> None:
+    server = pods.pod("redis")
+    client = pods.pod("client")
+    start_redis(server, tmp_path)
+    agent = AgentProc([], tmp_path)
+    try:
+        assert redis_cli(client, server, "SET", "s", "x") == "OK"
+        for _ in range(3):
+            assert "WRONGTYPE" in redis_cli(client, server, "LPUSH", "s", "y")
+        assert "ERR" in redis_cli(client, server, "NOPE")
+        txn = client.run(["redis-cli", "-h", server.ip], input="MULTI\nSET a 1\nINCR a\nEXEC\n",
+                         text=True).stdout
+        assert txn.split() == ["OK", "QUEUED", "QUEUED", "OK", "2"], txn
+        want = {("SET", ""): 2, ("LPUSH", "WRONGTYPE"): 3, ("NOPE", "ERR"): 1, ("MULTI", ""): 1,
+                ("INCR", ""): 1, ("EXEC", ""): 1}
+
+        def complete(m: Metrics) -> bool:
+            got = ops(m, CLIENT_OPS, k8s_pod_uid=client.uid)
+            return all(got.get(k, 0) >= v for k, v in want.items())
+
+        m = wait_metrics(agent, complete)
+        for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server)):
+            got = ops(m, name, k8s_pod_uid=pod.uid, db_system_name="redis")
+            # redis-cli asks for COMMAND DOCS when it starts interactively: only ours are checked
+            assert {k: got.get(k) for k in want} == want, (name, got)
+        assert m.value("podscope_db_unparsed_total") == 0, m.series("podscope_db_unparsed_total")
+    finally:
+        agent.stop()
+
+
+def start_memcached(pod: Pod, port: int = 11211) -> subprocess.Popen[str]:
+    if shutil.which("memcached") is None or shutil.which("memcaslap") is None:
+        pytest.fail("memcached or memcaslap is missing: make installs them (apt-get install "
+                    "memcached libmemcached-tools)")
+    p = pod.popen(["memcached", "-u", "root", "-p", str(port), "-l", "0.0.0.0", "-U", "0"],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 10
+    while pod.run(["memcstat", f"--servers=127.0.0.1:{port}"], check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("memcached did not come up")
+        time.sleep(0.1)
+    return p
+
+
+def test_memcaslap_gets_and_sets_on_both_sides(pods: PodNetwork, tmp_path: Path) -> None:
+    """memcaslap's ~2311 operations (9 gets to 1 set): get and set counted in the client pod and
+    the server pod as memcaslap and the server's own stats count them."""
+    server = pods.pod("memcached")
+    client = pods.pod("client")
+    start_memcached(server)
+    agent = AgentProc([], tmp_path)
+    try:
+        out = client.run(["memcaslap", "-s", f"{server.ip}:11211", "-x", "2311", "-c", "4",
+                          "-T", "1"]).stdout
+        mine = {k: int(v) for k, v in (line.split(": ") for line in out.splitlines()
+                                       if line.startswith(("cmd_get:", "cmd_set:")))}
+        stats = client.run(["memcstat", f"--servers={server.ip}:11211"]).stdout
+        theirs = {k.strip(): int(v) for k, v in (line.split(": ") for line in stats.splitlines()
+                                                 if line.strip().startswith(("cmd_get", "cmd_set")))}
+        # memcaslap splits the 2311 between its 4 connections (577 each: 2308 done)
+        assert mine == theirs and 2307 <= mine["cmd_get"] + mine["cmd_set"] <= 2311, (mine, theirs)
+        want = {("get", ""): mine["cmd_get"], ("set", ""): mine["cmd_set"]}
+
+        def complete(m: Metrics) -> bool:
+            return all(ops(m, name, k8s_pod_uid=pod.uid).get(k, 0) >= v
+                       for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server))
+                       for k, v in want.items())
+
+        m = wait_metrics(agent, complete)
+        for name, pod, extra in ((CLIENT_OPS, client, {"server_address": server.ip,
+                                                       "server_port": "11211"}),
+                                 (SERVER_OPS, server, {})):
+            got = ops(m, name, k8s_pod_uid=pod.uid, db_system_name="memcached", **extra)
+            assert {k: got.get(k) for k in want} == want, (name, got)
+            assert set(got) <= {*want, ("stats", ""), ("version", "")}, got  # memcstat's
+        assert m.value("podscope_db_unparsed_total") == 0, m.series("podscope_db_unparsed_total")
+    finally:
+        agent.stop()
