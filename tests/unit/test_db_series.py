@@ -1,0 +1,77 @@
+"""The database series (collectors/db.py) from the engine's cells: client and server families with
+their OTel labels, the per-pod operation budget, client series of a gone server expiring, a
+retired pod's series forgotten."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from podscope.collectors.db import MAX_OPS_PER_POD, OTHER, DbSeries
+from podscope.metadata.store import Labels
+from tests.unit.test_dbengine import SERVER, batch, cmd, event
+
+POD_A = Labels(k8s_pod_uid="uid-a", k8s_namespace_name="shop", k8s_pod_name="api")
+POD_B = Labels(k8s_pod_uid="uid-b", k8s_namespace_name="shop", k8s_pod_name="redis")
+
+
+def series() -> DbSeries:
+    return DbSeries(lambda cg, netns: POD_A if cg == 77 else POD_B,
+                    lambda family, raw: ".".join(str(b) for b in raw[:4]), peer_ttl=60.0)
+
+
+def samples(db: DbSeries) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    snap = db.snapshot()
+    for fam in DbSeries.families(snap, lambda items: items, lambda counts: counts):
+        for s in fam.samples:
+            if s.name.endswith("_count") or s.name.endswith("_total"):
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(got: dict[Any, float], name: str, **labels: str) -> float:
+    return sum(v for (n, lab), v in got.items()
+               if n == name and all(dict(lab).get(k) == w for k, w in labels.items()))
+
+
+def test_client_and_server_series_with_their_labels() -> None:
+    db = series()
+    db.engine.process(batch([event(cmd("GET", "k"), 1, False), event(b"$-1\r\n", 9, True),
+                             event(cmd("GET", "k"), 10, True, role=SERVER, conn=6),
+                             event(b"-ERR x\r\n", 12, False, role=SERVER, conn=6)]))
+    db.fold()
+    got = samples(db)
+    assert value(got, "db_client_operation_duration_seconds_count", k8s_pod_uid="uid-a",
+                 db_system_name="redis", db_operation_name="GET", db_response_status_code="",
+                 server_address="10.0.0.9", server_port="6379") == 1
+    assert value(got, "podscope_db_server_operation_duration_seconds_count",
+                 k8s_pod_uid="uid-a", db_operation_name="GET",
+                 db_response_status_code="ERR") == 1
+    assert value(got, "podscope_db_unparsed_total") == 0
+
+
+def test_operation_names_have_a_budget_per_pod_and_system() -> None:
+    db = series()
+    names = [f"CMD{i}" for i in range(MAX_OPS_PER_POD + 5)]
+    db.engine.process(batch([event(b"".join(cmd(n) for n in names), 1, False),
+                             event(b"+OK\r\n" * len(names), 2, True)]))
+    db.fold()
+    got = samples(db)
+    assert value(got, "db_client_operation_duration_seconds_count",
+                 db_operation_name=OTHER) == 5
+    assert value(got, "podscope_db_operations_over_budget_total", k8s_pod_uid="uid-a",
+                 db_system_name="redis") == 5
+    assert db.state_sizes()["db_operation_names"] == MAX_OPS_PER_POD
+
+
+def test_series_of_a_gone_server_expire_and_a_retired_pod_is_forgotten() -> None:
+    db = series()
+    db.engine.process(batch([event(cmd("GET", "k"), 1, False), event(b"$-1\r\n", 2, True),
+                             event(cmd("PING"), 3, True, role=SERVER, conn=6),
+                             event(b"+PONG\r\n", 4, False, role=SERVER, conn=6)]))
+    db.fold()
+    assert db.state_sizes()["db_series"] == 2
+    db.expire(1e12)  # long after: the client series of that server address goes
+    assert db.state_sizes()["db_series"] == 1
+    db.forget_pods({"uid-a"})
+    assert db.state_sizes()["db_series"] == 0
