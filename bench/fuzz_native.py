@@ -15,10 +15,11 @@ Every entry point gets random input for MINUTES:
 - H2Engine.process of stream event batches (struct http_stream_event with those bytes, random
   kinds, lost-event marks, hints, closes, truncated events, several connections at once), then
   take(): aggregate cells of the right size, and every connection handed over or kept;
-- DbEngine.process of Redis and memcached connections' stream events: real RESP2/RESP3 commands
-  and replies (pipelined, nested, errors, pushes, attributes) and memcached text and meta
-  requests and responses (data blocks, noreply, quiet, 250-byte keys), mutated, cut at random
-  points, with lost events, uncaptured bytes and closes, several connections at once; take().
+- DbEngine.process of Redis, memcached and PostgreSQL connections' stream events: real RESP2/RESP3
+  commands and replies (pipelined, nested, errors, pushes, attributes), memcached text and meta
+  requests and responses (data blocks, noreply, quiet, 250-byte keys), PostgreSQL startups (SSL
+  asked), simple and extended queries and answers, mutated, cut at random points, with lost
+  events, uncaptured bytes and closes, several connections at once; take().
 A crash is the sanitizer's report and a non-zero exit. Prints one JSON line of figures and
 writes it to bench/results/<date>/fuzz_native.json.
 Usage: python bench/fuzz_native.py [--minutes 5] [--seed N] [--module build/asan/_fast...so]
@@ -145,6 +146,34 @@ def main() -> int:
                     b"VALUE " + key + b" 0 %d\r\n" % len(data) + data + b"\r\nEND\r\n",
                     b"VA %d t\r\n" % len(data) + data + b"\r\n", b"HD\r\n", b"EN\r\n",
                     b"STAT pid 1\r\nEND\r\n", b"42\r\n"])
+        return mutate(out)
+
+    def pg_msg(t: bytes, body: bytes) -> bytes:
+        return t + (len(body) + 4).to_bytes(4, "big") + body
+
+    def pg_stream(request: bool, first: bool) -> bytes:
+        """PostgreSQL: a client's startup (maybe after an SSLRequest) and queries, or a server's
+        answers."""
+        out = b""
+        if request and first:
+            if rng.random() < 0.3:
+                out += b"\x00\x00\x00\x08\x04\xd2\x16\x2f"
+            body = b"\x00\x03\x00\x00user\x00u\x00\x00"
+            out += (len(body) + 4).to_bytes(4, "big") + body
+        for _ in range(rng.randrange(1, 6)):
+            sql = rng.choice([b"SELECT 1", b"insert into t values (1)", b"/* c */ UPDATE t",
+                              b"", rng.randbytes(rng.choice([3, 200, 9000]))])
+            if request:
+                out += rng.choice([
+                    pg_msg(b"Q", sql + b"\x00"),
+                    pg_msg(b"P", b"s1\x00" + sql + b"\x00\x00\x00") + pg_msg(b"S", b""),
+                    pg_msg(b"B", b"\x00s1\x00" + b"\x00" * 6) + pg_msg(b"E", b"\x00" * 5)
+                    + pg_msg(b"S", b""), pg_msg(b"S", b""), pg_msg(b"X", b"")])
+            else:
+                out += rng.choice([
+                    b"N", pg_msg(b"Z", b"I"), pg_msg(b"C", b"SELECT 1\x00") + pg_msg(b"Z", b"I"),
+                    pg_msg(b"E", b"SERROR\x00C23505\x00\x00") + pg_msg(b"Z", b"E"),
+                    pg_msg(b"D", rng.randbytes(rng.choice([4, 9000]))), pg_msg(b"1", b"")])
         return mutate(out)
 
     def mutate(out: bytes) -> bytes:
@@ -286,8 +315,10 @@ def main() -> int:
         for _ in range(rng.randrange(1, 30)):
             conn, role = rng.randrange(1, 8), rng.choice([1, 2])
             request = rng.random() < 0.5
-            proto = 4 if conn < 5 else 5  # Redis, memcached
-            data = resp_stream(request) if proto == 4 else mc_stream(request)
+            conn = rng.randrange(1, 11)
+            proto = 4 if conn < 5 else 5 if conn < 8 else 6  # Redis, memcached, PostgreSQL
+            data = (resp_stream(request) if proto == 4 else mc_stream(request) if proto == 5
+                    else pg_stream(request, rng.random() < 0.3))
             pos = 0
             while pos < len(data) or not data:
                 n = rng.randrange(1, 200)

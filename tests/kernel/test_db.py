@@ -3,10 +3,12 @@ operations counted per name and status on both sides equal the client's own coun
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -183,3 +185,90 @@ def test_memcaslap_gets_and_sets_on_both_sides(pods: PodNetwork, tmp_path: Path)
         assert m.value("podscope_db_unparsed_total") == 0, m.series("podscope_db_unparsed_total")
     finally:
         agent.stop()
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def start_postgres(pod: Pod, client: Pod, datadir: Path) -> subprocess.Popen[str]:
+    """A PostgreSQL server of its own in the pod (the postgres user's, trust auth, no SSL)."""
+    if not (PG_BIN / "postgres").exists():
+        pytest.fail("PostgreSQL 15 is missing: make installs it (apt-get install postgresql)")
+    shutil.chown(datadir, "postgres", "postgres")
+    subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D",
+                    str(datadir / "data"), "-U", "postgres", "-A", "trust", "--no-sync"],
+                   check=True, capture_output=True)
+    with open(datadir / "data" / "pg_hba.conf", "a") as f:
+        f.write("host all all 0.0.0.0/0 trust\n")
+    p = pod.popen(["runuser", "-u", "postgres", "--", str(PG_BIN / "postgres"), "-D",
+                   str(datadir / "data"), "-c", "listen_addresses=*", "-c", "ssl=off",
+                   "-c", f"unix_socket_directories={datadir}", "-c", "fsync=off"],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 30
+    while client.run([str(PG_BIN / "pg_isready"), "-h", pod.ip], check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("postgres did not come up")
+        time.sleep(0.2)
+    return p
+
+
+@pytest.fixture
+def pgdir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="podscope-pg-", dir="/var/tmp"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode", ["simple", "prepared"])
+def test_pgbench_select_only_and_sql_errors_on_both_sides(pods: PodNetwork, tmp_path: Path,
+                                                          pgdir: Path, mode: str) -> None:
+    """pgbench -S (one SELECT per transaction), simple protocol or prepared statements (Parse
+    once, then Bind/Execute/Sync): as many SELECTs as transactions pgbench reports, plus its two
+    set-up queries, in the client pod and the server pod; a syntax error and a unique violation
+    by SQLSTATE."""
+    server = pods.pod("postgres")
+    client = pods.pod("client")
+    proc = start_postgres(server, client, pgdir)
+    try:
+        client.run([str(PG_BIN / "pgbench"), "-i", "-s", "1", "-q", "-h", server.ip, "-U",
+                    "postgres", "postgres"])
+        agent = AgentProc([], tmp_path)
+        try:
+            out = client.run([str(PG_BIN / "pgbench"), "-S", "-n", "-M", mode, "-t", "137",
+                              "-c", "2", "-h", server.ip, "-U", "postgres", "postgres"]).stdout
+            done = re.search(r"number of transactions actually processed: (\d+)/(\d+)", out)
+            assert done and done.group(1) == done.group(2) == "274", out
+            psql = [str(PG_BIN / "psql"), "-h", server.ip, "-U", "postgres", "-d", "postgres",
+                    "-X", "-q", "-c"]
+            client.run([*psql, "CREATE TABLE u (id int PRIMARY KEY)"])
+            client.run([*psql, "INSERT INTO u VALUES (1)"])
+            assert client.run([*psql, "INSERT INTO u VALUES (1)"], check=False).returncode
+            assert client.run([*psql, "SELEC 1"], check=False).returncode
+            # pgbench's own two queries before it starts (pgbench.c: the scale from
+            # pgbench_branches, and how pgbench_accounts is partitioned); with -M prepared,
+            # each client prepares the statement once (Parse and Sync: PREPARE)
+            want = {("SELECT", ""): 274 + 2, ("CREATE", ""): 1, ("INSERT", ""): 1,
+                    ("INSERT", "23505"): 1, ("SELEC", "42601"): 1}
+            if mode == "prepared":
+                want[("PREPARE", "")] = 2
+
+            def complete(m: Metrics) -> bool:
+                return all(ops(m, name, k8s_pod_uid=pod.uid).get(k, 0) >= v
+                           for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server))
+                           for k, v in want.items())
+
+            m = wait_metrics(agent, complete)
+            for name, pod, extra in ((CLIENT_OPS, client, {"server_address": server.ip,
+                                                           "server_port": "5432"}),
+                                     (SERVER_OPS, server, {})):
+                got = ops(m, name, k8s_pod_uid=pod.uid, db_system_name="postgresql", **extra)
+                assert got == want, (name, got)
+            assert m.value("podscope_db_unparsed_total") == 0, \
+                m.series("podscope_db_unparsed_total")
+        finally:
+            agent.stop()
+    finally:
+        proc.terminate()
+        proc.wait(30)

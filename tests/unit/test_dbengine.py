@@ -60,7 +60,7 @@ def ops(e: Any) -> tuple[dict[tuple[str, str], int], dict[str, int], dict[tuple[
     counts: dict[tuple[str, str], int] = {}
     sums: dict[tuple[str, str], int] = {}
     for (_ident, system, op, status), cell in cells:
-        assert system in ("redis", "memcached")
+        assert system in ("redis", "memcached", "postgresql")
         v = _CELL.unpack(cell)
         counts[(op, status)] = counts.get((op, status), 0) + v[0]
         sums[(op, status)] = sums.get((op, status), 0) + v[1]
@@ -292,3 +292,78 @@ def test_memcached_errors_and_garbage() -> None:
     counts, errors, _ = ops(e)
     assert counts == {("get", "SERVER_ERROR"): 1, ("get", ""): 1}
     assert errors == {"memcached_not_text": 1, "db_unpaired": 1}
+
+
+POSTGRES = 6
+
+
+def pg(t: bytes, body: bytes) -> bytes:
+    return t + (len(body) + 4).to_bytes(4, "big") + body
+
+
+def pg_exchange() -> tuple[list[bytes], list[bytes]]:
+    """A libpq-like session: SSL refused, startup, login, then simple and extended queries, a
+    prepared statement used twice, a unique violation."""
+    startup = b"\x00\x03\x00\x00user\x00bench\x00database\x00db\x00\x00"
+    client = [
+        b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
+        (len(startup) + 4).to_bytes(4, "big") + startup,
+        pg(b"Q", b"SELECT abalance FROM pgbench_accounts WHERE aid = 7;\x00"),
+        pg(b"Q", b"/* hi */ insert into t values (1)\x00"),
+        pg(b"P", b"\x00  update t set x = $1\x00\x00\x00") + pg(b"B", b"\x00\x00" + b"\x00" * 6)
+        + pg(b"E", b"\x00\x00\x00\x00\x00") + pg(b"S", b""),
+        pg(b"P", b"s1\x00DELETE FROM t\x00\x00\x00") + pg(b"S", b""),
+        pg(b"B", b"\x00s1\x00" + b"\x00" * 6) + pg(b"E", b"\x00\x00\x00\x00\x00") + pg(b"S", b""),
+        pg(b"X", b""),
+    ]
+    ready = pg(b"Z", b"I")
+    server = [
+        b"N",
+        pg(b"R", b"\x00\x00\x00\x00") + pg(b"S", b"server_version\x0015\x00")
+        + pg(b"K", b"\x00" * 8) + ready,
+        pg(b"T", b"\x00\x01abalance\x00" + b"\x00" * 18) + pg(b"D", b"\x00\x01\x00\x00\x00\x010")
+        + pg(b"C", b"SELECT 1\x00") + ready,
+        pg(b"E", b"SERROR\x00C23505\x00Mduplicate key\x00\x00") + ready,
+        pg(b"1", b"") + pg(b"2", b"") + pg(b"C", b"UPDATE 3\x00") + ready,
+        pg(b"1", b"") + ready,
+        pg(b"2", b"") + pg(b"C", b"DELETE 1\x00") + ready,
+    ]
+    return client, server
+
+
+PG_WANT = {("SELECT", ""): 1, ("INSERT", "23505"): 1, ("UPDATE", ""): 1, ("PREPARE", ""): 1,
+           ("DELETE", ""): 1}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(1, 30), min_size=1, max_size=20), st.booleans())
+def test_postgres_simple_extended_and_prepared_cut_anywhere(cuts: list[int], server: bool) -> None:
+    client_msgs, server_msgs = pg_exchange()
+    role = SERVER if server else CLIENT
+    evs, ts = [], 0
+    for i, q in enumerate(client_msgs):
+        pieces, j, k = [], 0, i
+        while j < len(q):
+            n = cuts[k % len(cuts)]
+            pieces.append(q[j:j + n])
+            j, k = j + n, k + 1
+        for piece in pieces:
+            ts += 1
+            evs.append(event(piece, ts, server, role, proto=POSTGRES))
+        if i < len(server_msgs):
+            ts += 10
+            evs.append(event(server_msgs[i], ts, not server, role, proto=POSTGRES))
+    e = _fast.DbEngine()
+    e.process(batch(evs))
+    counts, errors, _ = ops(e)
+    assert counts == PG_WANT and not errors
+
+
+def test_postgres_encrypted_connections_are_left_alone() -> None:
+    e = _fast.DbEngine()
+    e.process(batch([event(b"\x00\x00\x00\x08\x04\xd2\x16\x2f", 1, False, proto=POSTGRES),
+                     event(b"S", 2, True, proto=POSTGRES),
+                     event(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 3, False,
+                           proto=POSTGRES)]))
+    counts, errors, _ = ops(e)
+    assert not counts and errors == {"postgres_encrypted": 1}

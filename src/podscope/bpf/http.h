@@ -30,6 +30,7 @@ enum http_proto {
 	HTTP_PROTO_2_MIDWAY = 3, /* HTTP/2 frames on a connection whose start was not seen */
 	HTTP_PROTO_REDIS = 4,	  /* RESP (bpf/include/db.bpf.h): parsed in native/dbengine.c */
 	HTTP_PROTO_MEMCACHED = 5, /* memcached's text and meta protocols (the same) */
+	HTTP_PROTO_POSTGRES = 6,  /* PostgreSQL's protocol 3 from its startup (the same) */
 };
 
 enum http_phase {

@@ -40,6 +40,7 @@ struct op {
 	uint64_t ts; /* when the request was complete */
 	uint64_t bytes;
 	uint8_t len;
+	uint8_t silent; /* answered, but not an operation (PostgreSQL: a Sync alone) */
 	char name[OP_MAX];
 };
 
@@ -77,6 +78,28 @@ struct mcdir {
 	uint8_t name_len;
 };
 
+/* One direction of PostgreSQL's protocol (v3): messages of a type byte and a length. */
+#define PG_KEEP 160 /* bytes of a message's body kept (the SQL's start, an error's fields) */
+#define PG_STMTS 32 /* named prepared statements remembered per connection */
+struct pgdir {
+	uint8_t hdr[5];	   /* the type byte and length being read */
+	uint32_t hdr_len;
+	uint64_t body_left; /* of the current message */
+	char body[PG_KEEP]; /* its first bytes */
+	uint32_t body_len;
+	uint64_t bytes; /* of the current operation's messages */
+	int started;	/* client: the startup message is behind (the server's start at once) */
+	int ssl_asked;	/* client sent SSLRequest or GSSENCRequest: one byte answers */
+	char status[6]; /* the SQLSTATE of an error in the current operation */
+	uint8_t status_len;
+};
+
+struct pgstmt {
+	char name[24];
+	uint8_t name_len, op_len;
+	char op[OP_MAX];
+};
+
 struct dbconn {
 	struct dbengine *engine;
 	uint64_t conn_id, last_ts;
@@ -84,6 +107,13 @@ struct dbconn {
 	PyObject *ident; /* (cgroup_id, netns, role, tls, family, peer_addr, peer_port) */
 	struct resp req, resp;	/* Redis */
 	struct mcdir mreq, mresp; /* memcached */
+	struct pgdir preq, presp; /* PostgreSQL */
+	struct pgstmt stmts[PG_STMTS]; /* named prepared statements: what each one does */
+	uint32_t stmt_next;
+	char batch_op[OP_MAX]; /* the extended query being sent (up to its Sync): its operation */
+	uint8_t batch_op_len;
+	uint8_t batch_parsed, batch_executed; /* it has a Parse, an Execute */
+	int opaque; /* encrypted (SSL or GSS accepted): nothing more to read */
 	struct op *ops; /* requests waiting for their responses: a ring */
 	uint32_t head, count, cap;
 	int pubsub; /* a subscriber: what comes is messages, not replies */
@@ -234,6 +264,7 @@ static int push_op(struct dbconn *c, const char *name, size_t len, uint64_t ts, 
 	o->ts = ts;
 	o->bytes = bytes;
 	o->len = (uint8_t)(len < OP_MAX ? len : OP_MAX);
+	o->silent = 0;
 	memcpy(o->name, name, o->len);
 	c->count++;
 	return 0;
@@ -775,11 +806,238 @@ static int mc_feed(struct dbconn *c, int request, const uint8_t *p, size_t n,
 	return 0;
 }
 
+/* --- PostgreSQL (protocol 3) ----------------------------------------------------------------- */
+
+/* The operation of a statement: its first keyword in capitals (SELECT, INSERT, BEGIN...), after
+ * blanks, comments and opening parentheses. */
+static void sql_op(const char *s, size_t n, char *out, uint8_t *len)
+{
+	size_t i = 0;
+	for (;;) {
+		while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r' ||
+				 s[i] == '('))
+			i++;
+		if (i + 1 < n && s[i] == '-' && s[i + 1] == '-') {
+			while (i < n && s[i] != '\n')
+				i++;
+			continue;
+		}
+		if (i + 1 < n && s[i] == '/' && s[i + 1] == '*') {
+			i += 2;
+			while (i + 1 < n && !(s[i] == '*' && s[i + 1] == '/'))
+				i++;
+			i += 2;
+			continue;
+		}
+		break;
+	}
+	size_t k = 0;
+	while (i < n && k < OP_MAX && ((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z')))
+		out[k++] = (s[i] >= 'a' && s[i] <= 'z') ? (char)(s[i++] - 32) : s[i++];
+	*len = (uint8_t)k;
+}
+
+static struct pgstmt *pg_stmt(struct dbconn *c, const char *name, size_t n, int make)
+{
+	if (!n || n > sizeof(c->stmts[0].name))
+		return NULL; /* the unnamed statement is parsed again each time */
+	for (uint32_t i = 0; i < PG_STMTS; i++)
+		if (c->stmts[i].name_len == n && !memcmp(c->stmts[i].name, name, n))
+			return &c->stmts[i];
+	if (!make)
+		return NULL;
+	struct pgstmt *st = &c->stmts[c->stmt_next++ % PG_STMTS]; /* the oldest goes */
+	memcpy(st->name, name, n);
+	st->name_len = (uint8_t)n;
+	st->op_len = 0;
+	return st;
+}
+
+/* A whole message (its first PG_KEEP bytes in d->body). */
+static int pg_message(struct dbconn *c, int request, char type, uint64_t ts)
+{
+	struct pgdir *d = request ? &c->preq : &c->presp;
+	const char *b = d->body;
+	size_t n = d->body_len;
+	if (request) {
+		switch (type) {
+		case 'Q': { /* a simple query: one operation, answered by ReadyForQuery */
+			char op[OP_MAX];
+			uint8_t len;
+			sql_op(b, n, op, &len);
+			if (push_op(c, op, len, ts, d->bytes))
+				return -1;
+			d->bytes = 0;
+			return 0;
+		}
+		case 'P': { /* Parse: a statement's name, then its SQL */
+			size_t nl = strnlen(b, n);
+			char op[OP_MAX];
+			uint8_t len = 0;
+			if (nl < n)
+				sql_op(b + nl + 1, n - nl - 1, op, &len);
+			memcpy(c->batch_op, op, len);
+			c->batch_op_len = len;
+			c->batch_parsed = 1;
+			struct pgstmt *st = pg_stmt(c, b, nl, 1);
+			if (st) {
+				memcpy(st->op, op, len);
+				st->op_len = len;
+			}
+			return 0;
+		}
+		case 'B': { /* Bind: a portal's name, then the statement's */
+			size_t pl = strnlen(b, n);
+			if (pl < n && !c->batch_op_len) {
+				const char *sn = b + pl + 1;
+				struct pgstmt *st = pg_stmt(c, sn, strnlen(sn, n - pl - 1), 0);
+				if (st) {
+					memcpy(c->batch_op, st->op, st->op_len);
+					c->batch_op_len = st->op_len;
+				}
+			}
+			return 0;
+		}
+		case 'E':
+			c->batch_executed = 1;
+			return 0;
+		case 'S': { /* Sync: what was sent since the last one is one operation; a statement
+			     * only prepared (PQprepare) is PREPARE; a Sync alone is answered too */
+			int prepare = c->batch_parsed && !c->batch_executed;
+			int silent = !c->batch_parsed && !c->batch_executed;
+			if (push_op(c, prepare ? "PREPARE" : c->batch_op,
+				    prepare ? 7 : c->batch_op_len, ts, d->bytes))
+				return -1;
+			if (silent && c->count)
+				c->ops[(c->head + c->count - 1) % c->cap].silent = 1;
+			c->batch_op_len = c->batch_parsed = c->batch_executed = 0;
+			d->bytes = 0;
+			return 0;
+		}
+		default: /* Execute, Describe, Close, Flush, copy data, passwords: part of it */
+			return 0;
+		}
+	}
+	switch (type) {
+	case 'E': /* ErrorResponse: fields of a code byte and a string; C is the SQLSTATE */
+		for (size_t i = 0; i < n && b[i];) {
+			size_t l = strnlen(b + i + 1, n - i - 1);
+			if (b[i] == 'C' && l <= sizeof(d->status)) {
+				memcpy(d->status, b + i + 1, l);
+				d->status_len = (uint8_t)l;
+				break;
+			}
+			i += l + 2;
+		}
+		return 0;
+	case 'Z': { /* ReadyForQuery: the operation is done (the first one follows the login) */
+		struct op *o = pop_op(c);
+		uint8_t sl = d->status_len;
+		d->status_len = 0;
+		if (!o) {
+			d->bytes = 0;
+			return 0;
+		}
+		struct op done = *o;
+		int r = done.silent ? 0 : finish(c, &done, ts, d->bytes, d->status, sl);
+		d->bytes = 0;
+		return r;
+	}
+	default:
+		return 0;
+	}
+}
+
+/* A message is whole: a typed one is looked at; the client's first (untyped) one is the startup
+ * message, or an SSLRequest or GSSENCRequest after which the startup comes again. */
+static int pg_done(struct dbconn *c, struct pgdir *d, int request, uint64_t ts)
+{
+	if (d->started)
+		return pg_message(c, request, (char)d->hdr[0], ts);
+	const uint8_t *b = (const uint8_t *)d->body;
+	uint32_t code = d->body_len >= 4 ? (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 |
+						   (uint32_t)b[2] << 8 | b[3] : 0;
+	if (d->body_len == 4 && (code == 80877103 || code == 80877104))
+		d->ssl_asked = 1; /* one byte answers; the startup message follows */
+	else
+		d->started = 1;
+	return 0;
+}
+
+static int pg_feed(struct dbconn *c, int request, const uint8_t *p, size_t n,
+		   uint64_t uncaptured, uint64_t ts)
+{
+	struct pgdir *d = request ? &c->preq : &c->presp;
+	size_t pos = 0;
+	if (c->opaque)
+		return 0;
+	if (!request && c->preq.ssl_asked && n) { /* one byte: S (or G) encrypts, N does not */
+		c->preq.ssl_asked = 0;
+		if (p[0] != 'N') {
+			c->opaque = 1;
+			return bump((DbEngineObject *)c->engine, "postgres_encrypted", 1);
+		}
+		pos = 1;
+	}
+	while (pos < n) {
+		if (d->body_left) {
+			size_t take = d->body_left < n - pos ? (size_t)d->body_left : n - pos;
+			size_t keep = PG_KEEP - d->body_len < take ? PG_KEEP - d->body_len : take;
+			memcpy(d->body + d->body_len, p + pos, keep);
+			d->body_len += (uint32_t)keep;
+			d->body_left -= take;
+			d->bytes += take;
+			pos += take;
+			if (!d->body_left && pg_done(c, d, request, ts))
+				return -1;
+			continue;
+		}
+		/* a header: the client's first message has only the length */
+		uint32_t need = (request && !d->started) ? 4 : 5;
+		while (d->hdr_len < need && pos < n)
+			d->hdr[d->hdr_len++] = p[pos++];
+		if (d->hdr_len < need)
+			break;
+		const uint8_t *l = d->hdr + (need - 4);
+		uint32_t len = (uint32_t)l[0] << 24 | (uint32_t)l[1] << 16 | (uint32_t)l[2] << 8 | l[3];
+		if (len < 4 || len > (1u << 30))
+			return desync(c, "postgres_bad_length");
+		if (need == 5 && !((d->hdr[0] >= 'A' && d->hdr[0] <= 'Z') ||
+				   (d->hdr[0] >= 'a' && d->hdr[0] <= 'z') ||
+				   (d->hdr[0] >= '1' && d->hdr[0] <= '3')))
+			return desync(c, "postgres_bad_type");
+		d->bytes += need;
+		d->hdr_len = 0;
+		d->body_len = 0;
+		d->body_left = len - 4;
+		if (!d->body_left && pg_done(c, d, request, ts))
+			return -1;
+	}
+	if (uncaptured) {
+		if (d->body_left >= uncaptured) { /* inside a large message (rows, COPY data) */
+			d->body_left -= uncaptured;
+			d->bytes += uncaptured;
+			if (!d->body_left && pg_done(c, d, request, ts))
+				return -1;
+		} else if (request) {
+			return desync(c, "db_bytes_not_captured");
+		} else {
+			c->reply_lost = 1;
+			c->lost_ts = ts;
+			c->lost_bytes = d->bytes + uncaptured;
+			memset(d, 0, sizeof(*d));
+			d->started = 1;
+		}
+	}
+	return 0;
+}
+
 /* --- the engine ---------------------------------------------------------------------------- */
 
 static int db_proto(int proto)
 {
-	return proto == HTTP_PROTO_REDIS || proto == HTTP_PROTO_MEMCACHED;
+	return proto == HTTP_PROTO_REDIS || proto == HTTP_PROTO_MEMCACHED ||
+	       proto == HTTP_PROTO_POSTGRES;
 }
 
 static struct dbconn *conn_new(DbEngineObject *e, PyObject *key, const struct http_stream_event *ev)
@@ -870,6 +1128,8 @@ static int one(DbEngineObject *e, const char *rec, size_t size)
 					goto done;
 				rc = c->proto == HTTP_PROTO_MEMCACHED ?
 					     mc_feed(c, request, payload, cap_n, uncaptured, ev.ts_ns) :
+				     c->proto == HTTP_PROTO_POSTGRES ?
+					     pg_feed(c, request, payload, cap_n, uncaptured, ev.ts_ns) :
 					     resp_feed(c, request, payload, cap_n, uncaptured, ev.ts_ns);
 			}
 		}
@@ -975,8 +1235,9 @@ static int Db_init(DbEngineObject *e, PyObject *args, PyObject *kw)
 	e->errors = PyDict_New();
 	e->system[HTTP_PROTO_REDIS] = PyUnicode_InternFromString("redis");
 	e->system[HTTP_PROTO_MEMCACHED] = PyUnicode_InternFromString("memcached");
+	e->system[HTTP_PROTO_POSTGRES] = PyUnicode_InternFromString("postgresql");
 	return (e->conns && e->cells && e->overflow && e->errors && e->system[HTTP_PROTO_REDIS] &&
-		e->system[HTTP_PROTO_MEMCACHED])
+		e->system[HTTP_PROTO_MEMCACHED] && e->system[HTTP_PROTO_POSTGRES])
 		       ? 0
 		       : -1;
 }

@@ -86,6 +86,18 @@ static __always_inline bool db_is_memcached_request(__u64 w)
 	return false;
 }
 
+/* PostgreSQL: the client's first message, a StartupMessage (length, then protocol 3.0) or an
+ * SSLRequest / GSSENCRequest (length 8, then its code). */
+static __always_inline bool db_is_postgres_start(__u64 w)
+{
+	__u32 lo = (__u32)w, hi = (__u32)(w >> 32);
+	__u32 len = bpf_ntohl(lo);
+
+	if (hi == 0x00000300) /* 00 03 00 00: protocol 3.0 */
+		return len >= 8 && len <= 10000;
+	return len == 8 && (hi == 0x2f16d204 || hi == 0x3016d204); /* 80877103, 80877104 */
+}
+
 /* The protocol a request's first bytes speak (enum http_proto), 0 for none known. */
 static __always_inline __u8 db_request_proto(__u64 w)
 {
@@ -93,6 +105,8 @@ static __always_inline __u8 db_request_proto(__u64 w)
 		return HTTP_PROTO_REDIS;
 	if (db_is_memcached_request(w))
 		return HTTP_PROTO_MEMCACHED;
+	if (db_is_postgres_start(w))
+		return HTTP_PROTO_POSTGRES;
 	return 0;
 }
 
