@@ -315,7 +315,8 @@ class HttpCollector:
         hooks = self.HOOK_NAMES[self.hooks]
         progs = self.HOOK_SETS[self.hooks] + ["http_close"]
         table = {"HTTP/1.x requests (paired in the kernel)": progs,
-                 "HTTP/2 and gRPC requests (decoded in user space)": progs}
+                 "HTTP/2 and gRPC requests (decoded in user space)": progs,
+                 "Redis, memcached and PostgreSQL operations (decoded in user space)": progs}
         out = program_signals(self.name, self.obj, table, hooks)
         degraded = {} if self.kernel.has_task_pt_regs else {
             "request blocked time by reason (deep probe)":
