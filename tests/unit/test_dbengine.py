@@ -367,3 +367,13 @@ def test_postgres_encrypted_connections_are_left_alone() -> None:
                            proto=POSTGRES)]))
     counts, errors, _ = ops(e)
     assert not counts and errors == {"postgres_encrypted": 1}
+
+
+def test_postgres_connection_met_after_its_start() -> None:
+    """The engine forgot an idle connection (or the agent restarted): its next query is read as
+    a query, not as a startup message."""
+    e = _fast.DbEngine()
+    e.process(batch([event(pg(b"Q", b"SELECT 1\x00"), 1, False, proto=POSTGRES),
+                     event(pg(b"C", b"SELECT 1\x00") + pg(b"Z", b"I"), 2, True, proto=POSTGRES)]))
+    counts, errors, _ = ops(e)
+    assert counts == {("SELECT", ""): 1} and not errors

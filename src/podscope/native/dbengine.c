@@ -964,6 +964,15 @@ static int pg_done(struct dbconn *c, struct pgdir *d, int request, uint64_t ts)
 	return 0;
 }
 
+/* A startup message, SSLRequest or GSSENCRequest: a length, then protocol 3.0 or the code. */
+static int pg_startup_like(const uint8_t *p)
+{
+	uint32_t len = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+	uint32_t code = (uint32_t)p[4] << 24 | (uint32_t)p[5] << 16 | (uint32_t)p[6] << 8 | p[7];
+	return (code == 0x00030000 && len >= 8 && len <= 10000) ||
+	       (len == 8 && (code == 80877103 || code == 80877104));
+}
+
 static int pg_feed(struct dbconn *c, int request, const uint8_t *p, size_t n,
 		   uint64_t uncaptured, uint64_t ts)
 {
@@ -979,6 +988,9 @@ static int pg_feed(struct dbconn *c, int request, const uint8_t *p, size_t n,
 		}
 		pos = 1;
 	}
+	if (request && !d->started && !d->hdr_len && !d->body_left && n - pos >= 8 &&
+	    !pg_startup_like(p + pos))
+		d->started = 1; /* met after its start (the engine forgot it while idle) */
 	while (pos < n) {
 		if (d->body_left) {
 			size_t take = d->body_left < n - pos ? (size_t)d->body_left : n - pos;
