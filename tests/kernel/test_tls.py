@@ -415,6 +415,7 @@ def test_grpc_go_unary_and_streaming_with_ok_and_error_statuses(
         assert m.value("podscope_http2_decode_total", outcome="full") >= 80
         # every connection was seen from its start: no process carries the header probes
         assert m.value("podscope_uprobe_hint_processes") == 0
+        assert m.value("podscope_uprobe_hint_attachments_total") == 0
     finally:
         agent.stop()
         p.terminate()
@@ -494,9 +495,11 @@ def test_grpc_connection_opened_before_the_agent_started(
             assert not by_method_status(m, SERVER_HIST, k8s_pod_uid=server.uid)
             assert m.value("podscope_http2_decode_total", outcome="uprobes") == 26
             assert m.value("podscope_http2_decode_total", outcome="partial") == 0
-            # the header probes were on the two processes that held the connection, and go
-            # with it (looked for every 5 s)
-            assert m.value("podscope_uprobe_hint_processes") == 2
+            # the header probes went on the two processes that held the connection, and go
+            # with it (looked for every 5 s; the client closes it after its calls)
+            assert m.value("podscope_uprobe_hint_attachments_total",
+                           reason="connections_before_start") == 2
+            assert m.value("podscope_uprobe_hint_attachments_total", reason="met_midway") == 0
             p.kill()
             p.wait()
             m = wait_metrics(agent, lambda m: m.value("podscope_uprobe_hint_processes") == 0,

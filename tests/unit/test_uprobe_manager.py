@@ -244,6 +244,7 @@ def test_go_header_probes_only_on_processes_whose_connections_started_unseen(
     m.scan_all()
     assert set(m.hints) == {20}
     assert sorted(link.pid for link in m.hints[20].links) == [20, 20]
+    assert m.hints_attached == {"connections_before_start": 1, "met_midway": 0}
     tls = next(t for t in m.targets.values() if t.kind == "go")
     assert tls.pids == {20, 21} and all(link.pid == -1 for link in tls.links)
     fake.sockets(20, established=[556, 600], listening=[500])
@@ -265,6 +266,7 @@ def test_go_header_probes_only_on_processes_whose_connections_started_unseen(
     m.want_hints(1234)  # not a Go process podscope knows: nothing
     m.want_hints(21)
     assert set(m.hints) == {21} and not m.hints[21].old
+    assert m.hints_attached == {"connections_before_start": 1, "met_midway": 1}
     m.tick()
     assert set(m.hints) == {21}  # its connection met mid-way is open
     midway.clear()

@@ -105,6 +105,7 @@ class UprobeManager:
         self.expire_every = 1.0
         self._expired_at = 0.0
         self.hints: dict[int, Hints] = {}  # pid -> its header probes
+        self.hints_attached = {"connections_before_start": 0, "met_midway": 0}
         # the processes with a connection met mid-way open (set by the HTTP collector)
         self.midway: Callable[[], set[int]] = set
         self.hint_check_every = 5.0  # connections from before the agent looked for this often
@@ -284,6 +285,7 @@ class UprobeManager:
                 self._destroy(link)
             return
         self.hints[pid] = h
+        self.hints_attached["connections_before_start" if h.old else "met_midway"] += 1
         log.info("uprobes: HTTP/2 header probes on pid %d (%s)", pid,
                  f"{len(h.old)} connections from before the agent" if h.old else
                  "a connection met mid-way")
@@ -445,6 +447,12 @@ class UprobeManager:
             "mid-way, whose HPACK state is not known")
         hints.add_metric([], len(self.hints))
         yield hints
+        attached = CounterMetricFamily(
+            "podscope_uprobe_hint_attachments",
+            "Go processes given the HTTP/2 header probes, by why", labels=["reason"])
+        for reason, n in self.hints_attached.items():
+            attached.add_metric([reason], n)
+        yield attached
         errs = CounterMetricFamily("podscope_uprobe_errors",
                                    "Files podscope could not probe, by reason "
                                    "(limit: more than max_uprobe_files)", labels=["reason"])
