@@ -15,11 +15,13 @@ Every entry point gets random input for MINUTES:
 - H2Engine.process of stream event batches (struct http_stream_event with those bytes, random
   kinds, lost-event marks, hints, closes, truncated events, several connections at once), then
   take(): aggregate cells of the right size, and every connection handed over or kept;
-- DbEngine.process of Redis, memcached and PostgreSQL connections' stream events: real RESP2/RESP3
-  commands and replies (pipelined, nested, errors, pushes, attributes), memcached text and meta
-  requests and responses (data blocks, noreply, quiet, 250-byte keys), PostgreSQL startups (SSL
-  asked), simple and extended queries and answers, mutated, cut at random points, with lost
-  events, uncaptured bytes and closes, several connections at once; take().
+- DbEngine.process of Redis, memcached, PostgreSQL and MySQL connections' stream events: real
+  RESP2/RESP3 commands and replies (pipelined, nested, errors, pushes, attributes), memcached text
+  and meta requests and responses (data blocks, noreply, quiet, 250-byte keys), PostgreSQL
+  startups (SSL asked), simple and extended queries and answers, MySQL greetings, logins,
+  commands and answers (result sets with and without EOF packets, prepare OKs), mutated, cut at
+  random points, with lost events, uncaptured bytes and closes, several connections at once;
+  take().
 A crash is the sanitizer's report and a non-zero exit. Prints one JSON line of figures and
 writes it to bench/results/<date>/fuzz_native.json.
 Usage: python bench/fuzz_native.py [--minutes 5] [--seed N] [--module build/asan/_fast...so]
@@ -176,6 +178,42 @@ def main() -> int:
                     pg_msg(b"D", rng.randbytes(rng.choice([4, 9000]))), pg_msg(b"1", b"")])
         return mutate(out)
 
+    def my_pkt(seq: int, body: bytes) -> bytes:
+        return len(body).to_bytes(3, "little") + bytes([seq & 0xFF]) + body
+
+    def my_stream(request: bool, first: bool) -> bytes:
+        """MySQL/MariaDB: a greeting and login, commands (text, prepared, with no answer), or a
+        server's answers (OK, ERR, result sets with and without EOF packets, prepare OKs)."""
+        out = b""
+        if first:
+            out += (my_pkt(1, rng.choice([0xEA20F, 0x10EA20F, 0xEAA0F, 0xEA22F]).to_bytes(4, "little")
+                           + b"\x00" * 28) if request else
+                    my_pkt(0, b"\x0a10.11.6-MariaDB\x00" + b"\x00" * 13 + b"\xff\xf7\x21\x02\x00"
+                           + b"\xff\x81" + b"\x00" * 11) + my_pkt(2, b"\x00\x00\x00\x02\x00"))
+        for _ in range(rng.randrange(1, 6)):
+            sql = rng.choice([b"SELECT 1", b"insert into t values (1)", b"/* c */ CALL p()", b"",
+                              rng.randbytes(rng.choice([3, 200, 9000]))])
+            if request:
+                out += rng.choice([
+                    my_pkt(0, b"\x03" + sql), my_pkt(0, b"\x16" + sql),
+                    my_pkt(0, b"\x17" + rng.randbytes(4) + b"\x00\x01\x00\x00\x00"),
+                    my_pkt(0, bytes([rng.randrange(0x20)])), my_pkt(0, b"\x19\x01\x00\x00\x00"),
+                    my_pkt(2, rng.randbytes(rng.choice([0, 40, 300])))])
+            else:
+                col = my_pkt(2, b"\x03def" + rng.randbytes(20))
+                eof = my_pkt(3, b"\xfe\x00\x00" + rng.choice([b"\x02\x00", b"\x0a\x00"]))
+                ok_eof = my_pkt(4, b"\xfe\x00\x00" + rng.choice([b"\x02\x00", b"\x0a\x00"]) + b"\x00\x00")
+                out += rng.choice([
+                    my_pkt(1, b"\x00\x00\x00\x02\x00\x00\x00"), my_pkt(1, b"\xff\x26\x04#23000dup"),
+                    my_pkt(1, b"\x01") + col + eof + my_pkt(4, b"\x011") + eof,
+                    my_pkt(1, b"\x02") + col + col + my_pkt(4, b"\x00\x00\x01") + ok_eof,
+                    my_pkt(1, b"\x01\x00") + my_pkt(2, rng.randbytes(rng.choice([4, 9000]))) + ok_eof,
+                    my_pkt(1, b"\x00" + rng.randbytes(4) + bytes([rng.randrange(3), 0,
+                                                                  rng.randrange(3), 0, 0, 0, 0]))
+                    + col * rng.randrange(4) + rng.choice([eof, b""]),
+                    my_pkt(1, b"\xfb/tmp/f"), eof, my_pkt(1, b"\xfe\xff\xff\xff")])
+        return mutate(out)
+
     def mutate(out: bytes) -> bytes:
         data = bytearray(out)
         for _ in range(rng.choice([0, 0, 0, 1, 3])):
@@ -315,10 +353,12 @@ def main() -> int:
         for _ in range(rng.randrange(1, 30)):
             conn, role = rng.randrange(1, 8), rng.choice([1, 2])
             request = rng.random() < 0.5
-            conn = rng.randrange(1, 11)
-            proto = 4 if conn < 5 else 5 if conn < 8 else 6  # Redis, memcached, PostgreSQL
+            conn = rng.randrange(1, 14)
+            # Redis, memcached, PostgreSQL, MySQL
+            proto = 4 if conn < 5 else 5 if conn < 8 else 6 if conn < 11 else 7
             data = (resp_stream(request) if proto == 4 else mc_stream(request) if proto == 5
-                    else pg_stream(request, rng.random() < 0.3))
+                    else pg_stream(request, rng.random() < 0.3) if proto == 6
+                    else my_stream(request, rng.random() < 0.2))
             pos = 0
             while pos < len(data) or not data:
                 n = rng.randrange(1, 200)

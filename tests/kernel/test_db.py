@@ -272,3 +272,145 @@ def test_pgbench_select_only_and_sql_errors_on_both_sides(pods: PodNetwork, tmp_
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.fixture
+def mydir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="podscope-my-", dir="/var/tmp"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def start_mariadb(pod: Pod, client: Pod, datadir: Path) -> subprocess.Popen[str]:
+    """A MariaDB server of its own in the pod (the mysql user's; no grant tables: any user logs in
+    without a password)."""
+    if shutil.which("mariadbd") is None or shutil.which("sysbench") is None:
+        pytest.fail("mariadb-server or sysbench is missing: make installs them "
+                    "(apt-get install mariadb-server mariadb-client sysbench)")
+    shutil.chown(datadir, "mysql", "mysql")
+    subprocess.run(["mariadb-install-db", "--user=mysql", f"--datadir={datadir / 'data'}",
+                    "--auth-root-authentication-method=normal", "--skip-test-db"],
+                   check=True, capture_output=True, cwd=datadir)
+    p = pod.popen(["runuser", "-u", "mysql", "--", "mariadbd", "--no-defaults",
+                   f"--datadir={datadir / 'data'}", f"--socket={datadir / 'sock'}",
+                   f"--pid-file={datadir / 'pid'}", "--port=3306", "--bind-address=0.0.0.0",
+                   "--skip-grant-tables", "--skip-log-bin", "--innodb-flush-log-at-trx-commit=0",
+                   "--skip-name-resolve"],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 30
+    while client.run(["mariadb", "-h", pod.ip, "-u", "root", "-e", "SELECT 1"],
+                     check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("mariadbd did not come up")
+        time.sleep(0.2)
+    return p
+
+
+def mariadb_status(pod: Pod, datadir: Path, name: str) -> int:
+    """A server status counter, asked over the server's own Unix socket (not seen as traffic)."""
+    out = pod.run(["mariadb", f"--socket={datadir / 'sock'}", "-u", "root", "-N", "-e",
+                   f"SHOW GLOBAL STATUS LIKE '{name}'"]).stdout.split()
+    return int(out[1])
+
+
+@pytest.mark.parametrize("ps_mode", ["auto", "disable"])
+def test_sysbench_and_sql_errors_on_both_sides(pods: PodNetwork, tmp_path: Path, mydir: Path,
+                                               ps_mode: str) -> None:
+    """sysbench oltp_read_only against MariaDB, with server-side prepared statements (PREPARE
+    once per statement and thread, then COM_STMT_EXECUTE) or as text queries (COM_QUERY): as
+    many SELECTs as sysbench's own "read" count, BEGIN and COMMIT once per transaction, PREPARE as
+    often as the server's Com_stmt_prepare grew; a duplicate key (1062) and a syntax error
+    (1064) by error number; in the client pod and the server pod."""
+    server = pods.pod("mariadb")
+    client = pods.pod("client")
+    proc = start_mariadb(server, client, mydir)
+    try:
+        client.run(["mariadb", "-h", server.ip, "-u", "root", "-e",
+                    "CREATE DATABASE sbtest; CREATE TABLE sbtest.u (id int PRIMARY KEY)"])
+        bench = ["sysbench", "oltp_read_only", "--db-driver=mysql", f"--mysql-host={server.ip}",
+                 "--mysql-user=root", "--tables=1", "--table-size=500"]
+        client.run([*bench, "prepare"])
+        prepared0 = mariadb_status(server, mydir, "Com_stmt_prepare")
+        agent = AgentProc([], tmp_path)
+        try:
+            out = client.run([*bench, "--threads=2", "--events=53", "--time=0",
+                              f"--db-ps-mode={ps_mode}", "run"]).stdout
+            read = re.search(r"read:\s+(\d+)", out)
+            trx = re.search(r"transactions:\s+(\d+)", out)
+            assert read and trx and trx.group(1) == "53", out
+            sql = ["mariadb", "-h", server.ip, "-u", "root", "sbtest", "-e"]
+            client.run([*sql, "INSERT INTO u VALUES (1)"])
+            assert client.run([*sql, "INSERT INTO u VALUES (1)"], check=False).returncode
+            assert client.run([*sql, "SELEC 1"], check=False).returncode
+            prepared = mariadb_status(server, mydir, "Com_stmt_prepare") - prepared0
+            assert (prepared > 0) == (ps_mode == "auto"), prepared
+            want = {("SELECT", ""): int(read.group(1)), ("BEGIN", ""): 53, ("COMMIT", ""): 53,
+                    ("INSERT", ""): 1, ("INSERT", "1062"): 1, ("SELEC", "1064"): 1}
+            if prepared:
+                want[("PREPARE", "")] = prepared
+
+            def complete(m: Metrics) -> bool:
+                return all(ops(m, name, k8s_pod_uid=pod.uid).get(k, 0) >= v
+                           for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server))
+                           for k, v in want.items())
+
+            m = wait_metrics(agent, complete)
+            for name, pod, extra in ((CLIENT_OPS, client, {"server_address": server.ip,
+                                                           "server_port": "3306"}),
+                                     (SERVER_OPS, server, {})):
+                got = ops(m, name, k8s_pod_uid=pod.uid, db_system_name="mysql", **extra)
+                assert got == want, (name, got)
+            assert m.value("podscope_db_unparsed_total") == 0, \
+                m.series("podscope_db_unparsed_total")
+        finally:
+            agent.stop()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_mysql_connection_opened_before_the_agent(pods: PodNetwork, tmp_path: Path,
+                                                  mydir: Path) -> None:
+    """A client logged in before the agent started: its connection is found at its next text
+    query (COM_QUERY as a whole write), and what follows is counted on both sides, result sets
+    ending with or without EOF packets (not known without the login)."""
+    server = pods.pod("mariadb")
+    client = pods.pod("client")
+    proc = start_mariadb(server, client, mydir)
+    cli = client.popen(["mariadb", "-h", server.ip, "-u", "root", "-N", "-B", "-n"],
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert cli.stdin is not None and cli.stdout is not None
+
+    def ask(sql: str) -> str:
+        assert cli.stdin is not None and cli.stdout is not None
+        cli.stdin.write(sql + "\n")
+        cli.stdin.flush()
+        return cli.stdout.readline().strip()
+
+    try:
+        assert ask("SELECT 1;") == "1"
+        agent = AgentProc([], tmp_path)
+        try:
+            for i in range(2, 9):
+                assert ask(f"SELECT {i}, 'x';") == f"{i}\tx"
+            assert ask("SELECT COUNT(*) FROM information_schema.tables WHERE 1 = 0;") == "0"
+            want = {("SELECT", ""): 8}
+
+            def complete(m: Metrics) -> bool:
+                return all(ops(m, name, k8s_pod_uid=pod.uid) == want
+                           for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server)))
+
+            m = wait_metrics(agent, complete)
+            for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server)):
+                assert ops(m, name, k8s_pod_uid=pod.uid, db_system_name="mysql") == want, name
+            assert m.value("podscope_db_unparsed_total") == 0, \
+                m.series("podscope_db_unparsed_total")
+        finally:
+            agent.stop()
+    finally:
+        cli.stdin.close()
+        cli.wait(10)
+        proc.terminate()
+        proc.wait(30)

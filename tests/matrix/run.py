@@ -40,6 +40,7 @@ SUBSET = [
     "tests/kernel/test_tls.py::test_nginx_over_tls_with_ab_curl_and_h2load_exact_counts[auto]",
     "tests/kernel/test_tls.py::test_grpc_connection_opened_before_the_agent_started[tls]",
     "tests/kernel/test_db.py::test_redis_benchmark_counts_per_command_on_both_sides[16]",
+    "tests/kernel/test_db.py::test_sysbench_and_sql_errors_on_both_sides[auto]",
 ]
 SLOW = 10  # PODSCOPE_TEST_SLOW inside a VM: waits scale with it (software emulation)
 VM_TIMEOUT = 2400  # seconds one kernel may take in all

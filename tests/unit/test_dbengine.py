@@ -60,7 +60,7 @@ def ops(e: Any) -> tuple[dict[tuple[str, str], int], dict[str, int], dict[tuple[
     counts: dict[tuple[str, str], int] = {}
     sums: dict[tuple[str, str], int] = {}
     for (_ident, system, op, status), cell in cells:
-        assert system in ("redis", "memcached", "postgresql")
+        assert system in ("redis", "memcached", "postgresql", "mysql")
         v = _CELL.unpack(cell)
         counts[(op, status)] = counts.get((op, status), 0) + v[0]
         sums[(op, status)] = sums.get((op, status), 0) + v[1]
@@ -210,10 +210,11 @@ def test_names_from_the_wire_are_bounded() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=64)), max_size=40))
-def test_random_bytes_never_crash(chunks: list[tuple[bool, bytes]]) -> None:
+@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=64)), max_size=40),
+       st.sampled_from([4, 5, 6, 7]))
+def test_random_bytes_never_crash(chunks: list[tuple[bool, bytes]], proto: int) -> None:
     e = _fast.DbEngine()
-    e.process(batch([event(b, i, inbound) for i, (inbound, b) in enumerate(chunks)]))
+    e.process(batch([event(b, i, inbound, proto=proto) for i, (inbound, b) in enumerate(chunks)]))
     counts, errors, _ = ops(e)
     assert all(n > 0 for n in counts.values())
     assert struct.calcsize("<4Q40Q") == _fast.DB_CELL_SIZE
@@ -377,3 +378,171 @@ def test_postgres_connection_met_after_its_start() -> None:
                      event(pg(b"C", b"SELECT 1\x00") + pg(b"Z", b"I"), 2, True, proto=POSTGRES)]))
     counts, errors, _ = ops(e)
     assert counts == {("SELECT", ""): 1} and not errors
+
+
+MYSQL = 7
+DEPRECATE_EOF = 1 << 24
+
+
+def my(seq: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "little") + bytes([seq]) + payload
+
+
+def my_eof(status: int = 2, deprecate: bool = False) -> bytes:
+    """The end of a list: an EOF packet, or (CLIENT_DEPRECATE_EOF) an OK packet of type 0xfe."""
+    if deprecate:
+        return b"\xfe\x00\x00" + status.to_bytes(2, "little") + b"\x00\x00"
+    return b"\xfe\x00\x00" + status.to_bytes(2, "little")
+
+
+def coldef(name: bytes) -> bytes:
+    return b"\x03def\x02db\x01t\x01t" + bytes([len(name)]) + name + bytes([len(name)]) + name \
+        + b"\x0c\x3f\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00\x00"
+
+
+def result(seq: int, cols: list[bytes], rows: list[bytes], deprecate: bool,
+           more: bool = False) -> tuple[bytes, int]:
+    out = my(seq, bytes([len(cols)]))
+    for c in cols:
+        seq += 1
+        out += my(seq, coldef(c))
+    if not deprecate:
+        seq += 1
+        out += my(seq, my_eof())
+    for r in rows:
+        seq += 1
+        out += my(seq, r)
+    seq += 1
+    return out + my(seq, my_eof(0x0a if more else 2, deprecate)), seq + 1
+
+
+def my_exchange(deprecate: bool, greeting: bool = True) -> tuple[list[bytes], list[bytes]]:
+    """A libmariadb-like session: greeting and login, text queries (a result set, an error, a
+    procedure's two results), two prepared statements executed, a ping, statements closed."""
+    caps = 0xEA20F | (DEPRECATE_EOF if deprecate else 0)
+    srv_caps = 0xF7DF | DEPRECATE_EOF | 0xEA20F
+    ok = my(2, b"\x00\x00\x00\x02\x00\x00\x00")
+
+    def ok_at(seq: int) -> bytes:
+        return my(seq, b"\x00\x00\x00\x02\x00\x00\x00")
+
+    client = [my(1, caps.to_bytes(4, "little") + b"\x00\x00\x00\x01\x21" + b"\x00" * 23
+                 + b"root\x00\x00")] if greeting else []
+    server = [my(0, b"\x0a10.11.6-MariaDB\x00" + b"\x07\x00\x00\x00" + b"abcdefgh\x00"
+                 + (srv_caps & 0xFFFF).to_bytes(2, "little") + b"\x21\x02\x00"
+                 + (srv_caps >> 16).to_bytes(2, "little") + b"\x15" + b"\x00" * 10
+                 + b"ijklmnopqrstu\x00mysql_native_password\x00")] if greeting else []
+    if greeting:
+        server.append(ok)
+    two, _ = result(1, [b"id", b"name"], [b"\x017\x03bob", b"\x018\x03amy"], deprecate)
+    client.append(my(0, b"\x03SELECT id, name FROM t WHERE id > 6"))
+    server.append(two)
+    client.append(my(0, b"\x03/* app */ insert into t values (1)"))
+    server.append(my(1, b"\xff\x26\x04#23000Duplicate entry '1' for key 'PRIMARY'"))
+    first, seq = result(1, [b"a"], [b"\x011"], deprecate, more=True)
+    client.append(my(0, b"\x03CALL p()"))
+    server.append(first + ok_at(seq))
+    # prepared: two parameters and no columns; one parameter and two columns
+    client.append(my(0, b"\x16UPDATE t SET x = ? WHERE id = ?"))
+    defs = my(2, coldef(b"?")) + my(3, coldef(b"?"))
+    server.append(my(1, b"\x00\x01\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00") + defs
+                  + (b"" if deprecate else my(4, my_eof())))
+    client.append(my(0, b"\x16 select a, b from t where id = ?"))
+    body = my(2, coldef(b"?")) + (b"" if deprecate else my(3, my_eof()))
+    n = 3 if deprecate else 4
+    body += my(n, coldef(b"a")) + my(n + 1, coldef(b"b"))
+    body += b"" if deprecate else my(n + 2, my_eof())
+    server.append(my(1, b"\x00\x02\x00\x00\x00\x02\x00\x01\x00\x00\x00\x00") + body)
+    client.append(my(0, b"\x17\x01\x00\x00\x00\x00\x01\x00\x00\x00"))
+    server.append(ok_at(1))
+    client.append(my(0, b"\x17\x02\x00\x00\x00\x00\x01\x00\x00\x00"))
+    rows, _ = result(1, [b"a", b"b"], [b"\x00\x00\x01\x02"], deprecate)
+    server.append(rows)
+    client.append(my(0, b"\x0e"))
+    server.append(ok_at(1))
+    client.append(my(0, b"\x19\x01\x00\x00\x00") + my(0, b"\x19\x02\x00\x00\x00"))
+    server.append(b"")
+    client.append(my(0, b"\x01"))
+    return client, server
+
+
+MY_WANT = {("SELECT", ""): 2, ("INSERT", "1062"): 1, ("CALL", ""): 1, ("PREPARE", ""): 2,
+           ("UPDATE", ""): 1, ("PING", ""): 1}
+
+
+def cut(data: bytes, cuts: list[int], k: int) -> list[bytes]:
+    pieces, j = [], 0
+    while j < len(data):
+        n = cuts[k % len(cuts)]
+        pieces.append(data[j:j + n])
+        j, k = j + n, k + 1
+    return pieces
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=20), st.booleans(), st.booleans(),
+       st.booleans())
+def test_mysql_text_and_prepared_cut_anywhere(cuts: list[int], server: bool, deprecate: bool,
+                                              greeting: bool) -> None:
+    """The same session with EOF packets or without (CLIENT_DEPRECATE_EOF), from its greeting
+    or met after its login (which of the two is then not known), cut at any byte."""
+    client_msgs, server_msgs = my_exchange(deprecate, greeting)
+    role = SERVER if server else CLIENT
+    evs, ts = [], 0
+    if greeting:  # the server speaks first
+        server_msgs = server_msgs[:1] + server_msgs[1:]
+        evs.append(event(server_msgs.pop(0), 1, not server, role, proto=MYSQL))
+    for i, q in enumerate(client_msgs):
+        for piece in cut(q, cuts, i):
+            ts += 1
+            evs.append(event(piece, ts, server, role, proto=MYSQL))
+        if i < len(server_msgs) and server_msgs[i]:
+            for piece in cut(server_msgs[i], cuts, i + 7):
+                ts += 1
+                evs.append(event(piece, ts + 10, not server, role, proto=MYSQL))
+            ts += 10
+    e = _fast.DbEngine()
+    e.process(batch(evs))
+    counts, errors, _ = ops(e)
+    assert counts == MY_WANT and not errors
+
+
+def test_mysql_large_result_not_captured_ends_before_the_next_command() -> None:
+    rows, _ = result(1, [b"v"], [b"\xfc\x00\x10" + b"x" * 4096] * 40, False)
+    e = _fast.DbEngine()
+    e.process(batch([event(my(0, b"\x03SELECT v FROM big"), 1, False, proto=MYSQL),
+                     event(rows[:300], 5, True, length=len(rows), proto=MYSQL),
+                     event(my(0, b"\x0e"), 9, False, proto=MYSQL),
+                     event(my(1, b"\x00\x00\x00\x02\x00\x00\x00"), 10, True, proto=MYSQL)]))
+    counts, errors, sums = ops(e)
+    assert counts == {("SELECT", ""): 1, ("PING", ""): 1} and not errors
+    assert sums[("SELECT", "")] == 4
+
+
+def test_mysql_encrypted_and_compressed_connections_are_left_alone() -> None:
+    greet = my(0, b"\x0a8.0.36\x00" + b"\x01\x00\x00\x00" + b"abcdefgh\x00\xff\xff\x21\x02\x00"
+               b"\xff\xff\x15" + b"\x00" * 10)
+    for caps, reason, size in ((0x800 | 0x200, "mysql_encrypted", 32),
+                               (0x20 | 0x200, "mysql_compressed", 40)):
+        e = _fast.DbEngine()
+        e.process(batch([event(greet, 1, True, proto=MYSQL),
+                         event(my(1, caps.to_bytes(4, "little") + b"\x00" * (size - 4)), 2, False,
+                               proto=MYSQL),
+                         event(my(2, b"\x16\x03\x01garbage"), 3, False, proto=MYSQL)]))
+        counts, errors, _ = ops(e)
+        assert not counts and errors == {reason: 1}
+
+
+def test_mysql_query_body_read_after_its_header() -> None:
+    """A server reads a packet's header, then its body: a connection met mid-way is found at a
+    body (the kernel saw the header go by before it knew the connection)."""
+    e = _fast.DbEngine()
+    ok = my(1, b"\x00\x00\x00\x02\x00\x00\x00")
+    rows, _ = result(1, [b"1"], [b"\x011"], True)
+    e.process(batch([event(b"\x03SELECT 1", 1, True, SERVER, proto=MYSQL),
+                     event(rows, 2, False, SERVER, proto=MYSQL),
+                     event(my(0, b"\x03COMMIT")[:4], 3, True, SERVER, proto=MYSQL),
+                     event(b"\x03COMMIT", 4, True, SERVER, proto=MYSQL),
+                     event(ok, 5, False, SERVER, proto=MYSQL)]))
+    counts, errors, _ = ops(e)
+    assert counts == {("SELECT", ""): 1, ("COMMIT", ""): 1} and not errors

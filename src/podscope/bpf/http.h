@@ -31,6 +31,7 @@ enum http_proto {
 	HTTP_PROTO_REDIS = 4,	  /* RESP (bpf/include/db.bpf.h): parsed in native/dbengine.c */
 	HTTP_PROTO_MEMCACHED = 5, /* memcached's text and meta protocols (the same) */
 	HTTP_PROTO_POSTGRES = 6,  /* PostgreSQL's protocol 3 from its startup (the same) */
+	HTTP_PROTO_MYSQL = 7,	  /* MySQL/MariaDB: the server's greeting, or a COM_QUERY (the same) */
 };
 
 enum http_phase {

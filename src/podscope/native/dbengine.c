@@ -6,7 +6,9 @@
  * a second (collectors/http.py), as it does for HTTP/2.
  *
  * Protocols: Redis (RESP2 and RESP3: pipelining, errors by prefix, MULTI/EXEC, pushes and
- * attributes that are not replies, pub/sub left unpaired).
+ * attributes that are not replies, pub/sub left unpaired); memcached (text and meta); PostgreSQL
+ * (protocol 3: simple and extended queries up to their Sync, SQLSTATE); MySQL and MariaDB (text
+ * and prepared statements, result sets with or without EOF packets, error numbers).
  *
  * Bad input never stops anything: a byte that is not the protocol's, a value nested too deep or
  * bytes lost (not captured by the kernel, or events lost) void the connection's parse state,
@@ -19,6 +21,7 @@
 #include "fast.h"
 #include "http.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #define DB_MAX_CONNS 20000
@@ -41,7 +44,10 @@ struct op {
 	uint64_t bytes;
 	uint8_t len;
 	uint8_t silent; /* answered, but not an operation (PostgreSQL: a Sync alone) */
+	uint8_t cmd;	/* MySQL: the command byte */
+	uint8_t aux_len;
 	char name[OP_MAX];
+	char aux[OP_MAX]; /* MySQL: a prepared statement's own operation */
 };
 
 /* One direction of RESP: where the parser is in the current top-level value. */
@@ -100,6 +106,33 @@ struct pgstmt {
 	char op[OP_MAX];
 };
 
+/* One direction of MySQL's protocol: packets of a 3-byte length and a sequence id. */
+#define MY_KEEP 160 /* bytes of a packet kept (the SQL's start, an error's code, an OK's fields) */
+struct mydir {
+	uint8_t hdr[4];
+	uint32_t hdr_len;
+	uint32_t pkt_len;   /* of the current packet */
+	uint64_t body_left; /* of it */
+	uint8_t body[MY_KEEP];
+	uint32_t body_len;
+	uint8_t seq;
+	uint8_t cont;	   /* the current packet goes on from one of 0xffffff bytes */
+	uint8_t next_cont; /* and the next one does */
+	uint64_t bytes;	   /* of the current command or response */
+};
+
+enum { MY_UNKNOWN, MY_LOGIN, MY_COMMANDS };
+enum {
+	MY_R_FIRST,   /* the response's first packet */
+	MY_R_COLS,    /* column definitions (my_left to come) */
+	MY_R_COLS_END, /* after them: an EOF (old servers and clients), a row, or the end */
+	MY_R_ROWS,    /* rows, up to an EOF or OK packet (0xfe) or an error */
+	MY_R_PREPARE, /* a prepared statement's parameter and column definitions */
+	MY_R_INFILE,  /* LOAD DATA LOCAL: the client sends a file, then the server answers */
+	MY_R_AUTH,    /* COM_CHANGE_USER: authentication packets, up to OK or ERR */
+	MY_R_LIST,    /* COM_FIELD_LIST: definitions up to an EOF */
+};
+
 struct dbconn {
 	struct dbengine *engine;
 	uint64_t conn_id, last_ts;
@@ -113,6 +146,18 @@ struct dbconn {
 	char batch_op[OP_MAX]; /* the extended query being sent (up to its Sync): its operation */
 	uint8_t batch_op_len;
 	uint8_t batch_parsed, batch_executed; /* it has a Parse, an Execute */
+	struct mydir myreq, myresp; /* MySQL */
+	uint8_t my_phase;	    /* MY_UNKNOWN, MY_LOGIN (from the greeting), MY_COMMANDS */
+	int8_t my_deprecate_eof;    /* result sets end without EOF packets: -1 not known yet */
+	uint8_t my_state;	    /* where the response to the oldest command is (MY_R_*) */
+	uint8_t my_section;	    /* prepare: 0 parameters, 1 columns */
+	uint8_t my_skip_eof;	    /* an EOF packet may still come after a prepare's columns */
+	uint32_t my_server_caps;    /* from the greeting */
+	uint32_t my_last_stmt;	    /* the statement prepared last (MariaDB's execute of -1) */
+	uint64_t my_left;	    /* definitions still to come */
+	uint64_t my_cols;	    /* prepare: the statement's columns */
+	char my_status[8];	    /* the error number of the current response */
+	uint8_t my_status_len;
 	int opaque; /* encrypted (SSL or GSS accepted): nothing more to read */
 	struct op *ops; /* requests waiting for their responses: a ring */
 	uint32_t head, count, cap;
@@ -264,7 +309,7 @@ static int push_op(struct dbconn *c, const char *name, size_t len, uint64_t ts, 
 	o->ts = ts;
 	o->bytes = bytes;
 	o->len = (uint8_t)(len < OP_MAX ? len : OP_MAX);
-	o->silent = 0;
+	o->silent = o->cmd = o->aux_len = 0;
 	memcpy(o->name, name, o->len);
 	c->count++;
 	return 0;
@@ -280,15 +325,35 @@ static struct op *pop_op(struct dbconn *c)
 	return o;
 }
 
+/* Each protocol's parser of one direction (or both) back at a message's start. */
+static void reset_parse(struct dbconn *c, int request, int response)
+{
+	if (request) {
+		memset(&c->req, 0, sizeof(c->req));
+		memset(&c->mreq, 0, sizeof(c->mreq));
+		int started = c->preq.started;
+		memset(&c->preq, 0, sizeof(c->preq));
+		c->preq.started = started;
+		memset(&c->myreq, 0, sizeof(c->myreq));
+	}
+	if (response) {
+		memset(&c->resp, 0, sizeof(c->resp));
+		memset(&c->mresp, 0, sizeof(c->mresp));
+		memset(&c->presp, 0, sizeof(c->presp));
+		c->presp.started = 1;
+		memset(&c->myresp, 0, sizeof(c->myresp));
+		c->my_state = MY_R_FIRST;
+		c->my_skip_eof = 0;
+		c->my_status_len = 0;
+	}
+}
+
 /* The parse state is void (reason counted): what was in flight is not paired. */
 static int desync(struct dbconn *c, const char *reason)
 {
 	DbEngineObject *e = (DbEngineObject *)c->engine;
 	long lost = c->count;
-	memset(&c->req, 0, sizeof(c->req));
-	memset(&c->resp, 0, sizeof(c->resp));
-	memset(&c->mreq, 0, sizeof(c->mreq));
-	memset(&c->mresp, 0, sizeof(c->mresp));
+	reset_parse(c, 1, 1);
 	c->head = c->count = 0;
 	c->broken = 1;
 	c->reply_lost = 0;
@@ -302,8 +367,7 @@ static int desync(struct dbconn *c, const char *reason)
 static int replies_lost(struct dbconn *c)
 {
 	c->reply_lost = 0;
-	memset(&c->resp, 0, sizeof(c->resp));
-	memset(&c->mresp, 0, sizeof(c->mresp));
+	reset_parse(c, 0, 1);
 	for (int first = 1; c->count; first = 0) {
 		struct op done = *pop_op(c);
 		if (finish(c, &done, c->lost_ts, first ? c->lost_bytes : 0, "", 0))
@@ -1044,12 +1108,426 @@ static int pg_feed(struct dbconn *c, int request, const uint8_t *p, size_t n,
 	return 0;
 }
 
+/* --- MySQL and MariaDB (the client/server protocol) ------------------------------------------ */
+
+#define MY_CLIENT_COMPRESS 0x20u
+#define MY_CLIENT_SSL 0x800u
+#define MY_CLIENT_DEPRECATE_EOF 0x01000000u
+#define MY_MORE_RESULTS 0x0008u
+
+static const char *const my_commands[] = {
+	[0x02] = "INIT_DB",  [0x04] = "FIELD_LIST", [0x05] = "CREATE_DB",
+	[0x06] = "DROP_DB",  [0x07] = "REFRESH",    [0x08] = "SHUTDOWN",
+	[0x09] = "STATISTICS", [0x0a] = "PROCESS_INFO", [0x0c] = "PROCESS_KILL",
+	[0x0d] = "DEBUG",    [0x0e] = "PING",	     [0x11] = "CHANGE_USER",
+	[0x1a] = "STMT_RESET", [0x1b] = "SET_OPTION", [0x1c] = "FETCH",
+	[0x1f] = "RESET_CONNECTION",
+};
+
+static uint32_t le32(const uint8_t *b)
+{
+	return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+/* A length-encoded integer at *pos of n bytes (-1: not all there). */
+static long long my_lenenc(const uint8_t *b, uint32_t n, uint32_t *pos)
+{
+	if (*pos >= n)
+		return -1;
+	uint8_t f = b[(*pos)++];
+	uint32_t w = f < 0xfb ? 0 : f == 0xfc ? 2 : f == 0xfd ? 3 : f == 0xfe ? 8 : 99;
+	if (w == 0)
+		return f;
+	if (w == 99 || *pos + w > n)
+		return -1;
+	unsigned long long v = 0;
+	for (uint32_t i = 0; i < w; i++)
+		v |= (unsigned long long)b[*pos + i] << (8 * i);
+	*pos += w;
+	return (long long)(v & 0x7fffffffffffffffULL);
+}
+
+/* The server status flags of an OK packet (0x00 or 0xfe) or an old EOF packet. */
+static unsigned my_status_flags(const struct mydir *d)
+{
+	if (d->body_len && d->body[0] == 0xfe && d->pkt_len < 9) /* EOF: warnings, status */
+		return d->body_len >= 5 ? d->body[3] | d->body[4] << 8 : 0;
+	uint32_t pos = 1;
+	if (my_lenenc(d->body, d->body_len, &pos) < 0 || my_lenenc(d->body, d->body_len, &pos) < 0 ||
+	    pos + 2 > d->body_len)
+		return 0;
+	return d->body[pos] | d->body[pos + 1] << 8;
+}
+
+static int my_done(struct dbconn *c, uint64_t ts)
+{
+	struct mydir *d = &c->myresp;
+	struct op *o = pop_op(c);
+	uint8_t sl = c->my_status_len;
+	c->my_status_len = 0;
+	c->my_state = MY_R_FIRST;
+	uint64_t bytes = d->bytes;
+	d->bytes = 0;
+	if (!o)
+		return 0;
+	struct op done = *o;
+	return finish(c, &done, ts, bytes, c->my_status, sl);
+}
+
+static void my_error(struct dbconn *c)
+{
+	const struct mydir *d = &c->myresp;
+	if (d->body_len >= 3) {
+		unsigned code = d->body[1] | d->body[2] << 8;
+		c->my_status_len = (uint8_t)snprintf(c->my_status, sizeof(c->my_status), "%u", code);
+	}
+}
+
+/* The end of a result set (an EOF or OK packet): another may follow (a procedure's, or several
+ * statements in one query). */
+static int my_result_end(struct dbconn *c, uint64_t ts)
+{
+	if (my_status_flags(&c->myresp) & MY_MORE_RESULTS) {
+		c->my_state = MY_R_FIRST;
+		return 0;
+	}
+	return my_done(c, ts);
+}
+
+/* A prepare's definitions: parameters, then columns; each list ends in an EOF packet unless
+ * CLIENT_DEPRECATE_EOF was agreed (not known for a connection met after its login: then a
+ * list ends with its count, and an EOF that comes after all is passed over). */
+static int my_prepare_packet(struct dbconn *c, const struct mydir *d, uint64_t ts)
+{
+	int eof = d->body_len && d->body[0] == 0xfe && d->pkt_len == 5;
+	if (eof) {
+		c->my_deprecate_eof = 0;
+		if (c->my_section == 1 && c->my_left == c->my_cols)
+			return 0; /* the parameters' EOF, come after their count */
+	} else {
+		if (c->my_left)
+			c->my_left--;
+		if (c->my_left || c->my_deprecate_eof == 0)
+			return 0; /* more definitions, or the list's EOF, to come */
+		c->my_skip_eof = c->my_deprecate_eof < 0;
+	}
+	if (c->my_section == 0 && c->my_cols) {
+		c->my_section = 1;
+		c->my_left = c->my_cols;
+		return 0;
+	}
+	return my_done(c, ts);
+}
+
+/* A whole server packet (its first MY_KEEP bytes) while commands are answered. */
+static int my_response(struct dbconn *c, uint64_t ts)
+{
+	const struct mydir *d = &c->myresp;
+	uint8_t t = d->body_len ? d->body[0] : 0;
+	int eof_like = t == 0xfe && d->pkt_len < 0xffffff &&
+		       (c->my_deprecate_eof != 0 || d->pkt_len < 9);
+	if (c->my_skip_eof && c->my_state == MY_R_FIRST && t == 0xfe && d->pkt_len == 5) {
+		c->my_skip_eof = 0; /* the last list's EOF of a prepare */
+		c->myresp.bytes = 0;
+		return 0;
+	}
+	c->my_skip_eof = 0;
+	if (!c->count) { /* nothing asked: passed over, counted */
+		c->myresp.bytes = 0;
+		return bump((DbEngineObject *)c->engine, "mysql_unsolicited", 1);
+	}
+	struct op *o = &c->ops[c->head];
+	switch (c->my_state) {
+	case MY_R_FIRST:
+		if (t == 0xff) {
+			my_error(c);
+			return my_done(c, ts);
+		}
+		if (t == 0x00 && o->cmd == 0x16 && d->body_len >= 9) { /* COM_STMT_PREPARE_OK */
+			uint32_t id = le32(d->body + 1);
+			struct pgstmt *st = pg_stmt(c, (const char *)&id, 4, 1);
+			if (st) {
+				memcpy(st->op, o->aux, o->aux_len);
+				st->op_len = o->aux_len;
+			}
+			c->my_last_stmt = id;
+			c->my_cols = d->body[5] | d->body[6] << 8;
+			c->my_left = d->body[7] | d->body[8] << 8;
+			c->my_section = 0;
+			if (!c->my_left) {
+				c->my_section = 1;
+				c->my_left = c->my_cols;
+			}
+			if (!c->my_left)
+				return my_done(c, ts);
+			c->my_state = MY_R_PREPARE;
+			return 0;
+		}
+		if (t == 0x00)
+			return my_result_end(c, ts);
+		if (t == 0xfb && (o->cmd == 0x03)) {
+			c->my_state = MY_R_INFILE;
+			return 0;
+		}
+		if (t == 0xfe && o->cmd == 0x11) {
+			c->my_state = MY_R_AUTH; /* an authentication switch */
+			return 0;
+		}
+		if (o->cmd == 0x03 || o->cmd == 0x17) { /* a result set: its column count */
+			uint32_t pos = 0;
+			long long n = my_lenenc(d->body, d->body_len, &pos);
+			if (n <= 0)
+				return desync(c, "mysql_bad_column_count");
+			/* MariaDB's metadata cache: a byte after the count says whether definitions
+			 * follow */
+			int defs = !(pos + 1 == d->pkt_len && pos < d->body_len && d->body[pos] == 0);
+			c->my_left = defs ? (uint64_t)n : 0;
+			c->my_state = defs ? MY_R_COLS : MY_R_COLS_END;
+			return 0;
+		}
+		if (o->cmd == 0x1c) { /* COM_STMT_FETCH: rows */
+			c->my_state = MY_R_ROWS;
+			return eof_like ? my_result_end(c, ts) : 0;
+		}
+		if (o->cmd == 0x04) {
+			c->my_state = MY_R_LIST;
+			return eof_like ? my_done(c, ts) : 0;
+		}
+		return my_done(c, ts); /* one packet: a string, an EOF */
+	case MY_R_COLS:
+		if (--c->my_left == 0)
+			c->my_state = MY_R_COLS_END;
+		return 0;
+	case MY_R_COLS_END:
+		if (t == 0xfe && d->pkt_len == 5) { /* the columns' EOF: rows follow */
+			c->my_deprecate_eof = 0;
+			c->my_state = MY_R_ROWS;
+			return 0;
+		}
+		if (t == 0xff) {
+			my_error(c);
+			return my_done(c, ts);
+		}
+		if (t == 0xfe && d->pkt_len < 0xffffff) { /* no rows, and no EOF before them */
+			c->my_deprecate_eof = 1;
+			return my_result_end(c, ts);
+		}
+		c->my_state = MY_R_ROWS;
+		return 0;
+	case MY_R_ROWS:
+		if (t == 0xff) {
+			my_error(c);
+			return my_done(c, ts);
+		}
+		return eof_like ? my_result_end(c, ts) : 0;
+	case MY_R_PREPARE:
+		return my_prepare_packet(c, d, ts);
+	case MY_R_INFILE:
+	case MY_R_AUTH:
+		if (t == 0xff)
+			my_error(c);
+		return (t == 0x00 || t == 0xff) ? my_done(c, ts) : 0;
+	case MY_R_LIST:
+		if (t == 0xff)
+			my_error(c);
+		return (t == 0xff || eof_like) ? my_done(c, ts) : 0;
+	}
+	return 0;
+}
+
+/* A whole client packet at sequence 0: a command. */
+static int my_command(struct dbconn *c, uint64_t ts)
+{
+	struct mydir *d = &c->myreq;
+	const char *b = (const char *)d->body;
+	uint32_t n = d->body_len;
+	uint8_t cmd = n ? d->body[0] : 0;
+	char op[OP_MAX];
+	uint8_t len = 0;
+	const char *name = op;
+	switch (cmd) {
+	case 0x01: /* COM_QUIT, COM_STMT_SEND_LONG_DATA, COM_STMT_CLOSE: no answer */
+	case 0x18:
+	case 0x19:
+		d->bytes = 0;
+		return 0;
+	case 0x03: { /* COM_QUERY; with query attributes (MySQL 8), none: 0x00 0x01 first */
+		uint32_t at = (n >= 3 && b[1] == 0 && b[2] == 1) ? 3 : 1;
+		sql_op(b + at, n > at ? n - at : 0, op, &len);
+		break;
+	}
+	case 0x16: /* COM_STMT_PREPARE */
+		name = "PREPARE";
+		len = 7;
+		break;
+	case 0x17: { /* COM_STMT_EXECUTE: the statement's own operation */
+		uint32_t id = n >= 5 ? le32(d->body + 1) : 0;
+		if (id == 0xffffffffu) /* MariaDB: the statement just prepared */
+			id = c->my_last_stmt;
+		struct pgstmt *st = pg_stmt(c, (const char *)&id, 4, 0);
+		if (st && st->op_len) {
+			memcpy(op, st->op, st->op_len);
+			len = st->op_len;
+		} else {
+			name = "EXECUTE";
+			len = 7;
+		}
+		break;
+	}
+	case 0x12: /* COM_BINLOG_DUMP: a replica's stream, not operations */
+	case 0x1e:
+		c->opaque = 1;
+		return bump((DbEngineObject *)c->engine, "mysql_replication", 1);
+	default:
+		name = cmd < sizeof(my_commands) / sizeof(my_commands[0]) && my_commands[cmd] ?
+			       my_commands[cmd] :
+			       "_OTHER";
+		len = (uint8_t)strlen(name);
+	}
+	if (push_op(c, name, len, ts, d->bytes))
+		return -1;
+	d->bytes = 0;
+	if (c->count) {
+		struct op *o = &c->ops[(c->head + c->count - 1) % c->cap];
+		o->cmd = cmd;
+		if (cmd == 0x16)
+			sql_op(b + 1, n > 1 ? n - 1 : 0, o->aux, &o->aux_len);
+	}
+	return 0;
+}
+
+/* The server's greeting (protocol 10): its capabilities. */
+static void my_greeting(struct dbconn *c)
+{
+	const struct mydir *d = &c->myresp;
+	uint32_t v = (uint32_t)strnlen((const char *)d->body + 1, d->body_len - 1);
+	uint32_t at = 1 + v + 1 + 4 + 8 + 1; /* version, its NUL, thread id, scramble, filler */
+	c->my_phase = MY_LOGIN;
+	if (at + 2 <= d->body_len)
+		c->my_server_caps = d->body[at] | d->body[at + 1] << 8;
+	if (at + 7 <= d->body_len)
+		c->my_server_caps |= (uint32_t)(d->body[at + 5] | d->body[at + 6] << 8) << 16;
+}
+
+/* A whole packet. */
+static int my_packet(struct dbconn *c, int request, uint64_t ts)
+{
+	struct mydir *d = request ? &c->myreq : &c->myresp;
+	int cont = d->cont;
+	d->cont = d->next_cont;
+	if (cont)
+		return 0; /* the rest of a packet of 16 MB or more: its start was looked at */
+	if (c->my_phase == MY_UNKNOWN) {
+		if (!request && d->seq == 0 && d->body_len && d->body[0] == 0x0a) {
+			my_greeting(c);
+			d->bytes = 0;
+			return 0;
+		}
+		if (!request) { /* before the first command, met after the connection's start */
+			d->bytes = 0;
+			return 0;
+		}
+		c->my_phase = d->seq == 0 ? MY_COMMANDS : MY_LOGIN;
+	}
+	if (c->my_phase == MY_LOGIN) {
+		if (request && d->seq == 1 && d->body_len >= 4) { /* the handshake response */
+			uint32_t caps = le32(d->body) & (c->my_server_caps ? c->my_server_caps : ~0u);
+			if (caps & MY_CLIENT_SSL && d->pkt_len == 32) {
+				c->opaque = 1;
+				return bump((DbEngineObject *)c->engine, "mysql_encrypted", 1);
+			}
+			if (caps & MY_CLIENT_COMPRESS) {
+				c->opaque = 1;
+				return bump((DbEngineObject *)c->engine, "mysql_compressed", 1);
+			}
+			if (c->my_server_caps)
+				c->my_deprecate_eof = (caps & MY_CLIENT_DEPRECATE_EOF) != 0;
+		}
+		if (!request && d->body_len && (d->body[0] == 0x00 || d->body[0] == 0xff))
+			c->my_phase = MY_COMMANDS; /* logged in (or refused: the server closes) */
+		d->bytes = 0;
+		return 0;
+	}
+	if (!request)
+		return my_response(c, ts);
+	if (d->seq != 0) { /* a file for LOAD DATA LOCAL, authentication data */
+		return 0;
+	}
+	return my_command(c, ts);
+}
+
+static int my_feed(struct dbconn *c, int request, const uint8_t *p, size_t n, uint64_t uncaptured,
+		   uint64_t ts)
+{
+	struct mydir *d = request ? &c->myreq : &c->myresp;
+	size_t pos = 0;
+	if (c->opaque)
+		return 0;
+	if (request && c->my_phase == MY_UNKNOWN && !d->hdr_len && !d->body_left && n >= 4 &&
+	    p[0] == 0x03 && ((p[1] | 0x20) >= 'a' && (p[1] | 0x20) <= 'z') && p[3] != 0) {
+		/* a COM_QUERY's body, read after its header: the kernel found the connection here
+		 * (a header has the sequence 0 at its fourth byte) */
+		d->pkt_len = (uint32_t)(n + uncaptured);
+		d->seq = 0;
+		d->next_cont = 0;
+		d->body_len = 0;
+		d->body_left = d->pkt_len;
+		d->bytes += 4;
+	}
+	while (pos < n) {
+		if (d->body_left) {
+			size_t take = d->body_left < n - pos ? (size_t)d->body_left : n - pos;
+			size_t keep = MY_KEEP - d->body_len < take ? MY_KEEP - d->body_len : take;
+			memcpy(d->body + d->body_len, p + pos, keep);
+			d->body_len += (uint32_t)keep;
+			d->body_left -= take;
+			d->bytes += take;
+			pos += take;
+			if (!d->body_left && my_packet(c, request, ts))
+				return -1;
+			if (c->opaque)
+				return 0;
+			continue;
+		}
+		while (d->hdr_len < 4 && pos < n)
+			d->hdr[d->hdr_len++] = p[pos++];
+		if (d->hdr_len < 4)
+			break;
+		d->hdr_len = 0;
+		d->pkt_len = d->hdr[0] | d->hdr[1] << 8 | (uint32_t)d->hdr[2] << 16;
+		d->seq = d->hdr[3];
+		d->next_cont = d->pkt_len == 0xffffff;
+		d->body_len = 0;
+		d->body_left = d->pkt_len;
+		d->bytes += 4;
+		if (!d->body_left && my_packet(c, request, ts))
+			return -1;
+	}
+	if (uncaptured) {
+		if (d->body_left >= uncaptured) { /* inside a large packet (a row, a long query) */
+			d->body_left -= uncaptured;
+			d->bytes += uncaptured;
+			if (!d->body_left && my_packet(c, request, ts))
+				return -1;
+		} else if (request) {
+			return desync(c, "db_bytes_not_captured");
+		} else {
+			c->reply_lost = 1;
+			c->lost_ts = ts;
+			c->lost_bytes = d->bytes + uncaptured;
+			memset(d, 0, sizeof(*d));
+			c->my_state = MY_R_FIRST;
+		}
+	}
+	return 0;
+}
+
 /* --- the engine ---------------------------------------------------------------------------- */
 
 static int db_proto(int proto)
 {
 	return proto == HTTP_PROTO_REDIS || proto == HTTP_PROTO_MEMCACHED ||
-	       proto == HTTP_PROTO_POSTGRES;
+	       proto == HTTP_PROTO_POSTGRES || proto == HTTP_PROTO_MYSQL;
 }
 
 static struct dbconn *conn_new(DbEngineObject *e, PyObject *key, const struct http_stream_event *ev)
@@ -1072,6 +1550,7 @@ static struct dbconn *conn_new(DbEngineObject *e, PyObject *key, const struct ht
 	c->conn_id = ev->conn_id;
 	c->role = ev->role;
 	c->proto = ev->proto;
+	c->my_deprecate_eof = -1;
 	c->ident = Py_BuildValue("(KIiiiy#i)", (unsigned long long)ev->cgroup_id,
 				 (unsigned)ev->netns, ev->role, ev->tls ? 1 : 0, ev->family,
 				 (const char *)ev->peer_addr, (Py_ssize_t)sizeof(ev->peer_addr),
@@ -1127,10 +1606,7 @@ static int one(DbEngineObject *e, const char *rec, size_t size)
 				rc = desync(c, "db_events_lost");
 			if (!rc && c->broken) { /* start over at this syscall's data */
 				c->broken = 0;
-				memset(&c->req, 0, sizeof(c->req));
-				memset(&c->resp, 0, sizeof(c->resp));
-				memset(&c->mreq, 0, sizeof(c->mreq));
-				memset(&c->mresp, 0, sizeof(c->mresp));
+				reset_parse(c, 1, 1);
 			}
 			if (!rc && c->reply_lost && !request) { /* the rest of the large reply */
 				c->lost_ts = ev.ts_ns;
@@ -1142,6 +1618,8 @@ static int one(DbEngineObject *e, const char *rec, size_t size)
 					     mc_feed(c, request, payload, cap_n, uncaptured, ev.ts_ns) :
 				     c->proto == HTTP_PROTO_POSTGRES ?
 					     pg_feed(c, request, payload, cap_n, uncaptured, ev.ts_ns) :
+				     c->proto == HTTP_PROTO_MYSQL ?
+					     my_feed(c, request, payload, cap_n, uncaptured, ev.ts_ns) :
 					     resp_feed(c, request, payload, cap_n, uncaptured, ev.ts_ns);
 			}
 		}
@@ -1248,8 +1726,10 @@ static int Db_init(DbEngineObject *e, PyObject *args, PyObject *kw)
 	e->system[HTTP_PROTO_REDIS] = PyUnicode_InternFromString("redis");
 	e->system[HTTP_PROTO_MEMCACHED] = PyUnicode_InternFromString("memcached");
 	e->system[HTTP_PROTO_POSTGRES] = PyUnicode_InternFromString("postgresql");
+	e->system[HTTP_PROTO_MYSQL] = PyUnicode_InternFromString("mysql");
 	return (e->conns && e->cells && e->overflow && e->errors && e->system[HTTP_PROTO_REDIS] &&
-		e->system[HTTP_PROTO_MEMCACHED] && e->system[HTTP_PROTO_POSTGRES])
+		e->system[HTTP_PROTO_MEMCACHED] && e->system[HTTP_PROTO_POSTGRES] &&
+		e->system[HTTP_PROTO_MYSQL])
 		       ? 0
 		       : -1;
 }

@@ -98,8 +98,64 @@ static __always_inline bool db_is_postgres_start(__u64 w)
 	return len == 8 && (hi == 0x2f16d204 || hi == 0x3016d204); /* 80877103, 80877104 */
 }
 
+static __always_inline bool db_letter(__u8 c)
+{
+	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+/* MySQL/MariaDB: a COM_QUERY packet as a whole syscall (a connection whose login was not seen):
+ * a 3-byte length that is the rest of the data, sequence 0, command 3, then a statement's first
+ * letters (SELECT, insert, ...). */
+static __always_inline bool db_is_mysql_query(__u64 w, int ret)
+{
+	__u8 b[8];
+
+	__builtin_memcpy(b, &w, 8);
+	return b[3] == 0 && b[4] == 0x03 && ret > 8 &&
+	       (__u32)b[0] + ((__u32)b[1] << 8) + ((__u32)b[2] << 16) + 4 == (__u32)ret &&
+	       db_letter(b[5]) && db_letter(b[6]) && db_letter(b[7]);
+}
+
+/* MySQL/MariaDB: a COM_QUERY's body read alone (the server reads a packet's 4-byte header, then
+ * its body): command 3, then a statement's first four letters in either case. */
+static __always_inline bool db_is_mysql_query_body(__u64 w)
+{
+	__u32 word = (__u32)(w >> 8) | 0x20202020; /* bytes 1-4, letters in lower case */
+
+	if ((w & 0xff) != 0x03)
+		return false;
+	switch (word) {
+	case DB_W4('s', 'e', 'l', 'e'):
+	case DB_W4('i', 'n', 's', 'e'):
+	case DB_W4('u', 'p', 'd', 'a'):
+	case DB_W4('d', 'e', 'l', 'e'):
+	case DB_W4('r', 'e', 'p', 'l'):
+	case DB_W4('b', 'e', 'g', 'i'):
+	case DB_W4('c', 'o', 'm', 'm'):
+	case DB_W4('r', 'o', 'l', 'l'):
+	case DB_W4('s', 't', 'a', 'r'):
+	case DB_W4('s', 'e', 't', ' '):
+	case DB_W4('s', 'h', 'o', 'w'):
+	case DB_W4('c', 'a', 'l', 'l'):
+	case DB_W4('w', 'i', 't', 'h'):
+		return true;
+	}
+	return false;
+}
+
+/* MySQL/MariaDB: the server's greeting, the connection's first bytes (the side that writes it is
+ * the server): a packet under 1 KB at sequence 0, protocol 10, a version "<digit>.<...>". */
+static __always_inline bool db_is_mysql_greeting(__u64 w)
+{
+	__u8 b[8];
+
+	__builtin_memcpy(b, &w, 8);
+	return b[2] == 0 && b[1] < 4 && (b[0] | b[1]) && b[3] == 0 && b[4] == 0x0a &&
+	       db_digit(b[5]) && (b[6] == '.' || (db_digit(b[6]) && b[7] == '.'));
+}
+
 /* The protocol a request's first bytes speak (enum http_proto), 0 for none known. */
-static __always_inline __u8 db_request_proto(__u64 w)
+static __always_inline __u8 db_request_proto(__u64 w, int ret)
 {
 	if (db_is_redis_request(w))
 		return HTTP_PROTO_REDIS;
@@ -107,6 +163,8 @@ static __always_inline __u8 db_request_proto(__u64 w)
 		return HTTP_PROTO_MEMCACHED;
 	if (db_is_postgres_start(w))
 		return HTTP_PROTO_POSTGRES;
+	if (db_is_mysql_query(w, ret) || db_is_mysql_query_body(w))
+		return HTTP_PROTO_MYSQL;
 	return 0;
 }
 
