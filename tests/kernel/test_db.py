@@ -265,6 +265,10 @@ def test_pgbench_select_only_and_sql_errors_on_both_sides(pods: PodNetwork, tmp_
                                      (SERVER_OPS, server, {})):
                 got = ops(m, name, k8s_pod_uid=pod.uid, db_system_name="postgresql", **extra)
                 assert got == want, (name, got)
+            # every SELECT of pgbench -S reads pgbench_accounts, in the database "postgres"
+            for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server)):
+                assert ops(m, name, k8s_pod_uid=pod.uid, db_collection_name="pgbench_accounts",
+                           db_namespace="postgres") == {("SELECT", ""): 274}, name
             assert m.value("podscope_db_unparsed_total") == 0, \
                 m.series("podscope_db_unparsed_total")
         finally:
@@ -362,6 +366,9 @@ def test_sysbench_and_sql_errors_on_both_sides(pods: PodNetwork, tmp_path: Path,
                                      (SERVER_OPS, server, {})):
                 got = ops(m, name, k8s_pod_uid=pod.uid, db_system_name="mysql", **extra)
                 assert got == want, (name, got)
+                # sysbench's reads are all of table sbtest1, in the database it logs in to
+                assert ops(m, name, k8s_pod_uid=pod.uid, db_collection_name="sbtest1",
+                           db_namespace="sbtest")[("SELECT", "")] == want[("SELECT", "")], name
             assert m.value("podscope_db_unparsed_total") == 0, \
                 m.series("podscope_db_unparsed_total")
         finally:

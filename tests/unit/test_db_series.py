@@ -1,14 +1,14 @@
 """The database series (collectors/db.py) from the engine's cells: client and server families with
-their OTel labels, the per-pod operation budget, client series of a gone server expiring, a
-retired pod's series forgotten."""
+their OTel labels, tables and databases, the per-pod operation and collection budgets, client
+series of a gone server expiring, a retired pod's series forgotten."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from podscope.collectors.db import MAX_OPS_PER_POD, OTHER, DbSeries
+from podscope.collectors.db import MAX_COLLECTIONS_PER_POD, MAX_OPS_PER_POD, OTHER, DbSeries
 from podscope.metadata.store import Labels
-from tests.unit.test_dbengine import SERVER, batch, cmd, event
+from tests.unit.test_dbengine import MYSQL, POSTGRES, SERVER, batch, cmd, event, my, pg
 
 POD_A = Labels(k8s_pod_uid="uid-a", k8s_namespace_name="shop", k8s_pod_name="api")
 POD_B = Labels(k8s_pod_uid="uid-b", k8s_namespace_name="shop", k8s_pod_name="redis")
@@ -75,3 +75,55 @@ def test_series_of_a_gone_server_expire_and_a_retired_pod_is_forgotten() -> None
     assert db.state_sizes()["db_series"] == 1
     db.forget_pods({"uid-a"})
     assert db.state_sizes()["db_series"] == 0
+
+
+def test_tables_and_databases_of_sql_statements() -> None:
+    """db_collection_name is the table a statement names first; db_namespace the database of the
+    connection: PostgreSQL's startup, MySQL's login or COM_INIT_DB."""
+    db = series()
+    startup = b"\x00\x03\x00\x00user\x00bench\x00database\x00shop\x00\x00"
+    ready = pg(b"Z", b"I")
+    db.engine.process(batch([
+        event((len(startup) + 4).to_bytes(4, "big") + startup, 1, False, proto=POSTGRES),
+        event(pg(b"R", b"\x00" * 4) + ready, 2, True, proto=POSTGRES),
+        event(pg(b"Q", b"SELECT a FROM public.orders o JOIN x ON true\x00"), 3, False,
+              proto=POSTGRES),
+        event(pg(b"C", b"SELECT 1\x00") + ready, 4, True, proto=POSTGRES),
+        event(pg(b"Q", b'insert into "Items" values (1)\x00'), 5, False, proto=POSTGRES),
+        event(pg(b"C", b"INSERT 0 1\x00") + ready, 6, True, proto=POSTGRES),
+        event(pg(b"Q", b"select 1 from (select 2) s\x00"), 7, False, proto=POSTGRES),
+        event(pg(b"C", b"SELECT 1\x00") + ready, 8, True, proto=POSTGRES),
+        event(my(0, b"\x02inventory"), 1, False, conn=9, proto=MYSQL),
+        event(my(1, b"\x00\x00\x00\x02\x00\x00\x00"), 2, True, conn=9, proto=MYSQL),
+        event(my(0, b"\x03UPDATE LOW_PRIORITY `stock` SET n = 1"), 3, False, conn=9, proto=MYSQL),
+        event(my(1, b"\x00\x01\x00\x02\x00\x00\x00"), 4, True, conn=9, proto=MYSQL),
+        event(my(0, b"\x03DELETE FROM inventory.stock WHERE 'from x' = ''"), 5, False, conn=9,
+              proto=MYSQL),
+        event(my(1, b"\x00\x01\x00\x02\x00\x00\x00"), 6, True, conn=9, proto=MYSQL)]))
+    db.fold()
+    got = samples(db)
+    name = "db_client_operation_duration_seconds_count"
+    for system, op, coll, ns in (("postgresql", "SELECT", "public.orders", "shop"),
+                                 ("postgresql", "INSERT", "Items", "shop"),
+                                 ("postgresql", "SELECT", "", "shop"),
+                                 ("mysql", "INIT_DB", "", "inventory"),
+                                 ("mysql", "UPDATE", "stock", "inventory"),
+                                 ("mysql", "DELETE", "inventory.stock", "inventory")):
+        assert value(got, name, db_system_name=system, db_operation_name=op,
+                     db_collection_name=coll, db_namespace=ns) == 1, (op, coll, ns, got)
+
+
+def test_collections_have_a_budget_per_pod_and_system() -> None:
+    db = series()
+    n = MAX_COLLECTIONS_PER_POD + 3
+    db.engine.process(batch([event(b"".join(pg(b"Q", b"SELECT * FROM t%d\x00" % i)
+                                            for i in range(n)), 1, False, proto=POSTGRES),
+                             event((pg(b"C", b"SELECT 1\x00") + pg(b"Z", b"I")) * n, 2, True,
+                                   proto=POSTGRES)]))
+    db.fold()
+    got = samples(db)
+    assert value(got, "db_client_operation_duration_seconds_count",
+                 db_collection_name=OTHER) == 3
+    assert value(got, "podscope_db_collections_over_budget_total", k8s_pod_uid="uid-a",
+                 db_system_name="postgresql") == 3
+    assert db.state_sizes()["db_collection_names"] == MAX_COLLECTIONS_PER_POD

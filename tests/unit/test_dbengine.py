@@ -59,7 +59,7 @@ def ops(e: Any) -> tuple[dict[tuple[str, str], int], dict[str, int], dict[tuple[
     cells, errors = e.take()
     counts: dict[tuple[str, str], int] = {}
     sums: dict[tuple[str, str], int] = {}
-    for (_ident, system, op, status), cell in cells:
+    for (_ident, system, op, status, _coll, _ns), cell in cells:
         assert system in ("redis", "memcached", "postgresql", "mysql")
         v = _CELL.unpack(cell)
         counts[(op, status)] = counts.get((op, status), 0) + v[0]

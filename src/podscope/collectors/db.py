@@ -3,11 +3,14 @@ paired from the HTTP collector's streamed connections, as OpenTelemetry database
 
 Client side (the pod sent the request): `db_client_operation_duration_seconds` with
 `db_system_name`, `db_operation_name`, `db_response_status_code` (the error's code or prefix;
-"" for a success), `server_address` and `server_port`. Server side (the database pod is a pod
-too): `podscope_db_server_operation_duration_seconds`, the same without the server's address.
+"" for a success), `db_collection_name` (the table a SQL statement names first), `db_namespace`
+(the database the connection uses), `server_address` and `server_port`. Server side (the
+database pod is a pod too): `podscope_db_server_operation_duration_seconds`, the same without the
+server's address.
 
-Bounded: a pod's operation names per system (MAX_OPS_PER_POD; beyond it `_OTHER`, counted), and
-client series of a server address without operations for `peer_ttl` seconds go."""
+Bounded: a pod's operation names per system (MAX_OPS_PER_POD) and its (namespace, collection)
+pairs per system (MAX_COLLECTIONS_PER_POD); beyond them `_OTHER`, counted; client series of a
+server address without operations for `peer_ttl` seconds go."""
 
 from __future__ import annotations
 
@@ -26,11 +29,12 @@ from .base import Histogram, label_names, log2_buckets, top_slot
 HIST_UNIT = 1e-9
 ROLE_SERVER, ROLE_CLIENT = 1, 2
 MAX_OPS_PER_POD = 64  # distinct operation names per pod and system
+MAX_COLLECTIONS_PER_POD = 256  # distinct (namespace, collection) pairs per pod and system
 OTHER = "_OTHER"
 _CELL = struct.Struct(f"<4Q{SLOTS}Q")  # native/dbengine.c struct db_cell
 
-# (labels, role, system, operation, status, server address, server port)
-DbKey = tuple[Labels, int, str, str, str, str, int]
+# (labels, role, system, operation, status, collection, namespace, server address, server port)
+DbKey = tuple[Labels, int, str, str, str, str, str, str, int]
 
 
 class DbOps:
@@ -70,8 +74,10 @@ class DbSeries:
         self.peer_ttl = peer_ttl
         self._ops: dict[DbKey, DbOps] = {}
         self._names: dict[tuple[Labels, str], set[str]] = {}  # operation names per pod, system
+        self._colls: dict[tuple[Labels, str], set[tuple[str, str]]] = {}  # (namespace, table)
         self._peer_seen: dict[DbKey, float] = {}
         self.over_budget: dict[tuple[Labels, str], int] = {}
+        self.colls_over_budget: dict[tuple[Labels, str], int] = {}
         self.errors: dict[str, int] = {}
 
     def fold(self) -> None:
@@ -80,20 +86,28 @@ class DbSeries:
         for reason, n in errors.items():
             self.errors[reason] = self.errors.get(reason, 0) + n
         now = time.monotonic()
-        for (ident, system, op, status), cell in cells:
+        for (ident, system, op, status, coll, ns), cell in cells:
             cgroup_id, netns, role, _tls, family, peer, peer_port = ident
             labels = self._labels_of(cgroup_id, netns)
-            names = self._names.setdefault((labels, system), set())
+            k = (labels, system)
+            names = self._names.setdefault(k, set())
             if op not in names:
                 if len(names) >= MAX_OPS_PER_POD:
-                    k = (labels, system)
                     self.over_budget[k] = self.over_budget.get(k, 0) + _CELL.unpack(cell)[0]
                     op = OTHER
                 else:
                     names.add(op)
+            colls = self._colls.setdefault(k, set())
+            if (ns, coll) not in colls and (ns or coll):
+                if len(colls) >= MAX_COLLECTIONS_PER_POD:
+                    self.colls_over_budget[k] = (self.colls_over_budget.get(k, 0)
+                                                 + _CELL.unpack(cell)[0])
+                    ns, coll = OTHER if ns else "", OTHER if coll else ""
+                else:
+                    colls.add((ns, coll))
             addr, port = (self._peer_of(family, peer), peer_port) if role == ROLE_CLIENT \
                 else ("", 0)
-            key: DbKey = (labels, role, system, op, status, addr, port)
+            key: DbKey = (labels, role, system, op, status, coll, ns, addr, port)
             ops = self._ops.get(key)
             if ops is None:
                 ops = self._ops[key] = DbOps()
@@ -115,28 +129,30 @@ class DbSeries:
         for d in (self._ops, self._peer_seen):
             for k in [k for k in d if identity(k[0]) in uids]:
                 del d[k]
-        for d2 in (self._names, self.over_budget):
+        for d2 in (self._names, self.over_budget, self._colls, self.colls_over_budget):
             for k2 in [k for k in d2 if identity(k[0]) in uids]:
                 del d2[k2]
 
     def state_sizes(self) -> dict[str, int]:
         return {"db_series": len(self._ops), "db_engine_connections": self.engine.connections,
-                "db_operation_names": sum(len(v) for v in self._names.values())}
+                "db_operation_names": sum(len(v) for v in self._names.values()),
+                "db_collection_names": sum(len(v) for v in self._colls.values())}
 
-    def snapshot(self) -> tuple[list[tuple[DbKey, DbOps]], dict[Any, int], dict[str, int]]:
+    def snapshot(self) -> DbSnapshot:
         """The series, the over-budget counts and the errors (taken under the caller's lock)."""
         return ([(k, _copy(o)) for k, o in self._ops.items()], dict(self.over_budget),
-                dict(self.errors))
+                dict(self.colls_over_budget), dict(self.errors))
 
     @staticmethod
-    def families(snap: tuple[list[tuple[DbKey, DbOps]], dict[Any, int], dict[str, int]],
+    def families(snap: DbSnapshot,
                  live: Callable[[list[tuple[Any, Any]]], list[tuple[Any, Any]]],
                  live_counts: Callable[[dict[Any, int]], dict[Any, int]]) -> Iterable[Metric]:
         """The families of a snapshot; `live` renames series (and drops retired pods) as the
         HTTP collector does its own."""
-        items, over_budget, errors = snap
+        items, over_budget, colls_over_budget, errors = snap
         ops = live(items)
-        names = ("db_system_name", "db_operation_name", "db_response_status_code")
+        names = ("db_system_name", "db_operation_name", "db_response_status_code",
+                 "db_collection_name", "db_namespace")
         client = Histogram(
             "db_client_operation_duration_seconds",
             "Duration of database and cache operations the pod made: request written to the "
@@ -148,8 +164,8 @@ class DbSeries:
             "last byte of its response written",
             labels=label_names(*names))
         top = top_slot(o.slots for _k, o in ops)
-        for (labels, role, system, op, status, addr, port), o in ops:
-            values = list(labels) + [system, op, status]
+        for (labels, role, system, op, status, coll, ns, addr, port), o in ops:
+            values = list(labels) + [system, op, status, coll, ns]
             buckets = log2_buckets(o.slots, HIST_UNIT, top)
             if role == ROLE_CLIENT:
                 client.add_metric(values + [addr, str(port)], buckets, o.sum_ns * HIST_UNIT)
@@ -164,6 +180,14 @@ class DbSeries:
         for (labels, system), n in live_counts(over_budget).items():
             over.add_metric(list(labels) + [system], n)
         yield over
+        over_c = CounterMetricFamily(
+            "podscope_db_collections_over_budget_total",
+            f"Operations counted as db_collection_name or db_namespace \"{OTHER}\": the pod had "
+            f"used its {MAX_COLLECTIONS_PER_POD} (namespace, collection) pairs of that system",
+            labels=label_names("db_system_name"))
+        for (labels, system), n in live_counts(colls_over_budget).items():
+            over_c.add_metric(list(labels) + [system], n)
+        yield over_c
         un = CounterMetricFamily(
             "podscope_db_unparsed_total",
             "Database and cache protocol data that could not be parsed or paired, by reason "
@@ -171,6 +195,9 @@ class DbSeries:
         for reason, n in sorted(errors.items()):
             un.add_metric([reason], n)
         yield un
+
+
+DbSnapshot = tuple[list[tuple[DbKey, DbOps]], dict[Any, int], dict[Any, int], dict[str, int]]
 
 
 def _copy(o: DbOps) -> DbOps:

@@ -46,8 +46,10 @@ struct op {
 	uint8_t silent; /* answered, but not an operation (PostgreSQL: a Sync alone) */
 	uint8_t cmd;	/* MySQL: the command byte */
 	uint8_t aux_len;
+	uint8_t coll_len;
 	char name[OP_MAX];
-	char aux[OP_MAX]; /* MySQL: a prepared statement's own operation */
+	char aux[OP_MAX];  /* MySQL: a prepared statement's own operation; a database to use */
+	char coll[OP_MAX]; /* the table the statement names first (db_collection_name) */
 };
 
 /* One direction of RESP: where the parser is in the current top-level value. */
@@ -102,8 +104,9 @@ struct pgdir {
 
 struct pgstmt {
 	char name[24];
-	uint8_t name_len, op_len;
+	uint8_t name_len, op_len, coll_len;
 	char op[OP_MAX];
+	char coll[OP_MAX];
 };
 
 /* One direction of MySQL's protocol: packets of a 3-byte length and a sequence id. */
@@ -145,6 +148,10 @@ struct dbconn {
 	uint32_t stmt_next;
 	char batch_op[OP_MAX]; /* the extended query being sent (up to its Sync): its operation */
 	uint8_t batch_op_len;
+	char batch_coll[OP_MAX]; /* and its table */
+	uint8_t batch_coll_len;
+	char ns[OP_MAX]; /* the database the connection uses (db_namespace) */
+	uint8_t ns_len;
 	uint8_t batch_parsed, batch_executed; /* it has a Parse, an Execute */
 	struct mydir myreq, myresp; /* MySQL */
 	uint8_t my_phase;	    /* MY_UNKNOWN, MY_LOGIN (from the greeting), MY_COMMANDS */
@@ -240,9 +247,13 @@ static int finish(struct dbconn *c, const struct op *o, uint64_t end, uint64_t r
 	PyObject *sys = e->system[c->proto & 15];
 	PyObject *op = label(o->name, o->len, "_OTHER");
 	PyObject *st = op ? label(status, status_len, "_OTHER") : NULL;
-	PyObject *key = st ? PyTuple_Pack(4, c->ident, sys ? sys : Py_None, op, st) : NULL;
+	PyObject *coll = st ? label(o->coll, o->coll_len, "_OTHER") : NULL;
+	PyObject *ns = coll ? label(c->ns, c->ns_len, "_OTHER") : NULL;
+	PyObject *key = ns ? PyTuple_Pack(6, c->ident, sys ? sys : Py_None, op, st, coll, ns) : NULL;
 	Py_XDECREF(op);
 	Py_XDECREF(st);
+	Py_XDECREF(coll);
+	Py_XDECREF(ns);
 	if (!key)
 		return -1;
 	struct db_cell *cl, one;
@@ -309,7 +320,7 @@ static int push_op(struct dbconn *c, const char *name, size_t len, uint64_t ts, 
 	o->ts = ts;
 	o->bytes = bytes;
 	o->len = (uint8_t)(len < OP_MAX ? len : OP_MAX);
-	o->silent = o->cmd = o->aux_len = 0;
+	o->silent = o->cmd = o->aux_len = o->coll_len = 0;
 	memcpy(o->name, name, o->len);
 	c->count++;
 	return 0;
@@ -323,6 +334,11 @@ static struct op *pop_op(struct dbconn *c)
 	c->head = (c->head + 1) % c->cap;
 	c->count--;
 	return o;
+}
+
+static struct op *newest_op(struct dbconn *c)
+{
+	return c->count ? &c->ops[(c->head + c->count - 1) % c->cap] : NULL;
 }
 
 /* Each protocol's parser of one direction (or both) back at a message's start. */
@@ -901,6 +917,101 @@ static void sql_op(const char *s, size_t n, char *out, uint8_t *len)
 	*len = (uint8_t)k;
 }
 
+static int sql_word_is(const char *w, size_t n, const char *want)
+{
+	size_t k = strlen(want);
+	if (n != k)
+		return 0;
+	for (size_t i = 0; i < k; i++)
+		if ((w[i] >= 'a' && w[i] <= 'z' ? w[i] - 32 : w[i]) != want[i])
+			return 0;
+	return 1;
+}
+
+/* The table a statement names first (OpenTelemetry's db.collection.name): SELECT and DELETE
+ * ... FROM t, INSERT and REPLACE ... INTO t, UPDATE t. Quotes are dropped, a schema is kept
+ * (`db`.`t`: db.t); a subquery, or a table past the bytes kept, gives none. */
+static void sql_collection(const char *s, size_t n, const char *op, uint8_t oplen, char *out,
+			   uint8_t *len)
+{
+	const char *after;
+	*len = 0;
+	if (sql_word_is(op, oplen, "SELECT") || sql_word_is(op, oplen, "DELETE"))
+		after = "FROM";
+	else if (sql_word_is(op, oplen, "INSERT") || sql_word_is(op, oplen, "REPLACE"))
+		after = "INTO";
+	else if (sql_word_is(op, oplen, "UPDATE"))
+		after = NULL; /* the table comes next */
+	else
+		return;
+	int want = after == NULL, seen_op = 0;
+	size_t i = 0;
+	while (i < n) {
+		char ch = s[i];
+		if (ch == '-' && i + 1 < n && s[i + 1] == '-') {
+			while (i < n && s[i] != '\n')
+				i++;
+			continue;
+		}
+		if (ch == '/' && i + 1 < n && s[i + 1] == '*') {
+			for (i += 2; i + 1 < n && !(s[i] == '*' && s[i + 1] == '/'); i++)
+				;
+			i += 2;
+			continue;
+		}
+		int word = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_';
+		if (want && seen_op && (word || ch == '"' || ch == '`')) {
+			size_t k = 0, j = i;
+			while (j < n) { /* an identifier: parts, quoted or not, joined by dots */
+				char q = s[j];
+				if (q == '"' || q == '`') {
+					for (j++; j < n && s[j] != q; j++)
+						if (k < OP_MAX)
+							out[k++] = s[j];
+					j++;
+				} else if ((q >= 'a' && q <= 'z') || (q >= 'A' && q <= 'Z') ||
+					   (q >= '0' && q <= '9') || q == '_' || q == '$' || q == '.') {
+					if (k < OP_MAX)
+						out[k++] = q;
+					j++;
+				} else {
+					break;
+				}
+			}
+			if (j > n) /* a quote not closed within the bytes kept */
+				return;
+			if (!(word && !after && (sql_word_is(s + i, j - i, "ONLY") ||
+						 sql_word_is(s + i, j - i, "IGNORE") ||
+						 sql_word_is(s + i, j - i, "LOW_PRIORITY")))) {
+				*len = (uint8_t)k;
+				return;
+			}
+			i = j;
+			continue;
+		}
+		if (word) {
+			size_t j = i;
+			while (j < n && ((s[j] >= 'a' && s[j] <= 'z') || (s[j] >= 'A' && s[j] <= 'Z') ||
+					 (s[j] >= '0' && s[j] <= '9') || s[j] == '_' || s[j] == '$'))
+				j++;
+			if (!seen_op)
+				seen_op = 1; /* the operation's own keyword */
+			else if (after && sql_word_is(s + i, j - i, after))
+				want = 1;
+			i = j;
+			continue;
+		}
+		if (want && seen_op && ch == '(')
+			return; /* a subquery */
+		if (ch == '\'' || ch == '"' || ch == '`') { /* a literal or a quoted name, passed */
+			for (i++; i < n && s[i] != ch; i++)
+				if (s[i] == '\\')
+					i++;
+		}
+		i++;
+	}
+}
+
 static struct pgstmt *pg_stmt(struct dbconn *c, const char *name, size_t n, int make)
 {
 	if (!n || n > sizeof(c->stmts[0].name))
@@ -913,7 +1024,7 @@ static struct pgstmt *pg_stmt(struct dbconn *c, const char *name, size_t n, int 
 	struct pgstmt *st = &c->stmts[c->stmt_next++ % PG_STMTS]; /* the oldest goes */
 	memcpy(st->name, name, n);
 	st->name_len = (uint8_t)n;
-	st->op_len = 0;
+	st->op_len = st->coll_len = 0;
 	return st;
 }
 
@@ -931,6 +1042,9 @@ static int pg_message(struct dbconn *c, int request, char type, uint64_t ts)
 			sql_op(b, n, op, &len);
 			if (push_op(c, op, len, ts, d->bytes))
 				return -1;
+			struct op *o = newest_op(c);
+			if (o)
+				sql_collection(b, n, op, len, o->coll, &o->coll_len);
 			d->bytes = 0;
 			return 0;
 		}
@@ -938,8 +1052,12 @@ static int pg_message(struct dbconn *c, int request, char type, uint64_t ts)
 			size_t nl = strnlen(b, n);
 			char op[OP_MAX];
 			uint8_t len = 0;
-			if (nl < n)
+			c->batch_coll_len = 0;
+			if (nl < n) {
 				sql_op(b + nl + 1, n - nl - 1, op, &len);
+				sql_collection(b + nl + 1, n - nl - 1, op, len, c->batch_coll,
+					       &c->batch_coll_len);
+			}
 			memcpy(c->batch_op, op, len);
 			c->batch_op_len = len;
 			c->batch_parsed = 1;
@@ -947,6 +1065,8 @@ static int pg_message(struct dbconn *c, int request, char type, uint64_t ts)
 			if (st) {
 				memcpy(st->op, op, len);
 				st->op_len = len;
+				memcpy(st->coll, c->batch_coll, c->batch_coll_len);
+				st->coll_len = c->batch_coll_len;
 			}
 			return 0;
 		}
@@ -958,6 +1078,8 @@ static int pg_message(struct dbconn *c, int request, char type, uint64_t ts)
 				if (st) {
 					memcpy(c->batch_op, st->op, st->op_len);
 					c->batch_op_len = st->op_len;
+					memcpy(c->batch_coll, st->coll, st->coll_len);
+					c->batch_coll_len = st->coll_len;
 				}
 			}
 			return 0;
@@ -972,9 +1094,15 @@ static int pg_message(struct dbconn *c, int request, char type, uint64_t ts)
 			if (push_op(c, prepare ? "PREPARE" : c->batch_op,
 				    prepare ? 7 : c->batch_op_len, ts, d->bytes))
 				return -1;
-			if (silent && c->count)
-				c->ops[(c->head + c->count - 1) % c->cap].silent = 1;
+			struct op *o = newest_op(c);
+			if (o && silent)
+				o->silent = 1;
+			if (o && !prepare) {
+				memcpy(o->coll, c->batch_coll, c->batch_coll_len);
+				o->coll_len = c->batch_coll_len;
+			}
 			c->batch_op_len = c->batch_parsed = c->batch_executed = 0;
+			c->batch_coll_len = 0;
 			d->bytes = 0;
 			return 0;
 		}
@@ -1021,10 +1149,30 @@ static int pg_done(struct dbconn *c, struct pgdir *d, int request, uint64_t ts)
 	const uint8_t *b = (const uint8_t *)d->body;
 	uint32_t code = d->body_len >= 4 ? (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 |
 						   (uint32_t)b[2] << 8 | b[3] : 0;
-	if (d->body_len == 4 && (code == 80877103 || code == 80877104))
+	if (d->body_len == 4 && (code == 80877103 || code == 80877104)) {
 		d->ssl_asked = 1; /* one byte answers; the startup message follows */
-	else
-		d->started = 1;
+		return 0;
+	}
+	d->started = 1;
+	/* the startup's parameters, names and values: the database (by default the user's name) */
+	const char *kv = d->body + 4, *end = d->body + d->body_len;
+	while (kv < end && *kv) {
+		size_t kl = strnlen(kv, (size_t)(end - kv));
+		const char *v = kv + kl + 1;
+		if (v >= end)
+			break;
+		size_t vl = strnlen(v, (size_t)(end - v));
+		if (v + vl >= end) /* cut at the bytes kept */
+			break;
+		int db = kl == 8 && !memcmp(kv, "database", 8);
+		if ((db || (kl == 4 && !memcmp(kv, "user", 4) && !c->ns_len)) && vl <= OP_MAX) {
+			memcpy(c->ns, v, vl);
+			c->ns_len = (uint8_t)vl;
+		}
+		if (db)
+			break;
+		kv = v + vl + 1;
+	}
 	return 0;
 }
 
@@ -1163,6 +1311,10 @@ static int my_done(struct dbconn *c, uint64_t ts)
 {
 	struct mydir *d = &c->myresp;
 	struct op *o = pop_op(c);
+	if (o && !c->my_status_len && o->aux_len && o->cmd != 0x16) { /* INIT_DB, USE: agreed */
+		memcpy(c->ns, o->aux, o->aux_len);
+		c->ns_len = o->aux_len;
+	}
 	uint8_t sl = c->my_status_len;
 	c->my_status_len = 0;
 	c->my_state = MY_R_FIRST;
@@ -1249,6 +1401,8 @@ static int my_response(struct dbconn *c, uint64_t ts)
 			if (st) {
 				memcpy(st->op, o->aux, o->aux_len);
 				st->op_len = o->aux_len;
+				memcpy(st->coll, o->coll, o->coll_len);
+				st->coll_len = o->coll_len;
 			}
 			c->my_last_stmt = id;
 			c->my_cols = d->body[5] | d->body[6] << 8;
@@ -1344,7 +1498,9 @@ static int my_command(struct dbconn *c, uint64_t ts)
 	uint8_t cmd = n ? d->body[0] : 0;
 	char op[OP_MAX];
 	uint8_t len = 0;
-	const char *name = op;
+	const char *name = op, *sql = NULL;
+	uint32_t sql_n = 0;
+	struct pgstmt *st = NULL;
 	switch (cmd) {
 	case 0x01: /* COM_QUIT, COM_STMT_SEND_LONG_DATA, COM_STMT_CLOSE: no answer */
 	case 0x18:
@@ -1353,7 +1509,9 @@ static int my_command(struct dbconn *c, uint64_t ts)
 		return 0;
 	case 0x03: { /* COM_QUERY; with query attributes (MySQL 8), none: 0x00 0x01 first */
 		uint32_t at = (n >= 3 && b[1] == 0 && b[2] == 1) ? 3 : 1;
-		sql_op(b + at, n > at ? n - at : 0, op, &len);
+		sql = b + at;
+		sql_n = n > at ? n - at : 0;
+		sql_op(sql, sql_n, op, &len);
 		break;
 	}
 	case 0x16: /* COM_STMT_PREPARE */
@@ -1364,7 +1522,7 @@ static int my_command(struct dbconn *c, uint64_t ts)
 		uint32_t id = n >= 5 ? le32(d->body + 1) : 0;
 		if (id == 0xffffffffu) /* MariaDB: the statement just prepared */
 			id = c->my_last_stmt;
-		struct pgstmt *st = pg_stmt(c, (const char *)&id, 4, 0);
+		st = pg_stmt(c, (const char *)&id, 4, 0);
 		if (st && st->op_len) {
 			memcpy(op, st->op, st->op_len);
 			len = st->op_len;
@@ -1387,11 +1545,25 @@ static int my_command(struct dbconn *c, uint64_t ts)
 	if (push_op(c, name, len, ts, d->bytes))
 		return -1;
 	d->bytes = 0;
-	if (c->count) {
-		struct op *o = &c->ops[(c->head + c->count - 1) % c->cap];
-		o->cmd = cmd;
-		if (cmd == 0x16)
-			sql_op(b + 1, n > 1 ? n - 1 : 0, o->aux, &o->aux_len);
+	struct op *o = newest_op(c);
+	if (!o)
+		return 0;
+	o->cmd = cmd;
+	if (cmd == 0x16) { /* the statement's own operation and table, for its executions */
+		sql_op(b + 1, n > 1 ? n - 1 : 0, o->aux, &o->aux_len);
+		sql_collection(b + 1, n > 1 ? n - 1 : 0, o->aux, o->aux_len, o->coll, &o->coll_len);
+	} else if (st && st->op_len) {
+		memcpy(o->coll, st->coll, st->coll_len);
+		o->coll_len = st->coll_len;
+	} else if (sql && sql_word_is(op, len, "USE")) { /* the database, if the server agrees */
+		uint8_t k = 0;
+		sql_collection(sql, sql_n, "UPDATE", 6, o->aux, &k); /* the name after the keyword */
+		o->aux_len = k;
+	} else if (sql) {
+		sql_collection(sql, sql_n, op, len, o->coll, &o->coll_len);
+	} else if (cmd == 0x02 && n > 1 && n - 1 <= OP_MAX) { /* COM_INIT_DB */
+		memcpy(o->aux, b + 1, n - 1);
+		o->aux_len = (uint8_t)(n - 1);
 	}
 	return 0;
 }
@@ -1407,6 +1579,36 @@ static void my_greeting(struct dbconn *c)
 		c->my_server_caps = d->body[at] | d->body[at + 1] << 8;
 	if (at + 7 <= d->body_len)
 		c->my_server_caps |= (uint32_t)(d->body[at + 5] | d->body[at + 6] << 8) << 16;
+}
+
+/* The database a handshake response names (CLIENT_CONNECT_WITH_DB): after the user's name and
+ * the authentication data. */
+static void my_login_database(struct dbconn *c, uint32_t caps)
+{
+	const struct mydir *d = &c->myreq;
+	uint32_t n = d->body_len, at = 32;
+	if (!(caps & 0x8u) || at >= n)
+		return;
+	at += (uint32_t)strnlen((const char *)d->body + at, n - at) + 1; /* the user */
+	if (caps & 0x200000u) { /* CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA */
+		long long l = my_lenenc(d->body, n, &at);
+		if (l < 0)
+			return;
+		at += (uint32_t)(l < n ? l : n);
+	} else if (caps & 0x8000u) { /* CLIENT_SECURE_CONNECTION */
+		if (at >= n)
+			return;
+		at += 1 + d->body[at];
+	} else {
+		at += (uint32_t)strnlen((const char *)d->body + at, n > at ? n - at : 0) + 1;
+	}
+	if (at >= n)
+		return;
+	size_t l = strnlen((const char *)d->body + at, n - at);
+	if (at + l < n && l <= OP_MAX) { /* whole within the bytes kept */
+		memcpy(c->ns, d->body + at, l);
+		c->ns_len = (uint8_t)l;
+	}
 }
 
 /* A whole packet. */
@@ -1442,6 +1644,7 @@ static int my_packet(struct dbconn *c, int request, uint64_t ts)
 			}
 			if (c->my_server_caps)
 				c->my_deprecate_eof = (caps & MY_CLIENT_DEPRECATE_EOF) != 0;
+			my_login_database(c, le32(d->body));
 		}
 		if (!request && d->body_len && (d->body[0] == 0x00 || d->body[0] == 0xff))
 			c->my_phase = MY_COMMANDS; /* logged in (or refused: the server closes) */
