@@ -19,7 +19,8 @@ Every entry point gets random input for MINUTES:
   RESP2/RESP3 commands and replies (pipelined, nested, errors, pushes, attributes), memcached text
   and meta requests and responses (data blocks, noreply, quiet, 250-byte keys), PostgreSQL
   startups (SSL asked), simple and extended queries and answers, MySQL greetings, logins,
-  commands and answers (result sets with and without EOF packets, prepare OKs), mutated, cut at
+  commands and answers (result sets with and without EOF packets, prepare OKs), with records
+  (statements normalised) and take_records(), mutated, cut at
   random points, with lost events, uncaptured bytes and closes, several connections at once;
   take().
 A crash is the sanitizer's report and a non-zero exit. Prints one JSON line of figures and
@@ -87,7 +88,8 @@ def main() -> int:
                "encoded_lines": 0, "short_records": 0, "resolver_failures": 0,
                "h2_connections": 0, "h2_events": 0, "h2_errors": 0,
                "engine_events": 0, "engine_left": 0, "engine_handovers": 0, "engine_cells": 0,
-               "db_events": 0, "db_operations": 0, "db_errors": 0}
+               "db_events": 0, "db_operations": 0, "db_errors": 0,
+               "db_records": 0}
     import ctypes as _ct
 
     http_obj = libbpf.BpfObject(libbpf.bpf_object_path("http"), "http")  # its BTF: the layout
@@ -102,7 +104,7 @@ def main() -> int:
             python_conns.clear()
 
     engine = _fast.H2Engine(python_conns, adopt)
-    db = _fast.DbEngine()
+    db = _fast.DbEngine(records=True)  # records: the statements normalised too
 
     def bulk(b: bytes) -> bytes:
         return b"$%d\r\n%s\r\n" % (len(b), b)
@@ -164,7 +166,7 @@ def main() -> int:
             out += (len(body) + 4).to_bytes(4, "big") + body
         for _ in range(rng.randrange(1, 6)):
             sql = rng.choice([b"SELECT 1", b"insert into t values (1)", b"/* c */ UPDATE t",
-                              b"", rng.randbytes(rng.choice([3, 200, 9000]))])
+                              b"", rng.randbytes(rng.choice([3, 200, 9000])), *SQL])
             if request:
                 out += rng.choice([
                     pg_msg(b"Q", sql + b"\x00"),
@@ -177,6 +179,12 @@ def main() -> int:
                     pg_msg(b"E", b"SERROR\x00C23505\x00\x00") + pg_msg(b"Z", b"E"),
                     pg_msg(b"D", rng.randbytes(rng.choice([4, 9000]))), pg_msg(b"1", b"")])
         return mutate(out)
+
+    SQL = [b"SELECT a FROM \"s\".t WHERE a = 'x''y' AND b IN (1, 2.5e+3, 0xff) -- c\n;",
+           b"/* x */ insert into `db`.`t` values (\"s\\\"q\", -1, .5, '\\'')",
+           b"UPDATE LOW_PRIORITY t SET v = 'unterminated", b"delete from (select 1) x",
+           b"SELECT '" + b"a" * 300 + b"'", b"SELECT " + b"1, " * 100 + b"2 FROM t",
+           b"use shop", b"USE `sh op`"]
 
     def my_pkt(seq: int, body: bytes) -> bytes:
         return len(body).to_bytes(3, "little") + bytes([seq & 0xFF]) + body
@@ -192,7 +200,7 @@ def main() -> int:
                            + b"\xff\x81" + b"\x00" * 11) + my_pkt(2, b"\x00\x00\x00\x02\x00"))
         for _ in range(rng.randrange(1, 6)):
             sql = rng.choice([b"SELECT 1", b"insert into t values (1)", b"/* c */ CALL p()", b"",
-                              rng.randbytes(rng.choice([3, 200, 9000]))])
+                              rng.randbytes(rng.choice([3, 200, 9000])), *SQL])
             if request:
                 out += rng.choice([
                     my_pkt(0, b"\x03" + sql), my_pkt(0, b"\x16" + sql),
@@ -389,6 +397,9 @@ def main() -> int:
             figures["db_operations"] += sum(int.from_bytes(cell[:8], "little")
                                             for _k, cell in cells)
             figures["db_errors"] += sum(errors.values())
+            recs = db.take_records()
+            assert all(q is None or len(q) < 128 for *_r, q in recs)
+            figures["db_records"] += len(recs)
         if rng.random() < 0.01:
             db.expire(1 << 41)
         # the callback, take, split, view, clear

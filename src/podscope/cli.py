@@ -62,11 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--listen", default="127.0.0.1:9464", metavar="HOST:PORT")
     d.add_argument("--duration", type=_positive_seconds, metavar="DURATION",
                    help="stop by itself after this (60s, 5m)")
-    t = sub.add_parser("trace", help="live stream of requests")
-    t.add_argument("protocol", choices=["http"])
+    t = sub.add_parser("trace", help="live stream of requests (http) or of database and cache "
+                                     "operations (db)")
+    t.add_argument("protocol", choices=["http", "db"])
     t.add_argument("--pod", help="pod name, namespace/name, pod UID or container id prefix")
     t.add_argument("--min-duration", metavar="DURATION", help="only slower requests (50ms, 1s)")
-    t.add_argument("--status", metavar="CODES", help="only these statuses: 404,5xx,none")
+    t.add_argument("--status", metavar="CODES",
+                   help="only these statuses: http 404,5xx,none; db 1062,WRONGTYPE,ok,error")
     t.add_argument("--duration", type=_positive_seconds, metavar="DURATION",
                    help="stop after this (10s)")
     t.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -171,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             logging.basicConfig(level=logging.WARNING, format="podscope: %(message)s")
             return trace.run(args.pod, args.min_duration, args.status, args.duration, args.json,
                              args.headers, blocked_reasons=args.blocked_reasons,
-                             kubeconfig=args.kubeconfig, node=args.node_name)
+                             kubeconfig=args.kubeconfig, node=args.node_name,
+                             protocol=args.protocol)
         if args.cmd == "report":
             from . import baselines
 

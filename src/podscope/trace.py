@@ -1,4 +1,5 @@
-"""`podscope trace http`: a live stream of requests, one line each (or JSON lines).
+"""`podscope trace http` and `podscope trace db`: a live stream of requests, or of database and
+cache operations, one line each (or JSON lines).
 
 It loads its own instance of the HTTP programs with records on, so it works beside a running
 agent or alone."""
@@ -62,10 +63,38 @@ def pod_matches(rec: dict[str, Any], want: str) -> bool:
         rec.get("container_id") and str(rec["container_id"]).startswith(want))
 
 
-def format_line(rec: dict[str, Any]) -> str:
+def db_status_filter(spec: str) -> Callable[[str], bool]:
+    """'1062,WRONGTYPE,ok,error' -> a predicate on an operation's status code ("": success)."""
+    want = {p.strip() for p in spec.split(",") if p.strip()}
+    if not want or any(not re.fullmatch(r"[A-Za-z0-9_.:-]{1,32}", p) for p in want):
+        raise ValueError(f"--status {spec!r}: expected codes (1062, 23505, WRONGTYPE), ok or error")
+
+    def ok(code: str) -> bool:
+        return code in want or ("ok" in want and not code) or ("error" in want and bool(code))
+
+    return ok
+
+
+def _when_and_pod(rec: dict[str, Any]) -> tuple[str, str]:
     t = time.strftime("%H:%M:%S", time.localtime(rec["time"])) + f".{int(rec['time'] % 1 * 1e3):03d}"
     pod = (f"{rec.get('k8s_namespace_name')}/{rec['k8s_pod_name']}" if rec.get("k8s_pod_name")
            else rec.get("container_name") or rec.get("k8s_pod_uid") or rec.get("cgroup") or "-")
+    return t, pod
+
+
+def format_db_line(rec: dict[str, Any]) -> str:
+    t, pod = _when_and_pod(rec)
+    peer = f"{rec['peer_addr']}:{rec['peer_port']}"
+    what = rec.get("db_query_text") or " ".join(
+        p for p in (rec["db_operation_name"], rec.get("db_collection_name")) if p)
+    return (f"{t} {rec['role']:<6} {pod[:36]:<36} {rec['db_system_name']:<10} "
+            f"{rec['db_response_status_code'] or 'ok':<9} {rec['duration_seconds'] * 1e3:9.3f}ms "
+            f"{rec['request_bytes']:>8}B {rec['response_bytes']:>9}B {peer:<21} "
+            f"{rec.get('db_namespace') or '-'} {what}")
+
+
+def format_line(rec: dict[str, Any]) -> str:
+    t, pod = _when_and_pod(rec)
     status = rec["status"] if rec["status"] is not None else "---"
     peer = f"{rec['peer_addr']}:{rec['peer_port']}"
     line = (f"{t} {rec['role']:<6} {pod[:36]:<36} {rec['method']:<7} {status} "
@@ -86,9 +115,14 @@ def format_line(rec: dict[str, Any]) -> str:
 
 def run(pod: str | None, min_duration: str | None, status: str | None, duration: float | None,
         as_json: bool, capture_headers: bool = False, out: IO[str] = sys.stdout,
-        blocked_reasons: bool = False, kubeconfig: str = "", node: str = "") -> int:
+        blocked_reasons: bool = False, kubeconfig: str = "", node: str = "",
+        protocol: str = "http") -> int:
     min_s = parse_duration(min_duration) if min_duration else 0.0
-    status_ok = status_filter(status) if status else None
+    db = protocol == "db"
+    want_kind = "db_operation" if db else "http_request"
+    status_ok: Callable[[Any], bool] | None = None
+    if status:
+        status_ok = db_status_filter(status) if db else status_filter(status)
     cg2 = features.preflight()
     store = cli_store(cg2, kubeconfig, node)
     target = resolve(store, pod) if pod else None
@@ -96,26 +130,30 @@ def run(pod: str | None, min_duration: str | None, status: str | None, duration:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
 
-    def show(rec: dict[str, Any]) -> None:
-        if rec["duration_seconds"] < min_s:
+    def show(kind: str, rec: dict[str, Any]) -> None:
+        if kind != want_kind or rec["duration_seconds"] < min_s:
             return
-        if status_ok is not None and not status_ok(rec["status"]):
+        if status_ok is not None and not status_ok(
+                rec["db_response_status_code"] if db else rec["status"]):
             return
         if target is not None and not target.matches(rec):
             return
-        out.write((json.dumps(rec) if as_json else format_line(rec)) + "\n")
+        line = json.dumps(rec) if as_json else format_db_line(rec) if db else format_line(rec)
+        out.write(line + "\n")
         out.flush()
 
-    col = HttpCollector(store, emit=lambda _kind, rec: show(rec), records=True,
+    col = HttpCollector(store, emit=show, records=True,
                         capture_headers=capture_headers, breakdown_reasons=blocked_reasons)
     try:
         col.start()
-        print(f"tracing HTTP requests{' of ' + target.title if target else ''} (Ctrl-C to stop)",
+        what = "database and cache operations" if db else "HTTP requests"
+        print(f"tracing {what}{' of ' + target.title if target else ''} (Ctrl-C to stop)",
               file=sys.stderr, flush=True)
         deadline = time.monotonic() + duration if duration else None
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             col.poll(100)
         col.poll(0)
+        col.drain()  # what the engines hold (database operations) since the last drain
     finally:
         col.close()
     return 0

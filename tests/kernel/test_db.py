@@ -3,6 +3,7 @@ operations counted per name and status on both sides equal the client's own coun
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -421,3 +422,101 @@ def test_mysql_connection_opened_before_the_agent(pods: PodNetwork, tmp_path: Pa
         cli.wait(10)
         proc.terminate()
         proc.wait(30)
+
+
+def test_records_spans_and_trace_of_database_operations(pods: PodNetwork, tmp_path: Path,
+                                                        mydir: Path) -> None:
+    """With records on: one db_operation record per Redis command and MySQL statement in the
+    JSON lines and CSV files and one OTLP span, on both sides, and `podscope trace db` prints
+    them; a statement's literal values are never written (db_query_text has ? instead)."""
+    from podscope.testing.otlpreceiver import OtlpReceiver, attrs
+    from tests.conftest import PODSCOPE
+
+    redis, db, client = pods.pod("redis"), pods.pod("mariadb"), pods.pod("client")
+    start_redis(redis, tmp_path)
+    proc = start_mariadb(db, client, mydir)
+    sql = ["mariadb", "-h", db.ip, "-u", "root", "-e"]
+    client.run([*sql, "CREATE DATABASE shop; CREATE TABLE shop.t (id int, name text)"])
+    jsonl, csv_path = tmp_path / "out.jsonl", tmp_path / "out.csv"
+    try:
+        with OtlpReceiver() as rx:
+            agent = AgentProc(["--export", f"jsonl:{jsonl}", "--export", f"csv:{csv_path}",
+                               "--otlp", rx.url], tmp_path)
+            trace = subprocess.Popen([PODSCOPE, "trace", "db", "--json", "--pod", client.uid,
+                                      "--duration", str(int(60 * SLOW))],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                assert trace.stderr is not None and "tracing" in trace.stderr.readline()
+                redis_cli(client, redis, "SET", "k", "secret-value")
+                redis_cli(client, redis, "GET", "k")
+                assert "ERR" in redis_cli(client, redis, "INCR", "k")
+                client.run([*sql, "INSERT INTO shop.t VALUES (42, 'bob')"])
+                client.run(["mariadb", "-h", db.ip, "-u", "root", "shop", "-e",
+                            "SELECT name FROM t WHERE id = 42 AND name = 'bob'"])
+                want = {("redis", "SET", ""), ("redis", "GET", ""), ("redis", "INCR", "ERR"),
+                        ("mysql", "INSERT", ""), ("mysql", "SELECT", "")}
+
+                def records() -> list[dict]:  # type: ignore[type-arg]
+                    if not jsonl.exists():
+                        return []
+                    return [r for r in map(json.loads, jsonl.read_text().splitlines())
+                            if r["type"] == "db_operation"]
+
+                def seen(recs: list[dict]) -> set[tuple[str, str, str, str]]:  # type: ignore[type-arg]
+                    return {(r["k8s_pod_uid"], r["db_system_name"], r["db_operation_name"],
+                             r["db_response_status_code"]) for r in recs}
+
+                both = {(p.uid, *w) for w in want for p in (client, redis if w[0] == "redis"
+                                                             else db)}
+                both |= {(client.uid, *w) for w in want}
+                assert wait_for_true(lambda: both <= seen(records()), 15), seen(records())
+                select = [r for r in records() if r["db_operation_name"] == "SELECT"
+                          and r["db_collection_name"] == "t"]
+                assert {r["role"] for r in select} == {"client", "server"}, select
+                for r in select:
+                    assert r["db_query_text"] == "SELECT name FROM t WHERE id = ? AND name = ?"
+                    assert r["db_namespace"] == "shop" and r["duration_seconds"] > 0
+                    assert r["k8s_pod_uid"] in (client.uid, db.uid)
+                client_select = [r for r in select if r["role"] == "client"][0]
+                assert (client_select["peer_addr"], client_select["peer_port"]) == (db.ip, 3306)
+                assert not [r for r in records() if r["db_system_name"] == "redis"
+                            and r["db_query_text"] is not None]
+            finally:
+                trace.terminate()
+                traced, trace_err = trace.communicate(timeout=30)
+                agent.stop()
+            # no value a client sent is in any record
+            for path in (jsonl, csv_path.with_name("out.db_operation.csv")):
+                text = path.read_text()
+                assert "bob" not in text and "secret-value" not in text, path
+            csv_rows = csv_path.with_name("out.db_operation.csv").read_text().splitlines()
+            assert csv_rows[0].startswith("time,") and len(csv_rows) - 1 == len(records())
+            # the trace: the client pod's operations only
+            lines = [json.loads(x) for x in traced.splitlines() if x.startswith("{")]
+            assert {r["k8s_pod_uid"] for r in lines} == {client.uid}, trace_err[-3000:]
+            assert {(r["db_system_name"], r["db_operation_name"]) for r in lines} >= \
+                {(s, o) for s, o, _ in want}
+            # the spans: "{operation} {collection}", db.* attributes, errors by status
+            spans = [(res, s, attrs(s["attributes"])) for res, s in rx.spans()
+                     if "db.system.name" in attrs(s["attributes"])]
+            kinds = {(res.get("k8s.pod.uid"), s["kind"], s["name"]) for res, s, _a in spans}
+            assert (client.uid, "SPAN_KIND_CLIENT", "SELECT t") in kinds, kinds
+            assert (db.uid, "SPAN_KIND_SERVER", "SELECT t") in kinds, kinds
+            incr = [(s, a) for _r, s, a in spans if a["db.operation.name"] == "INCR"]
+            assert incr and all(s["status"]["code"] == "STATUS_CODE_ERROR"
+                                and a["db.response.status_code"] == "ERR" for s, a in incr)
+            sel = [a for _r, s, a in spans if s["name"] == "SELECT t"]
+            assert all(a["db.query.text"] == "SELECT name FROM t WHERE id = ? AND name = ?"
+                       and a["db.namespace"] == "shop" for a in sel)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def wait_for_true(ok: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout * SLOW
+    while not ok():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.3)
+    return True

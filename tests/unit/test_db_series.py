@@ -127,3 +127,41 @@ def test_collections_have_a_budget_per_pod_and_system() -> None:
     assert value(got, "podscope_db_collections_over_budget_total", k8s_pod_uid="uid-a",
                  db_system_name="postgresql") == 3
     assert db.state_sizes()["db_collection_names"] == MAX_COLLECTIONS_PER_POD
+
+
+def test_records_as_spans_and_trace_lines() -> None:
+    """A record per operation (labels, peer, statement without values), its OTLP span by the
+    database conventions, and `trace db`'s line and status filter."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.trace import SpanKind, StatusCode
+
+    from podscope.sinks.otlp import db_span_of
+    from podscope.trace import db_status_filter, format_db_line
+
+    recs: list[tuple[str, dict[str, Any]]] = []
+    db = DbSeries(lambda cg, netns: POD_A, lambda family, raw: "10.0.0.9",
+                  publish=lambda kind, rec: recs.append((kind, rec)), mono_to_wall=1e9)
+    db.engine.process(batch([
+        event(my(0, b"\x03SELECT v FROM kv WHERE k = 'x'"), 1_000, False, conn=3, proto=MYSQL),
+        event(my(1, b"\xff\x7a\x04#42S02no such table"), 3_000, True, conn=3, proto=MYSQL)]))
+    db.fold()
+    ((kind, rec),) = recs
+    assert kind == "db_operation" and rec["k8s_pod_uid"] == "uid-a" and rec["role"] == "client"
+    assert (rec["db_system_name"], rec["db_operation_name"], rec["db_response_status_code"],
+            rec["db_collection_name"], rec["db_query_text"]) == \
+        ("mysql", "SELECT", "1146", "kv", "SELECT v FROM kv WHERE k = ?")
+    assert rec["duration_seconds"] == 2e-6 and rec["time"] == 1e9 + 1e-6
+    span = db_span_of(rec, Resource({}))
+    assert span.name == "SELECT kv" and span.kind == SpanKind.CLIENT
+    assert span.status.status_code == StatusCode.ERROR and span.attributes is not None
+    assert span.attributes["db.query.text"] == "SELECT v FROM kv WHERE k = ?"
+    assert span.attributes["server.address"] == "10.0.0.9"
+    assert "SELECT v FROM kv WHERE k = ?" in format_db_line(rec)
+    assert db_status_filter("1146")(rec["db_response_status_code"])
+    assert db_status_filter("error")("1146") and not db_status_filter("ok")("1146")
+    try:
+        db_status_filter("a b")
+    except ValueError as e:
+        assert "--status" in str(e)
+    else:
+        raise AssertionError("a bad --status was taken")

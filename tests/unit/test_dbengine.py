@@ -546,3 +546,36 @@ def test_mysql_query_body_read_after_its_header() -> None:
                      event(ok, 5, False, SERVER, proto=MYSQL)]))
     counts, errors, _ = ops(e)
     assert counts == {("SELECT", ""): 1, ("COMMIT", ""): 1} and not errors
+
+
+NORMALISED = [
+    (b"SELECT * FROM t WHERE id = 42 AND name = 'bob'", "SELECT * FROM t WHERE id = ? AND name = ?"),
+    (b"select a from t where x in (1, 2,3 , 4.5e-3)", "select a from t where x in (?)"),
+    (b"INSERT INTO t VALUES ('it''s', -7, 0xFF) -- trailing\n", "INSERT INTO t VALUES (?, -?)"),
+    (b"  /* hint */ UPDATE  \"T\"\n SET v=$1\tWHERE k = 'a'", 'UPDATE "T" SET v=$1 WHERE k = ?'),
+    (b"SELECT '" + b"x" * 100 + b"' FROM t", "SELECT ? FROM t"),
+    (b"SELECT '" + b"x" * 200 + b"' FROM t", "SELECT ?"),  # past the 160 bytes kept
+    (b"SELECT col" + b"umn" * 60, ("SELECT col" + "umn" * 60)[:124] + "..."),
+    (b"SELECT '\xff\xfe' AS \xc3\xa9t\xe9", "SELECT ? AS \u00e9t\ufffd"),
+]
+
+
+def test_statements_in_records_have_no_literal_values() -> None:
+    """Records carry each statement with its literal values replaced: strings (quotes doubled
+    inside), numbers, lists of them; comments and blanks tidied; names and placeholders kept;
+    cut at 127 characters; bytes that are not UTF-8 replaced."""
+    e = _fast.DbEngine(records=True)
+    evs = []
+    for i, (sql, _want) in enumerate(NORMALISED):
+        evs += [event(pg(b"Q", sql + b"\x00"), 2 * i + 1, False, proto=POSTGRES),
+                event(pg(b"C", b"SELECT 1\x00") + pg(b"Z", b"I"), 2 * i + 2, True,
+                      proto=POSTGRES)]
+    e.process(batch(evs))
+    got = [r[-1] for r in e.take_records()]
+    assert got == [want for _sql, want in NORMALISED]
+    # MySQL: double quotes are strings, and a backslash escapes
+    e.process(batch([event(my(0, b"\x03SELECT \"a\\\"b\", 'c\\'d' FROM t"), 1, False, conn=8,
+                           proto=MYSQL),
+                     event(my(1, b"\x00\x00\x00\x02\x00\x00\x00"), 2, True, conn=8, proto=MYSQL)]))
+    assert [r[-1] for r in e.take_records()] == ["SELECT ? FROM t"]
+    assert _fast.DbEngine().take_records() == []  # not asked for: none kept

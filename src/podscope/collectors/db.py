@@ -8,6 +8,10 @@ Client side (the pod sent the request): `db_client_operation_duration_seconds` w
 database pod is a pod too): `podscope_db_server_operation_duration_seconds`, the same without the
 server's address.
 
+Records (when asked for): one `db_operation` per operation, with the same names, the times and
+sizes, and `db_query_text`, the SQL statement with its literal values replaced (`?`) by the
+engine: never a parameter or a value.
+
 Bounded: a pod's operation names per system (MAX_OPS_PER_POD) and its (namespace, collection)
 pairs per system (MAX_COLLECTIONS_PER_POD); beyond them `_OTHER`, counted; client series of a
 server address without operations for `peer_ttl` seconds go."""
@@ -63,12 +67,18 @@ class DbOps:
         self.slots = [a + b for a, b in zip(self.slots, o.slots, strict=True)]
 
 
+Publish = Callable[[str, dict[str, Any]], None]
+
+
 class DbSeries:
     def __init__(self, labels_of: Callable[[int, int], Labels],
-                 peer_of: Callable[[int, bytes], str], peer_ttl: float = 300.0) -> None:
+                 peer_of: Callable[[int, bytes], str], peer_ttl: float = 300.0,
+                 publish: Publish | None = None, mono_to_wall: float = 0.0) -> None:
         if _fast.DB_CELL_SIZE != _CELL.size:
             raise RuntimeError("podscope._fast is not the build of this source: run make")
-        self.engine = _fast.DbEngine()
+        self.engine = _fast.DbEngine(records=publish is not None)
+        self._publish = publish
+        self._mono_to_wall = mono_to_wall
         self._labels_of = labels_of
         self._peer_of = peer_of
         self.peer_ttl = peer_ttl
@@ -81,7 +91,10 @@ class DbSeries:
         self.errors: dict[str, int] = {}
 
     def fold(self) -> None:
-        """What the engine paired since the last fold, into the series (the caller's lock)."""
+        """What the engine paired since the last fold, into the series (the caller's lock), and
+        its records published."""
+        if self._publish is not None:
+            self._records(self._publish)
         cells, errors = self.engine.take()
         for reason, n in errors.items():
             self.errors[reason] = self.errors.get(reason, 0) + n
@@ -115,6 +128,24 @@ class DbSeries:
             if addr:
                 self._peer_seen[key] = now
 
+    def _records(self, publish: Publish) -> None:
+        for (ident, system, op, status, coll, ns), start, end, req_b, resp_b, conn, query in \
+                self.engine.take_records():
+            cgroup_id, netns, role, tls, family, peer, peer_port = ident
+            rec: dict[str, Any] = {
+                "time": round(start / 1e9 + self._mono_to_wall, 6),
+                **self._labels_of(cgroup_id, netns)._asdict(),
+                "role": "client" if role == ROLE_CLIENT else "server",
+                "peer_addr": self._peer_of(family, peer), "peer_port": peer_port,
+                "db_system_name": system, "db_operation_name": op,
+                "db_response_status_code": status, "db_collection_name": coll,
+                "db_namespace": ns, "db_query_text": query,
+                "duration_seconds": round(max(end - start, 0) / 1e9, 9),
+                "request_bytes": req_b, "response_bytes": resp_b, "connection_id": conn,
+                "tls": bool(tls),
+            }
+            publish("db_operation", rec)
+
     def expire(self, now: float) -> None:
         """Client series of a server without operations for peer_ttl go, and idle connections
         whose closes were lost (the engine's)."""
@@ -132,6 +163,10 @@ class DbSeries:
         for d2 in (self._names, self.over_budget, self._colls, self.colls_over_budget):
             for k2 in [k for k in d2 if identity(k[0]) in uids]:
                 del d2[k2]
+
+    @property
+    def records_dropped(self) -> int:
+        return self.engine.records_dropped
 
     def state_sizes(self) -> dict[str, int]:
         return {"db_series": len(self._ops), "db_engine_connections": self.engine.connections,

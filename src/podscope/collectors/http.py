@@ -285,7 +285,9 @@ class HttpCollector:
         attach(o, skip=("http_offcpu", "http_x_work", *uprobe_progs), optional=("http_exec",))
         if self._reasons_wanted:
             self.set_blocked_reasons(True)
-        self.db = DbSeries(self._labels, self._peer, peer_ttl=self.peer_series_ttl)
+        self.db = DbSeries(self._labels, self._peer, peer_ttl=self.peer_series_ttl,
+                           publish=self.emit if self.records else None,
+                           mono_to_wall=self._mono_to_wall)
         if not self.records:
             if _fast.H2_CELL_SIZE != _H2_CELL.size:
                 raise RuntimeError("podscope._fast is not the build of this source: run make")
@@ -1197,7 +1199,9 @@ class HttpCollector:
         yield pe
         yield from loss_families({"http_records": kernel.get("HTTP_C_RECORDS_LOST", 0),
                                   "http_stream": kernel.get("HTTP_C_STREAM_LOST", 0),
-                                  "http_procs": kernel.get("HTTP_C_PROC_LOST", 0)}, "http",
+                                  "http_procs": kernel.get("HTTP_C_PROC_LOST", 0),
+                                  "db_records": self.db.records_dropped if self.db else 0},
+                                 "http",
                                  kernel.get("HTTP_C_MAP_FULL", 0))
         streamed = CounterMetricFamily("podscope_http_connections_streamed_total",
                                        "HTTP connections handed to user space for parsing "

@@ -32,6 +32,8 @@
 #define STATUS_MAX 32
 #define RESP_LINE 64
 #define DEPTH_MAX 16
+#define QUERY_MAX 128	     /* a normalised statement in a record, "..." when cut */
+#define DB_MAX_RECORDS 65536 /* records between two take_records(); beyond, dropped (counted) */
 
 /* The cell of one aggregate, as bytes (collectors/http.py reads it with struct). */
 struct db_cell {
@@ -47,9 +49,11 @@ struct op {
 	uint8_t cmd;	/* MySQL: the command byte */
 	uint8_t aux_len;
 	uint8_t coll_len;
+	uint8_t query_len;
 	char name[OP_MAX];
 	char aux[OP_MAX];  /* MySQL: a prepared statement's own operation; a database to use */
 	char coll[OP_MAX]; /* the table the statement names first (db_collection_name) */
+	char query[QUERY_MAX]; /* records: the statement, normalised (no literal values) */
 };
 
 /* One direction of RESP: where the parser is in the current top-level value. */
@@ -104,9 +108,10 @@ struct pgdir {
 
 struct pgstmt {
 	char name[24];
-	uint8_t name_len, op_len, coll_len;
+	uint8_t name_len, op_len, coll_len, query_len;
 	char op[OP_MAX];
 	char coll[OP_MAX];
+	char *query; /* records: the statement, normalised (malloc'd, QUERY_MAX) */
 };
 
 /* One direction of MySQL's protocol: packets of a 3-byte length and a sequence id. */
@@ -150,6 +155,8 @@ struct dbconn {
 	uint8_t batch_op_len;
 	char batch_coll[OP_MAX]; /* and its table */
 	uint8_t batch_coll_len;
+	char batch_query[QUERY_MAX]; /* and (records) its statement */
+	uint8_t batch_query_len;
 	char ns[OP_MAX]; /* the database the connection uses (db_namespace) */
 	uint8_t ns_len;
 	uint8_t batch_parsed, batch_executed; /* it has a Parse, an Execute */
@@ -181,7 +188,8 @@ typedef struct dbengine {
 	PyObject *overflow;	       /* [(key, bytes(struct db_cell))] past DB_MAX_CELLS */
 	PyObject *errors;	       /* reason -> count */
 	PyObject *system[16];	       /* the system's name per proto (db_system_name) */
-	unsigned long long events, operations;
+	PyObject *recs;		       /* records: one tuple per operation, or NULL (not wanted) */
+	unsigned long long events, operations, records_dropped;
 } DbEngineObject;
 
 static const char CAPSULE[] = "podscope.dbconn";
@@ -212,6 +220,8 @@ static int slot_of(uint64_t ns)
 
 static void conn_free(struct dbconn *c)
 {
+	for (int i = 0; i < PG_STMTS; i++)
+		free(c->stmts[i].query);
 	free(c->ops);
 	Py_XDECREF(c->ident);
 	free(c);
@@ -283,6 +293,23 @@ static int finish(struct dbconn *c, const struct op *o, uint64_t end, uint64_t r
 	cl->slots[slot_of(dur)]++;
 	cl->req_bytes += o->bytes;
 	cl->resp_bytes += resp_bytes;
+	if (e->recs && PyList_GET_SIZE(e->recs) >= DB_MAX_RECORDS) {
+		e->records_dropped++;
+	} else if (e->recs) { /* (key, start, end, request bytes, response bytes, conn, statement) */
+		/* the statement's bytes are the client's: not UTF-8 is replaced, never an error */
+		PyObject *q = o->query_len ? PyUnicode_DecodeUTF8(o->query, o->query_len, "replace")
+					   : Py_NewRef(Py_None);
+		PyObject *r = q ? Py_BuildValue("(OKKKKKN)", key, (unsigned long long)o->ts,
+						(unsigned long long)end, (unsigned long long)o->bytes,
+						(unsigned long long)resp_bytes,
+						(unsigned long long)c->conn_id, q)
+				: NULL;
+		if (!r || PyList_Append(e->recs, r)) {
+			Py_XDECREF(r);
+			goto out;
+		}
+		Py_DECREF(r);
+	}
 	if (cl == &one) {
 		PyObject *item = Py_BuildValue("(Oy#)", key, (const char *)&one,
 					       (Py_ssize_t)sizeof(one));
@@ -320,7 +347,7 @@ static int push_op(struct dbconn *c, const char *name, size_t len, uint64_t ts, 
 	o->ts = ts;
 	o->bytes = bytes;
 	o->len = (uint8_t)(len < OP_MAX ? len : OP_MAX);
-	o->silent = o->cmd = o->aux_len = o->coll_len = 0;
+	o->silent = o->cmd = o->aux_len = o->coll_len = o->query_len = 0;
 	memcpy(o->name, name, o->len);
 	c->count++;
 	return 0;
@@ -1012,6 +1039,130 @@ static void sql_collection(const char *s, size_t n, const char *op, uint8_t ople
 	}
 }
 
+/* A statement with its literal values replaced (OpenTelemetry's sanitised db.query.text): strings
+ * and numbers become ?, a list of them one ?, comments go, blanks are one space; names, keywords
+ * and placeholders ($1, ?) stay. Double quotes quote names in PostgreSQL and strings in MySQL,
+ * where a backslash escapes within a string.
+ * At most QUERY_MAX - 1 bytes, ending in "..." when cut. */
+static uint8_t sql_normalise(const char *s, size_t n, int mysql, char *out)
+{
+	size_t k = 0, i = 0;
+	const size_t cap = QUERY_MAX - 4;
+#define PUT(ch)                                                                                    \
+	do {                                                                                       \
+		if (k < cap)                                                                       \
+			out[k++] = (ch);                                                           \
+		else                                                                               \
+			goto full;                                                                 \
+	} while (0)
+	while (i < n && s[i]) {
+		char ch = s[i];
+		if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' ||
+		    (ch == '-' && i + 1 < n && s[i + 1] == '-') ||
+		    (ch == '/' && i + 1 < n && s[i + 1] == '*')) {
+			if (ch == '-') {
+				while (i < n && s[i] != '\n')
+					i++;
+			} else if (ch == '/') {
+				for (i += 2; i + 1 < n && !(s[i] == '*' && s[i + 1] == '/'); i++)
+					;
+				i += 2;
+			} else {
+				i++;
+			}
+			if (k && out[k - 1] != ' ')
+				PUT(' ');
+			continue;
+		}
+		int ident = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_' ||
+			    ch == '$' || (unsigned char)ch >= 0x80;
+		if (ident) { /* a name or keyword, digits and all */
+			while (i < n && ((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+					 (s[i] >= '0' && s[i] <= '9') || s[i] == '_' || s[i] == '$' ||
+					 (unsigned char)s[i] >= 0x80))
+				PUT(s[i++]);
+			continue;
+		}
+		int lit = ch == '\'' || (ch == '"' && mysql) ||
+			  (ch >= '0' && ch <= '9') || (ch == '.' && i + 1 < n && s[i + 1] >= '0' &&
+							 s[i + 1] <= '9');
+		if (ch == '"' || ch == '`') {
+			if (!lit) { /* a quoted name: as it is */
+				PUT(s[i++]);
+				while (i < n && s[i] != ch)
+					PUT(s[i++]);
+				if (i < n)
+					PUT(s[i++]);
+				continue;
+			}
+		}
+		if (lit) {
+			if (ch == '\'' || ch == '"') {
+				for (i++; i < n; i++) {
+					if (s[i] == '\\' && mysql) { /* MySQL escapes; SQL does not */
+						i++;
+					} else if (s[i] == ch) {
+						if (i + 1 < n && s[i + 1] == ch)
+							i++; /* '' inside */
+						else
+							break;
+					}
+				}
+				i++;
+			} else { /* a number: digits, a point, an exponent, hex */
+				while (i < n && ((s[i] >= '0' && s[i] <= '9') || s[i] == '.' ||
+						 s[i] == 'x' || s[i] == 'X' ||
+						 (s[i] >= 'a' && s[i] <= 'f') ||
+						 (s[i] >= 'A' && s[i] <= 'F') ||
+						 ((s[i] == '+' || s[i] == '-') &&
+						  (s[i - 1] == 'e' || s[i - 1] == 'E'))))
+					i++;
+			}
+			/* "?, ?" is one ?: a list of values says nothing its first does not */
+			size_t t = k;
+			while (t && out[t - 1] == ' ')
+				t--;
+			if (t && out[t - 1] == ',') {
+				size_t u = t - 1;
+				while (u && out[u - 1] == ' ')
+					u--;
+				if (u && out[u - 1] == '?') {
+					k = u;
+					continue;
+				}
+			}
+			PUT('?');
+			continue;
+		}
+		PUT(ch);
+		i++;
+	}
+	while (k && out[k - 1] == ' ')
+		k--;
+	return (uint8_t)k;
+full:
+	memcpy(out + k, "...", 3);
+	return (uint8_t)(k + 3);
+#undef PUT
+}
+
+static int records_on(const struct dbconn *c)
+{
+	return ((DbEngineObject *)c->engine)->recs != NULL;
+}
+
+/* A prepared statement's text (records only), owned by its slot. */
+static void stmt_query(struct pgstmt *st, const char *q, uint8_t len)
+{
+	free(st->query);
+	st->query = NULL;
+	st->query_len = 0;
+	if (len && (st->query = malloc(len))) {
+		memcpy(st->query, q, len);
+		st->query_len = len;
+	}
+}
+
 static struct pgstmt *pg_stmt(struct dbconn *c, const char *name, size_t n, int make)
 {
 	if (!n || n > sizeof(c->stmts[0].name))
@@ -1025,6 +1176,7 @@ static struct pgstmt *pg_stmt(struct dbconn *c, const char *name, size_t n, int 
 	memcpy(st->name, name, n);
 	st->name_len = (uint8_t)n;
 	st->op_len = st->coll_len = 0;
+	stmt_query(st, NULL, 0);
 	return st;
 }
 
@@ -1045,6 +1197,8 @@ static int pg_message(struct dbconn *c, int request, char type, uint64_t ts)
 			struct op *o = newest_op(c);
 			if (o)
 				sql_collection(b, n, op, len, o->coll, &o->coll_len);
+			if (o && records_on(c))
+				o->query_len = sql_normalise(b, n, 0, o->query);
 			d->bytes = 0;
 			return 0;
 		}
@@ -1058,6 +1212,8 @@ static int pg_message(struct dbconn *c, int request, char type, uint64_t ts)
 				sql_collection(b + nl + 1, n - nl - 1, op, len, c->batch_coll,
 					       &c->batch_coll_len);
 			}
+			c->batch_query_len = nl < n && records_on(c) ?
+				sql_normalise(b + nl + 1, n - nl - 1, 0, c->batch_query) : 0;
 			memcpy(c->batch_op, op, len);
 			c->batch_op_len = len;
 			c->batch_parsed = 1;
@@ -1067,6 +1223,7 @@ static int pg_message(struct dbconn *c, int request, char type, uint64_t ts)
 				st->op_len = len;
 				memcpy(st->coll, c->batch_coll, c->batch_coll_len);
 				st->coll_len = c->batch_coll_len;
+				stmt_query(st, c->batch_query, c->batch_query_len);
 			}
 			return 0;
 		}
@@ -1080,6 +1237,9 @@ static int pg_message(struct dbconn *c, int request, char type, uint64_t ts)
 					c->batch_op_len = st->op_len;
 					memcpy(c->batch_coll, st->coll, st->coll_len);
 					c->batch_coll_len = st->coll_len;
+					if (st->query_len)
+						memcpy(c->batch_query, st->query, st->query_len);
+					c->batch_query_len = st->query_len;
 				}
 			}
 			return 0;
@@ -1101,8 +1261,12 @@ static int pg_message(struct dbconn *c, int request, char type, uint64_t ts)
 				memcpy(o->coll, c->batch_coll, c->batch_coll_len);
 				o->coll_len = c->batch_coll_len;
 			}
+			if (o && !silent) {
+				memcpy(o->query, c->batch_query, c->batch_query_len);
+				o->query_len = c->batch_query_len;
+			}
 			c->batch_op_len = c->batch_parsed = c->batch_executed = 0;
-			c->batch_coll_len = 0;
+			c->batch_coll_len = c->batch_query_len = 0;
 			d->bytes = 0;
 			return 0;
 		}
@@ -1403,6 +1567,7 @@ static int my_response(struct dbconn *c, uint64_t ts)
 				st->op_len = o->aux_len;
 				memcpy(st->coll, o->coll, o->coll_len);
 				st->coll_len = o->coll_len;
+				stmt_query(st, o->query, o->query_len);
 			}
 			c->my_last_stmt = id;
 			c->my_cols = d->body[5] | d->body[6] << 8;
@@ -1552,16 +1717,23 @@ static int my_command(struct dbconn *c, uint64_t ts)
 	if (cmd == 0x16) { /* the statement's own operation and table, for its executions */
 		sql_op(b + 1, n > 1 ? n - 1 : 0, o->aux, &o->aux_len);
 		sql_collection(b + 1, n > 1 ? n - 1 : 0, o->aux, o->aux_len, o->coll, &o->coll_len);
+		if (records_on(c))
+			o->query_len = sql_normalise(b + 1, n > 1 ? n - 1 : 0, 1, o->query);
 	} else if (st && st->op_len) {
 		memcpy(o->coll, st->coll, st->coll_len);
 		o->coll_len = st->coll_len;
+		if (st->query_len)
+			memcpy(o->query, st->query, st->query_len);
+		o->query_len = st->query_len;
 	} else if (sql && sql_word_is(op, len, "USE")) { /* the database, if the server agrees */
 		uint8_t k = 0;
 		sql_collection(sql, sql_n, "UPDATE", 6, o->aux, &k); /* the name after the keyword */
 		o->aux_len = k;
 	} else if (sql) {
 		sql_collection(sql, sql_n, op, len, o->coll, &o->coll_len);
-	} else if (cmd == 0x02 && n > 1 && n - 1 <= OP_MAX) { /* COM_INIT_DB */
+	}
+	if (sql && records_on(c))
+		o->query_len = sql_normalise(sql, sql_n, 1, o->query); else if (cmd == 0x02 && n > 1 && n - 1 <= OP_MAX) { /* COM_INIT_DB */
 		memcpy(o->aux, b + 1, n - 1);
 		o->aux_len = (uint8_t)(n - 1);
 	}
@@ -1919,8 +2091,11 @@ static PyObject *Db_expire(DbEngineObject *e, PyObject *arg)
 
 static int Db_init(DbEngineObject *e, PyObject *args, PyObject *kw)
 {
-	static char *names[] = {NULL};
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "", names))
+	static char *names[] = {"records", NULL};
+	int records = 0;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|p", names, &records))
+		return -1;
+	if (records && !(e->recs = PyList_New(0)))
 		return -1;
 	e->conns = PyDict_New();
 	e->cells = PyDict_New();
@@ -1943,6 +2118,7 @@ static void Db_dealloc(DbEngineObject *e)
 	Py_XDECREF(e->cells);
 	Py_XDECREF(e->overflow);
 	Py_XDECREF(e->errors);
+	Py_XDECREF(e->recs);
 	for (int i = 0; i < 16; i++)
 		Py_XDECREF(e->system[i]);
 	Py_TYPE(e)->tp_free((PyObject *)e);
@@ -1958,6 +2134,23 @@ static PyObject *Db_get_events(DbEngineObject *e, void *closure)
 	return PyLong_FromUnsignedLongLong(e->events);
 }
 
+static PyObject *Db_take_records(DbEngineObject *e, PyObject *unused)
+{
+	if (!e->recs)
+		return PyList_New(0);
+	PyObject *fresh = PyList_New(0);
+	if (!fresh)
+		return NULL;
+	PyObject *out = e->recs;
+	e->recs = fresh;
+	return out;
+}
+
+static PyObject *Db_get_records_dropped(DbEngineObject *e, void *closure)
+{
+	return PyLong_FromUnsignedLongLong(e->records_dropped);
+}
+
 static PyObject *Db_get_operations(DbEngineObject *e, void *closure)
 {
 	return PyLong_FromUnsignedLongLong(e->operations);
@@ -1969,6 +2162,10 @@ static PyMethodDef Db_methods[] = {
 	{"process_one", (PyCFunction)Db_process_one, METH_O, "process_one(one stream event)"},
 	{"take", (PyCFunction)Db_take, METH_NOARGS,
 	 "take() -> ([(key, cell)], {error reason: count}) since the last take"},
+	{"take_records", (PyCFunction)Db_take_records, METH_NOARGS,
+	 "take_records() -> [((ident, system, operation, status, collection, namespace), start_ns, "
+	 "end_ns, request_bytes, response_bytes, conn_id, statement or None)] since the last take "
+	 "(DbEngine(records=True) only)"},
 	{"expire", (PyCFunction)Db_expire, METH_O,
 	 "expire(before_ns) -> connections idle since before then, forgotten"},
 	{NULL},
@@ -1978,6 +2175,8 @@ static PyGetSetDef Db_getset[] = {
 	{"connections", (getter)Db_get_connections, NULL, "connections held", NULL},
 	{"events", (getter)Db_get_events, NULL, "stream events of database connections", NULL},
 	{"operations", (getter)Db_get_operations, NULL, "operations paired", NULL},
+	{"records_dropped", (getter)Db_get_records_dropped, NULL,
+	 "records not kept: more than DB_MAX_RECORDS between two takes", NULL},
 	{NULL},
 };
 

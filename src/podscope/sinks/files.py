@@ -44,6 +44,12 @@ SCHEMAS: dict[str, list[str]] = {
         "blocked_lock_seconds", "blocked_disk_seconds", "blocked_network_seconds",
         "blocked_other_seconds", "request_headers", "response_headers",
     ],
+    "db_operation": [
+        "time", *IDENTITY, "role", "peer_addr", "peer_port", "db_system_name",
+        "db_operation_name", "db_response_status_code", "db_collection_name", "db_namespace",
+        "db_query_text", "duration_seconds", "request_bytes", "response_bytes", "connection_id",
+        "tls",
+    ],
 }
 
 

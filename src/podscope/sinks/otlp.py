@@ -56,6 +56,7 @@ METRIC_NAMES = {
     "http_client_request_duration_seconds": "http.client.request.duration",
     "rpc_server_duration_seconds": "rpc.server.duration",
     "rpc_client_duration_seconds": "rpc.client.duration",
+    "db_client_operation_duration_seconds": "db.client.operation.duration",
 }
 ATTRIBUTE_NAMES = {
     "http_request_method": "http.request.method",
@@ -69,6 +70,11 @@ ATTRIBUTE_NAMES = {
     "rpc_service": "rpc.service",
     "rpc_method": "rpc.method",
     "rpc_grpc_status_code": "rpc.grpc.status_code",
+    "db_system_name": "db.system.name",
+    "db_operation_name": "db.operation.name",
+    "db_response_status_code": "db.response.status_code",
+    "db_collection_name": "db.collection.name",
+    "db_namespace": "db.namespace",
 }
 _WORKLOAD_ATTR = {"Deployment": "k8s.deployment.name", "StatefulSet": "k8s.statefulset.name",
                   "DaemonSet": "k8s.daemonset.name", "ReplicaSet": "k8s.replicaset.name",
@@ -156,6 +162,36 @@ def span_of(rec: dict[str, Any], resource: Resource) -> ReadableSpan:
                         instrumentation_scope=SCOPE)
 
 
+def db_span_of(rec: dict[str, Any], resource: Resource) -> ReadableSpan:
+    """A database operation as a span, by OpenTelemetry's database conventions: named
+    "{operation} {collection}", with db.* attributes and the sanitised statement."""
+    server = rec.get("role") == "server"
+    start = int(rec["time"] * 1e9)
+    end = start + int((rec.get("duration_seconds") or 0) * 1e9)
+    op, coll = str(rec.get("db_operation_name") or ""), str(rec.get("db_collection_name") or "")
+    system = str(rec.get("db_system_name") or "")
+    attrs: dict[str, Any] = {"db.system.name": system, "db.operation.name": op,
+                             "network.peer.address": str(rec.get("peer_addr") or ""),
+                             "network.peer.port": int(rec.get("peer_port") or 0)}
+    for key, attr in (("db_collection_name", "db.collection.name"),
+                      ("db_namespace", "db.namespace"), ("db_query_text", "db.query.text"),
+                      ("db_response_status_code", "db.response.status_code")):
+        if rec.get(key):
+            attrs[attr] = str(rec[key])
+    if not server:
+        attrs["server.address"] = attrs["network.peer.address"]
+        attrs["server.port"] = attrs["network.peer.port"]
+    code = str(rec.get("db_response_status_code") or "")
+    status = Status(StatusCode.ERROR, f"{system} error {code}") if code \
+        else Status(StatusCode.UNSET)
+    name = " ".join(p for p in (op, coll) if p) or system
+    ctx = SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1, is_remote=False,
+                      trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    return ReadableSpan(name, context=ctx, resource=resource, attributes=attrs,
+                        kind=SpanKind.SERVER if server else SpanKind.CLIENT, status=status,
+                        start_time=start, end_time=end, instrumentation_scope=SCOPE)
+
+
 class OtlpSink:
     def __init__(self, url: str, source: Callable[[], Iterable[PromMetric]], node: str,
                  interval: float = 15.0, timeout: float = 10.0):
@@ -186,10 +222,11 @@ class OtlpSink:
 
     # --- records -> spans ---
     def record(self, kind: str, rec: dict[str, Any]) -> None:
-        if kind != "http_request":
+        of = {"http_request": span_of, "db_operation": db_span_of}.get(kind)
+        if of is None:
             return
         labels = {n: str(rec.get(n) or "") for n in LABEL_NAMES}
-        self.spans.on_end(span_of(rec, self._resource(labels)))
+        self.spans.on_end(of(rec, self._resource(labels)))
 
     def flush(self) -> None:
         pass  # the span processor sends on its own schedule
