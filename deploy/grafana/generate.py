@@ -124,6 +124,21 @@ requests = dashboard("podscope-requests", "podscope / requests (RED per route)",
     ]),
 ])
 
+DL = "{{k8s_pod_name}} {{db_system_name}} {{db_operation_name}}"
+databases = dashboard("podscope-databases", "podscope / databases and caches", [
+    ("Served (the database pod)", [
+        panel("Operations per second", rate("podscope_db_server_operation_duration_seconds_count", by=BY + ", db_system_name, db_operation_name"), "ops", legend=DL),
+        panel("Errors by status code", rate("podscope_db_server_operation_duration_seconds_count", 'db_response_status_code!=""', by=BY + ", db_system_name, db_response_status_code"), "ops", legend="{{k8s_pod_name}} {{db_system_name}} {{db_response_status_code}}"),
+        panel("p99 by operation", quant(0.99, "podscope_db_server_operation_duration_seconds_bucket", by=BY + ", db_system_name, db_operation_name"), "s", legend=DL),
+    ]),
+    ("Called (the client pod)", [
+        panel("Operations per second by server", rate("db_client_operation_duration_seconds_count", by=BY + ", db_system_name, server_address, server_port"), "ops", legend="{{k8s_pod_name}} → {{db_system_name}} {{server_address}}:{{server_port}}"),
+        panel("Client p99 by operation", quant(0.99, "db_client_operation_duration_seconds_bucket", by=BY + ", db_system_name, db_operation_name"), "s", legend=DL),
+        panel("Client error ratio", rate("db_client_operation_duration_seconds_count", 'db_response_status_code!=""', by=BY + ", db_system_name") + " / " + rate("db_client_operation_duration_seconds_count", by=BY + ", db_system_name"), "percentunit", legend="{{k8s_pod_name}} {{db_system_name}}"),
+        panel("Time waiting on each table (share of time)", rate("db_client_operation_duration_seconds_sum", by=BY + ", db_system_name, db_collection_name"), "percentunit", legend="{{k8s_pod_name}} {{db_system_name}} {{db_collection_name}}"),
+    ]),
+])
+
 kernel = dashboard("podscope-kernel", "podscope / kernel errors and CPU", [
     ("Failures the application cannot see", [
         panel("Fork failures by errno (EAGAIN: pids limit)", rate("podscope_process_fork_failures_total", by=BY + ", errno"), legend=L + " {{errno}}"),
@@ -157,7 +172,7 @@ agent = dashboard("podscope-agent", "podscope / agent health", [
     ]),
 ])
 for name, d in (("overview", overview), ("tcp", tcp), ("requests", requests),
-                ("kernel", kernel), ("agent", agent)):
+                ("databases", databases), ("kernel", kernel), ("agent", agent)):
     with open(os.path.join(OUT, f"podscope-{name}.json"), "w") as f:
         json.dump(d, f, indent=1)
         f.write("\n")

@@ -6,9 +6,11 @@ latency quantiles come from the histogram buckets' increase over that window, or
 buckets when the window has no requests. Pods are keyed by namespace/name when the Kubernetes
 API named them, else by UID, else by container or cgroup (plain hosts).
 
-Service-map edges come from the client side of HTTP and gRPC: (client pod) -> (server address,
-port); an address that is a pod of this node (status.podIPs) becomes that pod, any other is
-grouped under one "external" node with its addresses listed.
+Service-map edges come from the client side of HTTP, gRPC and database and cache operations:
+(client pod) -> (server address, port), with the protocols seen on it (http, grpc, postgresql,
+mysql, redis, memcached); an address that is a pod of this node (status.podIPs) becomes that
+pod, any other is grouped under one "external" node with its addresses listed. A database
+operation is an error when it has a status (an SQLSTATE, an error number, a Redis prefix).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ EXTERNAL = "external"
 
 @dataclass
 class _PodTotals:
-    requests: float = 0.0  # server side: HTTP and gRPC
+    requests: float = 0.0  # server side: HTTP and gRPC, database and cache operations
     errors: float = 0.0
     buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
     retransmits: float = 0.0
@@ -49,6 +51,7 @@ class _EdgeTotals:
     errors: float = 0.0
     buckets: dict[float, float] = field(default_factory=dict)
     peers: set[str] = field(default_factory=set)
+    protocols: set[str] = field(default_factory=set)
 
 
 def pod_key(labels: dict[str, str]) -> str:
@@ -68,7 +71,16 @@ def pod_key(labels: dict[str, str]) -> str:
     return "node:" + (labels.get("process_name") or ("(root cgroup)" if cgroup == "/" else cgroup))
 
 
+# a pod's requests: HTTP and gRPC it served, and database or cache operations (a database pod)
+_SERVER_FAMILIES = ("http_server_request_duration_seconds", "rpc_server_duration_seconds",
+                    "podscope_db_server_operation_duration_seconds")
+_CLIENT_FAMILIES = ("http_client_request_duration_seconds", "rpc_client_duration_seconds",
+                    "db_client_operation_duration_seconds")
+
+
 def _error(fam: str, labels: dict[str, str]) -> bool:
+    if fam.startswith(("db_", "podscope_db_")):
+        return bool(labels.get("db_response_status_code"))
     if fam.startswith("rpc_"):
         code = labels.get("rpc_grpc_status_code", "")
         return code not in ("0", "")
@@ -141,7 +153,7 @@ class Overview:
                         "k8s_workload_kind", "k8s_workload_name", "container_name",
                         "process_name", "cgroup")}
                 p = pods.setdefault(key, _PodTotals())
-                if name in ("http_server_request_duration_seconds", "rpc_server_duration_seconds"):
+                if name in _SERVER_FAMILIES:
                     if s.name.endswith("_count"):
                         p.requests += s.value
                         if _error(name, labels):
@@ -149,8 +161,7 @@ class Overview:
                     elif s.name.endswith("_bucket"):
                         le = float(labels["le"])
                         p.buckets[le] = p.buckets.get(le, 0.0) + s.value
-                elif name in ("http_client_request_duration_seconds",
-                              "rpc_client_duration_seconds"):
+                elif name in _CLIENT_FAMILIES:
                     addr = labels.get("server_address", "")
                     to = peers.get(addr, "")
                     if not to:
@@ -158,6 +169,8 @@ class Overview:
                         to = peers[addr] = f"{peer.namespace}/{peer.name}" if peer else EXTERNAL
                     e = edges.setdefault((key, to), _EdgeTotals())
                     e.peers.add(f"{addr}:{labels.get('server_port', '')}")
+                    e.protocols.add(labels.get("db_system_name") or name.split("_", 1)[0]
+                                    .replace("rpc", "grpc"))
                     if s.name.endswith("_count"):
                         e.requests += s.value
                         if _error(name, labels):
@@ -244,6 +257,7 @@ class Overview:
             b = window_buckets(e.buckets, o.buckets if o else None)
             edges_out.append({
                 "from": src, "to": dst, "peers": sorted(e.peers),
+                "protocols": sorted(e.protocols),
                 "requests_total": e.requests, "errors_total": e.errors,
                 "requests_per_second": req_rate,
                 "error_ratio": e.errors / e.requests if e.requests else 0.0,

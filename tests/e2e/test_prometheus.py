@@ -16,6 +16,7 @@ from podscope.testing.kubeapi import KubeAPIServer, pod_object_for
 from podscope.testing.pods import PodNetwork
 from podscope.testing.servers import start_prometheus, start_pushgateway
 from tests.conftest import AgentProc, free_port, python_cmd
+from tests.kernel.test_db import redis_cli, start_redis
 from tests.kernel.test_tcp import start_server, wait_for
 
 NODE = "prom-node-1"
@@ -77,6 +78,7 @@ def test_prometheus_scrapes_agent_and_pushgateway(pods: PodNetwork, tmp_path: Pa
     start_server(server, 9090, 10, tmp_path / "unused", 8, "noaccept")  # never accepts
     g = server.popen(python_cmd("grpc_server.py", 50051), stdout=subprocess.PIPE, text=True)
     assert g.stdout is not None and g.stdout.readline().strip() == "listening"
+    start_redis(server, tmp_path)
     gw_port, prom_port, agent_port = free_port(), free_port(), free_port()
     gw = start_pushgateway(gw_port, tmp_path)
     api = KubeAPIServer().start()
@@ -158,6 +160,15 @@ def test_prometheus_scrapes_agent_and_pushgateway(pods: PodNetwork, tmp_path: Pa
         out = client.run(python_cmd("grpc_client.py", server.ip, 50051,
                                     json.dumps({"ok": 4, "internal": 1})))
         assert json.loads(out.stdout)["Unary INTERNAL"] == 1
+        # a cache: three SETs, a GET, and an INCR of a string (an ERR)
+        for args in (("SET", "a", "1"), ("SET", "b", "x"), ("SET", "c", "3"), ("GET", "a")):
+            redis_cli(client, server, *args)
+        assert redis_cli(client, server, "INCR", "b").startswith("ERR")
+        wait_query(prom_port, f'sum(podscope_db_server_operation_duration_seconds_count{{{srv},'
+                              'job="podscope-agent",db_system_name="redis",'
+                              'db_operation_name="SET"})', 3)
+        wait_query(prom_port, f'sum(db_client_operation_duration_seconds_count{{{cl},'
+                              'job="podscope-agent",db_response_status_code="ERR"})', 1)
         # kernel errors and CPU: limits as kubelet sets them, then a workload that hits them
         v1 = Path("/sys/fs/cgroup/memory").is_dir()
         server.set_limit("pids", "pids.max", "30")

@@ -77,6 +77,7 @@ def test_web_page_in_chromium(pods: PodNetwork, tmp_path: Path) -> None:
             e = edges()
             # 10 HTTP (2 of them 500s) + 5 unary gRPC + the streaming call, from the client side
             assert e[(f_id, b_id)]["errors_total"] == 2
+            assert e[(f_id, b_id)]["protocols"] == ["grpc", "http"]
             assert e[(f_id, "external")]["peers"] == [f"{pods.gateway}:{ext_port}"]
             pods_by_id = {x["id"]: x for x in ov["pods"]}
             assert pods_by_id[b_id]["requests_total"] == 16

@@ -77,3 +77,39 @@ def test_baselines_forget_pods_whose_series_are_gone() -> None:
         del live[f"pod-{i}"]
     b.tick(1000.0)
     assert b.size() == 0 and b.view()["pods"] == []
+
+
+def test_database_operations_are_service_map_edges_and_a_database_pods_requests() -> None:
+    from prometheus_client.core import HistogramMetricFamily
+
+    from podscope.metadata.store import MetadataStore
+    from podscope.overview import Overview
+
+    labels = ["k8s_namespace_name", "k8s_pod_name", "db_system_name", "db_operation_name",
+              "db_response_status_code", "server_address", "server_port"]
+
+    def source():  # type: ignore[no-untyped-def]
+        h = HistogramMetricFamily("db_client_operation_duration_seconds", "d", labels=labels)
+        h.add_metric(["shop", "api-0", "postgresql", "SELECT", "", "10.9.0.5", "5432"],
+                     [("0.001", 7.0), ("+Inf", 7.0)], 0.003)
+        h.add_metric(["shop", "api-0", "postgresql", "INSERT", "23505", "10.9.0.5", "5432"],
+                     [("0.001", 1.0), ("+Inf", 1.0)], 0.0005)
+        h.add_metric(["shop", "api-0", "redis", "GET", "", "10.9.0.6", "6379"],
+                     [("0.001", 2.0), ("+Inf", 2.0)], 0.0001)
+        srv = HistogramMetricFamily("podscope_db_server_operation_duration_seconds", "d",
+                                    labels=labels[:5])
+        srv.add_metric(["shop", "pg-0", "postgresql", "SELECT", ""], [("0.001", 4.0),
+                                                                     ("+Inf", 4.0)], 0.002)
+        srv.add_metric(["shop", "pg-0", "postgresql", "SELEC", "42601"], [("0.001", 1.0),
+                                                                          ("+Inf", 1.0)], 0.0)
+        return [h, srv]
+
+    view = Overview(source, MetadataStore(None, node="n")).snapshot()
+    (edge,) = view["edges"]  # neither address is a pod of this node
+    assert edge["from"] == "shop/api-0" and edge["to"] == "external"
+    assert edge["protocols"] == ["postgresql", "redis"]
+    assert edge["peers"] == ["10.9.0.5:5432", "10.9.0.6:6379"]
+    assert edge["requests_total"] == 10 and edge["errors_total"] == 1
+    # the database pod's own row: the operations it served
+    pg = {p["id"]: p for p in view["pods"]}["shop/pg-0"]
+    assert pg["requests_total"] == 5 and pg["errors_total"] == 1
