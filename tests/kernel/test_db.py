@@ -520,3 +520,52 @@ def wait_for_true(ok: Callable[[], bool], timeout: float) -> bool:
             return False
         time.sleep(0.3)
     return True
+
+
+def test_postgres_connection_opened_before_the_agent(pods: PodNetwork, tmp_path: Path,
+                                                     pgdir: Path) -> None:
+    """psql connected before the agent started: its connection is found at its next Query, on
+    both sides, and its queries and errors are counted from there."""
+    server = pods.pod("postgres")
+    client = pods.pod("client")
+    proc = start_postgres(server, client, pgdir)
+    cli = client.popen([str(PG_BIN / "psql"), "-h", server.ip, "-U", "postgres", "-d", "postgres",
+                        "-X", "-q", "-A", "-t"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+    assert cli.stdin is not None and cli.stdout is not None
+
+    def ask(sql: str) -> str:
+        assert cli.stdin is not None and cli.stdout is not None
+        cli.stdin.write(sql + "\n")
+        cli.stdin.flush()
+        return cli.stdout.readline().strip()
+
+    try:
+        assert ask("SELECT 1;") == "1"
+        agent = AgentProc([], tmp_path)
+        try:
+            for i in range(2, 7):
+                assert ask(f"SELECT {i};") == str(i)
+            assert "syntax error" in ask("SELEC 7;")
+            assert cli.stdout.readline().startswith("LINE 1")  # and where: a caret
+            assert cli.stdout.readline().strip() == "^"
+            assert ask("SELECT 8;") == "8"
+            want = {("SELECT", ""): 6, ("SELEC", "42601"): 1}
+
+            def complete(m: Metrics) -> bool:
+                return all(ops(m, name, k8s_pod_uid=pod.uid) == want
+                           for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server)))
+
+            m = wait_metrics(agent, complete)
+            for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server)):
+                assert ops(m, name, k8s_pod_uid=pod.uid, db_system_name="postgresql") == want, \
+                    name
+            assert m.value("podscope_db_unparsed_total") == 0, \
+                m.series("podscope_db_unparsed_total")
+        finally:
+            agent.stop()
+    finally:
+        cli.stdin.close()
+        cli.wait(10)
+        proc.terminate()
+        proc.wait(30)

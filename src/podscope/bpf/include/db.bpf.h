@@ -103,6 +103,23 @@ static __always_inline bool db_letter(__u8 c)
 	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
 }
 
+/* PostgreSQL after its startup (a connection opened before the agent): a simple Query ('Q') or
+ * a Parse of the unnamed statement ('P', then an empty name) that the data holds whole (length
+ * under 1 MB), then a statement's first letters. */
+static __always_inline bool db_is_postgres_query(__u64 w, int ret)
+{
+	__u8 b[8];
+	__u32 len;
+
+	__builtin_memcpy(b, &w, 8);
+	len = (__u32)b[1] << 24 | (__u32)b[2] << 16 | (__u32)b[3] << 8 | b[4];
+	if (len < 8 || len >= (1u << 20) || len + 1 > (__u32)ret)
+		return false;
+	if (b[0] == 'Q')
+		return db_letter(b[5]) && db_letter(b[6]) && db_letter(b[7]);
+	return b[0] == 'P' && b[5] == 0 && db_letter(b[6]) && db_letter(b[7]);
+}
+
 /* MySQL/MariaDB: a COM_QUERY packet as a whole syscall (a connection whose login was not seen):
  * a 3-byte length that is the rest of the data, sequence 0, command 3, then a statement's first
  * letters (SELECT, insert, ...). */
@@ -165,6 +182,8 @@ static __always_inline __u8 db_request_proto(__u64 w, int ret)
 		return HTTP_PROTO_POSTGRES;
 	if (db_is_mysql_query(w, ret) || db_is_mysql_query_body(w))
 		return HTTP_PROTO_MYSQL;
+	if (db_is_postgres_query(w, ret))
+		return HTTP_PROTO_POSTGRES;
 	return 0;
 }
 
