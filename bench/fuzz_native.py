@@ -15,11 +15,12 @@ Every entry point gets random input for MINUTES:
 - H2Engine.process of stream event batches (struct http_stream_event with those bytes, random
   kinds, lost-event marks, hints, closes, truncated events, several connections at once), then
   take(): aggregate cells of the right size, and every connection handed over or kept;
-- DbEngine.process of Redis, memcached, PostgreSQL and MySQL connections' stream events: real
+- DbEngine.process of Redis, memcached, PostgreSQL, MySQL and NATS connections' stream events: real
   RESP2/RESP3 commands and replies (pipelined, nested, errors, pushes, attributes), memcached text
   and meta requests and responses (data blocks, noreply, quiet, 250-byte keys), PostgreSQL
   startups (SSL asked), simple and extended queries and answers, MySQL greetings, logins,
-  commands and answers (result sets with and without EOF packets, prepare OKs), with records
+  commands and answers (result sets with and without EOF packets, prepare OKs), NATS lines and
+  payloads (publishes, requests, deliveries, -ERR, long INFO and CONNECT), with records
   (statements normalised) and take_records(), mutated, cut at
   random points, with lost events, uncaptured bytes and closes, several connections at once;
   take().
@@ -222,6 +223,32 @@ def main() -> int:
                     my_pkt(1, b"\xfb/tmp/f"), eof, my_pkt(1, b"\xfe\xff\xff\xff")])
         return mutate(out)
 
+    def nats_stream(request: bool, first: bool) -> bytes:
+        """NATS: a client's CONNECT, subscriptions, publishes (with headers, reply subjects), or a
+        server's INFO, deliveries, -ERR and PONG."""
+        out = b""
+        if first:
+            out += (b'CONNECT {"name":"' + b"n" * rng.choice([5, 600]) + b'"}\r\n' if request
+                    else b'INFO {"server_id":"' + b"s" * rng.choice([5, 600]) + b'"}\r\n')
+        for _ in range(rng.randrange(1, 6)):
+            data = rng.randbytes(rng.choice([0, 5, 9000]))
+            subj = rng.choice([b"orders.new", b"_INBOX.a.b", b"x" * 300, b"svc.echo"])
+            if request:
+                out += rng.choice([
+                    b"PUB %s %d\r\n%s\r\n" % (subj, len(data), data),
+                    b"PUB %s _INBOX.a.%d %d\r\n%s\r\n" % (subj, rng.randrange(99), len(data),
+                                                            data),
+                    b"HPUB %s 12 %d\r\nNATS/1.0\r\n\r\n%s\r\n" % (subj, 12 + len(data), data),
+                    b"SUB orders.* 1\r\n", b"UNSUB 1\r\n", b"PING\r\n", b"PUB bad\r\n"])
+            else:
+                out += rng.choice([
+                    b"MSG %s 1 %d\r\n%s\r\n" % (subj, len(data), data),
+                    b"MSG _INBOX.a.%d 1 %d\r\n%s\r\n" % (rng.randrange(99), len(data), data),
+                    b"HMSG %s 1 r 12 12\r\nNATS/1.0\r\n\r\n\r\n" % subj,
+                    b"-ERR 'Permissions Violation for Publish to \"x\"'\r\n", b"+OK\r\n",
+                    b"PONG\r\n", b"-ERR 'Unknown Protocol Operation'\r\n"])
+        return mutate(out)
+
     def mutate(out: bytes) -> bytes:
         data = bytearray(out)
         for _ in range(rng.choice([0, 0, 0, 1, 3])):
@@ -361,12 +388,14 @@ def main() -> int:
         for _ in range(rng.randrange(1, 30)):
             conn, role = rng.randrange(1, 8), rng.choice([1, 2])
             request = rng.random() < 0.5
-            conn = rng.randrange(1, 14)
-            # Redis, memcached, PostgreSQL, MySQL
-            proto = 4 if conn < 5 else 5 if conn < 8 else 6 if conn < 11 else 7
+            conn = rng.randrange(1, 17)
+            # Redis, memcached, PostgreSQL, MySQL, NATS
+            proto = (4 if conn < 5 else 5 if conn < 8 else 6 if conn < 11 else 7 if conn < 14
+                     else 8)
             data = (resp_stream(request) if proto == 4 else mc_stream(request) if proto == 5
                     else pg_stream(request, rng.random() < 0.3) if proto == 6
-                    else my_stream(request, rng.random() < 0.2))
+                    else my_stream(request, rng.random() < 0.2) if proto == 7
+                    else nats_stream(request, rng.random() < 0.2))
             pos = 0
             while pos < len(data) or not data:
                 n = rng.randrange(1, 200)

@@ -137,6 +137,12 @@ databases = dashboard("podscope-databases", "podscope / databases and caches", [
         panel("Client error ratio", rate("db_client_operation_duration_seconds_count", 'db_response_status_code!=""', by=BY + ", db_system_name") + " / " + rate("db_client_operation_duration_seconds_count", by=BY + ", db_system_name"), "percentunit", legend="{{k8s_pod_name}} {{db_system_name}}"),
         panel("Time waiting on each table (share of time)", rate("db_client_operation_duration_seconds_sum", by=BY + ", db_system_name, db_collection_name"), "percentunit", legend="{{k8s_pod_name}} {{db_system_name}} {{db_collection_name}}"),
     ]),
+    ("Messaging (NATS)", [
+        panel("Messages published per second by subject", rate("messaging_client_sent_messages_total", by=BY + ", messaging_destination_name"), "short", legend="{{k8s_pod_name}} {{messaging_destination_name}}"),
+        panel("Messages consumed per second by subject", rate("messaging_client_consumed_messages_total", by=BY + ", messaging_destination_name"), "short", legend="{{k8s_pod_name}} {{messaging_destination_name}}"),
+        panel("Request-reply p99", quant(0.99, "messaging_client_operation_duration_seconds_bucket", by=BY + ", messaging_destination_name"), "s", legend="{{k8s_pod_name}} {{messaging_destination_name}}"),
+        panel("Broker: messages received / delivered per second", rate("podscope_messaging_server_messages_total", by=BY + ", direction"), "short", legend=L + " {{direction}}"),
+    ]),
 ])
 
 kernel = dashboard("podscope-kernel", "podscope / kernel errors and CPU", [

@@ -16,7 +16,7 @@ from podscope.testing.kubeapi import KubeAPIServer, pod_object_for
 from podscope.testing.pods import PodNetwork
 from podscope.testing.servers import start_prometheus, start_pushgateway
 from tests.conftest import AgentProc, free_port, python_cmd
-from tests.kernel.test_db import redis_cli, start_redis
+from tests.kernel.test_db import redis_cli, start_nats, start_redis
 from tests.kernel.test_tcp import start_server, wait_for
 
 NODE = "prom-node-1"
@@ -79,6 +79,7 @@ def test_prometheus_scrapes_agent_and_pushgateway(pods: PodNetwork, tmp_path: Pa
     g = server.popen(python_cmd("grpc_server.py", 50051), stdout=subprocess.PIPE, text=True)
     assert g.stdout is not None and g.stdout.readline().strip() == "listening"
     start_redis(server, tmp_path)
+    start_nats(server, client)
     gw_port, prom_port, agent_port = free_port(), free_port(), free_port()
     gw = start_pushgateway(gw_port, tmp_path)
     api = KubeAPIServer().start()
@@ -169,6 +170,18 @@ def test_prometheus_scrapes_agent_and_pushgateway(pods: PodNetwork, tmp_path: Pa
                               'db_operation_name="SET"})', 3)
         wait_query(prom_port, f'sum(db_client_operation_duration_seconds_count{{{cl},'
                               'job="podscope-agent",db_response_status_code="ERR"})', 1)
+        # messaging: a subscriber and responder in the server pod, a client's publishes and
+        # requests
+        worker = server.popen(python_cmd("nats_client.py", "worker", f"nats://{server.ip}:4222"),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        out = client.run(python_cmd("nats_client.py", "client", f"nats://{server.ip}:4222",
+                                    json.dumps({"orders.new": 5, "requests": 3}))).stdout
+        assert json.loads(out)["replies"] == 3
+        worker.kill()
+        worker.wait(10)
+        wait_query(prom_port, f'sum(messaging_client_sent_messages_total{{{cl},'
+                              'job="podscope-agent",messaging_destination_name="orders.new"})', 5)
         # kernel errors and CPU: limits as kubelet sets them, then a workload that hits them
         v1 = Path("/sys/fs/cgroup/memory").is_dir()
         server.set_limit("pids", "pids.max", "30")

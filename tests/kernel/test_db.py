@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from podscope.testing.pods import Pod, PodNetwork
-from tests.conftest import SLOW, AgentProc, Metrics
+from tests.conftest import SLOW, AgentProc, Metrics, python_cmd
 
 CLIENT_OPS = "db_client_operation_duration_seconds_count"
 SERVER_OPS = "podscope_db_server_operation_duration_seconds_count"
@@ -567,5 +567,96 @@ def test_postgres_connection_opened_before_the_agent(pods: PodNetwork, tmp_path:
     finally:
         cli.stdin.close()
         cli.wait(10)
+        proc.terminate()
+        proc.wait(30)
+
+
+def start_nats(pod: Pod, client: Pod) -> subprocess.Popen[str]:
+    """nats-server in the pod, its monitoring port on the pod's loopback."""
+    if not Path("/usr/sbin/nats-server").exists():
+        pytest.fail("nats-server is missing: make installs it (apt-get install nats-server)")
+    p = pod.popen(["/usr/sbin/nats-server", "-a", "0.0.0.0", "-p", "4222", "-m", "8222"],
+                  stdout=subprocess.DEVNULL,
+                  stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 20
+    while pod.run(["curl", "-sf", "http://127.0.0.1:8222/healthz"], check=False).returncode:
+        if time.monotonic() > deadline:
+            raise RuntimeError("nats-server did not come up")
+        time.sleep(0.2)
+    return p
+
+
+def nats_varz(pod: Pod) -> dict[str, int]:
+    return json.loads(pod.run(["curl", "-sf", "http://127.0.0.1:8222/varz"]).stdout)
+
+
+def messaging(m: Metrics, name: str, pod: Pod, key: str = "messaging_destination_name",
+              **labels: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in m.samples:
+        if s.name == name and s.labels.get("k8s_pod_uid") == pod.uid and all(
+                s.labels.get(k) == v for k, v in labels.items()):
+            out[s.labels[key]] = out.get(s.labels[key], 0) + int(s.value)
+    return out
+
+
+def test_nats_publish_subscribe_and_request_reply_on_every_side(pods: PodNetwork,
+                                                                 tmp_path: Path) -> None:
+    """nats-py clients through nats-server: the publisher's messages per subject and its
+    requests (with their round trips) as the client counted them, the worker's deliveries as it
+    counted them, and what the broker pod received and delivered as its own /varz says."""
+    server, client, worker = pods.pod("nats"), pods.pod("client"), pods.pod("worker")
+    proc = start_nats(server, client)
+    url = f"nats://{server.ip}:4222"
+    agent = AgentProc([], tmp_path)
+    w = worker.popen(python_cmd("nats_client.py", "worker", url), stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, text=True)
+    try:
+        assert w.stdout is not None and w.stdin is not None
+        assert w.stdout.readline().strip() == "ready"
+        varz0 = nats_varz(server)
+        out = json.loads(client.run(python_cmd("nats_client.py", "client", url, json.dumps(
+            {"orders.new": 23, "orders.paid": 7, "requests": 11}))).stdout)
+        assert out["replies"] == 11 and out["published"] == {"orders.new": 23, "orders.paid": 7}
+        w.stdin.write("done\n")
+        w.stdin.flush()
+        got = json.loads(w.stdout.readline())
+        assert got == {"orders.new": 23, "orders.paid": 7, "svc.echo": 11}, got
+        varz = nats_varz(server)
+        received = varz["in_msgs"] - varz0["in_msgs"]
+        delivered = varz["out_msgs"] - varz0["out_msgs"]
+        assert received == 23 + 7 + 11 + 11 and delivered == received  # one subscriber each
+
+        want_sent = {client.uid: {"orders.new": 23, "orders.paid": 7, "svc.echo": 11},
+                     worker.uid: {"_INBOX": 11}}
+        want_consumed = {client.uid: {"_INBOX": 11}, worker.uid: got}
+
+        def complete(m: Metrics) -> bool:
+            return all(messaging(m, "messaging_client_sent_messages_total", p) == want_sent[p.uid]
+                       and messaging(m, "messaging_client_consumed_messages_total", p)
+                       == want_consumed[p.uid] for p in (client, worker)) and \
+                sum(messaging(m, "podscope_messaging_server_messages_total", server,
+                              "direction").values()) == received + delivered
+
+        m = wait_metrics(agent, complete, timeout=15)
+        for p in (client, worker):
+            assert messaging(m, "messaging_client_sent_messages_total", p,
+                             messaging_system="nats", server_address=server.ip,
+                             server_port="4222") == want_sent[p.uid]
+            assert messaging(m, "messaging_client_consumed_messages_total", p) == \
+                want_consumed[p.uid]
+        assert messaging(m, "podscope_messaging_server_messages_total", server, "direction") == \
+            {"received": received, "delivered": delivered}
+        # the requests' round trips, in the client pod only
+        assert messaging(m, "messaging_client_operation_duration_seconds_count", client,
+                         messaging_operation_name="request") == {"svc.echo": 11}
+        assert m.value("messaging_client_operation_duration_seconds_sum",
+                       k8s_pod_uid=client.uid) > 0
+        assert not messaging(m, "messaging_client_operation_duration_seconds_count", worker)
+        assert m.value("podscope_db_unparsed_total") == 0, m.series("podscope_db_unparsed_total")
+    finally:
+        w.kill()
+        w.wait(10)
+        agent.stop()
         proc.terminate()
         proc.wait(30)

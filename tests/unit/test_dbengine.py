@@ -579,3 +579,46 @@ def test_statements_in_records_have_no_literal_values() -> None:
                      event(my(1, b"\x00\x00\x00\x02\x00\x00\x00"), 2, True, conn=8, proto=MYSQL)]))
     assert [r[-1] for r in e.take_records()] == ["SELECT ? FROM t"]
     assert _fast.DbEngine().take_records() == []  # not asked for: none kept
+
+
+NATS = 8
+NATS_CLIENT = [  # (what the client writes, what the server answers)
+    (b'CONNECT {"verbose":false,"pedantic":false,"name":"' + b"n" * 400 + b'"}\r\nPING\r\n',
+     b'INFO {"server_id":"' + b"s" * 500 + b'"}\r\nPONG\r\n'),
+    (b"SUB _INBOX.abc.* 1\r\nSUB orders.* 2\r\nPUB orders.new 5\r\nhello\r\n", b""),
+    (b"HPUB orders.paid 12 14\r\nNATS/1.0\r\n\r\nhi\r\n", b"MSG orders.new 2 5\r\nhello\r\n"),
+    (b"PUB svc.echo _INBOX.abc.x1 4\r\nping\r\n",
+     b"HMSG orders.paid 2 12 14\r\nNATS/1.0\r\n\r\nhi\r\nMSG _INBOX.abc.x1 1 8\r\nre: ping\r\n"),
+    (b"PUB svc.echo _INBOX.abc.x2 4\r\nping\r\n", b"MSG _INBOX.abc.x2 1 0\r\n\r\n"),
+    (b"PUB forbidden 1\r\nx\r\n", b"-ERR 'Permissions Violation for Publish to \"forbidden\"'\r\n"),
+    (b"PING\r\n", b"PONG\r\n"),
+]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=20))
+def test_nats_messages_requests_and_errors_cut_anywhere(cuts: list[int]) -> None:
+    """A client's publishes (with headers too), its deliveries, requests paired with the message
+    on their reply subject, the server's -ERR by kind; long INFO and CONNECT lines passed."""
+    evs, ts = [], 0
+    for i, (q, r) in enumerate(NATS_CLIENT):
+        for piece in cut(q, cuts, i):
+            ts += 1
+            evs.append(event(piece, ts, False, proto=NATS))
+        for piece in cut(r, cuts, i + 3):
+            ts += 1
+            evs.append(event(piece, ts + 100, True, proto=NATS))
+        ts += 100
+    e = _fast.DbEngine(records=True)
+    e.process(batch(evs))
+    cells, errors = e.take()
+    got: dict[tuple[str, str, str], int] = {}
+    for (_ident, system, op, status, coll, _ns), cell in cells:
+        assert system == "nats"
+        got[(op, status, coll)] = got.get((op, status, coll), 0) + _CELL.unpack(cell)[0]
+    assert got == {("publish", "", "orders.new"): 1, ("publish", "", "orders.paid"): 1,
+                   ("publish", "", "svc.echo"): 2, ("publish", "", "forbidden"): 1,
+                   ("receive", "", "orders.new"): 1, ("receive", "", "orders.paid"): 1,
+                   ("receive", "", "_INBOX"): 2, ("request", "", "svc.echo"): 2,
+                   ("error", "permissions_violation", ""): 1}, got
+    assert not errors and e.take_records() == []  # messages are counted, not recorded

@@ -1317,7 +1317,7 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 	if (c && c->mode == HTTP_MODE_OFF) {
 		w = have ? peek8(&s->io, ret) : 0;
 		if (method_of(w, &target) == 0xff && !is_response(w) &&
-		    !(detect_db && (db_request_proto(w, ret) || db_is_mysql_greeting(w)))) {
+		    !(detect_db && (db_request_proto(w, ret) || db_response_proto(w)))) {
 			if (!plain && have && is_tls_record(peek_record(&s->io, ret, w))) {
 				c->tls = 1; /* STARTTLS, or TLS first seen mid-way */
 				tls_socket_io(key, inbound);
@@ -1366,14 +1366,14 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 			return 0;
 		}
 		if (detect_db && have &&
-		    ((proto = db_request_proto(w, ret)) || db_is_mysql_greeting(w))) {
+		    ((proto = db_request_proto(w, ret)) || db_response_proto(w))) {
 			/* a database or cache: user space parses it, from this request (or the
 			 * server's greeting) on */
 			if (!c && !(c = conn_new(s, key)))
 				return 0;
 			role = inbound ? HTTP_ROLE_SERVER : HTTP_ROLE_CLIENT;
 			if (!proto) {
-				proto = HTTP_PROTO_MYSQL;
+				proto = db_response_proto(w);
 				role = inbound ? HTTP_ROLE_CLIENT : HTTP_ROLE_SERVER;
 			}
 			conn_init(c, s, sk, role, btf);

@@ -32,6 +32,7 @@ enum http_proto {
 	HTTP_PROTO_MEMCACHED = 5, /* memcached's text and meta protocols (the same) */
 	HTTP_PROTO_POSTGRES = 6,  /* PostgreSQL's protocol 3 from its startup (the same) */
 	HTTP_PROTO_MYSQL = 7,	  /* MySQL/MariaDB: the server's greeting, or a COM_QUERY (the same) */
+	HTTP_PROTO_NATS = 8,	  /* NATS: the server's INFO, a client's CONNECT or PUB (the same) */
 };
 
 enum http_phase {

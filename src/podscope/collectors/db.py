@@ -8,6 +8,14 @@ Client side (the pod sent the request): `db_client_operation_duration_seconds` w
 database pod is a pod too): `podscope_db_server_operation_duration_seconds`, the same without the
 server's address.
 
+NATS is messaging, by OpenTelemetry's messaging conventions: `messaging_client_sent_messages_total`
+and `messaging_client_consumed_messages_total` (`messaging_system`, `messaging_operation_name`,
+`messaging_destination_name`: the subject, reply inboxes as `_INBOX`; `server_address`,
+`server_port`), `messaging_client_operation_duration_seconds{messaging_operation_name="request"}`
+(a publish naming a reply subject to the message on it), in the server pod
+`podscope_messaging_server_messages_total{direction="received"|"delivered"}`, and
+`podscope_messaging_errors_total{error_type}` (the server's -ERR).
+
 Records (when asked for): one `db_operation` per operation, with the same names, the times and
 sizes, and `db_query_text`, the SQL statement with its literal values replaced (`?`) by the
 engine: never a parameter or a value.
@@ -199,7 +207,11 @@ class DbSeries:
             "last byte of its response written",
             labels=label_names(*names))
         top = top_slot(o.slots for _k, o in ops)
+        msg = _Messaging()
         for (labels, role, system, op, status, coll, ns, addr, port), o in ops:
+            if system == "nats":
+                msg.add(labels, role, system, op, status, coll, addr, port, o, top)
+                continue
             values = list(labels) + [system, op, status, coll, ns]
             buckets = log2_buckets(o.slots, HIST_UNIT, top)
             if role == ROLE_CLIENT:
@@ -208,6 +220,7 @@ class DbSeries:
                 server.add_metric(values, buckets, o.sum_ns * HIST_UNIT)
         yield client
         yield server
+        yield from msg.families()
         over = CounterMetricFamily(
             "podscope_db_operations_over_budget_total",
             f"Operations counted as db_operation_name=\"{OTHER}\": the pod had used its "
@@ -230,6 +243,56 @@ class DbSeries:
         for reason, n in sorted(errors.items()):
             un.add_metric([reason], n)
         yield un
+
+
+class _Messaging:
+    """NATS's cells as OpenTelemetry messaging series."""
+
+    def __init__(self) -> None:
+        where = ("messaging_system", "messaging_operation_name", "messaging_destination_name",
+                 "server_address", "server_port")
+        self.sent = CounterMetricFamily(
+            "messaging_client_sent_messages_total", "Messages the pod published",
+            labels=label_names(*where))
+        self.consumed = CounterMetricFamily(
+            "messaging_client_consumed_messages_total", "Messages delivered to the pod",
+            labels=label_names(*where))
+        self.duration = Histogram(
+            "messaging_client_operation_duration_seconds",
+            "Requests the pod made (a publish naming a reply subject) to the first message on "
+            "that subject", labels=label_names(*where))
+        self.server = CounterMetricFamily(
+            "podscope_messaging_server_messages_total",
+            "Messages the pod (a broker) received from publishers and delivered to subscribers",
+            labels=label_names("messaging_system", "messaging_destination_name", "direction"))
+        self.errors = CounterMetricFamily(
+            "podscope_messaging_errors_total", "Errors the broker sent (-ERR), by kind",
+            labels=label_names("messaging_system", "error_type", "role"))
+
+    def add(self, labels: Labels, role: int, system: str, op: str, status: str, dest: str,
+            addr: str, port: int, o: DbOps, top: int) -> None:
+        lv = list(labels)
+        client = role == ROLE_CLIENT
+        if op == "error":
+            self.errors.add_metric(lv + [system, status, "client" if client else "server"],
+                                   o.count)
+        elif not client:
+            direction = {"publish": "received", "deliver": "delivered"}.get(op)
+            if direction:
+                self.server.add_metric(lv + [system, dest, direction], o.count)
+        elif op == "request":
+            self.duration.add_metric(lv + [system, op, dest, addr, str(port)],
+                                     log2_buckets(o.slots, HIST_UNIT, top), o.sum_ns * HIST_UNIT)
+        elif op in ("publish", "receive"):
+            fam = self.sent if op == "publish" else self.consumed
+            fam.add_metric(lv + [system, op, dest, addr, str(port)], o.count)
+
+    def families(self) -> Iterable[Metric]:
+        yield self.sent
+        yield self.consumed
+        yield self.duration
+        yield self.server
+        yield self.errors
 
 
 DbSnapshot = tuple[list[tuple[DbKey, DbOps]], dict[Any, int], dict[Any, int], dict[str, int]]

@@ -318,7 +318,7 @@ class HttpCollector:
         progs = self.HOOK_SETS[self.hooks] + ["http_close"]
         table = {"HTTP/1.x requests (paired in the kernel)": progs,
                  "HTTP/2 and gRPC requests (decoded in user space)": progs,
-                 "Redis, memcached, PostgreSQL and MySQL operations (decoded in user space)": progs}
+                 "Databases, caches and NATS messages (decoded in user space)": progs}
         out = program_signals(self.name, self.obj, table, hooks)
         degraded = {} if self.kernel.has_task_pt_regs else {
             "request blocked time by reason (deep probe)":

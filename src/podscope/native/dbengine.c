@@ -8,7 +8,8 @@
  * Protocols: Redis (RESP2 and RESP3: pipelining, errors by prefix, MULTI/EXEC, pushes and
  * attributes that are not replies, pub/sub left unpaired); memcached (text and meta); PostgreSQL
  * (protocol 3: simple and extended queries up to their Sync, SQLSTATE); MySQL and MariaDB (text
- * and prepared statements, result sets with or without EOF packets, error numbers).
+ * and prepared statements, result sets with or without EOF packets, error numbers); NATS
+ * (messages published, received and delivered per subject, request-reply round trips, -ERR).
  *
  * Bad input never stops anything: a byte that is not the protocol's, a value nested too deep or
  * bytes lost (not captured by the kernel, or events lost) void the connection's parse state,
@@ -141,6 +142,15 @@ enum {
 	MY_R_LIST,    /* COM_FIELD_LIST: definitions up to an EOF */
 };
 
+/* NATS: a request sent (a publish naming a reply subject), until a message on that subject. */
+#define NATS_REQS 64 /* per connection; beyond, the oldest is counted unanswered */
+struct natsreq {
+	uint64_t hash; /* of the reply subject; 0: free */
+	uint64_t ts, bytes;
+	char dest[OP_MAX];
+	uint8_t dest_len;
+};
+
 struct dbconn {
 	struct dbengine *engine;
 	uint64_t conn_id, last_ts;
@@ -172,6 +182,8 @@ struct dbconn {
 	uint64_t my_cols;	    /* prepare: the statement's columns */
 	char my_status[8];	    /* the error number of the current response */
 	uint8_t my_status_len;
+	struct natsreq *nats_reqs; /* NATS requests in flight (allocated at the first) */
+	uint32_t nats_next;
 	int opaque; /* encrypted (SSL or GSS accepted): nothing more to read */
 	struct op *ops; /* requests waiting for their responses: a ring */
 	uint32_t head, count, cap;
@@ -222,6 +234,7 @@ static void conn_free(struct dbconn *c)
 {
 	for (int i = 0; i < PG_STMTS; i++)
 		free(c->stmts[i].query);
+	free(c->nats_reqs);
 	free(c->ops);
 	Py_XDECREF(c->ident);
 	free(c);
@@ -293,9 +306,10 @@ static int finish(struct dbconn *c, const struct op *o, uint64_t end, uint64_t r
 	cl->slots[slot_of(dur)]++;
 	cl->req_bytes += o->bytes;
 	cl->resp_bytes += resp_bytes;
-	if (e->recs && PyList_GET_SIZE(e->recs) >= DB_MAX_RECORDS) {
+	if (!e->recs || c->proto == HTTP_PROTO_NATS) { /* messages are counted, not recorded */
+	} else if (PyList_GET_SIZE(e->recs) >= DB_MAX_RECORDS) {
 		e->records_dropped++;
-	} else if (e->recs) { /* (key, start, end, request bytes, response bytes, conn, statement) */
+	} else { /* (key, start, end, request bytes, response bytes, conn, statement) */
 		/* the statement's bytes are the client's: not UTF-8 is replaced, never an error */
 		PyObject *q = o->query_len ? PyUnicode_DecodeUTF8(o->query, o->query_len, "replace")
 					   : Py_NewRef(Py_None);
@@ -1897,12 +1911,187 @@ static int my_feed(struct dbconn *c, int request, const uint8_t *p, size_t n, ui
 	return 0;
 }
 
+/* --- NATS (the client protocol: text lines, payloads of a given size) ------------------------- */
+
+/* A subject as a destination: reply inboxes (_INBOX.<unique>...) are one, "_INBOX". */
+static void nats_destination(const char *s, uint32_t n, char *out, uint8_t *len)
+{
+	if (n >= 7 && !memcmp(s, "_INBOX.", 7)) {
+		memcpy(out, "_INBOX", 6);
+		*len = 6;
+		return;
+	}
+	*len = (uint8_t)(n < OP_MAX ? n : OP_MAX);
+	memcpy(out, s, *len);
+}
+
+static uint64_t nats_hash(const char *s, uint32_t n)
+{
+	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+	for (uint32_t i = 0; i < n; i++)
+		h = (h ^ (uint8_t)s[i]) * 1099511628211ULL;
+	return h | 1;
+}
+
+/* One message or event counted: a cell of its own kind (publish, receive, deliver, error), or a
+ * request answered (its round trip). */
+static int nats_count(struct dbconn *c, const char *what, const char *dest, uint32_t dn,
+		      const char *status, size_t sl, uint64_t start, uint64_t end, uint64_t bytes)
+{
+	struct op o;
+	memset(&o, 0, sizeof(o));
+	o.ts = start;
+	o.bytes = bytes;
+	o.len = (uint8_t)strlen(what);
+	memcpy(o.name, what, o.len);
+	if (dest)
+		nats_destination(dest, dn, o.coll, &o.coll_len);
+	return finish(c, &o, end, 0, status, sl);
+}
+
+/* A whole control line (CRLF gone). 1: a message's payload follows (d->skip set). */
+static int nats_line(struct dbconn *c, int request, const char *s, uint32_t n, uint64_t ts)
+{
+	struct mcdir *d = request ? &c->mreq : &c->mresp;
+	uint32_t wl, subj_n, reply_n = 0;
+	const char *w = mc_token(s, n, 0, &wl), *subj, *reply = NULL;
+	if (!w)
+		return 0;
+	int pub = mc_is(w, wl, "PUB") || mc_is(w, wl, "HPUB") || mc_is(w, wl, "pub") ||
+		  mc_is(w, wl, "hpub");
+	int msg = mc_is(w, wl, "MSG") || mc_is(w, wl, "HMSG");
+	if (pub || msg) {
+		int hdr = wl == 4; /* HPUB, HMSG: header size, then total size */
+		int toks = 0;
+		while (mc_token(s, n, toks, &wl))
+			toks++;
+		/* PUB subject [reply] size; MSG subject sid [reply] size; H*: one size more */
+		int base = pub ? 2 : 3;
+		if (toks < base + 1 + hdr || toks > base + 2 + hdr)
+			return -1;
+		long long size = mc_num_at(s, n, toks - 1);
+		if (size < 0)
+			return -1;
+		subj = mc_token(s, n, 1, &subj_n);
+		if (toks == base + 2 + hdr)
+			reply = mc_token(s, n, base, &reply_n);
+		d->skip = (uint64_t)size + 2;
+		d->done_after = 0;
+		/* the client's publish (and a request, when it names a reply subject); what the
+		 * server delivers to a subscriber; in the server pod, what it received and sent */
+		int client = c->role == HTTP_ROLE_CLIENT;
+		const char *what = pub ? "publish" : client ? "receive" : "deliver";
+		if (client && msg && c->nats_reqs) { /* the answer to a request? */
+			uint64_t h = nats_hash(subj, subj_n);
+			for (uint32_t i = 0; i < NATS_REQS; i++) {
+				struct natsreq *r = &c->nats_reqs[i];
+				if (r->hash == h) {
+					r->hash = 0;
+					if (nats_count(c, "request", r->dest, r->dest_len, "", 0, r->ts,
+						       ts, r->bytes))
+						return -1;
+					break;
+				}
+			}
+		}
+		if (client && pub && reply) {
+			if (!c->nats_reqs && !(c->nats_reqs = calloc(NATS_REQS, sizeof(struct natsreq))))
+				return -1;
+			struct natsreq *r = &c->nats_reqs[c->nats_next++ % NATS_REQS];
+			if (r->hash && bump((DbEngineObject *)c->engine, "nats_requests_unanswered", 1))
+				return -1;
+			r->hash = nats_hash(reply, reply_n);
+			r->ts = ts;
+			r->bytes = (uint64_t)size;
+			nats_destination(subj, subj_n, r->dest, &r->dest_len);
+		}
+		if (nats_count(c, what, subj, subj_n, "", 0, ts, ts, (uint64_t)size))
+			return -1;
+		return 1;
+	}
+	if (mc_is(w, wl, "-ERR")) { /* -ERR 'Permissions Violation for Publish to "x"' */
+		char code[OP_MAX];
+		uint32_t k = 0;
+		for (uint32_t i = wl; i < n && k < OP_MAX; i++) {
+			char ch = s[i];
+			if (ch == '\'' || (ch == ' ' && !k))
+				continue;
+			if (ch == ' ' && k && code[k - 1] == '_')
+				continue;
+			if (ch == ' ' && i + 4 < n && !memcmp(s + i, " for ", 5))
+				break; /* "Permissions Violation for Publish to ...": the kind only */
+			if ((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z'))
+				code[k++] = (char)(ch | 0x20);
+			else if (ch == ' ')
+				code[k++] = '_';
+			else
+				break; /* the details (a subject, a name): not part of the kind */
+		}
+		while (k && code[k - 1] == '_')
+			k--;
+		return nats_count(c, "error", NULL, 0, code, k, ts, ts, 0) ? -1 : 0;
+	}
+	static const char *const known[] = {"INFO", "CONNECT", "SUB", "UNSUB", "PING", "PONG",
+					    "+OK", "sub", "unsub", "ping", "pong", "connect"};
+	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+		if (mc_is(w, wl, known[i]))
+			return 0;
+	return -1;
+}
+
+static int nats_feed(struct dbconn *c, int request, const uint8_t *p, size_t n,
+		     uint64_t uncaptured, uint64_t ts)
+{
+	struct mcdir *d = request ? &c->mreq : &c->mresp;
+	size_t pos = 0;
+	while (pos < n) {
+		if (d->skip) { /* a payload and its CRLF */
+			size_t take = d->skip < n - pos ? (size_t)d->skip : n - pos;
+			d->skip -= take;
+			pos += take;
+			continue;
+		}
+		const uint8_t *nl = memchr(p + pos, '\n', n - pos);
+		size_t end = nl ? (size_t)(nl - p) : n;
+		size_t len = end - pos;
+		if (!d->line_over) {
+			size_t room = MC_LINE - d->line_len;
+			size_t k = len < room ? len : room;
+			memcpy(d->line + d->line_len, p + pos, k);
+			d->line_len += (uint32_t)k;
+			if (k < len)
+				d->line_over = 1;
+		}
+		pos = end + (nl ? 1 : 0);
+		if (!nl)
+			break;
+		uint32_t ll = d->line_len;
+		if (ll && d->line[ll - 1] == '\r')
+			ll--;
+		int over = d->line_over;
+		d->line_len = d->line_over = 0;
+		if (over && (mc_is(d->line, 5, "INFO ") || mc_is(d->line, 8, "CONNECT ")))
+			continue; /* a long JSON of options: nothing counted in it */
+		if (over)
+			return desync(c, "nats_line_too_long");
+		if (nats_line(c, request, d->line, ll, ts) < 0)
+			return PyErr_Occurred() ? -1 : desync(c, "nats_not_text");
+	}
+	if (uncaptured) {
+		if (d->skip >= uncaptured) /* inside a large payload */
+			d->skip -= uncaptured;
+		else
+			return desync(c, "db_bytes_not_captured");
+	}
+	return 0;
+}
+
 /* --- the engine ---------------------------------------------------------------------------- */
 
 static int db_proto(int proto)
 {
 	return proto == HTTP_PROTO_REDIS || proto == HTTP_PROTO_MEMCACHED ||
-	       proto == HTTP_PROTO_POSTGRES || proto == HTTP_PROTO_MYSQL;
+	       proto == HTTP_PROTO_POSTGRES || proto == HTTP_PROTO_MYSQL || proto == HTTP_PROTO_NATS;
 }
 
 static struct dbconn *conn_new(DbEngineObject *e, PyObject *key, const struct http_stream_event *ev)
@@ -1995,6 +2184,8 @@ static int one(DbEngineObject *e, const char *rec, size_t size)
 					     pg_feed(c, request, payload, cap_n, uncaptured, ev.ts_ns) :
 				     c->proto == HTTP_PROTO_MYSQL ?
 					     my_feed(c, request, payload, cap_n, uncaptured, ev.ts_ns) :
+				     c->proto == HTTP_PROTO_NATS ?
+					     nats_feed(c, request, payload, cap_n, uncaptured, ev.ts_ns) :
 					     resp_feed(c, request, payload, cap_n, uncaptured, ev.ts_ns);
 			}
 		}
@@ -2105,9 +2296,10 @@ static int Db_init(DbEngineObject *e, PyObject *args, PyObject *kw)
 	e->system[HTTP_PROTO_MEMCACHED] = PyUnicode_InternFromString("memcached");
 	e->system[HTTP_PROTO_POSTGRES] = PyUnicode_InternFromString("postgresql");
 	e->system[HTTP_PROTO_MYSQL] = PyUnicode_InternFromString("mysql");
+	e->system[HTTP_PROTO_NATS] = PyUnicode_InternFromString("nats");
 	return (e->conns && e->cells && e->overflow && e->errors && e->system[HTTP_PROTO_REDIS] &&
 		e->system[HTTP_PROTO_MEMCACHED] && e->system[HTTP_PROTO_POSTGRES] &&
-		e->system[HTTP_PROTO_MYSQL])
+		e->system[HTTP_PROTO_MYSQL] && e->system[HTTP_PROTO_NATS])
 		       ? 0
 		       : -1;
 }

@@ -171,6 +171,32 @@ static __always_inline bool db_is_mysql_greeting(__u64 w)
 	       db_digit(b[5]) && (b[6] == '.' || (db_digit(b[6]) && b[7] == '.'));
 }
 
+/* NATS: a client's CONNECT (its first line), or a PUB or HPUB of a connection met after its
+ * start. */
+static __always_inline bool db_is_nats_request(__u64 w)
+{
+	__u32 lo = (__u32)w, hi = (__u32)(w >> 32);
+
+	if (lo == DB_W4('C', 'O', 'N', 'N'))
+		return hi == DB_W4('E', 'C', 'T', ' ');
+	return lo == DB_W4('P', 'U', 'B', ' ') ||
+	       (lo == DB_W4('H', 'P', 'U', 'B') && (hi & 0xff) == ' ');
+}
+
+/* The protocol a server's first bytes speak (the side that writes them is the server): MySQL's
+ * greeting; NATS's INFO (its first line), or a MSG delivered on a connection met mid-way. */
+static __always_inline __u8 db_response_proto(__u64 w)
+{
+	__u32 lo = (__u32)w, hi = (__u32)(w >> 32);
+
+	if (db_is_mysql_greeting(w))
+		return HTTP_PROTO_MYSQL;
+	if ((lo == DB_W4('I', 'N', 'F', 'O') && (hi & 0xffff) == (' ' | '{' << 8)) ||
+	    lo == DB_W4('M', 'S', 'G', ' ') || (lo == DB_W4('H', 'M', 'S', 'G') && (hi & 0xff) == ' '))
+		return HTTP_PROTO_NATS;
+	return 0;
+}
+
 /* The protocol a request's first bytes speak (enum http_proto), 0 for none known. */
 static __always_inline __u8 db_request_proto(__u64 w, int ret)
 {
@@ -184,6 +210,8 @@ static __always_inline __u8 db_request_proto(__u64 w, int ret)
 		return HTTP_PROTO_MYSQL;
 	if (db_is_postgres_query(w, ret))
 		return HTTP_PROTO_POSTGRES;
+	if (db_is_nats_request(w))
+		return HTTP_PROTO_NATS;
 	return 0;
 }
 
