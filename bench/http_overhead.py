@@ -20,6 +20,11 @@ Workloads, each in two test pods, alternating rounds with the agent off and on:
   go-h2-tls     a Go net/http server over TLS with HTTP/2 (crypto/tls uprobes at the entry and
                 every RET of Read, the entry of Write), h2load -c8 -m10 as fast as it goes: HTTP/2
                 decoded in user space, agent CPU per request
+  redis         redis-server, redis-benchmark -t get,set -c 32 (one command per round trip):
+                Redis decoded in user space (native/dbengine.c), agent CPU per command
+  redis-p16     the same pipelined 16 deep (-P 16): the most commands per byte and per syscall
+  pgbench       PostgreSQL 15, pgbench -S -M prepared -c 8 -j 2 (one SELECT per transaction):
+                the agent CPU per operation of the extended protocol
 
 Reports per workload: median throughput ratio on/off, p99 latency ratio, BPF run time per
 request (kernel.bpf_stats_enabled), agent CPU per 10k requests, events lost, agent peak RSS.
@@ -59,6 +64,7 @@ from podscope.testing.pods import Pod, PodNetwork  # noqa: E402
 from podscope.testing.servers import make_certificate, start_nginx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the test suite's server helpers (tests/kernel/test_db.py)
 SYSCALLS = ("read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg")
 MY_PROGS = ({"tcp_state", "tcp_rst_send", "tcp_rst_recv", "tcp_drop", "tcp_iter", "http_recv",
              "http_send", "http_close", "http_x_work", "dns_recv", "dns_send"}
@@ -138,7 +144,47 @@ def measure(name: str, server: Pod, client: Pod, rounds: int, seconds: float,
     tmp = tempfile.mkdtemp(prefix="podscope-bench-")
     agent_args: list[str] = []
     server.cleanups.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
-    if name.startswith("grpc-unary"):
+    if name.startswith("redis"):
+        from tests.kernel.test_db import start_redis
+
+        start_redis(server, Path(tmp))
+        pipeline = 16 if name == "redis-p16" else 1
+        per_second = [20_000.0]
+
+        def load(secs: float) -> dict[str, float]:
+            n = max(1000, int(per_second[0] * secs / 2))  # two tests (get, set)
+            out = client.run(["redis-benchmark", "-h", server.ip, "-t", "get,set", "-c", "32",
+                              "-P", str(pipeline), "-n", str(n), "--csv"],
+                             timeout=secs * 10 + 60).stdout
+            rows = [r.replace('"', "").split(",") for r in out.splitlines()[1:] if r]
+            if len(rows) != 2:
+                raise RuntimeError(f"cannot parse redis-benchmark output:\n{out}")
+            rps = 2 / sum(1 / float(r[1]) for r in rows)  # both tests' commands over their time
+            per_second[0] = rps
+            return {"requests": 2 * n, "rps": rps,
+                    "p99_s": max(float(r[6]) for r in rows) / 1e3, "non2xx": 0}
+    elif name == "pgbench":
+        from tests.kernel.test_db import PG_BIN, start_postgres
+
+        pgdata = Path(tempfile.mkdtemp(prefix="podscope-bench-pg-", dir="/var/tmp"))
+        server.cleanups.append(lambda: shutil.rmtree(pgdata, ignore_errors=True))
+        start_postgres(server, client, pgdata)
+        client.run([str(PG_BIN / "pgbench"), "-i", "-s", "2", "-q", "-h", server.ip, "-U",
+                    "postgres", "postgres"])
+
+        def load(secs: float) -> dict[str, float]:
+            out = client.run([str(PG_BIN / "pgbench"), "-S", "-n", "-M", "prepared", "-c", "8",
+                              "-j", "2", "-T", str(int(secs)), "-h", server.ip, "-U", "postgres",
+                              "postgres"], timeout=secs + 60).stdout
+            n = re.search(r"number of transactions actually processed: (\d+)", out)
+            tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+            lat = re.search(r"latency average = ([\d.]+) ms", out)
+            if not n or not tps or not lat:
+                raise RuntimeError(f"cannot parse pgbench output:\n{out}")
+            # pgbench prints no percentiles: the mean latency stands in for the p99 column
+            return {"requests": int(n.group(1)), "rps": float(tps.group(1)),
+                    "p99_s": float(lat.group(1)) / 1e3, "non2xx": 0}
+    elif name.startswith("grpc-unary"):
         binary = build_go(ROOT / "tests" / "fixtures" / "go" / "gogrpc.go", Path(tmp) / "gogrpc")
         p = server.popen([str(binary), "server", "50051"], stdout=subprocess.PIPE, text=True)
         assert p.stdout is not None and p.stdout.readline().strip() == "listening"
@@ -178,7 +224,8 @@ def measure(name: str, server: Pod, client: Pod, rounds: int, seconds: float,
         assert p.stdout is not None and p.stdout.readline().strip() == "listening"
         # one connection: a Python server's threads would queue on the GIL, not on the work
         url, conns, threads = f"http://{server.ip}:8080/work/1000", 1, 1
-    if not name.startswith(("nginx-h2", "grpc-unary")) and name != "go-h2-tls":
+    if not name.startswith(("nginx-h2", "grpc-unary", "redis", "pgbench")) and \
+            name != "go-h2-tls":
         def load(secs: float) -> dict[str, float]:
             return wrk(client, url, secs, conns, threads)
     if name.endswith("records"):
@@ -284,7 +331,8 @@ def main() -> int:
     ap.add_argument("--only", action="append", default=[],
                     choices=["nginx-tiny", "handler-1ms", "nginx-records", "nginx-syscalls",
                              "nginx-h2", "nginx-h2-8k", "nginx-tls", "go-h2-tls",
-                             "grpc-unary", "grpc-unary-no-uprobes"])
+                             "grpc-unary", "grpc-unary-no-uprobes", "redis", "redis-p16",
+                             "pgbench"])
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "http_overhead.json"))
     ap.add_argument("--baseline", metavar="REF",
                     help="also run the agent of this git revision (built in bench/out), in the "
