@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from podscope.collectors.db import MAX_COLLECTIONS_PER_POD, MAX_OPS_PER_POD, OTHER, DbSeries
+from podscope.collectors.db import (
+    MAX_COLLECTIONS_PER_POD,
+    MAX_OPS_PER_POD,
+    MAX_STATUSES_PER_POD,
+    OTHER,
+    DbSeries,
+)
 from podscope.metadata.store import Labels
 from tests.unit.test_dbengine import MYSQL, POSTGRES, SERVER, batch, cmd, event, my, pg
 
@@ -165,3 +171,16 @@ def test_records_as_spans_and_trace_lines() -> None:
         assert "--status" in str(e)
     else:
         raise AssertionError("a bad --status was taken")
+
+
+def test_status_codes_have_a_budget_per_pod_and_system() -> None:
+    """A Redis script can answer errors of any prefix: past 64 a pod's statuses are _OTHER."""
+    db = series()
+    n = MAX_STATUSES_PER_POD + 4
+    db.engine.process(batch([event(cmd("EVAL", "x", "0") * n, 1, False),
+                             event(b"".join(b"-E%d oops\r\n" % i for i in range(n)), 2, True)]))
+    db.fold()
+    got = samples(db)
+    assert value(got, "db_client_operation_duration_seconds_count",
+                 db_response_status_code=OTHER) == 4
+    assert value(got, "podscope_db_operations_over_budget_total", db_system_name="redis") == 4

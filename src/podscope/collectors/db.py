@@ -20,8 +20,9 @@ Records (when asked for): one `db_operation` per operation, with the same names,
 sizes, and `db_query_text`, the SQL statement with its literal values replaced (`?`) by the
 engine: never a parameter or a value.
 
-Bounded: a pod's operation names per system (MAX_OPS_PER_POD) and its (namespace, collection)
-pairs per system (MAX_COLLECTIONS_PER_POD); beyond them `_OTHER`, counted; client series of a
+Bounded: a pod's operation names per system (MAX_OPS_PER_POD), its status codes
+(MAX_STATUSES_PER_POD: a Redis script can make up error prefixes) and its (namespace,
+collection) pairs per system (MAX_COLLECTIONS_PER_POD); beyond them `_OTHER`, counted; client series of a
 server address without operations for `peer_ttl` seconds go."""
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ HIST_UNIT = 1e-9
 ROLE_SERVER, ROLE_CLIENT = 1, 2
 MAX_OPS_PER_POD = 64  # distinct operation names per pod and system
 MAX_COLLECTIONS_PER_POD = 256  # distinct (namespace, collection) pairs per pod and system
+MAX_STATUSES_PER_POD = 64  # distinct status codes per pod and system (a script's own errors)
 OTHER = "_OTHER"
 _CELL = struct.Struct(f"<4Q{SLOTS}Q")  # native/dbengine.c struct db_cell
 
@@ -93,6 +95,7 @@ class DbSeries:
         self._ops: dict[DbKey, DbOps] = {}
         self._names: dict[tuple[Labels, str], set[str]] = {}  # operation names per pod, system
         self._colls: dict[tuple[Labels, str], set[tuple[str, str]]] = {}  # (namespace, table)
+        self._statuses: dict[tuple[Labels, str], set[str]] = {}
         self._peer_seen: dict[DbKey, float] = {}
         self.over_budget: dict[tuple[Labels, str], int] = {}
         self.colls_over_budget: dict[tuple[Labels, str], int] = {}
@@ -118,6 +121,13 @@ class DbSeries:
                     op = OTHER
                 else:
                     names.add(op)
+            statuses = self._statuses.setdefault(k, set())
+            if status and status not in statuses:
+                if len(statuses) >= MAX_STATUSES_PER_POD:
+                    self.over_budget[k] = self.over_budget.get(k, 0) + _CELL.unpack(cell)[0]
+                    status = OTHER
+                else:
+                    statuses.add(status)
             colls = self._colls.setdefault(k, set())
             if (ns, coll) not in colls and (ns or coll):
                 if len(colls) >= MAX_COLLECTIONS_PER_POD:
@@ -168,7 +178,8 @@ class DbSeries:
         for d in (self._ops, self._peer_seen):
             for k in [k for k in d if identity(k[0]) in uids]:
                 del d[k]
-        for d2 in (self._names, self.over_budget, self._colls, self.colls_over_budget):
+        for d2 in (self._names, self.over_budget, self._colls, self.colls_over_budget,
+                   self._statuses):
             for k2 in [k for k in d2 if identity(k[0]) in uids]:
                 del d2[k2]
 
@@ -223,8 +234,9 @@ class DbSeries:
         yield from msg.families()
         over = CounterMetricFamily(
             "podscope_db_operations_over_budget_total",
-            f"Operations counted as db_operation_name=\"{OTHER}\": the pod had used its "
-            f"{MAX_OPS_PER_POD} operation names of that system", labels=label_names("db_system_name"))
+            f"Operations counted as db_operation_name or db_response_status_code \"{OTHER}\": the "
+            f"pod had used its {MAX_OPS_PER_POD} operation names or {MAX_STATUSES_PER_POD} status "
+            "codes of that system", labels=label_names("db_system_name"))
         for (labels, system), n in live_counts(over_budget).items():
             over.add_metric(list(labels) + [system], n)
         yield over
