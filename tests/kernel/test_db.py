@@ -39,6 +39,46 @@ def ops(m: Metrics, name: str, **labels: str) -> dict[tuple[str, str], int]:
     return out
 
 
+def both_sides(agent: AgentProc, client: Pod, server: Pod, want: dict[tuple[str, str], int],
+               system: str, port: int) -> Metrics:
+    """Waits until the client pod and the server pod have counted at least `want` ((operation,
+    status) -> n), then checks that they counted exactly that (the client's series naming the
+    server's address and port) and that nothing went unparsed."""
+    def complete(m: Metrics) -> bool:
+        return all(ops(m, name, k8s_pod_uid=pod.uid).get(k, 0) >= v
+                   for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server))
+                   for k, v in want.items())
+
+    m = wait_metrics(agent, complete)
+    for name, pod, extra in ((CLIENT_OPS, client, {"server_address": server.ip,
+                                                   "server_port": str(port)}),
+                             (SERVER_OPS, server, {})):
+        got = ops(m, name, k8s_pod_uid=pod.uid, db_system_name=system, **extra)
+        assert got == want, (name, got)
+    assert m.value("podscope_db_unparsed_total") == 0, m.series("podscope_db_unparsed_total")
+    return m
+
+
+class Shell:
+    """An interactive client (psql, mariadb) in a pod, fed a line at a time."""
+
+    def __init__(self, pod: Pod, argv: list[str]) -> None:
+        self.proc = pod.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+
+    def ask(self, sql: str) -> str:
+        """The first line of the answer."""
+        self.stdin.write(sql + "\n")
+        self.stdin.flush()
+        return self.stdout.readline().strip()
+
+    def close(self) -> None:
+        self.stdin.close()
+        self.proc.wait(10)
+
+
 def start_redis(pod: Pod, tmp: Path, port: int = 6379) -> subprocess.Popen[str]:
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is missing: make installs it (apt-get install redis-server)")
@@ -255,23 +295,11 @@ def test_pgbench_select_only_and_sql_errors_on_both_sides(pods: PodNetwork, tmp_
             if mode == "prepared":
                 want[("PREPARE", "")] = 2
 
-            def complete(m: Metrics) -> bool:
-                return all(ops(m, name, k8s_pod_uid=pod.uid).get(k, 0) >= v
-                           for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server))
-                           for k, v in want.items())
-
-            m = wait_metrics(agent, complete)
-            for name, pod, extra in ((CLIENT_OPS, client, {"server_address": server.ip,
-                                                           "server_port": "5432"}),
-                                     (SERVER_OPS, server, {})):
-                got = ops(m, name, k8s_pod_uid=pod.uid, db_system_name="postgresql", **extra)
-                assert got == want, (name, got)
+            m = both_sides(agent, client, server, want, "postgresql", 5432)
             # every SELECT of pgbench -S reads pgbench_accounts, in the database "postgres"
             for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server)):
                 assert ops(m, name, k8s_pod_uid=pod.uid, db_collection_name="pgbench_accounts",
                            db_namespace="postgres") == {("SELECT", ""): 274}, name
-            assert m.value("podscope_db_unparsed_total") == 0, \
-                m.series("podscope_db_unparsed_total")
         finally:
             agent.stop()
     finally:
@@ -356,22 +384,11 @@ def test_sysbench_and_sql_errors_on_both_sides(pods: PodNetwork, tmp_path: Path,
             if prepared:
                 want[("PREPARE", "")] = prepared
 
-            def complete(m: Metrics) -> bool:
-                return all(ops(m, name, k8s_pod_uid=pod.uid).get(k, 0) >= v
-                           for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server))
-                           for k, v in want.items())
-
-            m = wait_metrics(agent, complete)
-            for name, pod, extra in ((CLIENT_OPS, client, {"server_address": server.ip,
-                                                           "server_port": "3306"}),
-                                     (SERVER_OPS, server, {})):
-                got = ops(m, name, k8s_pod_uid=pod.uid, db_system_name="mysql", **extra)
-                assert got == want, (name, got)
-                # sysbench's reads are all of table sbtest1, in the database it logs in to
+            m = both_sides(agent, client, server, want, "mysql", 3306)
+            # sysbench's reads are all of table sbtest1, in the database it logs in to
+            for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server)):
                 assert ops(m, name, k8s_pod_uid=pod.uid, db_collection_name="sbtest1",
                            db_namespace="sbtest")[("SELECT", "")] == want[("SELECT", "")], name
-            assert m.value("podscope_db_unparsed_total") == 0, \
-                m.series("podscope_db_unparsed_total")
         finally:
             agent.stop()
     finally:
@@ -387,39 +404,19 @@ def test_mysql_connection_opened_before_the_agent(pods: PodNetwork, tmp_path: Pa
     server = pods.pod("mariadb")
     client = pods.pod("client")
     proc = start_mariadb(server, client, mydir)
-    cli = client.popen(["mariadb", "-h", server.ip, "-u", "root", "-N", "-B", "-n"],
-                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert cli.stdin is not None and cli.stdout is not None
-
-    def ask(sql: str) -> str:
-        assert cli.stdin is not None and cli.stdout is not None
-        cli.stdin.write(sql + "\n")
-        cli.stdin.flush()
-        return cli.stdout.readline().strip()
-
+    cli = Shell(client, ["mariadb", "-h", server.ip, "-u", "root", "-N", "-B", "-n"])
     try:
-        assert ask("SELECT 1;") == "1"
+        assert cli.ask("SELECT 1;") == "1"
         agent = AgentProc([], tmp_path)
         try:
             for i in range(2, 9):
-                assert ask(f"SELECT {i}, 'x';") == f"{i}\tx"
-            assert ask("SELECT COUNT(*) FROM information_schema.tables WHERE 1 = 0;") == "0"
-            want = {("SELECT", ""): 8}
-
-            def complete(m: Metrics) -> bool:
-                return all(ops(m, name, k8s_pod_uid=pod.uid) == want
-                           for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server)))
-
-            m = wait_metrics(agent, complete)
-            for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server)):
-                assert ops(m, name, k8s_pod_uid=pod.uid, db_system_name="mysql") == want, name
-            assert m.value("podscope_db_unparsed_total") == 0, \
-                m.series("podscope_db_unparsed_total")
+                assert cli.ask(f"SELECT {i}, 'x';") == f"{i}\tx"
+            assert cli.ask("SELECT COUNT(*) FROM information_schema.tables WHERE 1 = 0;") == "0"
+            both_sides(agent, client, server, {("SELECT", ""): 8}, "mysql", 3306)
         finally:
             agent.stop()
     finally:
-        cli.stdin.close()
-        cli.wait(10)
+        cli.close()
         proc.terminate()
         proc.wait(30)
 
@@ -529,44 +526,24 @@ def test_postgres_connection_opened_before_the_agent(pods: PodNetwork, tmp_path:
     server = pods.pod("postgres")
     client = pods.pod("client")
     proc = start_postgres(server, client, pgdir)
-    cli = client.popen([str(PG_BIN / "psql"), "-h", server.ip, "-U", "postgres", "-d", "postgres",
-                        "-X", "-q", "-A", "-t"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True)
-    assert cli.stdin is not None and cli.stdout is not None
-
-    def ask(sql: str) -> str:
-        assert cli.stdin is not None and cli.stdout is not None
-        cli.stdin.write(sql + "\n")
-        cli.stdin.flush()
-        return cli.stdout.readline().strip()
-
+    cli = Shell(client, [str(PG_BIN / "psql"), "-h", server.ip, "-U", "postgres", "-d",
+                         "postgres", "-X", "-q", "-A", "-t"])
     try:
-        assert ask("SELECT 1;") == "1"
+        assert cli.ask("SELECT 1;") == "1"
         agent = AgentProc([], tmp_path)
         try:
             for i in range(2, 7):
-                assert ask(f"SELECT {i};") == str(i)
-            assert "syntax error" in ask("SELEC 7;")
+                assert cli.ask(f"SELECT {i};") == str(i)
+            assert "syntax error" in cli.ask("SELEC 7;")
             assert cli.stdout.readline().startswith("LINE 1")  # and where: a caret
             assert cli.stdout.readline().strip() == "^"
-            assert ask("SELECT 8;") == "8"
-            want = {("SELECT", ""): 6, ("SELEC", "42601"): 1}
-
-            def complete(m: Metrics) -> bool:
-                return all(ops(m, name, k8s_pod_uid=pod.uid) == want
-                           for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server)))
-
-            m = wait_metrics(agent, complete)
-            for name, pod in ((CLIENT_OPS, client), (SERVER_OPS, server)):
-                assert ops(m, name, k8s_pod_uid=pod.uid, db_system_name="postgresql") == want, \
-                    name
-            assert m.value("podscope_db_unparsed_total") == 0, \
-                m.series("podscope_db_unparsed_total")
+            assert cli.ask("SELECT 8;") == "8"
+            both_sides(agent, client, server, {("SELECT", ""): 6, ("SELEC", "42601"): 1},
+                       "postgresql", 5432)
         finally:
             agent.stop()
     finally:
-        cli.stdin.close()
-        cli.wait(10)
+        cli.close()
         proc.terminate()
         proc.wait(30)
 

@@ -433,6 +433,25 @@ static int replies_lost(struct dbconn *c)
 	return 0;
 }
 
+/* The bytes up to the next newline into a line of at most `cap` bytes (the rest of a longer line
+ * is passed over: *over); the bytes consumed, *whole: the newline was among them. */
+static size_t take_line(const uint8_t *p, size_t n, char *line, uint32_t cap, uint32_t *line_len,
+			uint32_t *over, int *whole)
+{
+	const uint8_t *nl = memchr(p, '\n', n);
+	size_t len = nl ? (size_t)(nl - p) : n;
+	if (!*over) {
+		size_t room = cap - *line_len;
+		size_t k = len < room ? len : room;
+		memcpy(line + *line_len, p, k);
+		*line_len += (uint32_t)k;
+		if (k < len)
+			*over = 1;
+	}
+	*whole = nl != NULL;
+	return len + (nl ? 1 : 0);
+}
+
 /* --- RESP (Redis) -------------------------------------------------------------------------- */
 
 static long long resp_int(const char *s, uint32_t n, int *ok)
@@ -654,20 +673,12 @@ static int resp_feed(struct dbconn *c, int request, const uint8_t *p, size_t n,
 			}
 			continue;
 		}
-		const uint8_t *nl = memchr(p + pos, '\n', n - pos);
-		size_t end = nl ? (size_t)(nl - p) : n;
-		size_t len = end - pos;
-		if (!r->line_over) {
-			size_t room = RESP_LINE - r->line_len;
-			size_t k = len < room ? len : room;
-			memcpy(r->line + r->line_len, p + pos, k);
-			r->line_len += (uint32_t)k;
-			if (k < len)
-				r->line_over = 1;
-		}
-		r->bytes += len + (nl ? 1 : 0);
-		pos = end + (nl ? 1 : 0);
-		if (!nl)
+		int whole;
+		size_t used = take_line(p + pos, n - pos, r->line, RESP_LINE, &r->line_len,
+					&r->line_over, &whole);
+		r->bytes += used;
+		pos += used;
+		if (!whole)
 			break;
 		uint32_t ll = r->line_len;
 		if (ll && r->line[ll - 1] == '\r')
@@ -880,20 +891,12 @@ static int mc_feed(struct dbconn *c, int request, const uint8_t *p, size_t n,
 				return -1;
 			continue;
 		}
-		const uint8_t *nl = memchr(p + pos, '\n', n - pos);
-		size_t end = nl ? (size_t)(nl - p) : n;
-		size_t len = end - pos;
-		if (!d->line_over) {
-			size_t room = MC_LINE - d->line_len;
-			size_t k = len < room ? len : room;
-			memcpy(d->line + d->line_len, p + pos, k);
-			d->line_len += (uint32_t)k;
-			if (k < len)
-				d->line_over = 1;
-		}
-		d->bytes += len + (nl ? 1 : 0);
-		pos = end + (nl ? 1 : 0);
-		if (!nl)
+		int whole;
+		size_t used = take_line(p + pos, n - pos, d->line, MC_LINE, &d->line_len,
+					&d->line_over, &whole);
+		d->bytes += used;
+		pos += used;
+		if (!whole)
 			break;
 		uint32_t ll = d->line_len;
 		if (ll && d->line[ll - 1] == '\r')
@@ -2051,19 +2054,10 @@ static int nats_feed(struct dbconn *c, int request, const uint8_t *p, size_t n,
 			pos += take;
 			continue;
 		}
-		const uint8_t *nl = memchr(p + pos, '\n', n - pos);
-		size_t end = nl ? (size_t)(nl - p) : n;
-		size_t len = end - pos;
-		if (!d->line_over) {
-			size_t room = MC_LINE - d->line_len;
-			size_t k = len < room ? len : room;
-			memcpy(d->line + d->line_len, p + pos, k);
-			d->line_len += (uint32_t)k;
-			if (k < len)
-				d->line_over = 1;
-		}
-		pos = end + (nl ? 1 : 0);
-		if (!nl)
+		int whole;
+		pos += take_line(p + pos, n - pos, d->line, MC_LINE, &d->line_len, &d->line_over,
+				 &whole);
+		if (!whole)
 			break;
 		uint32_t ll = d->line_len;
 		if (ll && d->line[ll - 1] == '\r')
