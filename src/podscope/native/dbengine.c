@@ -196,9 +196,7 @@ struct dbconn {
 
 typedef struct dbengine {
 	PyObject_HEAD PyObject *conns; /* conn_id -> capsule(struct dbconn), oldest first */
-	PyObject *cells;	       /* key -> bytearray(struct db_cell) */
-	PyObject *overflow;	       /* [(key, bytes(struct db_cell))] past DB_MAX_CELLS */
-	PyObject *errors;	       /* reason -> count */
+	struct cells agg;	       /* (ident, system, op, status, coll, ns) -> struct db_cell */
 	PyObject *system[16];	       /* the system's name per proto (db_system_name) */
 	PyObject *recs;		       /* records: one tuple per operation, or NULL (not wanted) */
 	unsigned long long events, operations, records_dropped;
@@ -210,24 +208,7 @@ static const char CAPSULE[] = "podscope.dbconn";
 
 static int bump(DbEngineObject *e, const char *reason, long n)
 {
-	PyObject *k = PyUnicode_FromString(reason);
-	if (!k)
-		return -1;
-	PyObject *v = PyDict_GetItemWithError(e->errors, k);
-	long was = v ? PyLong_AsLong(v) : 0;
-	PyObject *nv = PyErr_Occurred() ? NULL : PyLong_FromLong(was + n);
-	int r = nv ? PyDict_SetItem(e->errors, k, nv) : -1;
-	Py_XDECREF(nv);
-	Py_DECREF(k);
-	return r;
-}
-
-static int slot_of(uint64_t ns)
-{
-	if (!ns)
-		return 0;
-	int s = 64 - __builtin_clzll(ns); /* floor(log2(ns)) + 1 */
-	return s < SLOTS ? s : SLOTS - 1;
+	return cells_bump(&e->agg, reason, n);
 }
 
 static void conn_free(struct dbconn *c)
@@ -279,31 +260,15 @@ static int finish(struct dbconn *c, const struct op *o, uint64_t end, uint64_t r
 	Py_XDECREF(ns);
 	if (!key)
 		return -1;
-	struct db_cell *cl, one;
-	PyObject *v = PyDict_GetItemWithError(e->cells, key);
+	struct db_cell one, *cl;
+	PyObject *held;
 	int rc = -1;
-	if (!v && PyErr_Occurred())
+	if (!(cl = cells_get(&e->agg, key, &one, &held)))
 		goto out;
-	if (v) {
-		cl = (struct db_cell *)PyByteArray_AS_STRING(v);
-	} else if (PyDict_GET_SIZE(e->cells) < DB_MAX_CELLS) {
-		v = PyByteArray_FromStringAndSize(NULL, sizeof(struct db_cell));
-		if (!v)
-			goto out;
-		memset(PyByteArray_AS_STRING(v), 0, sizeof(struct db_cell));
-		int err = PyDict_SetItem(e->cells, key, v);
-		Py_DECREF(v);
-		if (err)
-			goto out;
-		cl = (struct db_cell *)PyByteArray_AS_STRING(v);
-	} else {
-		memset(&one, 0, sizeof(one));
-		cl = &one;
-	}
 	uint64_t dur = end > o->ts ? end - o->ts : 0;
 	cl->count++;
 	cl->sum_ns += dur;
-	cl->slots[slot_of(dur)]++;
+	cl->slots[log2_slot(dur, SLOTS)]++;
 	cl->req_bytes += o->bytes;
 	cl->resp_bytes += resp_bytes;
 	if (!e->recs || c->proto == HTTP_PROTO_NATS) { /* messages are counted, not recorded */
@@ -324,15 +289,8 @@ static int finish(struct dbconn *c, const struct op *o, uint64_t end, uint64_t r
 		}
 		Py_DECREF(r);
 	}
-	if (cl == &one) {
-		PyObject *item = Py_BuildValue("(Oy#)", key, (const char *)&one,
-					       (Py_ssize_t)sizeof(one));
-		if (!item || PyList_Append(e->overflow, item)) {
-			Py_XDECREF(item);
-			goto out;
-		}
-		Py_DECREF(item);
-	}
+	if (cl == &one && cells_spill(&e->agg, key, &one))
+		goto out;
 	rc = 0;
 out:
 	Py_DECREF(key);
@@ -2225,29 +2183,7 @@ static PyObject *Db_process_one(DbEngineObject *e, PyObject *arg)
 
 static PyObject *Db_take(DbEngineObject *e, PyObject *unused)
 {
-	PyObject *items = e->overflow, *errors = e->errors;
-	PyObject *k, *v;
-	Py_ssize_t pos = 0;
-	while (PyDict_Next(e->cells, &pos, &k, &v)) {
-		PyObject *t = Py_BuildValue("(Oy#)", k, PyByteArray_AS_STRING(v),
-					    PyByteArray_GET_SIZE(v));
-		if (!t || PyList_Append(items, t)) {
-			Py_XDECREF(t);
-			return NULL;
-		}
-		Py_DECREF(t);
-	}
-	PyObject *cells = PyDict_New(), *overflow = PyList_New(0), *errs = PyDict_New();
-	if (!cells || !overflow || !errs) {
-		Py_XDECREF(cells);
-		Py_XDECREF(overflow);
-		Py_XDECREF(errs);
-		return NULL;
-	}
-	Py_SETREF(e->cells, cells);
-	e->overflow = overflow;
-	e->errors = errs;
-	return Py_BuildValue("(NN)", items, errors);
+	return cells_take(&e->agg);
 }
 
 static PyObject *Db_expire(DbEngineObject *e, PyObject *arg)
@@ -2283,15 +2219,14 @@ static int Db_init(DbEngineObject *e, PyObject *args, PyObject *kw)
 	if (records && !(e->recs = PyList_New(0)))
 		return -1;
 	e->conns = PyDict_New();
-	e->cells = PyDict_New();
-	e->overflow = PyList_New(0);
-	e->errors = PyDict_New();
+	if (cells_init(&e->agg, sizeof(struct db_cell), DB_MAX_CELLS))
+		return -1;
 	e->system[HTTP_PROTO_REDIS] = PyUnicode_InternFromString("redis");
 	e->system[HTTP_PROTO_MEMCACHED] = PyUnicode_InternFromString("memcached");
 	e->system[HTTP_PROTO_POSTGRES] = PyUnicode_InternFromString("postgresql");
 	e->system[HTTP_PROTO_MYSQL] = PyUnicode_InternFromString("mysql");
 	e->system[HTTP_PROTO_NATS] = PyUnicode_InternFromString("nats");
-	return (e->conns && e->cells && e->overflow && e->errors && e->system[HTTP_PROTO_REDIS] &&
+	return (e->conns && e->system[HTTP_PROTO_REDIS] &&
 		e->system[HTTP_PROTO_MEMCACHED] && e->system[HTTP_PROTO_POSTGRES] &&
 		e->system[HTTP_PROTO_MYSQL] && e->system[HTTP_PROTO_NATS])
 		       ? 0
@@ -2301,9 +2236,7 @@ static int Db_init(DbEngineObject *e, PyObject *args, PyObject *kw)
 static void Db_dealloc(DbEngineObject *e)
 {
 	Py_XDECREF(e->conns);
-	Py_XDECREF(e->cells);
-	Py_XDECREF(e->overflow);
-	Py_XDECREF(e->errors);
+	cells_free(&e->agg);
 	Py_XDECREF(e->recs);
 	for (int i = 0; i < 16; i++)
 		Py_XDECREF(e->system[i]);

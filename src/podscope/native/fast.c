@@ -300,6 +300,112 @@ static PyObject *split(PyObject *mod, PyObject *arg)
 	return list;
 }
 
+/* --- aggregate cells (fast.h) --------------------------------------------------------------- */
+
+int cells_init(struct cells *a, size_t size, Py_ssize_t max)
+{
+	a->size = size;
+	a->max = max;
+	a->cells = PyDict_New();
+	a->overflow = PyList_New(0);
+	a->errors = PyDict_New();
+	return a->cells && a->overflow && a->errors ? 0 : -1;
+}
+
+void cells_free(struct cells *a)
+{
+	Py_CLEAR(a->cells);
+	Py_CLEAR(a->overflow);
+	Py_CLEAR(a->errors);
+}
+
+void *cells_get(struct cells *a, PyObject *key, void *scratch, PyObject **held)
+{
+	PyObject *v = PyDict_GetItemWithError(a->cells, key);
+	*held = NULL;
+	if (!v && PyErr_Occurred())
+		return NULL;
+	if (!v && PyDict_GET_SIZE(a->cells) >= a->max) {
+		memset(scratch, 0, a->size);
+		return scratch;
+	}
+	if (!v) {
+		v = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)a->size);
+		if (!v)
+			return NULL;
+		memset(PyByteArray_AS_STRING(v), 0, a->size);
+		int err = PyDict_SetItem(a->cells, key, v);
+		Py_DECREF(v); /* the dict holds it */
+		if (err)
+			return NULL;
+	}
+	*held = v;
+	return PyByteArray_AS_STRING(v);
+}
+
+int cells_spill(struct cells *a, PyObject *key, const void *scratch)
+{
+	PyObject *item = Py_BuildValue("(Oy#)", key, (const char *)scratch, (Py_ssize_t)a->size);
+	int err = !item || PyList_Append(a->overflow, item);
+	Py_XDECREF(item);
+	return err ? -1 : 0;
+}
+
+PyObject *cells_take(struct cells *a)
+{
+	PyObject *k, *v;
+	Py_ssize_t pos = 0;
+	while (PyDict_Next(a->cells, &pos, &k, &v)) {
+		PyObject *t = Py_BuildValue("(Oy#)", k, PyByteArray_AS_STRING(v),
+					    PyByteArray_GET_SIZE(v));
+		if (!t || PyList_Append(a->overflow, t)) {
+			Py_XDECREF(t);
+			return NULL;
+		}
+		Py_DECREF(t);
+	}
+	PyObject *cells = PyDict_New(), *overflow = PyList_New(0), *errs = PyDict_New();
+	if (!cells || !overflow || !errs) {
+		Py_XDECREF(cells);
+		Py_XDECREF(overflow);
+		Py_XDECREF(errs);
+		return NULL;
+	}
+	PyObject *out = PyTuple_Pack(2, a->overflow, a->errors);
+	if (!out) {
+		Py_DECREF(cells);
+		Py_DECREF(overflow);
+		Py_DECREF(errs);
+		return NULL;
+	}
+	Py_SETREF(a->cells, cells);
+	Py_SETREF(a->overflow, overflow);
+	Py_SETREF(a->errors, errs);
+	return out;
+}
+
+int cells_bump(struct cells *a, const char *reason, long n)
+{
+	PyObject *k = PyUnicode_FromString(reason);
+	if (!k)
+		return -1;
+	PyObject *v = PyDict_GetItemWithError(a->errors, k);
+	long was = v ? PyLong_AsLong(v) : 0;
+	PyObject *nv = PyErr_Occurred() ? NULL : PyLong_FromLong(was + n);
+	int r = nv ? PyDict_SetItem(a->errors, k, nv) : -1;
+	Py_XDECREF(nv);
+	Py_DECREF(k);
+	return r;
+}
+
+int log2_slot(uint64_t ns, int slots)
+{
+	if (!ns)
+		return 0;
+	int s = 64 - __builtin_clzll(ns);
+	return s < slots ? s : slots - 1;
+}
+
 static PyMethodDef module_methods[] = {
 	{"split", split, METH_O, "The records of a batch (Batch.take()), as a list of bytes."},
 	{NULL},

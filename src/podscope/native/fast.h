@@ -33,6 +33,29 @@ void out_free(struct out *o);
 /* The next record of a batch: 1 and (*data, *size) set, or 0 at its end; -1 if malformed. */
 int batch_next(const char *buf, size_t len, size_t *pos, const char **data, size_t *size);
 
+/* Aggregate cells of the engines: fixed-size records in bytearrays keyed by Python tuples, at most
+ * `max` of them between two takes; past it a sample is a cell of its own, handed over in
+ * `overflow`. Errors are counted by reason. */
+struct cells {
+	PyObject *cells;    /* key -> bytearray(size) */
+	PyObject *overflow; /* [(key, bytes(size))] */
+	PyObject *errors;   /* reason -> count */
+	Py_ssize_t max;
+	size_t size;
+};
+
+int cells_init(struct cells *a, size_t size, Py_ssize_t max);
+void cells_free(struct cells *a);
+/* The cell of key (zeroed when new; *held: its bytearray, borrowed), or `scratch` (zeroed, size
+ * bytes, *held NULL) past max: fill it, then cells_spill. NULL with an exception set. */
+void *cells_get(struct cells *a, PyObject *key, void *scratch, PyObject **held);
+int cells_spill(struct cells *a, PyObject *key, const void *scratch);
+/* ([(key, bytes)], {reason: count}) since the last take; the containers start empty again */
+PyObject *cells_take(struct cells *a);
+int cells_bump(struct cells *a, const char *reason, long n);
+/* floor(log2(ns)) + 1 (0 for 0), at most slots - 1: the slot of a log2 histogram */
+int log2_slot(uint64_t ns, int slots);
+
 int records_init(PyObject *module);
 int h2_init(PyObject *module);
 int h2engine_init(PyObject *module);

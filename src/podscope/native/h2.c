@@ -421,7 +421,11 @@ static int is_name(const char *n, uint32_t nl, const char *want)
 
 static long long digits(const char *v, uint32_t vl)
 {
-	if (!vl || vl > 18)
+	if (!vl)
+		return -1;
+	while (vl > 1 && v[0] == '0') /* "0000000000000000001" is 1, as int() reads it */
+		v++, vl--;
+	if (vl > 18)
 		return -1;
 	long long x = 0;
 	for (uint32_t i = 0; i < vl; i++) {

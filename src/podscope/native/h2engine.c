@@ -67,9 +67,7 @@ typedef struct engine {
 	PyObject_HEAD PyObject *conns; /* conn_id -> capsule(struct conn) */
 	PyObject *python;	       /* the collector's own streamed connections (a dict) */
 	PyObject *adopt;	       /* adopt(event): Python takes the connection, mid-way */
-	PyObject *cells;	       /* key -> bytearray(struct cell) */
-	PyObject *overflow;	       /* [(key, bytes(struct cell))] past MAX_CELLS */
-	PyObject *errors;	       /* reason -> count */
+	struct cells agg;	       /* key -> struct cell, past MAX_CELLS one per request */
 	PyObject *left;		       /* connections with an event left to Python in this batch:
 					* their later events follow it there, in order */
 	PyObject *pending;	       /* conn_id -> [events] waiting for the bytes that decide */
@@ -167,13 +165,6 @@ static void capsule_free(PyObject *cap)
 
 /* --- finished requests: aggregated ---------------------------------------------------------- */
 
-static int slot_of(uint64_t ns)
-{
-	if (!ns)
-		return 0;
-	int bits = 64 - __builtin_clzll(ns);
-	return bits < SLOTS - 1 ? bits : SLOTS - 1;
-}
 
 static int content_is_grpc(PyObject *ct)
 {
@@ -186,16 +177,7 @@ static int content_is_grpc(PyObject *ct)
 
 static int bump(EngineObject *e, const char *reason)
 {
-	PyObject *k = PyUnicode_FromString(reason);
-	if (!k)
-		return -1;
-	PyObject *v = PyDict_GetItemWithError(e->errors, k);
-	long n = v ? PyLong_AsLong(v) : 0;
-	PyObject *nv = PyErr_Occurred() ? NULL : PyLong_FromLong(n + 1);
-	int r = nv ? PyDict_SetItem(e->errors, k, nv) : -1;
-	Py_XDECREF(nv);
-	Py_DECREF(k);
-	return r;
+	return cells_bump(&e->agg, reason, 1);
 }
 
 static PyObject *or_none(PyObject *o)
@@ -231,25 +213,9 @@ static int finish(struct conn *c, struct req *r)
 	Py_XDECREF(grpc);
 	if (!key)
 		goto out;
-	PyObject *v = PyDict_GetItemWithError(e->cells, key);
-	if (!v && PyErr_Occurred())
+	PyObject *v;
+	if (!(cl = cells_get(&e->agg, key, &one, &v)))
 		goto out_key;
-	if (v) {
-		cl = (struct cell *)PyByteArray_AS_STRING(v);
-	} else if (PyDict_GET_SIZE(e->cells) < MAX_CELLS) {
-		v = PyByteArray_FromStringAndSize(NULL, sizeof(struct cell));
-		if (!v)
-			goto out_key;
-		memset(PyByteArray_AS_STRING(v), 0, sizeof(struct cell));
-		int err = PyDict_SetItem(e->cells, key, v);
-		Py_DECREF(v);
-		if (err)
-			goto out_key;
-		cl = (struct cell *)PyByteArray_AS_STRING(v);
-	} else {
-		memset(&one, 0, sizeof(one));
-		cl = &one;
-	}
 	if (cl != &one) {
 		Py_XSETREF(c->last_cell, Py_NewRef(v));
 		Py_XSETREF(c->last_method, Py_XNewRef(r->method));
@@ -263,24 +229,17 @@ count:;
 	uint64_t dur = r->end > r->start ? r->end - r->start : 0;
 	cl->count++;
 	cl->sum_ns += dur;
-	cl->slots[slot_of(dur)]++;
+	cl->slots[log2_slot(dur, SLOTS)]++;
 	cl->req_bytes += r->req_bytes;
 	cl->resp_bytes += r->resp_bytes;
 	if (r->first_byte) {
 		uint64_t fb = r->first_byte > r->start ? r->first_byte - r->start : 0;
 		cl->fb_count++;
 		cl->fb_sum_ns += fb;
-		cl->fb_slots[slot_of(fb)]++;
+		cl->fb_slots[log2_slot(fb, SLOTS)]++;
 	}
-	if (cl == &one) {
-		PyObject *item = Py_BuildValue("(Oy#)", key, (const char *)&one,
-					       (Py_ssize_t)sizeof(one));
-		if (!item || PyList_Append(e->overflow, item)) {
-			Py_XDECREF(item);
-			goto out_key;
-		}
-		Py_DECREF(item);
-	}
+	if (cl == &one && cells_spill(&e->agg, key, &one))
+		goto out_key;
 	rc = 0;
 out_key:
 	Py_XDECREF(key);
@@ -740,30 +699,10 @@ static PyObject *Engine_process(EngineObject *e, PyObject *arg)
 /* take() -> ([(key, cell bytes)], {reason: count}): what finished since the last take */
 static PyObject *Engine_take(EngineObject *e, PyObject *unused)
 {
-	PyObject *items = e->overflow, *errors = e->errors;
-	PyObject *k, *v;
-	Py_ssize_t pos = 0;
-	while (PyDict_Next(e->cells, &pos, &k, &v)) {
-		PyObject *t = Py_BuildValue("(Oy#)", k, PyByteArray_AS_STRING(v),
-					    PyByteArray_GET_SIZE(v));
-		if (!t || PyList_Append(items, t)) {
-			Py_XDECREF(t);
-			return NULL;
-		}
-		Py_DECREF(t);
-	}
-	PyObject *cells = PyDict_New(), *overflow = PyList_New(0), *errs = PyDict_New();
-	if (!cells || !overflow || !errs) {
-		Py_XDECREF(cells);
-		Py_XDECREF(overflow);
-		Py_XDECREF(errs);
-		return NULL;
-	}
-	Py_SETREF(e->cells, cells);
-	e->gen++; /* the connections' last cells are not the new dict's */
-	e->overflow = overflow;
-	e->errors = errs;
-	return Py_BuildValue("(NN)", items, errors);
+	PyObject *out = cells_take(&e->agg);
+	if (out)
+		e->gen++; /* the connections' last cells are not the new dict's */
+	return out;
 }
 
 static PyObject *Engine_forget(EngineObject *e, PyObject *key)
@@ -786,12 +725,10 @@ static int Engine_init(EngineObject *e, PyObject *args, PyObject *kw)
 	e->python = python;
 	e->adopt = adopt;
 	e->conns = PyDict_New();
-	e->cells = PyDict_New();
-	e->overflow = PyList_New(0);
-	e->errors = PyDict_New();
 	e->left = PySet_New(NULL);
 	e->pending = PyDict_New();
-	return (e->conns && e->cells && e->overflow && e->errors && e->left && e->pending) ? 0 : -1;
+	return (e->conns && e->left && e->pending &&
+		!cells_init(&e->agg, sizeof(struct cell), MAX_CELLS)) ? 0 : -1;
 }
 
 static void Engine_dealloc(EngineObject *e)
@@ -799,9 +736,7 @@ static void Engine_dealloc(EngineObject *e)
 	Py_XDECREF(e->python);
 	Py_XDECREF(e->adopt);
 	Py_XDECREF(e->conns);
-	Py_XDECREF(e->cells);
-	Py_XDECREF(e->overflow);
-	Py_XDECREF(e->errors);
+	cells_free(&e->agg);
 	Py_XDECREF(e->left);
 	Py_XDECREF(e->pending);
 	for (int i = 0; i < STR_MEMO; i++)
