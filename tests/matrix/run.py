@@ -41,6 +41,8 @@ SUBSET = [
     "tests/kernel/test_tls.py::test_grpc_connection_opened_before_the_agent_started[tls]",
     "tests/kernel/test_db.py::test_redis_benchmark_counts_per_command_on_both_sides[16]",
     "tests/kernel/test_db.py::test_sysbench_and_sql_errors_on_both_sides[auto]",
+    "tests/kernel/test_db.py::test_nats_publish_subscribe_and_request_reply_on_every_side",
+    "tests/kernel/test_db.py::test_postgres_connection_opened_before_the_agent",
 ]
 SLOW = 10  # PODSCOPE_TEST_SLOW inside a VM: waits scale with it (software emulation)
 VM_TIMEOUT = 2400  # seconds one kernel may take in all
