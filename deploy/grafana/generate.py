@@ -163,6 +163,11 @@ kernel = dashboard("podscope-kernel", "podscope / kernel errors and CPU", [
         panel("Context switches per second", rate("podscope_cpu_context_switches_total", by=BY + ", reason"), legend=L + " {{reason}}"),
         panel("Page faults per second", [(rate("podscope_page_faults_total"), L + " all"), (rate("podscope_page_faults_major_total"), L + " major")]),
     ]),
+    ("Pressure (PSI) and memory", [
+        panel("Stalled share of time (some tasks)", rate("podscope_pressure_stalled_seconds_total", 'kind="some"', by=BY + ", resource"), "percentunit", legend=L + " {{resource}}"),
+        panel("Stalled share of time (all tasks)", rate("podscope_pressure_stalled_seconds_total", 'kind="full"', by=BY + ", resource"), "percentunit", legend=L + " {{resource}}"),
+        panel("Memory refaults per second (working set does not fit)", rate("podscope_memory_refaults_total", by=BY + ", type"), legend=L + " {{type}}"),
+    ]),
 ])
 
 agent = dashboard("podscope-agent", "podscope / agent health", [

@@ -31,6 +31,7 @@ class Config:
     # on every context switch while on: a deep diagnostic)
     kernel: bool = True  # fork/mount failures, OOM kills, fatal signals, cgroup limits
     cpu: bool = True  # context switches, off-CPU time, run-queue delay of pod containers
+    pressure: bool = True  # PSI, block I/O and memory.high events per container (cgroup files)
     dns: bool = True  # DNS queries of pods (UDP and TCP port 53): latency, rcode, timeouts
     dns_timeout: float = 5.0  # seconds without an answer: the query timed out (glibc's default)
     tls: str = "pods"  # TLS plaintext through uprobes on the TLS libraries of processes in pods

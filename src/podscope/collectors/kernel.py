@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes as ct
 import errno
 import logging
-import os
 import signal
 import threading
 import time
@@ -21,9 +20,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from .. import libbpf
 from ..features import Signal
-from ..metadata.cgroups import parse_cgroup_path, v1_mounts
 from ..metadata.store import Labels, MetadataStore, identity
 from .base import Emit, Sums, attach, loss_families, program_signals
+from .cgroupfiles import CgroupFiles
 
 log = logging.getLogger("podscope.kernel")
 
@@ -36,103 +35,6 @@ def signal_name(sig: int) -> str:
         return signal.Signals(sig).name
     except ValueError:
         return f"SIG{sig}"
-
-
-def _read_kv(path: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) == 2 and parts[1].lstrip("-").isdigit():
-                    out[parts[0]] = int(parts[1])
-    except OSError:
-        pass
-    return out
-
-
-def _read_value(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-class CgroupFiles:
-    """The limits and counters the kernel keeps per container cgroup."""
-
-    def __init__(self, v2_root: str | None, rescan: float = 2.0):
-        self.v2 = v2_root
-        self.v1 = v1_mounts()
-        self.rescan = rescan
-        self._containers: list[tuple[str, int]] = []  # (path below the roots, v2 cgroup id)
-        self._at = -1e9
-
-    def containers(self) -> list[tuple[str, int]]:
-        if time.monotonic() - self._at < self.rescan:
-            return self._containers
-        found: list[tuple[str, int]] = []
-        if self.v2:
-            for dirpath, _dirs, _files in os.walk(self.v2):
-                rel = "/" + os.path.relpath(dirpath, self.v2)
-                ref = parse_cgroup_path(rel)
-                if ref.container_id:
-                    try:
-                        found.append((rel, os.stat(dirpath).st_ino))
-                    except OSError:
-                        continue
-        self._containers, self._at = found, time.monotonic()
-        return found
-
-    def _file(self, controller: str, rel: str, name: str) -> str | None:
-        """The v2 file when the v2 hierarchy has the controller, else the v1 hierarchy's."""
-        if self.v2:
-            p = f"{self.v2}{rel}/{name}"
-            if os.path.exists(p):
-                return p
-        root = self.v1.get(controller)
-        if root:
-            p = f"{root}{rel}/{name}"
-            if os.path.exists(p):
-                return p
-        return None
-
-    def read(self, rel: str) -> dict[str, float]:
-        out: dict[str, float] = {}
-        if p := self._file("pids", rel, "pids.current"):
-            v = _read_value(p)
-            if v and v.isdigit():
-                out["pids_current"] = int(v)
-        if p := self._file("pids", rel, "pids.max"):
-            v = _read_value(p)
-            if v and v.isdigit():
-                out["pids_limit"] = int(v)
-        if p := self._file("pids", rel, "pids.events"):
-            out["pids_limit_hits"] = _read_kv(p).get("max", 0)
-        st = {}
-        if self.v2:  # every v2 cgroup has a cpu.stat; the throttling lines need the controller
-            st = _read_kv(f"{self.v2}{rel}/cpu.stat")
-        if "nr_periods" not in st and (root := self.v1.get("cpu")):
-            st = _read_kv(f"{root}{rel}/cpu.stat")
-        if st:
-            if "nr_periods" in st:
-                out["cpu_periods"] = st["nr_periods"]
-                out["cpu_throttled_periods"] = st.get("nr_throttled", 0)
-                if "throttled_usec" in st:  # v2
-                    out["cpu_throttled_seconds"] = st["throttled_usec"] / 1e6
-                elif "throttled_time" in st:  # v1, nanoseconds
-                    out["cpu_throttled_seconds"] = st["throttled_time"] / 1e9
-        if p := self._file("memory", rel, "memory.events"):
-            out["oom_kill_events"] = _read_kv(p).get("oom_kill", 0)
-        elif p := self._file("memory", rel, "memory.oom_control"):
-            out["oom_kill_events"] = _read_kv(p).get("oom_kill", 0)
-        if p := self._file("memory", rel, "memory.stat"):
-            st = _read_kv(p)
-            if "pgfault" in st:
-                out["page_faults"] = st["pgfault"]
-                out["page_faults_major"] = st.get("pgmajfault", 0)
-        return out
 
 
 _CGROUP_METRICS = {

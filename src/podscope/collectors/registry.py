@@ -83,6 +83,12 @@ def _netlat(c: Context) -> Collector:
     return NetlatCollector(c.store)
 
 
+def _pressure(c: Context) -> Collector:
+    from .pressure import PressureCollector
+
+    return PressureCollector(c.store, proc=c.cfg.proc_root)
+
+
 def _sched(c: Context) -> Collector:
     from .sched import SchedCollector
 
@@ -108,6 +114,10 @@ SPECS: tuple[Spec, ...] = (
     Spec("netlat", lambda cfg: True, _netlat,
          "tp_btf/net_dev_start_xmit, netif_receive_skb, skb_copy_datagram_iovec, consume_skb, "
          "kfree_skb", ("network stack latency (deep probe)",), default=False),
+    Spec("pressure", lambda cfg: cfg.pressure, _pressure,
+         "cgroup v2 (PSI, io.stat, memory.events) or the v1 blkio and memory hierarchies",
+         ("pressure stalls per container (PSI)", "block I/O per container",
+          "memory.high events and refaults")),
     Spec("sched", lambda cfg: cfg.cpu, _sched,
          "iter/task and tp_btf/sched_process_exit (Linux 5.8)", ("CPU per pod",)),
 )
@@ -136,7 +146,7 @@ def start(spec: Spec, ctx: Context) -> tuple[Collector | None, list[Signal]]:
         if s.state != "works":
             log.warning("%s: %s %s: %s", spec.name, s.name, s.state, s.detail)
     log.info("%s collector started in %.0f ms (BPF load %.0f ms)", spec.name,
-             (time.perf_counter() - t0) * 1000, getattr(col.obj, "load_ms", 0.0))
+             (time.perf_counter() - t0) * 1000, getattr(getattr(col, "obj", None), "load_ms", 0.0))
     return col, sigs
 
 

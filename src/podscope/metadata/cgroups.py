@@ -104,7 +104,7 @@ def v1_mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[str, str]:
                 fields = right.split()
                 if len(fields) >= 3 and fields[0] == "cgroup":
                     for opt in fields[2].split(","):
-                        if opt in ("pids", "memory", "cpu", "cpuacct"):
+                        if opt in ("pids", "memory", "cpu", "cpuacct", "blkio"):
                             out.setdefault(opt, left.split()[4])
     except OSError:
         pass

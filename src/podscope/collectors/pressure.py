@@ -1,0 +1,162 @@
+"""Memory, I/O and pressure per container, from the files the kernel keeps per cgroup (read at
+scrape time, like the CPU throttling counters): no BPF.
+
+- Pressure stall information (PSI): `<resource>.pressure` of each container's cgroup v2
+  directory (cpu, memory, io, and irq where the kernel has it): the time some or all of its
+  non-idle tasks were stalled on that resource, `podscope_pressure_stalled_seconds_total
+  {resource, kind}`. PSI exists per cgroup v2 only; a v1-only node, or a kernel booted with
+  psi=0, has none (`podscope check` says which).
+- Block I/O: io.stat (v2, where the io controller is enabled) or blkio.throttle.* (v1) per
+  device: `podscope_io_bytes_total` and `podscope_io_operations_total` {device, direction}.
+- Memory: memory.events `high` (times the cgroup went over memory.high and its tasks were made to
+  reclaim) and `max`, and memory.stat's refaults (pages read back soon after reclaim took them:
+  the working set does not fit), `podscope_memory_refaults_total{type}`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable
+
+from prometheus_client.core import CounterMetricFamily, Metric
+
+from ..features import Signal
+from ..metadata.cgroups import cgroup2_mount
+from ..metadata.store import MetadataStore
+from .base import Sums
+from .cgroupfiles import (
+    RESOURCES,
+    CgroupFiles,
+    _read_kv,
+    device_name,
+    read_blkio_v1,
+    read_io_stat,
+    read_pressure,
+)
+
+_IO_DIRECTIONS = {"r": "read", "w": "write", "d": "discard"}
+
+
+class PressureCollector:
+    name = "pressure"
+
+    def __init__(self, store: MetadataStore, proc: str = "/proc"):
+        self.store = store
+        self.proc = proc
+        self.files = CgroupFiles(store.resolver.root if store.resolver else cgroup2_mount())
+
+    def start(self) -> None:
+        pass  # files only: nothing to load
+
+    def psi_state(self) -> tuple[str, str]:
+        """("works" or "unavailable", why not)."""
+        if not self.files.v2:
+            return "unavailable", ("no cgroup v2 hierarchy is mounted: pressure stall "
+                                   "information is kept per cgroup v2 only")
+        try:
+            with open(f"{self.proc}/pressure/cpu") as f:
+                f.read()
+        except FileNotFoundError:
+            return "unavailable", ("the kernel has no pressure stall information "
+                                   f"({self.proc}/pressure is missing: CONFIG_PSI, Linux 4.20)")
+        except OSError as e:
+            if e.errno == errno.EOPNOTSUPP:
+                return "unavailable", ("pressure stall information is off (the kernel was "
+                                       "booted with psi=0, or CONFIG_PSI_DEFAULT_DISABLED): add "
+                                       "psi=1 to the kernel command line")
+            return "unavailable", f"{self.proc}/pressure/cpu: {e.strerror}"
+        return "works", ""
+
+    def signals(self) -> list[Signal]:
+        psi, why = self.psi_state()
+        v2 = _controllers(self.files.v2) if self.files.v2 else set()
+        io_v2 = "io" in v2
+        io = "works" if io_v2 or "blkio" in self.files.v1 else "unavailable"
+        mem_v2 = "memory" in v2
+        mem = "works" if mem_v2 or "memory" in self.files.v1 else "unavailable"
+        return [
+            Signal("pressure stalls per container (PSI)", self.name, psi, "cgroup v2 *.pressure",
+                   why),
+            Signal("block I/O per container", self.name, io,
+                   "io.stat" if io_v2 else "blkio.throttle (cgroup v1)",
+                   "" if io == "works" else "neither the v2 io controller nor v1 blkio"),
+            Signal("memory.high events and refaults", self.name, mem,
+                   "memory.events, memory.stat" + ("" if mem_v2 else " (cgroup v1)"),
+                   "" if mem == "works" else "no memory controller"),
+        ]
+
+    def metrics(self) -> Iterable[Metric]:
+        stall, io_bytes, io_ops, high, mx, refaults = (Sums() for _ in range(6))
+        for rel, cgroup_id in self.files.containers():
+            labels = self.store.labels(cgroup_id, 0)
+            if labels.k8s_pod_uid and self.store.retired(labels.k8s_pod_uid):
+                continue
+            if self.files.v2:
+                for res in RESOURCES:
+                    for kind, secs in read_pressure(f"{self.files.v2}{rel}/{res}.pressure").items():
+                        stall.add(labels, (res, kind), secs)
+            for dev, vals in self._io(rel).items():
+                name = device_name(dev)
+                for d, direction in _IO_DIRECTIONS.items():
+                    if f"{d}bytes" in vals:
+                        io_bytes.add(labels, (name, direction), vals[f"{d}bytes"])
+                    if f"{d}ios" in vals:
+                        io_ops.add(labels, (name, direction), vals[f"{d}ios"])
+            if p := self.files._file("memory", rel, "memory.events"):
+                ev = _read_kv(p)
+                high.add(labels, (), ev.get("high", 0))
+                mx.add(labels, (), ev.get("max", 0))
+            if p := self.files._file("memory", rel, "memory.stat"):
+                st = _read_kv(p)
+                for kind in ("anon", "file"):
+                    if f"workingset_refault_{kind}" in st:
+                        refaults.add(labels, (kind,), st[f"workingset_refault_{kind}"])
+        yield stall.family(CounterMetricFamily, "podscope_pressure_stalled_seconds_total",
+                           "Time some (kind=some) or all (kind=full) of the container's non-idle "
+                           "tasks were stalled on a resource (cgroup v2 <resource>.pressure "
+                           "total)", "resource", "kind")
+        yield io_bytes.family(CounterMetricFamily, "podscope_io_bytes_total",
+                              "Bytes the container's cgroup read, wrote or discarded on a block "
+                              "device (io.stat; v1 blkio.throttle.io_service_bytes)",
+                              "device", "direction")
+        yield io_ops.family(CounterMetricFamily, "podscope_io_operations_total",
+                            "Block I/O operations of the container's cgroup (io.stat rios, wios, "
+                            "dios; v1 blkio.throttle.io_serviced)", "device", "direction")
+        yield high.family(CounterMetricFamily, "podscope_memory_high_events_total",
+                          "Times the cgroup went over memory.high and its tasks were throttled "
+                          "into reclaim (memory.events high)")
+        yield mx.family(CounterMetricFamily, "podscope_memory_max_events_total",
+                        "Times the cgroup reached memory.max (memory.events max)")
+        yield refaults.family(CounterMetricFamily, "podscope_memory_refaults_total",
+                              "Pages read back soon after reclaim took them (memory.stat "
+                              "workingset_refault_*): the working set does not fit", "type")
+
+    def _io(self, rel: str) -> dict[str, dict[str, int]]:
+        if self.files.v2 and "io" in _controllers(self.files.v2):
+            return read_io_stat(f"{self.files.v2}{rel}/io.stat")
+        root = self.files.v1.get("blkio")
+        if root:
+            return read_blkio_v1(f"{root}{rel}/blkio.throttle.io_service_bytes",
+                                 f"{root}{rel}/blkio.throttle.io_serviced")
+        return {}
+
+    def poll(self, timeout_ms: int) -> int:
+        return 0
+
+    def maintain(self) -> None:
+        pass
+
+    def forget_pods(self, uids: set[str]) -> None:
+        pass  # nothing kept: every scrape reads the files of the containers that exist
+
+    def close(self) -> None:
+        pass
+
+
+def _controllers(v2_root: str) -> set[str]:
+    try:
+        with open(os.path.join(v2_root, "cgroup.controllers")) as f:
+            return set(f.read().split())
+    except OSError:
+        return set()
