@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     tp.add_argument("--local", action="store_true",
                     help="load the probes here even if an agent runs (as root)")
     tp.add_argument("--sort", default="requests",
-                    help="requests, errors, p99, retransmits, drops, queue, name, total")
+                    help="requests, errors, p99, retransmits, drops, queue, name, total, kernel, "
+                         "runqueue, pressure")
     tp.add_argument("--interval", type=_positive_seconds, default=2.0, metavar="DURATION",
                     help="between refreshes (2s)")
     tp.add_argument("--once", action="store_true", help="print one table and exit")

@@ -43,6 +43,7 @@ class _PodTotals:
     kernel_errors: float = 0.0  # fork and mount failures, OOM kills, fatal signals
     throttled: float = 0.0  # seconds
     runq: dict[float, float] = field(default_factory=dict)
+    pressure: dict[str, float] = field(default_factory=dict)  # resource -> stalled (some) seconds
 
 
 @dataclass
@@ -195,6 +196,9 @@ class Overview:
                     p.kernel_errors += s.value
                 elif name == "podscope_cpu_throttled_seconds":
                     p.throttled += s.value
+                elif name == "podscope_pressure_stalled_seconds" and labels.get("kind") == "some":
+                    r = labels.get("resource", "")
+                    p.pressure[r] = p.pressure.get(r, 0.0) + s.value
                 elif name == "podscope_cpu_runqueue_delay_seconds" and s.name.endswith("_bucket"):
                     le = float(labels["le"])
                     p.runq[le] = p.runq.get(le, 0.0) + s.value
@@ -249,7 +253,12 @@ class Overview:
                 "throttled_ratio": rate(p.throttled, o.throttled if o else 0.0),
                 "runqueue_p99_seconds": quantile(0.99, window_buckets(
                     p.runq, o.runq if o else None)),
+                # share of the window some of its tasks were stalled, per resource (PSI)
+                "pressure_ratio": {r: rate(v, o.pressure.get(r, 0.0) if o else 0.0)
+                                   for r, v in sorted(p.pressure.items())},
             })
+            pods_out[-1]["pressure_max_ratio"] = max(pods_out[-1]["pressure_ratio"].values(),
+                                                     default=0.0)
         edges_out = []
         for (src, dst), e in cur["edges"].items():
             o = old["edges"].get((src, dst)) if old else None

@@ -29,9 +29,10 @@ SORTS = {
     "retransmits": "retransmits_per_second", "drops": "drops_per_second",
     "queue": "accept_queue_depth", "name": "id", "total": "requests_total",
     "kernel": "kernel_errors_total", "runqueue": "runqueue_p99_seconds",
+    "pressure": "pressure_max_ratio",
 }
 KEYS = {"r": "requests", "e": "errors", "p": "p99", "t": "retransmits", "d": "drops",
-        "a": "queue", "n": "name", "k": "kernel", "u": "runqueue"}
+        "a": "queue", "n": "name", "k": "kernel", "u": "runqueue", "s": "pressure"}
 QUIT = ("q", "x")
 DEFAULT_AGENT = "http://127.0.0.1:9464"
 
@@ -46,6 +47,15 @@ def _seconds(s: float | None) -> str:
     return f"{s:.2f}s"
 
 
+def _stalled(ratios: dict[str, float]) -> str:
+    """The resource its tasks were stalled on most (PSI some), as a share of the window."""
+    if not ratios:
+        return "–"
+    res, r = max(ratios.items(), key=lambda kv: kv[1])
+    text = f"{res} {100 * r:.0f}%"
+    return f"[red]{text}[/red]" if r >= 0.1 else text
+
+
 def table(view: dict[str, Any], sort: str) -> Table:
     key = SORTS[sort]
     rows = sorted(view["pods"], key=lambda p: (p.get(key) is None, p.get(key) or 0)
@@ -56,7 +66,7 @@ def table(view: dict[str, Any], sort: str) -> Table:
                       ("REQUESTS", "right"), ("ERR%", "right"), ("P99", "right"),
                       ("RETRANS/S", "right"), ("DROPS/S", "right"), ("CONN/S", "right"),
                       ("ACCEPT Q", "right"), ("KERNEL ERR", "right"), ("THROTTLED", "right"),
-                      ("RUNQ P99", "right")):
+                      ("RUNQ P99", "right"), ("STALLED", "right")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for p in rows:
         err = 100 * p["error_ratio"]
@@ -70,7 +80,7 @@ def table(view: dict[str, Any], sort: str) -> Table:
                   f"{p['connections_per_second']:.1f}", queue,
                   f"[red]{p['kernel_errors_total']:.0f}[/red]" if p["kernel_errors_total"]
                   else "0", f"{100 * p['throttled_ratio']:.0f}%",
-                  _seconds(p["runqueue_p99_seconds"]))
+                  _seconds(p["runqueue_p99_seconds"]), _stalled(p.get("pressure_ratio", {})))
     return t
 
 

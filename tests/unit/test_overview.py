@@ -113,3 +113,34 @@ def test_database_operations_are_service_map_edges_and_a_database_pods_requests(
     # the database pod's own row: the operations it served
     pg = {p["id"]: p for p in view["pods"]}["shop/pg-0"]
     assert pg["requests_total"] == 5 and pg["errors_total"] == 1
+
+
+def test_pressure_as_a_share_of_the_window() -> None:
+    import time
+
+    from prometheus_client.core import CounterMetricFamily
+
+    from podscope.metadata.store import MetadataStore
+    from podscope.overview import Overview
+    from podscope.top import table
+
+    state = {"cpu": 1.0, "memory": 0.5}
+
+    def source():  # type: ignore[no-untyped-def]
+        c = CounterMetricFamily("podscope_pressure_stalled_seconds_total", "s",
+                                labels=["k8s_namespace_name", "k8s_pod_name", "resource", "kind"])
+        for res, v in state.items():
+            c.add_metric(["shop", "db-0", res, "some"], v)
+            c.add_metric(["shop", "db-0", res, "full"], v / 2)
+        return [c]
+
+    ov = Overview(source, MetadataStore(None, node="n"), window=10)
+    ov.snapshot()
+    time.sleep(0.6)
+    state["memory"] += 0.3  # 0.3 s of memory stalls in about 0.6 s
+    (pod,) = ov.snapshot()["pods"]
+    assert pod["pressure_ratio"]["cpu"] == 0
+    assert 0.3 / 0.7 < pod["pressure_ratio"]["memory"] < 0.3 / 0.6
+    assert pod["pressure_max_ratio"] == pod["pressure_ratio"]["memory"]
+    t = table({"node": "n", "window_seconds": 0.6, "pods": [pod]}, "pressure")
+    assert t.row_count == 1
