@@ -11,20 +11,28 @@ scrape time, like the CPU throttling counters): no BPF.
 - Memory: memory.events `high` (times the cgroup went over memory.high and its tasks were made to
   reclaim) and `max`, and memory.stat's refaults (pages read back soon after reclaim took them:
   the working set does not fit), `podscope_memory_refaults_total{type}`.
+- Reclaim stalls (pressure.bpf.c, the one BPF part): the time each task spent in direct reclaim
+  or memory-cgroup reclaim, from the vmscan tracepoints around it, as a histogram per container
+  and kind, `podscope_memory_reclaim_stall_seconds{kind}`. When the kernel refuses it, the file
+  signals go on.
 """
 
 from __future__ import annotations
 
+import ctypes as ct
 import errno
+import logging
 import os
+import time
 from collections.abc import Iterable
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
+from .. import libbpf
 from ..features import Signal
 from ..metadata.cgroups import cgroup2_mount
-from ..metadata.store import MetadataStore
-from .base import Sums
+from ..metadata.store import Labels, MetadataStore, identity
+from .base import Histogram, Sums, add_hist, attach, label_names, log2_histogram, program_signals
 from .cgroupfiles import (
     RESOURCES,
     CgroupFiles,
@@ -36,6 +44,11 @@ from .cgroupfiles import (
 )
 
 _IO_DIRECTIONS = {"r": "read", "w": "write", "d": "discard"}
+_RECLAIM_PROGS = ["prs_direct_b", "prs_direct_e", "prs_memcg_b", "prs_memcg_e"]
+RECLAIM_SIGNAL = "memory reclaim stalls per container"
+STALE_BEGIN_NS = 60 * 10**9  # a reclaim begun this long ago whose end never came: dropped
+
+log = logging.getLogger("podscope.pressure")
 
 
 class PressureCollector:
@@ -45,9 +58,22 @@ class PressureCollector:
         self.store = store
         self.proc = proc
         self.files = CgroupFiles(store.resolver.root if store.resolver else cgroup2_mount())
+        self.obj = libbpf.BpfObject(libbpf.bpf_object_path("pressure"), "pressure")
+        self.Key = self.obj.struct("reclaim_key")
+        self.Hist = self.obj.struct("hist")
+        self.kinds = {v: k.removeprefix("RECLAIM_").lower()
+                      for k, v in self.obj.btf.enum("reclaim_kind").items()}
+        self.bpf_error = ""  # why the reclaim programs do not run, when they do not
 
     def start(self) -> None:
-        pass  # files only: nothing to load
+        o = self.obj
+        o.map("reclaim_stalls").check_types(self.Key, self.Hist)
+        try:  # the files do not need it: a refused object costs the reclaim signal only
+            o.load(optional=_RECLAIM_PROGS)
+            attach(o, optional=_RECLAIM_PROGS)
+        except libbpf.BpfError as e:
+            self.bpf_error = e.short
+            log.error("pressure: memory reclaim stalls unavailable: %s", e.short)
 
     def psi_state(self) -> tuple[str, str]:
         """("works" or "unavailable", why not)."""
@@ -75,9 +101,16 @@ class PressureCollector:
         io = "works" if io_v2 or "blkio" in self.files.v1 else "unavailable"
         mem_v2 = "memory" in v2
         mem = "works" if mem_v2 or "memory" in self.files.v1 else "unavailable"
+        if self.bpf_error:
+            reclaim = Signal(RECLAIM_SIGNAL, self.name, "unavailable",
+                             "tp_btf/mm_vmscan_*_reclaim_*", self.bpf_error)
+        else:
+            reclaim = program_signals(self.name, self.obj, {RECLAIM_SIGNAL: _RECLAIM_PROGS},
+                                      partial=True)[0]
         return [
             Signal("pressure stalls per container (PSI)", self.name, psi, "cgroup v2 *.pressure",
                    why),
+            reclaim,
             Signal("block I/O per container", self.name, io,
                    "io.stat" if io_v2 else "blkio.throttle (cgroup v1)",
                    "" if io == "works" else "neither the v2 io controller nor v1 blkio"),
@@ -131,6 +164,23 @@ class PressureCollector:
         yield refaults.family(CounterMetricFamily, "podscope_memory_refaults_total",
                               "Pages read back soon after reclaim took them (memory.stat "
                               "workingset_refault_*): the working set does not fit", "type")
+        yield from self._reclaim()
+
+    def _reclaim(self) -> Iterable[Metric]:
+        if not self.obj.loaded:
+            return
+        buckets: dict[tuple[Labels, tuple[str, ...]], list[int]] = {}
+        sums: dict[tuple[Labels, tuple[str, ...]], float] = {}
+        for k, h in self.obj.map("reclaim_stalls").items(self.Key, self.Hist):
+            labels = self.store.labels(k.cgroup_id, 0)
+            if labels.k8s_pod_uid and self.store.retired(labels.k8s_pod_uid):
+                continue
+            add_hist(buckets, sums, (labels, (self.kinds.get(k.kind, str(k.kind)),)), h)
+        hist = Histogram("podscope_memory_reclaim_stall_seconds",
+                         "Time a task of the container spent reclaiming memory before its "
+                         "allocation could go on: direct (the node was short) or memcg (its cgroup "
+                         "was at its limit or over memory.high)", labels=label_names("kind"))
+        yield log2_histogram(hist, buckets, sums, 1e-9)
 
     def _io(self, rel: str) -> dict[str, dict[str, int]]:
         if self.files.v2 and "io" in _controllers(self.files.v2):
@@ -145,13 +195,27 @@ class PressureCollector:
         return 0
 
     def maintain(self) -> None:
-        pass
+        """Reclaims that began and never ended (the thread died in between) go."""
+        if not self.obj.loaded:
+            return
+        start = self.obj.map("reclaim_start")
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        for tid, t0 in list(start.items(ct.c_uint32, ct.c_uint64)):
+            if now - t0.value > STALE_BEGIN_NS:
+                start.delete(tid)
 
     def forget_pods(self, uids: set[str]) -> None:
-        pass  # nothing kept: every scrape reads the files of the containers that exist
+        """The stalls of containers gone (their cgroup ids are not reused: ids only grow)."""
+        if not self.obj.loaded:
+            return
+        m = self.obj.map("reclaim_stalls")
+        for k in list(m.keys(self.Key)):
+            labels = self.store.labels(k.cgroup_id, 0)
+            if identity(labels) in uids:
+                m.delete(k)
 
     def close(self) -> None:
-        pass
+        self.obj.close()
 
 
 def _controllers(v2_root: str) -> set[str]:
