@@ -24,7 +24,7 @@ APT_PKGS := clang-16:clang-16 libbpf-dev:/usr/include/bpf/libbpf.h bpftool:bpfto
 	redis-server:redis-server redis-tools:redis-benchmark memcached:memcached \
 	libmemcached-tools:memcaslap postgresql:/usr/lib/postgresql/15/bin/postgres \
 	mariadb-server:mariadbd mariadb-client:mariadb sysbench:sysbench \
-	nats-server:/usr/sbin/nats-server
+	nats-server:/usr/sbin/nats-server fio:fio stress-ng:stress-ng
 BPF_SRCS := $(wildcard $(BPF_DIR)/*.bpf.c)
 BPF_OBJS := $(BPF_SRCS:.bpf.c=.bpf.o)
 BPF_HDRS := $(wildcard $(BPF_DIR)/*.h $(BPF_DIR)/include/*.h)

@@ -168,6 +168,7 @@ kernel = dashboard("podscope-kernel", "podscope / kernel errors and CPU", [
         panel("Stalled share of time (all tasks)", rate("podscope_pressure_stalled_seconds_total", 'kind="full"', by=BY + ", resource"), "percentunit", legend=L + " {{resource}}"),
         panel("Memory refaults per second (working set does not fit)", rate("podscope_memory_refaults_total", by=BY + ", type"), legend=L + " {{type}}"),
         panel("Time in memory reclaim (share of time)", rate("podscope_memory_reclaim_stall_seconds_sum", by=BY + ", kind"), "percentunit", legend=L + " {{kind}}"),
+        panel("Block I/O request p99", quant(0.99, "podscope_io_request_duration_seconds_bucket", by=BY + ", device, direction"), "s", legend=L + " {{device}} {{direction}}"),
     ]),
 ])
 

@@ -125,6 +125,7 @@ class Kernel:
     kfree_skb_args: int  # tracepoint arguments: 2 (skb, location), 3 (+reason, v5.17), 4 (+sk)
     sched_switch_args: int  # 3, or 4 with prev_state (v5.18)
     tcp_send_reset_args: int  # 2, or 3 (+reason, v6.10, when resets without a socket got traced)
+    block_rq_issue_args: int = 1  # 1 (rq), or 2 (request_queue first, before v5.11)
 
     @property
     def has_task_storage(self) -> bool:
@@ -153,6 +154,7 @@ def kernel() -> Kernel:
         kfree = _tp_args(vmlinux, "kfree_skb")
         switch = _tp_args(vmlinux, "sched_switch")
         rst = _tp_args(vmlinux, "tcp_send_reset")
+        block = _tp_args(vmlinux, "block_rq_issue")
     finally:
         vmlinux.close()
     storage = libbpf.probe_map_type(libbpf.MAP_TASK_STORAGE)
@@ -165,7 +167,7 @@ def kernel() -> Kernel:
     both = None if storage is None or task_btf is None else bool(storage and task_btf)
     return Kernel(release=platform.release(), sock_length_tps=socks, task_storage=both,
                   task_pt_regs=regs, kfree_skb_args=kfree, sched_switch_args=switch,
-                  tcp_send_reset_args=rst)
+                  tcp_send_reset_args=rst, block_rq_issue_args=block)
 
 
 def use_task_store(obj: libbpf.BpfObject, *maps: str, entries: int = 65536) -> None:

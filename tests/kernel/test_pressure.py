@@ -5,6 +5,7 @@ a limit shows as memory pressure, refaults and reclaim stalls within what PSI co
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -138,3 +139,85 @@ def test_block_io_bytes_equal_what_dd_read_directly(pods: PodNetwork, agent: Age
     finally:
         data.unlink(missing_ok=True)
         shutil.rmtree(f"/dev/shm/podscope-io-{os.getpid()}", ignore_errors=True)
+
+
+def test_fio_direct_reads_counted_and_timed(pods: PodNetwork, agent: AgentProc) -> None:
+    """fio reads 4 KiB blocks at random with O_DIRECT in a pod for 3 s: the pod's block I/O
+    requests on that disk (their bio queued to the request completed) are as many as fio issued
+    and as the pod's own blkio/io.stat counters say (give or take the few that start fio, and
+    the moment each side counts); the disk's reads take as long in all as its own accounting
+    says (within 10 %), and the pod's mean is below fio's completion latency (which adds fio's
+    read call) but not by half."""
+    pod = pods.pod("fio")
+    data = Path(f"/var/tmp/podscope-fio-{os.getpid()}")
+    st = os.stat("/var/tmp")
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    v1 = os.path.isdir("/sys/fs/cgroup/blkio")
+    path = (pod.set_limit("blkio", "blkio.throttle.read_bps_device", f"{dev} 10000000000") if v1
+            else pod.set_limit("io", "io.max", f"{dev} rbps=10000000000"))
+    devname = re.search(r"DEVNAME=(\S+)", Path(f"/sys/dev/block/{dev}/uevent").read_text())
+    assert devname
+    disk = devname.group(1)
+
+    def own() -> tuple[int, int]:
+        """(read requests, read bytes) of the pod's cgroup on the disk, by the kernel."""
+        if v1:
+            d = Path(path).parent
+            ops = re.search(rf"^{dev} Read (\d+)$",
+                            (d / "blkio.throttle.io_serviced").read_text(), re.M)
+            nb = re.search(rf"^{dev} Read (\d+)$",
+                           (d / "blkio.throttle.io_service_bytes").read_text(), re.M)
+            return (int(ops.group(1)) if ops else 0, int(nb.group(1)) if nb else 0)
+        stat = (Path(path).parent / "io.stat").read_text()
+        m = re.search(rf"^{dev} rbytes=(\d+) \S+ rios=(\d+)", stat, re.M)
+        return (int(m.group(2)), int(m.group(1))) if m else (0, 0)
+
+    def disk_reads() -> tuple[int, int]:
+        """(reads completed, milliseconds spent on them) of the whole disk, by the kernel."""
+        f = Path(f"/sys/block/{disk}/stat").read_text().split()
+        return int(f[0]), int(f[3])
+
+    def all_reads(m: Metrics) -> tuple[float, float]:
+        lab = {"device": disk, "direction": "read"}
+        return (m.value("podscope_io_request_duration_seconds_count", **lab),
+                m.value("podscope_io_request_duration_seconds_sum", **lab))
+
+    def ours(m: Metrics) -> tuple[float, float, float]:
+        lab = {"k8s_pod_uid": pod.uid, "device": disk, "direction": "read"}
+        return (m.value("podscope_io_request_duration_seconds_count", **lab),
+                m.value("podscope_io_request_bytes_total", **lab),
+                m.value("podscope_io_request_duration_seconds_sum", **lab))
+
+    try:
+        with open(data, "wb") as f:
+            f.write(os.urandom(64 << 20))
+            os.fsync(f.fileno())
+        pod.run(["fio", "--version"])  # fio's own pages from the disk, once, before counting
+        m0 = agent.metrics()
+        k0, p0, d0, a0 = own(), ours(m0), disk_reads(), all_reads(m0)
+        out = pod.run(["fio", "--name=r", f"--filename={data}", "--rw=randread", "--bs=4k",
+                       "--direct=1", "--ioengine=psync", "--runtime=3", "--time_based",
+                       "--size=64M", "--output-format=json"], capture_output=True, text=True)
+        job = json.loads(out.stdout[out.stdout.index("{"):])["jobs"][0]["read"]
+        ios, clat = job["total_ios"], job["clat_ns"]["mean"] / 1e9
+        assert ios > 100 and job["io_bytes"] == ios * 4096
+        # the kernel's own counters count bios as they are submitted, podscope requests (of one
+        # or more bios) as they complete, and fio its own reads: a few dozen apart at most, of
+        # tens of thousands (fio's code and libraries read in as it runs)
+        assert wait_for(lambda: ours(agent.metrics())[0] - p0[0] >= ios - 64, timeout=10), \
+            (ours(agent.metrics()), p0, ios, own(), k0)
+        m1 = agent.metrics()
+        k1, p1, d1, a1 = own(), ours(m1), disk_reads(), all_reads(m1)
+        count, nbytes, secs = (a - b for a, b in zip(p1, p0, strict=True))
+        assert abs(count - (k1[0] - k0[0])) <= 64 and abs(count - ios) <= 64, (count, ios, k0, k1)
+        assert abs(nbytes - (k1[1] - k0[1])) <= 64 * 4096 + (1 << 20), (nbytes, k0, k1)
+        # the time: every read of the disk (all cgroups) takes as long in all as the kernel's
+        # own accounting of the disk says (its read ticks, in ms, from the request's start);
+        # fio's completion latency is that plus its own read call (and the wake-up after it)
+        reads, ticks = d1[0] - d0[0], (d1[1] - d0[1]) / 1e3
+        n_all, t_all = a1[0] - a0[0], a1[1] - a0[1]
+        assert abs(n_all - reads) <= max(8, reads // 1000), (n_all, reads)
+        assert abs(t_all - ticks) <= 0.1 * ticks, (t_all, ticks)
+        assert 0.5 * clat <= secs / count <= clat, (secs / count, clat)
+    finally:
+        data.unlink(missing_ok=True)

@@ -16,4 +16,29 @@ struct reclaim_key {
 	__u32 _pad;
 };
 
+enum io_dir {
+	IO_READ = 0,
+	IO_WRITE = 1,
+	IO_DISCARD = 2,
+	IO_OTHER = 3, /* flush, write zeroes, ... */
+};
+
+/* Block I/O requests per (cgroup, device, direction): issue to completion in the device. */
+struct io_key {
+	__u64 cgroup_id; /* who the I/O is for (see pressure.bpf.c); 0: the node */
+	__u32 dev;	 /* MAJOR << 20 | MINOR of the disk */
+	__u32 dir;	 /* enum io_dir */
+};
+
+/* A bio or request in flight: when its (first) bio was queued, and for whom. */
+struct io_start {
+	__u64 ts; /* CLOCK_MONOTONIC */
+	__u64 cgroup_id;
+};
+
+struct io_stats {
+	struct hist lat; /* nanoseconds; the count is the sum of the slots */
+	__u64 bytes;
+};
+
 #endif

@@ -11,10 +11,12 @@ scrape time, like the CPU throttling counters): no BPF.
 - Memory: memory.events `high` (times the cgroup went over memory.high and its tasks were made to
   reclaim) and `max`, and memory.stat's refaults (pages read back soon after reclaim took them:
   the working set does not fit), `podscope_memory_refaults_total{type}`.
-- Reclaim stalls (pressure.bpf.c, the one BPF part): the time each task spent in direct reclaim
-  or memory-cgroup reclaim, from the vmscan tracepoints around it, as a histogram per container
-  and kind, `podscope_memory_reclaim_stall_seconds{kind}`. When the kernel refuses it, the file
-  signals go on.
+- From BPF (pressure.bpf.c): reclaim stalls, the time each task spent in direct reclaim or
+  memory-cgroup reclaim, from the vmscan tracepoints around it, as a histogram per container and
+  kind, `podscope_memory_reclaim_stall_seconds{kind}`; block I/O requests from issue to
+  completion per container, disk and direction, `podscope_io_request_duration_seconds` and
+  `podscope_io_request_bytes_total` (who a request is for: see pressure.bpf.c). When the kernel
+  refuses them, the file signals go on.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Iterable
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from .. import libbpf
+from .. import features, libbpf
 from ..features import Signal
 from ..metadata.cgroups import cgroup2_mount
 from ..metadata.store import Labels, MetadataStore, identity
@@ -45,7 +47,10 @@ from .cgroupfiles import (
 
 _IO_DIRECTIONS = {"r": "read", "w": "write", "d": "discard"}
 _RECLAIM_PROGS = ["prs_direct_b", "prs_direct_e", "prs_memcg_b", "prs_memcg_e"]
+_IO_PROGS = ["prs_bio_q", "prs_rq_issue", "prs_rq_done"]
 RECLAIM_SIGNAL = "memory reclaim stalls per container"
+IO_SIGNAL = "block I/O latency per container"
+_DIRS = {0: "read", 1: "write", 2: "discard", 3: "other"}
 STALE_BEGIN_NS = 60 * 10**9  # a reclaim begun this long ago whose end never came: dropped
 
 log = logging.getLogger("podscope.pressure")
@@ -61,6 +66,10 @@ class PressureCollector:
         self.obj = libbpf.BpfObject(libbpf.bpf_object_path("pressure"), "pressure")
         self.Key = self.obj.struct("reclaim_key")
         self.Hist = self.obj.struct("hist")
+        self.IoKey = self.obj.struct("io_key")
+        self.IoStats = self.obj.struct("io_stats")
+        self.IoStart = self.obj.struct("io_start")
+        self.obj.set_rodata(block_queue_arg=features.kernel().block_rq_issue_args == 2)
         self.kinds = {v: k.removeprefix("RECLAIM_").lower()
                       for k, v in self.obj.btf.enum("reclaim_kind").items()}
         self.bpf_error = ""  # why the reclaim programs do not run, when they do not
@@ -68,9 +77,10 @@ class PressureCollector:
     def start(self) -> None:
         o = self.obj
         o.map("reclaim_stalls").check_types(self.Key, self.Hist)
-        try:  # the files do not need it: a refused object costs the reclaim signal only
-            o.load(optional=_RECLAIM_PROGS)
-            attach(o, optional=_RECLAIM_PROGS)
+        o.map("io_requests").check_types(self.IoKey, self.IoStats)
+        try:  # the files do not need it: a refused object costs its own signals only
+            o.load(optional=_RECLAIM_PROGS + _IO_PROGS)
+            attach(o, optional=_RECLAIM_PROGS + _IO_PROGS)
         except libbpf.BpfError as e:
             self.bpf_error = e.short
             log.error("pressure: memory reclaim stalls unavailable: %s", e.short)
@@ -102,15 +112,16 @@ class PressureCollector:
         mem_v2 = "memory" in v2
         mem = "works" if mem_v2 or "memory" in self.files.v1 else "unavailable"
         if self.bpf_error:
-            reclaim = Signal(RECLAIM_SIGNAL, self.name, "unavailable",
-                             "tp_btf/mm_vmscan_*_reclaim_*", self.bpf_error)
+            bpf = [Signal(RECLAIM_SIGNAL, self.name, "unavailable",
+                          "tp_btf/mm_vmscan_*_reclaim_*", self.bpf_error),
+                   Signal(IO_SIGNAL, self.name, "unavailable", "tp_btf/block_*", self.bpf_error)]
         else:
-            reclaim = program_signals(self.name, self.obj, {RECLAIM_SIGNAL: _RECLAIM_PROGS},
-                                      partial=True)[0]
+            bpf = program_signals(self.name, self.obj, {RECLAIM_SIGNAL: _RECLAIM_PROGS,
+                                                        IO_SIGNAL: _IO_PROGS}, partial=True)
         return [
             Signal("pressure stalls per container (PSI)", self.name, psi, "cgroup v2 *.pressure",
                    why),
-            reclaim,
+            *bpf,
             Signal("block I/O per container", self.name, io,
                    "io.stat" if io_v2 else "blkio.throttle (cgroup v1)",
                    "" if io == "works" else "neither the v2 io controller nor v1 blkio"),
@@ -181,6 +192,24 @@ class PressureCollector:
                          "allocation could go on: direct (the node was short) or memcg (its cgroup "
                          "was at its limit or over memory.high)", labels=label_names("kind"))
         yield log2_histogram(hist, buckets, sums, 1e-9)
+        io_b: dict[tuple[Labels, tuple[str, ...]], list[int]] = {}
+        io_s: dict[tuple[Labels, tuple[str, ...]], float] = {}
+        nbytes = Sums()
+        for k, v in self.obj.map("io_requests").items(self.IoKey, self.IoStats):
+            labels = self.store.labels(k.cgroup_id, 0)
+            if labels.k8s_pod_uid and self.store.retired(labels.k8s_pod_uid):
+                continue
+            extra = (device_name(f"{k.dev >> 20}:{k.dev & 0xFFFFF}"),
+                     _DIRS.get(k.dir, "other"))
+            add_hist(io_b, io_s, (labels, extra), v.lat)
+            nbytes.add(labels, extra, v.bytes)
+        lat = Histogram("podscope_io_request_duration_seconds",
+                        "Block I/O requests of the container, from their issue to the device to "
+                        "their completion", labels=label_names("device", "direction"))
+        yield log2_histogram(lat, io_b, io_s, 1e-9)
+        yield nbytes.family(CounterMetricFamily, "podscope_io_request_bytes_total",
+                            "Bytes of the container's completed block I/O requests",
+                            "device", "direction")
 
     def _io(self, rel: str) -> dict[str, dict[str, int]]:
         if self.files.v2 and "io" in _controllers(self.files.v2):
@@ -195,24 +224,30 @@ class PressureCollector:
         return 0
 
     def maintain(self) -> None:
-        """Reclaims that began and never ended (the thread died in between) go."""
+        """Reclaims that began and never ended (the thread died in between) go, and so do bios
+        merged into a request (never looked up again) and requests that never completed."""
         if not self.obj.loaded:
             return
-        start = self.obj.map("reclaim_start")
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        start = self.obj.map("reclaim_start")
         for tid, t0 in list(start.items(ct.c_uint32, ct.c_uint64)):
             if now - t0.value > STALE_BEGIN_NS:
                 start.delete(tid)
+        for name in ("bio_owner", "rq_start"):
+            m = self.obj.map(name)
+            for k, st in list(m.items(ct.c_uint64, self.IoStart)):
+                if now - st.ts > STALE_BEGIN_NS:
+                    m.delete(k)
 
     def forget_pods(self, uids: set[str]) -> None:
         """The stalls of containers gone (their cgroup ids are not reused: ids only grow)."""
         if not self.obj.loaded:
             return
-        m = self.obj.map("reclaim_stalls")
-        for k in list(m.keys(self.Key)):
-            labels = self.store.labels(k.cgroup_id, 0)
-            if identity(labels) in uids:
-                m.delete(k)
+        for m, key_type in ((self.obj.map("reclaim_stalls"), self.Key),
+                            (self.obj.map("io_requests"), self.IoKey)):
+            for k in list(m.keys(key_type)):
+                if identity(self.store.labels(k.cgroup_id, 0)) in uids:
+                    m.delete(k)
 
     def close(self) -> None:
         self.obj.close()

@@ -95,4 +95,24 @@ static __always_inline unsigned int task_state(const struct task_struct *t)
 #define SCHED_SWITCH_PREV_STATE(ctx, preempt, prev, has_prev_state)                              \
 	((has_prev_state) ? (unsigned int)(ctx)[3] : ((preempt) ? 0 : task_state(prev)))
 
+/* Before v5.18 (commit f3fa33acca9f "block: remove the ->rq_disk field in struct request") a
+ * request named its disk itself; since, through its queue. */
+struct request___old {
+	struct gendisk *rq_disk;
+} __attribute__((preserve_access_index));
+
+/* A request's device as user space names it, MAJOR:MINOR of the whole disk (0: none). */
+static __always_inline __u32 rq_devt(const struct request *rq)
+{
+	struct gendisk *disk;
+
+	if (bpf_core_field_exists(struct request___old, rq_disk))
+		disk = BPF_CORE_READ((struct request___old *)rq, rq_disk);
+	else
+		disk = BPF_CORE_READ(rq, q, disk);
+	if (!disk)
+		return 0;
+	return (__u32)BPF_CORE_READ(disk, major) << 20 | (__u32)BPF_CORE_READ(disk, first_minor);
+}
+
 #endif
