@@ -1317,7 +1317,7 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 	if (c && c->mode == HTTP_MODE_OFF) {
 		w = have ? peek8(&s->io, ret) : 0;
 		if (method_of(w, &target) == 0xff && !is_response(w) &&
-		    !(detect_db && (db_request_proto(w, ret) || db_response_proto(w)))) {
+		    !(detect_db && db_detect(w, ret))) {
 			if (!plain && have && is_tls_record(peek_record(&s->io, ret, w))) {
 				c->tls = 1; /* STARTTLS, or TLS first seen mid-way */
 				tls_socket_io(key, inbound);
@@ -1365,20 +1365,17 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 							   EMIT_KIND(HTTP_S_DATA));
 			return 0;
 		}
-		if (detect_db && have &&
-		    ((proto = db_request_proto(w, ret)) || db_response_proto(w))) {
+		if (detect_db && have && (proto = db_detect(w, ret))) {
 			/* a database or cache: user space parses it, from this request (or the
-			 * server's greeting) on */
+			 * server's greeting) on; who wrote it is the client, or the server */
 			if (!c && !(c = conn_new(s, key)))
 				return 0;
-			role = inbound ? HTTP_ROLE_SERVER : HTTP_ROLE_CLIENT;
-			if (!proto) {
-				proto = db_response_proto(w);
-				role = inbound ? HTTP_ROLE_CLIENT : HTTP_ROLE_SERVER;
-			}
-			conn_init(c, s, sk, role, btf);
+			conn_init(c, s, sk,
+				  inbound != !!(proto & DB_SERVER_WROTE) ? HTTP_ROLE_SERVER :
+									 HTTP_ROLE_CLIENT,
+				  btf);
 			c->mode = HTTP_MODE_STREAM;
-			c->proto = proto;
+			c->proto = proto & ~DB_SERVER_WROTE;
 			count(HTTP_C_STREAMED);
 			http_stream_emit(key, ret, (inbound ? EMIT_INBOUND : 0) | EMIT_HAVE_IO |
 							   EMIT_KIND(HTTP_S_DATA));

@@ -14,25 +14,26 @@ static __always_inline bool db_digit(__u8 c)
 	return c >= '0' && c <= '9';
 }
 
+/* Byte i of the first eight, read from the word itself: no copy on the stack */
+#define DB_B(w, i) ((__u8)((w) >> (8 * (i))))
+
 /* Redis (RESP): a command is an array of bulk strings, "*<n>\r\n$<len>\r\n" (n < 10000). */
 static __always_inline bool db_is_redis_request(__u64 w)
 {
-	__u8 b[8];
-
-	__builtin_memcpy(b, &w, 8);
-	if (b[0] != '*' || b[1] < '1' || b[1] > '9')
+	if (DB_B(w, 0) != '*' || DB_B(w, 1) < '1' || DB_B(w, 1) > '9')
 		return false;
-	if (b[2] == '\r')
-		return b[3] == '\n' && b[4] == '$';
-	if (!db_digit(b[2]))
+	if (DB_B(w, 2) == '\r')
+		return DB_B(w, 3) == '\n' && DB_B(w, 4) == '$';
+	if (!db_digit(DB_B(w, 2)))
 		return false;
-	if (b[3] == '\r')
-		return b[4] == '\n' && b[5] == '$';
-	if (!db_digit(b[3]))
+	if (DB_B(w, 3) == '\r')
+		return DB_B(w, 4) == '\n' && DB_B(w, 5) == '$';
+	if (!db_digit(DB_B(w, 3)))
 		return false;
-	if (b[4] == '\r')
-		return b[5] == '\n' && b[6] == '$';
-	return db_digit(b[4]) && b[5] == '\r' && b[6] == '\n' && b[7] == '$';
+	if (DB_B(w, 4) == '\r')
+		return DB_B(w, 5) == '\n' && DB_B(w, 6) == '$';
+	return db_digit(DB_B(w, 4)) && DB_B(w, 5) == '\r' && DB_B(w, 6) == '\n' &&
+	       DB_B(w, 7) == '$';
 }
 
 #define DB_W4(a, b, c, d) ((__u32)(a) | (__u32)(b) << 8 | (__u32)(c) << 16 | (__u32)(d) << 24)
@@ -108,16 +109,15 @@ static __always_inline bool db_letter(__u8 c)
  * under 1 MB), then a statement's first letters. */
 static __always_inline bool db_is_postgres_query(__u64 w, int ret)
 {
-	__u8 b[8];
-	__u32 len;
+	__u32 len = (__u32)DB_B(w, 1) << 24 | (__u32)DB_B(w, 2) << 16 | (__u32)DB_B(w, 3) << 8 |
+		    DB_B(w, 4);
 
-	__builtin_memcpy(b, &w, 8);
-	len = (__u32)b[1] << 24 | (__u32)b[2] << 16 | (__u32)b[3] << 8 | b[4];
 	if (len < 8 || len >= (1u << 20) || len + 1 > (__u32)ret)
 		return false;
-	if (b[0] == 'Q')
-		return db_letter(b[5]) && db_letter(b[6]) && db_letter(b[7]);
-	return b[0] == 'P' && b[5] == 0 && db_letter(b[6]) && db_letter(b[7]);
+	if (DB_B(w, 0) == 'Q')
+		return db_letter(DB_B(w, 5)) && db_letter(DB_B(w, 6)) && db_letter(DB_B(w, 7));
+	return DB_B(w, 0) == 'P' && DB_B(w, 5) == 0 && db_letter(DB_B(w, 6)) &&
+	       db_letter(DB_B(w, 7));
 }
 
 /* MySQL/MariaDB: a COM_QUERY packet as a whole syscall (a connection whose login was not seen):
@@ -125,12 +125,9 @@ static __always_inline bool db_is_postgres_query(__u64 w, int ret)
  * letters (SELECT, insert, ...). */
 static __always_inline bool db_is_mysql_query(__u64 w, int ret)
 {
-	__u8 b[8];
-
-	__builtin_memcpy(b, &w, 8);
-	return b[3] == 0 && b[4] == 0x03 && ret > 8 &&
-	       (__u32)b[0] + ((__u32)b[1] << 8) + ((__u32)b[2] << 16) + 4 == (__u32)ret &&
-	       db_letter(b[5]) && db_letter(b[6]) && db_letter(b[7]);
+	return DB_B(w, 3) == 0 && DB_B(w, 4) == 0x03 && ret > 8 &&
+	       (__u32)(w & 0xffffff) + 4 == (__u32)ret && db_letter(DB_B(w, 5)) &&
+	       db_letter(DB_B(w, 6)) && db_letter(DB_B(w, 7));
 }
 
 /* MySQL/MariaDB: a COM_QUERY's body read alone (the server reads a packet's 4-byte header, then
@@ -164,11 +161,9 @@ static __always_inline bool db_is_mysql_query_body(__u64 w)
  * the server): a packet under 1 KB at sequence 0, protocol 10, a version "<digit>.<...>". */
 static __always_inline bool db_is_mysql_greeting(__u64 w)
 {
-	__u8 b[8];
-
-	__builtin_memcpy(b, &w, 8);
-	return b[2] == 0 && b[1] < 4 && (b[0] | b[1]) && b[3] == 0 && b[4] == 0x0a &&
-	       db_digit(b[5]) && (b[6] == '.' || (db_digit(b[6]) && b[7] == '.'));
+	return DB_B(w, 2) == 0 && DB_B(w, 1) < 4 && (w & 0xffff) && DB_B(w, 3) == 0 &&
+	       DB_B(w, 4) == 0x0a && db_digit(DB_B(w, 5)) &&
+	       (DB_B(w, 6) == '.' || (db_digit(DB_B(w, 6)) && DB_B(w, 7) == '.'));
 }
 
 /* NATS: a client's CONNECT (its first line), or a PUB or HPUB of a connection met after its
@@ -213,6 +208,21 @@ static __always_inline __u8 db_request_proto(__u64 w, int ret)
 	if (db_is_nats_request(w))
 		return HTTP_PROTO_NATS;
 	return 0;
+}
+
+/* What a connection's bytes speak: the protocol, with DB_SERVER_WROTE set when they are a
+ * server's (a greeting, a delivery: the side that wrote them is the server); 0 for none. Not
+ * inlined: go_tls_ret's own frame is what v5.10 allows (512 bytes for the frames of its deepest
+ * call chain, each rounded up to 32), and these checks inlined there took 8 more. */
+#define DB_SERVER_WROTE 0x80
+static __noinline __u8 db_detect(__u64 w, int ret)
+{
+	__u8 p = db_request_proto(w, ret);
+
+	if (p)
+		return p;
+	p = db_response_proto(w);
+	return p ? p | DB_SERVER_WROTE : 0;
 }
 
 #endif
