@@ -61,7 +61,7 @@ def test_pressure_totals_equal_the_pods_own_files(pods: PodNetwork, agent: Agent
             assert wait_for(lambda p=pod, r=res: agent.metrics().value(
                 STALLED, k8s_pod_uid=p.uid, resource=r, kind="some") > 0, timeout=10), res
             before, m, after = scraped_between(agent, pod, res)
-            for kind in ("some", "full"):
+            for kind in before:  # cpu "full" came in 5.13
                 got = m.value(STALLED, k8s_pod_uid=pod.uid, resource=res, kind=kind)
                 assert before[kind] <= got <= after[kind], (res, kind, before, got, after)
             assert before["some"] > 0, (res, before)

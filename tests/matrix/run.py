@@ -43,7 +43,8 @@ SUBSET = [
     "tests/kernel/test_db.py::test_sysbench_and_sql_errors_on_both_sides[auto]",
     "tests/kernel/test_db.py::test_nats_publish_subscribe_and_request_reply_on_every_side",
     "tests/kernel/test_db.py::test_postgres_connection_opened_before_the_agent",
-    "tests/kernel/test_pressure.py::test_pressure_totals_equal_the_pods_own_files",
+    # (not test_pressure: the guests' /var/tmp is 9p over the host's root, whose reads make no
+    # page cache for a memory limit to reclaim; the test runs on the host in make test)
 ]
 SLOW = 10  # PODSCOPE_TEST_SLOW inside a VM: waits scale with it (software emulation)
 VM_TIMEOUT = 2400  # seconds one kernel may take in all
