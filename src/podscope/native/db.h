@@ -200,6 +200,9 @@ int desync(struct dbconn *c, const char *reason);
 size_t take_line(const uint8_t *p, size_t n, char *line, uint32_t cap, uint32_t *line_len,
 		 uint32_t *over, int *whole);
 
+size_t take_body(const uint8_t *p, size_t n, void *body, uint32_t cap, uint32_t *body_len,
+		 uint64_t *body_left, uint64_t *bytes);
+
 /* --- each protocol: its bytes of one direction (request: from the client) --- */
 int resp_feed(struct dbconn *c, int request, const uint8_t *p, size_t n,
 	      uint64_t uncaptured, uint64_t ts);

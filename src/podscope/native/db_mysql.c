@@ -434,13 +434,8 @@ int my_feed(struct dbconn *c, int request, const uint8_t *p, size_t n, uint64_t 
 	}
 	while (pos < n) {
 		if (d->body_left) {
-			size_t take = d->body_left < n - pos ? (size_t)d->body_left : n - pos;
-			size_t keep = MY_KEEP - d->body_len < take ? MY_KEEP - d->body_len : take;
-			memcpy(d->body + d->body_len, p + pos, keep);
-			d->body_len += (uint32_t)keep;
-			d->body_left -= take;
-			d->bytes += take;
-			pos += take;
+			pos += take_body(p + pos, n - pos, d->body, MY_KEEP, &d->body_len,
+					 &d->body_left, &d->bytes);
 			if (!d->body_left && my_packet(c, request, ts))
 				return -1;
 			if (c->opaque)

@@ -194,13 +194,8 @@ int pg_feed(struct dbconn *c, int request, const uint8_t *p, size_t n,
 		d->started = 1; /* met after its start (the engine forgot it while idle) */
 	while (pos < n) {
 		if (d->body_left) {
-			size_t take = d->body_left < n - pos ? (size_t)d->body_left : n - pos;
-			size_t keep = PG_KEEP - d->body_len < take ? PG_KEEP - d->body_len : take;
-			memcpy(d->body + d->body_len, p + pos, keep);
-			d->body_len += (uint32_t)keep;
-			d->body_left -= take;
-			d->bytes += take;
-			pos += take;
+			pos += take_body(p + pos, n - pos, d->body, PG_KEEP, &d->body_len,
+					 &d->body_left, &d->bytes);
 			if (!d->body_left && pg_done(c, d, request, ts))
 				return -1;
 			continue;

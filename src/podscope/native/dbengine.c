@@ -213,6 +213,20 @@ static int replies_lost(struct dbconn *c)
 	return 0;
 }
 
+/* The rest of a message of a known length (at most *body_left of n bytes): its first `cap` bytes
+ * kept in body, the rest passed over; the bytes consumed. */
+size_t take_body(const uint8_t *p, size_t n, void *body, uint32_t cap, uint32_t *body_len,
+		 uint64_t *body_left, uint64_t *bytes)
+{
+	size_t take = *body_left < n ? (size_t)*body_left : n;
+	size_t keep = cap - *body_len < take ? cap - *body_len : take;
+	memcpy((char *)body + *body_len, p, keep);
+	*body_len += (uint32_t)keep;
+	*body_left -= take;
+	*bytes += take;
+	return take;
+}
+
 /* The bytes up to the next newline into a line of at most `cap` bytes (the rest of a longer line
  * is passed over: *over); the bytes consumed, *whole: the newline was among them. */
 size_t take_line(const uint8_t *p, size_t n, char *line, uint32_t cap, uint32_t *line_len,
