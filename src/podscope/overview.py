@@ -44,6 +44,7 @@ class _PodTotals:
     throttled: float = 0.0  # seconds
     runq: dict[float, float] = field(default_factory=dict)
     pressure: dict[str, float] = field(default_factory=dict)  # resource -> stalled (some) seconds
+    reclaim: float = 0.0  # seconds its tasks spent in memory reclaim
 
 
 @dataclass
@@ -199,6 +200,8 @@ class Overview:
                 elif name == "podscope_pressure_stalled_seconds" and labels.get("kind") == "some":
                     r = labels.get("resource", "")
                     p.pressure[r] = p.pressure.get(r, 0.0) + s.value
+                elif name == "podscope_memory_reclaim_stall_seconds" and s.name.endswith("_sum"):
+                    p.reclaim += s.value
                 elif name == "podscope_cpu_runqueue_delay_seconds" and s.name.endswith("_bucket"):
                     le = float(labels["le"])
                     p.runq[le] = p.runq.get(le, 0.0) + s.value
@@ -257,8 +260,11 @@ class Overview:
                 "pressure_ratio": {r: rate(v, o.pressure.get(r, 0.0) if o else 0.0)
                                    for r, v in sorted(p.pressure.items())},
             })
-            pods_out[-1]["pressure_max_ratio"] = max(pods_out[-1]["pressure_ratio"].values(),
-                                                     default=0.0)
+            ratios = pods_out[-1]["pressure_ratio"]
+            pods_out[-1]["pressure_max_ratio"] = max(ratios.values(), default=0.0)
+            for r in ("cpu", "memory", "io"):  # one number each, for trigger rules
+                pods_out[-1][f"{r}_pressure_ratio"] = ratios.get(r, 0.0)
+            pods_out[-1]["reclaim_seconds_per_second"] = rate(p.reclaim, o.reclaim if o else 0.0)
         edges_out = []
         for (src, dst), e in cur["edges"].items():
             o = old["edges"].get((src, dst)) if old else None

@@ -39,6 +39,12 @@ SIGNALS = {
     "runqueue_p99_seconds": "runqueue_p99_seconds",
     "throttled_ratio": "throttled_ratio",
     "kernel_errors_per_second": "kernel_errors_per_second",
+    # pressure stall information: share of the window some task of the pod was stalled
+    "pressure_max_ratio": "pressure_max_ratio",
+    "cpu_pressure_ratio": "cpu_pressure_ratio",
+    "memory_pressure_ratio": "memory_pressure_ratio",
+    "io_pressure_ratio": "io_pressure_ratio",
+    "reclaim_seconds_per_second": "reclaim_seconds_per_second",
 }
 
 
@@ -100,6 +106,49 @@ class Rule:
 Deep = Callable[[str, Rule, str], dict[str, Any]]
 
 
+def pressure_summary(before: dict[str, Any], after: dict[str, Any],
+                     seconds: float) -> dict[str, Any]:
+    """What the pod's memory, I/O and pressure did over a window (PressureCollector.pod_state
+    before and after it): the share of the window stalled per resource and kind (PSI), reclaim
+    stalls and block I/O requests (count, total, mean, p50, p99), memory.high events, refaults."""
+    dt = max(seconds, 1e-9)
+    stalled = {res: {k: round(max(v - before["psi"].get(res, {}).get(k, 0.0), 0.0) / dt, 6)
+                     for k, v in kinds.items()} for res, kinds in after["psi"].items()}
+
+    def hists(name: str) -> list[dict[str, Any]]:
+        out = []
+        for key, (slots, total, nbytes) in sorted(after[name].items()):
+            old = before[name].get(key, [[0] * len(slots), 0, 0])
+            d = [a - b for a, b in zip(slots, old[0], strict=True)]
+            n = sum(d)
+            if n <= 0:
+                continue
+            row: dict[str, Any] = dict(zip(("device", "direction"), key.split(" "), strict=True)) \
+                if name == "io" else {"kind": key}
+            row.update(count=n, seconds=(total - old[1]) / 1e9,
+                       mean_seconds=(total - old[1]) / n / 1e9,
+                       p50_seconds=_quantile(0.5, d, n, 1e-9),
+                       p99_seconds=_quantile(0.99, d, n, 1e-9))
+            if name == "io":
+                row["bytes"] = nbytes - old[2]
+            out.append(row)
+        return out
+
+    return {"stalled_ratio": stalled, "reclaim": hists("reclaim"), "io_requests": hists("io"),
+            "memory_high_events": after["memory_high_events"] - before["memory_high_events"],
+            "refaults": after["refaults"] - before["refaults"]}
+
+
+def _quantile(p: float, d: list[int], n: int, unit: float) -> float:
+    """A quantile of log2 buckets (slot i holds values below 2**i units): its bucket's bound."""
+    cum = 0
+    for i, c in enumerate(d):
+        cum += c
+        if cum >= p * n:
+            return (2 ** i) * unit
+    return (2 ** (len(d) - 1)) * unit
+
+
 def net_summary(before: dict[Any, tuple[list[int], int]], after: dict[Any, tuple[list[int], int]],
                 uid: str) -> list[dict[str, Any]]:
     """The pod's network latency histograms over the window: count, mean, p50, p99 per kind
@@ -113,18 +162,10 @@ def net_summary(before: dict[Any, tuple[list[int], int]], after: dict[Any, tuple
         n = sum(d)
         if n <= 0:
             continue
-
-        def q(p: float, d: list[int] = d, n: int = n) -> float:
-            cum = 0
-            for i, c in enumerate(d):
-                cum += c
-                if cum >= p * n:
-                    return (2 ** i) * 1e-6
-            return (2 ** (len(d) - 1)) * 1e-6
-
         out.append({"kind": kind.removeprefix("NETLAT_").lower(), "device": dev, "count": n,
                     "mean_seconds": (total - old_total) / n * 1e-6,
-                    "p50_seconds": q(0.5), "p99_seconds": q(0.99)})
+                    "p50_seconds": _quantile(0.5, d, n, 1e-6),
+                    "p99_seconds": _quantile(0.99, d, n, 1e-6)})
     return out
 
 
@@ -134,7 +175,8 @@ class Triggers:
                  deep: Deep | None = None, interval: float = 5.0,
                  blocked_reasons: Callable[[bool], bool] | None = None,
                  net_probes: Callable[[bool], bool] | None = None,
-                 net_view: Callable[[], dict[Any, tuple[list[int], int]]] | None = None):
+                 net_view: Callable[[], dict[Any, tuple[list[int], int]]] | None = None,
+                 pressure_view: Callable[[str], dict[str, Any]] | None = None):
         self.rules = rules
         self.snapshot = snapshot
         self.store = store
@@ -145,6 +187,7 @@ class Triggers:
         self.blocked_reasons = blocked_reasons  # switches the HTTP off-CPU probe
         self.net_probes = net_probes  # switches the network latency probe
         self.net_view = net_view  # its histograms now
+        self.pressure_view = pressure_view  # a pod's PSI, reclaim and block I/O totals now
         self._since: dict[tuple[str, str], float] = {}
         self._last: dict[tuple[str, str], float] = {}
         self._made: deque[float] = deque()
@@ -227,6 +270,7 @@ class Triggers:
             self.active += 1
         switched = net_on = False
         net_before: dict[Any, tuple[list[int], int]] = {}
+        pressure_before = None
         try:
             os.makedirs(out, exist_ok=True)
             probes = ["on_cpu_stacks"] + (["off_cpu_stacks"] if rule.off_cpu else [])
@@ -241,9 +285,15 @@ class Triggers:
                     probes.append("network_latency")
             report["probes"] = probes
             self._write(out, report)
+            if self.pressure_view is not None:
+                pressure_before = (time.monotonic(), self.pressure_view(pod["uid"]))
             report.update(status="done", profile=self.deep(pod["uid"], rule, out))
             if net_on and self.net_view is not None:
                 report["network"] = net_summary(net_before, self.net_view(), pod["uid"])
+            if pressure_before is not None and self.pressure_view is not None:
+                t0, before = pressure_before
+                report["pressure"] = pressure_summary(before, self.pressure_view(pod["uid"]),
+                                                      time.monotonic() - t0)
         except Exception as e:
             log.error("trigger %s: deep probes failed: %s", rule.name, e)
             report.update(status="failed", error=str(e))

@@ -5,6 +5,7 @@ BPF, real pods)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import urllib.error
@@ -15,6 +16,7 @@ from podscope.flamegraph import parse_folded
 from podscope.testing.pods import PodNetwork
 from tests.conftest import PODSCOPE, AgentProc, python_cmd
 from tests.kernel.test_http import start_py_server
+from tests.kernel.test_pressure import cold_file
 from tests.kernel.test_profile import attached_profile_programs
 from tests.kernel.test_tcp import wait_for
 
@@ -80,7 +82,7 @@ def test_p99_rule_fires_reports_and_detaches(pods: PodNetwork, tmp_path: Path) -
         assert agent.get(f"/api/reports/{r['id']}/offcpu.svg").startswith("<?xml")
         # requests inside the window say why they were blocked; those before and after do not
         time.sleep(1.5)
-        recs = [json.loads(x) for x in exp.read_text().splitlines()]
+        recs = [json.loads(x) for x in exp.read_text().split("\n")[:-1]]
         slow = [x for x in recs if x.get("type") == "http_request" and x["role"] == "server"
                 and x["path"] == "/sleep/100"]
         inside = [x for x in slow if r["started"] + 0.3 < x["time"] < r["ended"] - 0.3]
@@ -104,6 +106,52 @@ def test_p99_rule_fires_reports_and_detaches(pods: PodNetwork, tmp_path: Path) -
             loader.kill()
             loader.wait()
         agent.stop()
+
+
+def test_memory_pressure_rule_reports_the_pods_stalls(pods: PodNetwork, tmp_path: Path) -> None:
+    """A pod that reads a file three times its memory limit, over and over, stalls on memory: a
+    rule on its PSI memory share fires, and the report holds, beside the profile, the window's
+    stalls: memory stalled share, reclaim stalls, the pod's disk reads; the overview shows its
+    reclaim rate while it runs."""
+    tight = pods.pod("tight")
+    v1 = os.path.isdir("/sys/fs/cgroup/memory")
+    tight.set_limit("memory", "memory.limit_in_bytes" if v1 else "memory.high", str(32 << 20))
+    data = cold_file(96)
+    cfg = tmp_path / "triggers.toml"
+    cfg.write_text(f'reports_dir = "{tmp_path / "reports"}"\ntrigger_interval = 1.0\n'
+                   '[[triggers]]\nname = "memory-stall"\nsignal = "memory_pressure_ratio"\n'
+                   'above = 0.01\nfor_seconds = 2\nwindow_seconds = 3\noff_cpu = false\n')
+    agent = AgentProc(["--config", str(cfg)], tmp_path)
+    loader = None
+    try:
+        loader = tight.popen(["sh", "-c", f"while :; do cat {data} > /dev/null; done"])
+
+        def reclaiming() -> bool:
+            pod = [p for p in json.loads(agent.get("/api/v1/overview"))["pods"]
+                   if p["uid"] == tight.uid]
+            return bool(pod) and pod[0]["reclaim_seconds_per_second"] > 0 and \
+                pod[0]["memory_pressure_ratio"] > 0
+        assert wait_for(reclaiming, timeout=20)
+        assert wait_for(lambda: any(r["status"] == "done" for r in reports(agent)), timeout=40)
+        (r,) = reports(agent)
+        print(r["pressure"])
+        assert r["signal"] == "memory_pressure_ratio" and r["pod"]["uid"] == tight.uid
+        p = r["pressure"]
+        assert 0 < p["stalled_ratio"]["memory"]["some"] <= 1.0, p
+        memcg = [x for x in p["reclaim"] if x["kind"] == "memcg"]
+        assert memcg and memcg[0]["count"] > 0 and 0 < memcg[0]["seconds"] <= 3.5, p
+        assert memcg[0]["mean_seconds"] <= memcg[0]["p99_seconds"] * 2, p
+        disk = os.path.realpath(f"/sys/dev/block/{os.major(os.stat(data).st_dev)}:"
+                                f"{os.minor(os.stat(data).st_dev)}").rsplit("/", 1)[1]
+        reads = [x for x in p["io_requests"] if x["device"] == disk and x["direction"] == "read"]
+        assert reads and reads[0]["count"] > 0 and reads[0]["bytes"] > 0, p
+        assert p["refaults"] > 0, p
+    finally:
+        if loader is not None:
+            loader.kill()
+            loader.wait()
+        agent.stop()
+        data.unlink(missing_ok=True)
 
 
 def test_bad_rule_is_a_clear_error(tmp_path: Path) -> None:

@@ -49,3 +49,31 @@ def test_check_says_why_pressure_is_missing(tmp_path: Path) -> None:
     col.files.v2 = None
     state, why = col.psi_state()
     assert state == "unavailable" and "cgroup v2" in why
+
+
+def test_pressure_summary_of_a_window() -> None:
+    """A trigger report's pressure over its window: PSI shares from the totals' differences,
+    histogram counts, means and log2-bucket quantiles from the slot differences; series with
+    nothing in the window are left out."""
+    from podscope.triggers import pressure_summary
+
+    slots = [0] * 8
+    before = {"psi": {"memory": {"some": 1.0, "full": 0.5}},
+              "reclaim": {"memcg": [slots, 0, 0]},
+              "io": {"vda read": [[0, 0, 0, 0, 0, 0, 2, 0], 100, 8192],
+                     "vda write": [[0, 0, 0, 0, 0, 0, 1, 0], 40, 4096]},
+              "memory_high_events": 3, "refaults": 10}
+    after = {"psi": {"memory": {"some": 2.0, "full": 0.75}, "io": {"some": 0.5}},
+             "reclaim": {"memcg": [[0, 0, 0, 0, 9, 0, 0, 1], 1000, 0]},
+             "io": {"vda read": [[0, 0, 0, 0, 0, 0, 6, 0], 300, 24576],
+                    "vda write": [[0, 0, 0, 0, 0, 0, 1, 0], 40, 4096]},
+             "memory_high_events": 5, "refaults": 12}
+    got = pressure_summary(before, after, 2.0)
+    assert got["stalled_ratio"] == {"memory": {"some": 0.5, "full": 0.125}, "io": {"some": 0.25}}
+    (rcl,) = got["reclaim"]
+    assert rcl["kind"] == "memcg" and rcl["count"] == 10 and rcl["seconds"] == 1e-6
+    assert rcl["p50_seconds"] == 16e-9 and rcl["p99_seconds"] == 128e-9
+    (io,) = got["io_requests"]  # the writes did nothing in the window
+    assert (io["device"], io["direction"], io["count"], io["bytes"]) == ("vda", "read", 4, 16384)
+    assert io["mean_seconds"] == 50e-9
+    assert got["memory_high_events"] == 2 and got["refaults"] == 2

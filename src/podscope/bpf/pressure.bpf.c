@@ -7,13 +7,14 @@
  * Both fire in the stalled task itself: its own cgroup is the right one (no softirq here). A
  * histogram per (cgroup, kind), in nanoseconds.
  *
- * Block I/O: each request from the queueing of its (first) bio, through the I/O scheduler and
- * the device, to its completion, per (cgroup, disk, direction). Who it is for: the bio's blkcg when that is a cgroup v2 one below the root (the io
- * controller tags writeback with the cgroup that dirtied the pages), else the task that
- * submitted the bio (direct and synchronous I/O: the right one; writeback on nodes without the
- * v2 io controller: the flusher thread's, the node's). The tag is taken at block_bio_queue (the
- * submitter's context) and found again from the request's first bio at block_rq_issue: a
- * request's merged bios are counted as the first one's. */
+ * Block I/O: each request from its issue to the device to its completion (the device's time, as
+ * iostat's r_await less the block layer's queueing), per (cgroup, disk, direction). Who it is
+ * for: the task that submitted the bio, when a task did (direct, synchronous and readahead I/O:
+ * its own cgroup, even where the io controller is on only higher up and the bio's blkcg is an
+ * ancestor's); the bio's cgroup v2 blkcg when a kernel thread did (the io controller tags
+ * writeback with the cgroup that dirtied the pages; without it, the flusher's: the node's).
+ * Taken at block_bio_queue (the submitter's context) and found again from the request's first
+ * bio at block_rq_issue: a request's merged bios are counted as the first one's. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -37,6 +38,8 @@ const struct io_start *unused_io_start __attribute__((unused));
  * tracepoints") block_bio_queue and block_rq_issue had the request_queue first: user space reads
  * the arity from kernel BTF. */
 const volatile bool block_queue_arg = false;
+
+#define PF_KTHREAD 0x00200000 /* include/linux/sched.h */
 
 /* thread id -> when its reclaim began */
 struct {
@@ -109,7 +112,9 @@ int BPF_PROG(prs_memcg_e)
 
 /* --- block I/O ---------------------------------------------------------------------------- */
 
-/* bio -> when it was queued, and for whom. A request's merged bios are never looked up again:
+/* bio -> when it was queued, and for whom, unless its cgroup v2 blkcg is its submitter's own
+ * cgroup (the tag is read again at the issue: no entry). A request's merged bios are never
+ * looked up again:
  * user space drops entries older than a minute (an LRU map would also drop young ones under
  * load, and requests with them) */
 struct {
@@ -119,8 +124,8 @@ struct {
 	__type(value, struct io_start);
 } bio_owner SEC(".maps");
 
-/* request -> when its first bio was queued, and for whom (an aborted request's entry: dropped by
- * age like the bios') */
+/* request -> when it was issued to the device, and for whom (its first bio's owner; an aborted
+ * request's entry: dropped by age like the bios') */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -157,10 +162,16 @@ int prs_bio_q(unsigned long long *ctx)
 {
 	struct bio *bio = (struct bio *)(block_queue_arg ? ctx[1] : ctx[0]);
 	__u64 key = (__u64)(unsigned long)bio;
-	struct io_start st = {.ts = bpf_ktime_get_ns(), .cgroup_id = bio_blkcg_id(bio)};
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	__u64 cur = bpf_get_current_cgroup_id(), blk = bio_blkcg_id(bio);
+	struct io_start st = {};
 
-	if (!st.cgroup_id)
-		st.cgroup_id = bpf_get_current_cgroup_id();
+	if (blk && blk == cur) /* tagged with the submitter's own: block_rq_issue reads it there */
+		return 0;
+	/* A task submits its own I/O (its blkcg may be an ancestor's, the nearest cgroup with the io
+	 * controller on); a kernel thread (the flusher) submits others': their blkcg says whose */
+	st.ts = bpf_ktime_get_ns();
+	st.cgroup_id = blk && (BPF_CORE_READ(t, flags) & PF_KTHREAD) ? blk : cur;
 	if (bpf_map_update_elem(&bio_owner, &key, &st, BPF_ANY))
 		count_err(&pressure_errors, ERR_MAP_FULL);
 	return 0;
@@ -170,13 +181,24 @@ SEC("tp_btf/block_rq_issue")
 int prs_rq_issue(unsigned long long *ctx)
 {
 	struct request *rq = (struct request *)(block_queue_arg ? ctx[1] : ctx[0]);
-	__u64 bio = (__u64)(unsigned long)BPF_CORE_READ(rq, bio), key = (__u64)(unsigned long)rq;
-	struct io_start st = {.ts = bpf_ktime_get_ns()};
-	struct io_start *queued = bio ? bpf_map_lookup_elem(&bio_owner, &bio) : 0;
+	struct bio *first = BPF_CORE_READ(rq, bio);
+	__u64 bio = (__u64)(unsigned long)first, key = (__u64)(unsigned long)rq;
+	struct io_start st = {.ts = bpf_ktime_get_ns()}; /* the time counts from the issue */
+	struct io_start *queued;
+	struct task_struct *t;
 
-	if (queued) { /* the time counts from the bio's queueing: the I/O scheduler's wait too */
-		st = *queued;
+	queued = bio ? bpf_map_lookup_elem(&bio_owner, &bio) : 0;
+	if (queued) { /* whose block_bio_queue said */
+		st.cgroup_id = queued->cgroup_id;
 		bpf_map_delete_elem(&bio_owner, &bio);
+	} else if (first) {
+		/* its submitter's own tag, or a bio block_bio_queue never saw: the part of a bio split
+		 * off for the device's limits (bio_split: only the rest is queued again). A task that
+		 * issues it is the submitter (its plug); a kernel thread is not: the tag says whose */
+		t = (struct task_struct *)bpf_get_current_task();
+		st.cgroup_id = bio_blkcg_id(first);
+		if (!(BPF_CORE_READ(t, flags) & PF_KTHREAD))
+			st.cgroup_id = bpf_get_current_cgroup_id();
 	}
 	if (bpf_map_update_elem(&rq_start, &key, &st, BPF_ANY))
 		count_err(&pressure_errors, ERR_MAP_FULL);

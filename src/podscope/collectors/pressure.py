@@ -27,6 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
@@ -211,6 +212,37 @@ class PressureCollector:
                             "Bytes of the container's completed block I/O requests",
                             "device", "direction")
 
+    def pod_state(self, uid: str) -> dict[str, Any]:
+        """The pod's totals now, for a trigger report (two of them make a window): PSI seconds
+        {resource: {kind: s}}, reclaim stalls {kind: [log2 ns slots, ns]}, block I/O requests
+        {"device read": [log2 ns slots, ns, bytes]}, memory.high events and refaults."""
+        psi: dict[str, dict[str, float]] = {}
+        high = refaults = 0
+        for rel, cgroup_id in self.files.containers():
+            if identity(self.store.labels(cgroup_id, 0)) != uid:
+                continue
+            if self.files.v2:
+                for res in RESOURCES:
+                    for kind, secs in read_pressure(f"{self.files.v2}{rel}/{res}.pressure").items():
+                        psi.setdefault(res, {})[kind] = psi.get(res, {}).get(kind, 0.0) + secs
+            if p := self.files._file("memory", rel, "memory.events"):
+                high += _read_kv(p).get("high", 0)
+            if p := self.files._file("memory", rel, "memory.stat"):
+                st = _read_kv(p)
+                refaults += sum(st.get(f"workingset_refault_{k}", 0) for k in ("anon", "file"))
+        reclaim: dict[str, list[Any]] = {}
+        io: dict[str, list[Any]] = {}
+        if self.obj.loaded:
+            for k, h in self.obj.map("reclaim_stalls").items(self.Key, self.Hist):
+                if identity(self.store.labels(k.cgroup_id, 0)) == uid:
+                    _fold(reclaim, self.kinds.get(k.kind, str(k.kind)), h, 0)
+            for k, v in self.obj.map("io_requests").items(self.IoKey, self.IoStats):
+                if identity(self.store.labels(k.cgroup_id, 0)) == uid:
+                    dev = device_name(f"{k.dev >> 20}:{k.dev & 0xFFFFF}")
+                    _fold(io, f"{dev} {_DIRS.get(k.dir, 'other')}", v.lat, v.bytes)
+        return {"psi": psi, "reclaim": reclaim, "io": io, "memory_high_events": high,
+                "refaults": refaults}
+
     def _io(self, rel: str) -> dict[str, dict[str, int]]:
         if self.files.v2 and "io" in _controllers(self.files.v2):
             return read_io_stat(f"{self.files.v2}{rel}/io.stat")
@@ -251,6 +283,17 @@ class PressureCollector:
 
     def close(self) -> None:
         self.obj.close()
+
+
+def _fold(into: dict[str, list[Any]], key: str, hist: Any, nbytes: int) -> None:
+    """Add a kernel histogram (and bytes) to into[key] = [slots, sum, bytes]."""
+    old = into.get(key)
+    slots = list(hist.slots)
+    if old is None:
+        into[key] = [slots, int(hist.sum), int(nbytes)]
+    else:
+        into[key] = [[a + b for a, b in zip(old[0], slots, strict=True)], old[1] + int(hist.sum),
+                     old[2] + int(nbytes)]
 
 
 def _controllers(v2_root: str) -> set[str]:

@@ -353,8 +353,10 @@ class PodNetwork:
                 # (a shared parent such as kubepods.slice that another PodNetwork's pods still
                 # use is theirs to remove)
                 errors.append(f"cgroup {d} not removed")
+        made = self._made_dirs + self.v1_made
         self.v1_made.clear()
         self._made_dirs.clear()
+        _shared_parents(add=made)
         if self._up:
             _run("ip", "link", "del", self.bridge, check=False)
             self._up = False
@@ -401,6 +403,7 @@ def clean_up_after(state: dict[str, Any]) -> list[str]:
             left.append(d)
     if state.get("bridge"):
         _run("ip", "link", "del", state["bridge"], check=False)
+    _shared_parents(add=[d for d in state.get("cgroups", []) if os.path.isdir(d)])
     return left
 
 
@@ -413,6 +416,29 @@ def _has_subdirs(d: str) -> bool:
 
 def _exit_on_term(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
+
+
+SHARED_PARENTS = "/run/podscope-tests/cgroup-parents"  # made by some PodNetwork, of any process
+
+
+def _shared_parents(add: list[str]) -> None:
+    """A parent such as kubepods.slice that a network made but left (another network's pods
+    were in it then) is the last network's to remove: networks in other processes (tests run
+    side by side) leave theirs on a list, and every close removes the empty ones on it. Only
+    directories a PodNetwork made are ever on it."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(SHARED_PARENTS), exist_ok=True)
+    with open(SHARED_PARENTS, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        dirs = {d for d in f.read().split() if d} | {d for d in add if os.path.isdir(d)}
+        for d in sorted(dirs, key=len, reverse=True):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)  # fails while it has children (a live network's): kept
+        f.seek(0)
+        f.truncate()
+        f.write("".join(d + "\n" for d in sorted(dirs) if os.path.isdir(d)))
 
 
 def rmdir_when_empty(d: str) -> bool:
