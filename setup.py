@@ -11,7 +11,7 @@ setup(
                      "src/podscope/native/dbengine.c", "src/podscope/native/db_redis.c",
                      "src/podscope/native/db_memcached.c", "src/podscope/native/db_sql.c",
                      "src/podscope/native/db_postgres.c", "src/podscope/native/db_mysql.c",
-                     "src/podscope/native/db_nats.c"],
+                     "src/podscope/native/db_nats.c", "src/podscope/native/links.c"],
             # -iquote: bpf/features.h must not stand in for glibc's <features.h>
             extra_compile_args=["-iquote", "src/podscope/bpf", "-iquote", "src/podscope/bpf/include",
                                 "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter",

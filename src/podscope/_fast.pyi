@@ -4,6 +4,11 @@ from typing import Any
 
 SAMPLE_CALLBACK: int  # address of the ring_buffer_sample_fn that fills a Batch
 HTTP_RECORD_SIZE: int  # sizeof(struct http_record) as the extension was compiled
+HTTP_LINK_SIZE: int  # sizeof(struct http_link)
+
+# span and trace ids of a request from its struct http_link (native/links.c)
+def span_ids(role: int, link: bytes | memoryview, stream: int, parent: bytes | memoryview,
+             parent_stream: int) -> tuple[str, str, str | None] | None: ...
 
 class Batch:
     ctx: int

@@ -21,15 +21,17 @@ from .collectors import registry
 from .collectors.base import Collector
 from .collectors.http import HttpCollector
 from .collectors.netlat import NetlatCollector
+from .collectors.pressure import PressureCollector
 from .config import Config
 from .libbpf import BpfError
 from .metadata import kube
 from .metadata.docker import DockerNames
 from .metadata.store import MetadataStore
-from .overview import Overview
+from .overview import Overview, pod_key
 from .sinks.files import CsvSink, JsonlSink, export_metrics, open_export
 from .sinks.prometheus import HttpServer, make_registry
 from .sinks.pushgateway import PushgatewaySink
+from .traces import SlowTrees
 
 log = logging.getLogger("podscope.agent")
 PODMAN_SOCKET = "/run/podman/podman.sock"
@@ -51,12 +53,15 @@ class Agent:
         self.baselines: Baselines | None = None  # with the web API
         self.otlp: Any = None  # sinks.otlp.OtlpSink (imported only when used: OpenTelemetry is big)
         self.signals: list[features.Signal] = []  # what each collector runs, as this kernel allows
+        self.slow: SlowTrees | None = None  # the web page's slowest whole requests
 
     def _emit(self, kind: str, rec: dict[str, Any]) -> None:
         for sink in self.files:
             sink.record(kind, rec)
         if self.otlp is not None:
             self.otlp.record(kind, rec)
+        if self.slow is not None and kind == "http_request":
+            self.slow.add(rec)
 
     def _emit_lines(self, kind: str, lines: bytes, n: int) -> None:
         for sink in self.files:
@@ -123,7 +128,7 @@ class Agent:
             from .sinks.otlp import OtlpSink
 
             self.otlp = OtlpSink(cfg.otlp, self.metrics, node=self.store.node,
-                                 interval=cfg.otlp_interval)
+                                 interval=cfg.otlp_interval, join_hold=cfg.trace_join_hold)
         if cfg.kubernetes == "on" or (cfg.kubernetes == "auto"
                                       and kube.cluster_configured(cfg.kubeconfig)):
             self.kube = kube.KubeWatcher(self.store.node, self.store.set_pods,
@@ -145,6 +150,8 @@ class Agent:
         records = bool(self.files) or self.otlp is not None
         lines_only = (records and self.otlp is None
                       and all(isinstance(f, JsonlSink) for f in self.files))
+        if records and not lines_only and self.http is not None:
+            self.slow = SlowTrees(pod_key)  # the records are dicts anyway: the page gets trees
         ctx = registry.Context(cfg, self.store, emit=self._emit if records else None,
                                emit_lines=self._emit_lines if lines_only else None)
         self.netlat: NetlatCollector | None = None
@@ -184,6 +191,8 @@ class Agent:
                 return http_c.set_blocked_reasons(on or cfg.http_breakdown_reasons)
 
             netlat = self.netlat
+            pressure = next((c for c in self.collectors if isinstance(c, PressureCollector)),
+                            None)
 
             def net_probes(on: bool) -> bool:
                 return netlat.set_active(on or cfg.netlat) if netlat is not None else False
@@ -192,7 +201,8 @@ class Agent:
                                      cfg.reports_dir, cfg.reports_per_hour,
                                      interval=cfg.trigger_interval,
                                      blocked_reasons=blocked_reasons, net_probes=net_probes,
-                                     net_view=netlat.histograms if netlat else None)
+                                     net_view=netlat.histograms if netlat else None,
+                                     pressure_view=pressure.pod_state if pressure else None)
             self.triggers.start()
             log.info("%d trigger rules; reports in %s", len(cfg.rules), cfg.reports_dir)
         if self.http is not None:
@@ -259,8 +269,15 @@ class Agent:
             view = self.baselines.view() if self.baselines else {"pods": []}
             return orjson.dumps(view), "application/json"
 
+        def traces() -> tuple[bytes, str]:
+            view = self.slow.view() if self.slow else {
+                "trees": [], "off": "no request records: run with --otlp or a CSV export"
+                                    " (a JSON-lines-only export writes them from compiled code)"}
+            return orjson.dumps(view), "application/json"
+
         return {"/": page, "/index.html": page, "/api/v1/overview": overview,
-                "/api/reports": reports, "/api/v1/baselines": baselines}
+                "/api/reports": reports, "/api/v1/baselines": baselines,
+                "/api/v1/traces": traces}
 
     def _report_file(self, rel: str) -> tuple[bytes, str] | None:
         from .triggers import report_file
@@ -331,6 +348,8 @@ class Agent:
                 if time.monotonic() - last_flush > 1.0:
                     for f in self.files:
                         f.flush()
+                    if self.slow is not None:
+                        self.slow.take()
                     last_flush = time.monotonic()
             for c in self.collectors:  # last records before the programs go away
                 c.poll(0)

@@ -1,4 +1,4 @@
-"""podscope command line: run, check, top, demo, trace, profile, report."""
+"""podscope command line: run, check, top, demo, trace, profile, report, join."""
 
 from __future__ import annotations
 
@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--duration", type=_positive_seconds, metavar="DURATION",
                    help="stop after this (10s)")
     t.add_argument("--json", action="store_true", help="one JSON object per line")
+    t.add_argument("--tree", action="store_true",
+                   help="http: whole requests, each tree of spans across this node's pods as a "
+                        "waterfall (a request shows once it has been quiet for a few seconds)")
     t.add_argument("--headers", action="store_true",
                    help="include request and response headers (credentials redacted)")
     t.add_argument("--kubeconfig", metavar="FILE", default="",
@@ -105,6 +108,17 @@ def _parser() -> argparse.ArgumentParser:
                                   "(default: every pod)")
     rp.add_argument("--agent", default="http://127.0.0.1:9464", metavar="URL")
     rp.add_argument("--json", action="store_true")
+    j = sub.add_parser("join", help="an OTLP relay between the agents and a collector: one "
+                                    "trace id per tree of spans, across nodes")
+    j.add_argument("--listen", default="0.0.0.0:4318", metavar="HOST:PORT",
+                   help="where the agents send (their --otlp): OTLP/HTTP (0.0.0.0:4318)")
+    j.add_argument("--otlp", required=True, metavar="URL",
+                   help="the collector the joined spans (and the metrics) go on to")
+    j.add_argument("--hold", type=_positive_seconds, default=5.0, metavar="DURATION",
+                   help="how long a span waits for its ancestors (5s): the longest request "
+                        "whose tree is joined whole")
+    j.add_argument("--duration", type=_positive_seconds, metavar="DURATION",
+                   help="stop by itself after this")
     return p
 
 
@@ -175,7 +189,12 @@ def main(argv: list[str] | None = None) -> int:
             return trace.run(args.pod, args.min_duration, args.status, args.duration, args.json,
                              args.headers, blocked_reasons=args.blocked_reasons,
                              kubeconfig=args.kubeconfig, node=args.node_name,
-                             protocol=args.protocol)
+                             protocol=args.protocol, tree=args.tree)
+        if args.cmd == "join":
+            from . import join
+
+            logging.basicConfig(level=logging.INFO, format="podscope join: %(message)s")
+            return join.run(args.listen, args.otlp, args.hold, args.duration)
         if args.cmd == "report":
             from . import baselines
 

@@ -29,6 +29,8 @@ class Config:
     netlat: bool = False  # network stack latency (a hash update per packet: a deep probe)
     http_breakdown_reasons: bool = False  # blocked time of server requests by reason (a probe
     # on every context switch while on: a deep diagnostic)
+    http_breakdown_reclaim: bool = True  # and their time in memory reclaim (vmscan tracepoints:
+    # they fire only while reclaiming)
     kernel: bool = True  # fork/mount failures, OOM kills, fatal signals, cgroup limits
     cpu: bool = True  # context switches, off-CPU time, run-queue delay of pod containers
     pressure: bool = True  # PSI, block I/O and memory.high events per container (cgroup files)
@@ -51,6 +53,8 @@ class Config:
     push_delete_on_exit: bool = True  # delete this node's group from the gateway at shutdown
     otlp: str = ""  # OTLP/HTTP endpoint (http://collector:4318): spans per request, metrics
     otlp_interval: float = 15.0  # seconds between OTLP metric exports
+    trace_join_hold: float = 2.0  # seconds a span waits for its parents' trace id before the
+    # OTLP export sends it (one trace id per tree of the hops this node sees; 0: no wait)
     triggers: list[dict[str, Any]] = field(default_factory=list)  # [[triggers]] rules
     reports_dir: str = "/var/lib/podscope/reports"  # where trigger reports go
     reports_per_hour: int = 6  # trigger reports made at most per hour
@@ -116,6 +120,7 @@ _INT_MIN = {"export_max_bytes": 0, "export_keep": 0, "http_route_budget": 1,
             "max_uprobe_files": 0,
             "reports_per_hour": 0}
 _URLS = ("pushgateway", "otlp")
+_ZERO_OFF = ("trace_join_hold",)  # durations where 0 means off
 _TRUE = ("true", "on", "yes", "1")
 _FALSE = ("false", "off", "no", "0")
 _DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -130,8 +135,9 @@ def parse_bool(value: Any, where: str) -> bool:
     raise ValueError(f"{where} = {value!r}: expected true or false (on/off, yes/no)")
 
 
-def parse_seconds(value: Any, where: str) -> float:
-    """A duration in seconds: a number, or a string with a unit (250ms, 5s, 2m, 1h)."""
+def parse_seconds(value: Any, where: str, zero: bool = False) -> float:
+    """A duration in seconds: a number, or a string with a unit (250ms, 5s, 2m, 1h); 0 only
+    where it means off (zero=True)."""
     if isinstance(value, bool):
         raise ValueError(f"{where} = {value!r}: expected a duration (5, 5s, 250ms, 2m)")
     if isinstance(value, int | float):
@@ -140,6 +146,8 @@ def parse_seconds(value: Any, where: str) -> float:
         secs = float(m.group(1)) * _UNITS[m.group(2)]
     else:
         raise ValueError(f"{where} = {value!r}: expected a duration (5, 5s, 250ms, 2m)")
+    if zero and secs == 0:
+        return 0.0
     if not secs > 0 or secs != secs or secs == float("inf"):
         raise ValueError(f"{where} = {value!r}: must be more than 0 seconds")
     return secs
@@ -166,7 +174,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     if kind == "bool":
         return parse_bool(value, where)
     if kind in ("float", "float | None"):
-        return parse_seconds(value, where)
+        return parse_seconds(value, where, zero=name in _ZERO_OFF)
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, str) and value.strip().isdigit():

@@ -126,6 +126,8 @@ def run(agent_url: str | None, sort: str, interval: float, once: bool, as_json: 
             raise OSError(f"no podscope agent at {agent_url}: {e}") from None
         fetch, close = _local()  # no agent here: run the probes ourselves
         fetch()
+        print("podscope top: no agent; the probes run in this process", file=sys.stderr,
+              flush=True)
     # a pipe or a file gets every column (a terminal gets its own width)
     console = Console() if sys.stdout.isatty() else Console(width=220)
     try:

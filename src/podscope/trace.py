@@ -1,5 +1,7 @@
 """`podscope trace http` and `podscope trace db`: a live stream of requests, or of database and
-cache operations, one line each (or JSON lines).
+cache operations, one line each (or JSON lines). `trace http --tree` prints whole requests
+instead: each tree of spans that one request made across the pods of this node (docs/traces.md),
+as a waterfall, once it has been quiet for a while.
 
 It loads its own instance of the HTTP programs with records on, so it works beside a running
 agent or alone."""
@@ -18,6 +20,7 @@ from typing import IO, Any
 from . import features
 from .collectors.http import HttpCollector
 from .metadata.resolve import cli_store, resolve
+from .traces import Trees, tree_order
 
 _DUR = re.compile(r"^\s*([0-9.]+)\s*(ns|us|µs|ms|s|m)?\s*$")
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, None: 1.0}
@@ -109,14 +112,49 @@ def format_line(rec: dict[str, Any]) -> str:
         if why:
             line += " (" + ", ".join(f"{k} {v * 1e3:.1f}ms" for k, v in
                                      sorted(why, key=lambda kv: -kv[1])) + ")"
+        memory = []
+        if rec.get("reclaim_seconds"):
+            memory.append(f"reclaim {rec['reclaim_seconds'] * 1e3:.1f}ms")
+        if rec.get("major_faults"):
+            memory.append(f"{rec['major_faults']} major faults")
+        if memory:  # reclaim runs on the CPU (or waits, blocked): a part of the above
+            line += "; of which " + ", ".join(memory)
         line += "]"
     return line
+
+
+BAR = 32  # columns of a waterfall's time line
+
+
+def format_tree(recs: list[dict[str, Any]]) -> str:
+    """A waterfall: one line per span, indented under its parent, with a bar on a common time
+    line from the first start to the last end."""
+    order = tree_order(recs)
+    t0 = min(r["time"] for r in recs)
+    t1 = max(r["time"] + r["duration_seconds"] for r in recs)
+    span = max(t1 - t0, 1e-9)
+    roots = [r for d, r in order if d == 0]
+    head = (f"trace {recs[0].get('trace_id') or '-'}  {(t1 - t0) * 1e3:.3f}ms  "
+            f"{len(recs)} span{'s' if len(recs) != 1 else ''}"
+            f"{'' if len(roots) == 1 else f' ({len(roots)} roots)'}")
+    lines = [head]
+    for depth, r in order:
+        a = int((r["time"] - t0) / span * BAR)
+        b = max(a + 1, round((r["time"] + r["duration_seconds"] - t0) / span * BAR))
+        bar = " " * a + "#" * (min(b, BAR) - a)
+        _t, pod = _when_and_pod(r)
+        status = r["status"] if r["status"] is not None else "---"
+        grpc = r.get("grpc_status") is not None
+        what = f"grpc {r['grpc_status']} {r['path']}" if grpc else f"{r['method']} {r['path']}"
+        lines.append(f"  |{bar:<{BAR}}| {'  ' * depth}{r['role']:<6} {pod[:36]} {status} "
+                     f"{r['duration_seconds'] * 1e3:.3f}ms {what}")
+    return "\n".join(lines)
 
 
 def run(pod: str | None, min_duration: str | None, status: str | None, duration: float | None,
         as_json: bool, capture_headers: bool = False, out: IO[str] = sys.stdout,
         blocked_reasons: bool = False, kubeconfig: str = "", node: str = "",
-        protocol: str = "http") -> int:
+        protocol: str = "http", tree: bool = False) -> int:
     min_s = parse_duration(min_duration) if min_duration else 0.0
     db = protocol == "db"
     want_kind = "db_operation" if db else "http_request"
@@ -130,7 +168,26 @@ def run(pod: str | None, min_duration: str | None, status: str | None, duration:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
 
+    trees = Trees() if tree and not db else None
+
+    def show_tree(recs: list[dict[str, Any]]) -> None:
+        roots = [r for d, r in tree_order(recs) if d == 0]
+        if max(r["duration_seconds"] for r in roots) < min_s:
+            return
+        if status_ok is not None and not any(status_ok(r["status"]) for r in recs):
+            return
+        if target is not None and not any(target.matches(r) for r in recs):
+            return
+        text = json.dumps({"trace_id": recs[0].get("trace_id"), "spans": recs}) if as_json \
+            else format_tree(recs)
+        out.write(text + "\n")
+        out.flush()
+
     def show(kind: str, rec: dict[str, Any]) -> None:
+        if trees is not None:
+            if kind == "http_request":
+                trees.add(rec)
+            return
         if kind != want_kind or rec["duration_seconds"] < min_s:
             return
         if status_ok is not None and not status_ok(
@@ -152,8 +209,14 @@ def run(pod: str | None, min_duration: str | None, status: str | None, duration:
         deadline = time.monotonic() + duration if duration else None
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             col.poll(100)
+            if trees is not None:
+                for recs in trees.take():
+                    show_tree(recs)
         col.poll(0)
         col.drain()  # what the engines hold (database operations) since the last drain
+        if trees is not None:
+            for recs in trees.take(everything=True):
+                show_tree(recs)
     finally:
         col.close()
     return 0

@@ -46,7 +46,10 @@ def test_top_from_an_agent_and_alone(pods: PodNetwork, tmp_path: Path) -> None:
     top = subprocess.Popen([PODSCOPE, "top", "--local", "--once", "--interval", "8",
                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(5)  # the probes are loaded
+        assert top.stderr is not None
+        deadline = time.monotonic() + 300
+        while "probes run in this process" not in top.stderr.readline():  # loaded and attached
+            assert top.poll() is None and time.monotonic() < deadline, top.stderr.read()
         requests(client, server, 7)
         out, err = top.communicate(timeout=60)
         assert top.returncode == 0, err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -114,3 +115,52 @@ def test_web_page_in_chromium(pods: PodNetwork, tmp_path: Path) -> None:
         ext.terminate()
         ext.wait(10)
         subprocess.run(["rm", "-rf", str(ARTIFACTS / "chromium-profile")], check=False)
+
+
+def test_the_page_shows_the_slowest_requests_whole(pods: PodNetwork, tmp_path: Path) -> None:
+    """With records on (--otlp here), /api/v1/traces holds the slowest whole requests of the
+    window, every tree complete across the pods; the page draws them as waterfalls."""
+    from podscope.testing.otlpreceiver import OtlpReceiver
+    from tests.kernel.test_traces import N, run_client, three_tiers
+
+    with three_tiers(pods) as p, OtlpReceiver() as rx:
+        agent = AgentProc(["--otlp", rx.url], tmp_path)
+        try:
+            run_client(p)
+            url = f"http://127.0.0.1:{agent.port}/"
+
+            mine = {f"pod:{pod.uid}" for pod in p.values()}  # no Kubernetes API: pods by UID
+
+            def trees() -> list[dict[str, Any]]:
+                """The client's (the node's own, such as the OTLP export, are there too)."""
+                with urllib.request.urlopen(url + "api/v1/traces") as r:
+                    return [t for t in json.loads(r.read())["trees"] if mine & set(t["pods"])]
+
+            def settled() -> bool:
+                """Trees come out of the join's hold (2 s) one by one: the list as the page
+                will read it is the one that no longer changes."""
+                before = [t["trace_id"] for t in trees()]
+                time.sleep(2.5)
+                return len(before) >= 5 and before == [t["trace_id"] for t in trees()]
+
+            assert wait_for(settled, timeout=30)
+            got = trees()
+            # five slowest per pod, of the N requests: each a whole tree of six spans
+            assert 5 <= len(got) <= 4 * 5 and len(got) <= N
+            for t in got:
+                assert len(t["spans"]) == 6 and t["spans"][0]["depth"] == 0, t
+                assert [s["depth"] for s in t["spans"]].count(3) == 2
+                assert t["spans"][0]["role"] == "client"
+                assert set(t["pods"]) == {s["pod"] for s in t["spans"]} and len(t["pods"]) == 4
+            slowest = max(t["duration_seconds"] for t in got)
+            assert got[0]["duration_seconds"] == slowest
+            client = f"pod:{p['client'].uid}"
+            dom = chromium("--virtual-time-budget=6000", "--dump-dom", url + "#traces=" + client)
+            assert dom.returncode == 0, dom.stderr[-2000:]
+            drawn = dom.stdout.count('class="tree"')
+            assert drawn == min(len(got), 10), dom.stdout[:2000]  # the page shows ten
+            for t in got[:3]:  # the slowest are drawn, each with its six bars
+                i = dom.stdout.index(f'data-trace="{t["trace_id"]}"')
+                assert dom.stdout[i:].split('class="tree"')[0].count('class="bar ') == 6
+        finally:
+            agent.stop()

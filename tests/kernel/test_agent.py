@@ -140,8 +140,11 @@ def test_check_reports_this_kernel() -> None:
     assert by[("tcp", "packet drops by reason")]["hooks"] == "tp_btf/kfree_skb"
     tls = ("HTTPS through TLS libraries (uprobes)",
            "new processes probed at exec and library load")
+    reclaim = "request memory reclaim time"
     assert all(s["hooks"].startswith("socket tracepoints") for s in sigs
-               if s["collector"] in ("http", "dns") and s["default"] and s["name"] not in tls)
+               if s["collector"] in ("http", "dns") and s["default"]
+               and s["name"] not in (*tls, reclaim))
+    assert by[("http", reclaim)]["hooks"].startswith("tp_btf/mm_vmscan_direct_reclaim_begin")
     assert by[("http", tls[0])]["hooks"].startswith("uprobes on the TLS libraries")
     assert "sched_process_exec" in by[("http", tls[1])]["hooks"]
     for coll in ("tcp", "http", "dns", "kernel", "sched", "netlat", "profile"):

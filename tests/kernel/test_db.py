@@ -456,7 +456,7 @@ def test_records_spans_and_trace_of_database_operations(pods: PodNetwork, tmp_pa
                 def records() -> list[dict]:  # type: ignore[type-arg]
                     if not jsonl.exists():
                         return []
-                    return [r for r in map(json.loads, jsonl.read_text().splitlines())
+                    return [r for r in map(json.loads, jsonl.read_text().split("\n")[:-1])
                             if r["type"] == "db_operation"]
 
                 def seen(recs: list[dict]) -> set[tuple[str, str, str, str]]:  # type: ignore[type-arg]

@@ -43,7 +43,7 @@ def records(agent: AgentProc) -> list[dict]:  # type: ignore[type-arg]
     path: Path = agent.export  # type: ignore[attr-defined]
     if not path.exists():
         return []
-    return [r for r in map(json.loads, path.read_text().splitlines())
+    return [r for r in map(json.loads, path.read_text().split("\n")[:-1])
             if r.get("type") == "dns_query"]
 
 

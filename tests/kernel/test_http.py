@@ -43,7 +43,8 @@ def records(path: Path, **match: Any) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    # the agent may be writing: a last line without its newline is not there yet
+    for line in path.read_text().split("\n")[:-1]:
         r = json.loads(line)
         if r.get("type") == "http_request" and all(r.get(k) == v for k, v in match.items()):
             out.append(r)

@@ -157,7 +157,7 @@ def test_kernel_events_in_the_record_export(pods: PodNetwork, tmp_path: Path) ->
         def records() -> list[dict]:  # type: ignore[type-arg]
             if not exp.exists():
                 return []
-            return [r for r in map(json.loads, exp.read_text().splitlines())
+            return [r for r in map(json.loads, exp.read_text().split("\n")[:-1])
                     if r["type"] == "kernel_event" and r["k8s_pod_uid"] == pod.uid]
 
         wait_for(lambda: len(records()) >= failed + out["started"] + 1, timeout=10)

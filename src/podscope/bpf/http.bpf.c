@@ -84,10 +84,11 @@ struct {
 } http_paths SEC(".maps");
 
 /* Written by user space: [0] the aggregate map in use, [1] 1 while the off-CPU probe
- * (http_offcpu) is attached (blocked time by reason). */
+ * (http_offcpu) is attached (blocked time by reason), [2] 1 while the reclaim probe (http_rcl_*)
+ * is. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, __u32);
 } http_cfg SEC(".maps");
@@ -95,6 +96,13 @@ struct {
 static __always_inline bool reasons_on(void)
 {
 	__u32 one = 1, *on = bpf_map_lookup_elem(&http_cfg, &one);
+
+	return on && *on;
+}
+
+static __always_inline bool reclaim_on(void)
+{
+	__u32 two = 2, *on = bpf_map_lookup_elem(&http_cfg, &two);
 
 	return on && *on;
 }
@@ -108,6 +116,14 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 * EVENTS_RINGBUF_SZ);
 } http_stream SEC(".maps");
+
+/* Records only: the server request each thread is handling, by thread id (struct http_serving). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384); /* 1 when records are off (user space) */
+	__type(key, __u32);
+	__type(value, struct http_serving);
+} http_serving SEC(".maps");
 
 /* Syscall hooks: the socket calls in flight, per thread (sys_enter -> sys_exit). */
 struct {
@@ -133,6 +149,7 @@ struct scan_ctx {
 	__u32 from;	/* where the start line begins (after empty lines, RFC 9112 section 2.2) */
 	__u32 eol1;	/* offset after the start line's '\n', 0 if not within n */
 	__u32 te_at;	/* a Transfer-Encoding value begins here; its line's end is pending */
+	__u32 tp_at;	/* a traceparent value begins here (records only) */
 	__u8 has_clen;
 	__u8 has_te;
 	__u8 chunked; /* the last coding of the last Transfer-Encoding line is chunked */
@@ -163,10 +180,13 @@ struct scratch {
 	__s64 ret;	     /* syscall hooks: the syscall's result, for the worker */
 	__u8 have;	     /* io is valid */
 	__u8 inbound;	     /* syscall hooks: a read, for the worker */
-	__u8 _pad[6];
+	__u8 link_req;	     /* records: a request started in this syscall (http_link_request) */
+	__u8 serve_req;	     /* records: a streamed server connection's bytes (http_serve_stream) */
+	__u8 _pad[4];
 	struct http_agg agg;
 	struct http_path path;
 	struct http_conn conn;
+	struct http_link lk;	     /* a request's traceparent, parsed */
 	struct http_h2_hint hint;    /* Go's HTTP/2 header blocks */
 	__u64 hf_ptr;		     /* the []hpack.HeaderField being read */
 	__u64 hf_len;
@@ -190,6 +210,7 @@ struct {
 const struct http_record *unused_record __attribute__((unused));
 const struct http_stream_event *unused_stream_event __attribute__((unused));
 const enum http_counter *unused_counter __attribute__((unused));
+const enum http_link_flags *unused_link_flags __attribute__((unused));
 const enum http_block_reason *unused_block_reason __attribute__((unused));
 const enum http_method *unused_method __attribute__((unused));
 const enum http_stream_kind *unused_stream_kind __attribute__((unused));
@@ -461,6 +482,10 @@ static __always_inline int scan_line_at(const struct scratch *s, __u32 p, struct
 		   ((load8(s, p + 16) | LOWER8) & 0xffff) == W4('g', ':', 0, 0)) {
 		cx->te_at = p + 18; /* its last coding is known at the line's end */
 		cx->has_te = 1;
+	} else if (emit_records && c0 == 't' &&
+		   (load8(s, p) | LOWER8) == W8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r') &&
+		   ((load8(s, p + 8) | LOWER8) & M4) == W4('e', 'n', 't', ':')) {
+		cx->tp_at = p + 12; /* W3C Trace Context: parsed once the head is scanned */
 	}
 	return 0;
 }
@@ -566,6 +591,7 @@ static __always_inline int fetch_head(struct scratch *s, const struct io_desc *d
 	s->cx.clen = 0;
 	s->cx.eol1 = 0;
 	s->cx.te_at = 0;
+	s->cx.tp_at = 0;
 	s->cx.has_clen = 0;
 	s->cx.has_te = 0;
 	s->cx.chunked = 0;
@@ -686,9 +712,14 @@ static __always_inline void breakdown_start(struct http_conn *c)
 	c->bd_tid = (__u32)bpf_get_current_pid_tgid();
 	c->bd_ran = BPF_CORE_READ(t, se.sum_exec_runtime);
 	c->bd_waited = BPF_CORE_READ(t, sched_info.run_delay);
+	c->bd_majflt = BPF_CORE_READ(t, maj_flt);
+	c->bd_rcl_on = reclaim_on();
 	if (reasons_on())
 		th = current_store_get(&http_threads, true, &zero_thread);
-	if (th) {
+	else if (c->bd_rcl_on) /* made by the reclaim probe when the thread first reclaims */
+		th = current_store_get(&http_threads, false, 0);
+	c->bd_reclaim = th ? th->reclaim_ns : 0;
+	if (th && reasons_on()) {
 		__builtin_memcpy(c->bd_blocked, th->blocked_ns, sizeof(c->bd_blocked));
 		c->bd_state = HTTP_BD_REASONS;
 	}
@@ -709,9 +740,12 @@ static __always_inline void breakdown_end(struct http_conn *c, __u64 now)
 	c->bd.runqueue_ns = BPF_CORE_READ(t, sched_info.run_delay) - c->bd_waited;
 	busy = c->bd.on_cpu_ns + c->bd.runqueue_ns;
 	c->bd.blocked_ns = wall > busy ? wall - busy : 0;
-	if (c->bd_state == HTTP_BD_REASONS && reasons_on())
+	c->bd.major_faults = BPF_CORE_READ(t, maj_flt) - c->bd_majflt;
+	if ((c->bd_state == HTTP_BD_REASONS && reasons_on()) || c->bd_rcl_on)
 		th = current_store_get(&http_threads, false, 0);
-	if (!th) {
+	c->bd_rcl_on = c->bd_rcl_on && reclaim_on();
+	c->bd.reclaim_ns = th && c->bd_rcl_on ? th->reclaim_ns - c->bd_reclaim : 0;
+	if (!th || c->bd_state != HTTP_BD_REASONS || !reasons_on()) {
 		__builtin_memset(c->bd.by_reason_ns, 0, sizeof(c->bd.by_reason_ns));
 		if (c->bd_state == HTTP_BD_REASONS)
 			c->bd_state = HTTP_BD_TOTALS;
@@ -722,8 +756,214 @@ static __always_inline void breakdown_end(struct http_conn *c, __u64 now)
 		c->bd.by_reason_ns[i] = th->blocked_ns[i] - c->bd_blocked[i];
 }
 
+/* ---- links between requests (records only) ---- */
+
+/* The server request whose head this thread read is answered (or will not be): it no longer
+ * counts as open for the thread. */
+static __always_inline void serving_done(struct http_conn *c)
+{
+	struct http_serving *e;
+	__u32 tid = c->serve_tid;
+
+	if (!c->serving)
+		return;
+	c->serving = 0;
+	e = bpf_map_lookup_elem(&http_serving, &tid);
+	if (e && e->open > 0)
+		e->open--;
+}
+
+static __always_inline int hexval(__u8 ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	return -1; /* upper case is not valid in a traceparent */
+}
+
+/* n bytes of hex digits at the head's offset `at` into out. */
+static __always_inline bool hex_bytes(const struct scratch *s, __u32 at, __u8 *out, int n)
+{
+	for (int i = 0; i < n; i++) {
+		int hi = hexval(s->head[(at + 2 * i) & HEAD_MASK]);
+		int lo = hexval(s->head[(at + 2 * i + 1) & HEAD_MASK]);
+
+		if (hi < 0 || lo < 0)
+			return false;
+		out[i] = hi << 4 | lo;
+	}
+	return true;
+}
+
+/* The traceparent value at s->cx.tp_at into s->lk (W3C Trace Context level 1, section 3.2:
+ * version "-" trace-id "-" parent-id "-" flags; all-zero ids and version ff are invalid, a
+ * version-00 value ends after its flags). Returns 1 when valid. A global function: verified
+ * once. */
+__noinline int http_traceparent(__u32 slot)
+{
+	struct scratch *s = scratch_at(slot);
+	__u8 ver, fl, end;
+	__u64 any = 0;
+	__u32 at;
+
+	if (!s)
+		return 0;
+	at = s->cx.tp_at;
+	if (is_ows(s->head[at & HEAD_MASK]))
+		at++;
+	if (at + 55 > s->cx.n || at > HTTP_HEAD_MAX)
+		return 0;
+	if (!hex_bytes(s, at, &ver, 1) || ver == 0xff || s->head[(at + 2) & HEAD_MASK] != '-' ||
+	    s->head[(at + 35) & HEAD_MASK] != '-' || s->head[(at + 52) & HEAD_MASK] != '-' ||
+	    !hex_bytes(s, at + 53, &fl, 1) || !hex_bytes(s, at + 3, s->lk.tp_trace, 16) ||
+	    !hex_bytes(s, at + 36, s->lk.tp_span, 8))
+		return 0;
+	end = s->head[(at + 55) & HEAD_MASK];
+	if (ver == 0 && end != '\r' && end != '\n' && !is_ows(end))
+		return 0;
+	for (int i = 0; i < 16; i += 8)
+		any |= *(__u64 *)&s->lk.tp_trace[i];
+	if (!any || !*(__u64 *)s->lk.tp_span)
+		return 0;
+	s->lk.tp_sampled = fl & 1;
+	return 1;
+}
+
+/* The server request this thread is handling, into *out, when it is the only one open
+ * (several at once: an event loop, whose calls cannot be told apart). */
+static __always_inline void serving_parent(struct http_link *out)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct http_serving *e = bpf_map_lookup_elem(&http_serving, &tid);
+	struct http_conn *pc;
+
+	out->flags = 0;
+	if (!e || e->open != 1)
+		return;
+	pc = conn_get(e->sk);
+	if (pc && pc->serving && pc->serve_tid == tid && pc->req_start == e->req_start)
+		*out = e->link;
+}
+
+static const struct http_serving zero_serving;
+
+/* This thread read the head of a server request on connection c: it is the thread's current
+ * one, and counts as open until its response starts (serving_done). */
+static __always_inline void serving_start(struct http_conn *c, __u64 key)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct http_serving *e = bpf_map_lookup_elem(&http_serving, &tid);
+
+	if (c->serving && c->serve_tid != tid)
+		serving_done(c); /* another thread reads the next request (a pipelined one) */
+	if (!e) {
+		bpf_map_update_elem(&http_serving, &tid, &zero_serving, BPF_NOEXIST);
+		e = bpf_map_lookup_elem(&http_serving, &tid);
+		if (!e)
+			return;
+	}
+	e->link = c->link;
+	e->sk = key;
+	e->req_start = c->req_start;
+	if (!c->serving)
+		e->open++;
+	c->serve_tid = tid;
+	c->serving = 1;
+}
+
+/* The socket's local address and port into l. */
+static __always_inline void link_local(struct http_link *l, const struct http_conn *c,
+				       const struct tcp_sock *tp)
+{
+	l->family = c->family;
+	l->client_port = c->local_port;
+	if (c->family == AF_INET6)
+		BPF_CORE_READ_INTO(&l->client_addr, &tp->inet_conn.icsk_inet.sk,
+				   __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+	else
+		BPF_CORE_READ_INTO(&l->client_addr, &tp->inet_conn.icsk_inet.sk,
+				   __sk_common.skc_rcv_saddr);
+}
+
+/* The connection's client address and port into l (the client's own socket: its local ones). */
+static __always_inline void link_client(struct http_link *l, const struct http_conn *c,
+					const struct tcp_sock *tp)
+{
+	if (c->role != HTTP_ROLE_SERVER) {
+		link_local(l, c, tp);
+		return;
+	}
+	l->family = c->family;
+	__builtin_memcpy(l->client_addr, c->peer_addr, sizeof(l->client_addr));
+	l->client_port = c->peer_port;
+}
+
+/* The request that just started on connection `key` (its head is in s->head; ret bytes were
+ * moved, inbound: read): where it sits in the TCP stream, the traceparent it carries; a server
+ * request becomes its thread's current one, a client request takes the thread's current one as
+ * its parent when that is the only one open. A global function: verified once. */
+__noinline int http_link_request(__u64 key, __s32 ret, __u32 inbound)
+{
+	struct http_conn *c = conn_get(key);
+	struct scratch *s = scratch();
+	struct tcp_sock *tp = (struct tcp_sock *)key;
+	__u32 seq;
+	bool tp_ok;
+
+	if (!c || !s)
+		return 0;
+	/* after the syscall: copied_seq (read) or write_seq (written) is past its bytes */
+	seq = inbound ? BPF_CORE_READ(tp, copied_seq) : BPF_CORE_READ(tp, write_seq);
+	seq = seq - (__u32)ret + (s->cx.from & (2 * HTTP_EMPTY_MAX - 1));
+	tp_ok = s->cx.tp_at && http_traceparent(SLOT_TASK);
+	link_client(&c->link, c, tp);
+	c->link.seq = seq;
+	c->link.flags = HTTP_LINK_SEQ | (tp_ok ? HTTP_LINK_TP : 0);
+	if (tp_ok) {
+		__builtin_memcpy(c->link.tp_trace, s->lk.tp_trace, sizeof(c->link.tp_trace));
+		__builtin_memcpy(c->link.tp_span, s->lk.tp_span, sizeof(c->link.tp_span));
+		c->link.tp_sampled = s->lk.tp_sampled;
+	}
+	if (c->role == HTTP_ROLE_SERVER)
+		serving_start(c, key);
+	else
+		serving_parent(&c->parent);
+	return 0;
+}
+
+/* A streamed HTTP/1 server connection (header capture, pipelining): a request head read makes
+ * it the thread's current request, a response head written ends that (records only). User
+ * space parses the request; here the first bytes of the syscall (s->io) decide. */
+__noinline int http_serve_stream(__u64 key, __s32 ret, __u32 inbound)
+{
+	struct http_conn *c = conn_get(key);
+	struct scratch *s = scratch();
+	struct tcp_sock *tp = (struct tcp_sock *)key;
+	__u32 target;
+	__u64 w;
+
+	if (!c || !s || !s->have)
+		return 0;
+	w = peek8(&s->io, ret);
+	if (!inbound) {
+		if (is_response(w))
+			serving_done(c);
+		return 0;
+	}
+	if (method_of(w, &target) == 0xff)
+		return 0;
+	link_client(&c->link, c, tp);
+	c->link.seq = BPF_CORE_READ(tp, copied_seq) - (__u32)ret;
+	c->link.flags = HTTP_LINK_SEQ; /* a traceparent is user space's to read */
+	c->req_start = bpf_ktime_get_ns();
+	serving_start(c, key);
+	return 0;
+}
+
 static __always_inline void conn_reset_exchange(struct http_conn *c)
 {
+	serving_done(c);
 	c->bd_state = HTTP_BD_NONE;
 	c->phase = HTTP_PHASE_IDLE;
 	c->req_start = 0;
@@ -844,9 +1084,12 @@ __noinline int http_finish(__u64 key, __u64 end_ns, __u32 slot)
 			r->framing = c->framing;
 			r->tls = c->tls;
 			r->breakdown = c->phase == HTTP_PHASE_RESPONSE ? c->bd_state : HTTP_BD_NONE;
+			r->bd_reclaim = r->breakdown != HTTP_BD_NONE && c->bd_rcl_on;
 			__builtin_memcpy(&r->bd, &c->bd, sizeof(r->bd));
 			__builtin_memcpy(r->peer_addr, c->peer_addr, sizeof(r->peer_addr));
 			__builtin_memcpy(r->path, c->path, sizeof(r->path));
+			r->link = c->link;
+			r->parent = c->parent;
 			bpf_ringbuf_submit(r, 0);
 		} else {
 			count(HTTP_C_RECORDS_LOST);
@@ -968,6 +1211,18 @@ __noinline int http_stream_emit(__u64 key, __s32 ret, __u32 flags)
 	ev->gap = c->stream_gap;
 	ev->tls = c->tls;
 	ev->skip = flags >> 16;
+	ev->link.flags = 0;
+	ev->parent.flags = 0;
+	if (emit_records && kind == HTTP_S_DATA && !c->tls) {
+		struct tcp_sock *tp = (struct tcp_sock *)key;
+		__u32 seq = ev->inbound ? BPF_CORE_READ(tp, copied_seq) : BPF_CORE_READ(tp, write_seq);
+
+		link_local(&ev->link, c, tp); /* user space knows the role (mid-way: the kernel not) */
+		ev->link.seq = seq - ev->len;
+		ev->link.flags = HTTP_LINK_SEQ;
+		if (c->role == HTTP_ROLE_CLIENT && !ev->inbound)
+			serving_parent(&ev->parent);
+	}
 	err = bpf_ringbuf_output(&http_stream, ev, sizeof(*ev) + clamp_len(cap, HTTP_CHUNK_MAX), 0);
 	if (err) {
 		count(HTTP_C_STREAM_LOST);
@@ -1007,12 +1262,15 @@ static __always_inline void to_stream(struct http_conn *c, struct scratch *s, in
 		s->ev.local_port = c->local_port;
 		s->ev.peer_port = c->peer_port;
 		__builtin_memcpy(s->ev.peer_addr, c->peer_addr, sizeof(s->ev.peer_addr));
+		s->ev.link = c->link;
+		s->ev.parent = c->parent;
 		if (bpf_ringbuf_output(&http_stream, &s->ev,
 				       sizeof(s->ev) + clamp_len(c->path_len, HTTP_PATH_MAX), 0))
 			count(HTTP_C_STREAM_LOST);
 	}
 	conn_reset_exchange(c);
 	count(HTTP_C_STREAMED);
+	s->serve_req = emit_records && c->role == HTTP_ROLE_SERVER && !skip; /* on_data calls */
 	http_stream_emit(c->sk, ret, (inbound ? EMIT_INBOUND : 0) | (s->have ? EMIT_HAVE_IO : 0) |
 					     EMIT_KIND(HTTP_S_DATA) | EMIT_SKIP(skip & 0xffff));
 }
@@ -1110,6 +1368,7 @@ __noinline int http_on_request(__u64 key, __s32 ret, __u32 inbound)
 	if (c->role == HTTP_ROLE_SERVER)
 		breakdown_start(c);
 	read_target(c, s, line & 0xffff);
+	s->link_req = emit_records; /* on_data calls http_link_request: a shallower stack */
 	return 0;
 }
 
@@ -1219,6 +1478,7 @@ __noinline int http_on_response(__u64 key, __s32 ret)
 	c->resp_start = now;
 	if (c->role == HTTP_ROLE_SERVER)
 		breakdown_end(c, now);
+	serving_done(c);
 	c->last_ns = now;
 	c->resp_bytes += ret;
 	head_len = s->cx.head_len;
@@ -1327,6 +1587,8 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 		c->mode = HTTP_MODE_NEW;
 	}
 	if (c && c->mode == HTTP_MODE_STREAM) {
+		if (emit_records && c->proto == HTTP_PROTO_1 && c->role == HTTP_ROLE_SERVER)
+			http_serve_stream(key, ret, inbound);
 		http_stream_emit(key, ret, (inbound ? EMIT_INBOUND : 0) | (have ? EMIT_HAVE_IO : 0) |
 						   EMIT_KIND(HTTP_S_DATA));
 		return 0;
@@ -1399,10 +1661,16 @@ static __always_inline int on_data(struct sock *sk, int ret, bool inbound, bool 
 		conn_init(c, s, sk, role, btf);
 		c->mode = HTTP_MODE_KERNEL;
 	}
+	s->link_req = 0;
+	s->serve_req = 0;
 	if ((c->role == HTTP_ROLE_SERVER) == inbound)
 		http_on_request(key, ret, inbound);
 	else
 		http_on_response(key, ret);
+	if (emit_records && s->link_req)
+		http_link_request(key, ret, inbound);
+	if (emit_records && s->serve_req)
+		http_serve_stream(key, ret, inbound);
 	return 0;
 }
 
@@ -2182,6 +2450,7 @@ int BPF_PROG(http_close, struct sock *sk)
 			    SLOT_SOFTIRQ);
 	else if (c->mode == HTTP_MODE_STREAM)
 		http_stream_emit(key, 0, EMIT_KIND(HTTP_S_CLOSE) | EMIT_SOFTIRQ);
+	serving_done(c);
 	bpf_map_delete_elem(&http_conns, &key);
 	return 0;
 }
@@ -2232,6 +2501,10 @@ static __always_inline __u32 block_reason(struct task_struct *t, unsigned int st
 	struct pt_regs *r = has_task_pt_regs ? (struct pt_regs *)bpf_task_pt_regs(t) : 0;
 	long nr = r ? SYSCALL_NR(r) : -1;
 
+	/* PSI marks a task in a memory stall (psi_memstall_enter): sleeping over memory.high
+	 * (mem_cgroup_handle_over_high), on a refaulting page, or in reclaim (CONFIG_PSI) */
+	if (bpf_core_field_exists(t->in_memstall) && BPF_CORE_READ_BITFIELD_PROBED(t, in_memstall))
+		return HTTP_BLOCKED_MEMORY;
 	if (nr == NR_futex || nr == NR_futex_waitv)
 		return HTTP_BLOCKED_LOCK;
 	if (nr == NR_nanosleep || nr == NR_clock_nanosleep || nr == NR_pause)
@@ -2282,4 +2555,48 @@ int BPF_PROG(http_offcpu, bool preempt, struct task_struct *prev, struct task_st
 		th->blocked_ns[th->reason] += now - th->off_ns;
 	th->off_ns = 0;
 	return 0;
+}
+
+/* ---- the reclaim probe: time each request-handling thread spends reclaiming memory ----
+ * Around direct reclaim (the node is short) and memory-cgroup reclaim (the cgroup is at
+ * memory.max or over memory.high): both run in the stalled task. Reclaim is rare, so this is
+ * on with the breakdown; a thread's storage is made at its first reclaim. */
+static __always_inline int reclaim_mark(bool begin)
+{
+	struct http_thread *th = current_store_get(&http_threads, begin, &zero_thread);
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!th)
+		return 0;
+	if (begin) {
+		th->reclaim_t0 = now;
+	} else if (th->reclaim_t0) {
+		th->reclaim_ns += now - th->reclaim_t0;
+		th->reclaim_t0 = 0;
+	}
+	return 0;
+}
+
+SEC("tp_btf/mm_vmscan_direct_reclaim_begin")
+int BPF_PROG(http_rcl_db)
+{
+	return reclaim_mark(true);
+}
+
+SEC("tp_btf/mm_vmscan_direct_reclaim_end")
+int BPF_PROG(http_rcl_de)
+{
+	return reclaim_mark(false);
+}
+
+SEC("tp_btf/mm_vmscan_memcg_reclaim_begin")
+int BPF_PROG(http_rcl_mb)
+{
+	return reclaim_mark(true);
+}
+
+SEC("tp_btf/mm_vmscan_memcg_reclaim_end")
+int BPF_PROG(http_rcl_me)
+{
+	return reclaim_mark(false);
 }

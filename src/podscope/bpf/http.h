@@ -116,7 +116,9 @@ enum http_block_reason {
 	HTTP_BLOCKED_DISK = 2,	  /* uninterruptible (D state): disk and other kernel I/O */
 	HTTP_BLOCKED_NETWORK = 3, /* waiting in a socket read/write/accept/connect or poll/epoll */
 	HTTP_BLOCKED_OTHER = 4,
-	HTTP_BLOCK_REASONS = 5,
+	HTTP_BLOCKED_MEMORY = 5, /* in a memory stall (PSI's in_memstall): throttled over
+				  * memory.high, waiting on a refault or on reclaim's writeback */
+	HTTP_BLOCK_REASONS = 6,
 };
 
 /* Per thread that handled a server request, while the off-CPU probe runs. */
@@ -125,6 +127,8 @@ struct http_thread {
 	__u32 reason; /* enum http_block_reason, of the current block */
 	__u32 _pad;
 	__u64 blocked_ns[HTTP_BLOCK_REASONS]; /* off the CPU after blocking, until back on */
+	__u64 reclaim_ns; /* in direct or memory-cgroup reclaim, in all (the reclaim probe) */
+	__u64 reclaim_t0; /* when the current reclaim began, 0 outside one */
 };
 
 /* Where a server request's handling thread spent the time from the read of the request head to
@@ -134,12 +138,44 @@ struct http_breakdown {
 	__u64 runqueue_ns; /* sched_info.run_delay grew by: runnable, waiting for a CPU */
 	__u64 blocked_ns;  /* the rest */
 	__u64 by_reason_ns[HTTP_BLOCK_REASONS]; /* raw off-CPU time by reason (the probe) */
+	__u64 reclaim_ns;   /* of all three, in direct or memory-cgroup reclaim (the probe) */
+	__u64 major_faults; /* page faults that waited for a read from disk (task maj_flt) */
 };
 
 enum http_breakdown_state {
 	HTTP_BD_NONE = 0,    /* not a server request, or another thread wrote the response */
 	HTTP_BD_TOTALS = 1,  /* on CPU, run queue, blocked */
 	HTTP_BD_REASONS = 2, /* and blocked by reason */
+};
+
+/* What joins a request's two ends and its place in a trace (records only). Both ends of a
+ * TCP connection see the client's address and port (a DNAT in the client's network namespace
+ * changes only the server's) and the sequence number of the request's first byte: the ids of
+ * its spans are derived from those, on each side, without a word between the agents. */
+enum http_link_flags {
+	HTTP_LINK_SEQ = 1, /* client_addr, client_port and seq are known */
+	HTTP_LINK_TP = 2,  /* tp_*: the request carried a W3C traceparent */
+};
+
+struct http_link {
+	__u8 client_addr[16]; /* IPv4 in the first 4 bytes when family is 2 */
+	__u32 seq;	      /* TCP sequence number of the request's first byte */
+	__u16 client_port;
+	__u8 family;	      /* of client_addr */
+	__u8 flags;	      /* enum http_link_flags */
+	__u8 tp_trace[16];    /* traceparent: trace-id */
+	__u8 tp_span[8];      /* ... parent-id */
+	__u8 tp_sampled;      /* ... flags & 1 */
+	__u8 _pad[7];
+};
+
+/* The server request a thread is handling (records only: http_serving, by thread id). */
+struct http_serving {
+	struct http_link link; /* the request's */
+	__u64 sk;	       /* its connection (the key of http_conns) ... */
+	__u64 req_start;       /* ... and its start there: still waiting for its response? */
+	__s32 open;	       /* server requests whose head this thread read, not answered yet */
+	__u32 _pad;
 };
 
 /* Per connection, keyed by the socket's address, from first HTTP data to close. */
@@ -174,12 +210,19 @@ struct http_conn {
 	__u8 bd_state;	 /* enum http_breakdown_state of the current request */
 	__u8 tls;	 /* TLS records on the socket: its bytes are ciphertext, the plaintext comes
 			  * from the TLS library's uprobes (tls_*) */
-	__u8 _pad2;
+	__u8 bd_rcl_on; /* the reclaim probe ran from the request head on */
 	__u32 bd_tid; /* the thread that read the request head, and its counters then */
 	__u64 bd_ran;
 	__u64 bd_waited;
 	__u64 bd_blocked[HTTP_BLOCK_REASONS];
+	__u64 bd_reclaim;
+	__u64 bd_majflt;
 	struct http_breakdown bd; /* at the first response byte */
+	__u32 serve_tid; /* server role: the thread whose http_serving.open counts this request */
+	__u8 serving;	 /* ... while it is open there */
+	__u8 _pad2[3];
+	struct http_link link;	 /* the current request's (records only) */
+	struct http_link parent; /* client role: the server request its thread was handling */
 };
 
 /* One record per completed request (only when record exports or `trace` are on). */
@@ -203,10 +246,13 @@ struct http_record {
 	__u8 framing;
 	__u8 breakdown; /* enum http_breakdown_state */
 	__u8 tls;
-	__u8 _pad[2];
+	__u8 bd_reclaim; /* 1: bd.reclaim_ns was measured (the reclaim probe ran) */
+	__u8 _pad;
 	__u8 peer_addr[16];
 	__u8 path[HTTP_PATH_MAX]; /* the target as sent, query included, cut at HTTP_PATH_MAX */
 	struct http_breakdown bd;
+	struct http_link link;	 /* the request's own */
+	struct http_link parent; /* client role: the request's parent (flags 0: none found) */
 };
 
 enum http_stream_kind {
@@ -289,6 +335,12 @@ struct http_stream_event {
 	__u16 skip;  /* leading captured bytes that are not the stream's (the 101 head before h2c) */
 	__u8 _pad[2];
 	__u64 sk;    /* the socket's address: the key of http_conns */
+	/* records only. DATA: link.seq is the TCP sequence number of this event's first byte (in
+	 * its direction), link.client_addr and client_port the socket's local ones (flags 0: not
+	 * known: TLS); parent: of a client's outbound bytes, the server request the writing
+	 * thread was handling (flags 0: none). SEED: the request's own, as the kernel had them. */
+	struct http_link link;
+	struct http_link parent;
 };
 
 /* TLS libraries: which call a thread is in, from its entry uprobe to its return. */

@@ -11,6 +11,7 @@ import ctypes as ct
 import ipaddress
 import logging
 import os
+import re
 import struct
 import threading
 import time
@@ -58,7 +59,8 @@ HIST_UNIT = 1e-9  # kernel histograms are in nanoseconds
 UNKNOWN_ROUTE = "__unknown__"  # the path of a hash was evicted before it was read
 # an aggregate cell of the HTTP/2 engine (native/h2engine.c struct cell)
 _H2_CELL = struct.Struct(f"<6Q{SLOTS}Q{SLOTS}Q")
-RECORDS_RING = 4 << 20  # bytes of the records ring buffer, when records are wanted
+SERVING_THREADS = 16384  # threads whose current server request links its client requests
+RECORDS_RING = 8 << 20  # bytes of the records ring buffer, when records are wanted (~23k records)
 MAX_STREAMED_CONNS = 20_000  # connections parsed in user space at once (bounded memory)
 
 
@@ -93,8 +95,10 @@ AggKey = tuple[Labels, int, str, int, str, str, int, str, str]
 RpcKey = tuple[Labels, int, str, str, str, str, int]
 PROTO_H1, PROTO_H2, PROTO_H2_MIDWAY = 1, 2, 3
 PROTO_DB = 4  # this and above: database and cache protocols (bpf/http.h enum http_proto)
+BLOCK_REASONS = ("sleep", "lock", "disk", "network", "other", "memory")  # enum http_block_reason
 BREAKDOWN_FIELDS = ["on_cpu_seconds", "runqueue_seconds", "blocked_seconds",
-                    *(f"blocked_{r}_seconds" for r in ("sleep", "lock", "disk", "network", "other"))]
+                    *(f"blocked_{r}_seconds" for r in BLOCK_REASONS),
+                    "reclaim_seconds", "major_faults"]
 EMPTY_BREAKDOWN: dict[str, float | None] = dict.fromkeys(BREAKDOWN_FIELDS)
 
 
@@ -122,22 +126,32 @@ class Agg:
 
 @dataclass
 class _Direction:
-    """Offsets of one direction's stream -> the time the bytes moved."""
+    """Offsets of one direction's stream -> the time the bytes moved (and, with records, the
+    TCP sequence number of the chunk's first byte and its writer's server request)."""
     pos: int = 0
-    chunks: deque[tuple[int, int]] = field(default_factory=deque)  # (end offset, ts_ns)
+    # (end offset, ts_ns, sequence number of the first byte or -1, bytes, parent link)
+    chunks: deque[tuple[int, int, int, int, bytes]] = field(default_factory=deque)
 
-    def add(self, n: int, ts: int) -> None:
+    def add(self, n: int, ts: int, seq: int = -1, parent: bytes = b"") -> None:
         self.pos += n
-        self.chunks.append((self.pos, ts))
+        self.chunks.append((self.pos, ts, seq, n, parent))
         if len(self.chunks) > 4096:
             self.chunks.popleft()
 
     def time_of(self, offset: int) -> int:
         """Time of the chunk that carried the byte at `offset`."""
-        for end, ts in self.chunks:
+        for end, ts, *_ in self.chunks:
             if end > offset:
                 return ts
         return self.chunks[-1][1] if self.chunks else 0
+
+    def link_of(self, offset: int) -> tuple[int | None, bytes]:
+        """The TCP sequence number of the byte at `offset` (None if not known) and the parent
+        link of the chunk that carried it."""
+        for end, _ts, seq, n, parent in self.chunks:
+            if end > offset:
+                return (None if seq < 0 else (seq + offset - (end - n)) & 0xFFFFFFFF), parent
+        return None, b""
 
     def forget_before(self, offset: int) -> None:
         while len(self.chunks) > 1 and self.chunks[0][0] <= offset:
@@ -161,10 +175,30 @@ class _Stream:
     resp: _Direction = field(default_factory=_Direction)
     broken: bool = False  # after a parse error: wait for the next request head
     last_ts: int = 0
-    seeds: dict[int, tuple[int, int]] = field(default_factory=dict)  # id(msg) -> (start, bytes)
+    # id(msg) -> (start, bytes, link, parent): requests the kernel saw begin
+    seeds: dict[int, tuple[int, int, bytes, bytes]] = field(default_factory=dict)
     h2: http2.H2Connection | None = None
     midway_sk: int = 0  # an HTTP/2 connection seen mid-way: its kernel key, to turn it off
     tls: bool = False  # its plaintext comes from a TLS library's uprobes
+    local: bytes = b""  # records: a struct http_link with the socket's local address and port
+    peer_raw: bytes = b""  # the peer's address as the kernel has it (16 bytes)
+
+
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
+def traceparent(headers: list[tuple[str, str]]) -> tuple[bytes, bytes, int] | None:
+    """(trace-id, parent-id, sampled) of a valid W3C traceparent header (Trace Context level 1,
+    section 3.2: the kernel's rules in http.bpf.c), else None."""
+    for name, value in headers:
+        if name.lower() != "traceparent":
+            continue
+        m = _TRACEPARENT.fullmatch(value.strip(" \t"))
+        if (m is None or m[1] == "ff" or (m[1] == "00" and m[5]) or not int(m[2], 16)
+                or not int(m[3], 16)):
+            return None
+        return bytes.fromhex(m[2]), bytes.fromhex(m[3]), int(m[4], 16) & 1
+    return None
 
 
 class HttpCollector:
@@ -173,7 +207,8 @@ class HttpCollector:
     def __init__(self, store: MetadataStore, emit: Emit | None = None, records: bool = False,
                  capture_headers: bool = False, route_budget: int = 100,
                  request_timeout: float = 60.0, hooks: str = "auto",
-                 breakdown_reasons: bool = False, peer_series_ttl: float = 600.0,
+                 breakdown_reasons: bool = False, breakdown_reclaim: bool = True,
+                 peer_series_ttl: float = 600.0,
                  tls: str = "pods", max_uprobe_files: int = 256,
                  uprobe_detach_after: float = 60.0, emit_lines: EmitLines | None = None):
         self.store = store
@@ -200,6 +235,8 @@ class HttpCollector:
         features.set_prev_state(self.obj)
         self.hooks = features.socket_hooks(hooks)
         wanted = set(self.HOOK_SETS[self.hooks]) | {"http_close", "http_offcpu"}
+        if breakdown_reclaim:
+            wanted |= set(self.RECLAIM_PROGS)
         self.tls_scope = tls
         if tls != "off":
             wanted |= set(self.TLS_PROGS)
@@ -214,6 +251,9 @@ class HttpCollector:
         self.block_reasons = [k.removeprefix("HTTP_BLOCKED_").lower()
                               for k, v in sorted(reasons.items(), key=lambda kv: kv[1])
                               if k.startswith("HTTP_BLOCKED_")]
+        if tuple(self.block_reasons) != BLOCK_REASONS:
+            raise RuntimeError(f"http.bpf.o has block reasons {self.block_reasons}, this code "
+                               f"{list(BLOCK_REASONS)}: rebuild (make)")
         o = self.obj
         self.AggKey = o.struct("http_agg_key")
         self.Agg = o.struct("http_agg")
@@ -230,6 +270,9 @@ class HttpCollector:
         self.stream_kinds = o.btf.enum("http_stream_kind")
         self.phases = o.btf.enum("http_phase")
         self.modes = o.btf.enum("http_mode")
+        self.Link = o.struct("http_link")  # records: what joins a request's two ends
+        flags = o.btf.enum("http_link_flags")
+        self.link_seq, self.link_tp = flags["HTTP_LINK_SEQ"], flags["HTTP_LINK_TP"]
         self._lock = threading.Lock()
         self._aggs: dict[AggKey, Agg] = {}
         self._rpcs: dict[RpcKey, Agg] = {}
@@ -248,6 +291,8 @@ class HttpCollector:
         self._rec_size = ct.sizeof(self.Record)
         self._rec_path_off = self.Record.path.offset
         self._rec_peer_off = self.Record.peer_addr.offset
+        self._rec_link_off = self.Record.link.offset
+        self._rec_parent_off = self.Record.parent.offset
         self._label_cache: dict[tuple[int, int], Labels] = {}
         self._addr_cache: dict[tuple[int, bytes], str] = {}
         self._target_cache: dict[str, tuple[str, str]] = {}
@@ -258,6 +303,8 @@ class HttpCollector:
         "socket": ["http_recv", "http_send"],
         "syscalls": [f"http_{d}_{n}" for n in SYSCALLS for d in "ex"] + ["http_x_work"],
     }
+    # the reclaim probe: each handling thread's time in memory reclaim (rare events: always on)
+    RECLAIM_PROGS = ("http_rcl_db", "http_rcl_de", "http_rcl_mb", "http_rcl_me")
     # TLS libraries (attached per file by the uprobe manager) and what finds their processes
     TLS_PROGS = ("tls_rd_e", "tls_rdx_e", "tls_wr_e", "tls_wrx_e", "tls_hs_e", "tls_setfd",
                  "tls_free", "tls_ret", "go_tls_rd_e", "go_tls_wr_e", "go_tls_ret",
@@ -275,14 +322,20 @@ class HttpCollector:
             o.map(name).check_types(self.AggKey, self.Agg)
         o.map("http_paths").check_types(ct.c_uint64, self.Path)
         o.map("http_conns").check_types(ct.c_uint64, self.Conn)
-        # a record per request and side: 4 MB holds ~170 ms of them at 100k records/s (the
-        # agent takes them 5 ms after the first one lands); none wanted, the smallest ring
+        # a record per request and side (360 bytes with its trace links): 8 MB holds ~230 ms
+        # of them at 100k records/s, for the agent's pauses (it takes them 5 ms after the
+        # first one lands); none wanted, the smallest ring
         o.map("http_records").set_max_entries(RECORDS_RING if self.records else 4096)
-        o.load(optional=["http_offcpu", *self.TLS_PROGS])
+        o.map("http_serving").set_max_entries(SERVING_THREADS if self.records else 64)
+        o.load(optional=["http_offcpu", *self.TLS_PROGS, *self.RECLAIM_PROGS])
         if self.hooks == "syscalls":  # the sys_exit programs hand each call to the worker
             o.map("http_work").update(ct.c_uint32(0), ct.c_uint32(o.program("http_x_work").fd))
         uprobe_progs = [p for p in self.TLS_PROGS if p != "http_exec"]
-        attach(o, skip=("http_offcpu", "http_x_work", *uprobe_progs), optional=("http_exec",))
+        attach(o, skip=("http_offcpu", "http_x_work", *uprobe_progs),
+               optional=("http_exec", *self.RECLAIM_PROGS))
+        rcl = [p for p in self.RECLAIM_PROGS if o.program(p).autoload]
+        if rcl and not any(p in o.refused for p in rcl):
+            o.map("http_cfg").update(ct.c_uint32(2), ct.c_uint32(1))
         if self._reasons_wanted:
             self.set_blocked_reasons(True)
         self.db = DbSeries(self._labels, self._peer, peer_ttl=self.peer_series_ttl,
@@ -344,6 +397,9 @@ class HttpCollector:
         out += program_signals(self.name, self.obj,
                                {"request blocked time by reason (deep probe)": ["http_offcpu"]},
                                degraded=degraded, default=False)
+        if all(self.obj.program(p).autoload for p in self.RECLAIM_PROGS):
+            out += program_signals(self.name, self.obj, {
+                "request memory reclaim time": list(self.RECLAIM_PROGS)})
         return out
 
     def set_blocked_reasons(self, on: bool) -> bool:
@@ -394,6 +450,17 @@ class HttpCollector:
     def maintain(self) -> None:
         self.drain()
         self.expire()
+        self._forget_threads()
+
+    def _forget_threads(self) -> None:
+        """Before task storage (v5.11) the per-thread state is a hash by thread id that the
+        kernel does not empty when a thread exits: the threads gone are dropped here."""
+        if self.kernel.has_task_storage or not self.obj.loaded:
+            return
+        m = self.obj.map("http_threads")
+        for tid in list(m.keys(ct.c_uint32)):
+            if not os.path.exists(f"{self.store.proc}/{tid.value}"):
+                m.delete(tid)
 
     # --- aggregates ---
     def drain(self) -> None:
@@ -579,19 +646,22 @@ class HttpCollector:
         r = self.Record.from_buffer_copy(data[: self._rec_size])
         po, ao = self._rec_path_off, self._rec_peer_off
         target = data[po: po + min(r.path_len, 64)].decode("latin-1")
+        lo, qo, n = self._rec_link_off, self._rec_parent_off, _fast.HTTP_LINK_SIZE
+        ids = _fast.span_ids(r.role, data[lo: lo + n], 0, data[qo: qo + n], 0)
         self._publish(
             labels=self._labels(r.cgroup_id, r.netns), role=r.role,
             method=METHODS.get(r.method, "_OTHER"), target=target, status=r.status,
             start=r.req_start, end=r.end_ns, req_bytes=r.req_bytes, resp_bytes=r.resp_bytes,
             family=r.family, peer=data[ao: ao + 16], peer_port=r.peer_port,
             local_port=r.local_port, conn_id=r.conn_id, pid=r.pid, mode="kernel",
-            first_byte=r.resp_start, breakdown=self._breakdown(r), tls=bool(r.tls))
+            first_byte=r.resp_start, breakdown=self._breakdown(r), tls=bool(r.tls), ids=ids)
 
     def _breakdown(self, r: Any) -> dict[str, float | None] | None:
         """Where the handling thread's time went (server requests of the kernel path): seconds
         on a CPU, in a run queue, blocked; blocked by reason when the off-CPU probe runs (its raw
         off-CPU times also hold the run-queue wait after each wake-up, so they are scaled to
-        the blocked total)."""
+        the blocked total); of all that, the time in memory reclaim (when the reclaim probe ran)
+        and the major page faults."""
         if not r.breakdown:
             return None
         bd = r.bd
@@ -604,6 +674,8 @@ class HttpCollector:
             out[f"blocked_{name}_seconds"] = (
                 round(raw[i] * bd.blocked_ns / total / 1e9, 9) if total else 0.0
             ) if r.breakdown == 2 else None
+        out["reclaim_seconds"] = bd.reclaim_ns / 1e9 if r.bd_reclaim else None
+        out["major_faults"] = bd.major_faults
         return out
 
     def _labels(self, cgroup_id: int, netns: int) -> Labels:
@@ -639,7 +711,8 @@ class HttpCollector:
                  protocol: str = "1.1", grpc_status: int | None = None,
                  decode: str = "full", first_byte: int = 0,
                  breakdown: dict[str, float | None] | None = None,
-                 method_original: str | None = None, tls: bool = False) -> None:
+                 method_original: str | None = None, tls: bool = False,
+                 ids: tuple[str, str, str | None] | None = None) -> None:
         peer_addr = peer if isinstance(peer, str) else self._peer(family, peer)
         path, route = self._target(target)
         rec: dict[str, Any] = {
@@ -656,6 +729,8 @@ class HttpCollector:
             "connection_id": conn_id, "pid": pid, "capture": mode,
             "protocol": protocol, "grpc_status": grpc_status, "decode": decode,
             "url_scheme": _scheme(tls), "tls": tls,
+            "trace_id": ids[0] if ids else None, "span_id": ids[1] if ids else None,
+            "parent_span_id": ids[2] if ids else None,
         }
         rec.update(breakdown or EMPTY_BREAKDOWN)
         if headers is not None:
@@ -822,7 +897,8 @@ class HttpCollector:
             method = METHODS.get(ev.method, "_OTHER")
             msg = http1.Message(http1.Head(True, "1.1", method=method, target=target))
             st.ex.add_request(msg)
-            st.seeds[id(msg)] = (ev.ts_ns, ev.len)
+            st.seeds[id(msg)] = (ev.ts_ns, ev.len, bytes(ev.link) if ev.link.flags else b"",
+                                 bytes(ev.parent) if ev.parent.flags else b"")
             return
         if ev.kind == kinds["HTTP_S_CLOSE"]:
             for pair in st.ex.close():
@@ -844,7 +920,14 @@ class HttpCollector:
             payload, length = payload[at:], length - at
         skipped = length - len(payload)
         if is_request:
-            st.req.add(length, ev.ts_ns)
+            seq, parent = -1, b""
+            if self.records and ev.link.flags & self.link_seq:
+                seq = (ev.link.seq + ev.len - length) & 0xFFFFFFFF  # of payload[0]
+                if not st.local:
+                    st.local, st.peer_raw = bytes(ev.link), bytes(ev.peer_addr)
+                if ev.parent.flags & self.link_seq:
+                    parent = bytes(ev.parent)
+            st.req.add(length, ev.ts_ns, seq, parent)
             st.ex.client_bytes(payload, skipped)
         else:
             st.resp.add(length, ev.ts_ns)
@@ -929,11 +1012,41 @@ class HttpCollector:
         elif ev.kind == kinds["HTTP_S_DATA"]:
             from_client = (st.role == ROLE_SERVER) == bool(ev.inbound)
             uncaptured = ev.len - len(payload)
-            done = st.h2.feed(from_client, payload[ev.skip:], ev.ts_ns, uncaptured)
+            seq, parent = None, b""
+            if self.records and ev.link.flags & self.link_seq:
+                seq = (ev.link.seq + ev.skip) & 0xFFFFFFFF
+                if not st.local:
+                    st.local, st.peer_raw = bytes(ev.link), bytes(ev.peer_addr)
+                if ev.parent.flags & self.link_seq:
+                    parent = bytes(ev.parent)
+            done = st.h2.feed(from_client, payload[ev.skip:], ev.ts_ns, uncaptured, seq, parent)
         else:
             return
         for req in done:
             self._h2_request(st, req)
+
+    def _link_at(self, st: _Stream, seq: int,
+                 headers: list[tuple[str, str]] | None = None) -> bytes:
+        """The struct http_link of a streamed connection's request whose first byte has TCP
+        sequence number seq: the client's address and port are the local ones on the client
+        side, the peer's on the server side (the role as user space settled it); with the
+        traceparent among the request's headers, when valid."""
+        link = self.Link.from_buffer_copy(st.local)
+        if st.role == ROLE_SERVER:
+            ct.memmove(link.client_addr, st.peer_raw, len(st.peer_raw))
+            link.client_port = st.peer_port
+        link.seq = seq
+        link.flags = self.link_seq
+        ct.memset(link.tp_trace, 0, 16)
+        ct.memset(link.tp_span, 0, 8)
+        link.tp_sampled = 0
+        tp = traceparent(headers) if headers else None
+        if tp is not None:
+            ct.memmove(link.tp_trace, tp[0], 16)
+            ct.memmove(link.tp_span, tp[1], 8)
+            link.tp_sampled = tp[2]
+            link.flags |= self.link_tp
+        return bytes(link)
 
     def _h2_request(self, st: _Stream, r: http2.H2Request) -> None:
         labels = self._labels(st.cgroup_id, st.netns)
@@ -962,21 +1075,33 @@ class HttpCollector:
                           first_byte_ns=(max(r.first_byte_ns - r.start_ns, 0)
                                          if r.first_byte_ns else None), tls=st.tls)
         if self.records or self.listeners:
+            ids = (_fast.span_ids(st.role, self._link_at(st, r.seq, [("traceparent", r.traceparent)]
+                                                    if r.traceparent else None),
+                                  r.stream_id, r.parent, 0)
+                   if r.seq is not None and st.local else None)
             self._publish(labels=labels, role=st.role, method=r.method, target=r.path,
                           status=0 if r.reset else r.status, start=r.start_ns, end=r.end_ns,
                           req_bytes=r.req_bytes, resp_bytes=r.resp_bytes, family=st.family,
                           peer=st.peer_addr, peer_port=st.peer_port, local_port=st.local_port,
                           conn_id=st.conn_id, pid=st.pid, mode="stream", protocol="2",
                           grpc_status=r.grpc_status, decode=r.outcome,
-                          first_byte=r.first_byte_ns, tls=st.tls)
+                          first_byte=r.first_byte_ns, tls=st.tls, ids=ids)
 
     def _pair(self, st: _Stream, pair: http1.Pair) -> None:
         req, resp = pair.request, pair.response
         seed = st.seeds.pop(id(req), None)
+        ids = None
         if seed is not None:
-            start, req_bytes = seed
+            start, req_bytes, link, parent = seed
+            if link:
+                ids = _fast.span_ids(st.role, link, 0, parent, 0)
         else:
             start, req_bytes = st.req.time_of(req.start), req.end - req.start
+            if self.records and st.local:
+                seq, parent = st.req.link_of(req.start)
+                if seq is not None:
+                    ids = _fast.span_ids(st.role, self._link_at(st, seq, req.head.headers), 0,
+                                         parent, 0)
         first_byte = 0
         if resp is not None:
             end = st.resp.time_of(max(resp.end - 1, resp.start))
@@ -1004,7 +1129,7 @@ class HttpCollector:
                           peer_port=st.peer_port, local_port=st.local_port, conn_id=st.conn_id,
                           pid=st.pid, mode="stream", headers=headers, first_byte=first_byte,
                           method_original=req.head.method if method == "_OTHER" else None,
-                          tls=st.tls)
+                          tls=st.tls, ids=ids)
 
     def state_sizes(self) -> dict[str, int]:
         up = self.uprobes.state_sizes() if self.uprobes is not None else {}

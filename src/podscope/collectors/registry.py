@@ -60,7 +60,8 @@ def _http(c: Context) -> Collector:
                          route_budget=c.cfg.http_route_budget,
                          request_timeout=c.cfg.http_request_timeout,
                          peer_series_ttl=c.cfg.http_peer_series_ttl, hooks=c.cfg.http_hooks,
-                         breakdown_reasons=c.cfg.http_breakdown_reasons, tls=c.cfg.tls,
+                         breakdown_reasons=c.cfg.http_breakdown_reasons,
+                         breakdown_reclaim=c.cfg.http_breakdown_reclaim, tls=c.cfg.tls,
                          max_uprobe_files=c.cfg.max_uprobe_files,
                          uprobe_detach_after=c.cfg.uprobe_detach_after)
 

@@ -5,6 +5,7 @@
  * record to a Batch (no Python object is touched: it runs while ring_buffer__poll holds no GIL),
  * and Python takes the whole batch as one bytes object after the poll. */
 #include "h2.h"
+#include "links.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -430,7 +431,7 @@ PyMODINIT_FUNC PyInit__fast(void)
 	if (PyModule_AddObject(m, "Batch", (PyObject *)&BatchType) < 0 ||
 	    PyModule_AddObject(m, "SAMPLE_CALLBACK", PyLong_FromVoidPtr((void *)sample_cb)) < 0 ||
 	    records_init(m) < 0 || h2_init(m) < 0 || h2engine_init(m) < 0 ||
-	    dbengine_init(m) < 0) {
+	    dbengine_init(m) < 0 || links_init(m) < 0) {
 		Py_DECREF(m);
 		return NULL;
 	}

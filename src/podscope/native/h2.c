@@ -450,8 +450,8 @@ static int hpack_block(struct table *t, const uint8_t *p, size_t n, struct summa
 		size_t at;
 		uint32_t len;
 		int set;
-	} f[5] = {{0}};
-	enum { M, P, A, G, C };
+	} f[6] = {{0}};
+	enum { M, P, A, G, C, T };
 	while (pos < n) {
 		uint8_t b = p[pos];
 		const char *name, *value;
@@ -522,6 +522,8 @@ static int hpack_block(struct table *t, const uint8_t *p, size_t n, struct summa
 					s->grpc_status = d;
 			} else if (is_name(name, nl, "content-type") && !f[C].len) {
 				which = C;
+			} else if (is_name(name, nl, "traceparent") && !f[T].set) {
+				which = T; /* W3C Trace Context: the first one counts */
 			}
 			if (which >= 0 && vat == SIZE_MAX) { /* kept: into strings (the table moves) */
 				vat = strings->len;
@@ -538,11 +540,11 @@ static int hpack_block(struct table *t, const uint8_t *p, size_t n, struct summa
 	}
 	if (t->maxsize > t->max_allowed) /* a SETTINGS shrank it and the encoder did not follow */
 		return -1;
-	const char **ptr[5] = {&s->method, &s->path, &s->authority, &s->grpc_message,
-			       &s->content_type};
-	uint32_t *len[5] = {&s->method_len, &s->path_len, &s->authority_len, &s->grpc_message_len,
-			    &s->content_type_len};
-	for (int i = 0; i < 5; i++) {
+	const char **ptr[6] = {&s->method, &s->path, &s->authority, &s->grpc_message,
+			       &s->content_type, &s->traceparent};
+	uint32_t *len[6] = {&s->method_len, &s->path_len, &s->authority_len, &s->grpc_message_len,
+			    &s->content_type_len, &s->traceparent_len};
+	for (int i = 0; i < 6; i++) {
 		*ptr[i] = f[i].set ? strings->buf + f[i].at : NULL;
 		*len[i] = f[i].len;
 	}
@@ -605,7 +607,8 @@ static void Wire_dealloc(WireObject *self)
 static int emit(WireObject *self, int kind, uint32_t sid, int flags, uint32_t n, int outcome,
 		const struct summary *s)
 {
-	struct wire_event ev = {kind, sid, flags, n, outcome, s};
+	const struct direction *d = self->from_client ? &self->client : &self->server;
+	struct wire_event ev = {kind, sid, flags, n, outcome, s, d->block_off};
 	return self->sink(self->sink_ctx, self->from_client, &ev);
 }
 
@@ -615,14 +618,15 @@ static int sink_list(void *ctx, int from_client, const struct wire_event *e)
 	const struct summary *s = e->s;
 	switch (e->kind) {
 	case EV_HEADERS:
-		ev = Py_BuildValue("(iIiiNNNNNNNii)", EV_HEADERS, e->sid, e->flags, e->outcome,
+		ev = Py_BuildValue("(iIiiNNNNNNNiiKN)", EV_HEADERS, e->sid, e->flags, e->outcome,
 				   str_or_none(s->method, s->method_len),
 				   str_or_none(s->path, s->path_len),
 				   str_or_none(s->authority, s->authority_len), int_or_none(s->status),
 				   int_or_none(s->grpc_status),
 				   str_or_none(s->grpc_message, s->grpc_message_len),
 				   str_or_none(s->content_type, s->content_type_len), s->has_status,
-				   s->has_method);
+				   s->has_method, (unsigned long long)e->off,
+				   str_or_none(s->traceparent, s->traceparent_len));
 		break;
 	case EV_DATA:
 		ev = Py_BuildValue("(iIiI)", EV_DATA, e->sid, e->flags, e->n);
@@ -700,6 +704,7 @@ static int frame(WireObject *self, struct direction *d, uint8_t type, uint8_t fl
 		d->in_block = 1;
 		d->block_stream = sid;
 		d->block_flags = flags;
+		d->block_off = d->frame_off;
 		if (flags & F_END_HEADERS) {
 			int r = headers_done(self, d);
 			return r > 0 ? R_HPACK : r;
@@ -765,6 +770,7 @@ static int frames(WireObject *self, struct direction *d, const uint8_t *b, size_
 		}
 		if (n - pos < 9)
 			break;
+		d->frame_off = d->base + pos;
 		uint32_t len = (uint32_t)b[pos] << 16 | b[pos + 1] << 8 | b[pos + 2];
 		uint8_t type = b[pos + 3], flags = b[pos + 4];
 		uint32_t sid = ((uint32_t)b[pos + 5] << 24 | b[pos + 6] << 16 | b[pos + 7] << 8 |
@@ -828,6 +834,8 @@ static int feed_dir(WireObject *self, int from_client, const uint8_t *data, size
 		    uint64_t uncaptured)
 {
 	struct direction *d = from_client ? &self->client : &self->server;
+	uint64_t at = d->fed; /* of data[0] */
+	d->fed += n + uncaptured;
 	if (!self->seen_start && !d->buf.len && n >= PREFACE_LEN && !memcmp(data, PREFACE,
 									   PREFACE_LEN)) {
 		/* taken for mid-way (a server's SETTINGS can come first), but this is the start */
@@ -839,6 +847,7 @@ static int feed_dir(WireObject *self, int from_client, const uint8_t *data, size
 			return -1;
 		data += PREFACE_LEN;
 		n -= PREFACE_LEN;
+		at += PREFACE_LEN;
 	}
 	if (d->preface_left) {
 		size_t take = d->preface_left < n ? d->preface_left : n;
@@ -847,14 +856,17 @@ static int feed_dir(WireObject *self, int from_client, const uint8_t *data, size
 		d->preface_left -= (uint32_t)take;
 		data += take;
 		n -= take;
+		at += take;
 	}
 	size_t used;
 	int r;
 	if (!d->buf.len) { /* the common case: frames read where the bytes are, the tail kept */
+		d->base = at;
 		if ((r = frames(self, d, data, n, &used)) != 0)
 			return r;
 		out_put(&d->buf, data + used, n - used);
 	} else {
+		d->base = at - d->buf.len;
 		out_put(&d->buf, data, n);
 		if (d->buf.failed)
 			return -1;

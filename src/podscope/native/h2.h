@@ -8,8 +8,9 @@ enum { EV_DATA = 0, EV_HEADERS = 1, EV_RST = 3, EV_GOAWAY = 7, EV_PREFACE = 16 }
 
 /* What a header block says about its stream (the fields H2Connection sets). */
 struct summary {
-	const char *method, *path, *authority, *grpc_message, *content_type;
-	uint32_t method_len, path_len, authority_len, grpc_message_len, content_type_len;
+	const char *method, *path, *authority, *grpc_message, *content_type, *traceparent;
+	uint32_t method_len, path_len, authority_len, grpc_message_len, content_type_len,
+		traceparent_len;
 	long long status, grpc_status; /* -1: absent */
 	int has_status, has_method;
 };
@@ -22,6 +23,8 @@ struct wire_event {
 	uint32_t n;		 /* DATA: payload length; GOAWAY: the last stream */
 	int outcome;		 /* HEADERS: 0 decoded, 1 partial, 2 not decodable */
 	const struct summary *s; /* HEADERS: the block's fields (valid during the call) */
+	uint64_t off;		 /* HEADERS: where the block's HEADERS frame began in the side's
+				  * bytes (all fed to wire_feed, uncaptured ones included) */
 };
 
 typedef int (*wire_sink)(void *ctx, int from_client, const struct wire_event *ev);
@@ -52,6 +55,10 @@ struct direction {
 	uint32_t block_stream;
 	uint8_t block_flags;
 	struct table table;
+	uint64_t fed;	    /* bytes of this side fed so far (uncaptured ones included) */
+	uint64_t base;	    /* where the bytes frames() is parsing begin, in those */
+	uint64_t frame_off; /* where the frame being handled begins */
+	uint64_t block_off; /* where the current header block's HEADERS frame began */
 };
 
 typedef struct {

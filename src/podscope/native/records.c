@@ -8,6 +8,7 @@
 
 #include "fast.h"
 #include "http.h"
+#include "links.h"
 
 #include <string.h>
 
@@ -154,6 +155,33 @@ static int encode_one(EncoderObject *self, struct out *o, const struct http_reco
 	return peer ? 0 : -1;
 }
 
+/* "trace_id", "span_id", "parent_span_id" (links.h), null when the request has no link */
+static void put_ids(struct out *o, const struct http_record *r)
+{
+	struct span_ids ids;
+	char hex[32];
+
+	link_ids(&r->link, 0, &r->parent, 0, r->role, &ids);
+	if (!ids.linked) {
+		out_str(o, ",\"trace_id\":null,\"span_id\":null,\"parent_span_id\":null");
+		return;
+	}
+	out_str(o, ",\"trace_id\":\"");
+	hex_trace(ids.trace, hex);
+	out_put(o, hex, 32);
+	out_str(o, "\",\"span_id\":\"");
+	hex_span(ids.span, hex);
+	out_put(o, hex, 16);
+	if (ids.parent) {
+		out_str(o, "\",\"parent_span_id\":\"");
+		hex_span(ids.parent, hex);
+		out_put(o, hex, 16);
+		out_str(o, "\"");
+	} else {
+		out_str(o, "\",\"parent_span_id\":null");
+	}
+}
+
 static void put_line(EncoderObject *self, struct out *o, const struct http_record *r,
 		     PyObject *labels, PyObject *target, PyObject *peer)
 {
@@ -205,6 +233,7 @@ static void put_line(EncoderObject *self, struct out *o, const struct http_recor
 		   "\"decode\":\"full\"");
 	out_str(o, r->tls ? ",\"url_scheme\":\"https\",\"tls\":true"
 			  : ",\"url_scheme\":\"http\",\"tls\":false");
+	put_ids(o, r);
 	if (!r->breakdown) {
 		out_str(o, ",\"on_cpu_seconds\":null,\"runqueue_seconds\":null,"
 			   "\"blocked_seconds\":null");
@@ -213,6 +242,7 @@ static void put_line(EncoderObject *self, struct out *o, const struct http_recor
 			put_bytes(o, PyTuple_GET_ITEM(self->reasons, i));
 			out_str(o, ":null");
 		}
+		out_str(o, ",\"reclaim_seconds\":null,\"major_faults\":null");
 	} else {
 		const struct http_breakdown *bd = &r->bd;
 		out_str(o, ",\"on_cpu_seconds\":");
@@ -241,6 +271,13 @@ static void put_line(EncoderObject *self, struct out *o, const struct http_recor
 				out_put(o, t, (size_t)n);
 			}
 		}
+		out_str(o, ",\"reclaim_seconds\":");
+		if (r->bd_reclaim)
+			out_double(o, (double)bd->reclaim_ns / 1e9);
+		else
+			out_str(o, "null");
+		out_str(o, ",\"major_faults\":");
+		out_u64(o, bd->major_faults);
 	}
 	out_str(o, "}\n");
 	self->lines++;

@@ -55,6 +55,9 @@ class H2Request:
     reset: bool = False
     outcome: str = "full"  # full | partial | none | uprobes (named by hints, see hint())
     hinted: bool = False
+    seq: int | None = None  # TCP sequence number of its HEADERS frame's first byte, if known
+    parent: bytes = b""  # struct http_link of the request its sender's thread was serving
+    traceparent: str | None = None  # the request's traceparent header (with seq only)
     _req_done: bool = False
     _resp_done: bool = False
 
@@ -82,6 +85,9 @@ class H2Connection:
         # comes before the next bytes from that side (the program's reader names each block
         # before it reads on)
         self.waiting: dict[int, H2Request] = {}
+        self._fed = [0, 0]  # bytes fed per side (server, client), uncaptured ones included
+        # of the bytes being fed: where they begin, the sequence number there, the parent
+        self._at: tuple[int, int | None, bytes] = (0, None, b"")
 
     # --- input ---
     def hint(self, stream_id: int, from_client: bool, fields: dict[str, Any], ts: int = 0
@@ -116,12 +122,16 @@ class H2Connection:
     def seen_start(self) -> bool:
         return self.wire.seen_start
 
-    def feed(self, from_client: bool, data: bytes, ts: int, uncaptured: int = 0) -> list[H2Request]:
+    def feed(self, from_client: bool, data: bytes, ts: int, uncaptured: int = 0,
+             seq: int | None = None, parent: bytes = b"") -> list[H2Request]:
         """Bytes one side sent (then `uncaptured` bytes that were not copied). Returns the
-        requests these bytes finished."""
+        requests these bytes finished. seq: the TCP sequence number of data[0] (requests get
+        the one of their first byte); parent: the sender's thread's server request (records)."""
         out: list[H2Request] = []
         if self.waiting and not from_client:
             self._release(out)  # their hints would have come before these bytes
+        self._at = (self._fed[from_client], seq, parent)
+        self._fed[from_client] += len(data) + uncaptured
         events, error = self.wire.feed(from_client, data, uncaptured)
         for ev in events:
             kind = ev[0]
@@ -158,7 +168,7 @@ class H2Connection:
     def _headers(self, is_client: bool, ev: tuple[Any, ...], ts: int,
                  out: list[H2Request]) -> None:
         (_kind, sid, flags, code, method, path, authority, status, grpc_status, grpc_message,
-         content_type, has_status, has_method) = ev
+         content_type, has_status, has_method, off, tparent) = ev
         outcome = OUTCOMES[code]
         if code != 2 and not self.role_known:
             if (has_status and is_client) or (has_method and not is_client):
@@ -170,6 +180,11 @@ class H2Connection:
             if len(self.streams) >= MAX_STREAMS:
                 raise H2Error("too_many_streams")
             st = self.streams[sid] = H2Request(sid, start_ns=ts, outcome=outcome)
+            at, seq, parent = self._at
+            if seq is not None:
+                st.seq = (seq + off - at) & 0xFFFFFFFF
+                st.parent = parent
+                st.traceparent = tparent
         if st is None and (sid, True) in self.hints and len(self.streams) < MAX_STREAMS:
             # a request whose frames were not seen (read before the probes came, in pieces
             # the decoder could not place) but that the program named: it starts there

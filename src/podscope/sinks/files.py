@@ -40,9 +40,11 @@ SCHEMAS: dict[str, list[str]] = {
         "method_original", "path", "route", "status", "duration_seconds", "first_byte_seconds",
         "request_bytes", "response_bytes",
         "connection_id", "pid", "capture", "protocol", "grpc_status", "decode",
+        "trace_id", "span_id", "parent_span_id",
         "on_cpu_seconds", "runqueue_seconds", "blocked_seconds", "blocked_sleep_seconds",
         "blocked_lock_seconds", "blocked_disk_seconds", "blocked_network_seconds",
-        "blocked_other_seconds", "request_headers", "response_headers",
+        "blocked_other_seconds", "blocked_memory_seconds", "reclaim_seconds", "major_faults",
+        "request_headers", "response_headers",
     ],
     "db_operation": [
         "time", *IDENTITY, "role", "peer_addr", "peer_port", "db_system_name",

@@ -45,6 +45,7 @@ from prometheus_client.core import Metric as PromMetric
 
 from .. import __version__
 from ..metadata.store import LABEL_NAMES
+from ..traces import TraceJoiner, joiner_families
 
 log = logging.getLogger("podscope.otlp")
 
@@ -116,6 +117,23 @@ def span_status(rec: dict[str, Any]) -> Status:
     return Status(StatusCode.UNSET)
 
 
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+
+def span_context(rec: dict[str, Any]) -> tuple[SpanContext, SpanContext | None]:
+    """A record's span and its parent: the ids the record carries (derived on both ends of
+    the request, docs/traces.md; the trace id as the joiner set it), else new random ones and no
+    parent."""
+    trace, span, parent = rec.get("trace_id"), rec.get("span_id"), rec.get("parent_span_id")
+    if not trace or not span:
+        return SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1,
+                           is_remote=False, trace_flags=_SAMPLED), None
+    t = int(trace, 16)
+    ctx = SpanContext(t, int(span, 16), is_remote=False, trace_flags=_SAMPLED)
+    return ctx, (SpanContext(t, int(parent, 16), is_remote=True, trace_flags=_SAMPLED)
+                 if parent else None)
+
+
 def span_of(rec: dict[str, Any], resource: Resource) -> ReadableSpan:
     server = rec.get("role") == "server"
     start = int(rec["time"] * 1e9)
@@ -154,9 +172,8 @@ def span_of(rec: dict[str, Any], resource: Resource) -> ReadableSpan:
     else:
         attrs["server.address"] = attrs["network.peer.address"]
         attrs["server.port"] = attrs["network.peer.port"]
-    ctx = SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1, is_remote=False,
-                      trace_flags=TraceFlags(TraceFlags.SAMPLED))
-    return ReadableSpan(name, context=ctx, resource=resource, attributes=attrs,
+    ctx, parent = span_context(rec)
+    return ReadableSpan(name, context=ctx, parent=parent, resource=resource, attributes=attrs,
                         kind=SpanKind.SERVER if server else SpanKind.CLIENT,
                         status=span_status(rec), start_time=start, end_time=end,
                         instrumentation_scope=SCOPE)
@@ -194,7 +211,7 @@ def db_span_of(rec: dict[str, Any], resource: Resource) -> ReadableSpan:
 
 class OtlpSink:
     def __init__(self, url: str, source: Callable[[], Iterable[PromMetric]], node: str,
-                 interval: float = 15.0, timeout: float = 10.0):
+                 interval: float = 15.0, timeout: float = 10.0, join_hold: float = 2.0):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"--otlp {url!r}: expected an http:// or https:// URL (OTLP/HTTP)")
         base = url.rstrip("/")
@@ -210,6 +227,10 @@ class OtlpSink:
         self._start_ns = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # spans wait join_hold seconds for their parents' trace ids (traces.py); 0: no wait
+        self.joiner: TraceJoiner[tuple[str, dict[str, Any], Resource]] | None = (
+            TraceJoiner(hold=join_hold) if join_hold > 0 else None)
+        self._lock = threading.Lock()
 
     def _resource(self, labels: dict[str, str]) -> Resource:
         key = tuple(labels.get(n, "") for n in LABEL_NAMES)
@@ -226,10 +247,26 @@ class OtlpSink:
         if of is None:
             return
         labels = {n: str(rec.get(n) or "") for n in LABEL_NAMES}
-        self.spans.on_end(of(rec, self._resource(labels)))
+        res = self._resource(labels)
+        trace, span = rec.get("trace_id"), rec.get("span_id")
+        if self.joiner is None or not trace or not span:
+            self.spans.on_end(of(rec, res))
+            return
+        parent = rec.get("parent_span_id")
+        with self._lock:
+            self.joiner.add(bytes.fromhex(span), bytes.fromhex(parent) if parent else None,
+                            bytes.fromhex(trace), (kind, rec, res))
 
-    def flush(self) -> None:
-        pass  # the span processor sends on its own schedule
+    def flush(self, everything: bool = False) -> None:
+        """Spans whose wait is over to the span processor (it sends on its own schedule)."""
+        if self.joiner is None:
+            return
+        with self._lock:
+            due = self.joiner.take(everything)
+        for (kind, rec, res), trace in due:
+            if trace.hex() != rec["trace_id"]:
+                rec = {**rec, "trace_id": trace.hex()}
+            self.spans.on_end((span_of if kind == "http_request" else db_span_of)(rec, res))
 
     # --- metrics ---
     def start(self) -> None:
@@ -238,8 +275,12 @@ class OtlpSink:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.export_metrics()
+        next_export = time.monotonic() + self.interval
+        while not self._stop.wait(0.25):
+            self.flush()
+            if time.monotonic() >= next_export:
+                self.export_metrics()
+                next_export = time.monotonic() + self.interval
 
     def export_metrics(self) -> bool:
         try:
@@ -318,6 +359,8 @@ class OtlpSink:
         for result, n in self.exports.items():
             fam.add_metric([result], n)
         yield fam
+        if self.joiner is not None:
+            yield from joiner_families(self.joiner)
 
     def close(self) -> None:
         self._stop.set()
@@ -325,5 +368,6 @@ class OtlpSink:
             self._thread.join(5)
             self._thread = None
         self.export_metrics()  # the last state
+        self.flush(everything=True)
         self.spans.shutdown()  # sends what is queued
         self.metric_exporter.shutdown()
