@@ -330,7 +330,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--only", action="append", default=[],
                     choices=["nginx-tiny", "handler-1ms", "nginx-records", "nginx-syscalls",
-                             "nginx-h2", "nginx-h2-8k", "nginx-tls", "go-h2-tls",
+                             "nginx-h2", "nginx-h2-8k", "nginx-h2-records", "nginx-tls", "go-h2-tls",
                              "grpc-unary", "grpc-unary-no-uprobes", "redis", "redis-p16",
                              "pgbench"])
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "http_overhead.json"))
