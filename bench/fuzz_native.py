@@ -14,7 +14,9 @@ Every entry point gets random input for MINUTES:
   directions, seen from the start or mid-way, with uncaptured gaps: events or a reason;
 - H2Engine.process of stream event batches (struct http_stream_event with those bytes, random
   kinds, lost-event marks, hints, closes, truncated events, several connections at once), then
-  take(): aggregate cells of the right size, and every connection handed over or kept;
+  take(): aggregate cells of the right size, and every connection handed over or kept; the same
+  into an engine with records (random links, parents and sequence numbers) and take_records():
+  one tuple of 21 fields per finished request;
 - DbEngine.process of Redis, memcached, PostgreSQL, MySQL and NATS connections' stream events: real
   RESP2/RESP3 commands and replies (pipelined, nested, errors, pushes, attributes), memcached text
   and meta requests and responses (data blocks, noreply, quiet, 250-byte keys), PostgreSQL
@@ -79,7 +81,7 @@ def main() -> int:
     from tcp_overhead import write_results
 
     from podscope import _fast, libbpf
-    from podscope.collectors.http import METHODS
+    from podscope.collectors.http import BLOCK_REASONS, METHODS
 
     rng = random.Random(a.seed)
     sample = libbpf.SAMPLE_FN(_fast.SAMPLE_CALLBACK)
@@ -89,6 +91,7 @@ def main() -> int:
                "encoded_lines": 0, "short_records": 0, "resolver_failures": 0,
                "h2_connections": 0, "h2_events": 0, "h2_errors": 0,
                "engine_events": 0, "engine_left": 0, "engine_handovers": 0, "engine_cells": 0,
+               "engine_records": 0,
                "db_events": 0, "db_operations": 0, "db_errors": 0,
                "db_records": 0}
     import ctypes as _ct
@@ -105,6 +108,7 @@ def main() -> int:
             python_conns.clear()
 
     engine = _fast.H2Engine(python_conns, adopt)
+    rengine = _fast.H2Engine(python_conns, adopt, records=True)  # and the records of each request
     db = _fast.DbEngine(records=True)  # records: the statements normalised too
 
     def bulk(b: bytes) -> bytes:
@@ -339,7 +343,7 @@ def main() -> int:
 
     enc = _fast.HttpJsonl(labels_of, target_of, peer_of,
                           tuple(json.dumps(METHODS[i]).encode() for i in range(len(METHODS))),
-                          tuple(b'"r%d"' % i for i in range(5)), 1.7e9)
+                          tuple(b'"r%d"' % i for i in range(len(BLOCK_REASONS))), 1.7e9)
     deadline = time.monotonic() + a.minutes * 60
     while time.monotonic() < deadline:
         # HTTP/2: a connection's two directions in random pieces
@@ -372,14 +376,26 @@ def main() -> int:
             ev.captured = len(data) if rng.random() < 0.9 else rng.randrange(0, 1000)
             ev.len = ev.captured + (rng.randrange(0, 100) if rng.random() < 0.1 else 0)
             ev.skip = rng.randrange(0, 30) if rng.random() < 0.05 else 0
+            if rng.random() < 0.7:
+                ev.link.flags = rng.choice([1, 1, 3, 0, 255])
+                ev.link.seq = rng.randrange(1 << 32)
+                ev.link.client_port = rng.randrange(1 << 16)
+            if rng.random() < 0.3:
+                ev.parent.flags, ev.parent.seq = rng.choice([1, 3, 0]), rng.randrange(1 << 32)
             rec = bytes(ev) + data
             if rng.random() < 0.02:
                 rec = rec[:rng.randrange(len(rec))]
             buf = ct.create_string_buffer(rec, len(rec))
             sample(b.ctx, ct.addressof(buf), len(rec))
             figures["engine_events"] += 1
-        figures["engine_left"] += len(engine.process(b.take()))
+        taken = b.take()
+        figures["engine_left"] += len(engine.process(taken))
+        rengine.process(taken)
+        recs = rengine.take_records()
+        assert all(len(r) == 21 and len(r[-1]) == 16 for r in recs)
+        figures["engine_records"] += len(recs)
         if rng.random() < 0.1:
+            rengine.take()
             cells, _errors = engine.take()
             assert all(len(cell) == _fast.H2_CELL_SIZE for _k, cell in cells)
             figures["engine_cells"] += len(cells)

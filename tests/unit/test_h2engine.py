@@ -88,9 +88,10 @@ def run(c: HttpCollector, records: list[bytes], per_batch: int) -> dict[str, Any
             "outcomes": c.h2_outcomes, "errors": c.parse_errors}
 
 
-def workload(cuts: list[int], requests: int) -> list[tuple[bool, bytes]]:
+def workload(cuts: list[int], requests: int, traceparent: bool = False) -> list[tuple[bool, bytes]]:
     """A server's view of one connection: the client's bytes (inbound) and its own. HTTP GETs,
-    gRPC calls with statuses, a reset stream, pieces cut at `cuts`."""
+    gRPC calls with statuses, a reset stream, pieces cut at `cuts`; with traceparent, every
+    fourth request carries one (a valid W3C one, or every eighth a malformed one)."""
     ce, se = Encoder(), Encoder()
     cli = bytearray(PREFACE + frame(SETTINGS, 0, 0, b""))
     srv = bytearray(frame(SETTINGS, 0, 0, b""))
@@ -110,8 +111,13 @@ def workload(cuts: list[int], requests: int) -> list[tuple[bool, bytes]]:
             srv += frame(HEADERS, END_HEADERS | END_STREAM, sid,
                          se.encode([("grpc-status", str(n % 4))]))
         else:
+            tp = []
+            if traceparent and n % 4 == 1:
+                tp = [("traceparent", f"00-{n + 1:032x}-{n + 7:016x}-01" if n % 8 == 1
+                       else f"zz-{n + 1:032x}")]
             cli += frame(HEADERS, END_HEADERS | END_STREAM, sid, ce.encode([
-                (":method", "GET"), (":scheme", "http"), (":path", f"/u/{n}"), (":authority", "s")]))
+                (":method", "GET"), (":scheme", "http"), (":path", f"/u/{n}"),
+                (":authority", "s"), *tp]))
             out += [(True, bytes(cli))]
             cli.clear()
             if n % 7 == 5:
@@ -263,3 +269,69 @@ def test_a_server_that_speaks_before_the_preface_is_decoded_here() -> None:
         run(c, recs, 3)
     assert fast._h2 is not None and fast._h2.requests == 4 and not fast._streams
     assert run(fast, [], 1) == run(py, [], 1)
+
+
+def records_collector(engine: bool) -> tuple[HttpCollector, list[dict[str, Any]]]:
+    out: list[dict[str, Any]] = []
+    c = HttpCollector(MetadataStore(None, proc="/nonexistent"),
+                      emit=lambda _kind, rec: out.append(rec), records=True)
+    c._mono_to_wall = 1.7e9
+    if engine:
+        c._h2 = _fast.H2Engine(c._streams, c._adopt, records=True)
+    return c, out
+
+
+def with_links(c: HttpCollector, recs: list[bytes], seqs: tuple[int, int]) -> list[bytes]:
+    """The events as the kernel sends them with records on: each DATA event's link holds the TCP
+    sequence number of its first byte (per direction, wrapping past 2**32) and the socket's
+    local address; every other write carries its thread's server request as the parent."""
+    pos = {True: seqs[0], False: seqs[1]}
+    hdr = ct.sizeof(c.StreamEv)
+    out = []
+    for i, r in enumerate(recs):
+        ev = c.StreamEv.from_buffer_copy(r[:hdr])
+        if ev.kind == c.stream_kinds["HTTP_S_DATA"]:
+            inbound = bool(ev.inbound)
+            ev.link.flags = c.link_seq
+            ev.link.seq = pos[inbound]
+            ev.link.family, ev.link.client_port = 2, ev.local_port
+            ev.link.client_addr[:4] = [10, 0, 0, 1]
+            pos[inbound] = (pos[inbound] + ev.len) & 0xFFFFFFFF
+            if not inbound and i % 2:
+                ev.parent.flags, ev.parent.seq, ev.parent.family = c.link_seq, 1000 + i, 2
+                ev.parent.client_port = 50000 + i
+        out.append(bytes(ev) + r[hdr:])
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 400), max_size=6), st.integers(1, 24), st.integers(1, 9),
+       st.sampled_from([1, 2]), st.integers(0, 2**32 - 1))
+def test_the_engine_makes_the_records_the_python_path_makes(cuts: list[int], n: int,
+                                                            per_batch: int, role: int,
+                                                            seq0: int) -> None:
+    """With records: the engine's records are the Python path's, field for field (trace and
+    span ids from the same sequence numbers, parents and traceparents), on either side of the
+    connection, cut and batched anywhere; the series stay the engine's."""
+    pieces = workload(cuts, n, traceparent=True)
+    if role == 2:  # the client's view: its bytes are the outbound ones
+        pieces = [(not inbound, data) for inbound, data in pieces]
+    got: dict[bool, Any] = {}
+    for engine in (False, True):
+        c, recs = records_collector(engine)
+        events = with_links(c, [event(c, "HTTP_S_DATA", inbound, data, ts=1000 * (i + 1),
+                                      role=role)
+                                for i, (inbound, data) in enumerate(pieces)]
+                            + [event(c, "HTTP_S_CLOSE", False, b"", ts=10**6, role=role)],
+                            (seq0, seq0 ^ 0x5A5A5A5A))
+        series = run(c, events, per_batch if engine else 1)
+        got[engine] = (recs, series)
+        if engine:
+            assert c._h2 is not None and c._h2.requests == n and c._h2.connections == 0
+    assert got[True] == got[False]
+    recs = got[True][0]
+    assert len(recs) == n and all(r["protocol"] == "2" and r["span_id"] for r in recs)
+    # the valid traceparents named the trace; the malformed ones did not
+    for r in recs:
+        k = int(r["path"].rsplit("/", 1)[1]) if r["path"].startswith("/u/") else -1
+        assert (r["trace_id"] == f"{k + 1:032x}") == (k % 8 == 1), r

@@ -217,7 +217,7 @@ class HttpCollector:
         self.emit_lines = emit_lines if self.records else None
         self._jsonl: _fast.HttpJsonl | None = None  # the kernel's records as JSON lines, compiled
         # HTTP/2 connections seen from their start, decoded and aggregated in compiled code
-        # (no records wanted: each request would need its dict anyway)
+        # (with records: each finished request handed over as a tuple, after each batch)
         self._h2: _fast.H2Engine | None = None
         self._h2_flushed = 0.0
         self.capture_headers = capture_headers
@@ -341,13 +341,10 @@ class HttpCollector:
         self.db = DbSeries(self._labels, self._peer, peer_ttl=self.peer_series_ttl,
                            publish=self.emit if self.records else None,
                            mono_to_wall=self._mono_to_wall)
-        if not self.records:
-            if _fast.H2_CELL_SIZE != _H2_CELL.size:
-                raise RuntimeError("podscope._fast is not the build of this source: run make")
-            self._h2 = _fast.H2Engine(self._streams, self._adopt)
-            self._ring = libbpf.RingBuffer(o.map("http_stream"), self._on_streams, batch=True)
-        else:
-            self._ring = libbpf.RingBuffer(o.map("http_stream"), self._on_stream)
+        if _fast.H2_CELL_SIZE != _H2_CELL.size:
+            raise RuntimeError("podscope._fast is not the build of this source: run make")
+        self._h2 = _fast.H2Engine(self._streams, self._adopt, records=self.records)
+        self._ring = libbpf.RingBuffer(o.map("http_stream"), self._on_streams, batch=True)
         if self.records and self.emit_lines is not None:
             self._jsonl = self._jsonl_encoder()
             self._ring.add(o.map("http_records"), self._on_records, batch=True)
@@ -751,10 +748,33 @@ class HttpCollector:
         assert self._h2 is not None
         with self._lock:
             left = self._h2.process(batch)
+            finished = self._h2.take_records() if self.records else ()
             if self.db is not None:
                 self.db.engine.process(batch)
+        for rec in finished:
+            self._h2_record(rec)
         for data in left:
             self._on_stream(data)
+
+    def _h2_record(self, rec: tuple[Any, ...]) -> None:
+        """The record of a request the HTTP/2 engine finished (its series are in the engine's
+        cells): the one _h2_request publishes for a request of the Python path."""
+        (conn_id, ident, pid, local_port, sid, method, path, status, grpc_status, reset,
+         outcome, start, end, first_byte, req_bytes, resp_bytes, seq, parent, tparent, local,
+         peer_raw) = rec
+        cgroup_id, netns, role, tls, family, peer, peer_port = ident
+        ids = (_fast.span_ids(role, self._link_of(local, role, peer_raw, peer_port, seq,
+                                                  [("traceparent", tparent)] if tparent else None),
+                              sid, parent, 0)
+               if seq is not None and local else None)
+        self._publish(labels=self._labels(cgroup_id, netns), role=role,
+                      method=http2.UNKNOWN if method is None else method,
+                      target=http2.UNKNOWN if path is None else path,
+                      status=0 if reset else status, start=start, end=end, req_bytes=req_bytes,
+                      resp_bytes=resp_bytes, family=family, peer=peer, peer_port=peer_port,
+                      local_port=local_port, conn_id=conn_id, pid=pid, mode="stream",
+                      protocol="2", grpc_status=None if grpc_status < 0 else grpc_status,
+                      decode=outcome, first_byte=first_byte, tls=bool(tls), ids=ids)
 
     def _midway_pids(self) -> set[int]:
         """Processes with an HTTP/2 connection open whose start was not seen."""
@@ -1031,10 +1051,15 @@ class HttpCollector:
         sequence number seq: the client's address and port are the local ones on the client
         side, the peer's on the server side (the role as user space settled it); with the
         traceparent among the request's headers, when valid."""
-        link = self.Link.from_buffer_copy(st.local)
-        if st.role == ROLE_SERVER:
-            ct.memmove(link.client_addr, st.peer_raw, len(st.peer_raw))
-            link.client_port = st.peer_port
+        return self._link_of(st.local, st.role, st.peer_raw, st.peer_port, seq, headers)
+
+    def _link_of(self, local: bytes, role: int, peer_raw: bytes, peer_port: int, seq: int,
+                 headers: list[tuple[str, str]] | None = None) -> bytes:
+        """_link_at of a connection given by its parts."""
+        link = self.Link.from_buffer_copy(local)
+        if role == ROLE_SERVER:
+            ct.memmove(link.client_addr, peer_raw, len(peer_raw))
+            link.client_port = peer_port
         link.seq = seq
         link.flags = self.link_seq
         ct.memset(link.tp_trace, 0, 16)

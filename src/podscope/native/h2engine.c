@@ -10,7 +10,13 @@
  * applied). Everything else is Python's path: a connection seen mid-way; one whose events
  * were lost or whose bytes were malformed, which Python then starts over mid-way. Bounded: connections (MAX_CONNS, the least
  * recently used evicted and counted), streams per connection (MAX_STREAMS), aggregate cells
- * per second (MAX_CELLS, beyond which each request is its own cell). */
+ * per second (MAX_CELLS, beyond which each request is its own cell).
+ *
+ * With records (H2Engine(records=True)), each finished request is also kept as a tuple of what
+ * the collector's record of it needs (take_records(), after each batch): its fields, its
+ * times and sizes, and what links it into a trace (the TCP sequence number of its HEADERS
+ * frame's first byte, its sender's thread's server request, its traceparent), as the Python
+ * path's H2Connection keeps them. */
 #include <linux/types.h>
 
 #include "h2.h"
@@ -41,6 +47,11 @@ struct req {
 	long long status, grpc_status;
 	uint64_t req_bytes, resp_bytes, start, end, first_byte;
 	uint8_t reset, req_done, resp_done, outcome; /* outcome: 0 full, 1 partial, 2 none */
+	/* records: the TCP sequence number of its HEADERS frame's first byte (-1: not known),
+	 * the server request its sender's thread was serving (flags 0: none), its traceparent */
+	int64_t seq;
+	struct http_link parent;
+	PyObject *traceparent;
 };
 
 struct engine;
@@ -61,6 +72,16 @@ struct conn {
 	long long last_status, last_grpc;
 	int last_flags;
 	unsigned long long last_gen;
+	/* records: the process, the local port, the socket's local link (has_local) and the
+	 * peer's address as the kernel has them; bytes fed per side (uncaptured ones included);
+	 * of the bytes being fed: where they begin, their sequence number (-1: none), the parent */
+	uint32_t pid;
+	uint16_t local_port;
+	uint8_t has_local;
+	uint8_t peer_raw[16];
+	struct http_link local, at_parent;
+	uint64_t fed[2], at_off;
+	int64_t at_seq;
 };
 
 typedef struct engine {
@@ -76,6 +97,7 @@ typedef struct engine {
 	struct conn *memo[CONN_MEMO];  /* connections of conns by id slot (conn_free clears its) */
 	unsigned long long events, requests, hints;
 	unsigned long long gen; /* take()s so far: the cells' generation */
+	PyObject *records;	/* records=True: finished requests since take_records() (a list) */
 } EngineObject;
 
 static struct conn **memo_slot(struct engine *e, uint64_t conn_id)
@@ -96,6 +118,7 @@ static void req_clear(struct req *r)
 	Py_CLEAR(r->authority);
 	Py_CLEAR(r->content_type);
 	Py_CLEAR(r->grpc_message);
+	Py_CLEAR(r->traceparent);
 }
 
 static struct req *stream_get(struct conn *c, uint32_t sid)
@@ -125,6 +148,7 @@ static struct req *stream_new(struct conn *c, uint32_t sid, uint64_t ts, int out
 	r->grpc_status = -1;
 	r->start = ts;
 	r->outcome = (uint8_t)outcome;
+	r->seq = -1;
 	return r;
 }
 
@@ -185,11 +209,57 @@ static PyObject *or_none(PyObject *o)
 	return o ? o : Py_None;
 }
 
+static PyObject *link_bytes(const struct http_link *l)
+{
+	if (!l->flags)
+		return PyBytes_FromStringAndSize(NULL, 0);
+	return PyBytes_FromStringAndSize((const char *)l, sizeof(*l));
+}
+
+/* The record of a finished request, appended to e->records: (conn_id, ident, pid, local_port,
+ * stream id, method, path, status, grpc_status, reset, outcome, start, end, first_byte,
+ * req_bytes, resp_bytes, seq, parent, traceparent, local, peer_raw); None where the Python
+ * path's H2Request has its default (method, path) or nothing (seq, traceparent), b"" for a
+ * link not known. */
+static int record(struct conn *c, const struct req *r)
+{
+	EngineObject *e = (EngineObject *)c->engine;
+	PyObject *seq = r->seq >= 0 ? PyLong_FromLongLong(r->seq) : Py_NewRef(Py_None);
+	PyObject *parent = link_bytes(&r->parent);
+	PyObject *local = c->has_local ? PyBytes_FromStringAndSize((const char *)&c->local,
+								   sizeof(c->local))
+				       : PyBytes_FromStringAndSize(NULL, 0);
+	PyObject *t = (seq && parent && local)
+			      ? Py_BuildValue("(KOIHIOOLLOOKKKKKOOOOy#)",
+					      (unsigned long long)c->conn_id, c->ident, c->pid,
+					      c->local_port, r->sid, or_none(r->method),
+					      or_none(r->path), r->status, r->grpc_status,
+					      r->reset ? Py_True : Py_False, outcome_str[r->outcome],
+					      (unsigned long long)r->start,
+					      (unsigned long long)r->end,
+					      (unsigned long long)r->first_byte,
+					      (unsigned long long)r->req_bytes,
+					      (unsigned long long)r->resp_bytes, seq, parent,
+					      or_none(r->traceparent), local,
+					      (const char *)c->peer_raw, (Py_ssize_t)sizeof(c->peer_raw))
+			      : NULL;
+	Py_XDECREF(seq);
+	Py_XDECREF(parent);
+	Py_XDECREF(local);
+	int rc = t ? PyList_Append(e->records, t) : -1;
+	Py_XDECREF(t);
+	return rc;
+}
+
 /* A finished request (its references are dropped here). */
 static int finish(struct conn *c, struct req *r)
 {
 	EngineObject *e = (EngineObject *)c->engine;
 	int rc = -1;
+	if (e->records && record(c, r)) {
+		req_clear(r);
+		return -1;
+	}
 	e->requests++;
 	c->decoded++;
 	int is_grpc = content_is_grpc(r->content_type);
@@ -300,11 +370,20 @@ static int end_stream(struct conn *c, int is_client, struct req *r)
 static int on_headers(struct conn *c, int is_client, const struct wire_event *ev)
 {
 	struct req *r = stream_get(c, ev->sid);
+	const struct summary *s = ev->s;
+	EngineObject *e = (EngineObject *)c->engine;
 	if (is_client && !r) {
 		r = stream_new(c, ev->sid, c->ts, ev->outcome);
 		if (!r) {
 			c->error = 1; /* too_many_streams (or memory) */
 			return 0;
+		}
+		if (c->at_seq >= 0) { /* records: where its HEADERS frame began, in the TCP stream */
+			r->seq = (uint32_t)((uint64_t)c->at_seq + ev->off - c->at_off);
+			r->parent = c->at_parent;
+			if (s->traceparent &&
+			    set_str(e, &r->traceparent, s->traceparent, s->traceparent_len))
+				return -1;
 		}
 	}
 	if (!r)
@@ -313,8 +392,6 @@ static int on_headers(struct conn *c, int is_client, const struct wire_event *ev
 		r->first_byte = c->ts;
 	if (ev->outcome && r->outcome != 2)
 		r->outcome = (uint8_t)ev->outcome;
-	const struct summary *s = ev->s;
-	EngineObject *e = (EngineObject *)c->engine;
 	if ((s->method && set_str(e, &r->method, s->method, s->method_len)) ||
 	    (s->path && set_str(e, &r->path, s->path, s->path_len)) ||
 	    (s->authority && set_str(e, &r->authority, s->authority, s->authority_len)) ||
@@ -424,6 +501,10 @@ static struct conn *conn_new(EngineObject *e, PyObject *key, const struct http_s
 	c->engine = e;
 	c->conn_id = ev->conn_id;
 	c->role = (uint8_t)role;
+	c->pid = ev->pid;
+	c->local_port = ev->local_port;
+	c->at_seq = -1;
+	memcpy(c->peer_raw, ev->peer_addr, sizeof(c->peer_raw));
 	c->ident = Py_BuildValue("(KIiiiy#i)", (unsigned long long)ev->cgroup_id,
 				 (unsigned)ev->netns, role, ev->tls ? 1 : 0, ev->family,
 				 (const char *)ev->peer_addr, (Py_ssize_t)sizeof(ev->peer_addr),
@@ -450,6 +531,22 @@ static int feed_conn(EngineObject *e, PyObject *key, struct conn *c,
 	uint64_t uncaptured = ev->len > cap ? ev->len - cap : 0;
 	int from_client = (c->role == HTTP_ROLE_SERVER) == (ev->inbound != 0);
 	c->ts = c->last_ts = ev->ts_ns;
+	if (e->records) { /* as H2Connection.feed keeps them */
+		c->at_off = c->fed[from_client];
+		c->at_seq = -1;
+		memset(&c->at_parent, 0, sizeof(c->at_parent));
+		if (ev->link.flags & HTTP_LINK_SEQ) {
+			c->at_seq = (uint32_t)(ev->link.seq + ev->skip);
+			if (!c->has_local) {
+				c->local = ev->link;
+				c->has_local = 1;
+				memcpy(c->peer_raw, ev->peer_addr, sizeof(c->peer_raw));
+			}
+			if (ev->parent.flags & HTTP_LINK_SEQ)
+				c->at_parent = ev->parent;
+		}
+		c->fed[from_client] += (cap - skip) + uncaptured;
+	}
 	c->wire->sink = sink_engine;
 	c->wire->sink_ctx = c;
 	int r = wire_feed(c->wire, from_client, (const uint8_t *)payload + skip, cap - skip,
@@ -714,11 +811,28 @@ static PyObject *Engine_forget(EngineObject *e, PyObject *key)
 	Py_RETURN_NONE;
 }
 
+/* take_records() -> [record tuple]: the requests finished since the last call (records=True) */
+static PyObject *Engine_take_records(EngineObject *e, PyObject *unused)
+{
+	if (!e->records)
+		return PyList_New(0);
+	PyObject *fresh = PyList_New(0);
+	if (!fresh)
+		return NULL;
+	PyObject *out = e->records;
+	e->records = fresh;
+	return out;
+}
+
 static int Engine_init(EngineObject *e, PyObject *args, PyObject *kw)
 {
-	static char *names[] = {"python", "adopt", NULL};
+	static char *names[] = {"python", "adopt", "records", NULL};
 	PyObject *python, *adopt;
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O", names, &PyDict_Type, &python, &adopt))
+	int records = 0;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O|p", names, &PyDict_Type, &python, &adopt,
+					 &records))
+		return -1;
+	if (records && !(e->records = PyList_New(0)))
 		return -1;
 	Py_INCREF(python);
 	Py_INCREF(adopt);
@@ -739,6 +853,7 @@ static void Engine_dealloc(EngineObject *e)
 	cells_free(&e->agg);
 	Py_XDECREF(e->left);
 	Py_XDECREF(e->pending);
+	Py_XDECREF(e->records);
 	for (int i = 0; i < STR_MEMO; i++)
 		Py_XDECREF(e->strs[i]);
 	Py_TYPE(e)->tp_free((PyObject *)e);
@@ -770,6 +885,10 @@ static PyMethodDef Engine_methods[] = {
 	{"take", (PyCFunction)Engine_take, METH_NOARGS,
 	 "take() -> ([(key, cell)], {error reason: count}) since the last take"},
 	{"forget", (PyCFunction)Engine_forget, METH_O, "forget(conn_id): drop a connection"},
+	{"take_records", (PyCFunction)Engine_take_records, METH_NOARGS,
+	 "take_records() -> [(conn_id, ident, pid, local_port, stream id, method, path, status, "
+	 "grpc_status, reset, outcome, start, end, first_byte, req_bytes, resp_bytes, seq, parent, "
+	 "traceparent, local, peer_raw)] finished since the last call (records=True)"},
 	{NULL},
 };
 
