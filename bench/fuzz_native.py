@@ -16,7 +16,8 @@ Every entry point gets random input for MINUTES:
   kinds, lost-event marks, hints, closes, truncated events, several connections at once), then
   take(): aggregate cells of the right size, and every connection handed over or kept; the same
   into an engine with records (random links, parents and sequence numbers) and take_records():
-  one tuple of 21 fields per finished request;
+  one tuple of 21 fields per finished request, then HttpJsonl.encode_h2 of them (a line each
+  that parses as JSON) with now and then a foreign tuple among them (an error, not a crash);
 - DbEngine.process of Redis, memcached, PostgreSQL, MySQL and NATS connections' stream events: real
   RESP2/RESP3 commands and replies (pipelined, nested, errors, pushes, attributes), memcached text
   and meta requests and responses (data blocks, noreply, quiet, 250-byte keys), PostgreSQL
@@ -91,7 +92,7 @@ def main() -> int:
                "encoded_lines": 0, "short_records": 0, "resolver_failures": 0,
                "h2_connections": 0, "h2_events": 0, "h2_errors": 0,
                "engine_events": 0, "engine_left": 0, "engine_handovers": 0, "engine_cells": 0,
-               "engine_records": 0,
+               "engine_records": 0, "engine_lines": 0, "engine_foreign_records": 0,
                "db_events": 0, "db_operations": 0, "db_errors": 0,
                "db_records": 0}
     import ctypes as _ct
@@ -343,7 +344,8 @@ def main() -> int:
 
     enc = _fast.HttpJsonl(labels_of, target_of, peer_of,
                           tuple(json.dumps(METHODS[i]).encode() for i in range(len(METHODS))),
-                          tuple(b'"r%d"' % i for i in range(len(BLOCK_REASONS))), 1.7e9)
+                          tuple(b'"r%d"' % i for i in range(len(BLOCK_REASONS))), 1.7e9,
+                          text_of=lambda v: json.dumps(v).encode())
     deadline = time.monotonic() + a.minutes * 60
     while time.monotonic() < deadline:
         # HTTP/2: a connection's two directions in random pieces
@@ -394,6 +396,24 @@ def main() -> int:
         recs = rengine.take_records()
         assert all(len(r) == 21 and len(r[-1]) == 16 for r in recs)
         figures["engine_records"] += len(recs)
+        if recs:  # their JSON lines (HttpJsonl.encode_h2), now and then with a foreign tuple
+            bad = rng.random() < 0.1
+            if bad:
+                recs.insert(rng.randrange(len(recs) + 1), tuple(
+                    rng.choice([None, -1, 2**70, b"x", "s", (1, 2)])
+                    for _ in range(rng.choice([3, 21]))))
+            chunks: list[bytes] = []
+            try:
+                n_lines = enc.encode_h2(recs, lambda chunk, n, out=chunks: out.append(chunk))
+                assert not bad and n_lines == len(recs), "encode_h2 line count"
+                for line in b"".join(chunks).splitlines():
+                    json.loads(line)
+                figures["engine_lines"] += n_lines
+            except Boom:
+                figures["resolver_failures"] += 1
+            except (TypeError, OverflowError, ValueError):
+                assert bad, "encode_h2 refused an engine record"
+                figures["engine_foreign_records"] += 1
         if rng.random() < 0.1:
             rengine.take()
             cells, _errors = engine.take()

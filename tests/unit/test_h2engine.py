@@ -6,6 +6,8 @@ events, malformed bytes) or a probed Go program sends hints."""
 from __future__ import annotations
 
 import ctypes as ct
+import json
+import math
 from typing import Any
 
 from hpack import Encoder
@@ -13,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from podscope import _fast, libbpf
-from podscope.collectors.http import HttpCollector
+from podscope.collectors.http import HttpCollector, traceparent
 from podscope.metadata.store import MetadataStore
 from podscope.protocols.http2 import (
     DATA,
@@ -88,10 +90,17 @@ def run(c: HttpCollector, records: list[bytes], per_batch: int) -> dict[str, Any
             "outcomes": c.h2_outcomes, "errors": c.parse_errors}
 
 
+# valid and invalid W3C traceparent values (collectors/http.py traceparent() says which)
+TRACEPARENTS = ["00-{t}-{s}-01", "zz-{t}", " 00-{t}-{s}-00\t", "01-{t}-{s}-01-later",
+                "00-{t}-{s}-01-more", "ff-{t}-{s}-01", "00-" + "0" * 32 + "-{s}-01",
+                "00-{t}-" + "0" * 16 + "-01", "00-{t}-{s}-0x", "00-{t}-{s}-01-\n",
+                "00-{t}-{s}-01x", "00-{t}-{s}", "02-{t}-{s}-03-"]
+
+
 def workload(cuts: list[int], requests: int, traceparent: bool = False) -> list[tuple[bool, bytes]]:
     """A server's view of one connection: the client's bytes (inbound) and its own. HTTP GETs,
     gRPC calls with statuses, a reset stream, pieces cut at `cuts`; with traceparent, every
-    fourth request carries one (a valid W3C one, or every eighth a malformed one)."""
+    fourth request carries one of TRACEPARENTS."""
     ce, se = Encoder(), Encoder()
     cli = bytearray(PREFACE + frame(SETTINGS, 0, 0, b""))
     srv = bytearray(frame(SETTINGS, 0, 0, b""))
@@ -113,8 +122,8 @@ def workload(cuts: list[int], requests: int, traceparent: bool = False) -> list[
         else:
             tp = []
             if traceparent and n % 4 == 1:
-                tp = [("traceparent", f"00-{n + 1:032x}-{n + 7:016x}-01" if n % 8 == 1
-                       else f"zz-{n + 1:032x}")]
+                tp = [("traceparent", TRACEPARENTS[(n // 4) % len(TRACEPARENTS)].format(
+                    t=f"{n + 1:032x}", s=f"{n + 7:016x}"))]
             cli += frame(HEADERS, END_HEADERS | END_STREAM, sid, ce.encode([
                 (":method", "GET"), (":scheme", "http"), (":path", f"/u/{n}"),
                 (":authority", "s"), *tp]))
@@ -332,6 +341,51 @@ def test_the_engine_makes_the_records_the_python_path_makes(cuts: list[int], n: 
     recs = got[True][0]
     assert len(recs) == n and all(r["protocol"] == "2" and r["span_id"] for r in recs)
     # the valid traceparents named the trace; the malformed ones did not
+    named = 0
     for r in recs:
         k = int(r["path"].rsplit("/", 1)[1]) if r["path"].startswith("/u/") else -1
-        assert (r["trace_id"] == f"{k + 1:032x}") == (k % 8 == 1), r
+        tp = (TRACEPARENTS[(k // 4) % len(TRACEPARENTS)].format(t=f"{k + 1:032x}",
+                                                                 s=f"{k + 7:016x}")
+              if k % 4 == 1 else None)
+        valid = tp is not None and traceparent([("traceparent", tp)]) is not None
+        assert (r["trace_id"] == f"{k + 1:032x}") == valid, (r, tp)
+        named += valid
+    assert named or n < 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 400), max_size=6), st.integers(1, 24), st.integers(1, 9),
+       st.sampled_from([1, 2]), st.integers(0, 2**32 - 1))
+def test_the_engines_records_as_compiled_lines_equal_the_python_records(
+        cuts: list[int], n: int, per_batch: int, role: int, seq0: int) -> None:
+    """With a JSON-lines export only, the engine's records are written by compiled code
+    (HttpJsonl.encode_h2): the same lines, key for key, as the records _h2_record publishes."""
+    pieces = workload(cuts, n, traceparent=True)
+    if role == 2:
+        pieces = [(not inbound, data) for inbound, data in pieces]
+    got: dict[bool, list[dict[str, Any]]] = {}
+    for compiled in (False, True):
+        lines: list[bytes] = []
+        c, recs = records_collector(True)
+        if compiled:
+            c.emit_lines = lambda _k, data, _n, out=lines: out.append(data)
+            c._jsonl = c._jsonl_encoder()
+        events = with_links(c, [event(c, "HTTP_S_DATA", inbound, data, ts=1000 * (i + 1),
+                                      role=role)
+                                for i, (inbound, data) in enumerate(pieces)]
+                            + [event(c, "HTTP_S_CLOSE", False, b"", ts=10**6, role=role)],
+                            (seq0, seq0 ^ 0x5A5A5A5A))
+        run(c, events, per_batch)
+        got[compiled] = ([json.loads(x) for x in b"".join(lines).splitlines()] if compiled
+                         else [{"type": "http_request", **r} for r in recs])
+        assert not (compiled and recs)  # no dict was made
+    assert len(got[True]) == len(got[False]) == n
+
+    def same(a: Any, b: Any) -> bool:  # floats as JSON gives them back
+        if isinstance(a, float) or isinstance(b, float):
+            return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-9)
+        return bool(a == b)
+
+    for g, w in zip(got[True], got[False], strict=True):
+        assert list(g) == list(w)  # the same keys in the same order
+        assert not {k: (g[k], w[k]) for k in w if not same(g[k], w[k])}

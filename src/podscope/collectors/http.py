@@ -620,7 +620,7 @@ class HttpCollector:
         methods = tuple(orjson.dumps(METHODS[i]) for i in range(len(METHODS)))
         reasons = tuple(orjson.dumps(f"blocked_{r}_seconds") for r in self.block_reasons)
         return _fast.HttpJsonl(labels_of, target_of, peer_of, methods, reasons,
-                               self._mono_to_wall)
+                               self._mono_to_wall, text_of=orjson.dumps)
 
     def _on_records(self, batch: bytes | memoryview) -> None:
         """A batch of kernel records: JSON lines from compiled code, unless someone in this
@@ -751,8 +751,13 @@ class HttpCollector:
             finished = self._h2.take_records() if self.records else ()
             if self.db is not None:
                 self.db.engine.process(batch)
-        for rec in finished:
-            self._h2_record(rec)
+        if finished and self._jsonl is not None and self.emit_lines is not None \
+                and not self.listeners:  # JSON lines only: written by compiled code
+            emit = self.emit_lines
+            self._jsonl.encode_h2(finished, lambda lines, n: emit("http_request", lines, n))
+        else:
+            for rec in finished:
+                self._h2_record(rec)
         for data in left:
             self._on_stream(data)
 
