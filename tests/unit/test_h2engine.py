@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ctypes as ct
 import json
-import math
 from typing import Any
 
 from hpack import Encoder
@@ -27,6 +26,7 @@ from podscope.protocols.http2 import (
     RST_STREAM,
     SETTINGS,
 )
+from tests.unit.test_fast import same
 
 SAMPLE = libbpf.SAMPLE_FN(_fast.SAMPLE_CALLBACK)
 
@@ -380,11 +380,6 @@ def test_the_engines_records_as_compiled_lines_equal_the_python_records(
                          else [{"type": "http_request", **r} for r in recs])
         assert not (compiled and recs)  # no dict was made
     assert len(got[True]) == len(got[False]) == n
-
-    def same(a: Any, b: Any) -> bool:  # floats as JSON gives them back
-        if isinstance(a, float) or isinstance(b, float):
-            return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-9)
-        return bool(a == b)
 
     for g, w in zip(got[True], got[False], strict=True):
         assert list(g) == list(w)  # the same keys in the same order
